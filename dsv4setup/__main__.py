@@ -1,0 +1,4 @@
+from dsv4setup.cli import main
+
+if __name__ == "__main__":
+    main()

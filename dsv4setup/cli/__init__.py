@@ -1,0 +1,88 @@
+"""The `dsv4setup` command: parses, calls the core, renders. No logic lives here."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+
+import click
+import typer
+
+from dsv4setup import __version__
+from dsv4setup.cli.common import debug_enabled, emit_json, err
+from dsv4setup.errors import EXIT_FAILED, EXIT_USAGE, DsvError
+
+app = typer.Typer(
+    name="dsv4setup", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Bare Linux GPU box -> verified DeepSeek-V4-Flash + MTP server on vLLM, step by resumable step.",
+)
+
+# Each module registers its commands on `app` when imported.
+COMMAND_MODULES = ("runbook", "doctor", "profile", "patches", "checkpoint", "serve", "bench", "agent")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dsv4setup {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    if verbose:
+        os.environ["DSV4SETUP_DEBUG"] = "1"
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            importlib.import_module(f"dsv4setup.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"dsv4setup.cli.{name}":
+                raise
+
+
+def report_error(exc: DsvError, as_json: bool) -> None:
+    if as_json:
+        emit_json({"schema": "dsv4setup.error/1", "ok": False, **exc.to_dict()})
+        return
+    err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+    if exc.hint:
+        err.print(f"[bold]fix:[/] {exc.hint}", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in args
+    _register()
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, prog_name="dsv4setup", standalone_mode=False)
+    except DsvError as exc:
+        if debug_enabled():
+            traceback.print_exc()
+        report_error(exc, as_json)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
+    except KeyboardInterrupt:
+        err.print("interrupted; run the same command again to resume")
+        sys.exit(130)
+    except Exception as exc:  # a bug, not an expected failure
+        if debug_enabled():
+            raise
+        report_error(DsvError(f"internal error: {type(exc).__name__}: {exc}",
+                              hint="run again with -v (or DSV4SETUP_DEBUG=1) for the traceback and report it"),
+                     as_json)
+        sys.exit(EXIT_FAILED)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,54 @@
+"""Shared CLI options and output: JSON on stdout, humans on stderr (or stdout tables)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from dsv4setup.secrets import redact, redact_obj
+from dsv4setup.workdir import ENV_WORKDIR, Workdir
+
+
+def _console(stderr: bool) -> Console:
+    # NO_COLOR is honoured by rich itself; narrow terminals wrap.
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+err = _console(stderr=True)
+out = _console(stderr=False)
+
+WorkdirOpt = Annotated[Path | None, typer.Option(
+    "--workdir", "-w", help=f"Deployment directory (state, logs, venv, model). Env: {ENV_WORKDIR}.",
+    show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
+ProfileOpt = Annotated[str | None, typer.Option(
+    "--profile", "-p", help="Profile name (see `dsv4setup profile list`); default: the last one used, "
+                            "else the best match for this machine.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a profile value, e.g. --set serve.max_model_len=131072 (repeatable).")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Non-interactive: never ask.")]
+
+
+def workdir_from(option: Path | None) -> Workdir:
+    return Workdir.resolve(option)
+
+
+def emit_json(doc: dict[str, Any]) -> None:
+    """Exactly one JSON document on stdout, secrets redacted."""
+    sys.stdout.write(redact(json.dumps(redact_obj(doc), indent=2, default=str)) + "\n")
+    sys.stdout.flush()
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("DSV4SETUP_DEBUG", "") not in ("", "0")
+
+
+def interactive() -> bool:
+    """Prompts only when a person is at a terminal; agents (no TTY) never block."""
+    return sys.stdin.isatty() and sys.stderr.isatty()

@@ -1,0 +1,98 @@
+"""Rich rendering of engine events, plans and status tables (terminal only)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.status import Status
+from rich.table import Table
+
+from dsv4setup.engine import Decision, Observer, Step
+from dsv4setup.state import StepErrorInfo, StepStatus
+
+STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red", "running": "yellow",
+                "interrupted": "magenta", "pending": "dim"}
+
+
+class RichObserver(Observer):
+    """Spinner per running step with elapsed time and the latest progress message."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._status: Status | None = None
+        self._started = 0.0
+
+    def decided(self, decision: Decision) -> None:
+        if decision.action == "skip":
+            self.console.print(f"[cyan]✓ {decision.step}[/] [dim]{decision.reason}[/]", highlight=False)
+        elif decision.action == "run":
+            self.console.print(f"[bold]→ {decision.step}[/]: {decision.description} [dim]({decision.reason})[/]",
+                               highlight=False)
+
+    def started(self, step: Step, attempt: int) -> None:
+        self._started = time.monotonic()
+        self._status = self.console.status(f"{step.name} (attempt {attempt})")
+        self._status.start()
+
+    def progress(self, step: Step, message: str) -> None:
+        if self._status is not None:
+            self._status.update(f"{step.name} [{time.monotonic() - self._started:.0f}s]: {message}")
+
+    def _stop(self) -> float:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        return time.monotonic() - self._started
+
+    def finished(self, step: Step, status: StepStatus, detail: str) -> None:
+        elapsed = self._stop()
+        self.console.print(f"[green]✓ {step.name}[/] {status.value} in {elapsed:.0f}s [dim]{detail}[/]",
+                           highlight=False)
+
+    def failed(self, step: Step, error: StepErrorInfo, log_tail: list[str]) -> None:
+        elapsed = self._stop()
+        self.console.print(f"[bold red]✗ {step.name}[/] failed after {elapsed:.0f}s: {error.message}",
+                           highlight=False)
+        if log_tail:
+            self.console.print(f"[dim]last lines of {error.log}:[/]")
+            for line in log_tail[-15:]:
+                self.console.print(f"  [dim]{line}[/]", markup=False, highlight=False)
+        if error.hint:
+            self.console.print(f"[bold]fix:[/] {error.hint}", highlight=False)
+
+
+def decisions_table(decisions: list[Decision], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("step", "action", "why", "what"):
+        table.add_column(col)
+    style = {"run": "bold yellow", "skip": "cyan", "not-selected": "dim"}
+    for d in decisions:
+        table.add_row(d.step, f"[{style[d.action]}]{d.action}[/]", d.reason, d.description)
+    return table
+
+
+def status_table(doc: dict[str, Any]) -> Table:
+    table = Table(title=f"{doc.get('workdir', '')}  profile: {doc.get('profile') or '-'}", title_justify="left")
+    for col in ("step", "status", "attempts", "finished", "error"):
+        table.add_column(col)
+    for row in doc["steps"]:
+        err = row["error"] or {}
+        table.add_row(row["step"], f"[{STATUS_STYLE.get(row['status'], '')}]{row['status']}[/]",
+                      str(row["attempts"]), row["finished_at"] or "-", err.get("message") or "")
+    return table
+
+
+def print_serve_plan(console: Console, doc: dict[str, Any]) -> None:
+    serve = doc.get("serve") or {}
+    console.print("[bold]serve command[/] (argv, exec'd without a shell):")
+    console.print("  " + " ".join(serve.get("argv", [])), markup=False, highlight=False)
+    if serve.get("env"):
+        console.print("[bold]environment[/]:")
+        for key, value in serve["env"].items():
+            console.print(f"  {key}={value}", markup=False, highlight=False)
+    for node in doc.get("nodes") or []:
+        console.print(f"[bold]node {node['name']}[/] ({node['role']}):")
+        for cmd in node["commands"]:
+            console.print("  " + " ".join(cmd["argv"]), markup=False, highlight=False)

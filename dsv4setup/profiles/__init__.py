@@ -1,0 +1,1 @@
+"""Profiles: one YAML per hardware class (data in the top-level `profiles/`)."""

@@ -1,0 +1,46 @@
+"""Assemble a Runbook for a workdir: the resolved profile plus the step list.
+
+`DSV4SETUP_RUNBOOK=module:attr` swaps in another step list (a callable returning steps):
+an extension point for site-specific runbooks, also used by the kill-and-resume tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsv4setup.engine import Runbook, Step
+from dsv4setup.errors import UsageError
+from dsv4setup.profiles.resolve import ResolvedProfile, resolve_profile
+from dsv4setup.steps import runbook_steps
+from dsv4setup.workdir import Workdir
+
+ENV_RUNBOOK = "DSV4SETUP_RUNBOOK"
+
+
+@dataclass
+class RunbookRequest:
+    workdir: Workdir
+    profile: str | None = None
+    sets: list[str] = field(default_factory=list)
+    with_bench: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _custom_steps(spec: str) -> list[Step]:
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr or "steps")
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"{ENV_RUNBOOK}={spec}: cannot load it ({exc})",
+                         hint="use module:callable, with the module on PYTHONPATH") from None
+    return list(factory())
+
+
+def build_runbook(request: RunbookRequest) -> tuple[Runbook, ResolvedProfile]:
+    resolved = resolve_profile(request.workdir, request.profile, request.sets)
+    spec = os.environ.get(ENV_RUNBOOK)
+    steps = _custom_steps(spec) if spec else runbook_steps(with_bench=request.with_bench)
+    return Runbook(steps, request.workdir, resolved.profile, request.options), resolved
