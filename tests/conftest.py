@@ -1,0 +1,32 @@
+"""Shared fixtures: a temporary workdir, a minimal profile, the download cache of one CI run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dsv4setup.profiles.model import ModelSpec, Profile
+from dsv4setup.workdir import Workdir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Workdir:
+    return Workdir(tmp_path / "wd").ensure()
+
+
+@pytest.fixture
+def profile() -> Profile:
+    return Profile(name="test-profile", description="in-test profile", source="tests",
+                   model=ModelSpec(local_path="/nonexistent"))
+
+
+@pytest.fixture(scope="session")
+def test_cache() -> Path:
+    """Downloads and venvs shared by all tests of one run (git-ignored)."""
+    path = Path(os.environ.get("DSV4SETUP_TEST_CACHE", REPO_ROOT / ".wcache"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
