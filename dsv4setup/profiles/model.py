@@ -7,29 +7,73 @@ package.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from dsv4setup.profiles import flags
+from dsv4setup.secrets import SECRET_ENV_VARS
 
 PROFILE_SCHEMA = "dsv4setup.profile/1"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_name(key: str) -> str:
+    if not ENV_NAME_RE.match(key):
+        raise ValueError(f"{key!r} is not an environment variable name")
+    if key in SECRET_ENV_VARS:
+        raise ValueError(f"{key} is a secret: secrets never belong in profile or override files; "
+                         f"export it in the shell")
+    return key
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors: a typo in a profile must not be silently ignored."""
+    """Unknown keys are errors: a typo in a profile must not be silently ignored.
 
-    model_config = ConfigDict(extra="forbid")
+    Numbers given for string fields (`NCCL_P2P_DISABLE: 1`, `version: 13.0`) become strings.
+    """
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
 class Match(Strict):
-    """How a profile matches a hardware snapshot. Unset fields match anything."""
+    """How a profile matches a hardware snapshot. Unset fields match anything.
+
+    `gpu_count` is the number of GPUs per node the profile uses (its TP group on that node).
+    Without `min_gpu_count` the node must have exactly that many; with it, at least
+    `min_gpu_count` (8x H200 runs a TP=2 profile: gpu_count 2, min_gpu_count 2).
+    """
 
     gpu_name: str | None = None  # regex searched in each GPU's name (case-insensitive)
     compute_capability: list[str] = Field(default_factory=list)  # e.g. ["12.0"]; empty = any
-    gpu_count: int | None = None  # exact GPUs per node used by the profile (the TP group)
-    min_gpu_count: int | None = None  # the node may have more (e.g. 8x H200, TP=2)
+    gpu_count: int | None = Field(default=None, ge=1)  # GPUs per node used by the profile (the TP group)
+    min_gpu_count: int | None = Field(default=None, ge=1)  # the node may have more (e.g. 8x H200, TP=2)
     interconnect: Literal["pcie", "nvlink", "c2c", "any"] = "any"
     arch: Literal["x86_64", "aarch64", "any"] = "any"
     cpu_only: bool = False  # matches a machine without NVIDIA GPUs (cpu-tiny)
+
+    @field_validator("gpu_name")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("compute_capability")
+    @classmethod
+    def _cc_format(cls, value: list[str]) -> list[str]:
+        for cc in value:
+            if not re.fullmatch(r"\d+\.\d+", cc):
+                raise ValueError(f"compute capability {cc!r}: expected MAJOR.MINOR, e.g. \"12.0\"")
+        return value
 
 
 class ModelSpec(Strict):
@@ -79,10 +123,19 @@ class ServeSpec(Strict):
     block_size: int | None = 256
     dtype: str | None = None
     trust_remote_code: bool = True
-    enforce_eager: bool = False
-    extra_args: list[str] = Field(default_factory=list)
+    enforce_eager: bool = False  # debugging only: ~10x slower decode
+    disable_custom_all_reduce: bool = False  # PCIe-only SM 12.x crashes in custom all-reduce
+    extra_args: list[str] = Field(default_factory=list)  # parsers and other flags without a field
     ready_timeout_s: int = Field(default=1800, ge=10)
     stall_timeout_s: int = Field(default=600, ge=10)
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_managed_flags(cls, value: list[str]) -> list[str]:
+        problems = [why for why in map(flags.conflict, value) if why]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
 
 class Preset(Strict):
@@ -108,7 +161,7 @@ class BenchShape(Strict):
 
 
 class BenchSpec(Strict):
-    k_values: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
+    k_values: list[Annotated[int, Field(ge=0, le=8)]] = Field(default_factory=lambda: [0, 1, 2, 3])
     concurrency: list[int] = Field(default_factory=lambda: [1])
     shapes: dict[str, BenchShape] = Field(default_factory=lambda: {
         "long": BenchShape(input_len=8192, output_len=1024, num_prompts=8),
@@ -116,6 +169,14 @@ class BenchSpec(Strict):
     })
     default_shape: str = "short"
     seed: int = 0
+
+    @field_validator("default_shape")
+    @classmethod
+    def _shape_exists(cls, value: str, info: ValidationInfo) -> str:
+        shapes = info.data.get("shapes")
+        if shapes is not None and value not in shapes:
+            raise ValueError(f"no shape {value!r} in bench.shapes (has: {', '.join(shapes) or 'none'})")
+        return value
 
 
 class NodeSpec(Strict):
@@ -130,7 +191,22 @@ class NodeSpec(Strict):
 class MultiNode(Strict):
     nodes: list[NodeSpec]
     nccl_socket_ifname: str | None = None  # NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME
-    ray_port: int = 6379
+    ray_port: int = Field(default=6379, ge=1, le=65535)
+
+    @field_validator("nodes")
+    @classmethod
+    def _one_head(cls, value: list[NodeSpec]) -> list[NodeSpec]:
+        heads = [n.name for n in value if n.role == "head"]
+        if len(heads) != 1:
+            raise ValueError(f"expected exactly one node with role head, found {len(heads)}")
+        names = [n.name for n in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"node names must be unique: {names}")
+        return value
+
+    @property
+    def head(self) -> NodeSpec:
+        return next(n for n in self.nodes if n.role == "head")
 
 
 class Profile(Strict):
@@ -146,11 +222,49 @@ class Profile(Strict):
     patches: list[str] = Field(default_factory=list)  # ids from patches/index.yaml
     serve: ServeSpec = Field(default_factory=ServeSpec)
     spec: SpecConfig = Field(default_factory=SpecConfig)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, str] = Field(default_factory=dict)  # a null value in an override removes the variable
     presets: dict[str, Preset] = Field(default_factory=dict)
     preset: str | None = None  # the preset applied by default
     smoke: SmokeSpec = Field(default_factory=SmokeSpec)
     bench: BenchSpec = Field(default_factory=BenchSpec)
     multinode: MultiNode | None = None
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, coerce_numbers_to_str=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name_format(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError(f"{value!r}: use lower-case letters, digits, '.', '_' and '-' (it is also a file name)")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_source(cls, value: ModelSpec) -> ModelSpec:
+        if not (value.repo or value.local_path or value.generate):
+            raise ValueError("needs one of repo, local_path, generate")
+        return value
+
+    @field_validator("preset")
+    @classmethod
+    def _preset_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        presets = info.data.get("presets")
+        if value is not None and presets is not None and value not in presets:
+            raise ValueError(f"no preset {value!r} (presets: {', '.join(presets) or 'none'})")
+        return value
+
+    @field_validator("multinode")
+    @classmethod
+    def _tp_spans_nodes(cls, value: MultiNode | None, info: ValidationInfo) -> MultiNode | None:
+        serve: ServeSpec | None = info.data.get("serve")
+        if value is not None and serve is not None:
+            total = sum(n.gpus for n in value.nodes)
+            if serve.tensor_parallel_size != total:
+                raise ValueError(f"the nodes hold {total} GPUs but serve.tensor_parallel_size is "
+                                 f"{serve.tensor_parallel_size}: vLLM's Ray route spreads the TP group over "
+                                 f"all of them, so the two must be equal")
+        return value
+
+    def document(self) -> dict[str, Any]:
+        """The profile as a plain YAML/JSON document (keys as written in profile files)."""
+        return self.model_dump(mode="json", by_alias=True)
