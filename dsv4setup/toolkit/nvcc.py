@@ -1,0 +1,103 @@
+"""Probing an nvcc: its release, its real install directory, and whether it compiles for an arch.
+
+The compile probe needs no GPU: `nvcc -arch=sm_120a -c k.cu` proves the toolkit supports the
+target, anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsv4setup.toolkit.arch import Release
+
+PROBE_KERNEL = "__global__ void dsv4setup_probe(float *x) { x[threadIdx.x] *= 2.0f; }\n"
+PROBE_TIMEOUT_S = 300
+_RELEASE_RE = re.compile(r"release (\d+)\.(\d+)")
+_HERE_RE = re.compile(r"^#\$ _HERE_=(.+)$", re.MULTILINE)
+
+
+def parse_nvcc_release(text: str) -> Release | None:
+    """`nvcc --version` output -> (major, minor), e.g. 'release 13.0, V13.0.88' -> (13, 0)."""
+    m = _RELEASE_RE.search(text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def nvcc_release(nvcc: Path) -> Release | None:
+    """The release an nvcc reports; None when it does not run."""
+    try:
+        proc = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, errors="replace",
+                              timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_nvcc_release(proc.stdout) if proc.returncode == 0 else None
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    ok: bool
+    output: str
+    cuda_home: Path | None  # the toolkit root nvcc reports (`_HERE_/..`), wrappers resolved
+
+
+def compile_probe(nvcc: Path, arch: str) -> CompileResult:
+    """Compile a tiny kernel for exactly `arch` in a temporary directory (`-v` reveals nvcc's home)."""
+    with tempfile.TemporaryDirectory(prefix="dsv4setup-nvcc-") as tmp:
+        src, obj = Path(tmp) / "k.cu", Path(tmp) / "k.o"
+        src.write_text(PROBE_KERNEL, encoding="utf-8")
+        argv = [str(nvcc), f"-arch={arch}", "-c", str(src), "-o", str(obj), "-v"]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", cwd=tmp,
+                                  timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            return CompileResult(False, f"cannot run {nvcc}: {exc.strerror}", None)
+        except subprocess.TimeoutExpired:
+            return CompileResult(False, f"{nvcc} did not finish within {PROBE_TIMEOUT_S} s", None)
+        output = proc.stdout + proc.stderr
+        here = _HERE_RE.search(output)
+        home = Path(here.group(1).strip()).resolve().parent if here else None
+        return CompileResult(proc.returncode == 0 and obj.is_file(), output, home)
+
+
+def error_lines(output: str, limit: int = 5) -> str:
+    """The compiler's own messages without the `-v` command echo."""
+    lines = [ln for ln in output.splitlines() if ln.strip() and not ln.startswith("#$")]
+    return "\n".join(lines[-limit:])
+
+
+@dataclass(frozen=True)
+class HostTools:
+    """Where to look for tools already on this machine (conda, an existing nvcc).
+
+    `path` is the PATH to search (None: the process PATH); `nvcc_dirs` are extra bin
+    directories checked after it. Tests point both at directories they control, so no test
+    depends on whether the machine happens to have /usr/local/cuda.
+    """
+
+    path: str | None = None
+    nvcc_dirs: Sequence[Path] = field(default_factory=tuple)
+
+    @classmethod
+    def from_environ(cls) -> HostTools:
+        dirs = [Path(os.environ[v]) / "bin" for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+        dirs.append(Path("/usr/local/cuda/bin"))
+        return cls(None, tuple(dirs))
+
+    def which(self, name: str) -> Path | None:
+        found = shutil.which(name, path=self.path if self.path is not None else os.environ.get("PATH", ""))
+        return Path(found) if found else None
+
+    def nvcc_candidates(self) -> list[Path]:
+        """Every distinct nvcc this machine offers, PATH first."""
+        seen: list[Path] = []
+        found = self.which("nvcc")
+        for cand in ([found] if found else []) + [d / "nvcc" for d in self.nvcc_dirs]:
+            if cand.is_file() and os.access(cand, os.X_OK) and cand.resolve() not in [s.resolve() for s in seen]:
+                seen.append(cand)
+        return seen

@@ -1,0 +1,212 @@
+"""The toolkit step through the engine: route choice, existing nvcc, conda command, failures.
+
+No conda channel and no GPU toolchain can be reached from CI, so conda and the nvcc it would
+install are recording fakes here (see fakes.py; the test names say so). The pip route and a
+real nvcc run for real in test_toolkit_pip_real.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsv4setup.engine import Postcondition, Runbook, RunContext, Selection, Step
+from dsv4setup.profiles.model import ModelSpec, Profile, ToolkitSpec
+from dsv4setup.state import StepStatus, load_state
+from dsv4setup.steps.toolkit import ToolkitStep
+from dsv4setup.toolkit.nvcc import HostTools
+from dsv4setup.workdir import Workdir
+from tests.toolkit.fakes import calls, fake_nvcc_text, write_fake_nvcc, write_recording_fake_conda
+
+
+def make_profile(**toolkit: Any) -> Profile:
+    spec = {"version": "13.0.2", "route": "auto", "arch": "sm_120a", **toolkit}
+    return Profile(name="tk-test", description="toolkit test", source="tests",
+                   model=ModelSpec(local_path="/nonexistent"), toolkit=ToolkitSpec(**spec))
+
+
+class FakePreflight(Step):
+    """Stands in for the preflight step: only its outputs matter to the toolkit step."""
+
+    name = "preflight"
+    description = "in-test preflight outputs"
+
+    def __init__(self, outputs: dict[str, Any]) -> None:
+        self._outputs = outputs
+
+    def inputs(self, ctx: RunContext) -> dict[str, Any]:
+        return {}
+
+    def is_done(self, ctx: RunContext) -> Postcondition:
+        return Postcondition(True, "in-test")
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        return self._outputs
+
+
+@pytest.fixture
+def bin_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "bin"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def record(tmp_path: Path) -> Path:
+    return tmp_path / "calls.jsonl"
+
+
+def up(workdir: Workdir, profile: Profile, host: HostTools, options: dict[str, Any] | None = None,
+       preflight: dict[str, Any] | None = None) -> Any:
+    steps: list[Step] = [FakePreflight(preflight)] if preflight is not None else []
+    return Runbook([*steps, ToolkitStep(host)], workdir, profile, options).up(Selection())
+
+
+def outputs(workdir: Workdir) -> dict[str, Any]:
+    return load_state(workdir.state_file).steps["toolkit"].outputs
+
+
+def test_conda_route_with_recording_fake_conda(workdir: Workdir, bin_dir: Path, record: Path) -> None:
+    write_recording_fake_conda(bin_dir, record)
+    host = HostTools(path=str(bin_dir), nvcc_dirs=())
+    result = up(workdir, make_profile(), host)
+    assert result.ok, result.error
+    prefix = workdir.toolkit_dir / "conda"
+    assert calls(record) == [["conda", "create", "-y", "-p", str(prefix), "-c", "nvidia/label/cuda-13.0.2",
+                              "cuda-toolkit=13.0.2", "cuda-version=13.0"]]
+    out = outputs(workdir)
+    assert out["route"] == "conda" and out["arch"] == "sm_120a" and out["version"] == "13.0.2"
+    assert out["nvcc"] == str(prefix / "bin" / "nvcc") and out["cuda_home"] == str(prefix.resolve())
+    again = up(workdir, make_profile(), host)
+    assert again.ok and again.decisions[0].action == "skip" and "compiles for sm_120a" in again.decisions[0].reason
+    assert len(calls(record)) == 1
+
+
+def test_conda_forge_channel_with_recording_fake_micromamba(workdir: Workdir, bin_dir: Path, record: Path) -> None:
+    write_recording_fake_conda(bin_dir, record, name="micromamba")
+    result = up(workdir, make_profile(), HostTools(path=str(bin_dir)), {"toolkit_conda_channel": "conda-forge"})
+    assert result.ok, result.error
+    assert calls(record) == [["micromamba", "create", "-y", "-p", str(workdir.toolkit_dir / "conda"),
+                              "--override-channels", "-c", "conda-forge", "cuda-nvcc", "cuda-cudart-dev",
+                              "cuda-version=13.0"]]
+    assert outputs(workdir)["route"] == "conda"
+
+
+def test_existing_suitable_nvcc_is_used_with_fake_system_nvcc(workdir: Workdir, bin_dir: Path, record: Path,
+                                                              tmp_path: Path) -> None:
+    write_recording_fake_conda(bin_dir, record)
+    system = write_fake_nvcc(tmp_path / "cuda" / "bin" / "nvcc", release="13.1")
+    result = up(workdir, make_profile(), HostTools(path=str(bin_dir), nvcc_dirs=(system.parent,)))
+    assert result.ok, result.error
+    assert calls(record) == []  # nothing installed
+    out = outputs(workdir)
+    assert out["route"] == "system" and out["nvcc"] == str(system) and out["version"] == "13.1"
+    assert out["cuda_home"] == str((tmp_path / "cuda").resolve())
+
+
+@pytest.mark.parametrize("release", ["12.9", "14.0"])
+def test_system_nvcc_of_another_release_is_not_used_with_fake_nvcc(workdir: Workdir, bin_dir: Path, record: Path,
+                                                                   tmp_path: Path, release: str) -> None:
+    write_recording_fake_conda(bin_dir, record)
+    write_fake_nvcc(bin_dir / "nvcc", release=release)
+    result = up(workdir, make_profile(), HostTools(path=str(bin_dir)))
+    assert result.ok, result.error
+    assert len(calls(record)) == 1 and outputs(workdir)["route"] == "conda"
+
+
+def test_system_nvcc_without_the_arch_is_not_used_with_fake_nvcc(workdir: Workdir, bin_dir: Path,
+                                                                 record: Path) -> None:
+    write_recording_fake_conda(bin_dir, record)
+    write_fake_nvcc(bin_dir / "nvcc", release="13.0", arches=("sm_90a",))
+    assert up(workdir, make_profile(), HostTools(path=str(bin_dir))).ok
+    assert [c[0] for c in calls(record)] == ["conda"]
+
+
+def test_forced_route_installs_even_with_a_suitable_system_nvcc_with_recording_fake_conda(
+        workdir: Workdir, bin_dir: Path, record: Path) -> None:
+    write_recording_fake_conda(bin_dir, record)
+    write_fake_nvcc(bin_dir / "nvcc", release="13.0")
+    host = HostTools(path=str(bin_dir))
+    result = up(workdir, make_profile(route="conda"), host)
+    assert result.ok, result.error
+    assert len(calls(record)) == 1 and outputs(workdir)["route"] == "conda"
+    # the --toolkit option forces it too, over an automatic profile
+    other = Workdir(workdir.root.parent / "wd2").ensure()
+    assert up(other, make_profile(), host, {"toolkit_route": "conda"}).ok
+    assert len(calls(record)) == 2
+
+
+def test_forced_conda_without_conda_fails_with_hint(workdir: Workdir, bin_dir: Path) -> None:
+    result = up(workdir, make_profile(route="conda"), HostTools(path=str(bin_dir)))
+    assert not result.ok and result.error is not None
+    assert "no conda, mamba or micromamba" in result.error.message
+    assert "--toolkit pip" in (result.error.hint or "")
+
+
+def test_no_nvcc_after_install_with_recording_fake_conda(workdir: Workdir, bin_dir: Path, record: Path) -> None:
+    write_recording_fake_conda(bin_dir, record, nvcc="")
+    result = up(workdir, make_profile(), HostTools(path=str(bin_dir)))
+    assert not result.ok and result.error is not None
+    assert result.error.message.startswith("no nvcc found after the conda install of CUDA 13.0.2")
+    assert "--toolkit pip" in (result.error.hint or "")
+    assert load_state(workdir.state_file).steps["toolkit"].status == StepStatus.FAILED
+
+
+def test_toolkit_too_old_for_arch_names_the_needed_version_with_fake_conda_nvcc(
+        workdir: Workdir, bin_dir: Path, record: Path) -> None:
+    old = fake_nvcc_text(release="12.8", arches=("sm_120a", "sm_100a", "sm_90a"))
+    write_recording_fake_conda(bin_dir, record, nvcc=old)
+    result = up(workdir, make_profile(version="12.8.1", arch="sm_121a"), HostTools(path=str(bin_dir)))
+    assert not result.ok and result.error is not None
+    assert "cannot compile for sm_121a" in result.error.message
+    assert "Unsupported gpu architecture 'sm_121a'" in result.error.message
+    assert result.error.hint is not None and "sm_121a needs CUDA >= 12.9 but this nvcc is 12.8" in result.error.hint
+
+
+def test_arch_comes_from_preflight_outputs_with_recording_fake_conda(workdir: Workdir, bin_dir: Path,
+                                                                     record: Path) -> None:
+    write_recording_fake_conda(bin_dir, record)
+    preflight = {"snapshot": {"gpus": [{"name": "NVIDIA GB10", "compute_capability": "12.1"}]}}
+    result = up(workdir, make_profile(arch=None), HostTools(path=str(bin_dir)), preflight=preflight)
+    assert result.ok, result.error
+    assert outputs(workdir)["arch"] == "sm_121a"
+
+
+def test_no_arch_anywhere_fails_with_hint(workdir: Workdir, bin_dir: Path, record: Path) -> None:
+    write_recording_fake_conda(bin_dir, record)
+    result = up(workdir, make_profile(arch=None), HostTools(path=str(bin_dir)), preflight={"gpus": []})
+    assert not result.ok and result.error is not None
+    assert "no target GPU architecture" in result.error.message
+    assert "--set toolkit.arch=sm_120a" in (result.error.hint or "")
+    assert calls(record) == []
+
+
+def test_not_applicable_without_toolkit_version(workdir: Workdir, bin_dir: Path, record: Path) -> None:
+    write_recording_fake_conda(bin_dir, record)
+    result = up(workdir, make_profile(version=None), HostTools(path=str(bin_dir)))
+    assert result.ok
+    state = load_state(workdir.state_file)
+    assert state.steps["toolkit"].status == StepStatus.SKIPPED and calls(record) == []
+
+
+def test_removed_toolkit_is_drift_and_reinstalled_with_recording_fake_conda(workdir: Workdir, bin_dir: Path,
+                                                                            record: Path) -> None:
+    write_recording_fake_conda(bin_dir, record)
+    host = HostTools(path=str(bin_dir))
+    assert up(workdir, make_profile(), host).ok
+    (workdir.toolkit_dir / "conda" / "bin" / "nvcc").unlink()
+    plan = Runbook([ToolkitStep(host)], workdir, make_profile()).plan(Selection())
+    assert plan[0].action == "run" and plan[0].reason.startswith("drift: no nvcc of CUDA 13.0.2")
+    assert up(workdir, make_profile(), host).ok
+    assert len(calls(record)) == 2
+
+
+def test_changed_version_reruns_with_recording_fake_conda(workdir: Workdir, bin_dir: Path, record: Path) -> None:
+    write_recording_fake_conda(bin_dir, record)
+    host = HostTools(path=str(bin_dir))
+    assert up(workdir, make_profile(), host).ok
+    result = up(workdir, make_profile(version="13.0.1"), host)
+    assert result.ok and result.decisions[0].reason == "inputs changed: version"
+    assert calls(record)[-1][-2:] == ["cuda-toolkit=13.0.1", "cuda-version=13.0"]
