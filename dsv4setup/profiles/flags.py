@@ -58,8 +58,8 @@ def bool_base(flag: str) -> str | None:
     return None
 
 
-def pairs(args: Sequence[str]) -> Iterator[tuple[str, str | None]]:
-    """(flag, value) pairs: `--a=1`, `--a 1` and bare `--switch` (value None)."""
+def pairs(args: Sequence[str]) -> Iterator[tuple[str, str | None, list[str]]]:
+    """(canonical flag, value, the tokens as written): `--a=1`, `--a 1` and bare `--switch` (value None)."""
     i = 0
     while i < len(args):
         token = args[i]
@@ -67,13 +67,13 @@ def pairs(args: Sequence[str]) -> Iterator[tuple[str, str | None]]:
         if flag is None:
             raise ValueError(f"{token!r} is not a flag (values follow their flag)")
         if token.startswith("--") and "=" in token:
-            yield flag, token.split("=", 1)[1]
+            yield flag, token.split("=", 1)[1], [token]
             i += 1
         elif i + 1 < len(args) and normalize(args[i + 1]) is None:
-            yield flag, args[i + 1]
+            yield flag, args[i + 1], [token, args[i + 1]]
             i += 2
         else:
-            yield flag, None
+            yield flag, None, [token]
             i += 1
 
 

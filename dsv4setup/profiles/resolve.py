@@ -1,0 +1,110 @@
+"""Which profile a workdir runs, with every override applied, and where each value came from.
+
+Name: `--profile NAME` (or a path to a profile file), else `profile:` in the workdir's
+dsv4setup.yaml, else the profile recorded in state.json, else the best match for this
+machine. Values, lowest first: the profile file, its context preset (serve.max_model_len,
+max_num_seqs, gpu_memory_utilization), dsv4setup.yaml, then each `--set` in order.
+An explicit serve key therefore beats the preset wherever it is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dsv4setup.errors import UsageError
+from dsv4setup.profiles.loader import (
+    find_profile_file,
+    is_path,
+    load_named_file,
+    load_profile_file,
+    profile_data,
+    read_yaml,
+)
+from dsv4setup.profiles.model import Profile
+from dsv4setup.profiles.overrides import (
+    Layer,
+    WorkdirOverrides,
+    locate,
+    merge_layers,
+    origins_of,
+    read_workdir_overrides,
+    set_layer,
+    validate_layers,
+)
+from dsv4setup.state import load_state
+from dsv4setup.workdir import Workdir
+
+
+@dataclass
+class ResolvedProfile:
+    """The final profile, validated, plus where every value (dotted key) came from."""
+
+    profile: Profile
+    origins: dict[str, str]
+    source_file: Path | None = None
+    selected_by: str = "--profile"  # --profile | workdir:<file> | state:<file> | auto
+    preset: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # workdir + --set, merged (bench fingerprints)
+
+
+def _auto_pick(workdir: Workdir) -> str:
+    """The best profile for this machine (hardware probe + match ranking, imported lazily)."""
+    hint = "run `dsv4setup doctor` to see the recommended profile, then pass --profile NAME"
+    try:
+        from dsv4setup.hardware import probe_snapshot
+        from dsv4setup.profiles.match import best_profile
+    except ImportError as exc:
+        raise UsageError(f"no profile chosen, and this dsv4setup cannot pick one by itself ({exc})",
+                         hint=hint) from None
+    from dsv4setup.profiles.loader import load_all_profiles
+
+    best = best_profile(probe_snapshot(workdir), load_all_profiles())
+    if best is None:
+        raise UsageError("no profile chosen, and none of the shipped profiles matches this machine", hint=hint)
+    return best if isinstance(best, str) else best.name
+
+
+def _choose_name(workdir: Workdir, name: str | None, overrides: WorkdirOverrides | None) -> tuple[str, str]:
+    if name:
+        return name, "--profile"
+    if overrides is not None and overrides.profile:
+        return overrides.profile, f"workdir:{overrides.path}"
+    recorded = load_state(workdir.state_file).profile
+    if recorded:
+        return recorded, f"state:{workdir.state_file}"
+    return _auto_pick(workdir), "auto"
+
+
+def _preset_layer(profile: Profile, layers: list[Layer]) -> Layer | None:
+    if profile.preset is None:
+        return None
+    preset = profile.presets[profile.preset]
+    serve: dict[str, Any] = {"max_model_len": preset.max_model_len, "max_num_seqs": preset.max_num_seqs}
+    if preset.gpu_memory_utilization is not None:
+        serve["gpu_memory_utilization"] = preset.gpu_memory_utilization
+    defined_at = locate(("presets", profile.preset), layers)
+    return Layer(f"preset:{profile.preset}", {"serve": serve},
+                 lambda _loc: f"preset:{profile.preset} (defined at {defined_at})")
+
+
+def resolve_profile(workdir: Workdir, name: str | None, sets: list[str]) -> ResolvedProfile:
+    """The profile to run, merged with dsv4setup.yaml and --set, validated; see the module docstring."""
+    overrides = read_workdir_overrides(workdir)
+    set_layers = [set_layer(item) for item in sets]
+    chosen, selected_by = _choose_name(workdir, name, overrides)
+    path = find_profile_file(chosen, workdir)
+    _ = load_profile_file(path) if is_path(chosen) else load_named_file(path)  # the file alone must be valid
+    doc = read_yaml(path)
+    layers = [Layer(f"profile:{path}", profile_data(doc), doc.where)]
+    layers += [overrides.layer] if overrides else []
+    layers += set_layers
+    profile = validate_layers(layers)
+    preset = _preset_layer(profile, layers)
+    if preset is not None:
+        layers.insert(1, preset)
+        profile = validate_layers(layers)
+    return ResolvedProfile(profile=profile, origins=origins_of(profile, layers), source_file=path,
+                           selected_by=selected_by, preset=profile.preset,
+                           overrides=merge_layers(layers[2 if preset else 1:]))
