@@ -73,7 +73,7 @@ def _check_upstream(patch: Patch, target: Target) -> PatchReport:
         return PatchReport(patch, "not-applicable", f"none of {', '.join(files)} exists in {_label(target)}", files)
     if probe.state == "fixed":
         assert probe.file is not None
-        return PatchReport(patch, "upstream", f"present in {_label(target)}: {probe.file} matches the probe",
+        return PatchReport(patch, "upstream", f"present in {_label(target)} (probe matches)",
                            (probe.file,))
     verified = ", ".join(patch.spec.verified_in) or "a newer release"
     return PatchReport(patch, "not-applicable",
