@@ -1,0 +1,134 @@
+"""`serve`, `down`, `smoke`, `tiny-model`: the server commands."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dsv4setup.cli import app
+from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
+from dsv4setup.cli.render import RichObserver
+from dsv4setup.engine import Selection, UpResult
+from dsv4setup.errors import EXIT_FAILED, StepError
+from dsv4setup.runbook import RunbookRequest, build_runbook
+from dsv4setup.workdir import Workdir
+
+HostOpt = Annotated[str | None, typer.Option(
+    help="Bind this address instead of 127.0.0.1 (then an API key is required: $DSV4SETUP_API_KEY, "
+         "or one generated into <workdir>/secrets/api_key).")]
+
+
+def _run_step(wd: Workdir, step: str, profile: str | None, sets: list[str] | None, options: dict[str, Any],
+              redo: bool, as_json: bool) -> UpResult:
+    runbook, _resolved = build_runbook(RunbookRequest(wd, profile, sets or [], False, options))
+    selection = Selection(only=(step,), redo=(step,) if redo else ())
+    return runbook.up(selection, observer=None if as_json else RichObserver(err))
+
+
+@app.command()
+def serve(
+    workdir: WorkdirOpt = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    host: HostOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Start the vLLM server (the serve step alone) and wait until it is ready."""
+    from dsv4setup.serve.manager import serve_doc, server_state
+
+    wd = workdir_from(workdir)
+    result = _run_step(wd, "serve", profile, set_, {"host": host} if host else {}, False, json_)
+    error = result.error.model_dump() if result.error else None
+    doc = serve_doc(wd, server_state(wd), result.ok, error)
+    if json_:
+        emit_json(doc)
+    elif result.ok:
+        out.print(f"serving {doc['base_url']}/v1 (pid {doc['pid']}); log: {doc['log']}; stop with `dsv4setup down`",
+                  highlight=False)
+    if not result.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def down(
+    workdir: WorkdirOpt = None,
+    grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL.")] = 15.0,
+    json_: JsonOpt = False,
+) -> None:
+    """Stop the server of this workdir (SIGTERM to its process group, SIGKILL after --grace) and clean up."""
+    from dsv4setup.serve.manager import down as stop
+
+    doc = stop(workdir_from(workdir), grace)
+    if json_:
+        emit_json(doc)
+    else:
+        err.print(doc["message"], highlight=False)
+
+
+@app.command()
+def smoke(
+    workdir: WorkdirOpt = None,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Smoke-test the running server: a chat completion, and MTP drafts made and accepted (from /metrics)."""
+    from dsv4setup.steps.smoke import report_file
+
+    wd = workdir_from(workdir)
+    result = _run_step(wd, "smoke", profile, set_, {}, True, json_)
+    path = report_file(wd)
+    if not path.exists():  # it failed before generating (no server): a plain error
+        error = result.error
+        raise StepError(error.message if error else f"the smoke step wrote no report at {path}",
+                        hint=error.hint if error else None)
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if json_:
+        emit_json(doc)
+    else:
+        _print_smoke(doc)
+    if not result.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_smoke(doc: dict[str, Any]) -> None:
+    out.print(f"model {doc['model']} at {doc['base_url']}: {doc['completion_tokens']} tokens, "
+              f"{doc['tokens_per_s']} tokens/s", highlight=False)
+    out.print(f"content: {(doc['content'] or '')[:200]!r}", highlight=False, markup=False)
+    mtp = doc["mtp"]
+    if mtp.get("checked") and mtp.get("acceptance_rate") is not None:
+        out.print(f"MTP: {mtp['accepted']:.0f}/{mtp['draft_tokens']:.0f} draft tokens accepted "
+                  f"({mtp['acceptance_rate']:.1%}), mean acceptance length {mtp['mean_acceptance_length']}, "
+                  f"per position {mtp['per_position_rates']}", highlight=False)
+    elif not mtp.get("checked"):
+        out.print(f"MTP not checked: {mtp.get('skipped_reason')}", highlight=False)
+    for check in doc["checks"]:
+        mark = "[green]ok[/]  " if check["ok"] else "[bold red]FAIL[/]"
+        out.print(f"{mark} {check['name']}: {check['detail']}", highlight=False)
+        if check.get("hint"):
+            out.print(f"     fix: {check['hint']}", highlight=False)
+
+
+@app.command("tiny-model")
+def tiny_model(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the checkpoint into.")],
+    seed: Annotated[int, typer.Option(help="Seed of the random weights (same seed, same bytes).")] = 0,
+    json_: JsonOpt = False,
+) -> None:
+    """Write the tiny DeepSeek-V3 + MTP checkpoint that the cpu-tiny profile serves."""
+    from dsv4setup.tinymodel import ANSWER_WORD, generate_tiny_checkpoint
+
+    path = generate_tiny_checkpoint(out_dir.expanduser().absolute(), seed=seed)
+    files = [{"name": f.name, "bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+             for f in sorted(path.iterdir()) if f.is_file()]
+    doc = {"schema": "dsv4setup.tiny-model/1", "ok": True, "path": str(path), "seed": seed,
+           "answer_word": ANSWER_WORD, "files": files}
+    if json_:
+        emit_json(doc)
+    else:
+        err.print(f"wrote {path} ({sum(f['bytes'] for f in files) / 1e6:.1f} MB); "
+                  f"it answers {ANSWER_WORD!r} to any prompt", highlight=False)

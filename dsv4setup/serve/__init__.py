@@ -1,0 +1,8 @@
+"""The vLLM server manager: start detached, readiness, known failures, stall detection, stop.
+
+- process.py: start in its own session, records (run/serve.json, run/serve.pid), identity, stop
+- readiness.py: /health polling, phase from the log, failure and stall detection
+- signatures.py: the known-failure table (dsv4setup/known_failures.yaml)
+- apikey.py: the API key of a server bound beyond loopback
+- manager.py: what the CLI and the steps call (status, down)
+"""

@@ -1,0 +1,54 @@
+"""The API key of a server bound beyond loopback: the user's, or one generated and kept 0600.
+
+The key reaches vLLM through VLLM_API_KEY in its environment (never argv), and every value is
+registered with dsv4setup.secrets so that logs, state and JSON show *** instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as pysecrets
+from pathlib import Path
+
+from dsv4setup.fsutil import atomic_write_text
+from dsv4setup.secrets import register_secret
+from dsv4setup.serve.readiness import is_loopback
+from dsv4setup.workdir import Workdir
+
+USER_KEY_ENV = "DSV4SETUP_API_KEY"
+
+
+def api_key_file(workdir: Workdir) -> Path:
+    return workdir.secrets_dir / "api_key"
+
+
+def _read_key(path: Path) -> str | None:
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)  # a key readable by others is not a secret
+    return key or None
+
+
+def server_api_key(workdir: Workdir, host: str) -> str | None:
+    """The key the server must require: the user's if set, else (off loopback only) the stored or a new one."""
+    key = os.environ.get(USER_KEY_ENV) or None
+    if key is None and not is_loopback(host):
+        path = api_key_file(workdir)
+        key = _read_key(path)
+        if key is None:
+            key = pysecrets.token_urlsafe(32)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.chmod(0o700)
+            atomic_write_text(path, key + "\n", mode=0o600)
+    register_secret(key)
+    return key
+
+
+def client_api_key(workdir: Workdir) -> str:
+    """The key a client sends: the user's, the stored one, vLLM's own env, else vLLM's placeholder EMPTY."""
+    key = os.environ.get(USER_KEY_ENV) or _read_key(api_key_file(workdir)) or os.environ.get("VLLM_API_KEY")
+    register_secret(key)
+    return key or "EMPTY"

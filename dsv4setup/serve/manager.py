@@ -1,0 +1,68 @@
+"""Server-level operations for the CLI and the steps: is it up, stop it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dsv4setup.errors import DsvError
+from dsv4setup.serve.process import ServerRecord, StopReport, is_ours, read_record, stop_server
+from dsv4setup.serve.readiness import base_url, health_status
+from dsv4setup.workdir import Workdir
+
+SERVE_SCHEMA = "dsv4setup.serve/1"
+DOWN_SCHEMA = "dsv4setup.down/1"
+DEFAULT_GRACE_S = 15.0
+
+
+@dataclass(frozen=True)
+class ServerState:
+    record: ServerRecord | None
+    ours: bool
+    detail: str
+    health: int | None
+
+    @property
+    def healthy(self) -> bool:
+        return self.ours and self.health == 200
+
+
+def server_state(workdir: Workdir) -> ServerState:
+    """What runs for this workdir: the record, whether its pid is our server, its /health status."""
+    record = read_record(workdir)
+    if record is None:
+        return ServerState(None, False, f"no server recorded ({workdir.run_dir / 'serve.json'})", None)
+    ours, detail = is_ours(record)
+    health = health_status(record.host, record.port) if ours else None
+    if ours:
+        detail += f", /health {health if health is not None else 'does not answer'}"
+    return ServerState(record, ours, detail, health)
+
+
+def serve_doc(workdir: Workdir, state: ServerState, ok: bool, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    rec = state.record
+    return {"schema": SERVE_SCHEMA, "ok": ok, "workdir": str(workdir.root), "running": state.ours,
+            "healthy": state.healthy, "pid": rec.pid if rec and state.ours else None,
+            "host": rec.host if rec else None, "port": rec.port if rec else None,
+            "base_url": base_url(rec.host, rec.port) if rec else None, "log": rec.log if rec else None,
+            "started_at": rec.started_at if rec else None, "detail": state.detail, "error": error}
+
+
+def down(workdir: Workdir, grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
+    """Stop this workdir's server and clean up. Nothing running is a clean no-op."""
+    record = read_record(workdir)
+    if record is None:
+        return {"schema": DOWN_SCHEMA, "ok": True, "workdir": str(workdir.root), "was_running": False,
+                "message": "no server is running for this workdir", "pids": [], "forced": False,
+                "elapsed_s": 0.0, "removed": []}
+    report: StopReport = stop_server(workdir, record, grace_s)
+    if report.survivors:
+        raise DsvError(f"processes {report.survivors} of the server would not stop, even with SIGKILL",
+                       hint="they are probably stuck in the kernel (D state, e.g. a hung GPU driver); "
+                            "check `ps -o pid,stat,cmd -p " + ",".join(map(str, report.survivors)) + "`")
+    message = (f"stopped the server (pid {record.pid}, port {record.port}) in {report.elapsed_s:.1f}s"
+               + (" (SIGKILL was needed)" if report.forced else "")
+               if report.was_running else "the recorded server was not running; cleaned up its records")
+    return {"schema": DOWN_SCHEMA, "ok": True, "workdir": str(workdir.root), "was_running": report.was_running,
+            "message": message, "pids": report.pids, "forced": report.forced, "elapsed_s": report.elapsed_s,
+            "removed": report.removed}

@@ -1,0 +1,270 @@
+"""The vLLM server process: start it detached, record it, recognise it, stop it, clean up after it.
+
+Identity. The server runs in its own session (process group = its pid). Its environment
+carries DSV4SETUP_SERVE_ID=<random id>, inherited by every process vLLM spawns (engine core,
+workers, resource tracker), even those that outlive the API server. "Ours" therefore means:
+that id in the process environment; the API server itself must also have the recorded pid,
+creation time and command line. Nothing else is ever signalled.
+
+Leftovers. vLLM leaves ZMQ socket files (`<tmp>/<uuid>`) and `vllm_dist_*` files in the temp
+directory, and SIGTERM does not remove them. The server gets its own TMPDIR (a fresh
+`dsv4setup-serve-*` directory under the system temp dir, short enough for Unix socket paths),
+recorded with the server and removed with it, so only what is clearly ours is deleted.
+
+Records: `<workdir>/run/serve.json` (the record) and `<workdir>/run/serve.pid` (the pid, for
+people and scripts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+from dsv4setup.errors import StepError
+from dsv4setup.fsutil import atomic_write_json, atomic_write_text
+from dsv4setup.state import now_iso
+from dsv4setup.workdir import Workdir
+
+SERVE_ID_ENV = "DSV4SETUP_SERVE_ID"
+TMP_PREFIX = "dsv4setup-serve-"
+NOT_FINGERPRINTED_ENV = ("VLLM_API_KEY",)  # a key change must not look like a new command line
+
+
+@dataclass
+class ServerRecord:
+    pid: int
+    create_time: float
+    serve_id: str
+    host: str
+    port: int
+    argv: list[str]
+    command_fingerprint: str
+    log: str
+    log_offset: int  # where this server's output starts in the log
+    tmpdir: str | None
+    started_at: str = field(default_factory=now_iso)
+
+    @property
+    def pgid(self) -> int:
+        return self.pid  # started with start_new_session: leader of its own group
+
+
+def command_fingerprint(argv: Sequence[str], env: Mapping[str, str]) -> str:
+    doc = {"argv": list(argv), "env": {k: v for k, v in sorted(env.items()) if k not in NOT_FINGERPRINTED_ENV}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def record_file(workdir: Workdir) -> Path:
+    return workdir.run_dir / "serve.json"
+
+
+def read_record(workdir: Workdir) -> ServerRecord | None:
+    path = record_file(workdir)
+    try:
+        return ServerRecord(**json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError):
+        return None  # unreadable: treated as no record; a live server is still found by its port
+
+
+def write_record(workdir: Workdir, record: ServerRecord) -> None:
+    atomic_write_json(record_file(workdir), asdict(record))
+    atomic_write_text(workdir.serve_pid_file, f"{record.pid}\n")
+
+
+def clear_record(workdir: Workdir) -> None:
+    record_file(workdir).unlink(missing_ok=True)
+    workdir.serve_pid_file.unlink(missing_ok=True)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def leader_process(record: ServerRecord) -> psutil.Process | None:
+    """The recorded API server process if it still exists (same pid and creation time)."""
+    try:
+        proc = psutil.Process(record.pid)
+        if abs(proc.create_time() - record.create_time) > 0.05 or not _alive(proc):
+            return None
+        return proc
+    except psutil.Error:
+        return None
+
+
+def is_ours(record: ServerRecord) -> tuple[bool, str]:
+    """Is the recorded pid alive and our server: its command line is the recorded one, with our --port."""
+    proc = leader_process(record)
+    if proc is None:
+        return False, f"server pid {record.pid} is not running"
+    try:
+        cmdline = proc.cmdline()
+    except psutil.Error as exc:
+        return False, f"cannot read the command line of pid {record.pid}: {exc}"
+    if cmdline != record.argv or not _has_port(cmdline, record.port):
+        return False, f"pid {record.pid} is not our server (command line: {' '.join(cmdline)[:200]})"
+    return True, f"pid {record.pid} is our server on port {record.port}"
+
+
+def _has_port(cmdline: Sequence[str], port: int) -> bool:
+    pairs = zip(cmdline, cmdline[1:], strict=False)
+    return any(a == "--port" and b == str(port) for a, b in pairs) or f"--port={port}" in cmdline
+
+
+def server_processes(record: ServerRecord) -> list[psutil.Process]:
+    """Every live process that carries this server's id in its environment (the whole vLLM tree)."""
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.environ().get(SERVE_ID_ENV) == record.serve_id and _alive(proc):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def port_holder(port: int) -> str | None:
+    """'pid N (name)' of the process listening on a TCP port, when it can be found."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return None
+    for conn in conns:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            try:
+                return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+            except psutil.Error:
+                return f"pid {conn.pid}"
+    return None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """StepError when something already listens on host:port (or the address is not ours)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are not "in use"
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                holder = port_holder(port)
+                raise StepError(f"port {port} on {host} is already in use" + (f" by {holder}" if holder else ""),
+                                hint=f"stop that process, or serve on another port: --set serve.port=PORT "
+                                     f"(`ss -ltnp 'sport = :{port}'` shows who holds it)") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise StepError(f"cannot bind {host}: not an address of this machine",
+                                hint="use --host with one of this machine's addresses (`ip -br addr`), "
+                                     "or 0.0.0.0 for all") from None
+            raise StepError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+
+
+def start_server(argv: Sequence[str], env: Mapping[str, str], *, host: str, port: int, log_path: Path,
+                 cwd: Path) -> tuple[ServerRecord, subprocess.Popen[bytes]]:
+    """Start argv (no shell) detached in its own session; stdout+stderr appended to log_path."""
+    serve_id = uuid.uuid4().hex
+    tmpdir = tempfile.mkdtemp(prefix=TMP_PREFIX)
+    full_env = {**os.environ, "TMPDIR": tmpdir, **env, SERVE_ID_ENV: serve_id}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        offset = log.seek(0, os.SEEK_END)
+        try:
+            proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True,
+                                    close_fds=True)
+        except OSError as exc:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise StepError(f"cannot start the server {argv[0]}: {exc.strerror}",
+                            hint="the serving venv is missing or broken: run `dsv4setup up --redo vllm`") from None
+    try:
+        create_time = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        create_time = time.time()  # it exited at once; the readiness check reports why
+    record = ServerRecord(pid=proc.pid, create_time=create_time, serve_id=serve_id, host=host, port=port,
+                          argv=[str(a) for a in argv], command_fingerprint=command_fingerprint(argv, env),
+                          log=str(log_path), log_offset=offset, tmpdir=tmpdir)
+    return record, proc
+
+
+@dataclass
+class StopReport:
+    was_running: bool
+    pids: list[int]
+    forced: bool  # SIGKILL was needed
+    elapsed_s: float
+    survivors: list[int]  # processes that would not die (D state): reported, never ignored
+    removed: list[str]  # leftovers removed (the server's temp dir)
+
+
+def _reap(pid: int) -> None:
+    """Collect a zombie child of this process (the server is our child when we started it)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _signal_all(record: ServerRecord, procs: list[psutil.Process], sig: signal.Signals) -> None:
+    group_members = False
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(proc.pid) == record.pgid:
+                group_members = True
+                continue
+            proc.send_signal(sig)
+    if group_members:  # the group holds our processes only: its id cannot be reused while they live
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(record.pgid, sig)
+
+
+def _wait_gone(record: ServerRecord, deadline: float) -> list[psutil.Process]:
+    while True:
+        _reap(record.pid)
+        left = server_processes(record)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.2)
+
+
+def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0) -> StopReport:
+    """SIGTERM to the server's group (and any straggler with our id), SIGKILL after grace_s, clean up."""
+    started = time.monotonic()
+    procs = server_processes(record)
+    pids = sorted(p.pid for p in procs)
+    forced = False
+    left: list[psutil.Process] = []
+    if procs:
+        _signal_all(record, procs, signal.SIGTERM)
+        left = _wait_gone(record, time.monotonic() + grace_s)
+        if left:
+            forced = True
+            _signal_all(record, left, signal.SIGKILL)
+            left = _wait_gone(record, time.monotonic() + 5.0)
+    _reap(record.pid)
+    removed = []
+    if record.tmpdir and Path(record.tmpdir).name.startswith(TMP_PREFIX) and Path(record.tmpdir).is_dir():
+        shutil.rmtree(record.tmpdir, ignore_errors=True)
+        removed.append(record.tmpdir)
+    if not left:
+        clear_record(workdir)
+    return StopReport(was_running=bool(procs), pids=pids, forced=forced,
+                      elapsed_s=round(time.monotonic() - started, 2), survivors=sorted(p.pid for p in left),
+                      removed=removed)

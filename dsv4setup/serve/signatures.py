@@ -1,0 +1,63 @@
+"""Known failures: signatures in vLLM's output (data in dsv4setup/known_failures.yaml)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from dsv4setup.resources import package_file
+
+KNOWN_FAILURES_FILE = package_file("known_failures.yaml")
+
+
+@dataclass(frozen=True)
+class KnownFailure:
+    id: str
+    pattern: re.Pattern[str]
+    cause: str
+    fix: str
+    min_count: int = 1
+    example: str | None = None
+
+
+@dataclass(frozen=True)
+class FailureMatch:
+    failure: KnownFailure
+    excerpt: str  # the matched text, first line only, shortened
+
+
+def load_known_failures(path: Path = KNOWN_FAILURES_FILE) -> tuple[KnownFailure, ...]:
+    """Read and compile the table; a broken entry is a bug in the shipped data (ValueError)."""
+    entries = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    failures = []
+    for i, entry in enumerate(entries):
+        try:
+            failures.append(KnownFailure(
+                id=entry["id"], pattern=re.compile(entry["pattern"], re.MULTILINE), cause=entry["cause"],
+                fix=entry["fix"], min_count=int(entry.get("min_count", 1)), example=entry.get("example")))
+        except (KeyError, TypeError, re.error) as exc:
+            raise ValueError(f"{path}: entry {i + 1} is invalid: {exc}") from None
+    ids = [f.id for f in failures]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"{path}: duplicate ids")
+    return tuple(failures)
+
+
+@lru_cache(maxsize=1)
+def known_failures() -> tuple[KnownFailure, ...]:
+    return load_known_failures()
+
+
+def match_failure(text: str, failures: tuple[KnownFailure, ...] | None = None) -> FailureMatch | None:
+    """The first known failure whose pattern occurs at least min_count times in text."""
+    for failure in known_failures() if failures is None else failures:
+        found = list(itertools.islice(failure.pattern.finditer(text), failure.min_count))
+        if len(found) >= failure.min_count:
+            lines = found[-1].group(0).splitlines()
+            return FailureMatch(failure, (lines[0] if lines else "")[:300])
+    return None
