@@ -268,3 +268,12 @@ class Profile(Strict):
     def document(self) -> dict[str, Any]:
         """The profile as a plain YAML/JSON document (keys as written in profile files)."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of a profile file, for editors and `dsv4setup profile schema`."""
+    schema = Profile.model_json_schema(by_alias=True, mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "urn:dsv4setup:schema:profile:1",
+            **schema, "title": "dsv4setup profile",
+            "description": "One hardware class: how it matches a machine, the model, the vLLM build, patches, "
+                           "serve args, env, presets, smoke and bench settings (profiles/*.yaml)."}

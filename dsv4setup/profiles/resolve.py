@@ -53,17 +53,17 @@ def _auto_pick(workdir: Workdir) -> str:
     """The best profile for this machine (hardware probe + match ranking, imported lazily)."""
     hint = "run `dsv4setup doctor` to see the recommended profile, then pass --profile NAME"
     try:
-        from dsv4setup.hardware import probe_snapshot
+        from dsv4setup.hardware.snapshot import take_snapshot
         from dsv4setup.profiles.match import best_profile
     except ImportError as exc:
         raise UsageError(f"no profile chosen, and this dsv4setup cannot pick one by itself ({exc})",
                          hint=hint) from None
     from dsv4setup.profiles.loader import load_all_profiles
 
-    best = best_profile(probe_snapshot(workdir), load_all_profiles())
+    best = best_profile(take_snapshot(workdir), load_all_profiles())
     if best is None:
         raise UsageError("no profile chosen, and none of the shipped profiles matches this machine", hint=hint)
-    return best if isinstance(best, str) else best.name
+    return best.name
 
 
 def _choose_name(workdir: Workdir, name: str | None, overrides: WorkdirOverrides | None) -> tuple[str, str]:
