@@ -14,7 +14,7 @@ from typing import Any
 from dsv4setup.engine import Runbook, Step
 from dsv4setup.errors import UsageError
 from dsv4setup.profiles.resolve import ResolvedProfile, resolve_profile
-from dsv4setup.steps import runbook_steps
+from dsv4setup.steps import OPTIONAL_STEPS, STEP_ORDER, runbook_steps
 from dsv4setup.workdir import Workdir
 
 ENV_RUNBOOK = "DSV4SETUP_RUNBOOK"
@@ -37,6 +37,14 @@ def _custom_steps(spec: str) -> list[Step]:
         raise UsageError(f"{ENV_RUNBOOK}={spec}: cannot load it ({exc})",
                          hint="use module:callable, with the module on PYTHONPATH") from None
     return list(factory())
+
+
+def step_names(with_bench: bool = True) -> list[str]:
+    """The runbook's step names, without resolving a profile (for `status`)."""
+    spec = os.environ.get(ENV_RUNBOOK)
+    if spec:
+        return [s.name for s in _custom_steps(spec)]
+    return list(STEP_ORDER + (OPTIONAL_STEPS if with_bench else ()))
 
 
 def build_runbook(request: RunbookRequest) -> tuple[Runbook, ResolvedProfile]:

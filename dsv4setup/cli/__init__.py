@@ -10,6 +10,11 @@ import traceback
 import click
 import typer
 
+try:  # typer >= 0.20 vendors its own click: its parse errors are not click's classes
+    from typer._click import exceptions as _typer_click
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _typer_click = click.exceptions
+
 from dsv4setup import __version__
 from dsv4setup.cli.common import debug_enabled, emit_json, err
 from dsv4setup.errors import EXIT_FAILED, EXIT_USAGE, DsvError
@@ -69,10 +74,10 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         report_error(exc, as_json)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         err.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
+    except (click.ClickException, _typer_click.ClickException) as exc:
         exc.show()
         sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
     except KeyboardInterrupt:

@@ -16,8 +16,9 @@ from dsv4setup.workdir import ENV_WORKDIR, Workdir
 
 
 def _console(stderr: bool) -> Console:
-    # NO_COLOR is honoured by rich itself; narrow terminals wrap.
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    # NO_COLOR is honoured by rich itself. soft_wrap: messages keep paths and commands on one
+    # line (copy-pasteable, greppable by agents); tables still fit narrow terminals.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 err = _console(stderr=True)

@@ -25,7 +25,7 @@ from dsv4setup.engine import Selection
 from dsv4setup.errors import EXIT_FAILED, UsageError
 from dsv4setup.lock import workdir_lock
 from dsv4setup.proc import tail_lines
-from dsv4setup.runbook import RunbookRequest, build_runbook
+from dsv4setup.runbook import RunbookRequest, build_runbook, step_names
 from dsv4setup.state import StepStatus, backup_state, load_state, save_state
 from dsv4setup.status import status_doc
 
@@ -92,10 +92,8 @@ def up(
 @app.command()
 def status(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
     """Show each step's status from the state file (no lock needed)."""
-    from dsv4setup.steps import OPTIONAL_STEPS, STEP_ORDER
-
     wd = workdir_from(workdir)
-    doc = status_doc(load_state(wd.state_file), list(STEP_ORDER + OPTIONAL_STEPS))
+    doc = status_doc(load_state(wd.state_file), step_names())
     doc["workdir"] = str(wd.root)
     if json_:
         emit_json(doc)

@@ -56,6 +56,6 @@ def steps() -> list[Step]:
     return [MarkerStep(n, (NAMES[i - 1],) if i else ()) for i, n in enumerate(NAMES)]
 
 
-def journal() -> list[str]:
-    path = _dir() / "journal"
+def journal(markers: Path | None = None) -> list[str]:
+    path = (markers or _dir()) / "journal"
     return path.read_text().split() if path.exists() else []

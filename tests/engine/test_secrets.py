@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from dsv4setup.cli.common import emit_json
-from dsv4setup.engine import Postcondition, RunContext, Runbook, Selection, Step
+from dsv4setup.engine import Postcondition, Runbook, RunContext, Selection, Step
 from dsv4setup.profiles.model import Profile
 from dsv4setup.secrets import hf_token, redact, register_secret
 from dsv4setup.workdir import Workdir
