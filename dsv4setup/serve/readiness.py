@@ -27,9 +27,10 @@ PHASES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((name, re.compile(patter
     ("starting the engine", r"Initializing a V1 LLM engine|Initializing an LLM engine"),
     ("loading weights", r"Starting to load model|Loading safetensors checkpoint shards|Loading weights"),
     ("loading the MTP drafter", r"Loading drafter model|MTP draft model loaded"),
-    ("compiling (torch.compile)", r"torch\.compile|Dynamo bytecode transform|Compiling a graph"),
+    ("compiling (torch.compile)", r"Starting torch\.compile|Dynamo bytecode transform|Compiling a graph"
+                                  r"|Directly load the compiled graph"),
     ("allocating the KV cache", r"KV cache size|Available KV cache memory|KV cache initialized"),
-    ("capturing CUDA graphs", r"Capturing CUDA graph|cudagraph capturing|Graph capturing"),
+    ("capturing CUDA graphs", r"Capturing CUDA graphs|Graph capturing finished"),
     ("starting the API server", r"Starting vLLM (API )?server on|Available routes are"),
     ("application startup complete", r"Application startup complete"),
 ))

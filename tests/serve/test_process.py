@@ -1,0 +1,174 @@
+"""The server manager against real subprocesses (a fake server script where vLLM cannot misbehave on demand)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from dsv4setup.errors import StepError
+from dsv4setup.serve.process import (
+    ServerRecord,
+    check_port_free,
+    is_ours,
+    read_record,
+    start_server,
+    stop_server,
+    write_record,
+)
+from dsv4setup.serve.readiness import LogFollower, ReadyLimits, ServerWatch, wait_ready
+from dsv4setup.workdir import Workdir
+
+from .conftest import fake_argv, processes_with_id
+
+FAST = ReadyLimits(ready_timeout_s=20, stall_timeout_s=20, poll_s=0.1, heartbeat_s=1, health_timeout_s=0.5)
+
+
+def _start(workdir: Workdir, reaper: list[ServerRecord], argv: list[str], port: int):
+    log = workdir.log_file("serve")
+    log.write_text("===== header written by the step\n")
+    record, proc = start_server(argv, {"PROFILE_ENV": "1"}, host="127.0.0.1", port=port, log_path=log,
+                                cwd=workdir.root)
+    reaper.append(record)
+    write_record(workdir, record)
+    return record, proc
+
+
+def _wait(record: ServerRecord, proc, limits: ReadyLimits = FAST) -> tuple[float, list[str]]:
+    messages: list[str] = []
+    seconds = wait_ready(ServerWatch(proc.pid, proc.poll), record.host, record.port,
+                         LogFollower(Path(record.log), record.log_offset), limits, messages.append)
+    return seconds, messages
+
+
+def test_ready_server_is_ours_and_stops_with_its_whole_group_with_fake_server_process(
+        workdir: Workdir, reaper, port: int) -> None:
+    record, proc = _start(workdir, reaper, fake_argv("ready", port, "--delay", "1", "--child"), port)
+    seconds, messages = _wait(record, proc)
+    assert seconds >= 0.9
+    assert any("application startup complete" in m for m in messages) and messages[-1].startswith("ready")
+    assert is_ours(record) == (True, f"pid {record.pid} is our server on port {port}")
+    assert read_record(workdir) == record and workdir.serve_pid_file.read_text() == f"{record.pid}\n"
+    tree = processes_with_id(record.serve_id)
+    assert len(tree) == 2  # the server and its grandchild (like vLLM's engine core)
+    assert Path(record.tmpdir).is_dir()
+    report = stop_server(workdir, record, grace_s=5)
+    assert report.was_running and not report.forced and report.survivors == []
+    assert report.pids == sorted(p.pid for p in tree)
+    assert processes_with_id(record.serve_id) == []
+    assert not Path(record.tmpdir).exists() and report.removed == [record.tmpdir]
+    assert read_record(workdir) is None and not workdir.serve_pid_file.exists()
+    assert is_ours(record)[0] is False
+
+
+def test_stall_is_reported_as_a_probable_hang_with_p2p_advice_with_fake_server_process(
+        workdir: Workdir, reaper, port: int) -> None:
+    record, proc = _start(workdir, reaper, fake_argv("stall", port), port)
+    limits = ReadyLimits(ready_timeout_s=30, stall_timeout_s=1.5, poll_s=0.1, heartbeat_s=0.3, health_timeout_s=0.2)
+    started = time.monotonic()
+    with pytest.raises(StepError) as exc:
+        _wait(record, proc, limits)
+    assert 1.4 <= time.monotonic() - started < 10
+    assert exc.value.known_failure == "serve-stall"
+    assert "probably hung" in exc.value.message and "loading weights" in exc.value.message
+    assert "NCCL_P2P_DISABLE=1" in exc.value.hint and "--disable-custom-all-reduce" in exc.value.hint
+    stop_server(workdir, record, grace_s=5)
+    assert processes_with_id(record.serve_id) == []
+
+
+def test_heartbeats_written_to_the_same_log_do_not_hide_a_stall_with_fake_server_process(
+        workdir: Workdir, reaper, port: int) -> None:
+    record, proc = _start(workdir, reaper, fake_argv("stall", port), port)
+    log = Path(record.log)
+
+    def progress(message: str) -> None:  # what ctx.progress does: a "-- " line in the step log
+        with log.open("a") as fh:
+            fh.write(f"-- {message}\n")
+
+    limits = ReadyLimits(ready_timeout_s=30, stall_timeout_s=1.5, poll_s=0.1, heartbeat_s=0.2, health_timeout_s=0.2)
+    with pytest.raises(StepError, match="probably hung"):
+        wait_ready(ServerWatch(proc.pid, proc.poll), "127.0.0.1", port, LogFollower(log, record.log_offset),
+                   limits, progress)
+    assert log.read_text().count("-- loading weights") >= 3
+    stop_server(workdir, record, grace_s=5)
+
+
+def test_known_signature_in_the_log_is_reported_with_cause_and_fix_with_fake_server_process(
+        workdir: Workdir, reaper, port: int) -> None:
+    line = "Failed: Cuda error /workspace/csrc/custom_all_reduce.cuh:455 'invalid argument'"
+    record, proc = _start(workdir, reaper, fake_argv("signature", port, "--line", line), port)
+    with pytest.raises(StepError) as exc:
+        _wait(record, proc)
+    assert exc.value.known_failure == "custom-allreduce-invalid-argument"
+    assert "custom all-reduce" in exc.value.message and "custom_all_reduce.cuh:455" in exc.value.message
+    assert "--disable-custom-all-reduce" in exc.value.hint
+    assert proc.poll() is None  # still running: the caller (the step) stops it
+    stop_server(workdir, record, grace_s=5)
+
+
+def test_process_exit_during_startup_with_fake_server_process(workdir: Workdir, reaper, port: int) -> None:
+    record, proc = _start(workdir, reaper, fake_argv("exit", port), port)
+    with pytest.raises(StepError) as exc:
+        _wait(record, proc)
+    assert "exited with code 3" in exc.value.message and exc.value.known_failure is None
+    assert "logs serve" in exc.value.hint
+
+
+def test_health_503_means_the_engine_died_with_fake_server_process(workdir: Workdir, reaper, port: int) -> None:
+    record, proc = _start(workdir, reaper, fake_argv("dead", port, "--delay", "0"), port)
+    with pytest.raises(StepError) as exc:
+        _wait(record, proc)
+    assert exc.value.known_failure == "engine-dead" and "503" in exc.value.message
+    stop_server(workdir, record, grace_s=5)
+
+
+def test_ready_timeout_with_fake_server_process(workdir: Workdir, reaper, port: int) -> None:
+    record, proc = _start(workdir, reaper, fake_argv("ready", port, "--delay", "30"), port)
+    limits = ReadyLimits(ready_timeout_s=1.5, stall_timeout_s=30, poll_s=0.1, heartbeat_s=1, health_timeout_s=0.2)
+    with pytest.raises(StepError) as exc:
+        _wait(record, proc, limits)
+    assert exc.value.known_failure == "serve-ready-timeout" and "ready_timeout_s" in exc.value.hint
+    stop_server(workdir, record, grace_s=5)
+
+
+def test_sigkill_after_the_grace_period_with_fake_server_process(workdir: Workdir, reaper, port: int) -> None:
+    record, proc = _start(workdir, reaper, fake_argv("stubborn", port), port)
+    time.sleep(0.5)  # let it install its SIGTERM handler
+    report = stop_server(workdir, record, grace_s=1)
+    assert report.forced and report.survivors == [] and proc.poll() is not None
+    assert processes_with_id(record.serve_id) == []
+
+
+def test_a_reused_pid_is_not_ours(workdir: Workdir, reaper, port: int) -> None:
+    record, proc = _start(workdir, reaper, fake_argv("stall", port), port)
+    assert is_ours(record)[0]
+    other = ServerRecord(**{**record.__dict__, "create_time": record.create_time - 100})
+    assert is_ours(other) == (False, f"server pid {record.pid} is not running")
+    wrong_cmd = ServerRecord(**{**record.__dict__, "argv": [*record.argv, "--extra"]})
+    assert is_ours(wrong_cmd)[0] is False and "not our server" in is_ours(wrong_cmd)[1]
+    stop_server(workdir, record, grace_s=5)
+
+
+def test_port_in_use_is_a_clear_error_naming_the_holder(port: int) -> None:
+    check_port_free("127.0.0.1", port)  # free: no error
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        with pytest.raises(StepError) as exc:
+            check_port_free("127.0.0.1", port)
+    assert f"port {port} on 127.0.0.1 is already in use" in exc.value.message
+    assert "pid" in exc.value.message and "serve.port" in exc.value.hint
+
+
+def test_an_address_of_another_machine_cannot_be_bound(port: int) -> None:
+    with pytest.raises(StepError, match="not an address of this machine"):
+        check_port_free("203.0.113.7", port)
+
+
+def test_a_missing_interpreter_is_a_step_error(workdir: Workdir, port: int) -> None:
+    with pytest.raises(StepError, match="cannot start the server") as exc:
+        start_server(["/nonexistent/venv/bin/python", "-m", "x"], {}, host="127.0.0.1", port=port,
+                     log_path=workdir.log_file("serve"), cwd=workdir.root)
+    assert "--redo vllm" in exc.value.hint
