@@ -160,6 +160,27 @@ def tree_bytes(path: Path) -> int:
     return total
 
 
+def nvidia_pci_gpus(root: Path = Path("/sys/bus/pci/devices")) -> int | None:
+    """NVIDIA display/3D controllers on the PCI bus (sysfs, no driver needed); None when unreadable.
+
+    Tells a GPU box whose driver is missing from a machine without GPUs.
+    """
+    try:
+        devices = list(root.iterdir())
+    except OSError:
+        return None
+    count = 0
+    for device in devices:
+        try:
+            vendor = (device / "vendor").read_text().strip().lower()
+            klass = (device / "class").read_text().strip().lower()
+        except OSError:
+            continue
+        if vendor == "0x10de" and klass.startswith(("0x0300", "0x0302")):
+            count += 1
+    return count
+
+
 def probe_host(workdir: Path, models_dir: Path, venv_dir: Path, toolkit_dir: Path,
                env: Mapping[str, str]) -> dict[str, Any]:
     """The `host` section of the snapshot."""
@@ -176,6 +197,7 @@ def probe_host(workdir: Path, models_dir: Path, venv_dir: Path, toolkit_dir: Pat
         "kernel": platform.release(),
         "python": platform.python_version(),
         "iommu": read_iommu(),
+        "nvidia_pci_gpus": nvidia_pci_gpus(),
         "workdir": str(workdir),
         "hf_cache": str(hf_cache),
         "disk_free_bytes": {str(workdir): disk_free_bytes(workdir), str(hf_cache): disk_free_bytes(hf_cache)},
