@@ -51,18 +51,24 @@ class PatchesStep(Step):
     description = "apply the profile's vLLM patches and verify them against the wheel's RECORD"
     needs = ("vllm",)
 
+    def __init__(self, manifest_path: Path | None = None) -> None:
+        self._manifest_path = manifest_path  # None: the shipped patches/index.yaml
+
+    def manifest(self) -> Manifest:
+        return load_manifest(self._manifest_path)
+
     def not_applicable(self, ctx: RunContext) -> str | None:
         return None if ctx.profile.patches else "the profile lists no patches"
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
-        manifest = load_manifest()
+        manifest = self.manifest()
         diffs = {pid: [d.sha256 for d in manifest.by_id[pid].diffs] if pid in manifest.by_id else None
                  for pid in ctx.profile.patches}
         return {"patches": list(ctx.profile.patches), "diff_sha256": diffs,
                 "vllm": f"{ctx.profile.vllm.package}=={ctx.profile.vllm.version}"}
 
     def is_done(self, ctx: RunContext) -> Postcondition:
-        manifest = load_manifest()
+        manifest = self.manifest()
         try:
             ids = profile_patches(ctx, manifest)
             target = step_target(ctx)
@@ -75,7 +81,7 @@ class PatchesStep(Step):
         return Postcondition(True, f"{target.distribution} {target.version}: {summary(reports)}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        manifest = load_manifest()
+        manifest = self.manifest()
         ids = profile_patches(ctx, manifest)
         target = step_target(ctx)
         log = ctx.require_log()

@@ -52,6 +52,21 @@ def make_site_packages(root: Path, files: dict[str, str], *, dist: str = "vllm",
     return root
 
 
+def build_wheel(dest: Path, name: str, version: str, files: dict[str, str]) -> Path:
+    """A pure-Python wheel holding `files`, with the RECORD a wheel builder writes."""
+    info = f"{name.replace('-', '_')}-{version}.dist-info"
+    entries = {**files, f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+               f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    rows = [f"{rel},{record_hash(text.encode())},{len(text.encode())}" for rel, text in entries.items()]
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = dest / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for rel, text in entries.items():
+            zf.writestr(rel, text)
+        zf.writestr(f"{info}/RECORD", "\n".join([*rows, f"{info}/RECORD,,"]) + "\n")
+    return wheel
+
+
 def unified_diff(rel: str, before: str, after: str) -> str:
     return "".join(difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
                                         fromfile=f"a/{rel}", tofile=f"b/{rel}"))

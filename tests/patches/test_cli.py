@@ -1,0 +1,96 @@
+"""`dsv4setup patches status|apply|revert`: exit codes, one JSON document valid against the schema."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+import dsv4setup.patching.manifest as manifest_mod
+from dsv4setup.cli import main
+from dsv4setup.lock import workdir_lock
+from dsv4setup.resources import package_file
+from dsv4setup.workdir import Workdir
+from tests.patches.conftest import Synth
+from tests.patches.helpers import snapshot
+
+SCHEMA = json.loads(package_file("schemas", "patches.schema.json").read_text())
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return int(info.value.code or 0), captured.out, captured.err
+
+
+def doc_of(out: str) -> dict[str, Any]:
+    doc = json.loads(out)
+    jsonschema.validate(doc, SCHEMA)
+    return doc
+
+
+@pytest.fixture
+def shipped_as(synth: Synth, monkeypatch: pytest.MonkeyPatch) -> Synth:
+    """The CLI reads the synthetic manifest in place of the shipped one (data path only)."""
+    monkeypatch.setattr(manifest_mod, "default_manifest_path", lambda: synth.manifest)
+    return synth
+
+
+def test_status_apply_revert_json(shipped_as: Synth, capsys: pytest.CaptureFixture[str]) -> None:
+    site = str(shipped_as.site)
+    code, out, _ = run(capsys, "patches", "status", "--target", site, "--json")
+    doc = doc_of(out)
+    assert code == 0 and doc["ok"] and doc["action"] == "status" and doc["changed"] == []
+    assert doc["target"] == {"path": site, "kind": "site-packages", "distribution": "vllm", "version": "0.33.0"}
+    assert [(p["id"], p["status"], p["files"]) for p in doc["patches"]] == [
+        ("alpha-fix", "applicable", ["vllm/alpha.py"]), ("beta-fix", "applicable", ["vllm/beta.py"])]
+    code, out, _ = run(capsys, "patches", "apply", "beta-fix", "--target", site, "--json")
+    doc = doc_of(out)
+    assert code == 0 and doc["changed"] == ["beta-fix"]
+    assert {p["id"]: p["status"] for p in doc["patches"]} == {"beta-fix": "applied"}
+    code, out, _ = run(capsys, "patches", "revert", "--target", site, "--json")
+    assert code == 0 and doc_of(out)["changed"] == ["beta-fix"]
+
+
+def test_human_output_is_a_table_and_progress_on_stderr(shipped_as: Synth, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "patches", "apply", "--target", str(shipped_as.site))
+    assert code == 0 and "alpha-fix" in out and "applied" in out
+    assert "applied: alpha-fix, beta-fix" in err and "patched " in err
+
+
+def test_conflict_status_exits_1_and_apply_changes_nothing(shipped_as: Synth,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    (shipped_as.site / "vllm" / "alpha.py").write_text("edited by hand\n")
+    before = snapshot(shipped_as.site)
+    code, out, _ = run(capsys, "patches", "status", "--target", str(shipped_as.site), "--json")
+    doc = doc_of(out)
+    assert code == 1 and not doc["ok"] and doc["patches"][0]["status"] == "conflict"
+    code, out, _ = run(capsys, "patches", "apply", "--target", str(shipped_as.site), "--json")
+    error = json.loads(out)
+    assert code == 1 and error["schema"] == "dsv4setup.error/1" and "vllm/alpha.py" in error["message"]
+    assert "dsv4setup up --redo vllm" in error["hint"]
+    code, _out, err = run(capsys, "patches", "apply", "--target", str(shipped_as.site))
+    assert code == 1 and "conflict, nothing changed" in err and "Traceback" not in err
+    assert snapshot(shipped_as.site) == before
+
+
+def test_bad_target_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "patches", "status", "--target", str(tmp_path), "--json")
+    assert code == 2 and "no vLLM here" in json.loads(out)["message"]
+
+
+def test_default_target_is_the_workdir_venv_and_apply_takes_the_lock(shipped_as: Synth, workdir: Workdir,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copytree(shipped_as.site, workdir.venv_dir / "lib" / "python3.11" / "site-packages")
+    code, out, _ = run(capsys, "patches", "status", "--workdir", str(workdir.root), "--json")
+    assert code == 0 and doc_of(out)["target"]["path"].startswith(str(workdir.venv_dir))
+    with workdir_lock(workdir.lock_file, "up"):
+        code, out, _ = run(capsys, "patches", "apply", "--workdir", str(workdir.root), "--json")
+    assert code == 3 and json.loads(out)["error"] == "LockHeldError"
+    code, out, _ = run(capsys, "patches", "apply", "--workdir", str(workdir.root), "--json")
+    assert code == 0 and doc_of(out)["changed"] == ["alpha-fix", "beta-fix"]
