@@ -46,3 +46,17 @@ def workdir_lock(lock_file: Path, command: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def current_holder(lock_file: Path) -> dict[str, object] | None:
+    """Who holds the lock right now (None when free). Probes with a non-blocking flock."""
+    if not lock_file.exists():
+        return None
+    fd = os.open(lock_file, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_holder(lock_file) or {"pid": None}
+    finally:
+        os.close(fd)
+    return None

@@ -1,0 +1,93 @@
+"""`dsv4setup next`: the single next action for an agent, from the state and a fresh check.
+
+The fresh check is the engine's own plan: every step's postcondition is verified on the
+machine, so drift (a reinstalled vLLM, a stopped server) shows up as the next thing to run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from dsv4setup.engine import Selection
+from dsv4setup.errors import DsvError
+from dsv4setup.lock import current_holder
+from dsv4setup.state import State, StepStatus, load_state
+from dsv4setup.workdir import Workdir
+
+NEXT_SCHEMA = "dsv4setup.next/1"
+Action = Literal["run", "fix", "wait", "done"]
+
+
+@dataclass(frozen=True)
+class NextAction:
+    action: Action
+    command: list[str]
+    why: str
+    step: str | None = None
+    known_failure: str | None = None
+    hint: str | None = None
+
+    def to_doc(self) -> dict[str, object]:
+        return {"schema": NEXT_SCHEMA, **asdict(self)}
+
+
+def _up(workdir: Workdir) -> list[str]:
+    return ["dsv4setup", "up", "--workdir", str(workdir.root), "--yes", "--json"]
+
+
+def _failed_step(state: State) -> str | None:
+    return next((n for n, r in state.steps.items() if r.status == StepStatus.FAILED), None)
+
+
+def next_action(workdir: Workdir) -> NextAction:
+    holder = current_holder(workdir.lock_file)
+    if holder is not None:
+        return NextAction("wait", ["dsv4setup", "status", "--workdir", str(workdir.root), "--json"],
+                          f"another dsv4setup run (pid {holder.get('pid')}, {holder.get('command')}) is working "
+                          f"since {holder.get('since')}; check again when it ends")
+    try:
+        state = load_state(workdir.state_file)
+    except DsvError as exc:
+        return NextAction("fix", ["dsv4setup", "reset", "--workdir", str(workdir.root), "--all"],
+                          exc.message, hint=exc.hint)
+    if not state.profile:
+        return _first_run(workdir)
+    failed = _failed_step(state)
+    if failed is not None:
+        error = state.steps[failed].error
+        return NextAction("fix", _up(workdir), f"step {failed} failed: {error.message if error else 'unknown'}; "
+                          "apply the hint, then run the command", step=failed,
+                          known_failure=error.known_failure if error else None, hint=error.hint if error else None)
+    return _from_plan(workdir, state)
+
+
+def _first_run(workdir: Workdir) -> NextAction:
+    """Nothing ran yet: `up` with the profile that best matches this machine (or the workdir's choice)."""
+    from dsv4setup.profiles.resolve import resolve_profile
+
+    try:
+        resolved = resolve_profile(workdir, None, [])
+    except DsvError as exc:
+        return NextAction("fix", ["dsv4setup", "doctor", "--workdir", str(workdir.root), "--json"],
+                          exc.message, hint=exc.hint)
+    name = resolved.profile.name
+    return NextAction("run", [*_up(workdir)[:4], "--profile", name, "--yes", "--json"],
+                      f"nothing has run here yet; profile {name} was chosen ({resolved.selected_by}); "
+                      "`up` starts with preflight, the same checks as `dsv4setup doctor`", step="preflight")
+
+
+def _from_plan(workdir: Workdir, state: State) -> NextAction:
+    from dsv4setup.runbook import RunbookRequest, build_runbook
+
+    try:
+        runbook, _ = build_runbook(RunbookRequest(workdir, state.profile))
+        decisions = runbook.plan(Selection())
+    except DsvError as exc:
+        return NextAction("fix", _up(workdir), exc.message, hint=exc.hint)
+    pending = next((d for d in decisions if d.action == "run"), None)
+    if pending is not None:
+        return NextAction("run", _up(workdir), f"{pending.step}: {pending.reason}", step=pending.step)
+    return NextAction("done", ["dsv4setup", "smoke", "--workdir", str(workdir.root), "--json"],
+                      f"every step of {state.profile} is done and verified; the server is up "
+                      "(re-run the smoke test any time with the command)")
