@@ -213,11 +213,14 @@ def profile_data(doc: YamlDoc) -> dict[str, Any]:
 
 
 def load_profile_file(path: Path) -> Profile:
-    """Read and validate one profile file; every problem is reported as file:line: key: expected."""
+    """Read and validate one profile file, its default preset applied to serve.
+
+    Every problem is reported as file:line: key: what was expected.
+    """
     doc = read_yaml(Path(path))
     data = profile_data(doc)
     try:
-        return Profile.model_validate(data)
+        return Profile.model_validate(data).with_preset()
     except ValidationError as exc:
         raise ProfileError(validation_issues(exc, doc.where)) from None
 

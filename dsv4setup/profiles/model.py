@@ -265,6 +265,21 @@ class Profile(Strict):
                                  f"all of them, so the two must be equal")
         return value
 
+    def preset_values(self) -> dict[str, Any]:
+        """The serve values the selected preset sets (empty without a preset)."""
+        if self.preset is None:
+            return {}
+        preset = self.presets[self.preset]
+        values: dict[str, Any] = {"max_model_len": preset.max_model_len, "max_num_seqs": preset.max_num_seqs}
+        if preset.gpu_memory_utilization is not None:
+            values["gpu_memory_utilization"] = preset.gpu_memory_utilization
+        return values
+
+    def with_preset(self) -> Profile:
+        """The profile as its file means it: the selected preset's values applied to serve."""
+        values = self.preset_values()
+        return self.model_copy(update={"serve": self.serve.model_copy(update=values)}) if values else self
+
     def document(self) -> dict[str, Any]:
         """The profile as a plain YAML/JSON document (keys as written in profile files)."""
         return self.model_dump(mode="json", by_alias=True)

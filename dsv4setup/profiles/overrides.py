@@ -262,9 +262,11 @@ class _CannotEdit(Exception):
     """The text edit does not apply (flow style, odd layout): fall back to a full re-dump."""
 
 
-def _dump_block(data: Any, indent: int) -> str:
-    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True, width=100)
-    return "".join(" " * indent + line + "\n" for line in text.splitlines())
+def _dump_block(data: dict[Any, Any], indent: int) -> str:
+    """Block-style mapping at `indent`; values that are not mappings stay on their key's line."""
+    pad = " " * indent
+    return "".join(f"{pad}{_inline(k)}:\n{_dump_block(v, indent + 2)}" if isinstance(v, dict) and v
+                   else f"{pad}{_inline(k)}: {_inline(v)}\n" for k, v in data.items())
 
 
 def _inline(value: Any) -> str:

@@ -80,12 +80,8 @@ def _choose_name(workdir: Workdir, name: str | None, overrides: WorkdirOverrides
 def _preset_layer(profile: Profile, layers: list[Layer]) -> Layer | None:
     if profile.preset is None:
         return None
-    preset = profile.presets[profile.preset]
-    serve: dict[str, Any] = {"max_model_len": preset.max_model_len, "max_num_seqs": preset.max_num_seqs}
-    if preset.gpu_memory_utilization is not None:
-        serve["gpu_memory_utilization"] = preset.gpu_memory_utilization
     defined_at = locate(("presets", profile.preset), layers)
-    return Layer(f"preset:{profile.preset}", {"serve": serve},
+    return Layer(f"preset:{profile.preset}", {"serve": profile.preset_values()},
                  lambda _loc: f"preset:{profile.preset} (defined at {defined_at})")
 
 
