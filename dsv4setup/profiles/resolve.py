@@ -85,13 +85,28 @@ def _preset_layer(profile: Profile, layers: list[Layer]) -> Layer | None:
                  lambda _loc: f"preset:{profile.preset} (defined at {defined_at})")
 
 
+def _profile_file(chosen: str, selected_by: str, workdir: Workdir) -> Path:
+    """The chosen profile's file, validated on its own first (its own errors read best without overrides)."""
+    try:
+        path = find_profile_file(chosen, workdir)
+    except UsageError as exc:
+        if selected_by == "--profile":
+            raise
+        raise UsageError(f"{exc.message} (the name comes from {selected_by})",
+                         hint=f"pass --profile NAME, or fix the name there; {exc.hint}") from None
+    if is_path(chosen):
+        load_profile_file(path)
+    else:
+        load_named_file(path)
+    return path
+
+
 def resolve_profile(workdir: Workdir, name: str | None, sets: list[str]) -> ResolvedProfile:
     """The profile to run, merged with dsv4setup.yaml and --set, validated; see the module docstring."""
     overrides = read_workdir_overrides(workdir)
     set_layers = [set_layer(item) for item in sets]
     chosen, selected_by = _choose_name(workdir, name, overrides)
-    path = find_profile_file(chosen, workdir)
-    _ = load_profile_file(path) if is_path(chosen) else load_named_file(path)  # the file alone must be valid
+    path = _profile_file(chosen, selected_by, workdir)
     doc = read_yaml(path)
     layers = [Layer(f"profile:{path}", profile_data(doc), doc.where)]
     layers += [overrides.layer] if overrides else []

@@ -226,3 +226,20 @@ def test_show_cli_reports_origins_as_json(workdir: Workdir, cli) -> None:
     assert "--max-model-len" in doc["serve"]["argv"] and doc["profile"]["serve"]["max_model_len"] == 131072
     human = cli("profile", "show", MAXQ, "--workdir", str(workdir.root), "--set", "preset=128k")
     assert human.code == 0 and "preset:128k" in human.stdout and "serve.port" in human.stdout
+
+
+def test_a_stale_name_in_state_says_where_it_came_from(workdir: Workdir) -> None:
+    save_state(workdir.state_file, State(profile="retired-profile"))
+    with pytest.raises(UsageError) as failed:
+        resolve_profile(workdir, None, [])
+    assert f"(the name comes from state:{workdir.state_file})" in failed.value.message
+    assert "--profile NAME" in (failed.value.hint or "")
+
+
+def test_auto_pick_with_the_real_probe_and_matcher(workdir: Workdir) -> None:
+    from dsv4setup.hardware.snapshot import take_snapshot
+
+    if take_snapshot(workdir)["gpus"]:
+        pytest.skip("this machine has NVIDIA GPUs: the pick depends on which")
+    resolved = resolve_profile(workdir, None, [])
+    assert (resolved.profile.name, resolved.selected_by) == ("cpu-tiny", "auto")
