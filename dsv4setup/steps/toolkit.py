@@ -12,6 +12,7 @@ is "conda-forge". Later steps read `cuda_home` from this step's outputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -121,21 +122,25 @@ class ToolkitStep(Step):
                 return Found(nvcc, release, compiled, route)
         return None
 
-    def system_nvcc(self, target: Target) -> Found | None:
+    def system_nvcc(self, target: Target, note: Callable[[str], None] = lambda _m: None) -> Found | None:
         """An nvcc already on the machine: same major release, minor >= wanted, compiles for the arch."""
         for nvcc in self.host.nvcc_candidates():
             release = nvcc_release(nvcc)
             if release is None or release[0] != target.release[0] or release < target.release:
+                note(f"not using {nvcc}: release {fmt(release) if release else 'unknown'}, "
+                     f"wanted {target.release[0]}.x >= {fmt(target.release)}")
                 continue
             compiled = compile_probe(nvcc, target.arch)
             if compiled.ok:
                 return Found(nvcc, release, compiled, "system")
+            note(f"not using {nvcc}: cannot compile for {target.arch}: {error_lines(compiled.output, 1)}")
         return None
 
-    def existing(self, ctx: RunContext, target: Target) -> Found | None:
+    def existing(self, ctx: RunContext, target: Target,
+                 note: Callable[[str], None] = lambda _m: None) -> Found | None:
         found = self.own_install(self.layout(ctx), target)
         if found is None and target.forced is None:
-            found = self.system_nvcc(target)
+            found = self.system_nvcc(target, note)
         return found
 
     def is_done(self, ctx: RunContext) -> Postcondition:
@@ -155,7 +160,7 @@ class ToolkitStep(Step):
         target = self.target(ctx)
         log = ctx.require_log()
         ctx.progress(f"looking for an nvcc of CUDA {fmt(target.release)} that compiles for {target.arch}")
-        found = self.existing(ctx, target)
+        found = self.existing(ctx, target, log.line)
         if found is not None:
             log.line(f"using the existing nvcc {found.nvcc} ({found.route}, release {fmt(found.release)})")
             return self.outputs(found, target)

@@ -45,13 +45,15 @@ def arch_from_capability(cc: object) -> str:
 
 
 def _capability(cc: object) -> Release:
+    if isinstance(cc, float):  # 12.1 from a JSON number
+        cc = f"{cc:.1f}"
     if isinstance(cc, str) and (m := _CC_RE.match(cc)):
         return int(m.group(1)), int(m.group(2))
     if isinstance(cc, list | tuple) and len(cc) == 2 and all(isinstance(x, int) for x in cc):
         return int(cc[0]), int(cc[1])
     if isinstance(cc, Mapping) and isinstance(cc.get("major"), int) and isinstance(cc.get("minor"), int):
         return int(cc["major"]), int(cc["minor"])
-    raise ValueError(f"not a compute capability: {cc!r} (expected '12.0', [12, 0] or {{major, minor}})")
+    raise ValueError(f"not a compute capability: {cc!r} (expected '12.0', 12.0, [12, 0] or {{major, minor}})")
 
 
 def torch_arch_list(arch: str) -> str:

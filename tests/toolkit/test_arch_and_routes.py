@@ -22,13 +22,14 @@ from dsv4setup.toolkit.nvcc import HostTools, parse_nvcc_release
 @pytest.mark.parametrize(("cc", "arch", "torch"), [
     ("12.0", "sm_120a", "12.0a"), ("12.1", "sm_121a", "12.1a"), ((9, 0), "sm_90a", "9.0a"),
     ([10, 0], "sm_100a", "10.0a"), ({"major": 10, "minor": 3}, "sm_103a", "10.3a"), ("8.6", "sm_86", "8.6"),
+    (12.1, "sm_121a", "12.1a"),
 ])
 def test_capability_to_nvcc_arch_to_torch_arch_list(cc: object, arch: str, torch: str) -> None:
     assert arch_from_capability(cc) == arch
     assert torch_arch_list(arch) == torch
 
 
-@pytest.mark.parametrize("bad", ["12", "twelve", (12,), 12.0, None])
+@pytest.mark.parametrize("bad", ["12", "twelve", (12,), 12, None, True])
 def test_bad_capability_is_rejected(bad: object) -> None:
     with pytest.raises(ValueError, match="not a compute capability"):
         arch_from_capability(bad)

@@ -114,6 +114,8 @@ def test_system_nvcc_of_another_release_is_not_used_with_fake_nvcc(workdir: Work
     result = up(workdir, make_profile(), HostTools(path=str(bin_dir)))
     assert result.ok, result.error
     assert len(calls(record)) == 1 and outputs(workdir)["route"] == "conda"
+    assert f"not using {bin_dir / 'nvcc'}: release {release}, wanted 13.x >= 13.0" in \
+        workdir.log_file("toolkit").read_text()
 
 
 def test_system_nvcc_without_the_arch_is_not_used_with_fake_nvcc(workdir: Workdir, bin_dir: Path,
@@ -122,6 +124,8 @@ def test_system_nvcc_without_the_arch_is_not_used_with_fake_nvcc(workdir: Workdi
     write_fake_nvcc(bin_dir / "nvcc", release="13.0", arches=("sm_90a",))
     assert up(workdir, make_profile(), HostTools(path=str(bin_dir))).ok
     assert [c[0] for c in calls(record)] == ["conda"]
+    assert (f"not using {bin_dir / 'nvcc'}: cannot compile for sm_120a: nvcc fatal   : Unsupported gpu "
+            f"architecture 'sm_120a'") in workdir.log_file("toolkit").read_text()
 
 
 def test_forced_route_installs_even_with_a_suitable_system_nvcc_with_recording_fake_conda(

@@ -35,9 +35,23 @@ def venv_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def bare_venv_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv without pip, for tests whose pip is the recording fake (a copy takes milliseconds)."""
+    path = tmp_path_factory.mktemp("bare-venv-template") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    return path
+
+
 @pytest.fixture
 def seeded_workdir(workdir: Workdir, venv_template: Path) -> Workdir:
     shutil.copytree(venv_template, workdir.venv_dir, symlinks=True)
+    return workdir
+
+
+@pytest.fixture
+def bare_workdir(workdir: Workdir, bare_venv_template: Path) -> Workdir:
+    shutil.copytree(bare_venv_template, workdir.venv_dir, symlinks=True)
     return workdir
 
 

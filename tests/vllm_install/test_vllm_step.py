@@ -164,30 +164,30 @@ def precompiled(tmp_path: Path, version: str) -> Path:
     return wheel
 
 
-def test_git_route_with_real_git_and_recording_fake_pip(seeded_workdir: Workdir, fake_pip: Path, tmp_path: Path,
+def test_git_route_with_real_git_and_recording_fake_pip(bare_workdir: Workdir, fake_pip: Path, tmp_path: Path,
                                                         repo: tuple[Path, dict[str, str]]) -> None:
     url, commits = repo
     wheel = precompiled(tmp_path, "0.1.0")
-    result = up(seeded_workdir, make_profile(source="git", git_url=str(url), git_ref="v0.1.0",
+    result = up(bare_workdir, make_profile(source="git", git_url=str(url), git_ref="v0.1.0",
                                              precompiled_wheel=str(wheel)))
     assert result.ok, result.error
-    src = seeded_workdir.root / "src" / "vllm"
+    src = bare_workdir.root / "src" / "vllm"
     install, uninstall = pip_calls(fake_pip)
-    assert install["argv"] == ["install", "-c", str(seeded_workdir.venv_dir / CONSTRAINTS_FILE), "-e", str(src)]
+    assert install["argv"] == ["install", "-c", str(bare_workdir.venv_dir / CONSTRAINTS_FILE), "-e", str(src)]
     assert install["constraints"] == "tinyvision==1.0\n" and install["cwd"] == str(src)
     env = install["env"]
     assert isinstance(env, dict)
     assert env["VLLM_USE_PRECOMPILED"] == "1" and env["VLLM_PRECOMPILED_WHEEL_LOCATION"] == str(wheel)
     assert env["TORCH_CUDA_ARCH_LIST"] is None and env["MAX_JOBS"] is None
     assert uninstall["argv"] == ["uninstall", "-y", "tinyvision"]
-    out = outputs(seeded_workdir)
+    out = outputs(bare_workdir)
     assert out["git_commit"] == commits["v0.1.0"] and out["version"] == "0.1.0"
     assert out["vllm_dir"] == str(src / "vllm") and out["route"] == "git"
     # a new ref (a bare commit) moves the managed checkout and reinstalls
-    moved = up(seeded_workdir, make_profile(source="git", git_url=str(url), git_ref=commits["next"], version="0.2.0",
+    moved = up(bare_workdir, make_profile(source="git", git_url=str(url), git_ref=commits["next"], version="0.2.0",
                                             precompiled_wheel=str(precompiled(tmp_path, "0.2.0"))))
     assert moved.ok, moved.error
-    assert outputs(seeded_workdir)["git_commit"] == commits["next"] and outputs(seeded_workdir)["version"] == "0.2.0"
+    assert outputs(bare_workdir)["git_commit"] == commits["next"] and outputs(bare_workdir)["version"] == "0.2.0"
     assert (src / "VERSION").read_text().strip() == "0.2.0"
 
 
@@ -208,9 +208,9 @@ def test_git_route_refuses_a_wheel_of_another_release(workdir: Workdir, fake_pip
     assert result.error.message == "vllm.precompiled_wheel is vLLM 0.2.0 but vllm.version is 0.1.0"
 
 
-def test_git_ref_building_another_version_fails_with_hint(seeded_workdir: Workdir, fake_pip: Path, tmp_path: Path,
+def test_git_ref_building_another_version_fails_with_hint(bare_workdir: Workdir, fake_pip: Path, tmp_path: Path,
                                                           repo: tuple[Path, dict[str, str]]) -> None:
-    result = up(seeded_workdir, make_profile(source="git", git_url=str(repo[0]), git_ref="v0.1.0", version="0.2.0",
+    result = up(bare_workdir, make_profile(source="git", git_url=str(repo[0]), git_ref="v0.1.0", version="0.2.0",
                                              precompiled_wheel=str(precompiled(tmp_path, "0.2.0"))))
     assert not result.ok and result.error is not None
     assert result.error.message == "after installing: tinyvllm is 0.1.0, the profile wants 0.2.0"
@@ -219,13 +219,13 @@ def test_git_ref_building_another_version_fails_with_hint(seeded_workdir: Workdi
 
 # --- source route: real git, recording fake pip -----------------------------------------------------
 
-def test_source_build_env_and_progress_with_recording_fake_pip(seeded_workdir: Workdir, fake_pip: Path,
+def test_source_build_env_and_progress_with_recording_fake_pip(bare_workdir: Workdir, fake_pip: Path,
                                                                tmp_path: Path,
                                                                repo: tuple[Path, dict[str, str]]) -> None:
     cuda = tmp_path / "toolkit" / "cu13"
     toolkit = {"cuda_home": str(cuda), "nvcc": str(cuda / "bin" / "nvcc"), "arch": "sm_121a", "version": "13.0.2"}
     progress = Progress()
-    result = up(seeded_workdir, make_profile(source="source", git_url=str(repo[0])), toolkit=toolkit,
+    result = up(bare_workdir, make_profile(source="source", git_url=str(repo[0])), toolkit=toolkit,
                 machine=BuildMachine(cores=96, ram_gb=512), observer=progress)
     assert result.ok, result.error
     install = pip_calls(fake_pip)[0]
@@ -236,19 +236,19 @@ def test_source_build_env_and_progress_with_recording_fake_pip(seeded_workdir: W
         "CUDA_HOME": str(cuda), "CUDACXX": str(cuda / "bin" / "nvcc"), "TORCH_CUDA_ARCH_LIST": "12.1a",
         "MAX_JOBS": "64", "NVCC_THREADS": "1", "VLLM_TARGET_DEVICE": "cuda", "VLLM_USE_PRECOMPILED": None}
     assert str(env["PATH"]).startswith(f"{cuda / 'bin'}:")
-    out = outputs(seeded_workdir)
+    out = outputs(bare_workdir)
     assert out["route"] == "source" and out["git_commit"] == repo[1]["v0.1.0"]  # default ref: v<version>
     assert "building vLLM kernels: 4/4 (100%)" in progress.messages
     assert any(m.startswith("building vLLM from source for 12.1a (MAX_JOBS=64") for m in progress.messages)
-    log = seeded_workdir.log_file("vllm").read_text()
+    log = bare_workdir.log_file("vllm").read_text()
     assert "[3/4] Building CUDA object csrc/k3.cu.o" in log
     assert "build environment: CUDA_HOME=" in log and "MAX_JOBS=64 NVCC_THREADS=1" in log
 
 
 def test_source_build_with_two_arches_on_a_small_machine_with_recording_fake_pip(
-        seeded_workdir: Workdir, fake_pip: Path, tmp_path: Path, repo: tuple[Path, dict[str, str]]) -> None:
+        bare_workdir: Workdir, fake_pip: Path, tmp_path: Path, repo: tuple[Path, dict[str, str]]) -> None:
     toolkit = {"cuda_home": str(tmp_path), "nvcc": str(tmp_path / "bin" / "nvcc"), "arch": "sm_120a"}
-    result = up(seeded_workdir, make_profile(source="source", git_url=str(repo[0]), torch_arch_list="12.0a;12.1a"),
+    result = up(bare_workdir, make_profile(source="source", git_url=str(repo[0]), torch_arch_list="12.0a;12.1a"),
                 toolkit=toolkit, machine=BuildMachine(cores=16, ram_gb=30))
     assert result.ok, result.error
     env = pip_calls(fake_pip)[0]["env"]
