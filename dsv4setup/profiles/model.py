@@ -139,7 +139,11 @@ class ServeSpec(Strict):
 
 
 class Preset(Strict):
-    """A named context preset: (context length, sequences, memory) that was reported to fit."""
+    """A named context preset: (context length, sequences, memory) that was reported to fit.
+
+    The selected one (`preset:`) is applied to serve over the profile file's own serve values;
+    serve keys in dsv4setup.yaml or --set beat it (see profiles/resolve.py).
+    """
 
     max_model_len: int
     max_num_seqs: int
@@ -224,7 +228,7 @@ class Profile(Strict):
     spec: SpecConfig = Field(default_factory=SpecConfig)
     env: dict[EnvName, str] = Field(default_factory=dict)  # a null value in an override removes the variable
     presets: dict[str, Preset] = Field(default_factory=dict)
-    preset: str | None = None  # the preset applied by default
+    preset: str | None = None  # the preset applied to serve (choose another with --set preset=NAME)
     smoke: SmokeSpec = Field(default_factory=SmokeSpec)
     bench: BenchSpec = Field(default_factory=BenchSpec)
     multinode: MultiNode | None = None
