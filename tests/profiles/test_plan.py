@@ -74,3 +74,15 @@ def test_plan_cli_bad_set_exits_2(workdir: Workdir, marker_steps: None, cli) -> 
     result = cli("plan", "--workdir", str(workdir.root), "--profile", "cpu-tiny", "--set", "serve.port=x")
     assert result.code == 2
     assert "--set serve.port=x: serve.port: expected an integer, got 'x'" in result.stderr
+
+
+def test_plan_cli_with_the_real_runbook_on_an_empty_workdir(workdir: Workdir, cli) -> None:
+    from dsv4setup.steps import STEP_ORDER
+
+    result = cli("plan", "--workdir", str(workdir.root), "--profile", "cpu-tiny", "--json")
+    assert result.code == 0, result.stderr
+    doc = result.json()
+    assert_valid(doc, "plan")
+    assert [s["step"] for s in doc["steps"]] == list(STEP_ORDER)
+    assert all(s["action"] == "run" for s in doc["steps"])
+    assert doc["serve"]["argv"][:3] == [str(workdir.venv_python), "-m", "vllm.entrypoints.openai.api_server"]
