@@ -251,7 +251,7 @@ def topology_p2p(c: Ctx) -> CheckResult:
             return passed(id_, f"{summary}; the profile already sets NCCL_P2P_DISABLE=1 and disables custom all-reduce")
         return warned(id_, f"{summary}: {finding.why}",
                       f"serve with NCCL_P2P_DISABLE=1 and --disable-custom-all-reduce (in the recommendation); "
-                      f"{finding.advice}")
+                      f"to use P2P: {finding.advice}")
     if unknown:
         return warned(id_, f"NVML could not say whether P2P works between {', '.join(unknown)}",
                       "serve with VLLM_SKIP_P2P_CHECK=0 so vLLM tests P2P for real before using custom all-reduce")
@@ -273,7 +273,7 @@ def topology_iommu(c: Ctx) -> CheckResult:
                                f"custom all-reduce. To get P2P back: {finding.advice}")
         return warned(id_, f"IOMMU in translated mode with PCIe P2P between the TP GPUs: {finding.why}",
                       f"serve with NCCL_P2P_DISABLE=1 and --disable-custom-all-reduce (in the recommendation); "
-                      f"{finding.advice}")
+                      f"to get P2P back: {finding.advice}")
     if mode == "unknown":
         return warned(id_, "IOMMU mode unknown (no /sys/class/iommu: a container?); translated IOMMUs hang NCCL "
                            "over PCIe P2P",

@@ -8,7 +8,7 @@ from typing import Literal
 
 Status = Literal["pass", "warn", "fail", "skip"]
 STATUSES: tuple[Status, ...] = ("fail", "warn", "pass", "skip")  # worst first
-AREAS = ("gpu", "topology", "host", "driver", "toolkit", "python", "vllm")
+AREAS = ("gpu", "topology", "host", "driver", "toolkit", "python", "vllm", "model")  # model: --model checks
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dsv4setup.workdir import Workdir
@@ -9,6 +10,13 @@ from dsv4setup.workdir import Workdir
 if TYPE_CHECKING:
     from dsv4setup.profiles.match import ProfileMatch
     from dsv4setup.profiles.model import Profile
+
+
+@dataclass(frozen=True)
+class ProfileChoice:
+    profile: Profile | None
+    matches: list[ProfileMatch]  # every known profile, best first
+    how: str  # "named", "last used in the workdir", "best match", "no profile matches"
 
 
 def known_profiles(workdir: Workdir | None) -> list[Profile]:
@@ -28,8 +36,8 @@ def last_used_profile(workdir: Workdir) -> str | None:
 
 
 def select_profile(snapshot: dict[str, Any], workdir: Workdir | None, name: str | None = None,
-                   use_last: bool = True) -> tuple[Profile | None, list[ProfileMatch]]:
-    """(profile to judge against, every profile ranked for this snapshot).
+                   use_last: bool = True) -> ProfileChoice:
+    """The profile to judge against and every profile ranked for this snapshot.
 
     `name` is a profile name or a path to a profile file. Without it: the workdir's last used
     profile when `use_last`, else the best match; None when nothing matches.
@@ -39,14 +47,14 @@ def select_profile(snapshot: dict[str, Any], workdir: Workdir | None, name: str 
 
     profiles = known_profiles(workdir)
     matches = rank_profiles(snapshot, profiles)
-    if name is None and use_last and workdir is not None:
-        last = last_used_profile(workdir)
-        if last is not None and any(p.name == last for p in profiles):
-            name = last
+    by_name = {p.name: p for p in profiles}
     if name is not None:
-        by_name = {p.name: p for p in profiles}
-        profile = by_name.get(name) or load_profile_file(find_profile_file(name, workdir))
-        return profile, matches
-    best = matches[0] if matches and matches[0].matched else None
-    return (best.profile if best else None), matches
-
+        return ProfileChoice(by_name.get(name) or load_profile_file(find_profile_file(name, workdir)), matches,
+                             "named")
+    if use_last and workdir is not None:
+        last = last_used_profile(workdir)
+        if last is not None and last in by_name:
+            return ProfileChoice(by_name[last], matches, "last used in the workdir")
+    if matches and matches[0].matched:
+        return ProfileChoice(matches[0].profile, matches, "best match")
+    return ProfileChoice(None, matches, "no profile matches")

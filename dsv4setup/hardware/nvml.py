@@ -10,6 +10,7 @@ module that raises the real pynvml exception classes.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -101,21 +102,24 @@ def _nvlinks(nvml: ModuleType, handle: Any) -> list[_NvLink]:
     """The active NVLink links of one GPU. PCIe boards answer NotSupported on link 0: no links."""
     max_links = getattr(nvml, "NVML_NVLINK_MAX_LINKS", NVLINK_MAX_LINKS_DEFAULT)
     enabled = getattr(nvml, "NVML_FEATURE_ENABLED", 1)
+    state = getattr(nvml, "nvmlDeviceGetNvLinkState", None)
+    remote_pci = getattr(nvml, "nvmlDeviceGetNvLinkRemotePciInfo", None)
+    remote_kind = getattr(nvml, "nvmlDeviceGetNvLinkRemoteDeviceType", None)
     links: list[_NvLink] = []
+    if state is None:
+        return links
     for link in range(max_links):
         try:
-            if nvml.nvmlDeviceGetNvLinkState(handle, link) != enabled:
+            if state(handle, link) != enabled:
                 continue
         except nvml.NVMLError:
             break  # NotSupported (no NVLink) or InvalidArgument (past the last link)
-        try:
-            remote = _text(nvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link).busId)
-        except nvml.NVMLError:
-            remote = None
-        try:
-            remote_type = int(nvml.nvmlDeviceGetNvLinkRemoteDeviceType(handle, link))
-        except (nvml.NVMLError, AttributeError):
-            remote_type = None
+        remote: str | None = None
+        remote_type: int | None = None
+        with contextlib.suppress(nvml.NVMLError):
+            remote = _text(remote_pci(handle, link).busId) if remote_pci is not None else None
+        with contextlib.suppress(nvml.NVMLError):
+            remote_type = int(remote_kind(handle, link)) if remote_kind is not None else None
         links.append(_NvLink(link, _norm_bus_id(remote), remote_type))
     return links
 

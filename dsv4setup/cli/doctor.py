@@ -1,0 +1,151 @@
+"""`doctor`: judge this machine (or a saved snapshot) before spending an hour on builds and loads.
+
+Imports of the core stay inside the command: the CLI imports every command module at startup.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from dsv4setup.cli import app
+from dsv4setup.cli.common import JsonOpt, ProfileOpt, WorkdirOpt, emit_json, err, out, workdir_from
+from dsv4setup.errors import EXIT_FAILED, UsageError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from dsv4setup.checks.report import DoctorReport
+    from dsv4setup.checks.result import CheckResult
+
+SnapshotOpt = Annotated[Path | None, typer.Option(
+    "--snapshot", help="Judge a saved hardware snapshot (JSON) instead of this machine.", show_default=False,
+    dir_okay=False)]
+SaveSnapshotOpt = Annotated[Path | None, typer.Option(
+    "--save-snapshot", help="Also write the hardware snapshot to FILE (attach it to bug reports).",
+    show_default=False, dir_okay=False)]
+
+STYLE = {"fail": ("✗", "bold red"), "warn": ("!", "yellow"), "pass": ("✓", "green"), "skip": ("-", "dim")}
+
+
+@app.command()
+def doctor(
+    workdir: WorkdirOpt = None,
+    profile: ProfileOpt = None,
+    snapshot: SnapshotOpt = None,
+    save_snapshot: SaveSnapshotOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Check GPUs, interconnect, driver, host and toolchain; recommend a profile, TP size, MTP k, serve args, env.
+
+    Exit 0 when no check failed (warnings included), 1 when one did, 2 for a bad --snapshot file.
+    """
+    from dsv4setup.checks.report import build_report
+    from dsv4setup.checks.select import select_profile
+    from dsv4setup.hardware.snapshot import load_snapshot, take_snapshot
+
+    wd = workdir_from(workdir)
+    if snapshot is not None:
+        snap = load_snapshot(snapshot)
+    elif json_:
+        snap = take_snapshot(wd)
+    else:
+        with err.status("probing GPUs (NVML), host and toolchain"):
+            snap = take_snapshot(wd)
+    if save_snapshot is not None:
+        _save(save_snapshot, snap, quiet=json_)
+    choice = select_profile(snap, wd, profile, use_last=snapshot is None)
+    # Extension point: checks computed elsewhere (e.g. a checkpoint's files for --model) go in
+    # extra_checks; they count toward `ok` and appear in the table and JSON like the built-in ones.
+    report = build_report(snap, choice.profile, matches=choice.matches, extra_checks=())
+    if json_:
+        emit_json(report.to_doc())
+    else:
+        _render(report, source=str(snapshot) if snapshot else "this machine", how=choice.how)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _save(path: Path, snap: dict[str, object], quiet: bool) -> None:
+    from dsv4setup.hardware.snapshot import save_snapshot
+
+    try:
+        save_snapshot(path, snap)
+    except OSError as exc:
+        raise UsageError(f"cannot write the snapshot to {path}: {exc.strerror or exc}",
+                         hint="choose a writable path for --save-snapshot") from None
+    if not quiet:
+        err.print(f"snapshot written to {path}", highlight=False)
+
+
+def _checks_table(report: DoctorReport, source: str, how: str) -> Table:
+    from rich.table import Table
+
+    from dsv4setup.checks.report import ordered_for_display
+
+    host = report.snapshot.get("host") or {}
+    name = report.profile.name if report.profile else "-"
+    table = Table(title=f"doctor: {host.get('hostname', '?')} ({source}), profile {name} ({how})",
+                  title_justify="left")
+    with_fix = any(r.fix for r in report.checks)
+    table.add_column("", no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", ratio=3)
+    if with_fix:
+        table.add_column("fix", ratio=2)
+    for i, (_area, results) in enumerate(ordered_for_display(report.checks)):
+        if i:
+            table.add_section()
+        for row in _rows(results):
+            table.add_row(*(row if with_fix else row[:3]))
+    return table
+
+
+def _rows(results: list[CheckResult]) -> list[tuple[str, str, str, str]]:
+    """One row per check; skipped checks of an area that share a reason share one dim row."""
+    from rich.markup import escape
+
+    rows = []
+    skipped: dict[str, list[str]] = {}
+    for r in results:
+        if r.status == "skip":
+            skipped.setdefault(r.summary, []).append(r.id)
+            continue
+        mark, style = STYLE[r.status]
+        rows.append((f"[{style}]{mark}[/]", f"[{style}]{r.id}[/]", escape(r.summary), escape(r.fix or "")))
+    mark, style = STYLE["skip"]
+    for summary, ids in skipped.items():
+        rows.append((f"[{style}]{mark}[/]", f"[{style}]{escape(chr(10).join(ids))}[/]", f"[dim]{escape(summary)}[/]",
+                     ""))
+    return rows
+
+
+def _render(report: DoctorReport, source: str, how: str) -> None:
+    from rich.markup import escape
+
+    out.print(_checks_table(report, source, how))
+    rec = report.recommendation
+    if rec is not None:
+        out.print(f"[bold]recommendation[/]: profile [bold]{escape(rec['profile'] or '(none matches)')}[/], "
+                  f"--tensor-parallel-size {rec['tensor_parallel_size']}, "
+                  f"num_speculative_tokens {rec['num_speculative_tokens']}")
+        if rec["serve_args"]:
+            out.print("  serve args: " + escape(" ".join(rec["serve_args"])), highlight=False)
+        if rec["env"]:
+            out.print("  env: " + escape(" ".join(f"{k}={v}" for k, v in rec["env"].items())), highlight=False)
+    for m in report.matches[:4]:
+        if m.matched:
+            out.print(f"  [green]matches[/] {escape(m.name)}: [dim]{escape('; '.join(m.reasons))}[/]")
+        else:
+            misses = "; ".join(r.removeprefix("no: ") for r in m.reasons if r.startswith("no: "))
+            out.print(f"  [dim]not {escape(m.name)}: {escape(misses)}[/]")
+    failures, warnings = report.failures, report.warnings
+    if failures:
+        err.print(f"[bold red]{len(failures)} check(s) failed[/], {len(warnings)} warning(s): fix the failures "
+                  f"above, then run `dsv4setup doctor` again", highlight=False)
+    else:
+        nxt = f"dsv4setup up --profile {rec['profile']}" if rec and rec["profile"] else "dsv4setup up"
+        err.print(f"[bold green]no check failed[/] ({len(warnings)} warning(s)); next: [bold]{escape(nxt)}[/]",
+                  highlight=False)
