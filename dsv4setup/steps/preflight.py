@@ -16,6 +16,7 @@ from dsv4setup.errors import StepError
 
 if TYPE_CHECKING:
     from dsv4setup.checks.report import DoctorReport
+    from dsv4setup.checks.rules import Rules
 
 SNAPSHOT_FILE = "hardware.json"
 REPORT_FILE = "doctor.json"
@@ -29,8 +30,9 @@ class PreflightStep(Step):
     name = "preflight"
     description = "GPUs, interconnect, driver, host and toolchain checked against the profile (doctor)"
 
-    def __init__(self, nvml: ModuleType | None = None) -> None:
+    def __init__(self, nvml: ModuleType | None = None, rules: Rules | None = None) -> None:
         self.nvml = nvml  # the NVML module; None: pynvml (tests pass a fake)
+        self.rules = rules  # None: rules.yaml
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.checks.rules import rules_digest
@@ -41,7 +43,7 @@ class PreflightStep(Step):
         from dsv4setup.checks.report import build_report
         from dsv4setup.hardware.snapshot import take_snapshot
 
-        return build_report(take_snapshot(ctx.workdir, nvml=self.nvml), ctx.profile)
+        return build_report(take_snapshot(ctx.workdir, nvml=self.nvml), ctx.profile, rules=self.rules)
 
     def is_done(self, ctx: RunContext) -> Postcondition:
         report = self.judge(ctx)
@@ -78,14 +80,13 @@ class PreflightStep(Step):
             outputs["toolkit_arch"] = arch  # read by the toolkit step when toolkit.arch is unset
         return outputs
 
-    @staticmethod
-    def _toolkit_arch(report: DoctorReport, ctx: RunContext) -> str | None:
+    def _toolkit_arch(self, report: DoctorReport, ctx: RunContext) -> str | None:
         """The nvcc target of the TP group's GPUs (they are identical, or a check failed)."""
         from dsv4setup.checks.rules import load_rules
         from dsv4setup.checks.target import make_ctx
         from dsv4setup.toolkit.arch import arch_from_capability
 
-        c = make_ctx(report.snapshot, ctx.profile, load_rules())
+        c = make_ctx(report.snapshot, ctx.profile, self.rules or load_rules())
         return arch_from_capability(c.cc) if c.cc else None
 
 
