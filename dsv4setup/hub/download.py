@@ -154,6 +154,7 @@ class Downloader:
         disk = check_disk(need, self.dest, self.free_space)
         if todo:
             self.report(f"fetching {len(todo)} file(s): {disk.describe()}")
+        self._probe_access(todo)
         present = plan.total_bytes - sum(f.size for f in todo) + sum(partial.values())
         progress = ByteProgress(plan.total_bytes, len(plan.files), self.report, done=present)
         progress.files_done = len(plan.files) - len(todo)
@@ -206,6 +207,19 @@ class Downloader:
         if hashed:
             write_manifest(self.dest, manifest)
         return todo, refetched
+
+    def _probe_access(self, todo: list[RemoteFile]) -> None:
+        """One HEAD before the workers start: a token without access fails once, with its fix."""
+        if not todo:
+            return
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        url = hf_hub_url(self.repo, min(todo, key=lambda f: f.size).path, revision=self._commit,
+                         endpoint=hub_endpoint())
+        try:
+            get_hf_file_metadata(url, token=self.token or False, endpoint=hub_endpoint())
+        except hub_exceptions() as exc:
+            raise explain(exc, self.repo, self.revision, self.token) from None
 
     def _partial(self, f: RemoteFile) -> Path:
         return self.partial_dir / f"{f.key}.part"

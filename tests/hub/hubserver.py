@@ -35,6 +35,7 @@ import json
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Collection, Iterator, Mapping
@@ -181,7 +182,7 @@ class HubServer:
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> HubServer:
         for kind in ("hub", "cdn"):
-            server = ThreadingHTTPServer((self._host, 0), _handler_class(self._state, kind))
+            server = _QuietServer((self._host, 0), _handler_class(self._state, kind))
             server.daemon_threads = True
             thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                       name=f"hubserver-{kind}", daemon=True)
@@ -329,6 +330,14 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that go away (killed processes, timeouts) are normal here: no traceback on stderr."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
 def _handler_class(state: _State, kind: str) -> type[BaseHTTPRequestHandler]:
     class Handler(_HubHandler):
         pass
@@ -360,6 +369,8 @@ class _HubHandler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         self._record = RequestRecord(self.kind, method, self.path, 0, self.headers.get("Range"),
                                      self.headers.get("Authorization") is not None)
+        with self.state.lock:  # listed at once, so tests can watch bytes of a transfer still in flight
+            self.state.requests.append(self._record)
         try:
             if self.kind == "cdn":
                 self._cdn(method)
@@ -369,9 +380,6 @@ class _HubHandler(BaseHTTPRequestHandler):
             self._send_reply(reply, method)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        finally:
-            with self.state.lock:
-                self.state.requests.append(self._record)
 
     def _hub(self, method: str) -> None:
         url = urlsplit(self.path)
@@ -519,7 +527,8 @@ class _HubHandler(BaseHTTPRequestHandler):
         span = parse_range(self.headers.get("Range"), f.size)
         start, end = span if span else (0, f.size - 1)
         length = end - start + 1 if f.size else 0
-        self.send_response(206 if span else 200)
+        self._record.status = 206 if span else 200
+        self.send_response(self._record.status)
         for key, value in headers.items():
             self.send_header(key, value)
         if span:
@@ -527,7 +536,6 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream" if f.lfs else _content_type(f.path))
         self.send_header("Content-Length", str(length))
         self.end_headers()
-        self._record.status = 206 if span else 200
         if method == "HEAD" or not length:
             return
         limit = None
@@ -549,9 +557,9 @@ class _HubHandler(BaseHTTPRequestHandler):
                 chunk = fh.read(want)
                 if not chunk:
                     break
+                self._record.body_bytes += len(chunk)  # counted first: the client may be done before we return
                 self.wfile.write(chunk)
                 self.wfile.flush()
-                self._record.body_bytes += len(chunk)
                 remaining -= len(chunk)
 
     def _break_connection(self, fault: Fault | None) -> None:
@@ -569,17 +577,18 @@ class _HubHandler(BaseHTTPRequestHandler):
     # --- replies ---------------------------------------------------------------------------
     def _send_json(self, doc: Any, method: str) -> None:
         body = json.dumps(doc).encode()
+        self._record.status = 200
         self.send_response(200)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self._record.status = 200
         if method != "HEAD":
-            self.wfile.write(body)
             self._record.body_bytes += len(body)
+            self.wfile.write(body)
 
     def _send_reply(self, reply: _Reply, method: str) -> None:
         body = json.dumps(reply.body).encode() if reply.body is not None else b""
+        self._record.status = reply.status  # before the client can see the answer
         self.send_response(reply.status, HTTPStatus(reply.status).phrase)
         for key, value in reply.headers.items():
             self.send_header(key, value)
@@ -587,10 +596,9 @@ class _HubHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self._record.status = reply.status
         if body and method != "HEAD":
-            self.wfile.write(body)
             self._record.body_bytes += len(body)
+            self.wfile.write(body)
 
 
 def _content_type(path: str) -> str:

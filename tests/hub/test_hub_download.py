@@ -1,0 +1,249 @@
+"""The downloader against the local hub: verification, resume, disk preflight, hub errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from dsv4setup.errors import DsvError
+from dsv4setup.hub.access import HubError
+from dsv4setup.hub.disk import DiskSpaceError
+from dsv4setup.hub.download import Downloader
+from dsv4setup.hub.verify import cheap_problems, read_manifest
+from tests.hub.conftest import REPO, TOKEN
+from tests.hub.hubserver import HubServer, RepoSpec, free_port
+
+MakeCkpt = Callable[..., Path]
+ServeHub = Callable[..., HubServer]
+MB = 1024 * 1024
+BIG = 24 * MB  # > 2 x huggingface_hub's 10 MB write chunk, so a break mid-file leaves a partial to resume
+CHUNK = 10 * MB
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def big_file(src: Path) -> str:
+    return max(src.glob("*.safetensors"), key=lambda p: p.stat().st_size).name
+
+
+def downloader(dest: Path, **kwargs: object) -> Downloader:
+    return Downloader(REPO, "main", dest, allow_patterns=["*.json", "*.safetensors"], **kwargs)  # type: ignore[arg-type]
+
+
+def same_files(src: Path, dest: Path) -> bool:
+    names = sorted(p.name for p in src.iterdir() if p.is_file())
+    return names == sorted(p.name for p in dest.iterdir()) and all(
+        (src / n).read_bytes() == (dest / n).read_bytes() for n in names)
+
+
+def test_full_download_is_verified_and_a_second_run_fetches_nothing(make_checkpoint: MakeCkpt, serve_hub: ServeHub,
+                                                                    tmp_path: Path) -> None:
+    src = make_checkpoint(pad_bytes=2 * MB)
+    hub = serve_hub({REPO: src})
+    dest = tmp_path / "wd" / "models" / "ckpt"
+    messages: list[str] = []
+    result = downloader(dest, report=messages.append).run()
+    assert same_files(src, dest)
+    assert result.commit == hub.commit(REPO) and result.files == 7
+    assert result.bytes == sum(p.stat().st_size for p in src.iterdir()) == result.fetched_bytes
+    assert result.verified == "git-sha1+sha256"
+    manifest = read_manifest(dest)
+    assert manifest is not None and manifest.complete and cheap_problems(manifest) == []
+    assert {r.verified for r in manifest.verified.values()} == {"sha256", "git-sha1"}
+    assert any("7/7 files" in m for m in messages)
+    assert not (dest.parent / f".{dest.name}.partial").exists()
+
+    hub.reset_stats()
+    again = downloader(dest).run()
+    assert again.fetched_bytes == 0 and hub.file_requests() == []
+
+
+def test_dropped_connection_resumes_with_a_range_request(make_checkpoint: MakeCkpt, serve_hub: ServeHub,
+                                                         tmp_path: Path) -> None:
+    src = make_checkpoint(pad_bytes=BIG)
+    name = big_file(src)
+    size = (src / name).stat().st_size
+    hub = serve_hub({REPO: src})
+    hub.fault(REPO, name, "drop", after_bytes=CHUNK + 2 * MB)
+    downloader(tmp_path / "dest").run()
+    assert (tmp_path / "dest" / name).read_bytes() == (src / name).read_bytes()
+    gets = hub.file_requests(REPO, name)
+    assert len(gets) == 2 and gets[0].range is None
+    assert gets[1].range == f"bytes={CHUNK}-" and gets[1].status == 206
+    assert gets[1].body_bytes == size - CHUNK < size  # only the rest was fetched again
+
+
+def test_killed_download_resumes_from_its_partial_file(make_checkpoint: MakeCkpt, serve_hub: ServeHub,
+                                                       tmp_path: Path) -> None:
+    src = make_checkpoint(pad_bytes=BIG)
+    name = big_file(src)
+    size = (src / name).stat().st_size
+    hub = serve_hub({REPO: src})
+    hub.fault(REPO, name, "stall", after_bytes=CHUNK + MB)
+    dest = tmp_path / "dest"
+    script = ("import sys; from pathlib import Path; from dsv4setup.hub.download import Downloader; "
+              "Downloader(sys.argv[1], 'main', Path(sys.argv[2]), allow_patterns=['*.json', '*.safetensors']).run()")
+    proc = subprocess.Popen([sys.executable, "-c", script, REPO, str(dest)], cwd=ROOT, env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        hub.wait_for_bytes(REPO, name, CHUNK + MB)
+        partials = dest.parent / f".{dest.name}.partial"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(p.stat().st_size >= CHUNK for p in partials.glob("*.part")):
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    hub.clear_faults()
+    [part] = list(partials.glob("*.part"))
+    assert part.stat().st_size == CHUNK
+    assert not (dest / name).exists()
+    manifest = read_manifest(dest)
+    assert manifest is not None and not manifest.complete
+
+    hub.reset_stats()
+    result = downloader(dest).run()
+    assert same_files(src, dest)
+    [get] = hub.file_requests(REPO, name)
+    assert get.range == f"bytes={CHUNK}-" and get.body_bytes == size - CHUNK < size
+    assert result.fetched_bytes < result.bytes
+
+
+def test_hub_failure_mid_file_keeps_the_partial_and_reports_the_error(make_checkpoint: MakeCkpt,
+                                                                      serve_hub: ServeHub, tmp_path: Path) -> None:
+    src = make_checkpoint(pad_bytes=BIG)
+    name = big_file(src)
+    hub = serve_hub({REPO: src})
+    hub.fault(REPO, name, "drop-then-503", after_bytes=CHUNK + MB)
+    dest = tmp_path / "dest"
+    with pytest.raises(HubError) as excinfo:
+        downloader(dest, workers=1).run()
+    assert "503" in excinfo.value.message and "run the same command again" in (excinfo.value.hint or "")
+    manifest = read_manifest(dest)
+    assert manifest is not None and not manifest.complete and name not in manifest.verified
+    assert not (dest / name).exists(), "a half-written file must never sit where the checkpoint is loaded"
+    hub.clear_faults()
+    hub.reset_stats()
+    downloader(dest).run()
+    assert same_files(src, dest)
+    assert hub.file_requests(REPO, name)[0].range == f"bytes={CHUNK}-"
+
+
+def test_corrupted_byte_is_caught_by_verify_and_the_file_fetched_again(make_checkpoint: MakeCkpt,
+                                                                       serve_hub: ServeHub, tmp_path: Path) -> None:
+    src = make_checkpoint()
+    hub = serve_hub({REPO: src})
+    dest = tmp_path / "dest"
+    downloader(dest).run()
+    victim = dest / "model-00002-of-00003.safetensors"
+    stat = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # silent corruption: same size, same mtime
+    manifest = read_manifest(dest)
+    assert manifest is not None and cheap_problems(manifest) == []
+    hub.reset_stats()
+    result = downloader(dest).run(full_verify=True)
+    assert result.refetched == [victim.name]
+    assert victim.read_bytes() == (src / victim.name).read_bytes()
+    assert [r.file for r in hub.file_requests()] == [victim.name]
+
+    victim.write_bytes(b"edited")  # a visible change is caught by the cheap postcondition too
+    manifest = read_manifest(dest)
+    assert manifest is not None
+    assert cheap_problems(manifest) == [f"{victim.name} has 6 bytes, expected {len(data)}"]
+
+
+def test_not_enough_disk_is_refused_before_any_byte(make_checkpoint: MakeCkpt, serve_hub: ServeHub,
+                                                    tmp_path: Path) -> None:
+    src = make_checkpoint(pad_bytes=2 * MB)
+    hub = serve_hub({REPO: src})
+    dest = tmp_path / "dest"
+    seen: list[Path] = []
+
+    def small_disk(path: Path) -> int:
+        seen.append(path)
+        return 5 * MB
+
+    with pytest.raises(DiskSpaceError) as excinfo:
+        downloader(dest, free_space=small_disk).run()
+    assert "not enough disk space" in excinfo.value.message and "nothing was downloaded" in excinfo.value.message
+    assert "1.1 GB margin" in excinfo.value.message
+    assert seen == [dest]
+    assert [r.path.split("?")[0] for r in hub.requests] == [f"/api/models/{REPO}/revision/main"]
+    assert not dest.exists() or not any(dest.iterdir())
+
+
+def test_missing_repo_wrong_revision_and_network_down(make_checkpoint: MakeCkpt, serve_hub: ServeHub,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    serve_hub({REPO: make_checkpoint()})
+    with pytest.raises(HubError, match="not found") as excinfo:
+        Downloader("org/nope", "main", tmp_path / "a").run()
+    assert "model.repo" in (excinfo.value.hint or "")
+    with pytest.raises(HubError, match="revision 'v9' does not exist") as excinfo:
+        Downloader(REPO, "v9", tmp_path / "b").run()
+    assert "model.revision" in (excinfo.value.hint or "")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(HubError, match="cannot reach the Hugging Face hub"):
+        Downloader(REPO, "main", tmp_path / "c").run()
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_gated_repo_401_without_token_403_without_access_and_a_bad_token(
+        make_checkpoint: MakeCkpt, serve_hub: ServeHub, tmp_path: Path) -> None:
+    other = "hf_other_account_token_000000"
+    hub = serve_hub({REPO: RepoSpec({"main": make_checkpoint()}, gated=True)},
+                    tokens={TOKEN: {REPO}, other: {"org/something-else"}})
+    with pytest.raises(HubError) as excinfo:
+        downloader(tmp_path / "a").run()
+    assert "is gated" in excinfo.value.message and "HF_TOKEN" in (excinfo.value.hint or "")
+    assert not any("/resolve/" in r.path for r in hub.requests), "refused before any file request"
+    with pytest.raises(HubError) as excinfo:
+        downloader(tmp_path / "b", token=other).run()
+    assert "not in its authorized list" in excinfo.value.message
+    assert [r.status for r in hub.requests if "/resolve/" in r.path] == [403]
+    with pytest.raises(HubError, match="rejected the Hugging Face token"):
+        downloader(tmp_path / "c", token="hf_invalid_token_123456").run()
+    result = downloader(tmp_path / "d", token=TOKEN).run()
+    assert result.files == 7
+    assert all(r.authorized for r in hub.requests if r.server == "hub" and r.status == 200 and "/resolve/" in r.path)
+    assert not any(r.authorized for r in hub.requests if r.server == "cdn"), "the token must not reach the CDN"
+
+
+def test_hf_cache_mode_links_the_verified_snapshot(make_checkpoint: MakeCkpt, serve_hub: ServeHub,
+                                                   tmp_path: Path) -> None:
+    src = make_checkpoint(pad_bytes=MB)
+    hub = serve_hub({REPO: src})
+    cache = tmp_path / "hf-cache"
+    dest = tmp_path / "wd" / "models" / "ckpt"
+    result = downloader(dest, hf_cache=cache).run()
+    snapshot = cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / hub.commit(REPO)
+    assert result.mode == "hf-cache" and result.root == snapshot
+    assert dest.is_symlink() and dest.resolve() == snapshot.resolve()
+    assert same_files(src, dest)
+    manifest = read_manifest(dest)
+    assert manifest is not None and manifest.complete and cheap_problems(manifest) == []
+    assert result.fetched_bytes >= (src / big_file(src)).stat().st_size
+
+    blob = (snapshot / "model-00001-of-00003.safetensors").resolve()
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\x00")
+    again = downloader(dest, hf_cache=cache).run()
+    assert again.refetched == ["model-00001-of-00003.safetensors"]
+    assert same_files(src, dest)
+
+
+def test_a_directory_in_the_way_of_the_hf_cache_link_is_not_replaced(make_checkpoint: MakeCkpt,
+                                                                     serve_hub: ServeHub, tmp_path: Path) -> None:
+    serve_hub({REPO: make_checkpoint()})
+    dest = tmp_path / "dest"
+    downloader(dest).run()
+    with pytest.raises(DsvError, match="is a directory"):
+        downloader(dest, hf_cache=tmp_path / "cache").run()
+    assert (dest / "config.json").is_file()
