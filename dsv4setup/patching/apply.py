@@ -42,10 +42,16 @@ class ActionResult:
 
 
 def reinstall_hint(target: Target) -> str:
-    spec = f"{target.distribution or 'vllm'}=={target.version}" if target.version else "vllm"
-    return (f"reinstall vLLM to get pristine files: for the serving venv run `dsv4setup up --redo vllm` "
-            f"(then `dsv4setup up` re-applies the patches); elsewhere `pip install --force-reinstall --no-deps "
-            f"{spec}` into that environment (or `git checkout -- <file>` in a source tree)")
+    """How to get pristine vLLM files back: a forced reinstall (a plain `pip install` of the same
+    version keeps the modified files), or a checkout in a source tree."""
+    if target.kind == "source-tree":
+        return (f"restore the original files in {target.root} (e.g. `git -C {target.root} checkout -- vllm`), "
+                f"then run `dsv4setup up` again")
+    spec = f"{target.distribution}=={target.version}" if target.distribution and target.version else "vllm"
+    python = target.root.parents[2] / "bin" / "python" if len(target.root.parents) > 2 else None
+    pip = f"{python} -m pip" if python is not None and python.exists() else "pip"
+    return (f"reinstall vLLM into the environment of {target.root} to get pristine files: "
+            f"`{pip} install --force-reinstall --no-deps {spec}`, then `dsv4setup up` (it re-applies the patches)")
 
 
 def _raise_conflicts(reports: Sequence[PatchReport], target: Target) -> None:

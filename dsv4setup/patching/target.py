@@ -126,7 +126,8 @@ def _from_dist_info(directory: Path, info: Path) -> Target:
         if editable is not None and (editable / "vllm" / "__init__.py").is_file():
             return Target(editable, "source-tree", name, version or _source_version(editable))
         raise DsvError(f"{directory}: {info.name} is installed but the vllm package is missing",
-                       hint="reinstall vLLM into this environment (`dsv4setup up --redo vllm` for the serving venv)")
+                       hint=f"reinstall it: `pip install --force-reinstall --no-deps {name or 'vllm'}=={version}` "
+                            f"into the environment of {directory}")
     record = parse_record((info / "RECORD").read_text(encoding="utf-8"))
     return Target(directory, "site-packages", name, version, record)
 

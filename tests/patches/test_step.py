@@ -70,7 +70,7 @@ def test_conflict_fails_the_step_with_the_reinstall_hint_and_changes_nothing(wor
     result = Runbook([PatchesStep(synth.manifest)], workdir, _profile(profile, ["alpha-fix", "beta-fix"])).up(
         Selection())
     assert not result.ok and result.error is not None
-    assert "beta.py" in result.error.message and "dsv4setup up --redo vllm" in (result.error.hint or "")
+    assert "beta.py" in result.error.message and "--force-reinstall" in (result.error.hint or "")
     assert snapshot(_site(workdir)) == before
 
 
