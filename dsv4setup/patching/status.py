@@ -156,12 +156,15 @@ def _check_diff(patch: Patch, target: Target) -> PatchReport:
                                f"(sha256 differs from {target.backup_dir.name}/index.json)", tuple(changed))
     diff = select_diff(patch, target)
     if diff is None:
-        if evaluate_probe(patch.spec.probe, target.read).state == "fixed":
+        probe = evaluate_probe(patch.spec.probe, target.read)
+        if probe.state == "fixed":
             return PatchReport(patch, "upstream", f"{_label(target)} already has the fix (probe matches)",
                                tuple(patch.spec.files))
         ranges = "; ".join(v.versions for v in patch.spec.variants)
-        return PatchReport(patch, "not-applicable", f"no diff for {_label(target)} (diffs exist for {ranges})",
-                           tuple(patch.spec.files))
+        why = (f"NEEDED ({probe.file} has the unfixed code) but" if probe.state == "needed"
+               else "the code this fix is about is not there, and")
+        return PatchReport(patch, "not-applicable", f"{why} there is no diff for {_label(target)} "
+                           f"(diffs exist for {ranges})", tuple(patch.spec.files))
     read = {rel: target.read(rel) for rel in diff.files}
     missing = [rel for rel, data in read.items() if data is None]
     if missing:

@@ -18,7 +18,7 @@ from dsv4setup.patching import (
 )
 from dsv4setup.patching.difftool import run_diff
 from tests.patches.conftest import Synth, build_synth
-from tests.patches.helpers import diff_patch, snapshot, unified_diff, write_manifest
+from tests.patches.helpers import diff_patch, make_site_packages, snapshot, unified_diff, write_manifest
 
 
 def statuses(synth: Synth, root: Path | None = None) -> dict[str, str]:
@@ -141,7 +141,8 @@ def test_version_without_diff_is_not_applicable_and_explicit_apply_refuses(tmp_p
     synth = build_synth(tmp_path, version="0.31.0")
     assert statuses(synth) == {"alpha-fix": "not-applicable", "beta-fix": "not-applicable"}
     before = snapshot(synth.site)
-    with pytest.raises(DsvError, match=r"no diff for vllm 0.31.0 \(diffs exist for >=0.33,<0.34\)"):
+    with pytest.raises(DsvError, match=r"NEEDED \(vllm/alpha.py has the unfixed code\) but there is no diff "
+                                       r"for vllm 0.31.0 \(diffs exist for >=0.33,<0.34\)"):
         apply_patches(load_manifest(synth.manifest), find_target(synth.site), ["alpha-fix"])
     assert apply_patches(load_manifest(synth.manifest), find_target(synth.site)).changed == []
     assert snapshot(synth.site) == before
@@ -202,3 +203,17 @@ def test_forward_run_on_a_patched_file_fails_instead_of_silently_reversing(synth
     assert undone.ok and undone.files["vllm/alpha.py"] == synth.original["vllm/alpha.py"].encode()
     assert not run_diff(diff, {"vllm/alpha.py": synth.original["vllm/alpha.py"].encode()}, reverse=True).ok
 
+
+
+@pytest.mark.parametrize(("code", "status", "detail"), [
+    ("def compose_draft_hf_overrides(x):\n    self.draft_model_config = ModelConfig(model=m)\n", "not-applicable",
+     "NEEDED (vllm/config/speculative.py has the unfixed code) but there is no diff for vllm 0.34.0"),
+    ("def compose_draft_hf_overrides(x):\n    self.draft_model_config = ModelConfig(hf_config_path=p)\n",
+     "upstream", "vllm 0.34.0 already has the fix"),
+    ("class SpeculativeConfig:\n    pass\n", "not-applicable", "the code this fix is about is not there"),
+])
+def test_shipped_probe_tells_needed_from_upstream_on_an_unpinned_vllm(tmp_path: Path, code: str, status: str,
+                                                                     detail: str) -> None:
+    site = make_site_packages(tmp_path / "s", {"vllm/config/speculative.py": code}, version="0.34.0")
+    report = check_patches([load_manifest().get("mtp-draft-hf-config-path")], find_target(site))[0]
+    assert report.status == status and detail in report.detail
