@@ -59,13 +59,16 @@ def hardware_table() -> dict[str, Any]:
 
 
 def _hardware(key: str) -> dict[str, Any]:
+    """The table entry of a hardware key, with the drop_args that apply to every key merged in."""
     table = hardware_table()
     if key in table.get("unsupported", []):
         raise UsageError(f"--hardware {key}: dsv4setup serves on NVIDIA GPUs only")
-    if key not in table or key == "unsupported":
-        known = sorted(k for k in table if k != "unsupported")
+    if key not in table or key in ("unsupported", "any"):
+        known = sorted(k for k in table if k not in ("unsupported", "any"))
         raise UsageError(f"--hardware {key}: unknown hardware key", hint=f"known keys: {', '.join(known)}")
-    return table[key]
+    entry = dict(table[key])
+    entry["drop_args"] = {**table.get("any", {}).get("drop_args", {}), **(entry.get("drop_args") or {})}
+    return entry
 
 
 def _section(recipe: dict[str, Any], *path: str) -> Any:

@@ -52,13 +52,16 @@ def test_profile_key_overrides_apply_after_the_generation_and_sm100_extras_are_d
 
 
 def test_blackwell_keeps_its_extras_and_a_strategy_replaces_them() -> None:
-    plain = import_recipe(RECIPE, "b200").profile
-    assert plain.serve.extra_args[-3:] == ["--attention_config.use_fp4_indexer_cache=True", "--moe-backend",
-                                           "deep_gemm_mega_moe"]
-    assert plain.spec.num_speculative_tokens == 2
+    plain = import_recipe(RECIPE, "b200")
+    assert plain.profile.serve.extra_args[-2:] == ["--moe-backend", "deep_gemm_mega_moe"]
+    assert plain.profile.spec.num_speculative_tokens == 2
+    [dropped] = plain.dropped  # a flag the pinned vLLM does not accept, on any hardware
+    assert dropped["arg"] == "--attention-config.use-fp4-indexer-cache True"
+    assert "vLLM 0.33.0's parser rejects it" in dropped["reason"]
     tp = import_recipe(RECIPE, "b200", strategy="single_node_tp", tp=2)
-    assert tp.profile.serve.extra_args[-2:] == ["--attention_config.use_fp4_indexer_cache=True",
-                                                "--no-enable-flashinfer-autotune"]
+    assert tp.profile.serve.extra_args[-1:] == ["--no-enable-flashinfer-autotune"]
+    assert [d["from"] for d in tp.dropped] == ["strategy_overrides.single_node_tp.hardware_overrides.blackwell"
+                                               ".extra_args"]
     assert "--moe-backend" not in tp.profile.serve.extra_args
     assert tp.profile.serve.tensor_parallel_size == 2
     assert import_recipe(RECIPE, "b200", strategy="single_node_tp").profile.serve.tensor_parallel_size == 8
