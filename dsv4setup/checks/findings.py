@@ -57,7 +57,7 @@ def implied(c: Ctx, names: list[str]) -> tuple[list[str], dict[str, str]]:
     for name in names:
         finding = c.rules.findings[name]
         args.extend(a for a in finding.serve_args if a not in args)
-        env.update({k: v.format(**values) for k, v in finding.env.items()})
+        env.update({k: v.format(**values) for k, v in finding.env_for(c.target.vllm_version).items()})
     return args, env
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,16 @@ class Finding:
     env: dict[str, str]
     why: str
     advice: str | None
+    env_before_vllm: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def env_for(self, vllm_version: str | None) -> dict[str, str]:
+        """The variables to set for this vLLM version (None: unknown, the newest rules apply)."""
+        env = dict(self.env)
+        have = vtuple(vllm_version)
+        for before, extra in self.env_before_vllm.items():
+            if have and have < vtuple(before):
+                env.update(extra)
+        return env
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,7 @@ class Rules:
     findings: dict[str, Finding]
     serve_arg_rules: tuple[ServeArgRule, ...]
     enforce_eager_why: str
+    default_vllm_version: str
 
     def family(self, cc: str | None) -> str | None:
         arch = self.archs.get(cc or "")
@@ -161,11 +172,14 @@ def parse_rules(raw: dict[str, Any]) -> Rules:
                                         " ".join(f["why"].split()))
                        for name, f in spec["families"].items()},
         findings={name: Finding(tuple(f.get("serve_args", ())), {k: str(v) for k, v in f.get("env", {}).items()},
-                                " ".join(f["why"].split()), f.get("advice"))
+                                " ".join(f["why"].split()), f.get("advice"),
+                                {str(v): {k: str(x) for k, x in env.items()}
+                                 for v, env in f.get("env_before_vllm", {}).items()})
                   for name, f in raw["findings"].items()},
         serve_arg_rules=tuple(ServeArgRule(r["flag"], tuple(r["only_families"]), r["status"], r["why"])
                               for r in raw["serve_arg_rules"]),
         enforce_eager_why=raw["enforce_eager_why"],
+        default_vllm_version=str(raw["default_vllm_version"]),
     )
 
 

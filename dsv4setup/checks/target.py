@@ -108,7 +108,7 @@ def build_target(snap: Snapshot, profile: Profile | None, rules: Rules) -> Targe
     if profile is None:
         tp = _fitting_tp(snap, rules)
         return Target(profile=None, cpu_only=False, tensor_parallel_size=tp, gpus_per_node=tp, nodes=1,
-                      unconfigured_nodes=(), vllm_version=None, vllm_source="wheel",
+                      unconfigured_nodes=(), vllm_version=rules.default_vllm_version, vllm_source="wheel",
                       gpu_memory_utilization=mem.default_gpu_memory_utilization,
                       max_model_len=mem.default_max_model_len, checkpoint_gb=mem.checkpoint_gb,
                       num_speculative_tokens=rules.spec_default)

@@ -28,8 +28,8 @@ class Expect:
     env_absent: tuple[str, ...] = ()
 
 
-SM12X_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "VLLM_TRITON_MLA_SPARSE_HEAD_BLOCK_SIZE": "4",
-             "TORCH_CUDA_ARCH_LIST": "12.0a"}
+SM12X_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "TORCH_CUDA_ARCH_LIST": "12.0a"}
+GONE_IN_033 = "VLLM_TRITON_MLA_SPARSE_HEAD_BLOCK_SIZE"  # vllm/envs.py of 0.33.0 no longer has it
 CAR = "--disable-custom-all-reduce"
 
 CASES = [
@@ -37,13 +37,13 @@ CASES = [
            {"gpu.architecture": "pass", "gpu.memory": "pass", "topology.interconnect": "warn",
             "topology.p2p": "pass", "topology.iommu": "pass", "driver.version": "pass", "host.profile": "pass",
             "vllm.speculative_tokens": "pass"},
-           tp=2, k=1, args=[CAR], env=SM12X_ENV, env_absent=("NCCL_P2P_DISABLE",)),
+           tp=2, k=1, args=[CAR], env=SM12X_ENV, env_absent=("NCCL_P2P_DISABLE", GONE_IN_033)),
     Expect("rtx-pro-6000-maxq-x2-iommu", "maxq-x2", True,
            {"topology.iommu": "warn", "topology.interconnect": "warn", "topology.p2p": "pass"},
            tp=2, k=1, args=[CAR], env={**SM12X_ENV, "NCCL_P2P_DISABLE": "1"}),
     Expect("rtx-pro-6000-server-x4", "rtx6000-x4", True,
            {"topology.interconnect": "pass", "gpu.count": "pass", "gpu.memory": "pass", "gpu.identical": "pass"},
-           tp=4, k=1, args=[CAR], env=SM12X_ENV, env_absent=("NCCL_P2P_DISABLE",)),
+           tp=4, k=1, args=[CAR], env=SM12X_ENV, env_absent=("NCCL_P2P_DISABLE", GONE_IN_033)),
     Expect("h200-x8-nvlink", "h200-tp2", True,
            {"gpu.count": "pass", "gpu.memory": "pass", "topology.interconnect": "pass", "topology.p2p": "pass",
             "host.profile": "pass"},
@@ -68,7 +68,7 @@ CASES = [
            tp=1, k=1, args=[], env={}),
     Expect("container-small-shm", "rtx6000-x2", False,
            {"host.shm": "fail", "topology.iommu": "warn", "toolkit.nvcc": "pass", "gpu.memory": "pass"},
-           tp=2, k=1, args=[CAR], env=SM12X_ENV, env_absent=("NCCL_P2P_DISABLE",)),
+           tp=2, k=1, args=[CAR], env=SM12X_ENV, env_absent=("NCCL_P2P_DISABLE", GONE_IN_033)),
 ]
 
 
@@ -115,6 +115,13 @@ def test_summaries_carry_the_measured_values(profiles: dict[str, Profile]) -> No
     assert "--shm-size=16g --ipc=host" in (shm["host.shm"].fix or "")
     gb10 = {r.id: r for r in build_report(load_fixture("gb10-x1")).checks}
     assert "unified (host RAM" in gb10["gpu.memory"].summary
+
+
+def test_sm12x_env_for_an_older_vllm_build_keeps_the_triton_head_block(profiles: dict[str, Profile]) -> None:
+    doc = profiles["maxq-x2"].document()
+    doc["vllm"]["version"] = "0.32.0"
+    rec = build_report(load_fixture("rtx-pro-6000-maxq-x2"), Profile.model_validate(doc)).recommendation
+    assert rec is not None and rec["env"][GONE_IN_033] == "4"
 
 
 def test_multinode_profile_with_the_other_node_configured_warns(profiles: dict[str, Profile]) -> None:
