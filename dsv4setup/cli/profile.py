@@ -1,10 +1,14 @@
-"""`dsv4setup profile list|show|validate|import-recipe`: the hardware profiles."""
+"""`dsv4setup profile list|show|validate|schema|import-recipe`: the hardware profiles.
+
+The profile core (pydantic, YAML) is imported inside the commands: every `dsv4setup` start
+imports this module, most never run it.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -12,18 +16,9 @@ from rich.table import Table
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
 from dsv4setup.errors import EXIT_USAGE, UsageError
-from dsv4setup.fsutil import atomic_write_text
-from dsv4setup.profiles.loader import (
-    ProfileError,
-    load_named_file,
-    load_profile_file,
-    profile_index,
-    shipped_profile_files,
-    user_profiles_dir,
-)
-from dsv4setup.profiles.model import Profile
-from dsv4setup.state import load_state
-from dsv4setup.workdir import Workdir
+
+if TYPE_CHECKING:
+    from dsv4setup.profiles.model import Profile
 
 profile_app = typer.Typer(name="profile", no_args_is_help=True, help="Hardware profiles: list, show, validate, import.")
 app.add_typer(profile_app, name="profile")
@@ -54,6 +49,8 @@ def _hardware_text(match: dict[str, Any]) -> str:
 @profile_app.command("list")
 def list_(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
     """List the shipped profiles (and the workdir's own) with the hardware each one is for."""
+    from dsv4setup.profiles.loader import load_named_file, profile_index, shipped_profile_files
+
     wd = workdir_from(workdir)
     shipped = set(shipped_profile_files())
     rows = [_summary(load_named_file(path), path, path in shipped) for path in profile_index(wd).values()]
@@ -85,6 +82,7 @@ def show(
     """Show a profile as this workdir would run it: every value with its origin, and the serve command."""
     from dsv4setup.profiles.render import render_nodes, render_serve
     from dsv4setup.profiles.resolve import resolve_profile
+    from dsv4setup.state import load_state
 
     wd = workdir_from(workdir)
     resolved = resolve_profile(wd, name, set_ or [])
@@ -148,7 +146,9 @@ def _short_origin(origin: str) -> str:
 
 def _validate_one(path: Path, named: bool) -> dict[str, Any]:
     """One file: a profile (named: its name must match the file), or a workdir's dsv4setup.yaml."""
+    from dsv4setup.profiles.loader import ProfileError, load_named_file, load_profile_file
     from dsv4setup.profiles.resolve import resolve_profile
+    from dsv4setup.workdir import Workdir
 
     try:
         if path.name == Workdir(path.parent).overrides_file.name:
@@ -171,6 +171,8 @@ def validate(
     json_: JsonOpt = False,
 ) -> None:
     """Check profiles against the schema; each problem is reported as file:line: key: what was expected."""
+    from dsv4setup.profiles.loader import shipped_profile_files, user_profiles_dir
+
     wd = workdir_from(workdir)
     paths = list(files or [*shipped_profile_files(), *sorted(user_profiles_dir(wd).glob("*.yaml"))])
     if not files and wd.overrides_file.exists():
@@ -214,6 +216,8 @@ def import_recipe_cmd(
     json_: JsonOpt = False,
 ) -> None:
     """Write a profile from a vllm-project/recipes model file, applying its overrides for one hardware key."""
+    from dsv4setup.fsutil import atomic_write_text
+    from dsv4setup.profiles.loader import shipped_profile_files, user_profiles_dir
     from dsv4setup.profiles.recipe import IMPORT_SCHEMA, import_recipe
 
     wd = workdir_from(workdir)
