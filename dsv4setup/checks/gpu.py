@@ -22,6 +22,10 @@ from dsv4setup.hardware.facts import (
 CPU_ONLY = "CPU-only profile {}: no GPU needed"
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _gb(value: float) -> str:
     return f"{value:.1f} GB"
 
@@ -68,7 +72,7 @@ def gpu_present(c: Ctx) -> CheckResult:
         return failed(id_, "the NVIDIA driver is loaded but NVML sees no GPU",
                       "check `nvidia-smi`; in a container pass the GPUs through (`docker run --gpus all ...` "
                       "with the NVIDIA Container Toolkit)")
-    return passed(id_, f"{len(gpus)} GPU(s): {_describe(c, gpus)}")
+    return passed(id_, f"{plural(len(gpus), 'GPU')}: {_describe(c, gpus)}")
 
 
 def gpu_architecture(c: Ctx) -> CheckResult:
@@ -290,7 +294,7 @@ def driver_present(c: Ctx) -> CheckResult:
     if driver is None:
         why = c.snap.get("nvml_error") or "NVML did not start"
         on_bus = c.host.get("nvidia_pci_gpus")
-        seen = f" ({on_bus} NVIDIA GPU(s) on the PCI bus)" if on_bus else ""
+        seen = f" ({plural(on_bus, 'NVIDIA GPU')} on the PCI bus)" if on_bus else ""
         return failed(id_, f"no NVIDIA driver{seen}: {why}",
                       f"{c.rules.driver_install_hint}; in a container run with --gpus all "
                       f"(NVIDIA Container Toolkit)")

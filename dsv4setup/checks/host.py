@@ -131,7 +131,8 @@ def toolkit_nvcc(c: Ctx) -> CheckResult:
         return failed(id_, f"the profile installs CUDA {wanted}, which cannot target {arch} "
                            f"(needs >= {fmt(support.min_cuda)})", "--set toolkit.version=13.0.2")
     nvcc = (c.snap.get("toolchain") or {}).get("nvcc")
-    installs = f"the toolkit step installs CUDA {wanted or 'per the profile'} into the workdir"
+    installs = f"the toolkit step installs CUDA {wanted} into the workdir" if wanted else \
+        "the toolkit step installs the profile's CUDA toolkit into the workdir"
     if nvcc is None:
         return passed(id_, f"no nvcc on PATH or in CUDA_HOME; {installs}")
     release = nvcc.get("release") or nvcc.get("version")

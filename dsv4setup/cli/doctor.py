@@ -56,7 +56,7 @@ def doctor(
             snap = take_snapshot(wd)
     if save_snapshot is not None:
         _save(save_snapshot, snap, quiet=json_)
-    choice = select_profile(snap, wd, profile, use_last=snapshot is None)
+    choice = select_profile(snap, wd, profile, use_workdir=snapshot is None)
     # Extension point: checks computed elsewhere (e.g. a checkpoint's files for --model) go in
     # extra_checks; they count toward `ok` and appear in the table and JSON like the built-in ones.
     report = build_report(snap, choice.profile, matches=choice.matches, extra_checks=())

@@ -152,3 +152,26 @@ def test_real_subprocess_json(tmp_path: Path) -> None:
     doc = json.loads(proc.stdout)
     assert list(doctor_validator().iter_errors(doc)) == []
     assert doc["recommendation"]["env"]["NCCL_P2P_DISABLE"] == "1"
+
+
+def test_the_workdir_picks_the_profile_and_its_overrides_apply(tmp_path: Path) -> None:
+    """After `up --profile cpu-tiny` in a workdir, `doctor` there judges against cpu-tiny; the workdir's
+    dsv4setup.yaml wins over the state and its values apply; a corrupt state file does not stop the doctor."""
+    from dsv4setup.checks.select import select_profile
+    from dsv4setup.state import State, save_state
+    from dsv4setup.workdir import Workdir
+
+    wd = Workdir(tmp_path / "wd").ensure()
+    snap = json.loads((FIXTURES / "h200-x8-nvlink.json").read_text())
+    save_state(wd.state_file, State(profile="cpu-tiny"))
+    choice = select_profile(snap, wd)
+    assert choice.profile is not None and choice.profile.name == "cpu-tiny" and choice.how == "last used in the workdir"
+    assert select_profile(snap, wd, use_workdir=False).profile.name == "h200-tp2"  # type: ignore[union-attr]
+    wd.overrides_file.write_text("profile: h200-tp2\nserve:\n  max_model_len: 65536\n")
+    choice = select_profile(snap, wd)
+    assert choice.how == "chosen in the workdir" and choice.profile is not None
+    assert choice.profile.name == "h200-tp2" and choice.profile.serve.max_model_len == 65536
+    wd.overrides_file.unlink()
+    wd.state_file.write_text("{corrupt")
+    choice = select_profile(snap, wd)
+    assert choice.how == "best match" and choice.profile is not None and choice.profile.name == "h200-tp2"
