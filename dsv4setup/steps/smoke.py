@@ -1,11 +1,13 @@
 """smoke: a deterministic chat completion through the official openai client, and the MTP proof.
 
-The report of the last run (pass or fail) is kept in `<workdir>/run/smoke.json`; the
-postcondition ties the smoke test to the running server instance and re-reads its counters.
+The report of the last run (pass or fail) is kept in `<workdir>/run/smoke.json`. The
+postcondition needs a passed report for the server instance running now (pid and start time),
+that server healthy, and its spec-decode counters still on /metrics, not gone back.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,14 @@ def report_file(workdir: Workdir) -> Path:
     return workdir.run_dir / "smoke.json"
 
 
+def _read_report(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 class SmokeStep(Step):
     name = "smoke"
     description = "chat completion via the openai client; prove MTP drafts are made and accepted"
@@ -37,9 +47,10 @@ class SmokeStep(Step):
         state = server_state(ctx.workdir)
         if not state.healthy or state.record is None:
             return Postcondition(False, f"server: {state.detail}")
-        record, smoked = state.record, ctx.output("smoke")
-        if (smoked.get("server_pid"), smoked.get("server_started_at")) != (record.pid, record.started_at):
-            return Postcondition(False, f"the running server (pid {record.pid}) has not been smoke-tested")
+        record, smoked = state.record, _read_report(report_file(ctx.workdir))
+        if not smoked.get("ok") or (smoked.get("server_pid"), smoked.get("server_started_at")) != (
+                record.pid, record.started_at):
+            return Postcondition(False, f"the running server (pid {record.pid}) has not passed a smoke test")
         if ctx.profile.spec.num_speculative_tokens == 0:
             return Postcondition(True, f"server pid {record.pid} healthy (speculative decoding off)")
         try:
@@ -48,7 +59,7 @@ class SmokeStep(Step):
             return Postcondition(False, f"/metrics does not answer: {exc}")
         if counters is None:
             return Postcondition(False, "the spec-decode counters are gone from /metrics")
-        if counters.drafts < smoked.get("drafts_total", 0):
+        if counters.drafts < smoked.get("mtp", {}).get("drafts_total", 0):
             return Postcondition(False, "the spec-decode counters went back: not the smoke-tested server")
         return Postcondition(True, f"server pid {record.pid} healthy, spec-decode counters present "
                                    f"({counters.drafts:.0f} drafts, {counters.accepted:.0f} accepted so far)")
