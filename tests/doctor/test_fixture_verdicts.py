@@ -255,3 +255,24 @@ def test_shipped_schema_uses_only_keywords_schemalite_knows() -> None:
 
     used = walk(hardware_schema()) - {"properties", "$defs"}
     assert used <= KEYWORDS | ANNOTATIONS | {"properties", "$defs"}
+
+
+def test_a_snapshot_with_only_the_contract_fields_is_judged() -> None:
+    """Snapshots from other tools or older versions carry only the issue's contract: no extras needed."""
+    contract_host = {"hostname", "arch", "cpu_count", "ram_bytes", "shm_bytes", "os", "kernel", "python", "iommu",
+                     "workdir", "disk_free_bytes"}
+    contract_gpu = {"index", "name", "uuid", "pci_bus_id", "memory_total_bytes", "compute_capability",
+                    "power_limit_default_w", "power_limit_max_w", "pcie", "numa_node", "nvlink_active_links", "c2c"}
+    doc = load_fixture("rtx-pro-6000-maxq-x2-iommu")
+    doc = {k: v for k, v in doc.items() if k in ("schema", "captured_at", "host", "driver", "gpus", "links",
+                                                 "toolchain", "python_env")}
+    doc["host"] = {k: v for k, v in doc["host"].items() if k in contract_host}
+    doc["gpus"] = [{k: v for k, v in g.items() if k in contract_gpu} for g in doc["gpus"]]
+    doc["links"] = [{k: v for k, v in x.items() if k in ("a", "b", "topology", "p2p_read", "p2p_write", "nvlink")}
+                    for x in doc["links"]]
+    doc["python_env"] = {"vllm": None, "torch": None, "torch_cuda": None}
+    assert Validator(hardware_schema()).errors(doc) == []
+    report = build_report(doc)
+    assert report.ok and report.recommendation is not None
+    assert report.recommendation["env"]["NCCL_P2P_DISABLE"] == "1"
+    assert {r.id: r.status for r in report.checks}["host.disk_hf_cache"] == "skip"

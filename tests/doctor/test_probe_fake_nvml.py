@@ -123,3 +123,19 @@ def test_snapshot_of_this_machine_is_valid(tmp_path: Path) -> None:
     assert snap["python_env"]["vllm"] is None  # no venv in a fresh workdir
     if snap["driver"] is None:
         assert snap["gpus"] == [] and snap["nvml_error"]
+
+
+def test_every_nvml_function_the_probe_names_exists_in_the_real_pynvml() -> None:
+    """The fake cannot catch a misspelt NVML function; the real module can."""
+    import re
+
+    import dsv4setup.hardware.nvml as probe
+
+    source = Path(probe.__file__).read_text()
+    names = set(re.findall(r"\bnvml(?:Init|Shutdown|System\w+|Device\w+)\b", source))
+    assert len(names) >= 20
+    assert sorted(n for n in names if not callable(getattr(pynvml, n, None))) == []
+    fake = load_fake("h200-nvswitch-x2")
+    facts = probe_nvml(fake)
+    assert not [n for n in facts.notes if "is not in this nvidia-ml-py" in n]  # the fake has them all
+    assert names >= set(fake.calls)
