@@ -135,16 +135,17 @@ def test_killed_download_command_resumes(make_checkpoint: MakeCkpt, serve_hub: S
     cmd = [sys.executable, "-m", "dsv4setup", "download", "--workdir", str(wd), "--json"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
-    partials = wd / "models" / f".{REPO.replace('/', '--')}.partial"
+    part = wd / "models" / f".{REPO.replace('/', '--')}.partial" / f"{hub.file_info(REPO, big.name).sha256}.part"
     try:
         hub.wait_for_bytes(REPO, big.name, 11 * MB)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any(p.stat().st_size for p in partials.glob("*.part")):
+        deadline = time.monotonic() + 20  # huggingface_hub writes 10 MB chunks: wait for the first one
+        while time.monotonic() < deadline and not (part.is_file() and part.stat().st_size >= 10 * MB):
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=10)
     hub.clear_faults()
+    assert part.stat().st_size == 10 * MB
     status = subprocess.run([sys.executable, "-m", "dsv4setup", "status", "--workdir", str(wd), "--json"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     rows = {r["step"]: r for r in json.loads(status.stdout)["steps"]}
