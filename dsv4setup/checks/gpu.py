@@ -16,14 +16,11 @@ from dsv4setup.hardware.facts import (
     interconnect,
     memory_bytes,
     nvml_started,
+    plural,
     visible_gpus,
 )
 
 CPU_ONLY = "CPU-only profile {}: no GPU needed"
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _gb(value: float) -> str:
@@ -59,7 +56,7 @@ def gpu_present(c: Ctx) -> CheckResult:
     id_ = "gpu.present"
     all_gpus = c.snap.get("gpus") or []
     if c.target.cpu_only:
-        extra = f" (this machine has {len(all_gpus)} GPU(s); the CPU demo does not use them)" if all_gpus else ""
+        extra = f" (this machine has {plural(len(all_gpus), 'GPU')}, unused)" if all_gpus else ""
         return skipped(id_, CPU_ONLY.format(c.target.profile_name) + extra)
     if not nvml_started(c.snap):
         return skipped(id_, "cannot list GPUs: NVML did not start (see driver.present)")

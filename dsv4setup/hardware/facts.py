@@ -8,6 +8,10 @@ Snapshot = dict[str, Any]
 Gpu = dict[str, Any]
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def cc_str(gpu: Gpu) -> str | None:
     """[12, 0] -> "12.0"; None when NVML did not say."""
     cc = gpu.get("compute_capability")

@@ -78,10 +78,11 @@ def probe_conda(env: Mapping[str, str]) -> dict[str, Any] | None:
     for key in ("CONDA_EXE", "MAMBA_EXE"):
         if env.get(key) and Path(env[key]).is_file():
             candidates.append((Path(env[key]).name, env[key]))
-    for kind, path in candidates:
-        return {"kind": kind if kind in CONDA_KINDS else "conda", "path": path,
-                "version": first_version(run_tool([path, "--version"]))}
-    return None
+    if not candidates:
+        return None
+    kind, path = candidates[0]
+    return {"kind": kind if kind in CONDA_KINDS else "conda", "path": path,
+            "version": first_version(run_tool([path, "--version"]))}
 
 
 def probe_tool_version(name: str, args: Sequence[str], env: Mapping[str, str]) -> str | None:

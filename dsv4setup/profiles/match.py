@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from dsv4setup.hardware.facts import cc_str, gpu_label, interconnect, visible_gpus
+from dsv4setup.hardware.facts import cc_str, gpu_label, interconnect, plural, visible_gpus
 from dsv4setup.profiles.model import Profile
 
 # Weight of each satisfied constraint; ties are broken by verified, then name.
@@ -48,10 +48,6 @@ class _Tally:
     def miss(self, why: str) -> None:
         self.ok = False
         self.reasons.append(f"no: {why}")
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _per_node(profile: Profile) -> int:
