@@ -86,23 +86,24 @@ CONFIG: dict[str, Any] = {
     "torch_dtype": "float32",
 }
 
-_WORDS = (
+_CORPUS_WORDS = (
     "the a an of to in is are was it this that for on with as by at from or and not be can will "
     "model token tokens server speculative decoding draft target accept accepted layer layers "
     "expert experts attention latent cache vector weight weights tiny small fast slow check "
     "what how why when where who which answer question number numbers one two three four five "
     "six seven eight nine ten zero hello world yes no ok okay fine good bad test tests run runs "
     "serve served metric metrics prompt reply chat user assistant system text word words line"
-).split()
+)
 
 
 def _corpus() -> list[str]:
     """A fixed training corpus: enough distinct pairs for ~250 merges, with ' ok' frequent."""
+    words = _CORPUS_WORDS.split()
     lines = []
-    for i, first in enumerate(_WORDS):
+    for i, first in enumerate(words):
         for j in range(1, 9):
-            second = _WORDS[(i * 7 + j * 13) % len(_WORDS)]
-            third = _WORDS[(i * 3 + j * 5) % len(_WORDS)]
+            second = words[(i * 7 + j * 13) % len(words)]
+            third = words[(i * 3 + j * 5) % len(words)]
             lines.append(f"{first.capitalize()} {second} {third} {i * j} ok, ok. What is {j} + {i}?")
     return lines
 
