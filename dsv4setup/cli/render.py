@@ -86,13 +86,18 @@ def status_table(doc: dict[str, Any]) -> Table:
 
 def print_serve_plan(console: Console, doc: dict[str, Any]) -> None:
     serve = doc.get("serve") or {}
-    console.print("[bold]serve command[/] (argv, exec'd without a shell):")
-    console.print("  " + " ".join(serve.get("argv", [])), markup=False, highlight=False)
+    console.print("[bold]serve command[/] (exec'd as argv, without a shell; quoted here for copying):")
+    console.print("  " + serve.get("command", " ".join(serve.get("argv", []))), markup=False, highlight=False)
     if serve.get("env"):
         console.print("[bold]environment[/]:")
         for key, value in serve["env"].items():
             console.print(f"  {key}={value}", markup=False, highlight=False)
+    if doc.get("overridden"):
+        console.print("[bold]changed from the profile[/]:")
+        for key, origin in doc["overridden"].items():
+            console.print(f"  {key} <- {origin}", markup=False, highlight=False)
     for node in doc.get("nodes") or []:
         console.print(f"[bold]node {node['name']}[/] ({node['role']}):")
-        for cmd in node["commands"]:
-            console.print("  " + " ".join(cmd["argv"]), markup=False, highlight=False)
+        for cmd in sorted(node["commands"], key=lambda c: c.get("order", 0)):
+            console.print(f"  {cmd.get('order', '')}. {cmd.get('purpose', '')}", markup=False, highlight=False)
+            console.print("     " + cmd.get("command", " ".join(cmd["argv"])), markup=False, highlight=False)
