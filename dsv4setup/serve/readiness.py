@@ -135,6 +135,17 @@ class ServerWatch:
             return -1
 
 
+ERROR_LINE = re.compile(r"\b\w*(Error|Exception)\b")
+
+
+def _last_error_line(text: str) -> str | None:
+    """The last line that names an error (the exception of a traceback), shortened."""
+    for line in reversed(text.splitlines()):
+        if ERROR_LINE.search(line):
+            return line.strip()[:300]
+    return None
+
+
 def _known(match: FailureMatch, log: Path, when: str) -> StepError:
     return StepError(f"{match.failure.cause} ({when}; {log} says: {match.excerpt!r})", hint=match.failure.fix,
                      known_failure=match.failure.id)
@@ -167,8 +178,9 @@ def wait_ready(watch: ServerWatch, host: str, port: int, follower: LogFollower, 
             follower.read_server_lines()
             if (match := match_failure(follower.window)) is not None:
                 raise _known(match, follower.path, f"vLLM exited with code {code}")
-            raise StepError(f"vLLM exited with code {code} during startup (phase: {phase}); the reason is at the "
-                            f"end of {follower.path}",
+            last_error = _last_error_line(follower.window)
+            raise StepError(f"vLLM exited with code {code} during startup (phase: {phase})"
+                            + (f": {last_error}" if last_error else f"; the reason is at the end of {follower.path}"),
                             hint="read the traceback at the end of the log (`dsv4setup logs serve -n 60`), fix "
                                  "the cause and run `dsv4setup up` again")
         status = health_status(host, port, limits.health_timeout_s)

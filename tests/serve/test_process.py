@@ -113,6 +113,7 @@ def test_process_exit_during_startup_with_fake_server_process(workdir: Workdir, 
     with pytest.raises(StepError) as exc:
         _wait(record, proc)
     assert "exited with code 3" in exc.value.message and exc.value.known_failure is None
+    assert exc.value.message.endswith(": RuntimeError: something broke")
     assert "logs serve" in exc.value.hint
     report = stop_server(workdir, record, grace_s=5)  # what the step does: nothing runs, the leftovers go
     assert not report.was_running and report.removed == [record.tmpdir] and read_record(workdir) is None
