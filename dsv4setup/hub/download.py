@@ -254,7 +254,7 @@ class Downloader:
         for attempt in (1, 2):
             part = self._partial(f)
             self._transfer(f, part, progress)
-            problem, record = verify_content(part, f)
+            problem, record = verify_content(part, f, stop=progress.check_cancel)
             if problem is None and record is not None:
                 break
             self.report(f"{problem} (attempt {attempt}): discarding the download")

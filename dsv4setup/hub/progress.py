@@ -32,9 +32,12 @@ class ByteProgress:
         self._samples: deque[tuple[float, int]] = deque([(clock(), 0)])
         self._last_report = 0.0
 
-    def add(self, n: int) -> None:
+    def check_cancel(self) -> None:
         if self.cancel.is_set():
             raise Cancelled()
+
+    def add(self, n: int) -> None:
+        self.check_cancel()
         with self._lock:
             self.done += n
             self.transferred += n

@@ -8,6 +8,7 @@ re-hash of `download --verify` both work without asking the hub again.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -76,25 +77,30 @@ def write_manifest(dest: Path, manifest: Manifest) -> None:
     atomic_write_json(manifest_path(dest), manifest.model_dump(mode="json", by_alias=True))
 
 
-def git_blob_sha1(path: Path) -> str:
+Stop = Callable[[], None]  # called between chunks; raises to abandon a long hash (Ctrl-C)
+
+
+def git_blob_sha1(path: Path, stop: Stop | None = None) -> str:
     digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    _feed(digest, path)
+    _feed(digest, path, stop)
     return digest.hexdigest()
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, stop: Stop | None = None) -> str:
     digest = hashlib.sha256()
-    _feed(digest, path)
+    _feed(digest, path, stop)
     return digest.hexdigest()
 
 
-def _feed(digest: hashlib._Hash, path: Path) -> None:
+def _feed(digest: hashlib._Hash, path: Path, stop: Stop | None) -> None:
     with path.open("rb") as fh:
         while chunk := fh.read(HASH_CHUNK):
+            if stop is not None:
+                stop()
             digest.update(chunk)
 
 
-def verify_content(path: Path, expected: RemoteFile) -> tuple[str | None, FileRecord | None]:
+def verify_content(path: Path, expected: RemoteFile, stop: Stop | None = None) -> tuple[str | None, FileRecord | None]:
     """(problem, record): hash the file as the hub identifies it. problem None means it matches."""
     if not path.is_file():
         return f"{expected.path}: missing", None
@@ -102,10 +108,10 @@ def verify_content(path: Path, expected: RemoteFile) -> tuple[str | None, FileRe
     if stat.st_size != expected.size:
         return f"{expected.path}: {stat.st_size} bytes, the hub says {expected.size}", None
     if expected.sha256:
-        actual, how = sha256_file(path), "sha256"
+        actual, how = sha256_file(path, stop), "sha256"
         wanted = expected.sha256
     elif expected.blob_id:
-        actual, how = git_blob_sha1(path), "git-sha1"
+        actual, how = git_blob_sha1(path, stop), "git-sha1"
         wanted = expected.blob_id
     else:
         return None, FileRecord(size=stat.st_size, mtime_ns=stat.st_mtime_ns, verified="size")

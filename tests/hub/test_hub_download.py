@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +15,9 @@ import pytest
 
 from dsv4setup.errors import DsvError
 from dsv4setup.hub.access import HubError
-from dsv4setup.hub.disk import DiskSpaceError
+from dsv4setup.hub.disk import DiskSpaceError, check_disk
 from dsv4setup.hub.download import Downloader
+from dsv4setup.hub.progress import ByteProgress, Cancelled
 from dsv4setup.hub.verify import cheap_problems, read_manifest
 from tests.hub.conftest import REPO, TOKEN
 from tests.hub.hubserver import HubServer, RepoSpec, free_port
@@ -30,6 +32,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def big_file(src: Path) -> str:
     return max(src.glob("*.safetensors"), key=lambda p: p.stat().st_size).name
+
+
+def partial_of(hub: HubServer, dest: Path, name: str) -> Path:
+    """Where the downloader keeps the unfinished copy of `name` (named by its sha256)."""
+    return dest.parent / f".{dest.name}.partial" / f"{hub.file_info(REPO, name).sha256}.part"
 
 
 def downloader(dest: Path, **kwargs: object) -> Downloader:
@@ -91,17 +98,16 @@ def test_killed_download_resumes_from_its_partial_file(make_checkpoint: MakeCkpt
               "Downloader(sys.argv[1], 'main', Path(sys.argv[2]), allow_patterns=['*.json', '*.safetensors']).run()")
     proc = subprocess.Popen([sys.executable, "-c", script, REPO, str(dest)], cwd=ROOT, env=os.environ.copy(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    part = partial_of(hub, dest, name)
     try:
         hub.wait_for_bytes(REPO, name, CHUNK + MB)
-        partials = dest.parent / f".{dest.name}.partial"
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any(p.stat().st_size >= CHUNK for p in partials.glob("*.part")):
+        while time.monotonic() < deadline and not (part.is_file() and part.stat().st_size >= CHUNK):
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     hub.clear_faults()
-    [part] = list(partials.glob("*.part"))
     assert part.stat().st_size == CHUNK
     assert not (dest / name).exists()
     manifest = read_manifest(dest)
@@ -247,3 +253,53 @@ def test_a_directory_in_the_way_of_the_hf_cache_link_is_not_replaced(make_checkp
     with pytest.raises(DsvError, match="is a directory"):
         downloader(dest, hf_cache=tmp_path / "cache").run()
     assert (dest / "config.json").is_file()
+
+
+def test_ctrl_c_stops_the_workers_and_keeps_the_partial(make_checkpoint: MakeCkpt, serve_hub: ServeHub,
+                                                        tmp_path: Path) -> None:
+    src = make_checkpoint(pad_bytes=BIG)
+    name = big_file(src)
+    hub = serve_hub({REPO: src})
+    hub.fault(REPO, name, "stall", after_bytes=CHUNK + MB)
+    main_thread = threading.get_ident()
+
+    def interrupt() -> None:
+        hub.wait_for_bytes(REPO, name, CHUNK + MB)
+        time.sleep(0.2)
+        signal.pthread_kill(main_thread, signal.SIGINT)
+        time.sleep(0.2)
+        hub.release()  # the stalled transfer gets data again: its next chunk sees the cancel
+
+    dest = tmp_path / "dest"
+    threading.Thread(target=interrupt, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        downloader(dest).run()
+    assert time.monotonic() - started < 10
+    assert not (dest / name).exists()
+    assert partial_of(hub, dest, name).stat().st_size >= CHUNK
+    assert not any(t.name.startswith("dsv4setup-dl") for t in threading.enumerate())
+
+
+def test_byte_progress_reports_totals_rate_and_eta() -> None:
+    now = [100.0]
+    messages: list[str] = []
+    progress = ByteProgress(total=1000 * MB, files=4, report=messages.append, done=100 * MB, clock=lambda: now[0])
+    now[0] += 10
+    progress.add(200 * MB)
+    assert messages[-1] == "314.6 MB / 1.0 GB (30 %), 21.0 MB/s, 0/4 files, ETA 35 s"
+    progress.file_done()
+    assert "1/4 files" in messages[-1]
+    progress.cancel.set()
+    with pytest.raises(Cancelled):
+        progress.add(1)
+
+
+def test_disk_margin_is_two_percent_with_a_one_gib_floor(tmp_path: Path) -> None:
+    small = check_disk(10 * MB, tmp_path, lambda _p: 2 << 30)
+    assert small.margin == 1 << 30 and small.ok
+    big = check_disk(200 * 10**9, tmp_path / "not" / "yet", lambda _p: 300 * 10**9)
+    assert big.margin == 4 * 10**9 and big.path == tmp_path
+    with pytest.raises(DiskSpaceError, match="short by 4.0 GB"):
+        check_disk(200 * 10**9, tmp_path, lambda _p: 200 * 10**9)
+    assert check_disk(0, tmp_path, lambda _p: 0).ok
