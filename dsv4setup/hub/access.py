@@ -6,7 +6,9 @@ explicitly, so a mirror (or the test suite's local hub) set later in the process
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from dsv4setup.errors import DsvError
@@ -39,12 +41,15 @@ def explain(exc: BaseException, repo: str, revision: str, token: str | None) -> 
         DisabledRepoError,
         GatedRepoError,
         HfHubHTTPError,
+        LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RemoteEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
+    if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None:
+        return explain(exc.__cause__, repo, revision, token)  # "not cached either": the hub error is the news
     endpoint = hub_endpoint()
     page = f"{endpoint}/{repo}"
     set_token = f"create a read token at {TOKENS_URL} and `export HF_TOKEN=...`, then run again"
@@ -81,8 +86,8 @@ def explain(exc: BaseException, repo: str, revision: str, token: str | None) -> 
                                  f"(or to this repo); {set_token}")
         if status == 429 or status >= 500:
             return HubError(f"the hub answered {status} for {repo} (rate limit or outage)",
-                            hint="wait a few minutes and run the same command again: finished files are kept "
-                                 "and partial ones resume")
+                            hint="wait a few minutes and run the same command again (a download keeps its "
+                                 "finished files and resumes the partial ones)")
         return HubError(f"the hub answered {status} for {repo}: {exc.server_message or exc}",
                         hint=f"check {page} in a browser; run again with -v for details")
     if isinstance(exc, httpx2.HTTPError | ConnectionError | TimeoutError):
@@ -104,9 +109,30 @@ def gated_error(repo: str, token: str | None) -> HubError:
                          "of an account that has access")
 
 
+@contextlib.contextmanager
+def hub_logs_to(write: Callable[[str], None]) -> Iterator[None]:
+    """Send huggingface_hub's own log lines (retries, resumes) to `write` instead of stderr, meanwhile."""
+    import logging
+
+    logger = logging.getLogger("huggingface_hub")
+
+    class _Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            write(f"huggingface_hub: {record.getMessage()}")
+
+    saved = logger.handlers[:]
+    forward = _Forward(level=logging.INFO)
+    logger.handlers = [forward]
+    try:
+        yield
+    finally:
+        logger.handlers = saved
+
+
 def hub_exceptions() -> tuple[type[BaseException], ...]:
     """The exception types `explain` knows (what hub calls may raise besides bugs)."""
     import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    return (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, ConnectionError, TimeoutError)
+    return (HfHubHTTPError, OfflineModeIsEnabled, LocalEntryNotFoundError, httpx2.HTTPError, ConnectionError,
+            TimeoutError)

@@ -125,6 +125,7 @@ class DownloadStep(Step):
                 "bytes": size, "generator": generator}
 
     def _repo(self, ctx: RunContext, path: Path) -> dict[str, Any]:
+        from dsv4setup.hub.access import hub_logs_to
         from dsv4setup.hub.download import Downloader, hf_cache_setting
         from dsv4setup.secrets import hf_token
 
@@ -140,7 +141,8 @@ class DownloadStep(Step):
         downloader = Downloader(model.repo, model.revision, path, allow_patterns=model.allow_patterns, token=token,
                                 workers=ctx.options.get("download_workers"), free_space=ctx.options.get("free_space"),
                                 report=report, hf_cache=hf_cache_setting())
-        result = downloader.run(full_verify=bool(ctx.options.get("download_verify")))
+        with hub_logs_to(log.line):
+            result = downloader.run(full_verify=bool(ctx.options.get("download_verify")))
         if result.refetched:
             log.line(f"re-fetched after a failed verification: {', '.join(result.refetched)}")
         return {**result.outputs(), "route": "repo"}

@@ -183,3 +183,17 @@ def test_hf_cache_mode_through_the_step(make_checkpoint: MakeCkpt, serve_hub: Se
     assert down["mode"] == "hf-cache" and down["root"].startswith(str(tmp_path / "shared-cache"))
     assert checkpoint_dir(profile, workdir).is_symlink()
     assert outputs(workdir, "checkpoint")["ok"]
+
+
+def test_huggingface_hub_retry_messages_go_to_the_step_log(make_checkpoint: MakeCkpt, serve_hub: ServeHub,
+                                                          workdir: Workdir, capsys: pytest.CaptureFixture[str]) -> None:
+    src = make_checkpoint(pad_bytes=12 * 1024 * 1024)
+    big = max(src.glob("*.safetensors"), key=lambda p: p.stat().st_size).name
+    hub = serve_hub({REPO: src})
+    hub.fault(REPO, big, "drop", after_bytes=11 * 1024 * 1024)
+    result = runbook(workdir, make_profile(repo=REPO)).up(Selection(only=("download",)))
+    assert result.ok, result.error
+    log = workdir.log_file("download").read_text()
+    assert "huggingface_hub: Error while downloading" in log and "Trying to resume download" in log
+    assert "download: " in log and "/s," in log  # byte progress with a rate
+    assert "Trying to resume" not in capsys.readouterr().err
