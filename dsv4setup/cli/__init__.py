@@ -24,8 +24,16 @@ app = typer.Typer(
     help="Bare Linux GPU box -> verified DeepSeek-V4-Flash + MTP server on vLLM, step by resumable step.",
 )
 
-# Each module registers its commands on `app` when imported.
+# Each module registers its commands on `app` when imported. Only the module of the command
+# being run is imported (start-up time: `doctor --json` is what agents call first); --help
+# and unknown words import them all.
 COMMAND_MODULES = ("runbook", "doctor", "profile", "patches", "checkpoint", "serve", "bench", "agent")
+MODULE_OF_COMMAND = {
+    "up": "runbook", "status": "runbook", "plan": "runbook", "logs": "runbook", "reset": "runbook",
+    "doctor": "doctor", "profile": "profile", "patches": "patches", "download": "checkpoint",
+    "checkpoint": "checkpoint", "serve": "serve", "down": "serve", "smoke": "serve", "tiny-model": "serve",
+    "bench": "bench", "next": "agent",
+}
 
 
 def _version(value: bool) -> None:
@@ -44,8 +52,15 @@ def _root(
         os.environ["DSV4SETUP_DEBUG"] = "1"
 
 
-def _register() -> None:
-    for name in COMMAND_MODULES:
+def _command_word(args: list[str]) -> str | None:
+    return next((a for a in args if not a.startswith("-")), None)
+
+
+def _register(args: list[str] | None = None) -> None:
+    """Import the command modules: only the one `args` names, or all of them."""
+    word = _command_word(args) if args is not None else None
+    names = (MODULE_OF_COMMAND[word],) if word in MODULE_OF_COMMAND else COMMAND_MODULES
+    for name in names:
         try:
             importlib.import_module(f"dsv4setup.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -65,7 +80,7 @@ def report_error(exc: DsvError, as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     as_json = "--json" in args
-    _register()
+    _register(args)
     command = typer.main.get_command(app)
     try:
         code = command.main(args=args, prog_name="dsv4setup", standalone_mode=False)

@@ -55,7 +55,8 @@ def render_serve(profile: Profile, workdir: Workdir, outputs: dict[str, dict[str
     """The vLLM OpenAI server command for this profile in this workdir.
 
     `outputs` are earlier steps' outputs by step name; the checkpoint step's `hf_config_path`
-    becomes --hf-config-path.
+    becomes --hf-config-path, and the preflight step's findings (doctor's recommendation: e.g.
+    IOMMU translated => NCCL_P2P_DISABLE=1) add flags and env where the profile is silent.
     """
     serve = profile.serve
     argv = [str(workdir.venv_python), "-m", API_SERVER_MODULE,
@@ -77,7 +78,18 @@ def render_serve(profile: Profile, workdir: Workdir, outputs: dict[str, dict[str
     argv += _optional("--hf-config-path", outputs.get("checkpoint", {}).get("hf_config_path"))
     argv += serve.extra_args
     argv += _optional("--speculative-config", speculative_config(profile))
-    return ServeCommand(argv=argv, env={**BASE_ENV, **profile.env, **_link_env(profile)})
+    found_args, found_env = _doctor_findings(outputs)
+    argv += [flag for flag in found_args if flag not in argv]
+    env = {**BASE_ENV, "VLLM_CACHE_ROOT": str(workdir.root / "cache" / "vllm"), **found_env, **profile.env,
+           **_link_env(profile)}
+    return ServeCommand(argv=argv, env=env)
+
+
+def _doctor_findings(outputs: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """Flags (value-less, e.g. --disable-custom-all-reduce) and env implied by the preflight checks."""
+    recommendation = outputs.get("preflight", {}).get("recommendation") or {}
+    flags = [a for a in recommendation.get("serve_args", []) if isinstance(a, str) and a.startswith("--")]
+    return flags, {str(k): str(v) for k, v in (recommendation.get("env") or {}).items()}
 
 
 def _link_env(profile: Profile) -> dict[str, str]:

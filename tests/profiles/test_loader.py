@@ -78,7 +78,7 @@ def test_cpu_tiny_carries_the_cpu_recipe() -> None:
     assert (tiny.toolkit.version, tiny.toolkit.route, tiny.toolkit.arch) == ("13.0.2", "pip", "sm_120a")
     assert (tiny.serve.port, tiny.serve.max_model_len, tiny.serve.dtype) == (8011, 256, "float32")
     assert tiny.serve.kv_cache_dtype is None and tiny.serve.block_size is None and tiny.serve.enforce_eager
-    assert tiny.smoke.expect is None and tiny.smoke.min_acceptance == 0.5
+    assert tiny.smoke.expect == "ok" and tiny.smoke.min_acceptance == 0.5
     assert tiny.bench.k_values == [0, 1, 2]
     assert tiny.bench.shapes["short"].model_dump() == {"input_len": 16, "output_len": 32, "num_prompts": 4}
 

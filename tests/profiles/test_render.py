@@ -76,7 +76,20 @@ def test_cpu_tiny_renders_the_cpu_flags(workdir: Workdir) -> None:
     for absent in ("--kv-cache-dtype", "--block-size", "--trust-remote-code", "--disable-custom-all-reduce"):
         assert absent not in argv
     assert flag_value(argv, "--served-model-name") == "tiny-mtp"
-    assert command.env == {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert command.env == {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+                           "VLLM_CACHE_ROOT": str(workdir.root / "cache" / "vllm")}
+
+
+def test_preflight_findings_add_flags_and_env_where_the_profile_is_silent(workdir: Workdir) -> None:
+    outputs = {"preflight": {"recommendation": {
+        "serve_args": ["--disable-custom-all-reduce"],
+        "env": {"NCCL_P2P_DISABLE": "1", "VLLM_USE_FLASHINFER_SAMPLER": "1"}}}}
+    command = render_serve(PROFILES["h200-tp2"], workdir, outputs)
+    assert command.argv.count("--disable-custom-all-reduce") == 1
+    assert command.env["NCCL_P2P_DISABLE"] == "1"
+    maxq = render_serve(PROFILES["rtx-pro-6000-maxq-x2"], workdir, outputs)
+    assert maxq.argv.count("--disable-custom-all-reduce") == 1  # already in the profile: not doubled
+    assert maxq.env["VLLM_USE_FLASHINFER_SAMPLER"] == "0"  # the profile's own value wins
 
 
 def test_checkpoint_output_adds_hf_config_path(workdir: Workdir) -> None:
