@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -106,3 +108,20 @@ def test_remote_lint_with_the_hub_unreachable(monkeypatch: pytest.MonkeyPatch) -
     checks = remote_lint_checks(REPO, "main")
     assert checks[0]["status"] == "fail" and "cannot reach the Hugging Face hub" in checks[0]["summary"]
     assert "local_path" in checks[0]["fix"]
+
+
+def test_hub_server_runs_as_a_process(make_checkpoint: MakeCkpt, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_checkpoint()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("hubserver.py")), "--repo",
+                             f"{REPO}=main:{src}", "--gated", REPO, "--token", TOKEN],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("endpoint=http://127.0.0.1:")
+        monkeypatch.setenv("HF_ENDPOINT", line.strip().split("=", 1)[1])
+        with pytest.raises(HubError, match="gated"):
+            read_remote(REPO, "main", token=None)
+        assert lint(read_remote(REPO, "main", token=TOKEN)).ok
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
