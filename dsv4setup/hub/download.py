@@ -171,10 +171,26 @@ class Downloader:
         old = read_manifest(self.dest)
         manifest = Manifest(repo=self.repo, revision=self.revision, commit=plan.commit, mode=mode, root=str(root),
                             allow_patterns=self.allow_patterns, expected={f.path: f for f in plan.files})
-        if old is not None and old.commit == plan.commit and old.root == str(root):
-            manifest.verified = {k: v for k, v in old.verified.items() if k in manifest.expected}
+        if old is not None and old.root == str(root):
+            if old.commit == plan.commit:
+                manifest.verified = {k: v for k, v in old.verified.items() if k in manifest.expected}
+            if mode == "workdir":
+                self._remove_stale(old, manifest)
         write_manifest(self.dest, manifest)
         return manifest
+
+    def _remove_stale(self, old: Manifest, new: Manifest) -> None:
+        """Files an earlier download of ours put there that the new plan no longer has, and their partials."""
+        for rel in sorted(set(old.expected) - set(new.expected)):
+            path = self.dest / rel
+            if path.is_file():
+                self.report(f"removing {rel}: not part of {self.repo}@{new.commit[:12]} (left from {old.commit[:12]})")
+                path.unlink()
+        keys = {f.key for f in new.expected.values()}
+        for part in self.partial_dir.glob("*.part") if self.partial_dir.is_dir() else ():
+            if part.stem not in keys:
+                self.report(f"removing the partial download {part.name}: not part of this revision")
+                part.unlink()
 
     def _check_existing(self, plan: RemotePlan, manifest: Manifest, full_verify: bool
                         ) -> tuple[list[RemoteFile], list[str]]:

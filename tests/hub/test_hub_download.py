@@ -303,3 +303,25 @@ def test_disk_margin_is_two_percent_with_a_one_gib_floor(tmp_path: Path) -> None
     with pytest.raises(DiskSpaceError, match="short by 4.0 GB"):
         check_disk(200 * 10**9, tmp_path, lambda _p: 200 * 10**9)
     assert check_disk(0, tmp_path, lambda _p: 0).ok
+
+
+def test_new_revision_replaces_our_old_files_and_stale_partials(make_checkpoint: MakeCkpt, serve_hub: ServeHub,
+                                                                tmp_path: Path) -> None:
+    v1, v2 = make_checkpoint("v1", shards=3), make_checkpoint("v2", shards=2, seed=7)
+    hub = serve_hub({REPO: RepoSpec({"v1": v1, "v2": v2})})
+    dest = tmp_path / "dest"
+    Downloader(REPO, "v1", dest, allow_patterns=["*.json", "*.safetensors"]).run()
+    assert (dest / "model-00003-of-00003.safetensors").is_file()
+    stale_part = dest.parent / f".{dest.name}.partial" / f"{'0' * 64}.part"
+    stale_part.parent.mkdir(exist_ok=True)
+    stale_part.write_bytes(b"left over from an interrupted run of another revision")
+    (dest / "notes.txt").write_text("the user's own file")
+    messages: list[str] = []
+    result = Downloader(REPO, "v2", dest, allow_patterns=["*.json", "*.safetensors"], report=messages.append).run()
+    assert result.commit == hub.commit(REPO, "v2")
+    assert not (dest / "model-00003-of-00003.safetensors").exists()
+    assert not stale_part.exists()
+    assert (dest / "notes.txt").read_text() == "the user's own file", "files we did not download are left alone"
+    for name in ("config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        assert (dest / name).read_bytes() == (v2 / name).read_bytes()
+    assert any("removing model-00003-of-00003.safetensors" in m for m in messages)
