@@ -59,19 +59,20 @@ def download(
     if json_:
         emit_json(doc)
     elif result.ok:
-        _print_download(record.outputs)
+        _print_download(record.outputs, fetched_now=doc["action"] == "run")
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _print_download(outputs: dict[str, Any]) -> None:
+def _print_download(outputs: dict[str, Any], fetched_now: bool) -> None:
     from rich.markup import escape
 
     from dsv4setup.hub.disk import human
 
     rows = [("path", outputs.get("path")), ("repo", outputs.get("repo")), ("revision", outputs.get("revision")),
             ("files", outputs.get("files")), ("size", human(outputs.get("bytes") or 0)),
-            ("fetched now", human(outputs["fetched_bytes"]) if "fetched_bytes" in outputs else None),
+            ("fetched now", (human(outputs["fetched_bytes"]) if fetched_now else "nothing (already verified)")
+             if "fetched_bytes" in outputs else None),
             ("verified", outputs.get("verified")),
             ("re-fetched", ", ".join(outputs.get("refetched") or []) or None)]
     for key, value in rows:

@@ -414,17 +414,17 @@ def check_mtp_dtypes(layout: MtpLayout, tensors: dict[str, TensorMeta], rules: L
         if has_feature(rules, "bf16_o_proj", vllm_version):
             summary += f"; BF16 wo_a ({len(bf16_o)}): vLLM {vllm_version} takes the dtype-gated BF16 O-proj path"
         else:
-            problems.append(f"BF16 wo_a in the MTP block ({_few(bf16_o)}) but vLLM {vllm_version} has no "
+            problems.append(f"BF16 wo_a in the MTP block ({_few(bf16_o)}) but vLLM {vllm_version} predates "
                             f"{feats['bf16_o_proj'].what}")
             fixes.append(feats["bf16_o_proj"].fix)
     named_scale = [k.module for k in kinds if k.kind == "fp8" and k.scale == "weight_scale"]
     if named_scale and not has_feature(rules, "scale_name_fallback", vllm_version):
-        problems.append(f"FP8 scales named weight_scale ({_few(named_scale)}) but vLLM {vllm_version} has no "
+        problems.append(f"FP8 scales named weight_scale ({_few(named_scale)}) but vLLM {vllm_version} predates "
                         f"{feats['scale_name_fallback'].what}")
         fixes.append(feats["scale_name_fallback"].fix)
     quant_proj = [k.module for k in kinds if k.kind != "float" and k.module.rsplit(".", 1)[-1] in ("e_proj", "h_proj")]
     if quant_proj and not has_feature(rules, "mtp_proj_prefix", vllm_version):
-        problems.append(f"quantized MTP projections ({_few(quant_proj)}) but vLLM {vllm_version} has no "
+        problems.append(f"quantized MTP projections ({_few(quant_proj)}) but vLLM {vllm_version} predates "
                         f"{feats['mtp_proj_prefix'].what}")
         fixes.append(feats["mtp_proj_prefix"].fix)
     if problems:
