@@ -296,7 +296,9 @@ def _first_present(templates: list[str], names: set[str], i: int, layer_no: int)
     return next((fill(t, i, layer_no) for t in templates if fill(t, i, layer_no) in names), None)
 
 
-def check_mtp_head(layout: MtpLayout, names: set[str], rules: LintRules, vllm_version: str) -> Check:
+def check_mtp_head(layout: MtpLayout, names: set[str], rules: LintRules, vllm_version: str,
+                   tied: bool = False) -> Check:
+    """The draft's head, head norm and token embedding: its own, or the target's (tied: embed = head)."""
     if not layout.layers:
         return Check("checkpoint.mtp_head", "skip", "no MTP layer present")
     naming = rules.namings[layout.naming]
@@ -308,8 +310,8 @@ def check_mtp_head(layout: MtpLayout, names: set[str], rules: LintRules, vllm_ve
         own_head = _first_present(naming.own_head, names, i, layer_no)
         own_embed = _first_present(naming.own_embed, names, i, layer_no)
         norm = _first_present(naming.head_norm, names, i, layer_no)
-        target_head = next((t for t in naming.target_head if t in names), None)
         target_embed = next((t for t in naming.target_embed if t in names), None)
+        target_head = next((t for t in naming.target_head if t in names), target_embed if tied else None)
         if norm is None:
             problems.append(f"layer {i}: no head norm ({fill(naming.head_norm[0], i, layer_no)}): the draft's "
                             "logits would use an uninitialised norm (0 % acceptance, no error)")
@@ -467,7 +469,8 @@ def lint(meta: CheckpointMeta, *, rules: LintRules | None = None, vllm_version: 
     if layout is not None:
         checks += [check_mtp_declared(layout, expect_mtp), check_mtp_tensors(layout, expect_mtp),
                    check_mtp_block(layout, rules),
-                   check_mtp_head(layout, set(_tensor_names(meta)), rules, vllm_version),
+                   check_mtp_head(layout, set(_tensor_names(meta)), rules, vllm_version,
+                                  tied=(meta.config or {}).get("tie_word_embeddings") is True),
                    check_mtp_dtypes(layout, tensors, rules, vllm_version)]
     fixes = ignore_fixes(meta.config, rules)
     checks.append(check_quant_ignore(meta, fixes, target or meta.source))

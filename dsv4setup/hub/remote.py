@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dsv4setup.hub.access import explain, hub_api, hub_endpoint, hub_exceptions
 from dsv4setup.hub.fix import FileReader
@@ -27,6 +28,9 @@ from dsv4setup.hub.meta import (
 )
 from dsv4setup.secrets import hf_token
 
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
 HEADER_WORKERS = 8
 
 
@@ -36,14 +40,14 @@ def split_target(target: str) -> tuple[str, str]:
     return repo, revision or "main"
 
 
-def _shard_header(api: object, repo: str, commit: str, name: str, size: int | None) -> ShardMeta:
+def _shard_header(api: HfApi, repo: str, commit: str, name: str, size: int | None) -> ShardMeta:
     from huggingface_hub.errors import RemoteEntryNotFoundError, SafetensorsParsingError
 
     shard = ShardMeta(name, exists=size is not None, size=size)
     if not shard.exists:
         return shard
     try:
-        parsed = api.parse_safetensors_file_metadata(repo, name, revision=commit)  # type: ignore[attr-defined]
+        parsed = api.parse_safetensors_file_metadata(repo, name, revision=commit)
     except RemoteEntryNotFoundError:
         shard.exists = False
         return shard

@@ -225,3 +225,14 @@ def test_index_without_a_weight_map_object_fails(make_checkpoint: MakeCkpt, text
     src = make_checkpoint()
     (src / "model.safetensors.index.json").write_text(text)
     assert statuses(lint(read_local(src)))["checkpoint.index"] == "fail"
+
+
+def test_tied_embeddings_count_as_the_targets_head(make_checkpoint: MakeCkpt) -> None:
+    src = make_checkpoint()
+    meta = read_local(src)
+    for shard in meta.shards.values():
+        shard.tensors.pop("head.weight", None)
+    assert check(lint(meta), "checkpoint.mtp_head").status == "fail"
+    assert meta.config is not None
+    meta.config["tie_word_embeddings"] = True
+    assert "shared with the target's embed.weight" in check(lint(meta), "checkpoint.mtp_head").summary
