@@ -247,3 +247,23 @@ def import_recipe_cmd(
     if target is not None:
         use = f"--profile {profile.name}" if target.parent == user_profiles_dir(wd) else f"--profile {target}"
         err.print(f"wrote {target}; use it with `dsv4setup plan {use}`", highlight=False)
+
+
+@profile_app.command("set")
+def set_(
+    items: Annotated[list[str], typer.Argument(help="KEY=VALUE, e.g. serve.max_model_len=131072 (like --set).")],
+    workdir: WorkdirOpt = None,
+    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Profile to check the values against.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Keep overrides for this workdir: write them into its dsv4setup.yaml (checked first)."""
+    from dsv4setup.profiles.resolve import persist_sets
+
+    wd = workdir_from(workdir)
+    resolved = persist_sets(wd, profile, items)
+    keys = [item.partition("=")[0] for item in items]
+    if json_:
+        emit_json({"schema": "dsv4setup.profile-set/1", "ok": True, "file": str(wd.overrides_file),
+                   "profile": resolved.profile.name, "set": {k: resolved.origins.get(k) for k in keys}})
+    else:
+        err.print(f"wrote {', '.join(keys)} to {wd.overrides_file}; `dsv4setup plan` shows the result")

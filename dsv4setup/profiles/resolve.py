@@ -119,3 +119,28 @@ def resolve_profile(workdir: Workdir, name: str | None, sets: list[str]) -> Reso
     return ResolvedProfile(profile=profile, origins=origins_of(profile, layers), source_file=path,
                            selected_by=selected_by, preset=profile.preset,
                            overrides=merge_layers(layers[2 if preset else 1:]))
+
+
+def persist_sets(workdir: Workdir, name: str | None, sets: list[str]) -> ResolvedProfile:
+    """Write `KEY=VALUE` overrides into the workdir's dsv4setup.yaml, so every later run keeps them.
+
+    Each item is checked like `--set`; the merged profile must still validate, else the file
+    is restored as it was and the error says why.
+    """
+    from dsv4setup.fsutil import atomic_write_text
+    from dsv4setup.profiles.overrides import parse_set, write_override
+
+    resolve_profile(workdir, name, sets)  # the same values as --set must resolve first
+    file = workdir.overrides_file
+    before = file.read_text(encoding="utf-8") if file.exists() else None
+    try:
+        for item in sets:
+            path, value = parse_set(item)
+            write_override(workdir, ".".join(str(p) for p in path), value)
+        return resolve_profile(workdir, name, [])
+    except UsageError:
+        if before is None:
+            file.unlink(missing_ok=True)
+        else:
+            atomic_write_text(file, before)
+        raise
