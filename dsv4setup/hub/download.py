@@ -260,8 +260,8 @@ class Downloader:
         if failed:
             progress.cancel.set()
         pool.shutdown(wait=True, cancel_futures=True)
-        errors = [fut.exception() for fut in futures if fut.done() and not fut.cancelled() and fut.exception()]
-        real = [e for e in errors if not isinstance(e, Cancelled)]
+        errors = [fut.exception() for fut in futures if fut.done() and not fut.cancelled()]
+        real = [e for e in errors if e is not None and not isinstance(e, Cancelled)]
         if real:
             raise self._as_error(real[0]) from real[0]
 

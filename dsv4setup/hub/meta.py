@@ -92,7 +92,7 @@ def _pairs_hook(pairs: list[tuple[str, Any]]) -> _DuplicateKeys:
 
 def loads_checking_duplicates(text: str | bytes) -> _DuplicateKeys:
     doc = json.loads(text, object_pairs_hook=_pairs_hook)
-    if not isinstance(doc, dict):
+    if not isinstance(doc, _DuplicateKeys):
         raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
     return doc
 
@@ -200,7 +200,8 @@ def plan_shards(meta: CheckpointMeta) -> None:
 def read_local(path: Path) -> CheckpointMeta:
     """Metadata of a checkpoint directory (headers only, a few MB however large the weights)."""
     path = Path(path)
-    files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()} if path.is_dir() else {}
+    files: dict[str, int | None] = ({p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
+                                    if path.is_dir() else {})
     meta = CheckpointMeta(source=str(path), kind="local", files=files)
     if not path.is_dir():
         meta.config_error = f"{path} is not a directory"

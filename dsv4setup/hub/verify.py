@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
 from dsv4setup.fsutil import atomic_write_json
 from dsv4setup.state import now_iso
 
-MANIFEST_SCHEMA = "dsv4setup.download-manifest/1"
+MANIFEST_SCHEMA: Final = "dsv4setup.download-manifest/1"
 HASH_CHUNK = 8 * 1024 * 1024
 
 
