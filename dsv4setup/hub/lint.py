@@ -23,7 +23,8 @@ NO_MTP_FIX = ("use a checkpoint that carries its MTP block (--set model.repo=ORG
 FIX_COPY = ("dsv4setup checkpoint lint {target} --fix writes a corrected config.json copy to "
             "<workdir>/checkpoint-config/ and serving passes --hf-config-path to it (the checkpoint step of "
             "`up` does this by itself); the downloaded files are never edited")
-LINEAR_LEAVES = ("weight", "weight_packed", "qweight")
+MTP_CHECK_IDS = ("checkpoint.mtp_declared", "checkpoint.mtp_tensors", "checkpoint.mtp_block", "checkpoint.mtp_head",
+                 "checkpoint.mtp_dtypes")
 MAX_LISTED = 5
 
 
@@ -462,16 +463,20 @@ def lint(meta: CheckpointMeta, *, rules: LintRules | None = None, vllm_version: 
     vllm_version = vllm_version or rules.pinned_vllm
     checks = [check_config(meta), check_index(meta), check_shards(meta), check_headers(meta),
               check_duplicates(meta), check_weight_map(meta)]
-    layout = mtp_layout(meta, rules) if meta.config is not None else None
     tensors: dict[str, TensorMeta] = {}
     for name in meta.listed:
         tensors.update(meta.shards[name].tensors if name in meta.shards else {})
+    names = _tensor_names(meta)
+    layout = mtp_layout(meta, rules) if meta.config is not None and names else None
     if layout is not None:
         checks += [check_mtp_declared(layout, expect_mtp), check_mtp_tensors(layout, expect_mtp),
                    check_mtp_block(layout, rules),
-                   check_mtp_head(layout, set(_tensor_names(meta)), rules, vllm_version,
+                   check_mtp_head(layout, set(names), rules, vllm_version,
                                   tied=(meta.config or {}).get("tie_word_embeddings") is True),
                    check_mtp_dtypes(layout, tensors, rules, vllm_version)]
+    else:
+        why = "no config.json" if meta.config is None else "no tensor names (no readable index or shard header)"
+        checks += [Check(cid, "skip", f"cannot judge the MTP block: {why}") for cid in MTP_CHECK_IDS]
     fixes = ignore_fixes(meta.config, rules)
     checks.append(check_quant_ignore(meta, fixes, target or meta.source))
     stats = {"shards": len(meta.listed), "tensors": len(tensors),

@@ -236,3 +236,13 @@ def test_tied_embeddings_count_as_the_targets_head(make_checkpoint: MakeCkpt) ->
     assert meta.config is not None
     meta.config["tie_word_embeddings"] = True
     assert "shared with the target's embed.weight" in check(lint(meta), "checkpoint.mtp_head").summary
+
+
+def test_mtp_checks_are_skipped_not_failed_when_nothing_can_be_read(make_checkpoint: MakeCkpt) -> None:
+    src = make_checkpoint()
+    (src / "model.safetensors.index.json").write_text("{not json")
+    report = lint(read_local(src))
+    mtp = {k: v for k, v in statuses(report).items() if k.startswith("checkpoint.mtp_")}
+    assert set(mtp.values()) == {"skip"} and len(mtp) == 5
+    assert "no readable index" in check(report, "checkpoint.mtp_tensors").summary
+    assert [c.id for c in report.failed()] == ["checkpoint.index"]
