@@ -147,6 +147,10 @@ class Downloader:
 
     # --- workdir mode ----------------------------------------------------------------------
     def _run_workdir(self, plan: RemotePlan, full_verify: bool) -> DownloadResult:
+        if self.dest.is_symlink():
+            raise DsvError(f"{self.dest} is a link to {os.readlink(self.dest)} (an HF-cache mode download)",
+                           hint=f"set {ENV_HF_CACHE} again to keep using the HF cache, or remove the link to "
+                                "download into the workdir")
         manifest = self._start_manifest(plan, "workdir", self.dest)
         todo, refetched = self._check_existing(plan, manifest, full_verify)
         partial = {f.path: self._partial(f).stat().st_size if self._partial(f).is_file() else 0 for f in todo}

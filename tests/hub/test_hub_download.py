@@ -238,6 +238,9 @@ def test_hf_cache_mode_links_the_verified_snapshot(make_checkpoint: MakeCkpt, se
     assert manifest is not None and manifest.complete and cheap_problems(manifest) == []
     assert result.fetched_bytes >= (src / big_file(src)).stat().st_size
 
+    with pytest.raises(DsvError, match="HF-cache mode download"):
+        downloader(dest).run()  # workdir mode must not write into the HF cache through the link
+
     blob = (snapshot / "model-00001-of-00003.safetensors").resolve()
     blob.write_bytes(blob.read_bytes()[:-1] + b"\x00")
     again = downloader(dest, hf_cache=cache).run()
