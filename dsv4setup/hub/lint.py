@@ -446,13 +446,14 @@ def check_quant_ignore(meta: CheckpointMeta, fixes: list[IgnoreFix], target: str
     for fix in fixes:
         example = "; ".join(f"{a} -> {b}" for a, b in fix.changes[:3])
         parts.append(f"quantization_config.{fix.key}: {len(fix.changes)} of {len(fix.original)} entries are on-disk "
-                     f"tensor names that vLLM's runtime module names never match ({example}"
+                     f"tensor names, not the runtime module names vLLM matches ({example}"
                      f"{', ...' if len(fix.changes) > 3 else ''}); corrected list: {fix.corrected}")
         if fix.partial_groups:
             parts.append(f"only some shards of fused module(s) {_few(fix.partial_groups)} are listed: vLLM needs "
                          "all shards of a fused module in one scheme, the corrected list ignores the whole module")
     return Check("checkpoint.quant_ignore", "warn",
-                 "; ".join(parts) + " (load fails with 'Unable to find matching target for ...')",
+                 "; ".join(parts) + " (a vLLM build that does not translate them fails at load with "
+                 "'Unable to find matching target for ...', as reported for such artifacts)",
                  FIX_COPY.format(target=target))
 
 
