@@ -1,0 +1,22 @@
+"""`dsv4setup bench`: the matched MTP benchmark matrix, a chosen k, and a report people can read.
+
+For each k the server is (re)started from the plan with that num_speculative_tokens, and
+vLLM's own `vllm bench serve` measures it (random dataset, fixed lengths and seed,
+--ignore-eos). Every result row carries a fingerprint of what ran (vLLM, patches,
+checkpoint, profile and overrides, hardware, driver, date), so matrices from two machines
+can be lined up and their differences named.
+
+- matrix.py: which k, shapes and concurrency levels, in which order, with which seed
+- client.py: the `vllm bench serve` command line, running it, reading its result JSON
+- launcher.py: runs inside the serving venv when vLLM's CLI cannot start there by itself
+- fingerprint.py: what a row was measured with
+- rows.py: result rows, results.jsonl, JSON Schema validation
+- runner.py: the matrix on the machine: server per k, failures recorded, server restored
+- best.py: the winning k, and writing it into the workdir overrides
+- report.py: summary, Markdown report, PNG chart, the bench document
+- compare.py: two machines' matrices side by side
+"""
+
+ROW_SCHEMA = "dsv4setup.bench-row/1"
+BENCH_SCHEMA = "dsv4setup.bench/1"
+COMPARE_SCHEMA = "dsv4setup.bench-compare/1"

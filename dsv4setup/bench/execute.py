@@ -1,0 +1,68 @@
+"""One bench run from start to report: matrix, best k (and --apply-best), server restored, files written.
+
+The bench step calls this; so does `dsv4setup bench` (through the engine, as the bench step).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dsv4setup.bench import BENCH_SCHEMA
+from dsv4setup.bench.best import Choice, apply_best, choose_best, pick_for_profile
+from dsv4setup.bench.fingerprint import now_utc
+from dsv4setup.bench.report import CHART_NAME, DOCUMENT_NAME, MARKDOWN_NAME, summary, write_chart, write_markdown
+from dsv4setup.bench.runner import BenchSession, MatrixRun, restore, run_matrix, with_k
+from dsv4setup.fsutil import atomic_write_json
+from dsv4setup.profiles.model import Profile
+
+
+def _apply(session: BenchSession, run: MatrixRun, choices: dict[str, Choice]) -> tuple[dict[str, Any] | None, str]:
+    """Write the winner into the overrides; (what was applied, or None, and why not)."""
+    profile = session.profile
+    choice = pick_for_profile(choices, profile.bench.default_shape, [s.name for s in session.plan.shapes])
+    if choice is None:
+        return None, "no k succeeded for any shape: nothing to apply"
+    first = next(r for r in run.rows if r["status"] == "ok")
+    fp = first["fingerprint"]
+    evidence = {"by": "dsv4setup bench --apply-best", "run_id": run.run_id,
+                "results": str(session.results_file), "previous": profile.spec.num_speculative_tokens,
+                "vllm": f"{fp['vllm']['package']} {fp['vllm']['version']}",
+                "hardware": ", ".join(g["name"] for g in fp["hardware"]["gpus"]) or
+                fp["hardware"]["host"].get("cpu_model") or fp["hardware"]["host"].get("arch")}
+    file = apply_best(session.workdir, choice, evidence)
+    session.log.line(f"--apply-best: spec.num_speculative_tokens = {choice.k} written to {file}")
+    return {"k": choice.k, "shape": choice.shape, "previous_k": profile.spec.num_speculative_tokens,
+            "file": str(file)}, ""
+
+
+def execute(session: BenchSession, apply: bool = False) -> dict[str, Any]:
+    """Run the matrix and everything after it; returns the `dsv4setup.bench/1` document (also written to disk)."""
+    run = run_matrix(session)
+    choices = choose_best(run.rows)
+    applied, not_applied = (None, "")
+    target: Profile = session.profile
+    if apply:
+        applied, not_applied = _apply(session, run, choices)
+        if applied:
+            target = with_k(session.profile, applied["k"])
+    restored = restore(session, target, run.was_running)
+    bench_dir = session.workdir.bench_dir
+    ok = sum(r["status"] == "ok" for r in run.rows)
+    counts = {"ok": ok, "failed": len(run.rows) - ok}
+    problems = [p for p in (
+        "no cell of the matrix succeeded" if not counts["ok"] else "",
+        not_applied if apply else "",
+        restored["message"] if not restored["ok"] else "") if p]
+    doc = {"schema": BENCH_SCHEMA, "ok": not problems, "problems": problems, "workdir": str(session.workdir.root),
+           "profile": session.profile.name, "run_id": run.run_id, "started_at": run.started_at,
+           "finished_at": now_utc(), "matrix": session.plan.to_dict(), "order": run.order,
+           "servers": run.servers, "counts": counts, "rows": run.rows, "summary": summary(run.rows),
+           "best": {shape: c.to_dict() for shape, c in choices.items()}, "applied": applied, "restore": restored,
+           "files": {"results": str(session.results_file), "markdown": str(bench_dir / MARKDOWN_NAME),
+                     "chart": str(bench_dir / CHART_NAME), "document": str(bench_dir / DOCUMENT_NAME),
+                     "raw_dir": str(session.raw_dir)}}
+    session.tell("writing the report and chart")
+    write_markdown(bench_dir / MARKDOWN_NAME, doc)
+    write_chart(bench_dir / CHART_NAME, run.rows, f"{session.profile.name}: run {run.run_id}")
+    atomic_write_json(bench_dir / DOCUMENT_NAME, doc)
+    return doc

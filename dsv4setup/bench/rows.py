@@ -1,0 +1,133 @@
+"""Result rows (`dsv4setup.bench-row/1`): one per (k, shape, concurrency) cell, appended to results.jsonl.
+
+A row is "ok" with vLLM's figures, or "failed" with what went wrong, the known failure it
+matched (known_failures.yaml id) and the excerpt that matched. Both carry the fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dsv4setup.bench import ROW_SCHEMA
+from dsv4setup.bench.matrix import Cell
+from dsv4setup.errors import UsageError
+from dsv4setup.secrets import redact, redact_obj
+
+# vLLM result key -> row metric key (vLLM's own names, plus units where vLLM's name has none)
+COPIED = {
+    "output_throughput": "output_throughput", "total_token_throughput": "total_token_throughput",
+    "request_throughput": "request_throughput", "mean_tpot_ms": "mean_tpot_ms", "median_tpot_ms": "median_tpot_ms",
+    "p99_tpot_ms": "p99_tpot_ms", "mean_ttft_ms": "mean_ttft_ms", "median_ttft_ms": "median_ttft_ms",
+    "p99_ttft_ms": "p99_ttft_ms", "mean_itl_ms": "mean_itl_ms", "p99_itl_ms": "p99_itl_ms",
+    "mean_e2el_ms": "mean_e2el_ms", "completed": "completed", "failed": "failed_requests",
+    "total_output_tokens": "total_output_tokens", "duration": "duration_s",
+    "spec_decode_acceptance_length": "acceptance_length", "spec_decode_num_drafts": "drafts",
+    "spec_decode_draft_tokens": "draft_tokens", "spec_decode_accepted_tokens": "accepted_tokens",
+}
+SPEC_KEYS = ("acceptance_rate", "acceptance_length", "per_position_acceptance", "drafts", "draft_tokens",
+             "accepted_tokens")
+
+
+@dataclass(frozen=True)
+class CellFailure:
+    message: str
+    hint: str | None = None
+    known_failure: str | None = None
+    excerpt: str | None = None
+    phase: str = "bench"  # serve: the server for this k did not start; bench: the measurement failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"message": self.message, "hint": self.hint, "known_failure": self.known_failure,
+                "excerpt": self.excerpt, "phase": self.phase}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def metrics_from_result(result: dict[str, Any]) -> dict[str, Any]:
+    """The row's metrics from vLLM's saved JSON; spec-decode figures are null when vLLM reported none.
+
+    vLLM gives the acceptance rate in percent; the row keeps a fraction (0..1), like per-position rates.
+    """
+    metrics: dict[str, Any] = {key: None for key in (*COPIED.values(), *SPEC_KEYS)}
+    for source, key in COPIED.items():
+        metrics[key] = _number(result.get(source))
+    rate = _number(result.get("spec_decode_acceptance_rate"))
+    metrics["acceptance_rate"] = round(rate / 100, 6) if rate is not None else None
+    per_pos = result.get("spec_decode_per_position_acceptance_rates")
+    metrics["per_position_acceptance"] = [round(float(v), 6) for v in per_pos] if isinstance(per_pos, list) else None
+    for key in ("completed", "failed_requests", "total_output_tokens", "drafts", "draft_tokens", "accepted_tokens"):
+        if metrics[key] is not None:
+            metrics[key] = int(metrics[key])
+    return metrics
+
+
+def judge_metrics(cell: Cell, metrics: dict[str, Any]) -> CellFailure | None:
+    """A run that finished but cannot stand as a result: failed requests, or k > 0 without drafts."""
+    completed, failed = metrics.get("completed") or 0, metrics.get("failed_requests") or 0
+    if completed == 0 or failed:
+        return CellFailure(f"{failed} of {completed + failed} requests failed in vllm bench serve",
+                           hint="the errors are in the bench log (`dsv4setup logs bench`) and the server's "
+                                "(`dsv4setup logs serve`)")
+    if metrics.get("output_throughput") is None:
+        return CellFailure("vllm bench serve saved no output_throughput",
+                           hint="this vLLM's result format differs; see the raw result file")
+    if cell.k > 0 and not metrics.get("drafts"):
+        return CellFailure(f"k={cell.k} but vLLM reported no speculative drafts: the speculative config did not "
+                           "take effect", hint="look for 'SpeculativeConfig' and the MTP layer in `dsv4setup logs "
+                                               "serve`; `dsv4setup checkpoint lint` counts the mtp.* keys")
+    return None
+
+
+def build_row(*, run_id: str, cell: Cell, fingerprint: dict[str, Any], started_at: str, elapsed_s: float,
+              metrics: dict[str, Any] | None = None, failure: CellFailure | None = None,
+              raw_result: str | None = None) -> dict[str, Any]:
+    """One result row; failed when `failure` is given (metrics, if any, are kept for the record)."""
+    return {"schema": ROW_SCHEMA, "run_id": run_id, "k": cell.k, "shape": cell.shape.name,
+            "concurrency": cell.concurrency, "status": "failed" if failure else "ok", "metrics": metrics,
+            "error": failure.to_dict() if failure else None, "raw_result": raw_result, "started_at": started_at,
+            "elapsed_s": round(elapsed_s, 2), "fingerprint": fingerprint}
+
+
+def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows as JSON lines, flushed to disk (a crash later never loses a measured cell)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(redact(json.dumps(redact_obj(row), sort_keys=False)) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_rows(path: Path, *, validate: bool = True) -> list[dict[str, Any]]:
+    """The rows of a results.jsonl; a line that is not a valid row is a usage error naming file:line."""
+    from dsv4setup.jsonschemas import validate_document
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist", hint="bench results live in <workdir>/bench/results.jsonl") from None
+    except OSError as exc:
+        raise UsageError(f"{path} cannot be read: {exc.strerror}") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or row.get("schema") != ROW_SCHEMA:
+                raise ValueError(f"not a {ROW_SCHEMA} row")
+            if validate:
+                validate_document(row)
+        except Exception as exc:  # noqa: BLE001 - JSON, schema and shape errors read the same to the user
+            reason = getattr(exc, "message", None) or str(exc)
+            raise UsageError(f"{path}:{number}: not a bench result row: {reason[:300]}",
+                             hint="pass a results.jsonl written by `dsv4setup bench`") from None
+        rows.append(row)
+    return rows

@@ -1,0 +1,385 @@
+"""The matrix on the machine: a server per k, `vllm bench serve` per cell, rows appended as they come.
+
+Servers are started, adopted and stopped by the serve step's own code (ServeStep.run: same
+command rendering, API key, port check, readiness, known failures, stall detection); their
+output goes to `logs/serve.log` like any server of the workdir. A k whose server does not
+come up, or dies under load, becomes failed rows (with the known failure it matched) and
+the matrix goes on with the next k.
+
+At the end the server is put back as the bench found it: running at the configured k
+(or at the k just applied with --apply-best), or stopped if none ran. A restarted server
+gets the smoke step's own test again, so `up` verifies serve and smoke as done. An
+interrupted bench stops a server that runs another k than configured (the next `up`
+starts the right one) and leaves the configured one running.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+from dsv4setup.bench.client import (
+    BenchRunError,
+    BenchTarget,
+    ServerProbe,
+    VllmInfo,
+    Watch,
+    bench_argv,
+    bench_flags,
+    probe_vllm,
+    read_result,
+    run_bench,
+    tokenizer_mode,
+)
+from dsv4setup.bench.fingerprint import (
+    checkpoint_part,
+    driver_part,
+    hardware_part,
+    now_utc,
+    patches_part,
+    probe_hardware,
+    profile_part,
+    vllm_part,
+    workload_part,
+)
+from dsv4setup.bench.matrix import Cell, MatrixPlan, execution_order
+from dsv4setup.bench.rows import CellFailure, append_rows, build_row, judge_metrics, metrics_from_result
+from dsv4setup.engine import RunContext
+from dsv4setup.errors import StepError
+from dsv4setup.paths import checkpoint_dir
+from dsv4setup.proc import StepLog
+from dsv4setup.profiles.model import Profile
+from dsv4setup.serve.apikey import client_api_key
+from dsv4setup.serve.manager import server_state
+from dsv4setup.serve.process import ServerRecord, command_fingerprint, is_ours, leader_process, read_record, stop_server
+from dsv4setup.serve.readiness import LogFollower, base_url, health_status
+from dsv4setup.state import State
+from dsv4setup.workdir import Workdir
+
+
+class MatrixProgress(Protocol):
+    """Structured progress for a display (the CLI's bar); the step log gets the same as text."""
+
+    def start(self, total: int) -> None: ...
+    def status(self, text: str) -> None: ...
+    def advance(self, row: dict[str, Any]) -> None: ...
+
+
+class NoProgress:
+    def start(self, total: int) -> None:
+        return None
+
+    def status(self, text: str) -> None:
+        return None
+
+    def advance(self, row: dict[str, Any]) -> None:
+        return None
+
+
+def with_k(profile: Profile, k: int) -> Profile:
+    """The profile serving k speculative tokens (k=0: no speculative config at all)."""
+    return profile.model_copy(update={"spec": profile.spec.model_copy(update={"num_speculative_tokens": k})})
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
+@dataclass
+class BenchSession:
+    """Everything one bench run needs; the bench step and the CLI build it from their context."""
+
+    workdir: Workdir
+    profile: Profile  # as configured: the k the server returns to
+    state: State  # earlier steps' outputs (render, fingerprint)
+    log: StepLog  # the bench's own log
+    plan: MatrixPlan
+    base_profile: Profile | None = None  # the profile file's own values (for the overrides in the fingerprint)
+    host: str | None = None  # --host, when the server binds another address than the profile's
+    say: Callable[[str], None] = lambda _msg: None  # ctx.progress
+    display: MatrixProgress = field(default_factory=NoProgress)
+    nvml: ModuleType | None = None  # tests: a fake NVML module
+    run_id: str = field(default_factory=new_run_id)
+
+    @property
+    def results_file(self) -> Path:
+        return self.workdir.bench_dir / "results.jsonl"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.workdir.bench_dir / "raw" / self.run_id
+
+    def context(self, profile: Profile, log: StepLog | None = None, label: str = "") -> RunContext:
+        options = {"host": self.host} if self.host else {}
+        prefix = f"{label}: " if label else ""
+        return RunContext(self.workdir, profile, self.state, options, log,
+                          lambda msg: self.tell(f"{prefix}{msg}"))
+
+    def tell(self, text: str) -> None:
+        self.say(text)
+        self.display.status(text)
+
+
+@dataclass
+class ServerUp:
+    record: ServerRecord
+    reused: bool
+    ready_s: float
+    auth: bool
+
+
+@dataclass
+class MatrixRun:
+    run_id: str
+    order: list[int]
+    rows: list[dict[str, Any]]
+    servers: list[dict[str, Any]]
+    vllm: VllmInfo
+    started_at: str
+    finished_at: str
+    was_running: bool
+
+
+def render_for(session: BenchSession, profile: Profile) -> tuple[list[str], dict[str, str]]:
+    from dsv4setup.steps.serve import effective_profile, render_command
+
+    ctx = session.context(profile)
+    return render_command(ctx, effective_profile(ctx))
+
+
+def setup_fingerprint(profile: Profile, state: State, base: Profile | None, argv: list[str], env: dict[str, str],
+                      info: VllmInfo, hardware_snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint parts shared by every row of a run (each row adds its workload and date)."""
+    outputs = {name: dict(rec.outputs) for name, rec in state.steps.items()}
+    inputs = {name: dict(rec.fingerprint_inputs) for name, rec in state.steps.items()}
+    return {"vllm": vllm_part(info, outputs.get("vllm", {})),
+            "patches": patches_part(profile, outputs.get("patches", {}), inputs.get("patches", {})),
+            "checkpoint": checkpoint_part(profile, outputs.get("download", {}), inputs.get("download", {})),
+            "profile": profile_part(profile, base, argv, env),
+            "hardware": hardware_part(hardware_snapshot, profile.serve.tensor_parallel_size),
+            "driver": driver_part(hardware_snapshot)}
+
+
+def row_fingerprint(base_fp: dict[str, Any], cell: Cell, seed: int, date: str) -> dict[str, Any]:
+    return {**base_fp, "workload": workload_part(cell.shape, seed), "date": date}
+
+
+def _stop_if_other(session: BenchSession, fingerprint: str) -> None:
+    """Stop our running server when it runs another command line than the one wanted next."""
+    record = read_record(session.workdir)
+    if record is None or record.command_fingerprint == fingerprint:
+        return
+    if is_ours(record)[0]:
+        session.tell(f"stopping the server (pid {record.pid})")
+        report = stop_server(session.workdir, record)
+        session.log.line(f"stopped server pid {record.pid} in {report.elapsed_s}s"
+                         + (" (SIGKILL needed)" if report.forced else ""))
+
+
+def ensure_server(session: BenchSession, profile: Profile, label: str) -> ServerUp | CellFailure:
+    """The server for this profile, healthy: adopted when it already runs, else started by ServeStep.run."""
+    from dsv4setup.steps.serve import ServeStep
+
+    argv, env = render_for(session, profile)
+    wanted = command_fingerprint(argv, env)
+    _stop_if_other(session, wanted)
+    before = read_record(session.workdir)
+    reused = before is not None and before.command_fingerprint == wanted and is_ours(before)[0]
+    with StepLog(session.workdir.log_file("serve")) as serve_log:
+        serve_log.section(f"bench {session.run_id}: server for {label}")
+        try:
+            outputs = ServeStep().run(session.context(profile, serve_log, label))
+        except StepError as exc:
+            session.log.line(f"{label}: the server did not come up: {exc.message}")
+            return CellFailure(exc.message, exc.hint, exc.known_failure, phase="serve")
+    record = read_record(session.workdir)
+    if record is None:  # ServeStep.run returned, so it wrote one: a vanished record is a bug
+        raise StepError(f"the server for {label} is up but its record {session.workdir.run_dir} is gone")
+    return ServerUp(record, reused, float(outputs.get("ready_s") or 0.0), bool(outputs.get("auth")))
+
+
+def _server_alive(record: ServerRecord) -> Callable[[], bool]:
+    def alive() -> bool:
+        return leader_process(record) is not None and health_status(record.host, record.port) != 503
+
+    return alive
+
+
+def _run_cell(session: BenchSession, info: VllmInfo, cell: Cell, server: ServerUp, env: dict[str, str],
+              base_fp: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """One `vllm bench serve`; returns the row and whether the server died."""
+    profile = session.profile
+    started_at, t0 = now_utc(), time.monotonic()
+    target = BenchTarget(base_url(server.record.host, server.record.port), profile.serve.served_model_name,
+                         str(checkpoint_dir(profile, session.workdir)), tokenizer_mode(profile.serve.extra_args),
+                         profile.serve.trust_remote_code)
+    result_file = f"k{cell.k}-{cell.shape.name}-c{cell.concurrency}.json"
+    flags = bench_flags(cell, target, session.plan.seed, session.raw_dir, result_file, session.run_id)
+    bench_env = dict(env)
+    if server.auth:  # vLLM's bench client reads the key from OPENAI_API_KEY (never argv)
+        bench_env["OPENAI_API_KEY"] = client_api_key(session.workdir)
+    log_path = Path(server.record.log)
+    follower = LogFollower(log_path, log_path.stat().st_size if log_path.exists() else 0)
+    fingerprint = row_fingerprint(base_fp, cell, session.plan.seed, started_at)
+    metrics, failure, died, raw = None, None, False, None
+    session.log.section(f"{cell.label}: vllm bench serve")
+    try:
+        run_bench(bench_argv(info, flags), bench_env, session.log, ServerProbe(_server_alive(server.record), follower),
+                  Watch(stall_timeout_s=float(profile.serve.stall_timeout_s)), session.workdir.root)
+        raw = str(Path("raw") / session.run_id / result_file)
+        metrics = metrics_from_result(read_result(session.raw_dir / result_file))
+        failure = judge_metrics(cell, metrics)
+    except BenchRunError as exc:
+        known = exc.known
+        failure = CellFailure(exc.message, exc.hint, known.failure.id if known else None,
+                              known.excerpt if known else None)
+        died = exc.server_died
+    row = build_row(run_id=session.run_id, cell=cell, fingerprint=fingerprint, started_at=started_at,
+                    elapsed_s=time.monotonic() - t0, metrics=metrics, failure=failure, raw_result=raw)
+    return row, died
+
+
+def _record(session: BenchSession, rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    append_rows(session.results_file, [row])
+    rows.append(row)
+    session.display.advance(row)
+    error = row["error"]
+    what = (f"{row['metrics']['output_throughput']:.1f} tok/s" if row["status"] == "ok"
+            else f"FAILED: {error['message']}" + (f" [{error['known_failure']}]" if error["known_failure"] else ""))
+    session.log.line(f"row k={row['k']} {row['shape']} c={row['concurrency']}: {what}")
+
+
+def run_matrix(session: BenchSession) -> MatrixRun:
+    """Every cell of the plan, one server per k; rows are in results.jsonl as soon as they exist."""
+    started_at = now_utc()
+    info = probe_vllm(session.workdir.venv_python)
+    if info.error or not info.version:
+        raise StepError(f"no usable vLLM in the serving venv: {info.error or 'vllm is not installed there'}",
+                        hint="install it: `dsv4setup up --until vllm`")
+    session.log.line(f"vLLM {info.dist} {info.version} (commit {info.commit}); bench runner: {info.runner}")
+    state = server_state(session.workdir)
+    was_running = state.healthy
+    if was_running and state.record is not None and not session.host:
+        session.host = state.record.host  # keep the address the server was started with (`serve --host`)
+    argv, env = render_for(session, session.profile)
+    configured_running = was_running and state.record is not None and \
+        state.record.command_fingerprint == command_fingerprint(argv, env)
+    order = execution_order(session.plan.ks, session.profile.spec.num_speculative_tokens, configured_running)
+    session.tell("probing the hardware for the fingerprint")
+    base_fp = setup_fingerprint(session.profile, session.state, session.base_profile, argv, env, info,
+                                probe_hardware(session.nvml))
+    rows: list[dict[str, Any]] = []
+    servers: list[dict[str, Any]] = []
+    session.display.start(session.plan.size)
+    try:
+        for k in order:
+            _run_k(session, info, k, env, base_fp, rows, servers)
+    except BaseException:
+        _after_abort(session)
+        raise
+    return MatrixRun(session.run_id, order, rows, servers, info, started_at, now_utc(), was_running)
+
+
+def _run_k(session: BenchSession, info: VllmInfo, k: int, env: dict[str, str], base_fp: dict[str, Any],
+           rows: list[dict[str, Any]], servers: list[dict[str, Any]]) -> None:
+    cells = session.plan.cells(k)
+    session.tell(f"k={k}: starting the server")
+    up = ensure_server(session, with_k(session.profile, k), f"k={k}")
+    if isinstance(up, CellFailure):
+        servers.append({"k": k, "ok": False, "known_failure": up.known_failure, "message": up.message})
+        for cell in cells:
+            _record(session, rows, _unmeasured(session, cell, base_fp, up))
+        return
+    servers.append({"k": k, "ok": True, "pid": up.record.pid, "reused": up.reused, "ready_s": round(up.ready_s, 1)})
+    dead: CellFailure | None = None
+    for cell in cells:
+        if dead is not None:
+            _record(session, rows, _unmeasured(session, cell, base_fp, dead))
+            continue
+        session.tell(f"{cell.label}: vllm bench serve ({cell.shape.num_prompts} prompts)")
+        row, died = _run_cell(session, info, cell, up, env, base_fp)
+        _record(session, rows, row)
+        if died:
+            error = row["error"]
+            dead = CellFailure(f"not measured: the server for k={k} died in an earlier cell ({error['message']})",
+                               error["hint"], error["known_failure"], error["excerpt"], phase="bench")
+    if dead is not None:  # leave nothing half-dead behind for the next k
+        record = read_record(session.workdir)
+        if record is not None:
+            stop_server(session.workdir, record)
+
+
+def _unmeasured(session: BenchSession, cell: Cell, base_fp: dict[str, Any], why: CellFailure) -> dict[str, Any]:
+    now = now_utc()
+    fingerprint = row_fingerprint(base_fp, cell, session.plan.seed, now)
+    return build_row(run_id=session.run_id, cell=cell, fingerprint=fingerprint, started_at=now, elapsed_s=0.0,
+                     failure=why)
+
+
+def _after_abort(session: BenchSession) -> None:
+    """Interrupted or broken: never leave a server at another k than configured running."""
+    try:
+        argv, env = render_for(session, session.profile)
+        record = read_record(session.workdir)
+        if record is not None and record.command_fingerprint != command_fingerprint(argv, env) \
+                and is_ours(record)[0]:
+            stop_server(session.workdir, record)
+            session.log.line(f"bench aborted: stopped the server at another k than configured (pid {record.pid})")
+    except Exception as exc:  # the original error matters more; say what was left
+        session.log.line(f"bench aborted; could not check the server: {exc}")
+
+
+def _smoke_still_valid(workdir: Workdir, record: ServerRecord) -> bool:
+    from dsv4setup.steps.smoke import report_file
+
+    try:
+        doc = json.loads(report_file(workdir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(doc.get("ok")) and (doc.get("server_pid"), doc.get("server_started_at")) == (
+        record.pid, record.started_at)
+
+
+def restore(session: BenchSession, target: Profile, was_running: bool) -> dict[str, Any]:
+    """Put the server back: running at the target profile's k (and smoke-tested), or stopped as it was."""
+    k = target.spec.num_speculative_tokens
+    if not was_running:
+        record = read_record(session.workdir)
+        if record is not None:
+            session.tell("stopping the server (none ran before the bench)")
+            stop_server(session.workdir, record)
+        return {"ok": True, "server": "stopped", "k": None, "pid": None, "smoke": "not run",
+                "message": "no server ran before the bench; none runs now"}
+    session.tell(f"restoring the server at k={k}")
+    up = ensure_server(session, target, f"restore k={k}")
+    if isinstance(up, CellFailure):
+        return {"ok": False, "server": "failed", "k": k, "pid": None, "smoke": "not run",
+                "message": f"the server could not be restarted at k={k}: {up.message}", "hint": up.hint,
+                "known_failure": up.known_failure}
+    doc = {"ok": True, "server": "running", "k": k, "pid": up.record.pid, "smoke": "still valid",
+           "message": f"the server runs at k={k} again (pid {up.record.pid})"}
+    if _smoke_still_valid(session.workdir, up.record):
+        return doc
+    return {**doc, **_smoke(session, target, k)}
+
+
+def _smoke(session: BenchSession, target: Profile, k: int) -> dict[str, Any]:
+    """The smoke step's own test against the restored server, so `up` finds smoke verified."""
+    from dsv4setup.steps.smoke import SmokeStep
+
+    session.tell(f"smoke-testing the restored server (k={k})")
+    with StepLog(session.workdir.log_file("smoke")) as smoke_log:
+        smoke_log.section(f"bench {session.run_id}: smoke test of the restored server")
+        try:
+            SmokeStep().run(session.context(target, smoke_log, "smoke"))
+        except StepError as exc:
+            return {"ok": False, "smoke": "failed", "message": f"the restored server (k={k}) failed its smoke "
+                                                               f"test: {exc.message}", "hint": exc.hint}
+    return {"smoke": "passed"}
