@@ -35,6 +35,9 @@ def parse_target(text: str) -> Target:
     path = Path(text).expanduser()
     if path.is_dir():
         return Target(text, "local", path=path.absolute())
+    if path.exists():
+        raise UsageError(f"{text} is a file: give the checkpoint directory (the one with config.json)",
+                         hint=f"dsv4setup checkpoint lint {path.absolute().parent}")
     if REPO_RE.match(text):
         repo, _, revision = text.partition("@")
         return Target(text, "remote", repo=repo, revision=revision or "main")

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dsv4setup.errors import UsageError
 from dsv4setup.hub.fix import FIX_NOTE, local_reader, read_fix_note, write_config_copy
 from dsv4setup.hub.lint import LintReport, lint
 from dsv4setup.hub.meta import read_local, read_local_header
 from dsv4setup.hub.names import ignore_fixes, runtime_name
 from dsv4setup.hub.rules import load_rules, version_tuple
+from dsv4setup.hub.service import parse_target
 from dsv4setup.tinymodel import generate_tiny_checkpoint
 from tests.hub.ckptgen import save_shard
 
@@ -246,3 +248,15 @@ def test_mtp_checks_are_skipped_not_failed_when_nothing_can_be_read(make_checkpo
     assert set(mtp.values()) == {"skip"} and len(mtp) == 5
     assert "no readable index" in check(report, "checkpoint.mtp_tensors").summary
     assert [c.id for c in report.failed()] == ["checkpoint.index"]
+
+
+def test_lint_targets_are_a_directory_or_a_repo_id(make_checkpoint: MakeCkpt, tmp_path: Path) -> None:
+    src = make_checkpoint()
+    assert parse_target(str(src)).kind == "local"
+    remote = parse_target("deepseek-ai/DeepSeek-V4-Flash@0731")
+    assert (remote.kind, remote.repo, remote.revision) == ("remote", "deepseek-ai/DeepSeek-V4-Flash", "0731")
+    assert parse_target("org/name").revision == "main"
+    with pytest.raises(UsageError, match="is a file"):
+        parse_target(str(src / "config.json"))
+    with pytest.raises(UsageError, match="not a repo id"):
+        parse_target(str(tmp_path / "missing" / "dir" / "x"))
