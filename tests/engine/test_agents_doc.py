@@ -68,7 +68,8 @@ def test_every_known_failure_id_has_a_row() -> None:
     known = yaml.safe_load((REPO_ROOT / "dsv4setup" / "known_failures.yaml").read_text())
     entries = known if isinstance(known, list) else known["failures"]
     ids = {e["id"] for e in entries}
-    ids |= ids_in([REPO_ROOT / "dsv4setup" / "serve" / "readiness.py"], r'"(serve-stall|serve-ready-timeout|engine-dead)"')
+    readiness = REPO_ROOT / "dsv4setup" / "serve" / "readiness.py"
+    ids |= ids_in([readiness], r'"(serve-stall|serve-ready-timeout|engine-dead)"')
     assert len(ids) >= 20
     agents = (REPO_ROOT / "AGENTS.md").read_text()
     assert [i for i in sorted(ids) if f"`{i}`" not in agents] == []
