@@ -12,11 +12,15 @@ SCHEMAS_DIR = package_file("schemas")
 
 
 @cache
+def all_schemas() -> tuple[dict[str, Any], ...]:
+    return tuple(json.loads(p.read_text(encoding="utf-8")) for p in sorted(SCHEMAS_DIR.glob("*.schema.json")))
+
+
+@cache
 def schemas_by_id() -> dict[str, dict[str, Any]]:
     """Map each document id (the `schema` const, e.g. "dsv4setup.status/1") to its JSON Schema."""
     found: dict[str, dict[str, Any]] = {}
-    for path in sorted(SCHEMAS_DIR.glob("*.schema.json")):
-        schema = json.loads(path.read_text(encoding="utf-8"))
+    for schema in all_schemas():
         const = schema.get("properties", {}).get("schema", {}).get("const")
         if const:
             found[const] = schema
@@ -24,8 +28,13 @@ def schemas_by_id() -> dict[str, dict[str, Any]]:
 
 
 def validate_document(doc: dict[str, Any]) -> None:
-    """Raise jsonschema.ValidationError (or KeyError for an unpublished id) when `doc` breaks its schema."""
-    import jsonschema
+    """Raise jsonschema.ValidationError (or KeyError for an unpublished id) when `doc` breaks its schema.
 
-    schema = schemas_by_id()[doc["schema"]]
-    jsonschema.Draft202012Validator(schema).validate(doc)
+    Schemas refer to each other by `$id` (doctor embeds the hardware snapshot): all are registered.
+    """
+    import jsonschema
+    from referencing import Registry, Resource
+
+    registry = Registry().with_resources(
+        (schema["$id"], Resource.from_contents(schema)) for schema in all_schemas() if "$id" in schema)
+    jsonschema.Draft202012Validator(schemas_by_id()[doc["schema"]], registry=registry).validate(doc)

@@ -27,6 +27,10 @@ SaveSnapshotOpt = Annotated[Path | None, typer.Option(
     "--save-snapshot", help="Also write the hardware snapshot to FILE (attach it to bug reports).",
     show_default=False, dir_okay=False)]
 
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Also lint a hub checkpoint ORG/NAME[@REV] from its metadata (a few MB) before downloading.",
+    show_default=False)]
+
 STYLE = {"fail": ("✗", "bold red"), "warn": ("!", "yellow"), "pass": ("✓", "green"), "skip": ("-", "dim")}
 
 
@@ -36,6 +40,7 @@ def doctor(
     profile: ProfileOpt = None,
     snapshot: SnapshotOpt = None,
     save_snapshot: SaveSnapshotOpt = None,
+    model: ModelOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Check GPUs, interconnect, driver, host and toolchain; recommend a profile, TP size, MTP k, serve args, env.
@@ -57,15 +62,34 @@ def doctor(
     if save_snapshot is not None:
         _save(save_snapshot, snap, quiet=json_)
     choice = select_profile(snap, wd, profile, use_workdir=snapshot is None)
-    # Extension point: checks computed elsewhere (e.g. a checkpoint's files for --model) go in
-    # extra_checks; they count toward `ok` and appear in the table and JSON like the built-in ones.
-    report = build_report(snap, choice.profile, matches=choice.matches, extra_checks=())
+    # Checks computed elsewhere (the checkpoint lint for --model) count toward `ok` and appear
+    # in the table and JSON like the built-in ones.
+    report = build_report(snap, choice.profile, matches=choice.matches, extra_checks=_model_checks(model, json_))
     if json_:
         emit_json(report.to_doc())
     else:
         _render(report, source=str(snapshot) if snapshot else "this machine", how=choice.how)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _model_checks(model: str | None, quiet: bool) -> list[CheckResult]:
+    """The remote checkpoint lint as `model.*` checks (hub failures come back as one failed check)."""
+    if not model:
+        return []
+    from dsv4setup.checks.result import CheckResult
+    from dsv4setup.hub.service import remote_lint_checks
+
+    repo, _, revision = model.partition("@")
+    if repo.count("/") != 1:
+        raise UsageError(f"--model {model}: expected ORG/NAME or ORG/NAME@REVISION")
+    if quiet:
+        found = remote_lint_checks(repo, revision or "main")
+    else:
+        with err.status(f"reading {repo} metadata from the hub"):
+            found = remote_lint_checks(repo, revision or "main")
+    return [CheckResult("model." + c["id"].split(".", 1)[1], c["status"], c["summary"], c.get("fix"))
+            for c in found]
 
 
 def _save(path: Path, snap: dict[str, object], quiet: bool) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.status import Status
 from rich.table import Table
+from rich.text import Text
 
 from dsv4setup.engine import Decision, Observer, Step
 from dsv4setup.state import StepErrorInfo, StepStatus
@@ -58,7 +59,7 @@ class RichObserver(Observer):
         if log_tail:
             self.console.print(f"[dim]last lines of {error.log}:[/]")
             for line in log_tail[-15:]:
-                self.console.print(f"  [dim]{line}[/]", markup=False, highlight=False)
+                self.console.print(Text("  " + line, style="dim"))
         if error.hint:
             self.console.print(f"[bold]fix:[/] {error.hint}", highlight=False)
 
