@@ -10,9 +10,16 @@ from typing import Any
 from dsv4setup.bench import BENCH_SCHEMA
 from dsv4setup.bench.best import Choice, apply_best, choose_best, pick_for_profile
 from dsv4setup.bench.fingerprint import now_utc
-from dsv4setup.bench.report import CHART_NAME, DOCUMENT_NAME, MARKDOWN_NAME, summary, write_chart, write_markdown
+from dsv4setup.bench.report import (
+    CHART_NAME,
+    DOCUMENT_NAME,
+    MARKDOWN_NAME,
+    summary,
+    write_chart,
+    write_document,
+    write_markdown,
+)
 from dsv4setup.bench.runner import BenchSession, MatrixRun, restore, run_matrix, with_k
-from dsv4setup.fsutil import atomic_write_json
 from dsv4setup.profiles.model import Profile
 
 
@@ -64,5 +71,5 @@ def execute(session: BenchSession, apply: bool = False) -> dict[str, Any]:
     session.tell("writing the report and chart")
     write_markdown(bench_dir / MARKDOWN_NAME, doc)
     write_chart(bench_dir / CHART_NAME, run.rows, f"{session.profile.name}: run {run.run_id}")
-    atomic_write_json(bench_dir / DOCUMENT_NAME, doc)
+    write_document(bench_dir / DOCUMENT_NAME, doc)
     return doc

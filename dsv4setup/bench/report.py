@@ -6,6 +6,7 @@ chart writing only (with the Agg canvas: no display, no global pyplot state).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -14,7 +15,9 @@ from typing import Any
 
 from dsv4setup.bench.fingerprint import digest, matched_part
 from dsv4setup.fsutil import atomic_write_text
+from dsv4setup.secrets import redact, redact_obj
 
+SHARED_MODE = 0o644  # reports are meant to be read and passed around (no secrets in them)
 MARKDOWN_NAME = "report.md"
 CHART_NAME = "chart.png"
 DOCUMENT_NAME = "last-run.json"
@@ -137,7 +140,12 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def write_markdown(path: Path, doc: dict[str, Any]) -> None:
-    atomic_write_text(path, markdown(doc))
+    atomic_write_text(path, markdown(doc), mode=SHARED_MODE)
+
+
+def write_document(path: Path, doc: dict[str, Any]) -> None:
+    """The bench document as JSON, secrets redacted (like every document dsv4setup writes)."""
+    atomic_write_text(path, redact(json.dumps(redact_obj(doc), indent=2)) + "\n", mode=SHARED_MODE)
 
 
 def write_chart(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
@@ -169,6 +177,7 @@ def write_chart(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
                              label=f"failed (c={conc})")
         left.set_title(f"{shape}: output throughput")
         left.set_ylabel("output tokens/s")
+        left.set_ylim(bottom=0)
         right.set_title(f"{shape}: MTP acceptance")
         right.set_ylabel("acceptance rate (%)")
         right.set_ylim(0, 105)
@@ -184,6 +193,7 @@ def write_chart(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=110)
+        os.chmod(tmp, SHARED_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

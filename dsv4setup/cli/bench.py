@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -15,6 +16,7 @@ from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
 from dsv4setup.errors import EXIT_FAILED, DsvError
 
+TABLE_WIDTH = 140
 bench_app = typer.Typer(
     help="The matched MTP benchmark: for each k, restart the server with that num_speculative_tokens and "
          "measure it with vLLM's own `vllm bench serve`; report, chart, compare, apply the best k.")
@@ -150,22 +152,30 @@ def _document(bench_dir: Path, run_id: str) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and doc.get("run_id") == run_id else None
 
 
+def _tables() -> Console:
+    """stdout for tables; written to a file or pipe they keep their columns (rich would assume 80)."""
+    return out if out.is_terminal else Console(file=out.file, width=max(out.width, TABLE_WIDTH), highlight=False)
+
+
 def _print_run(doc: dict[str, Any]) -> None:
     from dsv4setup.bench.report import fmt, fmt_positions, fmt_rate
 
-    table = Table(title=f"bench {doc['profile']}: run {doc['run_id']}", title_justify="left")
-    for col in ("shape", "c", "k", "tok/s", "vs k=0", "TPOT ms", "p99 TPOT", "TTFT ms", "acceptance", "acc. len",
-                "per position", "status"):
-        table.add_column(col, justify="left" if col in ("shape", "per position", "status") else "right")
-    for line in doc["summary"]:
-        ok = line["status"] == "ok"
-        status = "[green]ok[/]" if ok else f"[bold red]failed[/] {line['known_failure'] or ''}"
-        table.add_row(line["shape"], str(line["concurrency"]), str(line["k"]), fmt(line["output_throughput"]),
-                      f"{line['speedup']:.2f}x" if line["speedup"] else "-", fmt(line["mean_tpot_ms"], ".2f"),
-                      fmt(line["p99_tpot_ms"], ".2f"), fmt(line["mean_ttft_ms"], ".1f"),
-                      fmt_rate(line["acceptance_rate"]), fmt(line["acceptance_length"], ".2f"),
-                      fmt_positions(line["per_position_acceptance"]), status)
-    out.print(table)
+    shapes = {s["name"]: s for s in doc["matrix"]["shapes"]}
+    for name, shape in shapes.items():
+        table = Table(title=f"{doc['profile']}, shape {name}: {shape['input_len']} in / {shape['output_len']} out, "
+                            f"{shape['num_prompts']} prompts (run {doc['run_id']})", title_justify="left",
+                      box=box.SIMPLE_HEAD)
+        for col in ("c", "k", "tok/s", "vs k=0", "TPOT ms", "p99 TPOT", "TTFT ms", "accept", "length",
+                    "per position", "status"):
+            table.add_column(col, justify="left" if col in ("per position", "status") else "right")
+        for line in (x for x in doc["summary"] if x["shape"] == name):
+            status = "[green]ok[/]" if line["status"] == "ok" else f"[bold red]failed[/] {line['known_failure'] or ''}"
+            table.add_row(str(line["concurrency"]), str(line["k"]), fmt(line["output_throughput"]),
+                          f"{line['speedup']:.2f}x" if line["speedup"] else "-", fmt(line["mean_tpot_ms"], ".2f"),
+                          fmt(line["p99_tpot_ms"], ".2f"), fmt(line["mean_ttft_ms"], ".1f"),
+                          fmt_rate(line["acceptance_rate"]), fmt(line["acceptance_length"], ".2f"),
+                          fmt_positions(line["per_position_acceptance"]), status)
+        _tables().print(table)
     for shape, best in doc["best"].items():
         out.print(f"best k for {shape}: [bold]{best['k']}[/] ({best['output_throughput']} tok/s)", highlight=False)
     applied = doc["applied"]
@@ -214,7 +224,7 @@ def _print_compare(doc: dict[str, Any]) -> None:
         table.add_row(cell["shape"], str(cell["concurrency"]), str(cell["k"]), _tps(a), _tps(b),
                       f"{cell['ratio']:.2f}" if cell["ratio"] else "-", fmt_rate(a.get("acceptance_rate")),
                       fmt_rate(b.get("acceptance_rate")), setup)
-    out.print(table)
+    _tables().print(table)
     counts = doc["counts"]
     out.print(f"{counts['matched']} of {counts['cells']} cells matched, {counts['mismatched']} measured with "
               f"different setups, {counts['only_a']} only in A, {counts['only_b']} only in B", highlight=False)

@@ -41,10 +41,11 @@ class BenchStep(Step):
     needs = ("smoke",)
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
+        from dsv4setup.bench.fingerprint import serve_args
         from dsv4setup.steps.serve import effective_profile, render_command
 
-        argv, env = render_command(ctx, effective_profile(ctx))
-        return {"matrix": _plan(ctx).to_dict(), "argv": argv, "env": env}
+        argv, env = render_command(ctx, effective_profile(ctx))  # k and the address do not make a new bench due
+        return {"matrix": _plan(ctx).to_dict(), "serve_args": serve_args(argv), "env": env}
 
     def is_done(self, ctx: RunContext) -> Postcondition:
         from dsv4setup.bench.client import probe_vllm
