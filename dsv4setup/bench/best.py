@@ -36,7 +36,7 @@ class Choice:
 
 
 def _geomean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if all(v > 0 for v in values) else 0.0
+    return math.prod(values) ** (1 / len(values)) if all(v > 0 for v in values) else 0.0
 
 
 def choose_best(rows: Iterable[dict[str, Any]]) -> dict[str, Choice]:
