@@ -31,7 +31,7 @@ DEFAULT_SNAPSHOT = REPO / "tests" / "doctor" / "fixtures" / "rtx-pro-6000-maxq-x
 TARGET = 1.5
 # The doctor exactly as `dsv4setup` runs it, except that only its own command module is imported.
 ONLY_DOCTOR = ("import importlib, sys; import dsv4setup.cli as cli; "
-               "cli._register = lambda: importlib.import_module('dsv4setup.cli.doctor'); "
+               "cli._register = lambda *_: importlib.import_module('dsv4setup.cli.doctor'); "
                "cli.main(sys.argv[1:])")
 # A typer command that does nothing, with the doctor's options: the floor of any typer CLI.
 BARE_TYPER = """
