@@ -147,11 +147,12 @@ class BenchRunError(Exception):
     """`vllm bench serve` did not produce a result: why, the server's known failure if any, the output tail."""
 
     def __init__(self, message: str, *, hint: str | None = None, known: FailureMatch | None = None,
-                 tail: list[str] | None = None, server_died: bool = False) -> None:
+                 excerpt: str | None = None, tail: list[str] | None = None, server_died: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.known = known
+        self.excerpt = excerpt
         self.tail = tail or []
         self.server_died = server_died
 
@@ -189,6 +190,15 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
         proc.wait(timeout=10)
 
 
+def matched_line(text: str) -> tuple[FailureMatch | None, str | None]:
+    """The known failure in a piece of server output, and the whole line it was found on (for people)."""
+    known = match_failure(text)
+    if known is None:
+        return None, None
+    lines = [line for line in text.splitlines() if known.excerpt and known.excerpt in line]
+    return known, (lines[-1].strip()[:300] if lines else known.excerpt)
+
+
 def run_bench(argv: list[str], env: Mapping[str, str], log: StepLog, server: ServerProbe, watch: Watch,
               cwd: Path) -> None:
     """Run argv (its own process group), output into the log, watching the server; BenchRunError on failure.
@@ -216,10 +226,10 @@ def run_bench(argv: list[str], env: Mapping[str, str], log: StepLog, server: Ser
         pump.join(timeout=10)
     log.line(f"[exit {code}]")
     if code != 0:
-        known = match_failure("\n".join(watch.tail))
+        known, line = matched_line(server.log.window + "\n" + "\n".join(watch.tail))
         raise BenchRunError(f"vllm bench serve exited with code {code}: {_last_error(watch.tail)}",
                             hint=known.failure.fix if known else f"the output is in {log.path}", known=known,
-                            tail=list(watch.tail))
+                            excerpt=line, tail=list(watch.tail))
 
 
 def _watch(proc: subprocess.Popen[str], server: ServerProbe, watch: Watch, seen: list[float]) -> int:
@@ -235,11 +245,11 @@ def _watch(proc: subprocess.Popen[str], server: ServerProbe, watch: Watch, seen:
             _kill_group(proc)
             time.sleep(0.3)  # the server's last words
             server.log.read_server_lines()
-            known = known or match_failure(server.log.window)
+            known, line = matched_line(server.log.window)
             what = "the server failed" if known else "the server died"
             raise BenchRunError(f"{what} during the benchmark" + (f": {known.failure.cause}" if known else ""),
                                 hint=known.failure.fix if known else f"read the end of {server.log.path}",
-                                known=known, tail=list(watch.tail), server_died=True)
+                                known=known, excerpt=line, tail=list(watch.tail), server_died=True)
         if time.monotonic() - seen[0] >= watch.stall_timeout_s:
             _kill_group(proc)
             raise BenchRunError(f"no output from the benchmark or the server for {watch.stall_timeout_s:.0f}s: "

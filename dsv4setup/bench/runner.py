@@ -33,6 +33,7 @@ from dsv4setup.bench.client import (
     Watch,
     bench_argv,
     bench_flags,
+    matched_line,
     probe_vllm,
     read_result,
     run_bench,
@@ -192,17 +193,30 @@ def ensure_server(session: BenchSession, profile: Profile, label: str) -> Server
     _stop_if_other(session, wanted)
     before = read_record(session.workdir)
     reused = before is not None and before.command_fingerprint == wanted and is_ours(before)[0]
-    with StepLog(session.workdir.log_file("serve")) as serve_log:
+    log_path = session.workdir.log_file("serve")
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    with StepLog(log_path) as serve_log:
         serve_log.section(f"bench {session.run_id}: server for {label}")
         try:
             outputs = ServeStep().run(session.context(profile, serve_log, label))
         except StepError as exc:
             session.log.line(f"{label}: the server did not come up: {exc.message}")
-            return CellFailure(exc.message, exc.hint, exc.known_failure, phase="serve")
+            return CellFailure(exc.message, exc.hint, exc.known_failure, _said(log_path, offset, exc), phase="serve")
     record = read_record(session.workdir)
     if record is None:  # ServeStep.run returned, so it wrote one: a vanished record is a bug
         raise StepError(f"the server for {label} is up but its record {session.workdir.run_dir} is gone")
     return ServerUp(record, reused, float(outputs.get("ready_s") or 0.0), bool(outputs.get("auth")))
+
+
+def _said(log_path: Path, offset: int, exc: StepError) -> str | None:
+    """The server's line behind a known startup failure (from its output in the serve log)."""
+    if exc.known_failure is None:
+        return None
+    with log_path.open("rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode("utf-8", errors="replace")
+    known, line = matched_line(text)
+    return line if known is not None and known.failure.id == exc.known_failure else None
 
 
 def _server_alive(record: ServerRecord) -> Callable[[], bool]:
@@ -238,8 +252,7 @@ def _run_cell(session: BenchSession, info: VllmInfo, cell: Cell, server: ServerU
         failure = judge_metrics(cell, metrics)
     except BenchRunError as exc:
         known = exc.known
-        failure = CellFailure(exc.message, exc.hint, known.failure.id if known else None,
-                              known.excerpt if known else None)
+        failure = CellFailure(exc.message, exc.hint, known.failure.id if known else None, exc.excerpt)
         died = exc.server_died
     row = build_row(run_id=session.run_id, cell=cell, fingerprint=fingerprint, started_at=started_at,
                     elapsed_s=time.monotonic() - t0, metrics=metrics, failure=failure, raw_result=raw)

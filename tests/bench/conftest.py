@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import socket
-import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from dsv4setup.profiles.model import BenchShape, BenchSpec, ModelSpec, Profile, 
 from dsv4setup.serve.process import SERVE_ID_ENV
 from dsv4setup.workdir import Workdir
 
-STANDIN = Path(__file__).with_name("standin_python.py")
+STANDIN = Path(__file__).with_name("standin")
 FIXTURES = Path(__file__).with_name("fixtures")
 
 
@@ -30,12 +31,11 @@ def free_port() -> int:
 
 
 def install_standin(workdir: Workdir) -> Path:
-    """<workdir>/venv/bin/python becomes the stand-in (a real executable script for this interpreter)."""
-    python = workdir.venv_python
-    python.parent.mkdir(parents=True, exist_ok=True)
-    python.write_text(f"#!{sys.executable}\n" + STANDIN.read_text(encoding="utf-8"), encoding="utf-8")
-    python.chmod(python.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return python
+    """<workdir>/venv: a real venv whose `vllm` is the stand-in package (tests/bench/standin)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(workdir.venv_dir)], check=True)
+    site = next(workdir.venv_dir.glob("lib/python*/site-packages"))
+    shutil.copytree(STANDIN, site, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    return workdir.venv_python
 
 
 def standin_profile(*, k: int = 1, env: dict[str, str] | None = None, tp: int = 1,
