@@ -11,6 +11,7 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
@@ -73,8 +74,8 @@ class BarDisplay:
         else:
             error = row["error"]
             known = f" [{error['known_failure']}]" if error["known_failure"] else ""
-            self.progress.console.print(f"[bold red]✗[/] {where}: {error['message']}{known}", highlight=False,
-                                        markup=False)
+            self.progress.console.print(Text.assemble(("✗", "bold red"), f" {where}: {error['message']}{known}"),
+                                        highlight=False)
 
 
 class QuietDisplay:
@@ -180,8 +181,9 @@ def _print_run(doc: dict[str, Any]) -> None:
         out.print(f"best k for {shape}: [bold]{best['k']}[/] ({best['output_throughput']} tok/s)", highlight=False)
     applied = doc["applied"]
     if applied:
-        out.print(f"applied: spec.num_speculative_tokens = {applied['k']} (was {applied['previous_k']}) "
-                  f"in {applied['file']}", highlight=False)
+        was = "unchanged" if applied["k"] == applied["previous_k"] else f"was {applied['previous_k']}"
+        out.print(f"applied: spec.num_speculative_tokens = {applied['k']} ({was}) in {applied['file']}; "
+                  "the next `dsv4setup up` serves it", highlight=False)
     restore = doc["restore"]
     out.print(f"server: {restore['message']}" + (f"; smoke test {restore['smoke']}"
                                                  if restore["smoke"] != "not run" else ""), highlight=False)

@@ -1,0 +1,113 @@
+"""`dsv4setup bench` and `dsv4setup bench compare` through the real CLI (a subprocess), JSON against the schemas.
+
+The matrix runs against the stand-in vllm package of tests/bench/standin (a real venv, real server
+subprocesses); the runbook is the bench step alone (DSV4SETUP_RUNBOOK), so no serve or smoke record is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from dsv4setup.errors import EXIT_FAILED, EXIT_USAGE
+from dsv4setup.jsonschemas import validate_document
+from dsv4setup.workdir import Workdir
+
+from .conftest import FIXTURES, changed, cli_env, load_rows, standin_profile
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def dsv(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dsv4setup", *args], capture_output=True, text=True, cwd=REPO,
+                          env=env or cli_env(), timeout=300, stdin=subprocess.DEVNULL)
+
+
+def profile_file(tmp_path: Path, **kw: object) -> Path:
+    path = tmp_path / "bench-standin.yaml"
+    path.write_text(yaml.safe_dump(standin_profile(**kw).document()))
+    return path
+
+
+def test_bench_json_runs_the_matrix_and_prints_one_valid_document(standin_workdir: Workdir, tmp_path: Path) -> None:
+    profile = profile_file(tmp_path, k=1, env={"STANDIN_CRASH_K": "2"})
+    run = dsv("bench", "--workdir", str(standin_workdir.root), "--profile", str(profile), "--json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    validate_document(doc)
+    assert [(line["k"], line["status"]) for line in doc["summary"]] == [(0, "ok"), (1, "ok"), (2, "failed")]
+    assert doc["summary"][2]["known_failure"] == "deepgemm-next-n" and doc["best"]["short"]["k"] == 1
+    assert doc["applied"] is None and doc["restore"]["server"] == "stopped"
+    assert doc["rows"][0]["fingerprint"]["profile"]["name"] == "bench-standin"
+    assert doc["rows"][0]["fingerprint"]["profile"]["overrides"] == {}  # the profile file as given, nothing over it
+    for name in ("results", "markdown", "chart", "document"):
+        assert Path(doc["files"][name]).is_file()
+    assert run.stderr == ""  # --json: no progress bar, no table
+
+
+def test_bench_prints_a_table_and_apply_best_changes_the_plan(standin_workdir: Workdir, tmp_path: Path) -> None:
+    profile = profile_file(tmp_path, k=1)
+    wd = str(standin_workdir.root)
+    run = dsv("bench", "--workdir", wd, "--profile", str(profile), "--k", "0,2", "--apply-best")
+    assert run.returncode == 0, run.stderr
+    assert "✓ k=2 short c=1: 120.0 tok/s, acceptance 75.0%" in run.stderr  # a line per cell above the bar
+    assert "shape short: 16 in / 32 out, 4 prompts" in run.stdout and "1.20x" in run.stdout
+    assert "best k for short: 2" in run.stdout and "applied: spec.num_speculative_tokens = 2 (was 1)" in run.stdout
+    assert "server: no server ran before the bench" in run.stdout
+    overrides = yaml.safe_load(standin_workdir.overrides_file.read_text())
+    assert overrides["spec"]["num_speculative_tokens"] == 2
+    assert overrides["evidence"]["spec.num_speculative_tokens"]["scores"] == {"0": 100.0, "2": 120.0}
+    plan = dsv("plan", "--workdir", wd, "--profile", str(profile), "--json")
+    assert plan.returncode == 0, plan.stderr
+    doc = json.loads(plan.stdout)
+    validate_document(doc)
+    argv = doc["serve"]["argv"]
+    assert json.loads(argv[argv.index("--speculative-config") + 1])["num_speculative_tokens"] == 2
+    assert doc["origins"]["spec.num_speculative_tokens"].startswith("workdir:")
+
+
+def test_bad_matrix_flags_exit_2_with_a_json_error_and_touch_nothing(standin_workdir: Workdir, tmp_path: Path) -> None:
+    profile = profile_file(tmp_path)
+    for flags, words in ((["--shape", "long"], "no such bench shape"), (["--k", "1,x"], "not a whole number")):
+        run = dsv("bench", "--workdir", str(standin_workdir.root), "--profile", str(profile), *flags, "--json")
+        assert run.returncode == EXIT_USAGE, run.stderr
+        doc = json.loads(run.stdout)
+        validate_document(doc)
+        assert doc["schema"] == "dsv4setup.error/1" and words in doc["message"]
+    assert not standin_workdir.bench_dir.exists()
+
+
+def test_a_matrix_where_nothing_succeeds_exits_1_with_its_document(standin_workdir: Workdir, tmp_path: Path) -> None:
+    profile = profile_file(tmp_path, env={"STANDIN_CRASH_K": "0"})
+    run = dsv("bench", "--workdir", str(standin_workdir.root), "--profile", str(profile), "--k", "0", "--json")
+    assert run.returncode == EXIT_FAILED
+    doc = json.loads(run.stdout)
+    validate_document(doc)
+    assert not doc["ok"] and doc["problems"] == ["no cell of the matrix succeeded"]
+    assert doc["rows"][0]["error"]["known_failure"] == "deepgemm-next-n"
+
+
+def test_compare_flags_setups_that_differ_in_anything_but_hardware(tmp_path: Path) -> None:
+    rows = load_rows("cpu-tiny-results.jsonl")
+    a = FIXTURES / "cpu-tiny-results.jsonl"
+    b = tmp_path / "b.jsonl"
+    other = [changed(changed(r, "hardware.gpus", [{"name": "NVIDIA H200", "sm": "9.0"}]), "vllm.version", "0.33.0")
+             for r in rows]
+    b.write_text("".join(json.dumps(r) + "\n" for r in other))
+    run = dsv("bench", "compare", str(a), str(b), "--json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    validate_document(doc)
+    assert doc["counts"]["mismatched"] == 3 and doc["differing_keys"] == ["vllm.version"]
+    human = dsv("bench", "compare", str(a), str(b))
+    assert human.returncode == 0, human.stderr
+    assert "differs: vllm.version" in human.stdout and "vllm.version: A='0.32.0' B='0.33.0'" in human.stdout
+    assert "0 of 3 cells matched, 3 measured with different setups" in human.stdout
+    same = dsv("bench", "compare", str(a), str(a))
+    assert "3 of 3 cells matched" in same.stdout
+    missing = dsv("bench", "compare", str(a), str(tmp_path / "nope.jsonl"), "--json")
+    assert missing.returncode == EXIT_USAGE and "does not exist" in json.loads(missing.stdout)["message"]
