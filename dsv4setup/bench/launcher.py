@@ -12,21 +12,33 @@ It runs under `if __name__ == "__main__":` because vLLM may spawn processes.
 
 import os
 import sys
+from typing import Any
 
 
 def _cli_env_setup() -> None:
+    """vLLM's CLI environment setup (it moved between versions; it only sets the multiprocessing method)."""
     try:
-        from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
-    except ImportError:  # moved in another version: it only sets this
-        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        return
+        from vllm.entrypoints.common.startup import cli_env_setup  # 0.33
+    except ImportError:
+        try:
+            from vllm.entrypoints.serve.utils.api_utils import cli_env_setup  # 0.32
+        except ImportError:
+            os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+            return
     cli_env_setup()
 
 
-def main(argv: list[str]) -> int:
+def build() -> tuple[Any, Any]:
+    """vLLM's `bench serve` subcommand and its argument parser, as vLLM's CLI builds them."""
     from vllm.entrypoints.cli.benchmark.serve import BenchmarkServingSubcommand
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+    parser = FlexibleArgumentParser(prog="vllm bench serve", description=BenchmarkServingSubcommand.help)
+    BenchmarkServingSubcommand.add_cli_args(parser)
+    return BenchmarkServingSubcommand(), parser
+
+
+def main(argv: list[str]) -> int:
     _cli_env_setup()
     from vllm import platforms
 
@@ -34,10 +46,8 @@ def main(argv: list[str]) -> int:
         from vllm.platforms.cpu import CpuPlatform
 
         platforms.current_platform = CpuPlatform()
-    parser = FlexibleArgumentParser(prog="vllm bench serve", description=BenchmarkServingSubcommand.help)
-    BenchmarkServingSubcommand.add_cli_args(parser)
+    command, parser = build()
     args = parser.parse_args(argv)
-    command = BenchmarkServingSubcommand()
     command.validate(args)
     command.cmd(args)
     return 0

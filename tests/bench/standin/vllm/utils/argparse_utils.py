@@ -4,5 +4,5 @@ import argparse
 
 
 class FlexibleArgumentParser(argparse.ArgumentParser):
-    def parse_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 (argparse's signature)
+    def parse_args(self, args=None, namespace=None):  # argparse's own signature
         return self.parse_known_args(args, namespace)[0]

