@@ -168,7 +168,7 @@ class ServerProbe:
 @dataclass
 class Watch:
     stall_timeout_s: float
-    poll_s: float = 0.5
+    poll_s: float = 0.25
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
 
 

@@ -59,10 +59,20 @@ from dsv4setup.proc import StepLog
 from dsv4setup.profiles.model import Profile
 from dsv4setup.serve.apikey import client_api_key
 from dsv4setup.serve.manager import server_state
-from dsv4setup.serve.process import ServerRecord, command_fingerprint, is_ours, leader_process, read_record, stop_server
+from dsv4setup.serve.process import (
+    ServerRecord,
+    check_port_free,
+    command_fingerprint,
+    is_ours,
+    leader_process,
+    read_record,
+    stop_server,
+)
 from dsv4setup.serve.readiness import LogFollower, base_url, health_status
 from dsv4setup.state import State
 from dsv4setup.workdir import Workdir
+
+PORT_RELEASE_S = 30.0
 
 
 class MatrixProgress(Protocol):
@@ -178,10 +188,35 @@ def _stop_if_other(session: BenchSession, fingerprint: str) -> None:
     if record is None or record.command_fingerprint == fingerprint:
         return
     if is_ours(record)[0]:
-        session.tell(f"stopping the server (pid {record.pid})")
-        report = stop_server(session.workdir, record)
-        session.log.line(f"stopped server pid {record.pid} in {report.elapsed_s}s"
-                         + (" (SIGKILL needed)" if report.forced else ""))
+        _stop(session, record)
+
+
+def _stop(session: BenchSession, record: ServerRecord) -> None:
+    """Stop our server (and its leftovers) and wait until its port is free for the next one."""
+    session.tell(f"stopping the server (pid {record.pid})")
+    report = stop_server(session.workdir, record)
+    session.log.line(f"stopped server pid {record.pid} (processes {report.pids}) in {report.elapsed_s}s"
+                     + (" (SIGKILL needed)" if report.forced else ""))
+    _wait_port_released(record, session.log)
+
+
+def _wait_port_released(record: ServerRecord, log: StepLog, timeout_s: float = PORT_RELEASE_S) -> None:
+    """Wait until the stopped server's port can be bound again.
+
+    A process whose memory is already torn down has no readable environment any more, so the
+    stop looks finished while the kernel has not yet closed its sockets (the larger the process,
+    the longer); the next server on the same port would then fail with "port in use".
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            check_port_free(record.host, record.port)
+            return
+        except StepError:
+            if time.monotonic() >= deadline:
+                log.line(f"port {record.port} still in use {timeout_s:.0f}s after the server stopped")
+                return  # the next start reports who holds it
+            time.sleep(0.1)
 
 
 def ensure_server(session: BenchSession, profile: Profile, label: str) -> ServerUp | CellFailure:
@@ -326,7 +361,7 @@ def _run_k(session: BenchSession, info: VllmInfo, k: int, env: dict[str, str], b
     if dead is not None:  # leave nothing half-dead behind for the next k
         record = read_record(session.workdir)
         if record is not None:
-            stop_server(session.workdir, record)
+            _stop(session, record)
 
 
 def _unmeasured(session: BenchSession, cell: Cell, base_fp: dict[str, Any], why: CellFailure) -> dict[str, Any]:
@@ -366,8 +401,7 @@ def restore(session: BenchSession, target: Profile, was_running: bool) -> dict[s
     if not was_running:
         record = read_record(session.workdir)
         if record is not None:
-            session.tell("stopping the server (none ran before the bench)")
-            stop_server(session.workdir, record)
+            _stop(session, record)
         return {"ok": True, "server": "stopped", "k": None, "pid": None, "smoke": "not run",
                 "message": "no server ran before the bench; none runs now"}
     session.tell(f"restoring the server at k={k}")

@@ -132,7 +132,8 @@ def check_died_and_restored(standin_workdir: Workdir, profile: Profile, first: S
     assert cells[(0, 1)]["status"] == "ok" and cells[(0, 2)]["status"] == "ok"
     assert doc["best"]["short"]["k"] == 0  # k=1 failed at a concurrency level: it cannot win
     restored = doc["restore"]
-    assert restored["ok"] and restored["server"] == "running" and restored["k"] == 1 and restored["smoke"] == "passed"
+    assert restored["ok"] and restored["server"] == "running", restored
+    assert restored["k"] == 1 and restored["smoke"] == "passed"
     record = read_record(standin_workdir)
     assert record.pid == restored["pid"] != first.pid and "--speculative-config" in record.argv
     ctx = RunContext(standin_workdir, profile, load_state(standin_workdir.state_file))
@@ -161,7 +162,9 @@ def test_the_bench_step_is_done_only_for_the_setup_it_measured_with_a_stand_in_s
     assert result.ok, result.error
     state = load_state(standin_workdir.state_file)
     outputs = state.steps["bench"].outputs
-    assert outputs["counts"] == {"ok": 2, "failed": 0} and outputs["best"] == {"short": 1}
+    rows = read_rows(standin_workdir.bench_dir / "results.jsonl")
+    assert outputs["counts"] == {"ok": 2, "failed": 0}, [r["error"] for r in rows]
+    assert outputs["best"] == {"short": 1}
     assert outputs["server"] == "stopped"
     ctx = RunContext(standin_workdir, profile, state, {"bench_k": "0,1"})
     done = BenchStep().is_done(ctx)
