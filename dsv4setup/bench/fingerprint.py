@@ -25,8 +25,10 @@ from dsv4setup.profiles.model import Profile
 
 WHERE_AND_WHEN = ("hardware", "driver", "date")  # the keys compare.py does not hold against a match
 # values that do not change what is measured: where the server listens, and k (the row's own key)
+# (paths differ between machines: the checkpoint part says which weights, the vllm part which build)
 NOT_MEASURED_KEYS = ("spec.num_speculative_tokens", "serve.host", "serve.port", "serve.ready_timeout_s",
-                     "serve.stall_timeout_s", "smoke.", "bench.", "description", "source", "verified", "match.")
+                     "serve.stall_timeout_s", "smoke.", "bench.", "description", "source", "verified", "match.",
+                     "env.VLLM_CACHE_ROOT", "model.local_path", "vllm.python")
 NOT_MEASURED_FLAGS = ("--model", "--host", "--port", "--speculative-config", "--served-model-name",
                       "--hf-config-path")  # paths and addresses differ between machines; k is the row's key
 

@@ -145,6 +145,7 @@ def test_overrides_are_the_measured_values_that_differ_from_the_profile_file() -
     now.serve.port = 9999  # where it listens: not part of the measurement
     now.spec.num_speculative_tokens = 2  # the row's own k
     now.env["VLLM_CPU_KVCACHE_SPACE"] = "2"
+    now.env["VLLM_CACHE_ROOT"] = "/home/me/wd/cache"  # a path on this machine
     assert profile_overrides(now, base) == {"env.VLLM_CPU_KVCACHE_SPACE": "2", "serve.max_model_len": 512}
     assert profile_overrides(now, None) is None
     argv = ["/wd/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/wd/models/m",
