@@ -235,10 +235,15 @@ def _signal_all(record: ServerRecord, procs: list[psutil.Process], sig: signal.S
             os.killpg(record.pgid, sig)
 
 
-def _wait_gone(record: ServerRecord, deadline: float) -> list[psutil.Process]:
+def _wait_gone(record: ServerRecord, procs: list[psutil.Process], deadline: float) -> list[psutil.Process]:
+    """Wait for every process of the server to end. The ones found at the start are followed by
+    handle: an exiting process loses its readable environment before its sockets close, so a
+    re-scan by environment alone would call it gone while the port is still bound."""
+    known = {p.pid: p for p in procs}
     while True:
         _reap(record.pid)
-        left = server_processes(record)
+        known.update((p.pid, p) for p in server_processes(record))
+        left = [p for p in known.values() if _alive(p)]
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.2)
@@ -253,11 +258,11 @@ def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0) -
     left: list[psutil.Process] = []
     if procs:
         _signal_all(record, procs, signal.SIGTERM)
-        left = _wait_gone(record, time.monotonic() + grace_s)
+        left = _wait_gone(record, procs, time.monotonic() + grace_s)
         if left:
             forced = True
             _signal_all(record, left, signal.SIGKILL)
-            left = _wait_gone(record, time.monotonic() + 5.0)
+            left = _wait_gone(record, left, time.monotonic() + 5.0)
     _reap(record.pid)
     removed = []
     if record.tmpdir and Path(record.tmpdir).name.startswith(TMP_PREFIX) and Path(record.tmpdir).is_dir():

@@ -46,6 +46,16 @@ def render_command(ctx: RunContext, profile: Profile) -> tuple[list[str], dict[s
     return [str(a) for a in command.argv], dict(command.env)
 
 
+def server_command(ctx: RunContext) -> tuple[Profile, list[str], dict[str, str], str | None]:
+    """The profile (with --host), argv and env the server runs with, the API key included in env."""
+    profile = effective_profile(ctx)
+    argv, env = render_command(ctx, profile)
+    key = server_api_key(ctx.workdir, profile.serve.host)
+    if key:
+        env["VLLM_API_KEY"] = key
+    return profile, argv, env, key
+
+
 class ServeStep(Step):
     name = "serve"
     description = "start vLLM in the background and wait until /health answers"
@@ -59,15 +69,15 @@ class ServeStep(Step):
         state = server_state(ctx.workdir)
         if not state.healthy or state.record is None:
             return Postcondition(False, state.detail)
+        _, argv, env, _ = server_command(ctx)
+        if state.record.command_fingerprint != command_fingerprint(argv, env):
+            return Postcondition(False, f"the server (pid {state.record.pid}) runs another command line than the "
+                                        "plan (e.g. another k after a bench)")
         return Postcondition(True, f"{state.detail} at {base_url(state.record.host, state.record.port)}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        profile = effective_profile(ctx)
+        profile, argv, env, key = server_command(ctx)
         host, port = profile.serve.host, profile.serve.port
-        argv, env = render_command(ctx, profile)
-        key = server_api_key(ctx.workdir, host)
-        if key:
-            env["VLLM_API_KEY"] = key
         log = ctx.require_log()
         record = self._adoptable(ctx, command_fingerprint(argv, env))
         if record is not None:
@@ -108,11 +118,15 @@ class ServeStep(Step):
         ours, detail = is_ours(existing)
         if ours and existing.command_fingerprint == fingerprint:
             return existing
-        if ours:
-            raise StepError(f"a server started by dsv4setup already runs for this workdir (pid {existing.pid}, "
-                            f"port {existing.port}) with another command line",
-                            hint=f"stop it first: `dsv4setup down --workdir {ctx.workdir.root}`, then run the "
-                                 "same command again")
+        if ours:  # the plan changed (profile, overrides, k): replace our own server, never run two
+            ctx.progress(f"stopping the running server (pid {existing.pid}): its command line differs from the plan")
+            report = stop_server(ctx.workdir, existing)
+            ctx.require_log().line(f"replaced the server pid {existing.pid} (stopped {report.pids}, "
+                                   f"{report.elapsed_s}s)")
+            if report.survivors:
+                raise StepError(f"the old server did not stop (pids {report.survivors} survive)",
+                                hint=f"stop them, then run `dsv4setup up --workdir {ctx.workdir.root}` again")
+            return None
         report = stop_server(ctx.workdir, existing)  # stragglers of a dead server, its temp dir, its records
         ctx.require_log().line(f"cleared the record of a server that is gone ({detail}); "
                                f"stopped leftovers: {report.pids or 'none'}")

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import dsv4setup.steps.serve as serve_module
-from dsv4setup.engine import Runbook, Selection
+from dsv4setup.engine import Runbook, RunContext, Selection
 from dsv4setup.profiles.model import ModelSpec, Profile, ServeSpec
 from dsv4setup.serve.apikey import api_key_file
 from dsv4setup.serve.manager import down, server_state
@@ -84,10 +84,15 @@ def test_serve_records_verifies_skips_refuses_a_second_and_down_cleans_with_fake
     assert drift.ok and drift.decisions[0].action == "run" and "drift" in drift.decisions[0].reason
     running = read_record(workdir)
 
-    other = _up(workdir, _profile(port + 1))  # another command line while ours runs: refused
-    assert not other.ok and "already runs for this workdir" in other.error.message
-    assert "dsv4setup down" in other.error.hint
-    assert server_state(workdir).healthy and read_record(workdir).pid == running.pid
+    moved = RunContext(workdir, _profile(port + 1), load_state(workdir.state_file))
+    assert "another command line" in ServeStep().is_done(moved).detail  # healthy, but not the planned server
+    other = _up(workdir, _profile(port + 1))  # the plan changed (port): the step runs again
+    assert other.ok and other.decisions[0].action == "run"
+    replaced = read_record(workdir)  # our own server was replaced: never two for one workdir
+    _track(workdir, reaper)
+    assert replaced is not None and replaced.pid != running.pid and replaced.port == port + 1
+    assert not psutil.pid_exists(running.pid) or psutil.Process(running.pid).status() == psutil.STATUS_ZOMBIE
+    assert server_state(workdir).healthy and processes_with_id(running.serve_id) == []
     down(workdir, grace_s=5)
 
 
