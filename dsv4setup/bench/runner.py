@@ -84,6 +84,14 @@ class MatrixProgress(Protocol):
 
 
 class NoProgress:
+    """No display (the bench step inside `up`, and `bench --json`)."""
+
+    def __enter__(self) -> NoProgress:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
     def start(self, total: int) -> None:
         return None
 

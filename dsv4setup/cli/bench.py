@@ -78,25 +78,6 @@ class BarDisplay:
                                         highlight=False)
 
 
-class QuietDisplay:
-    """--json: nothing on the terminal."""
-
-    def __enter__(self) -> QuietDisplay:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        return None
-
-    def start(self, total: int) -> None:
-        return None
-
-    def status(self, text: str) -> None:
-        return None
-
-    def advance(self, row: dict[str, Any]) -> None:
-        return None
-
-
 @bench_app.callback(invoke_without_command=True)
 def bench(
     ctx: typer.Context,
@@ -113,7 +94,7 @@ def bench(
     if ctx.invoked_subcommand is not None:
         return
     from dsv4setup.bench.matrix import plan_matrix
-    from dsv4setup.bench.runner import new_run_id
+    from dsv4setup.bench.runner import NoProgress, new_run_id
     from dsv4setup.engine import Selection
     from dsv4setup.runbook import RunbookRequest, build_runbook
 
@@ -121,7 +102,7 @@ def bench(
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], with_bench=True))
     plan_matrix(resolved.profile, k, shape, concurrency)  # bad --k/--shape/--concurrency: exit 2 before anything
     run_id = new_run_id()
-    display = QuietDisplay() if json_ else BarDisplay(err)
+    display = NoProgress() if json_ else BarDisplay(err)  # --json: nothing on the terminal
     runbook.options.update({"bench_k": k, "bench_shape": shape, "bench_concurrency": concurrency,
                             "apply_best": apply_best, "bench_run_id": run_id, "bench_display": display,
                             "bench_source_file": resolved.source_file})

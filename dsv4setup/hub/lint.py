@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
+from dsv4setup.checks.result import CheckResult as Check
+from dsv4setup.checks.result import Status
 from dsv4setup.hub.meta import INDEX_FILE, CheckpointMeta, TensorMeta
 from dsv4setup.hub.names import IgnoreFix, ignore_fixes
 from dsv4setup.hub.rules import LintRules, Naming, fill, has_feature, load_rules, version_tuple
 
-Status = Literal["pass", "warn", "fail", "skip"]
 VERIFY_FIX = "re-fetch and re-hash the files: dsv4setup download --verify"
 NO_MTP_FIX = ("use a checkpoint that carries its MTP block (--set model.repo=ORG/NAME), or serve without "
               "speculative decoding: --set spec.num_speculative_tokens=0")
@@ -26,17 +27,6 @@ FIX_COPY = ("dsv4setup checkpoint lint {target} --fix writes a corrected config.
 MTP_CHECK_IDS = ("checkpoint.mtp_declared", "checkpoint.mtp_tensors", "checkpoint.mtp_block", "checkpoint.mtp_head",
                  "checkpoint.mtp_dtypes")
 MAX_LISTED = 5
-
-
-@dataclass(frozen=True)
-class Check:
-    id: str
-    status: Status
-    summary: str
-    fix: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
