@@ -77,15 +77,12 @@ def _pid_alive(pid: int | None) -> bool:
         return False
 
 
-def _recover_hint(path: Path) -> str:
-    return (f"inspect {path}; `dsv4setup reset --all` moves it aside to a backup and starts fresh, "
-            f"`dsv4setup reset --step STEP` clears one step")
+def _recover_hint(path: Path, step: str | None = None) -> str:
+    hint = f"inspect {path}; `dsv4setup reset --all` moves it aside to a backup and starts fresh"
+    return hint + (f", `dsv4setup reset --step {step}` clears only that step" if step else "")
 
 
-def load_state(path: Path) -> State:
-    """Read the state file; a missing file is a fresh state, a bad one is a StateError (never discarded)."""
-    if not path.exists():
-        return State()
+def _read_doc(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -94,13 +91,39 @@ def load_state(path: Path) -> State:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise StateError(f"state file {path} has schema {found!r}, this dsv4setup reads {STATE_SCHEMA!r}",
                          hint=_recover_hint(path))
+    return doc
+
+
+def _validate(path: Path, doc: dict[str, Any]) -> State:
     try:
         return State.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise StateError(f"state file {path} is invalid at {where}: {first['msg']}",
-                         hint=_recover_hint(path)) from None
+        loc = exc.errors()[0]["loc"]
+        where = ".".join(str(p) for p in loc)
+        step = str(loc[1]) if len(loc) > 1 and loc[0] == "steps" else None
+        raise StateError(f"state file {path} is invalid at {where}: {exc.errors()[0]['msg']}",
+                         hint=_recover_hint(path, step)) from None
+
+
+def load_state(path: Path) -> State:
+    """Read the state file; a missing file is a fresh state, a bad one is a StateError (never discarded)."""
+    if not path.exists():
+        return State()
+    return _validate(path, _read_doc(path))
+
+
+def reset_steps(path: Path, names: list[str]) -> State:
+    """Forget these steps' records (they run again). Works on a state whose only damage is in them."""
+    if not path.exists():
+        return State()
+    doc = _read_doc(path)
+    steps = doc.get("steps")
+    if isinstance(steps, dict):
+        for name in names:
+            steps.pop(name, None)
+    state = _validate(path, doc)
+    save_state(path, state)
+    return state
 
 
 def save_state(path: Path, state: State) -> None:

@@ -26,7 +26,7 @@ from dsv4setup.errors import EXIT_FAILED, UsageError
 from dsv4setup.lock import workdir_lock
 from dsv4setup.proc import tail_lines
 from dsv4setup.runbook import RunbookRequest, build_runbook, step_names
-from dsv4setup.state import StepStatus, backup_state, load_state, save_state
+from dsv4setup.state import backup_state, load_state, reset_steps
 from dsv4setup.status import status_doc
 
 StepOpt = Annotated[str | None, typer.Option(help="A step name.")]
@@ -172,11 +172,7 @@ def reset(
             doc = {"schema": "dsv4setup.reset/1", "ok": True, "backup": str(backup) if backup else None,
                    "steps": "all"}
         else:
-            state = load_state(wd.state_file)
-            for name in step or []:
-                state.steps[name] = state.step(name).model_copy(update={
-                    "status": StepStatus.PENDING, "fingerprint": None, "error": None, "pid": None})
-            save_state(wd.state_file, state)
+            reset_steps(wd.state_file, list(step or []))
             doc = {"schema": "dsv4setup.reset/1", "ok": True, "backup": None, "steps": list(step or [])}
     if json_:
         emit_json(doc)

@@ -12,7 +12,7 @@ from dsv4setup.engine import Runbook, Selection
 from dsv4setup.errors import LockHeldError, StateError, UsageError
 from dsv4setup.lock import workdir_lock
 from dsv4setup.profiles.model import Profile
-from dsv4setup.state import STATE_SCHEMA, StepStatus, load_state, save_state
+from dsv4setup.state import STATE_SCHEMA, StepStatus, load_state, reset_steps, save_state
 from dsv4setup.workdir import Workdir
 from tests.engine import steps_for_tests as ts
 
@@ -180,3 +180,18 @@ def test_unexpected_exception_is_recorded_with_traceback_in_log(workdir: Workdir
     assert "internal error in step alpha: ZeroDivisionError: bug" in result.error.message
     assert "Traceback" in workdir.log_file("alpha").read_text()
     assert load_state(workdir.state_file).steps["alpha"].status == StepStatus.FAILED
+
+
+def test_reset_step_recovers_a_state_damaged_only_in_that_step(workdir: Workdir, profile: Profile) -> None:
+    rb = make(workdir, profile)
+    rb.up(Selection())
+    doc = json.loads(workdir.state_file.read_text())
+    doc["steps"]["gamma"]["status"] = "weird"
+    workdir.state_file.write_text(json.dumps(doc))
+    with pytest.raises(StateError, match="steps.gamma.status") as info:
+        load_state(workdir.state_file)
+    assert "reset --step gamma" in (info.value.hint or "")
+    state = reset_steps(workdir.state_file, ["gamma"])
+    assert "gamma" not in state.steps and state.steps["alpha"].status == StepStatus.DONE
+    decisions = {d.step: d.action for d in rb.plan(Selection())}
+    assert decisions == {"alpha": "skip", "beta": "skip", "gamma": "run", "delta": "skip"}
