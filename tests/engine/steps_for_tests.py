@@ -59,3 +59,21 @@ def steps() -> list[Step]:
 def journal(markers: Path | None = None) -> list[str]:
     path = (markers or _dir()) / "journal"
     return path.read_text().split() if path.exists() else []
+
+
+class StandInStep(Step):
+    """Stands in for an earlier step of the real runbook: only its outputs matter to the step under test."""
+
+    def __init__(self, name: str, outputs: dict[str, Any]) -> None:
+        self.name = name  # type: ignore[misc]
+        self.description = f"in-test {name} outputs"  # type: ignore[misc]
+        self._outputs = outputs
+
+    def inputs(self, ctx: RunContext) -> dict[str, Any]:
+        return {}
+
+    def is_done(self, ctx: RunContext) -> Postcondition:
+        return Postcondition(True, "in-test")
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        return self._outputs

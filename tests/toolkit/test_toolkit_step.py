@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from dsv4setup.engine import Postcondition, Runbook, RunContext, Selection, Step
+from dsv4setup.engine import Runbook, Selection, Step
 from dsv4setup.profiles.model import ModelSpec, Profile, ToolkitSpec
 from dsv4setup.state import StepStatus, load_state
 from dsv4setup.steps.toolkit import ToolkitStep
 from dsv4setup.toolkit.nvcc import HostTools
 from dsv4setup.workdir import Workdir
+from tests.engine.steps_for_tests import StandInStep
 from tests.toolkit.fakes import calls, fake_nvcc_text, write_fake_nvcc, write_recording_fake_conda
 
 
@@ -25,25 +26,6 @@ def make_profile(**toolkit: Any) -> Profile:
     spec = {"version": "13.0.2", "route": "auto", "arch": "sm_120a", **toolkit}
     return Profile(name="tk-test", description="toolkit test", source="tests",
                    model=ModelSpec(local_path="/nonexistent"), toolkit=ToolkitSpec(**spec))
-
-
-class FakePreflight(Step):
-    """Stands in for the preflight step: only its outputs matter to the toolkit step."""
-
-    name = "preflight"
-    description = "in-test preflight outputs"
-
-    def __init__(self, outputs: dict[str, Any]) -> None:
-        self._outputs = outputs
-
-    def inputs(self, ctx: RunContext) -> dict[str, Any]:
-        return {}
-
-    def is_done(self, ctx: RunContext) -> Postcondition:
-        return Postcondition(True, "in-test")
-
-    def run(self, ctx: RunContext) -> dict[str, Any]:
-        return self._outputs
 
 
 @pytest.fixture
@@ -60,7 +42,7 @@ def record(tmp_path: Path) -> Path:
 
 def up(workdir: Workdir, profile: Profile, host: HostTools, options: dict[str, Any] | None = None,
        preflight: dict[str, Any] | None = None) -> Any:
-    steps: list[Step] = [FakePreflight(preflight)] if preflight is not None else []
+    steps: list[Step] = [StandInStep("preflight", preflight)] if preflight is not None else []
     return Runbook([*steps, ToolkitStep(host)], workdir, profile, options).up(Selection())
 
 

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from dsv4setup.engine import Observer, Postcondition, Runbook, RunContext, Selection, Step, UpResult
+from dsv4setup.engine import Observer, Runbook, Selection, Step, UpResult
 from dsv4setup.profiles.model import ModelSpec, Profile, VllmSpec
 from dsv4setup.state import load_state
 from dsv4setup.steps.vllm import CONSTRAINTS_FILE, VllmStep
 from dsv4setup.vllm_install.build import BuildMachine
 from dsv4setup.workdir import Workdir
+from tests.engine.steps_for_tests import StandInStep
 from tests.vllm_install.helpers import pip_calls, tiny_vllm_repo
 
 TINY = {"package": "tinyvllm", "version": "0.1.0", "pip_constraints": ["tinyvision==1.0"],
@@ -29,25 +30,6 @@ TINY = {"package": "tinyvllm", "version": "0.1.0", "pip_constraints": ["tinyvisi
 def make_profile(**vllm: Any) -> Profile:
     return Profile(name="vllm-test", description="vllm step test", source="tests",
                    model=ModelSpec(local_path="/nonexistent"), vllm=VllmSpec(**{**TINY, **vllm}))
-
-
-class FakeToolkit(Step):
-    """Stands in for the toolkit step: only its outputs (CUDA_HOME, nvcc, arch) matter here."""
-
-    name = "toolkit"
-    description = "in-test toolkit outputs"
-
-    def __init__(self, outputs: dict[str, Any]) -> None:
-        self._outputs = outputs
-
-    def inputs(self, ctx: RunContext) -> dict[str, Any]:
-        return {}
-
-    def is_done(self, ctx: RunContext) -> Postcondition:
-        return Postcondition(True, "in-test")
-
-    def run(self, ctx: RunContext) -> dict[str, Any]:
-        return self._outputs
 
 
 class Progress(Observer):
@@ -60,7 +42,7 @@ class Progress(Observer):
 
 def up(workdir: Workdir, profile: Profile, *, toolkit: dict[str, Any] | None = None,
        machine: BuildMachine | None = None, observer: Observer | None = None) -> UpResult:
-    steps: list[Step] = [FakeToolkit(toolkit)] if toolkit is not None else []
+    steps: list[Step] = [StandInStep("toolkit", toolkit)] if toolkit is not None else []
     return Runbook([*steps, VllmStep(machine)], workdir, profile).up(Selection(), observer)
 
 
