@@ -8,7 +8,6 @@ named "vllm"), the probe tells so, and the flags dsv4setup passes are accepted b
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -26,15 +25,7 @@ PARSER = Path(__file__).with_name("parse_bench_args.py")
 
 
 def parse(venv: Path, argvs: list[list[str]], tmp_path: Path, pythonpath: Path | None) -> list[dict]:
-    listing = tmp_path / "argvs.json"
-    listing.write_text(json.dumps(argvs))
-    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_NO_USAGE_STATS": "1"}
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
-    done = subprocess.run([str(venv / "bin" / "python"), str(PARSER), str(LAUNCHER), str(listing)], env=env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return profiles_real.parse(venv, argvs, tmp_path, pythonpath, parser=PARSER, parser_args=(str(LAUNCHER),))
 
 
 def our_flags(tmp_path: Path) -> list[str]:

@@ -35,14 +35,16 @@ def vllm_033_python_tree(cache: Path) -> Path:
     return dest
 
 
-def parse(venv: Path, argvs: list[list[str]], tmp_path: Path, pythonpath: Path | None) -> list[dict]:
+def parse(venv: Path, argvs: list[list[str]], tmp_path: Path, pythonpath: Path | None,
+          parser: Path = PARSER, parser_args: tuple[str, ...] = ()) -> list[dict]:
+    """Run `parser` (a script fed vLLM's real argument parser) in the venv over argvs; one result each."""
     listing = tmp_path / "argvs.json"
     listing.write_text(json.dumps(argvs))
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_NO_USAGE_STATS": "1"}
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
-    done = subprocess.run([str(venv / "bin" / "python"), str(PARSER), str(listing)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run([str(venv / "bin" / "python"), str(parser), *parser_args, str(listing)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
