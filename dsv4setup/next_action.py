@@ -32,8 +32,9 @@ class NextAction:
         return {"schema": NEXT_SCHEMA, **asdict(self)}
 
 
-def _up(workdir: Workdir) -> list[str]:
-    return ["dsv4setup", "up", "--workdir", str(workdir.root), "--yes", "--json"]
+def _up(workdir: Workdir, profile: str | None = None) -> list[str]:
+    chosen = ["--profile", profile] if profile else []
+    return ["dsv4setup", "up", "--workdir", str(workdir.root), *chosen, "--yes", "--json"]
 
 
 def _failed_step(state: State) -> str | None:
@@ -72,7 +73,7 @@ def _first_run(workdir: Workdir) -> NextAction:
         return NextAction("fix", ["dsv4setup", "doctor", "--workdir", str(workdir.root), "--json"],
                           exc.message, hint=exc.hint)
     name = resolved.profile.name
-    return NextAction("run", [*_up(workdir)[:4], "--profile", name, "--yes", "--json"],
+    return NextAction("run", _up(workdir, name),
                       f"nothing has run here yet; profile {name} was chosen ({resolved.selected_by}); "
                       "`up` starts with preflight, the same checks as `dsv4setup doctor`", step="preflight")
 
