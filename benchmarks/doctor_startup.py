@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SNAPSHOT = REPO / "tests" / "doctor" / "fixtures" / "rtx-pro-6000-maxq-x2.json"
+DEFAULT_SNAPSHOT = REPO / "tests" / "preflight" / "fixtures" / "rtx-pro-6000-maxq-x2.json"
 TARGET = 1.5
 # The doctor exactly as `dsv4setup` runs it, except that only its own command module is imported.
 ONLY_DOCTOR = ("import importlib, sys; import dsv4setup.cli as cli; "

@@ -3,7 +3,7 @@
 Builds a checkpoint with DeepSeek-V4-Flash proportions (43 layers + 1 MTP layer, 256 routed
 experts in MXFP4 with E8M0 scales, FP8 attention with block scales, ~46 shards, ~155 GB) as
 *sparse* files: real safetensors headers, data regions that take no disk. Serves it from the
-test suite's local hub (tests/hub/hubserver.py), runs `dsv4setup checkpoint lint ORG/NAME`'s
+test suite's local hub (tests/checkpoint/hubserver.py), runs `dsv4setup checkpoint lint ORG/NAME`'s
 code path (real huggingface_hub: model info, config and index downloads, Range reads of each
 shard header) and counts every body byte the hub and its CDN sent. The baseline beside it is
 what `download` would fetch before a local lint could run: every byte.
@@ -27,7 +27,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.hub.hubserver import HubServer  # noqa: E402
+from tests.checkpoint.hubserver import HubServer  # noqa: E402
 
 BYTES = {"BF16": 2, "F32": 4, "F8_E4M3": 1, "F8_E8M0": 1, "I8": 1}
 H, VOCAB, Q_LORA, HEADS, HEAD_DIM, O_LORA, O_GROUPS, MOE_INTER, IDX_HEADS, IDX_DIM = (
@@ -159,7 +159,7 @@ def main() -> None:
               f"{time.perf_counter() - started:.1f} s)")
         with HubServer({repo: {"main": src}}, content_hashes=False) as hub:
             os.environ["HF_ENDPOINT"] = hub.endpoint
-            from dsv4setup.hub.service import parse_target, run_lint
+            from dsv4setup.checkpoint.service import parse_target, run_lint
 
             hub.reset_stats()
             started = time.perf_counter()

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from dsv4setup.engine import Selection
-from dsv4setup.errors import DsvError
-from dsv4setup.lock import current_holder
-from dsv4setup.state import State, StepStatus, load_state
-from dsv4setup.workdir import Workdir
+from dsv4setup.core.engine import Selection
+from dsv4setup.core.errors import DsvError
+from dsv4setup.core.lock import current_holder
+from dsv4setup.core.state import State, StepStatus, load_state
+from dsv4setup.core.workdir import Workdir
 
 NEXT_SCHEMA = "dsv4setup.next/1"
 Action = Literal["run", "fix", "wait", "done"]

@@ -11,13 +11,30 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsv4setup.engine import Runbook, Step
-from dsv4setup.errors import UsageError
+from dsv4setup.core.engine import Runbook, Step
+from dsv4setup.core.errors import UsageError
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.resolve import ResolvedProfile, resolve_profile
-from dsv4setup.steps import OPTIONAL_STEPS, STEP_ORDER, runbook_steps
-from dsv4setup.workdir import Workdir
 
 ENV_RUNBOOK = "DSV4SETUP_RUNBOOK"
+
+# The runbook's steps, in order. Each step is the package of the same name; its `step` module
+# holds the Step (`STEP`), imported only when the runbook is built.
+STEP_ORDER: tuple[str, ...] = (
+    "preflight", "toolkit", "vllm", "patches", "download", "checkpoint", "serve", "smoke",
+)
+OPTIONAL_STEPS: tuple[str, ...] = ("bench",)
+
+
+def load_step(name: str) -> Step:
+    """Import `dsv4setup.<name>.step` and instantiate its STEP class (imports stay lazy)."""
+    module = importlib.import_module(f"dsv4setup.{name}.step")
+    return module.STEP()
+
+
+def runbook_steps(with_bench: bool = False) -> list[Step]:
+    names = STEP_ORDER + (OPTIONAL_STEPS if with_bench else ())
+    return [load_step(n) for n in names]
 
 
 @dataclass

@@ -32,7 +32,7 @@ import numpy as np
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from dsv4setup.fsutil import atomic_write_text
+from dsv4setup.core.fsutil import atomic_write_text
 
 ANSWER_WORD = "ok"  # the tiny model answers " ok ok ok ..." to everything
 BOS, EOS, USER, ASSISTANT = "<bos>", "<eos>", "<|User|>", "<|Assistant|>"

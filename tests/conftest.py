@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import ModelSpec, Profile
-from dsv4setup.workdir import Workdir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

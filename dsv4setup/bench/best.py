@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.workdir import Workdir
+from dsv4setup.core.workdir import Workdir
 
 OVERRIDE_KEY = "spec.num_speculative_tokens"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dsv4setup.bench.matrix import DATASET, TEMPERATURE, Cell
-from dsv4setup.proc import StepLog
+from dsv4setup.core.proc import StepLog
 from dsv4setup.serve.readiness import LogFollower
 from dsv4setup.serve.signatures import FailureMatch, match_failure
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from dsv4setup.bench.client import VllmInfo
 from dsv4setup.bench.matrix import DATASET, TEMPERATURE, Shape
-from dsv4setup.errors import DsvError
+from dsv4setup.core.errors import DsvError
 from dsv4setup.profiles.model import Profile
 
 WHERE_AND_WHEN = ("hardware", "driver", "date")  # the keys compare.py does not hold against a match
@@ -139,8 +139,8 @@ def cpu_model() -> str | None:
 
 def probe_hardware(nvml: ModuleType | None = None) -> dict[str, Any]:
     """A fresh, quick probe for the summary: NVML (driver, GPUs, links) and the host's CPU and memory."""
-    from dsv4setup.hardware.host import cpu_count, ram_bytes
-    from dsv4setup.hardware.nvml import probe_nvml
+    from dsv4setup.preflight.host_facts import cpu_count, ram_bytes
+    from dsv4setup.preflight.nvml import probe_nvml
 
     facts = probe_nvml(nvml)
     return {"driver": facts.driver, "gpus": facts.gpus, "links": facts.links,
@@ -150,7 +150,7 @@ def probe_hardware(nvml: ModuleType | None = None) -> dict[str, Any]:
 
 def hardware_part(snapshot: Mapping[str, Any], tensor_parallel_size: int) -> dict[str, Any]:
     """GPU names and SM of the serving group, how they are linked, and the host (from a hardware snapshot)."""
-    from dsv4setup.hardware.facts import cc_str, gpu_label, interconnect, tp_group, visible_gpus
+    from dsv4setup.preflight.facts import cc_str, gpu_label, interconnect, tp_group, visible_gpus
 
     snap = dict(snapshot)
     group = tp_group(snap, tensor_parallel_size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dsv4setup.errors import UsageError
+from dsv4setup.core.errors import UsageError
 from dsv4setup.profiles.model import Profile
 
 TEMPERATURE = 0.0  # greedy: the same prompts give the same tokens on every machine (matched runs)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from dsv4setup.bench.fingerprint import digest, matched_part
-from dsv4setup.fsutil import atomic_write_text
-from dsv4setup.secrets import redact, redact_obj
+from dsv4setup.core.fsutil import atomic_write_text
+from dsv4setup.core.secrets import redact, redact_obj
 
 SHARED_MODE = 0o644  # reports are meant to be read and passed around (no secrets in them)
 MARKDOWN_NAME = "report.md"

@@ -15,8 +15,8 @@ from typing import Any
 
 from dsv4setup.bench import ROW_SCHEMA
 from dsv4setup.bench.matrix import Cell
-from dsv4setup.errors import UsageError
-from dsv4setup.secrets import redact, redact_obj
+from dsv4setup.core.errors import UsageError
+from dsv4setup.core.secrets import redact, redact_obj
 
 # vLLM result key -> row metric key (vLLM's own names, plus units where vLLM's name has none)
 COPIED = {
@@ -107,7 +107,7 @@ def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 def read_rows(path: Path, *, validate: bool = True) -> list[dict[str, Any]]:
     """The rows of a results.jsonl; a line that is not a valid row is a usage error naming file:line."""
-    from dsv4setup.jsonschemas import validate_document
+    from dsv4setup.core.jsonschemas import validate_document
 
     try:
         text = path.read_text(encoding="utf-8")

@@ -52,11 +52,13 @@ from dsv4setup.bench.fingerprint import (
 )
 from dsv4setup.bench.matrix import Cell, MatrixPlan, execution_order
 from dsv4setup.bench.rows import CellFailure, append_rows, build_row, judge_metrics, metrics_from_result
-from dsv4setup.engine import RunContext
-from dsv4setup.errors import StepError
-from dsv4setup.paths import checkpoint_dir
-from dsv4setup.proc import StepLog
+from dsv4setup.core.engine import RunContext
+from dsv4setup.core.errors import StepError
+from dsv4setup.core.proc import StepLog
+from dsv4setup.core.state import State
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
+from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.serve.apikey import client_api_key
 from dsv4setup.serve.manager import server_state
 from dsv4setup.serve.process import (
@@ -69,8 +71,6 @@ from dsv4setup.serve.process import (
     stop_server,
 )
 from dsv4setup.serve.readiness import LogFollower, base_url, health_status
-from dsv4setup.state import State
-from dsv4setup.workdir import Workdir
 
 PORT_RELEASE_S = 30.0
 
@@ -167,7 +167,7 @@ class MatrixRun:
 
 
 def render_for(session: BenchSession, profile: Profile) -> tuple[list[str], dict[str, str]]:
-    from dsv4setup.steps.serve import effective_profile, render_command
+    from dsv4setup.serve.step import effective_profile, render_command
 
     ctx = session.context(profile)
     return render_command(ctx, effective_profile(ctx))
@@ -229,7 +229,7 @@ def _wait_port_released(record: ServerRecord, log: StepLog, timeout_s: float = P
 
 def ensure_server(session: BenchSession, profile: Profile, label: str) -> ServerUp | CellFailure:
     """The server for this profile, healthy: adopted when it already runs, else started by ServeStep.run."""
-    from dsv4setup.steps.serve import ServeStep
+    from dsv4setup.serve.step import ServeStep
 
     argv, env = render_for(session, profile)
     wanted = command_fingerprint(argv, env)
@@ -393,7 +393,7 @@ def _after_abort(session: BenchSession) -> None:
 
 
 def _smoke_still_valid(workdir: Workdir, record: ServerRecord) -> bool:
-    from dsv4setup.steps.smoke import report_file
+    from dsv4setup.smoke.step import report_file
 
     try:
         doc = json.loads(report_file(workdir).read_text(encoding="utf-8"))
@@ -427,7 +427,7 @@ def restore(session: BenchSession, target: Profile, was_running: bool) -> dict[s
 
 def _smoke(session: BenchSession, target: Profile, k: int) -> dict[str, Any]:
     """The smoke step's own test against the restored server, so `up` finds smoke verified."""
-    from dsv4setup.steps.smoke import SmokeStep
+    from dsv4setup.smoke.step import SmokeStep
 
     session.tell(f"smoke-testing the restored server (k={k})")
     with StepLog(session.workdir.log_file("smoke")) as smoke_log:

@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from dsv4setup import __version__
 from dsv4setup.cli.common import debug_enabled, emit_json, err
-from dsv4setup.errors import EXIT_FAILED, EXIT_USAGE, DsvError
+from dsv4setup.core.errors import EXIT_FAILED, EXIT_USAGE, DsvError
 
 app = typer.Typer(
     name="dsv4setup", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
-from dsv4setup.errors import EXIT_FAILED, DsvError
+from dsv4setup.core.errors import EXIT_FAILED, DsvError
 
 TABLE_WIDTH = 140
 bench_app = typer.Typer(
@@ -95,7 +95,7 @@ def bench(
         return
     from dsv4setup.bench.matrix import plan_matrix
     from dsv4setup.bench.runner import NoProgress, new_run_id
-    from dsv4setup.engine import Selection
+    from dsv4setup.core.engine import Selection
     from dsv4setup.runbook import RunbookRequest, build_runbook
 
     wd = workdir_from(workdir)

@@ -11,10 +11,10 @@ import typer
 
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
-from dsv4setup.errors import EXIT_FAILED
+from dsv4setup.core.errors import EXIT_FAILED
 
 if TYPE_CHECKING:
-    from dsv4setup.hub.service import LintOutcome
+    from dsv4setup.checkpoint.service import LintOutcome
 
 DOWNLOAD_SCHEMA = "dsv4setup.download/1"
 STYLE = {"fail": ("✗", "bold red"), "warn": ("!", "yellow"), "pass": ("✓", "green"), "skip": ("-", "dim")}
@@ -39,9 +39,9 @@ def download(
     and never printed. DSV4SETUP_HF_CACHE=1 downloads into the Hugging Face cache instead.
     """
     from dsv4setup.cli.render import RichObserver
-    from dsv4setup.engine import Selection
+    from dsv4setup.core.engine import Selection
+    from dsv4setup.core.state import load_state
     from dsv4setup.runbook import RunbookRequest, build_runbook
-    from dsv4setup.state import load_state
 
     wd = workdir_from(workdir)
     options = {"download_verify": True} if verify else {}
@@ -67,7 +67,7 @@ def download(
 def _print_download(outputs: dict[str, Any], fetched_now: bool) -> None:
     from rich.markup import escape
 
-    from dsv4setup.hub.disk import human
+    from dsv4setup.download.disk import human
 
     rows = [("path", outputs.get("path")), ("repo", outputs.get("repo")), ("revision", outputs.get("revision")),
             ("files", outputs.get("files")), ("size", human(outputs.get("bytes") or 0)),
@@ -98,8 +98,8 @@ def lint_command(
 
     Exit 0 when no check failed (warnings included), 1 when one did, 2 for a bad target.
     """
-    from dsv4setup.hub.service import lint_doc, parse_target, run_lint
-    from dsv4setup.steps.checkpoint import config_copy_dir
+    from dsv4setup.checkpoint.service import lint_doc, parse_target, run_lint
+    from dsv4setup.checkpoint.step import config_copy_dir
 
     parsed = parse_target(target)
     fix_dir = config_copy_dir(workdir_from(workdir)) if fix else None

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from dsv4setup.secrets import redact, redact_obj
-from dsv4setup.workdir import ENV_WORKDIR, Workdir
+from dsv4setup.core.secrets import redact, redact_obj
+from dsv4setup.core.workdir import ENV_WORKDIR, Workdir
 
 
 def _console(stderr: bool) -> Console:

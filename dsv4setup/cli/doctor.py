@@ -12,13 +12,13 @@ import typer
 
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, WorkdirOpt, emit_json, err, out, workdir_from
-from dsv4setup.errors import EXIT_FAILED, UsageError
+from dsv4setup.core.errors import EXIT_FAILED, UsageError
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from dsv4setup.checks.report import DoctorReport
-    from dsv4setup.checks.result import CheckResult
+    from dsv4setup.core.finding import CheckResult
+    from dsv4setup.preflight.report import DoctorReport
 
 SnapshotOpt = Annotated[Path | None, typer.Option(
     "--snapshot", help="Judge a saved hardware snapshot (JSON) instead of this machine.", show_default=False,
@@ -47,9 +47,9 @@ def doctor(
 
     Exit 0 when no check failed (warnings included), 1 when one did, 2 for a bad --snapshot file.
     """
-    from dsv4setup.checks.report import build_report
-    from dsv4setup.checks.select import select_profile
-    from dsv4setup.hardware.snapshot import load_snapshot, take_snapshot
+    from dsv4setup.preflight.report import build_report
+    from dsv4setup.preflight.select import select_profile
+    from dsv4setup.preflight.snapshot import load_snapshot, take_snapshot
 
     wd = workdir_from(workdir)
     if snapshot is not None:
@@ -77,8 +77,8 @@ def _model_checks(model: str | None, quiet: bool) -> list[CheckResult]:
     """The remote checkpoint lint as `model.*` checks (hub failures come back as one failed check)."""
     if not model:
         return []
-    from dsv4setup.checks.result import CheckResult
-    from dsv4setup.hub.service import remote_lint_checks
+    from dsv4setup.checkpoint.service import remote_lint_checks
+    from dsv4setup.core.finding import CheckResult
 
     repo, _, revision = model.partition("@")
     if repo.count("/") != 1:
@@ -93,7 +93,7 @@ def _model_checks(model: str | None, quiet: bool) -> list[CheckResult]:
 
 
 def _save(path: Path, snap: dict[str, object], quiet: bool) -> None:
-    from dsv4setup.hardware.snapshot import save_snapshot
+    from dsv4setup.preflight.snapshot import save_snapshot
 
     try:
         save_snapshot(path, snap)
@@ -107,7 +107,7 @@ def _save(path: Path, snap: dict[str, object], quiet: bool) -> None:
 def _checks_table(report: DoctorReport, source: str, how: str) -> Table:
     from rich.table import Table
 
-    from dsv4setup.checks.report import ordered_for_display
+    from dsv4setup.preflight.report import ordered_for_display
 
     host = report.snapshot.get("host") or {}
     name = report.profile.name if report.profile else "-"

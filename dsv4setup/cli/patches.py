@@ -12,9 +12,10 @@ from rich.table import Table
 
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, WorkdirOpt, emit_json, err, out, workdir_from
-from dsv4setup.errors import EXIT_FAILED
-from dsv4setup.lock import workdir_lock
-from dsv4setup.patching import (
+from dsv4setup.core.errors import EXIT_FAILED
+from dsv4setup.core.lock import workdir_lock
+from dsv4setup.core.workdir import Workdir
+from dsv4setup.patches import (
     PatchReport,
     Target,
     apply_patches,
@@ -25,8 +26,7 @@ from dsv4setup.patching import (
     patches_doc,
     revert_patches,
 )
-from dsv4setup.patching.report import Action
-from dsv4setup.workdir import Workdir
+from dsv4setup.patches.report import Action
 
 patches_app = typer.Typer(no_args_is_help=True, help="Status, apply and revert of dsv4setup's vLLM patches.")
 app.add_typer(patches_app, name="patches")

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
-from dsv4setup.errors import EXIT_USAGE, UsageError
+from dsv4setup.core.errors import EXIT_USAGE, UsageError
 
 if TYPE_CHECKING:
     from dsv4setup.profiles.model import Profile
@@ -80,9 +80,9 @@ def show(
     json_: JsonOpt = False,
 ) -> None:
     """Show a profile as this workdir would run it: every value with its origin, and the serve command."""
-    from dsv4setup.profiles.render import render_nodes, render_serve
+    from dsv4setup.core.state import load_state
     from dsv4setup.profiles.resolve import resolve_profile
-    from dsv4setup.state import load_state
+    from dsv4setup.serve.command import render_nodes, render_serve
 
     wd = workdir_from(workdir)
     resolved = resolve_profile(wd, name, set_ or [])
@@ -146,9 +146,9 @@ def _short_origin(origin: str) -> str:
 
 def _validate_one(path: Path, named: bool) -> dict[str, Any]:
     """One file: a profile (named: its name must match the file), or a workdir's dsv4setup.yaml."""
+    from dsv4setup.core.workdir import Workdir
     from dsv4setup.profiles.loader import ProfileError, load_named_file, load_profile_file
     from dsv4setup.profiles.resolve import resolve_profile
-    from dsv4setup.workdir import Workdir
 
     try:
         if path.name == Workdir(path.parent).overrides_file.name:
@@ -216,7 +216,7 @@ def import_recipe_cmd(
     json_: JsonOpt = False,
 ) -> None:
     """Write a profile from a vllm-project/recipes model file, applying its overrides for one hardware key."""
-    from dsv4setup.fsutil import atomic_write_text
+    from dsv4setup.core.fsutil import atomic_write_text
     from dsv4setup.profiles.loader import shipped_profile_files, user_profiles_dir
     from dsv4setup.profiles.recipe import IMPORT_SCHEMA, import_recipe
 

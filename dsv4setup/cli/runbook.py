@@ -21,13 +21,13 @@ from dsv4setup.cli.common import (
     workdir_from,
 )
 from dsv4setup.cli.render import RichObserver, decisions_table, status_table
-from dsv4setup.engine import Selection
-from dsv4setup.errors import EXIT_FAILED, UsageError
-from dsv4setup.lock import workdir_lock
-from dsv4setup.proc import tail_lines
+from dsv4setup.core.engine import Selection
+from dsv4setup.core.errors import EXIT_FAILED, UsageError
+from dsv4setup.core.lock import workdir_lock
+from dsv4setup.core.proc import tail_lines
+from dsv4setup.core.state import backup_state, load_state, reset_steps
+from dsv4setup.core.status import status_doc
 from dsv4setup.runbook import RunbookRequest, build_runbook, step_names
-from dsv4setup.state import backup_state, load_state, reset_steps
-from dsv4setup.status import status_doc
 
 StepOpt = Annotated[str | None, typer.Option(help="A step name.")]
 StepsOpt = Annotated[list[str] | None, typer.Option(help="A step name (repeatable).")]
@@ -110,7 +110,7 @@ def plan(
     json_: JsonOpt = False,
 ) -> None:
     """Show what `up` would do, and the exact `vllm serve` command line and environment."""
-    from dsv4setup.profiles.render import render_plan
+    from dsv4setup.serve.command import render_plan
 
     wd = workdir_from(workdir)
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], bench))

@@ -12,10 +12,10 @@ import typer
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
 from dsv4setup.cli.render import RichObserver
-from dsv4setup.engine import Selection, UpResult
-from dsv4setup.errors import EXIT_FAILED, StepError
+from dsv4setup.core.engine import Selection, UpResult
+from dsv4setup.core.errors import EXIT_FAILED, StepError
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.runbook import RunbookRequest, build_runbook
-from dsv4setup.workdir import Workdir
 
 HostOpt = Annotated[str | None, typer.Option(
     help="Bind this address instead of 127.0.0.1 (then an API key is required: $DSV4SETUP_API_KEY, "
@@ -77,7 +77,7 @@ def smoke(
     json_: JsonOpt = False,
 ) -> None:
     """Smoke-test the running server: a chat completion, and MTP drafts made and accepted (from /metrics)."""
-    from dsv4setup.steps.smoke import report_file
+    from dsv4setup.smoke.step import report_file
 
     wd = workdir_from(workdir)
     result = _run_step(wd, "smoke", profile, set_, {}, True, json_)

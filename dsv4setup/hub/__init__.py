@@ -1,18 +1,1 @@
-"""Checkpoints on the Hugging Face hub: verified download and an MTP-aware lint of the metadata.
-
-Modules: `download` (resumable, verified, disk preflight), `meta` / `remote` (metadata read
-locally or from the hub, headers only), `lint` (pure checks), `names` + `fix` (ignore-list
-correction into a config copy), `service` (what the CLI, the steps and doctor call).
-Imports stay lazy: huggingface_hub is only loaded when the hub is used.
-"""
-
-from __future__ import annotations
-
-from typing import Any
-
-
-def remote_lint_checks(repo: str, revision: str = "main") -> list[dict[str, Any]]:
-    """Lint REPO@REVISION on the hub (headers only) as doctor-shaped checks: {id, status, summary, fix}."""
-    from dsv4setup.hub.service import remote_lint_checks as _impl
-
-    return _impl(repo, revision)
+"""Talking to the Hugging Face hub (shared by the download and checkpoint steps): endpoint, token, errors."""

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from dsv4setup.errors import DsvError
+from dsv4setup.core.errors import DsvError
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi

@@ -16,11 +16,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from dsv4setup.errors import UsageError
+from dsv4setup.core.errors import UsageError
+from dsv4setup.core.resources import data_dir
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles import keys
 from dsv4setup.profiles.model import Profile
-from dsv4setup.resources import data_dir
-from dsv4setup.workdir import Workdir
 
 STR_TAG = "tag:yaml.org,2002:str"
 NULL_TAG = "tag:yaml.org,2002:null"

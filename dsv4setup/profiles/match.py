@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from dsv4setup.hardware.facts import cc_str, gpu_label, interconnect, plural, visible_gpus
+from dsv4setup.preflight.facts import cc_str, gpu_label, interconnect, plural, visible_gpus
 from dsv4setup.profiles.model import Profile
 
 # Weight of each satisfied constraint; ties are broken by verified, then name.

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from dsv4setup.core.secrets import SECRET_ENV_VARS
 from dsv4setup.profiles import flags
-from dsv4setup.secrets import SECRET_ENV_VARS
 
 PROFILE_SCHEMA = "dsv4setup.profile/1"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")

@@ -17,8 +17,11 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from dsv4setup.errors import UsageError
-from dsv4setup.fsutil import atomic_write_text
+from dsv4setup.core.errors import UsageError
+from dsv4setup.core.fsutil import atomic_write_text
+from dsv4setup.core.secrets import redact
+from dsv4setup.core.state import now_iso
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles import keys
 from dsv4setup.profiles.loader import (
     Issue,
@@ -30,9 +33,6 @@ from dsv4setup.profiles.loader import (
     restore_plain_strings,
 )
 from dsv4setup.profiles.model import Profile
-from dsv4setup.secrets import redact
-from dsv4setup.state import now_iso
-from dsv4setup.workdir import Workdir
 
 Loc = tuple[keys.Segment, ...]
 NOT_OVERRIDABLE = ("name", "schema")

@@ -22,11 +22,11 @@ import yaml
 from packaging.version import InvalidVersion, Version
 from pydantic import ValidationError
 
-from dsv4setup.errors import UsageError
+from dsv4setup.core.errors import UsageError
+from dsv4setup.core.resources import package_file
 from dsv4setup.profiles import flags
 from dsv4setup.profiles.loader import ProfileError, dotted, read_yaml, validation_issues
 from dsv4setup.profiles.model import NAME_RE, Profile, VllmSpec
-from dsv4setup.resources import package_file
 
 IMPORT_SCHEMA = "dsv4setup.profile-import/1"
 

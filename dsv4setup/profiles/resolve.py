@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.errors import UsageError
+from dsv4setup.core.errors import UsageError
+from dsv4setup.core.state import load_state
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.loader import (
     find_profile_file,
     is_path,
@@ -33,8 +35,6 @@ from dsv4setup.profiles.overrides import (
     set_layer,
     validate_layers,
 )
-from dsv4setup.state import load_state
-from dsv4setup.workdir import Workdir
 
 
 @dataclass
@@ -53,7 +53,7 @@ def _auto_pick(workdir: Workdir) -> str:
     """The best profile for this machine (hardware probe + match ranking, imported lazily)."""
     hint = "run `dsv4setup doctor` to see the recommended profile, then pass --profile NAME"
     try:
-        from dsv4setup.hardware.snapshot import take_snapshot
+        from dsv4setup.preflight.snapshot import take_snapshot
         from dsv4setup.profiles.match import best_profile
     except ImportError as exc:
         raise UsageError(f"no profile chosen, and this dsv4setup cannot pick one by itself ({exc})",
@@ -127,7 +127,7 @@ def persist_sets(workdir: Workdir, name: str | None, sets: list[str]) -> Resolve
     Each item is checked like `--set`; the merged profile must still validate, else the file
     is restored as it was and the error says why.
     """
-    from dsv4setup.fsutil import atomic_write_text
+    from dsv4setup.core.fsutil import atomic_write_text
     from dsv4setup.profiles.overrides import parse_set, write_override
 
     resolve_profile(workdir, name, sets)  # the same values as --set must resolve first

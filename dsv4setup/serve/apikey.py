@@ -1,7 +1,7 @@
 """The API key of a server bound beyond loopback: the user's, or one generated and kept 0600.
 
 The key reaches vLLM through VLLM_API_KEY in its environment (never argv), and every value is
-registered with dsv4setup.secrets so that logs, state and JSON show *** instead.
+registered with dsv4setup.core.secrets so that logs, state and JSON show *** instead.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import os
 import secrets as pysecrets
 from pathlib import Path
 
-from dsv4setup.fsutil import atomic_write_text
-from dsv4setup.secrets import register_secret
+from dsv4setup.core.fsutil import atomic_write_text
+from dsv4setup.core.secrets import register_secret
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.readiness import is_loopback
-from dsv4setup.workdir import Workdir
 
 USER_KEY_ENV = "DSV4SETUP_API_KEY"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dsv4setup.errors import DsvError
+from dsv4setup.core.errors import DsvError
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.process import ServerRecord, StopReport, is_ours, read_record, stop_server
 from dsv4setup.serve.readiness import base_url, health_status
-from dsv4setup.workdir import Workdir
 
 SERVE_SCHEMA = "dsv4setup.serve/1"
 DOWN_SCHEMA = "dsv4setup.down/1"

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import psutil
 
-from dsv4setup.errors import StepError
-from dsv4setup.fsutil import atomic_write_json, atomic_write_text
-from dsv4setup.state import now_iso
-from dsv4setup.workdir import Workdir
+from dsv4setup.core.errors import StepError
+from dsv4setup.core.fsutil import atomic_write_json, atomic_write_text
+from dsv4setup.core.state import now_iso
+from dsv4setup.core.workdir import Workdir
 
 SERVE_ID_ENV = "DSV4SETUP_SERVE_ID"
 TMP_PREFIX = "dsv4setup-serve-"

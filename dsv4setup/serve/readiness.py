@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from dsv4setup.errors import StepError
+from dsv4setup.core.errors import StepError
 from dsv4setup.serve.signatures import FailureMatch, match_failure
 
 # (phase, pattern) in startup order; the phase of the latest matching line wins

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from dsv4setup.resources import package_file
+from dsv4setup.core.resources import package_file
 
 KNOWN_FAILURES_FILE = package_file("known_failures.yaml")
 

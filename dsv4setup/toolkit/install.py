@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from dsv4setup.errors import UsageError
-from dsv4setup.proc import StepLog, run_logged
+from dsv4setup.core.errors import UsageError
+from dsv4setup.core.proc import StepLog, run_logged
 from dsv4setup.toolkit.arch import parse_release
 from dsv4setup.toolkit.nvcc import HostTools
-from dsv4setup.vllm_install.venv import create_venv, pip
+from dsv4setup.vllm.venv import create_venv, pip
 
 Route = Literal["pip", "conda"]
 CondaChannel = Literal["nvidia", "conda-forge"]

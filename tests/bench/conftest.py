@@ -16,9 +16,9 @@ from typing import Any
 import psutil
 import pytest
 
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import BenchShape, BenchSpec, ModelSpec, Profile, ServeSpec, SmokeSpec, SpecConfig
 from dsv4setup.serve.process import SERVE_ID_ENV
-from dsv4setup.workdir import Workdir
 
 STANDIN = Path(__file__).with_name("standin")
 FIXTURES = Path(__file__).with_name("fixtures")

@@ -6,10 +6,10 @@ the full runbook is the lead's e2e test.
 
 from __future__ import annotations
 
-from dsv4setup.engine import Step
-from dsv4setup.steps.bench import BenchStep
-from dsv4setup.steps.serve import ServeStep
-from dsv4setup.steps.smoke import SmokeStep
+from dsv4setup.bench.step import BenchStep
+from dsv4setup.core.engine import Step
+from dsv4setup.serve.step import ServeStep
+from dsv4setup.smoke.step import SmokeStep
 
 
 def steps() -> list[Step]:

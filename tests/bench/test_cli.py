@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from dsv4setup.errors import EXIT_FAILED, EXIT_USAGE
-from dsv4setup.jsonschemas import validate_document
-from dsv4setup.workdir import Workdir
+from dsv4setup.core.errors import EXIT_FAILED, EXIT_USAGE
+from dsv4setup.core.jsonschemas import validate_document
+from dsv4setup.core.workdir import Workdir
 
 from .conftest import FIXTURES, changed, cli_env, load_rows, standin_profile
 

@@ -11,9 +11,9 @@ import yaml
 
 from dsv4setup.bench.best import apply_best, choose_best, pick_for_profile
 from dsv4setup.bench.compare import compare
-from dsv4setup.jsonschemas import validate_document
+from dsv4setup.core.jsonschemas import validate_document
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.resolve import resolve_profile
-from dsv4setup.workdir import Workdir
 
 from .conftest import changed, load_rows
 

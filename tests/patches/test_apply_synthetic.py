@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import dsv4setup.patching.backups as backups_mod
-from dsv4setup.errors import DsvError
-from dsv4setup.patching import (
+import dsv4setup.patches.backups as backups_mod
+from dsv4setup.core.errors import DsvError
+from dsv4setup.patches import (
     PatchConflictError,
     apply_patches,
     check_patches,
@@ -16,7 +16,7 @@ from dsv4setup.patching import (
     load_manifest,
     revert_patches,
 )
-from dsv4setup.patching.difftool import run_diff
+from dsv4setup.patches.difftool import run_diff
 from tests.patches.conftest import Synth, build_synth
 from tests.patches.helpers import diff_patch, make_site_packages, snapshot, unified_diff, write_manifest
 

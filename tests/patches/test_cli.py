@@ -10,11 +10,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-import dsv4setup.patching.manifest as manifest_mod
+import dsv4setup.patches.manifest as manifest_mod
 from dsv4setup.cli import main
-from dsv4setup.lock import workdir_lock
-from dsv4setup.resources import package_file
-from dsv4setup.workdir import Workdir
+from dsv4setup.core.lock import workdir_lock
+from dsv4setup.core.resources import package_file
+from dsv4setup.core.workdir import Workdir
 from tests.patches.conftest import Synth
 from tests.patches.helpers import snapshot
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dsv4setup.patching.manifest import ManifestError, diff_targets, load_manifest
+from dsv4setup.patches.manifest import ManifestError, diff_targets, load_manifest
 from tests.patches.conftest import Synth
 
 

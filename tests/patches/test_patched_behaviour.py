@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from dsv4setup.patching import apply_patches, find_target, load_manifest
+from dsv4setup.patches import apply_patches, find_target, load_manifest
 
 SPECULATIVE = "vllm/config/speculative.py"
 PROBE = Path(__file__).with_name("draft_config_probe.py")

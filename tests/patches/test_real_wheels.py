@@ -16,8 +16,8 @@ import jsonschema
 import pytest
 
 from dsv4setup.cli import main
-from dsv4setup.patching import find_target, load_manifest
-from dsv4setup.resources import package_file
+from dsv4setup.core.resources import package_file
+from dsv4setup.patches import find_target, load_manifest
 from tests.patches.helpers import extract_wheel, manifest_paths, snapshot, wheel_bytes
 
 pytestmark = pytest.mark.slow

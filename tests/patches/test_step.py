@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from dsv4setup.engine import Runbook, RunContext, Selection
-from dsv4setup.errors import StepError
+from dsv4setup.core.engine import Runbook, RunContext, Selection
+from dsv4setup.core.errors import StepError
+from dsv4setup.core.state import State, load_state
+from dsv4setup.core.workdir import Workdir
+from dsv4setup.patches.step import PatchesStep, profile_patches
 from dsv4setup.profiles.model import Profile
-from dsv4setup.state import State, load_state
-from dsv4setup.steps.patches import PatchesStep, profile_patches
-from dsv4setup.workdir import Workdir
 from tests.patches.conftest import build_synth
 from tests.patches.helpers import build_wheel, snapshot
 

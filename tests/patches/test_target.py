@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dsv4setup.errors import DsvError, UsageError
-from dsv4setup.patching.target import default_target, find_target, parse_record, record_hash_to_hex
-from dsv4setup.workdir import Workdir
+from dsv4setup.core.errors import DsvError, UsageError
+from dsv4setup.core.workdir import Workdir
+from dsv4setup.patches.target import default_target, find_target, parse_record, record_hash_to_hex
 from tests.patches.helpers import make_site_packages, record_hash
 
 

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from dsv4setup.cli import main
-from dsv4setup.resources import package_file
+from dsv4setup.core.resources import package_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dsv4setup.errors import EXIT_USAGE
+from dsv4setup.core.errors import EXIT_USAGE
 from dsv4setup.profiles.loader import ProfileError, load_all_profiles, load_profile_file, shipped_profile_files
 from dsv4setup.profiles.model import json_schema
 from tests.profiles.conftest import assert_valid, schema

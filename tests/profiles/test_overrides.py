@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dsv4setup.errors import EXIT_USAGE, UsageError
+from dsv4setup.core.errors import EXIT_USAGE, UsageError
+from dsv4setup.core.state import State, save_state
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.loader import ProfileError, shipped_profile_files
 from dsv4setup.profiles.overrides import parse_set, set_in_yaml_text, write_override
 from dsv4setup.profiles.resolve import resolve_profile
-from dsv4setup.state import State, save_state
-from dsv4setup.workdir import Workdir
 from tests.profiles.conftest import assert_valid
 
 MAXQ = "rtx-pro-6000-maxq-x2"
@@ -237,7 +237,7 @@ def test_a_stale_name_in_state_says_where_it_came_from(workdir: Workdir) -> None
 
 
 def test_auto_pick_with_the_real_probe_and_matcher(workdir: Workdir) -> None:
-    from dsv4setup.hardware.snapshot import take_snapshot
+    from dsv4setup.preflight.snapshot import take_snapshot
 
     if take_snapshot(workdir)["gpus"]:
         pytest.skip("this machine has NVIDIA GPUs: the pick depends on which")

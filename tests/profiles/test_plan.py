@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from dsv4setup.engine import Runbook, Selection
-from dsv4setup.profiles.render import render_plan
+from dsv4setup.core.engine import Runbook, Selection
+from dsv4setup.core.state import State, StepRecord, StepStatus, save_state
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.resolve import resolve_profile
-from dsv4setup.state import State, StepRecord, StepStatus, save_state
-from dsv4setup.workdir import Workdir
-from tests.engine import steps_for_tests
+from dsv4setup.serve.command import render_plan
+from tests.core import steps_for_tests
 from tests.profiles.conftest import assert_valid
 
 
@@ -21,7 +21,7 @@ def marker_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine tests' small real steps stand in for the runbook (DSV4SETUP_RUNBOOK extension point)."""
     monkeypatch.setenv("TEST_STEPS_DIR", str(tmp_path / "markers"))
     (tmp_path / "markers").mkdir()
-    monkeypatch.setenv("DSV4SETUP_RUNBOOK", "tests.engine.steps_for_tests:steps")
+    monkeypatch.setenv("DSV4SETUP_RUNBOOK", "tests.core.steps_for_tests:steps")
 
 
 def test_plan_document_takes_outputs_from_state(workdir: Workdir, marker_steps: None) -> None:
@@ -77,7 +77,7 @@ def test_plan_cli_bad_set_exits_2(workdir: Workdir, marker_steps: None, cli) -> 
 
 
 def test_plan_cli_with_the_real_runbook_on_an_empty_workdir(workdir: Workdir, cli) -> None:
-    from dsv4setup.steps import STEP_ORDER
+    from dsv4setup.runbook import STEP_ORDER
 
     result = cli("plan", "--workdir", str(workdir.root), "--profile", "cpu-tiny", "--json")
     assert result.code == 0, result.stderr

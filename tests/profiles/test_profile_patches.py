@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dsv4setup.patching.manifest import load_manifest
+from dsv4setup.patches.manifest import load_manifest
 from dsv4setup.profiles.loader import load_all_profiles
 
 

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from dsv4setup.cli import main
-from dsv4setup.jsonschemas import validate_document
+from dsv4setup.core.jsonschemas import validate_document
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.resolve import resolve_profile
-from dsv4setup.workdir import Workdir
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

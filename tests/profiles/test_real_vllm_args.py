@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.loader import load_all_profiles
 from dsv4setup.profiles.recipe import import_recipe
-from dsv4setup.profiles.render import render_serve
-from dsv4setup.workdir import Workdir
+from dsv4setup.serve.command import render_serve
 from tests.patches.helpers import VLLM_033, ensure_wheel
 from tests.profiles.conftest import FIXTURES
 from tests.serve.vllm_cpu import ensure_vllm_cpu_venv

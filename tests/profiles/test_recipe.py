@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from dsv4setup.errors import EXIT_USAGE, UsageError
+from dsv4setup.core.errors import EXIT_USAGE, UsageError
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.loader import load_profile_file
 from dsv4setup.profiles.recipe import import_recipe
-from dsv4setup.profiles.render import render_serve
 from dsv4setup.profiles.resolve import resolve_profile
-from dsv4setup.workdir import Workdir
+from dsv4setup.serve.command import render_serve
 from tests.profiles.conftest import FIXTURES, assert_valid
 
 RECIPE = FIXTURES / "recipe-dsv4-flash.yaml"

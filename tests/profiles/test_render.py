@@ -7,12 +7,12 @@ import shlex
 
 import pytest
 
-from dsv4setup.paths import checkpoint_dir
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.loader import load_all_profiles
 from dsv4setup.profiles.model import Profile
-from dsv4setup.profiles.render import API_SERVER_MODULE, render_nodes, render_serve
+from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.profiles.resolve import resolve_profile
-from dsv4setup.workdir import Workdir
+from dsv4setup.serve.command import API_SERVER_MODULE, render_nodes, render_serve
 
 PROFILES = {p.name: p for p in load_all_profiles()}
 

@@ -12,7 +12,7 @@ import jsonschema
 import psutil
 import pytest
 
-from dsv4setup.resources import package_file
+from dsv4setup.core.resources import package_file
 from dsv4setup.serve.process import SERVE_ID_ENV, ServerRecord
 
 FAKE_SERVER = Path(__file__).with_name("fake_server.py")

@@ -6,9 +6,9 @@ import stat
 
 import pytest
 
-from dsv4setup.secrets import redact
+from dsv4setup.core.secrets import redact
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.apikey import api_key_file, client_api_key, server_api_key
-from dsv4setup.workdir import Workdir
 
 
 @pytest.fixture(autouse=True)

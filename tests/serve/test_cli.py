@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dsv4setup.workdir import Workdir
+from dsv4setup.core.workdir import Workdir
 
 from .conftest import validate
 

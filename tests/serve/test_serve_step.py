@@ -13,15 +13,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-import dsv4setup.steps.serve as serve_module
-from dsv4setup.engine import Runbook, RunContext, Selection
+import dsv4setup.serve.step as serve_module
+from dsv4setup.core.engine import Runbook, RunContext, Selection
+from dsv4setup.core.state import StepStatus, load_state, save_state
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import ModelSpec, Profile, ServeSpec
 from dsv4setup.serve.apikey import api_key_file
 from dsv4setup.serve.manager import down, server_state
 from dsv4setup.serve.process import read_record, start_server, write_record
-from dsv4setup.state import StepStatus, load_state, save_state
-from dsv4setup.steps.serve import ServeStep
-from dsv4setup.workdir import Workdir
+from dsv4setup.serve.step import ServeStep
 
 from .conftest import fake_argv, processes_with_id, validate
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dsv4setup.errors import UsageError
+from dsv4setup.core.errors import UsageError
 from dsv4setup.toolkit.arch import (
     arch_from_capability,
     arch_table,

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from dsv4setup.engine import Runbook, Selection
+from dsv4setup.core.engine import Runbook, Selection
+from dsv4setup.core.state import load_state
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import ModelSpec, Profile, ToolkitSpec
-from dsv4setup.state import load_state
-from dsv4setup.steps.toolkit import ToolkitStep
 from dsv4setup.toolkit.nvcc import HostTools, compile_probe, nvcc_release
-from dsv4setup.workdir import Workdir
+from dsv4setup.toolkit.step import ToolkitStep
 
 pytestmark = pytest.mark.slow
 NOWHERE = HostTools(path="", nvcc_dirs=())  # no conda, no system nvcc: whatever this machine has

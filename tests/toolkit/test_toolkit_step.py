@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from dsv4setup.engine import Runbook, Selection, Step
+from dsv4setup.core.engine import Runbook, Selection, Step
+from dsv4setup.core.state import StepStatus, load_state
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import ModelSpec, Profile, ToolkitSpec
-from dsv4setup.state import StepStatus, load_state
-from dsv4setup.steps.toolkit import ToolkitStep
 from dsv4setup.toolkit.nvcc import HostTools
-from dsv4setup.workdir import Workdir
-from tests.engine.steps_for_tests import StandInStep
+from dsv4setup.toolkit.step import ToolkitStep
+from tests.core.steps_for_tests import StandInStep
 from tests.toolkit.fakes import calls, fake_nvcc_text, write_fake_nvcc, write_recording_fake_conda
 
 

@@ -1,0 +1,282 @@
+"""The runbook engine: ordered steps, fingerprints, verified postconditions, resume.
+
+A step is skipped only when its last run finished, its input fingerprint is unchanged and
+its postcondition still holds on the machine. Decisions are taken just before each step
+runs, so a step re-run earlier in the same `up` (say, vLLM reinstalled) makes the next
+step's postcondition fail (patches gone) and that step runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from dsv4setup.core.errors import DsvError, StepError, UsageError
+from dsv4setup.core.lock import workdir_lock
+from dsv4setup.core.proc import StepLog, tail_lines
+from dsv4setup.core.state import State, StepErrorInfo, StepStatus, load_state, now_iso, save_state
+from dsv4setup.core.workdir import Workdir
+from dsv4setup.profiles.model import Profile
+
+
+@dataclass(frozen=True)
+class Postcondition:
+    ok: bool
+    detail: str
+
+
+@dataclass
+class RunContext:
+    """What a step sees: the workdir, the resolved profile, options, earlier steps' outputs."""
+
+    workdir: Workdir
+    profile: Profile
+    state: State
+    options: dict[str, Any] = field(default_factory=dict)
+    log: StepLog | None = None
+    progress: Callable[[str], None] = lambda _msg: None
+
+    def output(self, step: str) -> dict[str, Any]:
+        record = self.state.steps.get(step)
+        return dict(record.outputs) if record else {}
+
+    def require_log(self) -> StepLog:
+        if self.log is None:
+            raise RuntimeError("step log is only open while a step runs")
+        return self.log
+
+
+class Step(ABC):
+    """One checked, resumable step: inputs -> fingerprint, is_done that verifies, run."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def not_applicable(self, ctx: RunContext) -> str | None:
+        """A reason this step has nothing to do for this profile (recorded as skipped)."""
+        return None
+
+    @abstractmethod
+    def inputs(self, ctx: RunContext) -> dict[str, Any]:
+        """The inputs whose change must re-run the step (profile section, versions, paths)."""
+
+    @abstractmethod
+    def is_done(self, ctx: RunContext) -> Postcondition:
+        """Verify the postcondition on the machine itself, not in the state file."""
+
+    @abstractmethod
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        """Do the work; return outputs for later steps; raise StepError with a hint on failure."""
+
+
+def fingerprint(inputs: dict[str, Any]) -> str:
+    blob = json.dumps(inputs, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+Action = Literal["run", "skip", "not-selected"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    step: str
+    action: Action
+    reason: str
+    description: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"step": self.step, "action": self.action, "reason": self.reason,
+                "description": self.description}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which steps `up` touches: --from/--until/--only, and --redo to force some."""
+
+    start: str | None = None
+    until: str | None = None
+    only: tuple[str, ...] = ()
+    redo: tuple[str, ...] = ()
+
+    def selected(self, names: Sequence[str]) -> list[str]:
+        for flag, value in (("--from", self.start), ("--until", self.until), *(
+                ("--only", o) for o in self.only), *(("--redo", r) for r in self.redo)):
+            if value is not None and value not in names:
+                raise UsageError(f"{flag} {value}: no such step", hint=f"steps are: {', '.join(names)}")
+        if self.only:
+            return [n for n in names if n in self.only]
+        lo = names.index(self.start) if self.start else 0
+        hi = names.index(self.until) if self.until else len(names) - 1
+        if lo > hi:
+            raise UsageError(f"--from {self.start} comes after --until {self.until}")
+        return list(names[lo:hi + 1])
+
+
+class Observer:
+    """Hooks for the UI. The engine knows nothing of terminals."""
+
+    def decided(self, decision: Decision) -> None: ...
+    def started(self, step: Step, attempt: int) -> None: ...
+    def progress(self, step: Step, message: str) -> None: ...
+    def finished(self, step: Step, status: StepStatus, detail: str) -> None: ...
+    def failed(self, step: Step, error: StepErrorInfo, log_tail: list[str]) -> None: ...
+
+
+@dataclass
+class UpResult:
+    ok: bool
+    decisions: list[Decision]
+    failed_step: str | None = None
+    error: StepErrorInfo | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+
+class Runbook:
+    def __init__(self, steps: Sequence[Step], workdir: Workdir, profile: Profile,
+                 options: dict[str, Any] | None = None) -> None:
+        self.steps = list(steps)
+        self.by_name = {s.name: s for s in self.steps}
+        self.workdir = workdir
+        self.profile = profile
+        self.options = dict(options or {})
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+    def context(self, state: State) -> RunContext:
+        return RunContext(self.workdir, self.profile, state, self.options)
+
+    def decide(self, step: Step, state: State, selection: Selection) -> Decision:
+        """Will this step run, and why. Calls is_done: the machine, not the state file, is the truth."""
+        if step.name not in selection.selected(self.names):
+            return Decision(step.name, "not-selected", "outside --from/--until/--only", step.description)
+        ctx = self.context(state)
+        record = state.step(step.name)
+        if step.name in selection.redo:
+            return Decision(step.name, "run", "forced by --redo", step.description)
+        reason = step.not_applicable(ctx)
+        if reason is not None:
+            if record.status == StepStatus.SKIPPED:
+                return Decision(step.name, "skip", f"not applicable: {reason}", step.description)
+            return Decision(step.name, "run", f"to record: not applicable ({reason})", step.description)
+        if record.is_interrupted():
+            return Decision(step.name, "run", "interrupted last time (its process is gone)", step.description)
+        if record.status == StepStatus.RUNNING:
+            return Decision(step.name, "run", "left running by an earlier run", step.description)
+        if record.status != StepStatus.DONE:
+            why = {"pending": "not run yet", "failed": "failed last time"}.get(record.status.value,
+                                                                              record.status.value)
+            return Decision(step.name, "run", why, step.description)
+        inputs = step.inputs(ctx)
+        if fingerprint(inputs) != record.fingerprint:
+            changed = sorted(k for k in set(inputs) | set(record.fingerprint_inputs)
+                             if json.dumps(inputs.get(k), sort_keys=True, default=str)
+                             != json.dumps(record.fingerprint_inputs.get(k), sort_keys=True, default=str))
+            return Decision(step.name, "run", f"inputs changed: {', '.join(changed) or 'fingerprint'}",
+                            step.description)
+        post = step.is_done(ctx)
+        if not post.ok:
+            return Decision(step.name, "run", f"drift: {post.detail}", step.description)
+        return Decision(step.name, "skip", f"done, verified: {post.detail}", step.description)
+
+    def check_needs(self, state: State, selection: Selection) -> None:
+        chosen = selection.selected(self.names)
+        for name in chosen:
+            for need in self.by_name[name].needs:
+                if need in chosen or need not in self.by_name:
+                    continue
+                if state.step(need).status not in (StepStatus.DONE, StepStatus.SKIPPED):
+                    raise UsageError(f"step {name} needs step {need}, which is not done",
+                                     hint=f"run `dsv4setup up --until {need}` first, or widen --from/--only")
+
+    def plan(self, selection: Selection) -> list[Decision]:
+        """What `up` would do now (dry run). Reads state; never writes."""
+        state = load_state(self.workdir.state_file)
+        self.check_needs(state, selection)
+        return [self.decide(step, state, selection) for step in self.steps]
+
+    def up(self, selection: Selection, observer: Observer | None = None) -> UpResult:
+        obs = observer or Observer()
+        self.workdir.ensure()
+        with workdir_lock(self.workdir.lock_file, "up"):
+            state = load_state(self.workdir.state_file)
+            self.check_needs(state, selection)
+            state.profile = self.profile.name
+            decisions: list[Decision] = []
+            for step in self.steps:
+                decision = self.decide(step, state, selection)
+                decisions.append(decision)
+                obs.decided(decision)
+                if decision.action != "run":
+                    continue
+                error, tail = self._run_step(step, state, obs)
+                if error is not None:
+                    return UpResult(False, decisions, step.name, error, tail)
+            return UpResult(True, decisions)
+
+    def _run_step(self, step: Step, state: State, obs: Observer) -> tuple[StepErrorInfo | None, list[str]]:
+        record = state.step(step.name)
+        ctx = self.context(state)
+        log_path = self.workdir.log_file(step.name)
+        record.status = StepStatus.RUNNING
+        record.attempts += 1
+        record.pid = os.getpid()
+        record.started_at, record.finished_at, record.error = now_iso(), None, None
+        save_state(self.workdir.state_file, state)
+        obs.started(step, record.attempts)
+        with StepLog(log_path) as log:
+            log.section(f"{step.name}: attempt {record.attempts} (pid {os.getpid()})")
+            ctx.log = log
+            ctx.progress = lambda msg: (log.line(f"-- {msg}"), obs.progress(step, msg))[-1]
+            try:
+                skipped = step.not_applicable(ctx)
+                if skipped is not None:
+                    outputs, status, detail = {"not_applicable": skipped}, StepStatus.SKIPPED, skipped
+                else:
+                    inputs = step.inputs(ctx)
+                    outputs = step.run(ctx)
+                    post = step.is_done(ctx)
+                    if not post.ok:
+                        raise StepError(f"{step.name} ran but its postcondition fails: {post.detail}",
+                                        hint=f"see {log_path}")
+                    record.fingerprint, record.fingerprint_inputs = fingerprint(inputs), inputs
+                    status, detail = StepStatus.DONE, post.detail
+            except DsvError as exc:
+                log.line(f"FAILED: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""))
+                known = getattr(exc, "known_failure", None)
+                return self._fail(step, state, StepErrorInfo(message=exc.message, hint=exc.hint,
+                                                              log=str(log_path), known_failure=known), obs)
+            except KeyboardInterrupt:
+                log.line("INTERRUPTED by the user")
+                self._fail(step, state, StepErrorInfo(message="interrupted by the user", log=str(log_path),
+                                                      hint="run `dsv4setup up` again to resume"), obs)
+                raise
+            except Exception as exc:  # a bug: record it, keep the traceback in the log, never lose state
+                log.write(traceback.format_exc())
+                return self._fail(step, state, StepErrorInfo(
+                    message=f"internal error in step {step.name}: {type(exc).__name__}: {exc}",
+                    hint=f"the traceback is in {log_path}; please report it", log=str(log_path)), obs)
+            log.line(f"{status.value.upper()}: {detail}")
+        record.status, record.outputs = status, outputs
+        record.pid, record.finished_at = None, now_iso()
+        save_state(self.workdir.state_file, state)
+        obs.finished(step, status, detail)
+        return None, []
+
+    def _fail(self, step: Step, state: State, error: StepErrorInfo,
+              obs: Observer) -> tuple[StepErrorInfo, list[str]]:
+        record = state.step(step.name)
+        record.status, record.error = StepStatus.FAILED, error
+        record.pid, record.finished_at = None, now_iso()
+        save_state(self.workdir.state_file, state)
+        tail = tail_lines(self.workdir.log_file(step.name))
+        obs.failed(step, error, tail)
+        return error, tail

@@ -1,0 +1,85 @@
+"""Step logs and subprocesses whose output goes to them, secrets redacted."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from dsv4setup.core.errors import StepError
+from dsv4setup.core.secrets import redact
+from dsv4setup.core.state import now_iso
+
+
+class StepLog:
+    """Append-only log of one step (`logs/<step>.log`), one section per attempt."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: TextIO = path.open("a", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        self._fh.write(redact(text))
+        self._fh.flush()
+
+    def line(self, text: str) -> None:
+        self.write(text.rstrip("\n") + "\n")
+
+    def section(self, title: str) -> None:
+        self.line(f"===== {now_iso()} {title}")
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> StepLog:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def tail_lines(path: Path, count: int = 20) -> list[str]:
+    """The last `count` lines of a log (empty when there is none)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            return [line.rstrip("\n") for line in deque(fh, maxlen=count)]
+    except OSError:
+        return []
+
+
+def run_logged(
+    argv: Sequence[str | os.PathLike[str]],
+    log: StepLog,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    what: str | None = None,
+    hint: str | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> None:
+    """Run argv (no shell), stream stdout+stderr into the log; raise StepError on a non-zero exit.
+
+    `env` entries are added to the current environment. The command line is logged, the
+    environment is not (it may hold tokens).
+    """
+    args = [str(a) for a in argv]
+    log.line(f"$ {' '.join(args)}")
+    full_env = {**os.environ, **(env or {})}
+    try:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", env=full_env, cwd=cwd, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        raise StepError(f"{what or args[0]}: cannot start {args[0]}: {exc.strerror}", hint=hint) from None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        log.write(line)
+        if on_line is not None:
+            on_line(line.rstrip("\n"))
+    code = proc.wait()
+    log.line(f"[exit {code}]")
+    if code != 0:
+        raise StepError(f"{what or args[0]} failed with exit code {code} (see {log.path})", hint=hint)

@@ -1,0 +1,140 @@
+"""The state file: what each step did, when, with which inputs, and how it ended."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import psutil
+from pydantic import BaseModel, Field, ValidationError
+
+from dsv4setup.core.errors import StateError
+from dsv4setup.core.fsutil import atomic_write_json
+
+STATE_SCHEMA = "dsv4setup.state/1"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class StepErrorInfo(BaseModel):
+    message: str
+    hint: str | None = None
+    log: str | None = None
+    known_failure: str | None = None
+
+
+class StepRecord(BaseModel):
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    pid: int | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    fingerprint: str | None = None
+    fingerprint_inputs: dict[str, Any] = Field(default_factory=dict)
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    error: StepErrorInfo | None = None
+
+    def is_interrupted(self) -> bool:
+        """A step left 'running' by a process that no longer exists."""
+        return self.status == StepStatus.RUNNING and not _pid_alive(self.pid)
+
+
+class State(BaseModel):
+    schema_: str = Field(default=STATE_SCHEMA, alias="schema")
+    created_at: str = Field(default_factory=now_iso)
+    updated_at: str = Field(default_factory=now_iso)
+    profile: str | None = None
+    steps: dict[str, StepRecord] = Field(default_factory=dict)
+
+    model_config = {"populate_by_name": True}
+
+    def step(self, name: str) -> StepRecord:
+        return self.steps.setdefault(name, StepRecord())
+
+    def to_doc(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _recover_hint(path: Path, step: str | None = None) -> str:
+    hint = f"inspect {path}; `dsv4setup reset --all` moves it aside to a backup and starts fresh"
+    return hint + (f", `dsv4setup reset --step {step}` clears only that step" if step else "")
+
+
+def _read_doc(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StateError(f"state file {path} is corrupt: {exc}", hint=_recover_hint(path)) from None
+    if not isinstance(doc, dict) or doc.get("schema") != STATE_SCHEMA:
+        found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+        raise StateError(f"state file {path} has schema {found!r}, this dsv4setup reads {STATE_SCHEMA!r}",
+                         hint=_recover_hint(path))
+    return doc
+
+
+def _validate(path: Path, doc: dict[str, Any]) -> State:
+    try:
+        return State.model_validate(doc)
+    except ValidationError as exc:
+        loc = exc.errors()[0]["loc"]
+        where = ".".join(str(p) for p in loc)
+        step = str(loc[1]) if len(loc) > 1 and loc[0] == "steps" else None
+        raise StateError(f"state file {path} is invalid at {where}: {exc.errors()[0]['msg']}",
+                         hint=_recover_hint(path, step)) from None
+
+
+def load_state(path: Path) -> State:
+    """Read the state file; a missing file is a fresh state, a bad one is a StateError (never discarded)."""
+    if not path.exists():
+        return State()
+    return _validate(path, _read_doc(path))
+
+
+def reset_steps(path: Path, names: list[str]) -> State:
+    """Forget these steps' records (they run again). Works on a state whose only damage is in them."""
+    if not path.exists():
+        return State()
+    doc = _read_doc(path)
+    steps = doc.get("steps")
+    if isinstance(steps, dict):
+        for name in names:
+            steps.pop(name, None)
+    state = _validate(path, doc)
+    save_state(path, state)
+    return state
+
+
+def save_state(path: Path, state: State) -> None:
+    state.updated_at = now_iso()
+    atomic_write_json(path, state.to_doc())
+
+
+def backup_state(path: Path) -> Path | None:
+    """Move the state file aside (reset --all): nothing is ever silently discarded."""
+    if not path.exists():
+        return None
+    backup = path.with_name(f"{path.name}.bak-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}")
+    path.rename(backup)
+    return backup

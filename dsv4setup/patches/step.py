@@ -1,0 +1,112 @@
+"""patches: apply the profile's vLLM patches (patches/index.yaml) to the serving venv, verified.
+
+The postcondition reads the installed files, not the state file: a reinstall of vLLM puts the
+wheel's pristine files back, the next `up` sees the patch as applicable (drift) and applies it
+again. A listed fix that is already upstream in the installed vLLM counts as done.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.errors import DsvError, StepError
+from dsv4setup.patches import (
+    Manifest,
+    PatchConflictError,
+    PatchReport,
+    Target,
+    apply_patches,
+    check_patches,
+    default_target,
+    find_target,
+    load_manifest,
+    reinstall_hint,
+)
+
+
+def step_target(ctx: RunContext) -> Target:
+    """The vLLM the vllm step installed (its site-packages output), else the workdir's serving venv."""
+    site = ctx.output("vllm").get("site_packages")
+    return find_target(Path(site)) if site and Path(site).is_dir() else default_target(ctx.workdir)
+
+
+def profile_patches(ctx: RunContext, manifest: Manifest) -> list[str]:
+    ids = list(ctx.profile.patches)
+    unknown = [i for i in ids if i not in manifest.by_id]
+    if unknown:
+        raise StepError(f"profile {ctx.profile.name} lists unknown patch id(s): {', '.join(unknown)}",
+                        hint=f"known patch ids: {', '.join(manifest.ids)} (see {manifest.path}); "
+                             f"fix the profile's `patches` list")
+    return ids
+
+
+def summary(reports: list[PatchReport]) -> str:
+    return ", ".join(f"{r.id} {r.status}" for r in reports)
+
+
+class PatchesStep(Step):
+    name = "patches"
+    description = "apply the profile's vLLM patches and verify them against the wheel's RECORD"
+    needs = ("vllm",)
+
+    def __init__(self, manifest_path: Path | None = None) -> None:
+        self._manifest_path = manifest_path  # None: the shipped patches/index.yaml
+
+    def manifest(self) -> Manifest:
+        return load_manifest(self._manifest_path)
+
+    def not_applicable(self, ctx: RunContext) -> str | None:
+        return None if ctx.profile.patches else "the profile lists no patches"
+
+    def inputs(self, ctx: RunContext) -> dict[str, Any]:
+        manifest = self.manifest()
+        diffs = {pid: [d.sha256 for d in manifest.by_id[pid].diffs] if pid in manifest.by_id else None
+                 for pid in ctx.profile.patches}
+        return {"patches": list(ctx.profile.patches), "diff_sha256": diffs,
+                "vllm": f"{ctx.profile.vllm.package}=={ctx.profile.vllm.version}"}
+
+    def is_done(self, ctx: RunContext) -> Postcondition:
+        manifest = self.manifest()
+        try:
+            ids = profile_patches(ctx, manifest)
+            target = step_target(ctx)
+        except DsvError as exc:
+            return Postcondition(False, exc.message)
+        reports = check_patches([manifest.get(i) for i in ids], target)
+        pending = [r for r in reports if not r.satisfied]
+        if pending:
+            return Postcondition(False, "not in effect: " + summary(pending))
+        return Postcondition(True, f"{target.distribution} {target.version}: {summary(reports)}")
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        manifest = self.manifest()
+        ids = profile_patches(ctx, manifest)
+        target = step_target(ctx)
+        log = ctx.require_log()
+        ctx.progress(f"checking {len(ids)} patch(es) against {target.distribution} {target.version} in {target.root}")
+        reports = check_patches([manifest.get(i) for i in ids], target)
+        for report in reports:
+            log.line(f"{report.id}: {report.status}: {report.detail}")
+        blocked = [r for r in reports if r.status == "not-applicable"]
+        if blocked:
+            raise StepError("patch(es) the profile needs cannot take effect on "
+                            f"{target.distribution} {target.version}: "
+                            + "; ".join(f"{r.id}: {r.detail}" for r in blocked),
+                            hint=f"install the vLLM version the profile pins ({ctx.profile.vllm.package}=="
+                                 f"{ctx.profile.vllm.version}) with `dsv4setup up --redo vllm`, or drop these ids "
+                                 f"from the profile's patches")
+        try:
+            result = apply_patches(manifest, target, ids, log=lambda m: (log.line(m), ctx.progress(m)))
+        except PatchConflictError as exc:
+            raise StepError(exc.message, hint=reinstall_hint(target)) from None
+        except DsvError as exc:
+            raise StepError(exc.message, hint=exc.hint) from None
+        return {"target": str(target.root), "vllm_version": target.version,
+                "applied": [r.id for r in result.reports if r.status == "applied"],
+                "upstream": [r.id for r in result.reports if r.status == "upstream"],
+                "changed": result.changed, "backup_dir": str(target.backup_dir)}
+
+
+STEP = PatchesStep

@@ -1,0 +1,83 @@
+"""Which profile the doctor judges against.
+
+This machine: `--profile NAME`, else the workdir's choice (`profile:` in dsv4setup.yaml, else
+the one `up` last ran with), else the best match; the workdir's overrides (dsv4setup.yaml)
+apply to it as they do for `up` (profiles.resolve). A saved snapshot (another machine): the
+named profile as shipped, else the best match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dsv4setup.core.workdir import Workdir
+
+if TYPE_CHECKING:
+    from dsv4setup.profiles.match import ProfileMatch
+    from dsv4setup.profiles.model import Profile
+
+
+@dataclass(frozen=True)
+class ProfileChoice:
+    profile: Profile | None
+    matches: list[ProfileMatch]  # every known profile, best first
+    how: str  # "named", "chosen in the workdir", "last used in the workdir", "best match", "no profile matches"
+
+
+def known_profiles(workdir: Workdir | None) -> list[Profile]:
+    """Shipped profiles plus the workdir's own (`<workdir>/profiles/*.yaml`)."""
+    from dsv4setup.profiles.loader import load_named_file, profile_index
+
+    return [load_named_file(path) for path in profile_index(workdir).values()]
+
+
+def last_used_profile(workdir: Workdir) -> str | None:
+    """The profile `up` last ran with in this workdir (from its state file), if any.
+
+    An unreadable state file is `up`'s problem to report, not the doctor's: it counts as none.
+    """
+    if not workdir.state_file.exists():
+        return None
+    from dsv4setup.core.errors import DsvError
+    from dsv4setup.core.state import load_state
+
+    try:
+        return load_state(workdir.state_file).profile
+    except DsvError:
+        return None
+
+
+def _workdir_choice(workdir: Workdir) -> tuple[str | None, str]:
+    from dsv4setup.profiles.overrides import read_workdir_overrides
+
+    overrides = read_workdir_overrides(workdir)
+    if overrides is not None and overrides.profile:
+        return overrides.profile, "chosen in the workdir"
+    return last_used_profile(workdir), "last used in the workdir"
+
+
+def select_profile(snapshot: dict[str, Any], workdir: Workdir | None, name: str | None = None,
+                   use_workdir: bool = True) -> ProfileChoice:
+    """The profile to judge against and every profile ranked for this snapshot.
+
+    `name` is a profile name or a path to a profile file. `use_workdir`: this machine's workdir
+    may pick the profile and its overrides apply (False for a snapshot of another machine).
+    """
+    from dsv4setup.profiles.loader import find_profile_file, load_profile_file
+    from dsv4setup.profiles.match import rank_profiles
+
+    matches = rank_profiles(snapshot, known_profiles(workdir))
+    how = "named"
+    if name is None and use_workdir and workdir is not None:
+        name, how = _workdir_choice(workdir)
+    if name is None:
+        if not (matches and matches[0].matched):
+            return ProfileChoice(None, matches, "no profile matches")
+        name, how = matches[0].name, "best match"
+    if use_workdir and workdir is not None:
+        from dsv4setup.profiles.resolve import resolve_profile
+
+        return ProfileChoice(resolve_profile(workdir, name, []).profile, matches, how)
+    by_name = {m.name: m.profile for m in matches}
+    return ProfileChoice(by_name.get(name) or load_profile_file(find_profile_file(name, workdir)), matches, how)

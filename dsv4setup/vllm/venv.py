@@ -1,0 +1,100 @@
+"""Python venvs and pip, as the toolkit and vllm steps use them: create, install, explain failures."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from dsv4setup.core.errors import StepError
+from dsv4setup.core.proc import StepLog, run_logged
+
+_NO_DIST_RE = re.compile(r"No matching distribution found for (\S+)")
+_NO_VERSION_RE = re.compile(r"Could not find a version that satisfies the requirement (\S+)")
+_CONFLICT_MARKERS = ("ResolutionImpossible", "conflicting dependencies")
+_PROBE_VERSION = "import sys; print('%d.%d' % sys.version_info[:2])"
+
+
+def python_version(python: Path | str) -> str | None:
+    """'3.11' for a working interpreter, None when it does not start."""
+    try:
+        proc = subprocess.run([str(python), "-c", _PROBE_VERSION], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def check_venv_support(python: Path | str) -> str:
+    """Fail early, with the fix, when `python` is missing or lacks venv/ensurepip (Debian's python3-venv)."""
+    version = python_version(python)
+    if version is None:
+        raise StepError(f"python interpreter {python} does not run",
+                        hint="set vllm.python in the profile (or an override) to an existing python >= 3.11")
+    try:
+        proc = subprocess.run([str(python), "-c", "import venv, ensurepip"], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StepError(f"python interpreter {python} does not run: {exc}") from None
+    if proc.returncode != 0:
+        raise StepError(
+            f"python {version} at {python} has no working venv module (ensurepip missing): "
+            f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'import failed'}",
+            hint=f"install it without touching the system python's packages: `sudo apt install python{version}-venv` "
+                 f"(Debian/Ubuntu), or point vllm.python at another interpreter (e.g. one from uv or pyenv)")
+    return version
+
+
+def create_venv(python: Path | str, dest: Path, log: StepLog) -> Path:
+    """A venv at `dest` built on `python`; an existing one on the same Python version is kept."""
+    version = check_venv_support(python)
+    venv_python = dest / "bin" / "python"
+    if venv_python.exists() and python_version(venv_python) == version:
+        log.line(f"reusing venv {dest} (python {version})")
+        return venv_python
+    argv = [str(python), "-m", "venv", *(["--clear"] if dest.exists() else []), str(dest)]
+    run_logged(argv, log, what=f"creating venv {dest}",
+               hint=f"check free space and permissions under {dest.parent}")
+    if not venv_python.exists():
+        raise StepError(f"`{python} -m venv {dest}` left no {venv_python}",
+                        hint=f"install python{version}-venv or set vllm.python to another interpreter")
+    return venv_python
+
+
+def classify_pip_failure(lines: Sequence[str]) -> tuple[str, str] | None:
+    """(message, hint) for pip failures whose cause is recognisable in its output, else None."""
+    text = "\n".join(lines)
+    for regex in (_NO_DIST_RE, _NO_VERSION_RE):
+        if m := regex.search(text):
+            req = m.group(1)
+            return (f"pip found no distribution for {req}",
+                    f"check that {req} exists for this platform and Python on your index "
+                    f"(`pip config list`, PIP_INDEX_URL/PIP_FIND_LINKS; e.g. a +cpu torch needs the PyTorch "
+                    f"CPU index or a local wheel directory), or change the pin in the profile")
+    if any(marker in text for marker in _CONFLICT_MARKERS):
+        return ("pip could not resolve a consistent set of versions",
+                "the pins in the profile (vllm.version, vllm.pip_constraints) contradict each other or "
+                "the package's own requirements; the conflicting requirements are listed in the log")
+    return None
+
+
+def pip(python: Path, args: Sequence[str], log: StepLog, *, what: str, env: Mapping[str, str] | None = None,
+        cwd: Path | None = None, on_line: Callable[[str], None] | None = None) -> None:
+    """`python -m pip ARGS` into the step log; a failure names its cause when pip's output shows it."""
+    tail: deque[str] = deque(maxlen=200)
+
+    def seen(line: str) -> None:
+        tail.append(line)
+        if on_line is not None:
+            on_line(line)
+
+    try:
+        run_logged([str(python), "-m", "pip", *args], log, env=env, cwd=cwd, what=what, on_line=seen,
+                   hint=f"see the pip output in {log.path}")
+    except StepError:
+        known = classify_pip_failure(list(tail))
+        if known is None:
+            raise
+        raise StepError(f"{what}: {known[0]} (see {log.path})", hint=known[1]) from None

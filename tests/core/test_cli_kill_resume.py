@@ -1,0 +1,134 @@
+"""`dsv4setup up` as a real subprocess: SIGKILL mid-step, resume, lock contention, JSON output.
+
+The steps are the marker steps of steps_for_tests (DSV4SETUP_RUNBOOK), the engine, state,
+lock and CLI are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.core import steps_for_tests as ts
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TEST_STEPS_")}
+    environ.update({"DSV4SETUP_RUNBOOK": "tests.core.steps_for_tests:steps", "TEST_STEPS_DIR": str(markers),
+                    "PYTHONPATH": str(REPO_ROOT), "DSV4SETUP_WORKDIR": str(tmp_path / "wd"), "NO_COLOR": "1"})
+    return environ
+
+
+def dsv(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dsv4setup", *args], env=env, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+
+
+def start_slow_up(env: dict[str, str], step: str) -> subprocess.Popen[str]:
+    slow_env = {**env, "TEST_STEPS_SLOW": step, "TEST_STEPS_SLEEP": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "dsv4setup", "up", "--profile", "cpu-tiny", "--yes"],
+                            env=slow_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+                            stdin=subprocess.DEVNULL)
+    started = Path(env["TEST_STEPS_DIR"]) / f"{step}.started"
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None, "up exited before reaching the slow step"
+        assert time.monotonic() < deadline, "slow step never started"
+        time.sleep(0.1)
+    return proc
+
+
+def status(env: dict[str, str]) -> dict[str, str]:
+    result = dsv(env, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == "dsv4setup.status/1"
+    return {row["step"]: row["status"] for row in doc["steps"]}
+
+
+def test_sigkill_during_a_step_then_resume_finishes_every_step_once(env: dict[str, str]) -> None:
+    proc = start_slow_up(env, "gamma")
+    assert status(env)["gamma"] == "running"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert status(env)["gamma"] == "interrupted"
+
+    resumed = dsv(env, "up", "--profile", "cpu-tiny", "--yes", "--json")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    doc = json.loads(resumed.stdout)
+    assert doc["ok"] and [d["action"] for d in doc["decisions"]][:4] == ["skip", "skip", "run", "run"]
+    assert "interrupted" in doc["decisions"][2]["reason"]
+    # gamma started twice (the first run was killed), every step completed exactly once
+    assert ts.journal(Path(env["TEST_STEPS_DIR"])) == ["alpha", "beta", "gamma", "gamma", "delta"]
+    markers = sorted(p.name for p in Path(env["TEST_STEPS_DIR"]).glob("*.done"))
+    assert markers == sorted(f"{n}.done" for n in ts.NAMES)
+    states = status(env)
+    assert all(states[n] == "done" for n in ts.NAMES)
+    state = json.loads((Path(env["DSV4SETUP_WORKDIR"]) / "state.json").read_text())
+    assert state["schema"] == "dsv4setup.state/1" and state["steps"]["gamma"]["attempts"] == 2
+
+    again = dsv(env, "up", "--profile", "cpu-tiny", "--yes", "--json")
+    assert again.returncode == 0
+    assert [d["action"] for d in json.loads(again.stdout)["decisions"]][:4] == ["skip"] * 4
+
+
+def test_second_up_exits_3_naming_the_holder(env: dict[str, str]) -> None:
+    proc = start_slow_up(env, "alpha")
+    try:
+        second = dsv(env, "up", "--profile", "cpu-tiny", "--yes")
+        assert second.returncode == 3
+        assert f"pid {proc.pid}" in second.stderr and "since" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_dry_run_and_json_documents(env: dict[str, str]) -> None:
+    dry = dsv(env, "up", "--profile", "cpu-tiny", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    doc = json.loads(dry.stdout)
+    assert doc["dry_run"] and [d["step"] for d in doc["steps"]] == list(ts.NAMES)
+    assert not (Path(env["DSV4SETUP_WORKDIR"]) / "state.json").exists()
+    assert dsv(env, "--help").returncode == 0
+
+
+def test_failed_step_exit_1_with_hint_and_resume_command(env: dict[str, str]) -> None:
+    result = dsv({**env, "TEST_STEPS_FAIL": "beta"}, "up", "--profile", "cpu-tiny", "--yes", "--json")
+    assert result.returncode == 1
+    doc = json.loads(result.stdout)
+    assert doc["failed_step"] == "beta" and doc["error"]["hint"] == "unset TEST_STEPS_FAIL"
+    assert doc["resume"][:2] == ["dsv4setup", "up"]
+    human = dsv({**env, "TEST_STEPS_FAIL": "beta"}, "up", "--profile", "cpu-tiny", "--yes")
+    assert human.returncode == 1 and "fix: unset TEST_STEPS_FAIL" in human.stderr
+    assert "resume with: dsv4setup up" in human.stderr and "Traceback" not in human.stderr
+
+
+def test_corrupt_state_exit_2_and_reset_all_keeps_a_backup(env: dict[str, str]) -> None:
+    wd = Path(env["DSV4SETUP_WORKDIR"])
+    wd.mkdir()
+    (wd / "state.json").write_text("{garbage")
+    result = dsv(env, "status")
+    assert result.returncode == 2 and "is corrupt" in result.stderr and "reset --all" in result.stderr
+    assert dsv(env, "reset", "--all").returncode == 0
+    backups = list(wd.glob("state.json.bak-*"))
+    assert len(backups) == 1 and backups[0].read_text() == "{garbage"
+    assert status(env)["alpha"] == "pending"
+
+
+def test_usage_errors_exit_2(env: dict[str, str]) -> None:
+    bad_step = dsv(env, "up", "--profile", "cpu-tiny", "--from", "nosuch")
+    assert bad_step.returncode == 2 and "no such step" in bad_step.stderr
+    assert dsv(env, "up", "--bogus-flag").returncode == 2
+    assert dsv(env, "logs", "alpha").returncode == 2

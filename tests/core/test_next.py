@@ -1,0 +1,100 @@
+"""`dsv4setup next` on fresh, failed, running, interrupted and done workdirs (real engine and state)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dsv4setup.cli import main
+from dsv4setup.core.jsonschemas import validate_document
+from dsv4setup.core.lock import workdir_lock
+from dsv4setup.core.state import StepStatus, load_state, save_state
+from dsv4setup.core.workdir import Workdir
+
+
+@pytest.fixture(autouse=True)
+def marker_runbook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    monkeypatch.setenv("DSV4SETUP_RUNBOOK", "tests.core.steps_for_tests:steps")
+    monkeypatch.setenv("TEST_STEPS_DIR", str(markers))
+    monkeypatch.delenv("TEST_STEPS_FAIL", raising=False)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    out = capsys.readouterr().out
+    doc = json.loads(out) if out.strip() else {}
+    return int(info.value.code or 0), doc
+
+
+def next_doc(capsys: pytest.CaptureFixture[str], workdir: Workdir) -> dict:
+    code, doc = run_cli(capsys, "next", "--workdir", str(workdir.root), "--json")
+    assert code == 0
+    validate_document(doc)
+    return doc
+
+
+def test_fresh_workdir_says_run_up_with_the_chosen_profile(capsys: pytest.CaptureFixture[str],
+                                                           workdir: Workdir) -> None:
+    doc = next_doc(capsys, workdir)
+    assert doc["action"] == "run" and doc["command"][:2] == ["dsv4setup", "up"]
+    assert "--profile" in doc["command"] and doc["step"] == "preflight"
+
+
+def test_failed_step_says_fix_with_its_hint(capsys: pytest.CaptureFixture[str], workdir: Workdir,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_STEPS_FAIL", "beta")
+    code, up = run_cli(capsys, "up", "--workdir", str(workdir.root), "--profile", "cpu-tiny", "--json")
+    assert code == 1
+    validate_document(up)
+    doc = next_doc(capsys, workdir)
+    assert doc["action"] == "fix" and doc["step"] == "beta" and doc["hint"] == "unset TEST_STEPS_FAIL"
+    assert doc["command"][:2] == ["dsv4setup", "up"]
+
+
+def test_running_says_wait(capsys: pytest.CaptureFixture[str], workdir: Workdir) -> None:
+    with workdir_lock(workdir.lock_file, "up"):
+        doc = next_doc(capsys, workdir)
+    assert doc["action"] == "wait" and "up" in doc["why"]
+
+
+def test_done_then_drift_then_interrupted(capsys: pytest.CaptureFixture[str], workdir: Workdir,
+                                          tmp_path: Path) -> None:
+    code, up = run_cli(capsys, "up", "--workdir", str(workdir.root), "--profile", "cpu-tiny", "--json")
+    assert code == 0 and up["ok"]
+    validate_document(up)
+    assert next_doc(capsys, workdir)["action"] == "done"
+    (tmp_path / "markers" / "gamma.done").unlink()
+    doc = next_doc(capsys, workdir)
+    assert doc["action"] == "run" and doc["step"] == "gamma" and doc["why"].startswith("gamma: drift")
+    state = load_state(workdir.state_file)
+    state.steps["delta"].status, state.steps["delta"].pid = StepStatus.RUNNING, 2**22 + 777
+    save_state(workdir.state_file, state)
+    doc = next_doc(capsys, workdir)
+    assert doc["action"] == "run" and doc["step"] == "gamma"
+
+
+def test_corrupt_state_says_fix_with_reset(capsys: pytest.CaptureFixture[str], workdir: Workdir) -> None:
+    workdir.state_file.write_text("[]")
+    doc = next_doc(capsys, workdir)
+    assert doc["action"] == "fix" and doc["command"][:2] == ["dsv4setup", "reset"]
+
+
+def test_status_reset_and_error_documents_follow_their_schemas(capsys: pytest.CaptureFixture[str],
+                                                               workdir: Workdir) -> None:
+    code, status = run_cli(capsys, "status", "--workdir", str(workdir.root), "--json")
+    assert code == 0
+    validate_document(status)
+    code, reset = run_cli(capsys, "reset", "--workdir", str(workdir.root), "--step", "alpha", "--json")
+    assert code == 0
+    validate_document(reset)
+    code, dry = run_cli(capsys, "up", "--workdir", str(workdir.root), "--profile", "cpu-tiny", "--dry-run", "--json")
+    assert code == 0
+    validate_document(dry)
+    code, error = run_cli(capsys, "up", "--workdir", str(workdir.root), "--profile", "no-such-profile", "--json")
+    assert code == 2
+    validate_document(error)

@@ -1,0 +1,53 @@
+"""The HF token and API keys never reach state, logs or JSON output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsv4setup.cli.common import emit_json
+from dsv4setup.core.engine import Postcondition, Runbook, RunContext, Selection, Step
+from dsv4setup.core.secrets import hf_token, redact, register_secret
+from dsv4setup.core.workdir import Workdir
+from dsv4setup.profiles.model import Profile
+
+TOKEN = "hf_SeCrEtToKeN1234567890"
+
+
+class LeakyStep(Step):
+    """A step that tries hard to leak the token: into its log, its outputs and its error."""
+
+    name = "leaky"
+    description = "writes the token everywhere it can"
+
+    def inputs(self, ctx: RunContext) -> dict[str, Any]:
+        return {"token": hf_token()}
+
+    def is_done(self, ctx: RunContext) -> Postcondition:
+        return Postcondition(True, f"token {hf_token()}")
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        ctx.require_log().line(f"Authorization: Bearer {hf_token()}")
+        ctx.progress(f"using {hf_token()}")
+        return {"header": f"Bearer {hf_token()}"}
+
+
+def test_token_never_reaches_state_logs_or_json(workdir: Workdir, profile: Profile,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert Runbook([LeakyStep()], workdir, profile).up(Selection()).ok
+    files = [workdir.state_file, *Path(workdir.logs_dir).iterdir()]
+    for path in files:
+        text = path.read_text()
+        assert TOKEN not in text, path
+    assert "Bearer ***" in workdir.log_file("leaky").read_text()
+    emit_json({"schema": "x/1", "token": TOKEN, "nested": [{"t": f"a{TOKEN}b"}]})
+    assert TOKEN not in capsys.readouterr().out
+
+
+def test_runtime_secret_is_redacted() -> None:
+    register_secret("generated-api-key-0001")
+    assert redact("key=generated-api-key-0001;") == "key=***;"

@@ -1,0 +1,177 @@
+"""`dsv4setup doctor` end to end: in-process through the CLI's main, and once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsv4setup.cli import main
+from tests.preflight.conftest import FIXTURES, doctor_validator, hardware_validator
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["doctor", *args])
+    captured = capsys.readouterr()
+    return int(exit_info.value.code or 0), captured.out, captured.err
+
+
+def doctor_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    code, out, _ = run_cli(capsys, *args, "--json")
+    return code, json.loads(out)
+
+
+def checks_of(doc: dict[str, Any]) -> dict[str, str]:
+    return {c["id"]: c["status"] for c in doc["checks"]}
+
+
+def test_json_for_a_passing_snapshot(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, doc = doctor_json(capsys, "--snapshot", str(FIXTURES / "rtx-pro-6000-maxq-x2-iommu.json"),
+                            "--workdir", str(tmp_path))
+    assert code == 0
+    assert list(doctor_validator().iter_errors(doc)) == []
+    assert set(doc) == {"schema", "ok", "checks", "recommendation", "snapshot"}
+    assert doc["schema"] == "dsv4setup.doctor/1" and doc["ok"] is True
+    rec = doc["recommendation"]
+    assert rec["profile"] == "rtx-pro-6000-maxq-x2" and rec["tensor_parallel_size"] == 2
+    assert "--disable-custom-all-reduce" in rec["serve_args"] and rec["env"]["NCCL_P2P_DISABLE"] == "1"
+    assert doc["snapshot"]["host"]["hostname"] == "maxq-ws"
+
+
+def test_a_failed_check_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, doc = doctor_json(capsys, "--snapshot", str(FIXTURES / "h200-x1.json"), "--workdir", str(tmp_path))
+    assert code == 1 and doc["ok"] is False
+    assert checks_of(doc)["gpu.memory"] == "fail"
+    assert list(doctor_validator().iter_errors(doc)) == []
+
+
+def test_warnings_keep_exit_0(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "warn.json"
+    doc = json.loads((FIXTURES / "rtx-pro-6000-maxq-x2.json").read_text())
+    doc["host"]["iommu"] = "unknown"
+    doc["host"]["shm_bytes"] = 4 * 10**9
+    path.write_text(json.dumps(doc))
+    code, out = doctor_json(capsys, "--snapshot", str(path), "--workdir", str(tmp_path))
+    assert code == 0 and out["ok"] is True
+    assert checks_of(out)["host.shm"] == "warn"
+
+
+def test_named_profile_that_does_not_fit(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, doc = doctor_json(capsys, "--snapshot", str(FIXTURES / "h200-x8-nvlink.json"), "--workdir", str(tmp_path),
+                            "--profile", "rtx-pro-6000-maxq-x2")
+    checks = checks_of(doc)
+    assert code == 1
+    assert checks["host.profile"] == "warn" and checks["toolkit.arch"] == "fail"
+    assert doc["recommendation"]["profile"] == "rtx-pro-6000-maxq-x2"
+
+
+def test_unknown_profile_is_a_usage_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run_cli(capsys, "--snapshot", str(FIXTURES / "b200-x2.json"), "--workdir", str(tmp_path),
+                           "--profile", "no-such-profile", "--json")
+    assert code == 2
+    assert "unknown profile 'no-such-profile'" in json.loads(out)["message"]
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (None, "does not exist"),
+    ("{not json", "is not JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
+    ('{"schema": "dsv4setup.state/1"}', "is not a dsv4setup hardware snapshot: schema is 'dsv4setup.state/1'"),
+    ("[1, 2]", "is not a dsv4setup hardware snapshot: schema is 'list'"),
+    ("BROKEN_CC", "gpus[0].compute_capability: expected array or null, got string '12.0'"),
+])
+def test_bad_snapshot_file_exits_2_naming_file_and_problem(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                           content: str | None, problem: str) -> None:
+    path = tmp_path / "snap.json"
+    if content == "BROKEN_CC":
+        doc = json.loads((FIXTURES / "rtx-pro-6000-maxq-x2.json").read_text())
+        doc["gpus"][0]["compute_capability"] = "12.0"
+        content = json.dumps(doc)
+    if content is not None:
+        path.write_text(content)
+    code, out, err = run_cli(capsys, "--snapshot", str(path), "--workdir", str(tmp_path))
+    assert code == 2
+    assert f"snapshot {path} " in err and problem in err and "fix:" in err and "Traceback" not in err
+    assert out == ""
+    code, out, _ = run_cli(capsys, "--snapshot", str(path), "--workdir", str(tmp_path), "--json")
+    error = json.loads(out)
+    assert code == 2 and error["schema"] == "dsv4setup.error/1" and error["exit_code"] == 2
+    assert str(path) in error["message"] and problem in error["message"]
+
+
+def test_human_table_puts_failures_first_with_their_fix(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = run_cli(capsys, "--snapshot", str(FIXTURES / "container-small-shm.json"),
+                             "--workdir", str(tmp_path))
+    assert code == 1
+    lines = [line for line in out.splitlines() if "│" in line]
+    first_row = next(line for line in lines if ("✗" in line or "✓" in line or "!" in line))
+    assert "host.shm" in first_row and "--shm-size=16g --ipc=host" in first_row
+    assert out.index("topology.iommu") < out.index("gpu.present")  # the area with a warning before all-pass ones
+    assert "recommendation: profile rtx-pro-6000-x2" in out
+    assert "--disable-custom-all-reduce" in out
+    assert "1 check(s) failed" in err
+
+
+def test_this_machine_with_the_cpu_demo_passes_and_saves_a_snapshot(capsys: pytest.CaptureFixture[str],
+                                                                    tmp_path: Path) -> None:
+    """The real probe on this machine (no GPU): the CPU demo profile is picked and every check passes."""
+    saved = tmp_path / "out" / "snap.json"
+    code, doc = doctor_json(capsys, "--workdir", str(tmp_path / "wd"), "--save-snapshot", str(saved))
+    assert code == 0, [c for c in doc["checks"] if c["status"] == "fail"]
+    assert doc["recommendation"]["profile"] == "cpu-tiny"
+    assert checks_of(doc)["gpu.memory"] == "skip"
+    on_disk = json.loads(saved.read_text())
+    assert list(hardware_validator().iter_errors(on_disk)) == []
+    assert on_disk["host"] == doc["snapshot"]["host"]
+    code, again = doctor_json(capsys, "--snapshot", str(saved), "--workdir", str(tmp_path / "wd"))
+    assert code == 0 and checks_of(again) == checks_of(doc)
+
+
+def test_save_snapshot_to_an_unwritable_place_is_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                                               tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, out, _ = run_cli(capsys, "--snapshot", str(FIXTURES / "b200-x2.json"), "--workdir", str(tmp_path),
+                           "--save-snapshot", str(blocker / "snap.json"), "--json")
+    assert code == 2 and "cannot write the snapshot to" in json.loads(out)["message"]
+
+
+def test_real_subprocess_json(tmp_path: Path) -> None:
+    env = {**os.environ, "DSV4SETUP_WORKDIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "dsv4setup", "doctor", "--snapshot",
+                           str(FIXTURES / "gh200-x2.json"), "--json"], capture_output=True, text=True, env=env,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert list(doctor_validator().iter_errors(doc)) == []
+    assert doc["recommendation"]["env"]["NCCL_P2P_DISABLE"] == "1"
+
+
+def test_the_workdir_picks_the_profile_and_its_overrides_apply(tmp_path: Path) -> None:
+    """After `up --profile cpu-tiny` in a workdir, `doctor` there judges against cpu-tiny; the workdir's
+    dsv4setup.yaml wins over the state and its values apply; a corrupt state file does not stop the doctor."""
+    from dsv4setup.core.state import State, save_state
+    from dsv4setup.core.workdir import Workdir
+    from dsv4setup.preflight.select import select_profile
+
+    wd = Workdir(tmp_path / "wd").ensure()
+    snap = json.loads((FIXTURES / "h200-x8-nvlink.json").read_text())
+    save_state(wd.state_file, State(profile="cpu-tiny"))
+    choice = select_profile(snap, wd)
+    assert choice.profile is not None and choice.profile.name == "cpu-tiny" and choice.how == "last used in the workdir"
+    assert select_profile(snap, wd, use_workdir=False).profile.name == "h200-tp2"  # type: ignore[union-attr]
+    wd.overrides_file.write_text("profile: h200-tp2\nserve:\n  max_model_len: 65536\n")
+    choice = select_profile(snap, wd)
+    assert choice.how == "chosen in the workdir" and choice.profile is not None
+    assert choice.profile.name == "h200-tp2" and choice.profile.serve.max_model_len == 65536
+    wd.overrides_file.unlink()
+    wd.state_file.write_text("{corrupt")
+    choice = select_profile(snap, wd)
+    assert choice.how == "best match" and choice.profile is not None and choice.profile.name == "h200-tp2"
