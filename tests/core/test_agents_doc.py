@@ -58,7 +58,8 @@ def ids_in(paths: list[Path], pattern: str) -> set[str]:
 def test_every_check_id_has_a_row() -> None:
     pkg = REPO_ROOT / "dsv4setup"
     probes = {"nvml.py", "host_facts.py", "toolchain.py", "snapshot.py"}  # read NVML fields, not check ids
-    ids = ids_in([p for p in (pkg / "preflight").glob("*.py") if p.name not in probes], r'"((?:gpu|topology|host|driver|toolkit|python|vllm)\.[a-z_]+)"')
+    checks = [p for p in (pkg / "preflight").glob("*.py") if p.name not in probes]
+    ids = ids_in(checks, r'"((?:gpu|topology|host|driver|toolkit|python|vllm)\.[a-z_]+)"')
     ids |= ids_in(list((pkg / "checkpoint").glob("*.py")), r'"(checkpoint\.[a-z_]+)"')
     assert len(ids) > 30
     agents = (REPO_ROOT / "AGENTS.md").read_text()
