@@ -42,11 +42,14 @@ def vllm_part(info: VllmInfo, step_outputs: Mapping[str, Any]) -> dict[str, Any]
             "bench_runner": info.runner}
 
 
-def patches_part(profile: Profile, outputs: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """The fixes: what the profile asks for, what the patches step applied or found upstream, and their diffs."""
-    return {"requested": sorted(profile.patches), "applied": sorted(outputs.get("applied") or []),
+def patches_part(profile: Profile, outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The fixes: what the profile asks for, what the patches step applied or found upstream, and the diff
+    in effect per patch (one sha256, or null: upstream, or a patches record older than this field)."""
+    applied = sorted(outputs.get("applied") or [])
+    recorded = outputs.get("diff_sha256") or {}
+    return {"requested": sorted(profile.patches), "applied": applied,
             "upstream": sorted(outputs.get("upstream") or []),
-            "diff_sha256": dict(sorted((inputs.get("diff_sha256") or {}).items())),
+            "diff_sha256": {pid: recorded.get(pid) for pid in applied},
             "recorded": bool(outputs)}
 
 

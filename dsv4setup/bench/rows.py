@@ -105,6 +105,17 @@ def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         os.fsync(fh.fileno())
 
 
+def upgrade_first_release_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Rows written by the first release recorded every diff of a patch (a list per id, one per vLLM version)
+    instead of the one in effect. Such a list is read as its single hash, or as null (unknown) when it holds
+    several: the row stays comparable and its measurements are kept, nothing is guessed."""
+    diffs = ((row.get("fingerprint") or {}).get("patches") or {}).get("diff_sha256")
+    if isinstance(diffs, dict) and any(isinstance(v, list) for v in diffs.values()):
+        row["fingerprint"]["patches"]["diff_sha256"] = {
+            pid: (v[0] if len(v) == 1 else None) if isinstance(v, list) else v for pid, v in diffs.items()}
+    return row
+
+
 def read_rows(path: Path, *, validate: bool = True) -> list[dict[str, Any]]:
     """The rows of a results.jsonl; a line that is not a valid row is a usage error naming file:line."""
     from dsv4setup.core.jsonschemas import validate_document
@@ -123,6 +134,7 @@ def read_rows(path: Path, *, validate: bool = True) -> list[dict[str, Any]]:
             row = json.loads(line)
             if not isinstance(row, dict) or row.get("schema") != ROW_SCHEMA:
                 raise ValueError(f"not a {ROW_SCHEMA} row")
+            row = upgrade_first_release_row(row)
             if validate:
                 validate_document(row)
         except Exception as exc:  # noqa: BLE001 - JSON, schema and shape errors read the same to the user

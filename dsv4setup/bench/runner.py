@@ -179,7 +179,7 @@ def setup_fingerprint(profile: Profile, state: State, base: Profile | None, argv
     outputs = {name: dict(rec.outputs) for name, rec in state.steps.items()}
     inputs = {name: dict(rec.fingerprint_inputs) for name, rec in state.steps.items()}
     return {"vllm": vllm_part(info, outputs.get("vllm", {})),
-            "patches": patches_part(profile, outputs.get("patches", {}), inputs.get("patches", {})),
+            "patches": patches_part(profile, outputs.get("patches", {})),
             "checkpoint": checkpoint_part(profile, outputs.get("download", {}), inputs.get("download", {})),
             "profile": profile_part(profile, base, argv, env),
             "hardware": hardware_part(hardware_snapshot, profile.serve.tensor_parallel_size),

@@ -42,6 +42,14 @@ def profile_patches(ctx: RunContext, manifest: Manifest) -> list[str]:
     return ids
 
 
+def applied_diffs(reports: list[PatchReport]) -> dict[str, str | None]:
+    """Per patch id, the sha256 of the one diff in effect for this vLLM version (None: upstream has the fix).
+
+    The manifest may hold one diff per vLLM version; a record of what runs names only the one that took effect.
+    """
+    return {r.id: r.diff.sha256 if r.diff and r.status == "applied" else None for r in reports}
+
+
 def summary(reports: list[PatchReport]) -> str:
     return ", ".join(f"{r.id} {r.status}" for r in reports)
 
@@ -106,6 +114,7 @@ class PatchesStep(Step):
         return {"target": str(target.root), "vllm_version": target.version,
                 "applied": [r.id for r in result.reports if r.status == "applied"],
                 "upstream": [r.id for r in result.reports if r.status == "upstream"],
+                "diff_sha256": applied_diffs(result.reports),
                 "changed": result.changed, "backup_dir": str(target.backup_dir)}
 
 

@@ -152,3 +152,16 @@ def test_overrides_are_the_measured_values_that_differ_from_the_profile_file() -
             "--served-model-name", "m", "--host", "127.0.0.1", "--port", "8011", "--dtype", "float32",
             "--hf-config-path", "/wd/cfg", "--speculative-config", '{"method": "mtp"}', "--enforce-eager"]
     assert serve_args(argv) == ["--dtype", "float32", "--enforce-eager"]
+
+
+def test_the_patches_fingerprint_holds_the_one_diff_in_effect_per_applied_patch() -> None:
+    """The patches step records the diff applied for this vLLM version; the row keeps exactly that (a string)."""
+    from dsv4setup.bench.fingerprint import patches_part
+
+    profile = shipped("cpu-tiny")
+    outputs = {"applied": ["mtp-draft-hf-config-path"], "upstream": [],
+               "diff_sha256": {"mtp-draft-hf-config-path": "c" * 64}}
+    part = patches_part(profile, outputs)
+    assert part["diff_sha256"] == {"mtp-draft-hf-config-path": "c" * 64}
+    before_this_field = patches_part(profile, {"applied": ["mtp-draft-hf-config-path"], "upstream": []})
+    assert before_this_field["diff_sha256"] == {"mtp-draft-hf-config-path": None} and before_this_field["recorded"]

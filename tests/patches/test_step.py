@@ -38,6 +38,8 @@ def test_step_applies_verifies_and_reapplies_after_a_reinstall(workdir: Workdir,
     assert first.ok, first.error
     record = load_state(workdir.state_file).steps["patches"]
     assert record.outputs["applied"] == ["alpha-fix"] and record.outputs["changed"] == ["alpha-fix"]
+    alpha = step.manifest().get("alpha-fix")
+    assert record.outputs["diff_sha256"] == {"alpha-fix": alpha.variant_for("0.33.0")[1].sha256}
     assert (_site(workdir) / "vllm" / "alpha.py").read_text() == synth.patched["vllm/alpha.py"]
     assert (_site(workdir) / "vllm" / "beta.py").read_text() == synth.original["vllm/beta.py"]  # not listed
     assert runbook.plan(Selection())[0].action == "skip"
