@@ -25,7 +25,7 @@ import yaml
 from dsv4setup.bench.rows import read_rows
 from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.tinymodel import generate_tiny_checkpoint
-from tests.checkpoint.hubserver import HubServer
+from tests.checkpoint.hubserver import HubServer, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, hub: HubServer) -> Iterator[di
     """One workdir for the module (the serving venv is built once), the model coming from the local hub."""
     workdir = tmp_path_factory.mktemp("e2e") / "wd"
     workdir.mkdir()
-    overrides = {"profile": "cpu-tiny",
+    overrides = {"profile": "cpu-tiny", "serve": {"port": free_port()},  # no clash with another server here
                  "model": {"repo": REPO_ID, "revision": hub.commit(REPO_ID), "generate": None}}
     (workdir / "dsv4setup.yaml").write_text(yaml.safe_dump(overrides))
     environ = {k: v for k, v in os.environ.items()
