@@ -29,7 +29,8 @@ OPTIONAL_STEPS: tuple[str, ...] = ("bench",)
 def load_step(name: str) -> Step:
     """Import `dsv4setup.<name>.step` and instantiate its STEP class (imports stay lazy)."""
     module = importlib.import_module(f"dsv4setup.{name}.step")
-    return module.STEP()
+    step: Step = module.STEP()
+    return step
 
 
 def runbook_steps(with_bench: bool = False) -> list[Step]:

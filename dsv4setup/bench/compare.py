@@ -57,7 +57,7 @@ def compare(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], 
             file_b: Path) -> dict[str, Any]:
     """The `dsv4setup.bench-compare/1` document."""
     cells_a, cells_b = latest_by_cell(rows_a), latest_by_cell(rows_b)
-    entries = []
+    entries: list[dict[str, Any]] = []
     for key in _order(set(cells_a) | set(cells_b), rows_a, rows_b):
         a, b = cells_a.get(key), cells_b.get(key)
         diffs = fingerprint_differences(a["fingerprint"], b["fingerprint"]) if a and b else []

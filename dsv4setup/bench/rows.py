@@ -81,7 +81,8 @@ def judge_metrics(cell: Cell, metrics: dict[str, Any]) -> CellFailure | None:
     if cell.k > 0 and not metrics.get("drafts"):
         return CellFailure(f"k={cell.k} but vLLM reported no speculative drafts: the speculative config did not "
                            "take effect", hint="look for 'SpeculativeConfig' and the MTP layer in `dsv4setup logs "
-                                               "serve`; `dsv4setup checkpoint lint` counts the mtp.* keys")
+                                               "serve`; `dsv4setup checkpoint lint CHECKPOINT_DIR` counts the "
+                                               "mtp.* keys")
     return None
 
 

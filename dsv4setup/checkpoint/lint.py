@@ -21,7 +21,7 @@ from dsv4setup.core.finding import Status
 VERIFY_FIX = "re-fetch and re-hash the files: dsv4setup download --verify"
 NO_MTP_FIX = ("use a checkpoint that carries its MTP block (--set model.repo=ORG/NAME), or serve without "
               "speculative decoding: --set spec.num_speculative_tokens=0")
-FIX_COPY = ("dsv4setup checkpoint lint {target} --fix writes a corrected config.json copy to "
+FIX_COPY = ("`dsv4setup checkpoint lint {target} --fix` writes a corrected config.json copy to "
             "<workdir>/checkpoint-config/ and serving passes --hf-config-path to it (the checkpoint step of "
             "`up` does this by itself); the downloaded files are never edited")
 MTP_CHECK_IDS = ("checkpoint.mtp_declared", "checkpoint.mtp_tensors", "checkpoint.mtp_block", "checkpoint.mtp_head",

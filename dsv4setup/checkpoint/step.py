@@ -95,7 +95,7 @@ class CheckpointStep(Step):
             hf_config_path = str(fix.hf_config_path)
             log.line(f"wrote the corrected config copy: {fix.hf_config_path} ({', '.join(fix.files)})")
             log.line("note: vLLM 0.33 reads the MTP draft's config from the weights directory unless the "
-                     "hf_config_path patch is applied (dsv4setup patches)")
+                     "hf_config_path patch is applied (see `dsv4setup patches status`)")
         elif read_fix_note(copy_dir) is not None:
             shutil.rmtree(copy_dir)  # ours, and no longer needed: serving must not pick it up
             log.line(f"removed the stale config copy {copy_dir}")

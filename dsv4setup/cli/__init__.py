@@ -6,18 +6,20 @@ import importlib
 import os
 import sys
 import traceback
+from types import ModuleType
 
 import click
 import typer
 
+from dsv4setup import __version__
+from dsv4setup.cli.common import debug_enabled, emit_json, err
+from dsv4setup.core.errors import EXIT_FAILED, EXIT_USAGE, DsvError
+
+_typer_click: ModuleType
 try:  # typer >= 0.20 vendors its own click: its parse errors are not click's classes
     from typer._click import exceptions as _typer_click
 except ImportError:  # pragma: no cover - older typer uses click itself
     _typer_click = click.exceptions
-
-from dsv4setup import __version__
-from dsv4setup.cli.common import debug_enabled, emit_json, err
-from dsv4setup.core.errors import EXIT_FAILED, EXIT_USAGE, DsvError
 
 app = typer.Typer(
     name="dsv4setup", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,

@@ -123,8 +123,9 @@ def tiny_model(
     from dsv4setup.tinymodel import ANSWER_WORD, generate_tiny_checkpoint
 
     path = generate_tiny_checkpoint(out_dir.expanduser().absolute(), seed=seed)
-    files = [{"name": f.name, "bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
-             for f in sorted(path.iterdir()) if f.is_file()]
+    files: list[dict[str, Any]] = [
+        {"name": f.name, "bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+        for f in sorted(path.iterdir()) if f.is_file()]
     doc = {"schema": "dsv4setup.tiny-model/1", "ok": True, "path": str(path), "seed": seed,
            "answer_word": ANSWER_WORD, "files": files}
     if json_:

@@ -235,7 +235,12 @@ class Runbook:
         with StepLog(log_path) as log:
             log.section(f"{step.name}: attempt {record.attempts} (pid {os.getpid()})")
             ctx.log = log
-            ctx.progress = lambda msg: (log.line(f"-- {msg}"), obs.progress(step, msg))[-1]
+
+            def progress(msg: str) -> None:
+                log.line(f"-- {msg}")
+                obs.progress(step, msg)
+
+            ctx.progress = progress
             try:
                 skipped = step.not_applicable(ctx)
                 if skipped is not None:

@@ -15,7 +15,8 @@ from dsv4setup.core.errors import LockHeldError
 
 def read_holder(lock_file: Path) -> dict[str, object]:
     try:
-        return json.loads(lock_file.read_text(encoding="utf-8") or "{}")
+        holder: dict[str, object] = json.loads(lock_file.read_text(encoding="utf-8") or "{}")
+        return holder
     except (OSError, ValueError):
         return {}
 

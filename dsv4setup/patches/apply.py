@@ -131,7 +131,11 @@ def apply_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None 
     changes: list[Change] = []
     for report in todo:
         staged = {rel: report.staged[rel] for rel in report.files}
-        probe = evaluate_probe(report.patch.spec.probe, lambda rel, s=staged: s.get(rel, target.read(rel)))
+
+        def staged_or_disk(rel: str, staged: dict[str, bytes] = staged) -> bytes | None:
+            return staged.get(rel, target.read(rel))
+
+        probe = evaluate_probe(report.patch.spec.probe, staged_or_disk)
         if probe.state != "fixed":
             raise DsvError(f"patch {report.id}: the patched result does not pass its own probe; nothing changed",
                            hint="a bug in the shipped patch data; please report it")

@@ -16,10 +16,14 @@ BACKUP_INDEX = "index.json"
 
 
 class BackedUp(Protocol):
-    rel: str
-    patch_id: str
-    before: bytes
-    after: bytes
+    @property
+    def rel(self) -> str: ...
+    @property
+    def patch_id(self) -> str: ...
+    @property
+    def before(self) -> bytes: ...
+    @property
+    def after(self) -> bytes: ...
 
 
 def write_bytes_atomically(path: Path, data: bytes) -> None:

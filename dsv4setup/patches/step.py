@@ -106,7 +106,12 @@ class PatchesStep(Step):
                                  f"{ctx.profile.vllm.version}) with `dsv4setup up --redo vllm`, or drop these ids "
                                  f"from the profile's patches")
         try:
-            result = apply_patches(manifest, target, ids, log=lambda m: (log.line(m), ctx.progress(m)))
+
+            def log_and_report(message: str) -> None:
+                log.line(message)
+                ctx.progress(message)
+
+            result = apply_patches(manifest, target, ids, log=log_and_report)
         except PatchConflictError as exc:
             raise StepError(exc.message, hint=reinstall_hint(target)) from None
         except DsvError as exc:

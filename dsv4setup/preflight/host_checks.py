@@ -165,7 +165,9 @@ def toolkit_arch(c: Ctx) -> CheckResult:
         return skipped(id_, "CPU-only profile: no GPU architecture to build for")
     if not c.group or not c.cc:
         return skipped(id_, "no GPU architecture known (see gpu.present)")
-    want = _target_arch(c)
+    from dsv4setup.toolkit.arch import arch_from_capability, torch_arch_list
+
+    want = arch_from_capability(c.cc)
     profile = c.target.profile
     if profile is None:
         return passed(id_, f"builds target {want} (from SM {c.cc})")
@@ -176,8 +178,6 @@ def toolkit_arch(c: Ctx) -> CheckResult:
     if arch_list and not any(_covers(e, c.cc) for e in arch_list.replace(";", " ").replace(",", " ").split()):
         problems.append(f"vllm.torch_arch_list is {arch_list!r}")
     if problems:
-        from dsv4setup.toolkit.arch import torch_arch_list
-
         return failed(id_, f"the GPUs are SM {c.cc} ({want}) but {' and '.join(problems)}: binaries for another "
                            f"target fail at run time (sm_100a on SM 10.3 silently)",
                       f"--set toolkit.arch={want} --set vllm.torch_arch_list={torch_arch_list(want)}")

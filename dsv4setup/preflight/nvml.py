@@ -198,9 +198,10 @@ def probe_nvml(nvml: ModuleType | None = None) -> NvmlFacts:
     """Read driver, GPUs and GPU pairs. Never raises for anything NVML reports."""
     if nvml is None:
         try:
-            import pynvml as nvml  # lazy: only the live probe needs it
+            import pynvml  # lazy: only the live probe needs it
         except ImportError as exc:
             return NvmlFacts(driver=None, nvml_error=f"nvidia-ml-py (pynvml) is not importable: {exc}")
+        nvml = pynvml
     try:
         nvml.nvmlInit()
     except nvml.NVMLError as exc:

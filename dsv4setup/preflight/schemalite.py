@@ -46,7 +46,8 @@ class Validator:
         node: Any = self.root
         for part in ref[2:].split("/"):
             node = node[part]
-        return node
+        resolved: dict[str, Any] = node
+        return resolved
 
     def _check(self, inst: Any, schema: dict[str, Any], path: str, found: list[str]) -> None:
         unknown = set(schema) - KEYWORDS - ANNOTATIONS

@@ -51,7 +51,8 @@ def take_snapshot(workdir: Workdir, *, nvml: ModuleType | None = None,
 
 @cache
 def hardware_schema() -> dict[str, Any]:
-    return json.loads(package_file("schemas", "hardware.schema.json").read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads(package_file("schemas", "hardware.schema.json").read_text(encoding="utf-8"))
+    return schema
 
 
 def snapshot_errors(doc: Any) -> list[str]:

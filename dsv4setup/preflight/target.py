@@ -114,7 +114,8 @@ def build_target(snap: Snapshot, profile: Profile | None, rules: Rules) -> Targe
                       num_speculative_tokens=rules.spec_default)
     cpu_only = profile.match.cpu_only
     tp = profile.serve.tensor_parallel_size
-    nodes, per_node, unconfigured = 1, tp, ()
+    nodes, per_node = 1, tp
+    unconfigured: tuple[str, ...] = ()
     if profile.multinode is not None:
         nodes = len(profile.multinode.nodes)
         per_node = profile.multinode.head.gpus

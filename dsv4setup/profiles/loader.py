@@ -209,7 +209,8 @@ def profile_data(doc: YamlDoc) -> dict[str, Any]:
     if not isinstance(doc.data, dict):
         raise ProfileError([Issue(doc.where(()), "(top level)",
                                   f"expected a mapping of profile keys, got a {type(doc.data).__name__}")])
-    return restore_plain_strings(doc.data, doc.root, Profile)
+    mapping: dict[str, Any] = restore_plain_strings(doc.data, doc.root, Profile)
+    return mapping
 
 
 def load_profile_file(path: Path) -> Profile:

@@ -8,14 +8,14 @@ package.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from dsv4setup.core.secrets import SECRET_ENV_VARS
 from dsv4setup.profiles import flags
 
-PROFILE_SCHEMA = "dsv4setup.profile/1"
+PROFILE_SCHEMA: Final = "dsv4setup.profile/1"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

@@ -129,7 +129,8 @@ def nest(path: Sequence[keys.Segment], value: Any) -> dict[Any, Any]:
     out: Any = value
     for segment in reversed(path):
         out = {segment: out}
-    return out
+    nested: dict[Any, Any] = out
+    return nested
 
 
 def set_layer(item: str) -> Layer:
@@ -141,13 +142,13 @@ def set_layer(item: str) -> Layer:
 def merge(base: Any, patch: Any, layer: Layer, loc: Loc = ()) -> Any:
     """`patch` over `base`: mappings merge, index-keyed mappings patch list items, the rest replaces."""
     if isinstance(patch, dict) and isinstance(base, list) and patch and all(isinstance(k, int) for k in patch):
-        out = list(base)
+        items = list(base)
         for index, value in patch.items():
-            if index >= len(out):
+            if index >= len(items):
                 raise ProfileError([Issue(layer.where((*loc, index)), dotted((*loc, index)),
-                                          f"index {index} is out of range: the list has {len(out)} item(s)")])
-            out[index] = merge(out[index], value, layer, (*loc, index))
-        return out
+                                          f"index {index} is out of range: the list has {len(items)} item(s)")])
+            items[index] = merge(items[index], value, layer, (*loc, index))
+        return items
     if isinstance(patch, dict) and isinstance(base, dict):
         out = dict(base)
         for key, value in patch.items():

@@ -55,7 +55,8 @@ class RecipeImport:
 
 
 def hardware_table() -> dict[str, Any]:
-    return yaml.safe_load(package_file("profiles", "recipe_hardware.yaml").read_text(encoding="utf-8"))
+    table: dict[str, Any] = yaml.safe_load(package_file("profiles", "recipe_hardware.yaml").read_text(encoding="utf-8"))
+    return table
 
 
 def _hardware(key: str) -> dict[str, Any]:

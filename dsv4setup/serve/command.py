@@ -125,7 +125,7 @@ def render_nodes(profile: Profile, workdir: Workdir, serve: ServeCommand) -> lis
     head_address = addresses[multi.nodes.index(multi.head)]
     if not multi.nccl_socket_ifname:
         missing.append("set multinode.nccl_socket_ifname to the inter-node interface (`ip -br addr`)")
-    nodes = []
+    nodes: list[dict[str, Any]] = []
     for node, address in zip(multi.nodes, addresses, strict=True):
         env = {**serve.env, "VLLM_HOST_IP": address}
         start = ([ray, "start", "--head", "--port", str(multi.ray_port)] if node.role == "head"

@@ -81,4 +81,5 @@ def fetch_metrics(base_url: str, api_key: str | None = None, timeout_s: float = 
     if api_key and api_key != "EMPTY":
         request.add_header("Authorization", f"Bearer {api_key}")
     with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (our own server)
-        return response.read().decode("utf-8", errors="replace")
+        body: bytes = response.read()
+    return body.decode("utf-8", errors="replace")

@@ -22,11 +22,13 @@ HINTS = {
               "reasoning parser, or set smoke.expect (`--set smoke.expect=TEXT`) to what this model answers",
     "spec-decode-active": "speculative decoding is not active: check that the serve command carries "
                           "--speculative-config (`dsv4setup plan`) and that the checkpoint has its MTP tensors "
-                          "(`dsv4setup checkpoint lint`); a stripped MTP head makes `mtp` a silent no-op",
+                          "(`dsv4setup checkpoint lint CHECKPOINT_DIR`); a stripped MTP head makes `mtp` a silent "
+                          "no-op",
     "drafts-made": "no drafts were made during the generation: the MTP drafter is configured but not running; "
                    "look for 'Loading drafter model' in `dsv4setup logs serve`",
     "acceptance": "drafts were rejected: 0 % acceptance with no error means the MTP head or its embedding was "
-                  "not loaded (count the mtp.* keys: `dsv4setup checkpoint lint`), or the draft's context is "
+                  "not loaded (count the mtp.* keys: `dsv4setup checkpoint lint CHECKPOINT_DIR`), or the draft's "
+                  "context is "
                   "shorter than the target's (hf_config_path and --hf-overrides do not reach the draft)",
     "metrics": "the server's /metrics does not answer: is the server up (`dsv4setup serve --json`)?",
 }

@@ -93,7 +93,7 @@ class ToolkitStep(Step):
         if channel not in ("nvidia", "conda-forge"):
             raise UsageError(f"toolkit conda channel {channel!r}: expected nvidia or conda-forge")
         forced = requested_route(ctx.options.get("toolkit_route"), ctx.profile.toolkit.route)
-        return Target(version, release, resolve_arch(ctx), forced, channel)
+        return Target(version, release, resolve_arch(ctx), forced, cast(CondaChannel, channel))
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         try:
