@@ -15,7 +15,6 @@ starts the right one) and leaves the configured one running.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -60,6 +59,7 @@ from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.serve.apikey import client_api_key
+from dsv4setup.serve.launch import effective_profile, launch, render_command
 from dsv4setup.serve.manager import server_state
 from dsv4setup.serve.process import (
     ServerRecord,
@@ -71,6 +71,7 @@ from dsv4setup.serve.process import (
     stop_server,
 )
 from dsv4setup.serve.readiness import LogFollower, base_url, health_status
+from dsv4setup.smoke.report import read_report, report_file, smoke_test
 
 PORT_RELEASE_S = 30.0
 
@@ -167,8 +168,6 @@ class MatrixRun:
 
 
 def render_for(session: BenchSession, profile: Profile) -> tuple[list[str], dict[str, str]]:
-    from dsv4setup.serve.step import effective_profile, render_command
-
     ctx = session.context(profile)
     return render_command(ctx, effective_profile(ctx))
 
@@ -229,8 +228,6 @@ def _wait_port_released(record: ServerRecord, log: StepLog, timeout_s: float = P
 
 def ensure_server(session: BenchSession, profile: Profile, label: str) -> ServerUp | CellFailure:
     """The server for this profile, healthy: adopted when it already runs, else started by ServeStep.run."""
-    from dsv4setup.serve.step import ServeStep
-
     argv, env = render_for(session, profile)
     wanted = command_fingerprint(argv, env)
     _stop_if_other(session, wanted)
@@ -241,7 +238,7 @@ def ensure_server(session: BenchSession, profile: Profile, label: str) -> Server
     with StepLog(log_path) as serve_log:
         serve_log.section(f"bench {session.run_id}: server for {label}")
         try:
-            outputs = ServeStep().run(session.context(profile, serve_log, label))
+            outputs = launch(session.context(profile, serve_log, label))
         except StepError as exc:
             session.log.line(f"{label}: the server did not come up: {exc.message}")
             return CellFailure(exc.message, exc.hint, exc.known_failure, _said(log_path, offset, exc), phase="serve")
@@ -393,12 +390,7 @@ def _after_abort(session: BenchSession) -> None:
 
 
 def _smoke_still_valid(workdir: Workdir, record: ServerRecord) -> bool:
-    from dsv4setup.smoke.step import report_file
-
-    try:
-        doc = json.loads(report_file(workdir).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    doc = read_report(report_file(workdir))
     return bool(doc.get("ok")) and (doc.get("server_pid"), doc.get("server_started_at")) == (
         record.pid, record.started_at)
 
@@ -427,13 +419,11 @@ def restore(session: BenchSession, target: Profile, was_running: bool) -> dict[s
 
 def _smoke(session: BenchSession, target: Profile, k: int) -> dict[str, Any]:
     """The smoke step's own test against the restored server, so `up` finds smoke verified."""
-    from dsv4setup.smoke.step import SmokeStep
-
     session.tell(f"smoke-testing the restored server (k={k})")
     with StepLog(session.workdir.log_file("smoke")) as smoke_log:
         smoke_log.section(f"bench {session.run_id}: smoke test of the restored server")
         try:
-            SmokeStep().run(session.context(target, smoke_log, "smoke"))
+            smoke_test(session.context(target, smoke_log, "smoke"))
         except StepError as exc:
             return {"ok": False, "smoke": "failed", "message": f"the restored server (k={k}) failed its smoke "
                                                                f"test: {exc.message}", "hint": exc.hint}

@@ -42,7 +42,7 @@ class BenchStep(Step):
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.bench.fingerprint import serve_args
-        from dsv4setup.serve.step import effective_profile, render_command
+        from dsv4setup.serve.launch import effective_profile, render_command
 
         argv, env = render_command(ctx, effective_profile(ctx))  # k and the address do not make a new bench due
         return {"matrix": _plan(ctx).to_dict(), "serve_args": serve_args(argv), "env": env}
@@ -52,7 +52,7 @@ class BenchStep(Step):
         from dsv4setup.bench.fingerprint import probe_hardware, workload_part
         from dsv4setup.bench.rows import read_rows
         from dsv4setup.bench.runner import setup_fingerprint
-        from dsv4setup.serve.step import effective_profile, render_command
+        from dsv4setup.serve.launch import effective_profile, render_command
 
         results = ctx.workdir.bench_dir / "results.jsonl"
         try:

@@ -10,7 +10,8 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
-from dsv4setup.core.engine import Decision, Observer, Step
+from dsv4setup.core.decision import Decision
+from dsv4setup.core.engine import Observer, Step
 from dsv4setup.core.state import StepErrorInfo, StepStatus
 
 STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red", "running": "yellow",

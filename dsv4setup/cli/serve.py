@@ -77,7 +77,7 @@ def smoke(
     json_: JsonOpt = False,
 ) -> None:
     """Smoke-test the running server: a chat completion, and MTP drafts made and accepted (from /metrics)."""
-    from dsv4setup.smoke.step import report_file
+    from dsv4setup.smoke.report import report_file
 
     wd = workdir_from(workdir)
     result = _run_step(wd, "smoke", profile, set_, {}, True, json_)

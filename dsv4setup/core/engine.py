@@ -15,8 +15,9 @@ import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
+from dsv4setup.core.decision import Decision
 from dsv4setup.core.errors import DsvError, StepError, UsageError
 from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.proc import StepLog, tail_lines
@@ -79,21 +80,6 @@ class Step(ABC):
 def fingerprint(inputs: dict[str, Any]) -> str:
     blob = json.dumps(inputs, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-Action = Literal["run", "skip", "not-selected"]
-
-
-@dataclass(frozen=True)
-class Decision:
-    step: str
-    action: Action
-    reason: str
-    description: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return {"step": self.step, "action": self.action, "reason": self.reason,
-                "description": self.description}
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from dsv4setup.serve.process import SERVE_ID_ENV, check_port_free, read_record
 from dsv4setup.serve.readiness import base_url
 from dsv4setup.serve.step import ServeStep
 from dsv4setup.smoke.probe import SmokeRequest, run_smoke
-from dsv4setup.smoke.step import SmokeStep, report_file
+from dsv4setup.smoke.report import report_file
+from dsv4setup.smoke.step import SmokeStep
 from dsv4setup.tinymodel import generate_tiny_checkpoint
 
 from .conftest import free_port, processes_with_id, validate
