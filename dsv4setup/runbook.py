@@ -52,7 +52,7 @@ def _custom_steps(spec: str) -> list[Step]:
         factory = getattr(importlib.import_module(module_name), attr or "steps")
     except (ImportError, AttributeError) as exc:
         raise UsageError(f"{ENV_RUNBOOK}={spec}: cannot load it ({exc})",
-                         hint="use module:callable, with the module on PYTHONPATH") from None
+                         fix="use module:callable, with the module on PYTHONPATH") from None
     return list(factory())
 
 

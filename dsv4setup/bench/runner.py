@@ -241,7 +241,7 @@ def ensure_server(session: BenchSession, profile: Profile, label: str) -> Server
             outputs = launch(session.context(profile, serve_log, label))
         except StepError as exc:
             session.log.line(f"{label}: the server did not come up: {exc.message}")
-            return CellFailure(exc.message, exc.hint, exc.known_failure, _said(log_path, offset, exc), phase="serve")
+            return CellFailure(exc.message, exc.fix, exc.known_failure, _said(log_path, offset, exc), phase="serve")
     record = read_record(session.workdir)
     if record is None:  # ServeStep.run returned, so it wrote one: a vanished record is a bug
         raise StepError(f"the server for {label} is up but its record {session.workdir.run_dir} is gone")
@@ -292,7 +292,7 @@ def _run_cell(session: BenchSession, info: VllmInfo, cell: Cell, server: ServerU
         failure = judge_metrics(cell, metrics)
     except BenchRunError as exc:
         known = exc.known
-        failure = CellFailure(exc.message, exc.hint, known.failure.id if known else None, exc.excerpt)
+        failure = CellFailure(exc.message, exc.fix, known.failure.id if known else None, exc.excerpt)
         died = exc.server_died
     row = build_row(run_id=session.run_id, cell=cell, fingerprint=fingerprint, started_at=started_at,
                     elapsed_s=time.monotonic() - t0, metrics=metrics, failure=failure, raw_result=raw)
@@ -315,7 +315,7 @@ def run_matrix(session: BenchSession) -> MatrixRun:
     info = probe_vllm(session.workdir.venv_python)
     if info.error or not info.version:
         raise StepError(f"no usable vLLM in the serving venv: {info.error or 'vllm is not installed there'}",
-                        hint="install it: `dsv4setup up --until vllm`")
+                        fix="install it: `dsv4setup up --until vllm`")
     session.log.line(f"vLLM {info.dist} {info.version} (commit {info.commit}); bench runner: {info.runner}")
     state = server_state(session.workdir)
     was_running = state.healthy
@@ -362,7 +362,7 @@ def _run_k(session: BenchSession, info: VllmInfo, k: int, env: dict[str, str], b
         if died:
             error = row["error"]
             dead = CellFailure(f"not measured: the server for k={k} died in an earlier cell ({error['message']})",
-                               error["hint"], error["known_failure"], error["excerpt"], phase="bench")
+                               error["fix"], error["known_failure"], error["excerpt"], phase="bench")
     if dead is not None:  # leave nothing half-dead behind for the next k
         record = read_record(session.workdir)
         if record is not None:
@@ -408,7 +408,7 @@ def restore(session: BenchSession, target: Profile, was_running: bool) -> dict[s
     up = ensure_server(session, target, f"restore k={k}")
     if isinstance(up, CellFailure):
         return {"ok": False, "server": "failed", "k": k, "pid": None, "smoke": "not run",
-                "message": f"the server could not be restarted at k={k}: {up.message}", "hint": up.hint,
+                "message": f"the server could not be restarted at k={k}: {up.message}", "fix": up.fix,
                 "known_failure": up.known_failure}
     doc = {"ok": True, "server": "running", "k": k, "pid": up.record.pid, "smoke": "still valid",
            "message": f"the server runs at k={k} again (pid {up.record.pid})"}
@@ -426,5 +426,5 @@ def _smoke(session: BenchSession, target: Profile, k: int) -> dict[str, Any]:
             smoke_test(session.context(target, smoke_log, "smoke"))
         except StepError as exc:
             return {"ok": False, "smoke": "failed", "message": f"the restored server (k={k}) failed its smoke "
-                                                               f"test: {exc.message}", "hint": exc.hint}
+                                                               f"test: {exc.message}", "fix": exc.fix}
     return {"smoke": "passed"}

@@ -84,8 +84,8 @@ class BenchStep(Step):
                                run_id=ctx.options.get("bench_run_id") or new_run_id())
         doc = execute(session, apply=bool(ctx.options.get("apply_best")))
         if not doc["ok"]:
-            hint = doc["restore"].get("hint") or f"see {doc['files']['markdown']} and `dsv4setup logs bench`"
-            raise StepError("bench: " + "; ".join(doc["problems"]), hint=hint)
+            fix = doc["restore"].get("fix") or f"see {doc['files']['markdown']} and `dsv4setup logs bench`"
+            raise StepError("bench: " + "; ".join(doc["problems"]), fix=fix)
         return {"run_id": doc["run_id"], "results": doc["files"]["results"], "report": doc["files"]["markdown"],
                 "chart": doc["files"]["chart"], "document": doc["files"]["document"], "counts": doc["counts"],
                 "best": {shape: best["k"] for shape, best in doc["best"].items()},

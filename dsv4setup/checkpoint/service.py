@@ -37,12 +37,12 @@ def parse_target(text: str) -> Target:
         return Target(text, "local", path=path.absolute())
     if path.exists():
         raise UsageError(f"{text} is a file: give the checkpoint directory (the one with config.json)",
-                         hint=f"dsv4setup checkpoint lint {path.absolute().parent}")
+                         fix=f"dsv4setup checkpoint lint {path.absolute().parent}")
     if REPO_RE.match(text):
         repo, _, revision = text.partition("@")
         return Target(text, "remote", repo=repo, revision=revision or "main")
     raise UsageError(f"{text}: no such directory, and not a repo id (ORG/NAME or ORG/NAME@REVISION)",
-                     hint="give a checkpoint directory or a Hugging Face repo id")
+                     fix="give a checkpoint directory or a Hugging Face repo id")
 
 
 @dataclass
@@ -105,5 +105,5 @@ def remote_lint_checks(repo: str, revision: str = "main") -> list[dict[str, Any]
     try:
         outcome = run_lint(Target(f"{repo}@{revision}", "remote", repo=repo, revision=revision))
     except HubError as exc:
-        return [{"id": "checkpoint.remote", "status": "fail", "summary": exc.message, "fix": exc.hint}]
+        return [{"id": "checkpoint.remote", "status": "fail", "summary": exc.message, "fix": exc.fix}]
     return [c.to_dict() for c in outcome.report.checks]

@@ -86,7 +86,7 @@ class CheckpointStep(Step):
         if not report.ok:
             failed = report.failed()
             raise StepError("checkpoint lint failed: " + "; ".join(f"{c.id}: {c.summary}" for c in failed),
-                            hint=" | ".join(dict.fromkeys(c.fix for c in failed if c.fix)) or None)
+                            fix=" | ".join(dict.fromkeys(c.fix for c in failed if c.fix)) or None)
         copy_dir = config_copy_dir(ctx.workdir)
         hf_config_path: str | None = None
         if report.ignore_fixes and meta.config is not None:

@@ -120,11 +120,13 @@ def register(args: list[str] | None = None) -> None:
 
 def report_error(exc: DsvError, as_json: bool) -> None:
     if as_json:
-        emit_json({"schema": "dsv4setup.error/1", "ok": False, **exc.to_dict()})
+        emit_json({"schema": "dsv4setup.error/2", "ok": False, **exc.to_dict()})
         return
     err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
-    if exc.hint:
-        err.print(f"[bold]fix:[/] {exc.hint}", highlight=False)
+    if exc.fix:
+        err.print(f"[bold]fix:[/] {exc.fix}", highlight=False)
+    if exc.command:
+        err.print(f"[bold]then run:[/] {exc.command}", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug_enabled():
             raise
         report_error(DsvError(f"internal error: {type(exc).__name__}: {exc}",
-                              hint="run again with -v (or DSV4SETUP_DEBUG=1) for the traceback and report it"),
+                              fix="run again with -v (or DSV4SETUP_DEBUG=1) for the traceback and report it"),
                      as_json)
         sys.exit(EXIT_FAILED)
     sys.exit(code if isinstance(code, int) else 0)

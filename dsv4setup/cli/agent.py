@@ -16,6 +16,6 @@ def next_(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
         emit_json(action.to_doc())
         return
     out.print(f"[bold]{action.action}[/]: {action.why}")
-    if action.hint:
-        out.print(f"[bold]fix:[/] {action.hint}")
+    if action.fix:
+        out.print(f"[bold]fix:[/] {action.fix}")
     out.print("  " + " ".join(action.command), markup=False)

@@ -16,7 +16,7 @@ from dsv4setup.core.errors import EXIT_FAILED
 if TYPE_CHECKING:
     from dsv4setup.checkpoint.service import LintOutcome
 
-DOWNLOAD_SCHEMA = "dsv4setup.download/1"
+DOWNLOAD_SCHEMA = "dsv4setup.download/2"
 STYLE = {"fail": ("✗", "bold red"), "warn": ("!", "yellow"), "pass": ("✓", "green"), "skip": ("-", "dim")}
 
 checkpoint_app = typer.Typer(no_args_is_help=True, help="Judge a checkpoint's metadata (MTP block, dtypes, ignore "

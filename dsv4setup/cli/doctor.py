@@ -99,7 +99,7 @@ def _save(path: Path, snap: dict[str, object], quiet: bool) -> None:
         save_snapshot(path, snap)
     except OSError as exc:
         raise UsageError(f"cannot write the snapshot to {path}: {exc.strerror or exc}",
-                         hint="choose a writable path for --save-snapshot") from None
+                         fix="choose a writable path for --save-snapshot") from None
     if not quiet:
         err.print(f"snapshot written to {path}", highlight=False)
 

@@ -224,11 +224,11 @@ def import_recipe_cmd(
     result = import_recipe(file, hardware, name=name, tp=tp, strategy=strategy)
     profile = result.profile
     if profile.name in {p.stem for p in shipped_profile_files()}:
-        raise UsageError(f"profile name {profile.name!r} is taken by a shipped profile", hint="pass --name NEW")
+        raise UsageError(f"profile name {profile.name!r} is taken by a shipped profile", fix="pass --name NEW")
     target = None if out_ == "-" else Path(out_) if out_ else user_profiles_dir(wd) / f"{profile.name}.yaml"
     if target is not None:
         if target.exists() and not force:
-            raise UsageError(f"{target} exists", hint="pass --force to overwrite it, or --out another file")
+            raise UsageError(f"{target} exists", fix="pass --force to overwrite it, or --out another file")
         atomic_write_text(target, result.yaml_text)
     if json_:
         emit_json({"schema": IMPORT_SCHEMA, "ok": True, "name": profile.name,

@@ -61,8 +61,8 @@ class RichObserver(Observer):
             self.console.print(f"[dim]last lines of {error.log}:[/]")
             for line in log_tail[-15:]:
                 self.console.print(Text("  " + line, style="dim"))
-        if error.hint:
-            self.console.print(f"[bold]fix:[/] {error.hint}", highlight=False)
+        if error.fix:
+            self.console.print(f"[bold]fix:[/] {error.fix}", highlight=False)
 
 
 def decisions_table(decisions: list[Decision], title: str) -> Table:

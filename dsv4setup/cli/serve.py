@@ -85,7 +85,7 @@ def smoke(
     if not path.exists():  # it failed before generating (no server): a plain error
         error = result.error
         raise StepError(error.message if error else f"the smoke step wrote no report at {path}",
-                        hint=error.hint if error else None)
+                        fix=error.fix if error else None)
     doc = json.loads(path.read_text(encoding="utf-8"))
     if json_:
         emit_json(doc)
@@ -109,8 +109,8 @@ def _print_smoke(doc: dict[str, Any]) -> None:
     for check in doc["checks"]:
         mark = "[green]ok[/]  " if check["ok"] else "[bold red]FAIL[/]"
         out.print(f"{mark} {check['name']}: {check['detail']}", highlight=False)
-        if check.get("hint"):
-            out.print(f"     fix: {check['hint']}", highlight=False)
+        if check.get("fix"):
+            out.print(f"     fix: {check['fix']}", highlight=False)
 
 
 @app.command("tiny-model")

@@ -74,7 +74,7 @@ class Step(ABC):
 
     @abstractmethod
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        """Do the work; return outputs for later steps; raise StepError with a hint on failure."""
+        """Do the work; return outputs for later steps; raise StepError with a fix on failure."""
 
 
 def fingerprint(inputs: dict[str, Any]) -> str:
@@ -95,7 +95,7 @@ class Selection:
         for flag, value in (("--from", self.start), ("--until", self.until), *(
                 ("--only", o) for o in self.only), *(("--redo", r) for r in self.redo)):
             if value is not None and value not in names:
-                raise UsageError(f"{flag} {value}: no such step", hint=f"steps are: {', '.join(names)}")
+                raise UsageError(f"{flag} {value}: no such step", fix=f"steps are: {', '.join(names)}")
         if self.only:
             return [n for n in names if n in self.only]
         lo = names.index(self.start) if self.start else 0
@@ -181,7 +181,8 @@ class Runbook:
                     continue
                 if state.step(need).status not in (StepStatus.DONE, StepStatus.SKIPPED):
                     raise UsageError(f"step {name} needs step {need}, which is not done",
-                                     hint=f"run `dsv4setup up --until {need}` first, or widen --from/--only")
+                                     fix="run the earlier steps first, or widen --from/--only",
+                                     command=f"dsv4setup up --until {need}")
 
     def plan(self, selection: Selection) -> list[Decision]:
         """What `up` would do now (dry run). Reads state; never writes."""
@@ -232,24 +233,24 @@ class Runbook:
                     post = step.is_done(ctx)
                     if not post.ok:
                         raise StepError(f"{step.name} ran but its postcondition fails: {post.detail}",
-                                        hint=f"see {log_path}")
+                                        fix=f"see {log_path}")
                     record.fingerprint, record.fingerprint_inputs = fingerprint(inputs), inputs
                     status, detail = StepStatus.DONE, post.detail
             except DsvError as exc:
-                log.line(f"FAILED: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""))
+                log.line(f"FAILED: {exc.message}" + (f"\nhint: {exc.fix}" if exc.fix else ""))
                 known = getattr(exc, "known_failure", None)
-                return self._fail(step, state, StepErrorInfo(message=exc.message, hint=exc.hint,
+                return self._fail(step, state, StepErrorInfo(message=exc.message, fix=exc.fix,
                                                               log=str(log_path), known_failure=known), obs)
             except KeyboardInterrupt:
                 log.line("INTERRUPTED by the user")
                 self._fail(step, state, StepErrorInfo(message="interrupted by the user", log=str(log_path),
-                                                      hint="run `dsv4setup up` again to resume"), obs)
+                                                      fix="run `dsv4setup up` again to resume"), obs)
                 raise
             except Exception as exc:  # a bug: record it, keep the traceback in the log, never lose state
                 log.write(traceback.format_exc())
                 return self._fail(step, state, StepErrorInfo(
                     message=f"internal error in step {step.name}: {type(exc).__name__}: {exc}",
-                    hint=f"the traceback is in {log_path}; please report it", log=str(log_path)), obs)
+                    fix=f"the traceback is in {log_path}; please report it", log=str(log_path)), obs)
             log.line(f"{status.value.upper()}: {detail}")
         record.status, record.outputs = status, outputs
         record.pid, record.finished_at = None, now_iso()

@@ -104,7 +104,7 @@ class DownloadStep(Step):
         problem = _local_problem(path)
         if problem:
             raise StepError(f"model.local_path: {problem}",
-                            hint="point model.local_path at a checkpoint directory (config.json + *.safetensors), "
+                            fix="point model.local_path at a checkpoint directory (config.json + *.safetensors), "
                                  "e.g. --set model.local_path=/data/DeepSeek-V4-Flash")
         files, size = _listing(path)
         return {"path": str(path), "route": "local", "repo": None, "revision": None, "files": files, "bytes": size}
@@ -112,14 +112,14 @@ class DownloadStep(Step):
     def _generate(self, ctx: RunContext, path: Path) -> dict[str, Any]:
         generator = ctx.profile.model.generate
         if generator != "tiny-deepseek-v3-mtp":
-            raise StepError(f"unknown checkpoint generator {generator!r}", hint="use tiny-deepseek-v3-mtp")
+            raise StepError(f"unknown checkpoint generator {generator!r}", fix="use tiny-deepseek-v3-mtp")
         tinymodel = importlib.import_module("dsv4setup.tinymodel")
         ctx.progress(f"generating the tiny DeepSeek-V3 + MTP checkpoint into {path}")
         tinymodel.generate_tiny_checkpoint(path)
         problem = _local_problem(path)
         if problem:
             raise StepError(f"the tiny-model generator left an incomplete checkpoint: {problem}",
-                            hint=f"remove {path} and run again; report it if it persists")
+                            fix=f"remove {path} and run again; report it if it persists")
         files, size = _listing(path)
         return {"path": str(path), "route": "generate", "repo": None, "revision": None, "files": files,
                 "bytes": size, "generator": generator}

@@ -37,7 +37,7 @@ def profile_patches(ctx: RunContext, manifest: Manifest) -> list[str]:
     unknown = [i for i in ids if i not in manifest.by_id]
     if unknown:
         raise StepError(f"profile {ctx.profile.name} lists unknown patch id(s): {', '.join(unknown)}",
-                        hint=f"known patch ids: {', '.join(manifest.ids)} (see {manifest.path}); "
+                        fix=f"known patch ids: {', '.join(manifest.ids)} (see {manifest.path}); "
                              f"fix the profile's `patches` list")
     return ids
 
@@ -94,15 +94,15 @@ class PatchesStep(Step):
             raise StepError("patch(es) the profile needs cannot take effect on "
                             f"{target.distribution} {target.version}: "
                             + "; ".join(f"{r.id}: {r.detail}" for r in blocked),
-                            hint=f"install the vLLM version the profile pins ({ctx.profile.vllm.package}=="
+                            fix=f"install the vLLM version the profile pins ({ctx.profile.vllm.package}=="
                                  f"{ctx.profile.vllm.version}) with `dsv4setup up --redo vllm`, or drop these ids "
                                  f"from the profile's patches")
         try:
             result = apply_patches(manifest, target, ids, log=lambda m: (log.line(m), ctx.progress(m)))
         except PatchConflictError as exc:
-            raise StepError(exc.message, hint=reinstall_hint(target)) from None
+            raise StepError(exc.message, fix=reinstall_hint(target)) from None
         except DsvError as exc:
-            raise StepError(exc.message, hint=exc.hint) from None
+            raise StepError(exc.message, fix=exc.fix) from None
         return {"target": str(target.root), "vllm_version": target.version,
                 "applied": [r.id for r in result.reports if r.status == "applied"],
                 "upstream": [r.id for r in result.reports if r.status == "upstream"],

@@ -70,7 +70,7 @@ class PreflightStep(Step):
             raise StepError(
                 f"preflight: {len(failures)} check(s) failed: "
                 + "; ".join(f"{r.id}: {r.summary}" for r in failures),
-                hint=" | ".join(f"{r.id}: {r.fix}" for r in failures)
+                fix=" | ".join(f"{r.id}: {r.fix}" for r in failures)
                 + f" (all checks: `dsv4setup doctor --workdir {ctx.workdir.root}`; report: {report_path})")
         outputs: dict[str, Any] = {"snapshot": str(snapshot_path), "report": str(report_path),
                                    "recommendation": report.recommendation,

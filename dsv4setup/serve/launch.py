@@ -62,7 +62,7 @@ def launch(ctx: RunContext) -> dict[str, Any]:
         check_port_free(host, port)
         if not Path(argv[0]).exists():
             raise StepError(f"the serving interpreter {argv[0]} does not exist",
-                            hint="install vLLM first: `dsv4setup up --until vllm`")
+                            fix="install vLLM first: `dsv4setup up --until vllm`")
         log.line("$ " + " ".join(argv))
         log.line("env: " + " ".join(f"{k}={v}" for k, v in env.items() if k != "VLLM_API_KEY")
                  + (" VLLM_API_KEY=<set>" if key else ""))
@@ -100,7 +100,7 @@ def _adoptable(ctx: RunContext, fingerprint: str) -> ServerRecord | None:
                                f"{report.elapsed_s}s)")
         if report.survivors:
             raise StepError(f"the old server did not stop (pids {report.survivors} survive)",
-                            hint=f"stop them, then run `dsv4setup up --workdir {ctx.workdir.root}` again")
+                            fix=f"stop them, then run `dsv4setup up --workdir {ctx.workdir.root}` again")
         return None
     report = stop_server(ctx.workdir, existing)  # stragglers of a dead server, its temp dir, its records
     ctx.require_log().line(f"cleared the record of a server that is gone ({detail}); "

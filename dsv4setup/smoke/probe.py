@@ -13,9 +13,9 @@ from typing import Any
 
 from dsv4setup.serve.metrics import SpecDecodeCounters, fetch_metrics, parse_spec_decode, spec_decode_delta
 
-SMOKE_SCHEMA = "dsv4setup.smoke/1"
+SMOKE_SCHEMA = "dsv4setup.smoke/2"
 
-HINTS = {
+FIXES = {
     "models": "the server does not list the model: check serve.served_model_name and `dsv4setup logs serve`",
     "completion": "the chat completion failed: see the error above and `dsv4setup logs serve -n 60`",
     "answer": "the answer (content and reasoning) lacks the expected text: check the chat template and the "
@@ -59,7 +59,7 @@ class SmokeReport:
     mtp: dict[str, Any] = field(default_factory=dict)
 
     def check(self, name: str, ok: bool, detail: str) -> bool:
-        self.checks.append({"name": name, "ok": ok, "detail": detail, "hint": None if ok else HINTS.get(name)})
+        self.checks.append({"name": name, "ok": ok, "detail": detail, "fix": None if ok else FIXES.get(name)})
         return ok
 
     @property

@@ -37,7 +37,7 @@ def smoke_test(ctx: RunContext) -> dict[str, Any]:
     state = server_state(ctx.workdir)
     if not state.healthy or state.record is None:
         raise StepError(f"no healthy server to smoke-test: {state.detail}",
-                        hint="start it: `dsv4setup up --redo serve` (or `dsv4setup serve`)")
+                        fix="start it: `dsv4setup up --redo serve` (or `dsv4setup serve`)")
     record, profile = state.record, ctx.profile
     req = SmokeRequest(base_url=base_url(record.host, record.port), api_key=client_api_key(ctx.workdir),
                        model=profile.serve.served_model_name, prompt=profile.smoke.prompt,
@@ -55,7 +55,7 @@ def smoke_test(ctx: RunContext) -> dict[str, Any]:
     failure = report.first_failure()
     if failure is not None:
         raise StepError(f"smoke check {failure['name']} failed: {failure['detail']} (report: {path})",
-                        hint=failure["hint"])
+                        fix=failure["fix"])
     mtp = report.mtp
     return {"ok": True, "report": str(path), "server_pid": record.pid, "server_started_at": record.started_at,
             "tokens_per_s": doc["tokens_per_s"], "mtp_checked": mtp.get("checked", False),

@@ -20,7 +20,7 @@ from typing import Any, cast
 from dsv4setup.core.engine import Postcondition, RunContext, Step
 from dsv4setup.core.errors import StepError, UsageError
 from dsv4setup.core.proc import StepLog
-from dsv4setup.toolkit.arch import Release, arches_from_preflight, fmt, is_arch, parse_release, support_hint
+from dsv4setup.toolkit.arch import Release, arches_from_preflight, fmt, is_arch, parse_release, support_fix
 from dsv4setup.toolkit.install import (
     CondaChannel,
     Route,
@@ -56,7 +56,7 @@ def resolve_arch(ctx: RunContext) -> str:
     arch = ctx.profile.toolkit.arch
     if arch:
         if not is_arch(arch):
-            raise StepError(f"toolkit.arch {arch!r} is not an nvcc target", hint="write it like sm_120a or sm_90a")
+            raise StepError(f"toolkit.arch {arch!r} is not an nvcc target", fix="write it like sm_120a or sm_90a")
         return arch
     found = arches_from_preflight(ctx.output("preflight"))
     if len(found) == 1:
@@ -64,10 +64,10 @@ def resolve_arch(ctx: RunContext) -> str:
     if not found:
         raise StepError("no target GPU architecture: toolkit.arch is unset and the preflight step reported no "
                         "GPU compute capability",
-                        hint="set it, e.g. `--set toolkit.arch=sm_120a` (RTX PRO 6000), sm_121a (GB10), "
+                        fix="set it, e.g. `--set toolkit.arch=sm_120a` (RTX PRO 6000), sm_121a (GB10), "
                              "sm_90a (H100/H200), sm_100a (B200); or run preflight on the GPU machine")
     raise StepError(f"the GPUs have different architectures ({', '.join(found)})",
-                    hint="set toolkit.arch to the one vLLM will run on, e.g. `--set toolkit.arch=" + found[0] + "`")
+                    fix="set toolkit.arch to the one vLLM will run on, e.g. `--set toolkit.arch=" + found[0] + "`")
 
 
 class ToolkitStep(Step):
@@ -88,7 +88,7 @@ class ToolkitStep(Step):
         try:
             release = parse_release(version)
         except ValueError as exc:
-            raise StepError(f"toolkit.version: {exc}", hint="write a CUDA release such as 13.0.2") from None
+            raise StepError(f"toolkit.version: {exc}", fix="write a CUDA release such as 13.0.2") from None
         channel = ctx.options.get("toolkit_conda_channel") or "nvidia"
         if channel not in ("nvidia", "conda-forge"):
             raise UsageError(f"toolkit conda channel {channel!r}: expected nvidia or conda-forge")
@@ -171,7 +171,7 @@ class ToolkitStep(Step):
         if route == "conda":
             if conda is None:
                 raise StepError("the conda route is forced but no conda, mamba or micromamba is on PATH",
-                                hint="install micromamba (a single binary, no sudo) or use `--toolkit pip`")
+                                fix="install micromamba (a single binary, no sudo) or use `--toolkit pip`")
             install_conda(conda, layout, target.version, target.channel, log)
         else:
             install_pip(layout, target.version, log)
@@ -180,7 +180,7 @@ class ToolkitStep(Step):
             where = (layout.conda_prefix / "bin" if route == "conda"
                      else layout.venv / "lib/python*/site-packages/nvidia/*/bin")
             raise StepError(f"no nvcc found after the {route} install of CUDA {target.version} (looked in {where})",
-                            hint=f"see {log.path}; the package set may lack the compiler for this platform. "
+                            fix=f"see {log.path}; the package set may lack the compiler for this platform. "
                                  f"Try the other route (`--toolkit {'pip' if route == 'conda' else 'conda'}`)")
         ctx.progress(f"compiling a test kernel for {target.arch}")
         return self.outputs(self.check(nvcc, target, route, log), target)
@@ -190,13 +190,13 @@ class ToolkitStep(Step):
         if release != target.release:
             raise StepError(f"{nvcc} reports release {fmt(release) if release else 'unknown'}, "
                             f"not {fmt(target.release)}",
-                            hint=f"remove {nvcc.parents[1]} and run again; see {log.path}")
+                            fix=f"remove {nvcc.parents[1]} and run again; see {log.path}")
         compiled = compile_probe(nvcc, target.arch)
         if not compiled.ok:
             log.write(compiled.output)
             raise StepError(f"nvcc {fmt(release)} at {nvcc} cannot compile for {target.arch}: "
                             f"{error_lines(compiled.output, 2)}",
-                            hint=support_hint(target.arch, release))
+                            fix=support_fix(target.arch, release))
         log.line(f"nvcc {fmt(release)} at {nvcc} compiled a test kernel for {target.arch}")
         return Found(nvcc, release, compiled, route)
 

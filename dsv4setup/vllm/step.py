@@ -49,14 +49,14 @@ def toolkit_build_inputs(ctx: RunContext, spec: VllmSpec) -> tuple[Path, Path, s
     toolkit = ctx.output("toolkit")
     if not toolkit.get("cuda_home") or not toolkit.get("nvcc"):
         raise StepError("vllm.source is source but the toolkit step has no CUDA_HOME to build with",
-                        hint="set toolkit.version in the profile and run `dsv4setup up --only toolkit` first")
+                        fix="set toolkit.version in the profile and run `dsv4setup up --only toolkit` first")
     arch_list = spec.torch_arch_list
     if not arch_list:
         try:
             arch_list = torch_arch_list(str(toolkit.get("arch")))
         except ValueError:
             raise StepError(f"no TORCH_CUDA_ARCH_LIST: the toolkit step's arch is {toolkit.get('arch')!r}",
-                            hint="set vllm.torch_arch_list (e.g. 12.0a) or toolkit.arch (e.g. sm_120a)") from None
+                            fix="set vllm.torch_arch_list (e.g. 12.0a) or toolkit.arch (e.g. sm_120a)") from None
     return Path(toolkit["cuda_home"]), Path(toolkit["nvcc"]), arch_list
 
 
@@ -127,17 +127,17 @@ class VllmStep(Step):
 
     @staticmethod
     def verified(python: Path, spec: VllmSpec) -> InstallProbe:
-        """Check the install right away, so a mismatch fails with a specific hint."""
+        """Check the install right away, so a mismatch fails with a specific fix."""
         probe = probe_install(python, probe_names(spec))
         if isinstance(probe, str):
-            raise StepError(probe, hint=f"recreate the venv: remove {python.parent.parent} and run again")
+            raise StepError(probe, fix=f"recreate the venv: remove {python.parent.parent} and run again")
         ok, detail = judge_install(probe, spec)
         if not ok:
-            hint = ("the checkout builds another version: set vllm.version to the version it builds, or "
+            fix = ("the checkout builds another version: set vllm.version to the version it builds, or "
                     "vllm.git_ref to the ref that builds the wanted one") if spec.source != "wheel" else \
                 ("pip installed something else than the profile pins: check vllm.pip_constraints and "
                  "vllm.remove_after_install against the package's requirements")
-            raise StepError(f"after installing: {detail}", hint=hint)
+            raise StepError(f"after installing: {detail}", fix=fix)
         return probe
 
 

@@ -98,7 +98,7 @@ def test_remote_lint_of_a_gated_repo_needs_a_token(make_checkpoint: MakeCkpt, se
     serve_hub({REPO: RepoSpec({"main": make_checkpoint()}, gated=True)}, tokens={TOKEN: {REPO}})
     with pytest.raises(HubError) as excinfo:
         read_remote(REPO, "main")
-    assert "gated" in excinfo.value.message and "accept the terms" in (excinfo.value.hint or "")
+    assert "gated" in excinfo.value.message and "accept the terms" in (excinfo.value.fix or "")
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert lint(read_remote(REPO, "main")).ok
 

@@ -44,7 +44,7 @@ class MarkerStep(Step):
             fh.write(f"{self.name}\n")
         ctx.require_log().line(f"running {self.name}")
         if os.environ.get("TEST_STEPS_FAIL") == self.name:
-            raise StepError(f"{self.name} failed on purpose", hint="unset TEST_STEPS_FAIL")
+            raise StepError(f"{self.name} failed on purpose", fix="unset TEST_STEPS_FAIL")
         if os.environ.get("TEST_STEPS_SLOW") == self.name:
             (_dir() / f"{self.name}.started").touch()
             time.sleep(float(os.environ.get("TEST_STEPS_SLEEP", "30")))

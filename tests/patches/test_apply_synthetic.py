@@ -53,7 +53,7 @@ def test_foreign_modified_file_is_a_conflict_and_nothing_changes(synth: Synth) -
     with pytest.raises(PatchConflictError) as info:
         apply_patches(load_manifest(synth.manifest), find_target(synth.site))
     assert str(path) in info.value.message and "modified by something else" in info.value.message
-    assert "pip install --force-reinstall --no-deps vllm==0.33.0" in (info.value.hint or "")
+    assert "pip install --force-reinstall --no-deps vllm==0.33.0" in (info.value.fix or "")
     assert snapshot(synth.site) == before  # alpha was applicable, but nothing at all was touched
 
 

@@ -77,7 +77,7 @@ def test_foreign_modified_target_is_a_conflict_with_no_change(real: tuple[Path, 
     assert code == 1 and statuses(doc)["mtp-draft-hf-config-path"] == "conflict"
     code, doc = dsv(capsys, "patches", "apply", "--target", str(site))
     assert code == 1 and doc["error"] == "PatchConflictError" and str(path) in doc["message"]
-    assert "reinstall vLLM" in doc["hint"]
+    assert "reinstall vLLM" in doc["fix"]
     assert snapshot(site) == before and not (site / ".dsv4setup-backup").exists()
 
 

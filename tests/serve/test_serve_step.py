@@ -104,7 +104,7 @@ def test_known_failure_is_recorded_in_the_state_and_the_server_stopped_with_fake
     assert not result.ok
     error = load_state(workdir.state_file).steps["serve"].error
     assert error.known_failure == "mtp-weights-missing" and "no MTP tensors" in error.message
-    assert "MTP checkpoint" in error.hint or "MTP layer" in error.hint
+    assert "MTP checkpoint" in error.fix or "MTP layer" in error.fix
     assert read_record(workdir) is None  # stopped and cleaned
     assert "stopped the server" in workdir.log_file("serve").read_text()
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(port) in (p.info["cmdline"] or [])

@@ -128,7 +128,7 @@ def test_forced_conda_without_conda_fails_with_hint(workdir: Workdir, bin_dir: P
     result = up(workdir, make_profile(route="conda"), HostTools(path=str(bin_dir)))
     assert not result.ok and result.error is not None
     assert "no conda, mamba or micromamba" in result.error.message
-    assert "--toolkit pip" in (result.error.hint or "")
+    assert "--toolkit pip" in (result.error.fix or "")
 
 
 def test_no_nvcc_after_install_with_recording_fake_conda(workdir: Workdir, bin_dir: Path, record: Path) -> None:
@@ -136,7 +136,7 @@ def test_no_nvcc_after_install_with_recording_fake_conda(workdir: Workdir, bin_d
     result = up(workdir, make_profile(), HostTools(path=str(bin_dir)))
     assert not result.ok and result.error is not None
     assert result.error.message.startswith("no nvcc found after the conda install of CUDA 13.0.2")
-    assert "--toolkit pip" in (result.error.hint or "")
+    assert "--toolkit pip" in (result.error.fix or "")
     assert load_state(workdir.state_file).steps["toolkit"].status == StepStatus.FAILED
 
 
@@ -148,7 +148,7 @@ def test_toolkit_too_old_for_arch_names_the_needed_version_with_fake_conda_nvcc(
     assert not result.ok and result.error is not None
     assert "cannot compile for sm_121a" in result.error.message
     assert "Unsupported gpu architecture 'sm_121a'" in result.error.message
-    assert result.error.hint is not None and "sm_121a needs CUDA >= 12.9 but this nvcc is 12.8" in result.error.hint
+    assert result.error.fix is not None and "sm_121a needs CUDA >= 12.9 but this nvcc is 12.8" in result.error.fix
 
 
 def test_arch_comes_from_preflight_outputs_with_recording_fake_conda(workdir: Workdir, bin_dir: Path,
@@ -165,7 +165,7 @@ def test_no_arch_anywhere_fails_with_hint(workdir: Workdir, bin_dir: Path, recor
     result = up(workdir, make_profile(arch=None), HostTools(path=str(bin_dir)), preflight={"gpus": []})
     assert not result.ok and result.error is not None
     assert "no target GPU architecture" in result.error.message
-    assert "--set toolkit.arch=sm_120a" in (result.error.hint or "")
+    assert "--set toolkit.arch=sm_120a" in (result.error.fix or "")
     assert calls(record) == []
 
 
