@@ -16,8 +16,9 @@ from typing import Any
 
 from dsv4setup.checkpoint.fix import CONFIG_DIR_NAME, local_reader, read_fix_note, write_config_copy
 from dsv4setup.checkpoint.service import LintOutcome, Target, run_lint
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.paths import checkpoint_dir
 
@@ -57,22 +58,22 @@ class CheckpointStep(Step):
         return run_lint(Target(str(path), "local", path=path), vllm_version=_vllm_version(ctx),
                         expect_mtp=_expect_mtp(ctx))
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         outcome = self._lint(ctx)
         report = outcome.report
         if not report.ok:
-            return Postcondition(False, "lint fails: " + ", ".join(c.id for c in report.failed()))
+            return postcondition(False, "lint fails: " + ", ".join(c.id for c in report.failed()))
         copy_dir = config_copy_dir(ctx.workdir)
         if report.ignore_fixes:
             note = read_fix_note(copy_dir)
             wanted = [f.to_dict() for f in report.ignore_fixes]
             if note is None or note.get("changes") != wanted or not (copy_dir / "config.json").is_file():
-                return Postcondition(False, f"the corrected config copy in {copy_dir} is missing or stale")
+                return postcondition(False, f"the corrected config copy in {copy_dir} is missing or stale")
         counts = Counter(c.status for c in report.checks)
         detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         if report.ignore_fixes:
             detail += f"; serving uses the corrected config in {copy_dir}"
-        return Postcondition(True, f"lint: {detail}")
+        return postcondition(True, f"lint: {detail}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         ctx.progress("reading config.json, the index and the shard headers")

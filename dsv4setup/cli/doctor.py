@@ -17,7 +17,7 @@ from dsv4setup.core.errors import EXIT_FAILED, UsageError
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from dsv4setup.core.finding import CheckResult
+    from dsv4setup.core.finding import Finding
     from dsv4setup.preflight.report import DoctorReport
 
 SnapshotOpt = Annotated[Path | None, typer.Option(
@@ -73,23 +73,19 @@ def doctor(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _model_checks(model: str | None, quiet: bool) -> list[CheckResult]:
+def _model_checks(model: str | None, quiet: bool) -> list[Finding]:
     """The remote checkpoint lint as `model.*` checks (hub failures come back as one failed check)."""
     if not model:
         return []
     from dsv4setup.checkpoint.service import remote_lint_checks
-    from dsv4setup.core.finding import CheckResult
 
     repo, _, revision = model.partition("@")
     if repo.count("/") != 1:
         raise UsageError(f"--model {model}: expected ORG/NAME or ORG/NAME@REVISION")
     if quiet:
-        found = remote_lint_checks(repo, revision or "main")
-    else:
-        with err.status(f"reading {repo} metadata from the hub"):
-            found = remote_lint_checks(repo, revision or "main")
-    return [CheckResult("model." + c["id"].split(".", 1)[1], c["status"], c["summary"], c.get("fix"))
-            for c in found]
+        return remote_lint_checks(repo, revision or "main", area="model")
+    with err.status(f"reading {repo} metadata from the hub"):
+        return remote_lint_checks(repo, revision or "main", area="model")
 
 
 def _save(path: Path, snap: dict[str, object], quiet: bool) -> None:
@@ -127,7 +123,7 @@ def _checks_table(report: DoctorReport, source: str, how: str) -> Table:
     return table
 
 
-def _rows(results: list[CheckResult]) -> list[tuple[str, str, str, str]]:
+def _rows(results: list[Finding]) -> list[tuple[str, str, str, str]]:
     """One row per check; skipped checks of an area that share a reason share one dim row."""
     from rich.markup import escape
 

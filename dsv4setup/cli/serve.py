@@ -107,8 +107,8 @@ def _print_smoke(doc: dict[str, Any]) -> None:
     elif not mtp.get("checked"):
         out.print(f"MTP not checked: {mtp.get('skipped_reason')}", highlight=False)
     for check in doc["checks"]:
-        mark = "[green]ok[/]  " if check["ok"] else "[bold red]FAIL[/]"
-        out.print(f"{mark} {check['name']}: {check['detail']}", highlight=False)
+        mark = "[bold red]FAIL[/]" if check["status"] == "fail" else "[green]ok[/]  "
+        out.print(f"{mark} {check['id']}: {check['summary']}", highlight=False)
         if check.get("fix"):
             out.print(f"     fix: {check['fix']}", highlight=False)
 

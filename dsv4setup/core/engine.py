@@ -19,17 +19,12 @@ from typing import Any, ClassVar
 
 from dsv4setup.core.decision import Decision
 from dsv4setup.core.errors import DsvError, StepError, UsageError
+from dsv4setup.core.finding import Finding
 from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.proc import StepLog, tail_lines
 from dsv4setup.core.state import State, StepErrorInfo, StepStatus, load_state, now_iso, save_state
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
-
-
-@dataclass(frozen=True)
-class Postcondition:
-    ok: bool
-    detail: str
 
 
 @dataclass
@@ -69,7 +64,7 @@ class Step(ABC):
         """The inputs whose change must re-run the step (profile section, versions, paths)."""
 
     @abstractmethod
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         """Verify the postcondition on the machine itself, not in the state file."""
 
     @abstractmethod
@@ -170,8 +165,8 @@ class Runbook:
                             step.description)
         post = step.is_done(ctx)
         if not post.ok:
-            return Decision(step.name, "run", f"drift: {post.detail}", step.description)
-        return Decision(step.name, "skip", f"done, verified: {post.detail}", step.description)
+            return Decision(step.name, "run", f"drift: {post.summary}", step.description)
+        return Decision(step.name, "skip", f"done, verified: {post.summary}", step.description)
 
     def check_needs(self, state: State, selection: Selection) -> None:
         chosen = selection.selected(self.names)
@@ -232,12 +227,12 @@ class Runbook:
                     outputs = step.run(ctx)
                     post = step.is_done(ctx)
                     if not post.ok:
-                        raise StepError(f"{step.name} ran but its postcondition fails: {post.detail}",
+                        raise StepError(f"{step.name} ran but its postcondition fails: {post.summary}",
                                         fix=f"see {log_path}")
                     record.fingerprint, record.fingerprint_inputs = fingerprint(inputs), inputs
-                    status, detail = StepStatus.DONE, post.detail
+                    status, detail = StepStatus.DONE, post.summary
             except DsvError as exc:
-                log.line(f"FAILED: {exc.message}" + (f"\nhint: {exc.fix}" if exc.fix else ""))
+                log.line(f"FAILED: {exc.message}" + (f"\nfix: {exc.fix}" if exc.fix else ""))
                 known = getattr(exc, "known_failure", None)
                 return self._fail(step, state, StepErrorInfo(message=exc.message, fix=exc.fix,
                                                               log=str(log_path), known_failure=known), obs)

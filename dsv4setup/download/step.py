@@ -13,8 +13,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.profiles.paths import checkpoint_dir
 
 Route = Literal["repo", "local", "generate"]
@@ -67,28 +68,28 @@ class DownloadStep(Step):
                 "generator_source": _generator_digest() if model.generate else None,
                 "path": str(checkpoint_dir(ctx.profile, ctx.workdir)), "hf_cache": str(cache) if cache else None}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         path = checkpoint_dir(ctx.profile, ctx.workdir)
         if route(ctx) != "repo":
             problem = _local_problem(path)
-            return Postcondition(problem is None, problem or f"{path} has config.json and weights")
+            return postcondition(problem is None, problem or f"{path} has config.json and weights")
         from dsv4setup.download.verify import cheap_problems, read_manifest
 
         model = ctx.profile.model
         manifest = read_manifest(path)
         if manifest is None or not manifest.complete:
-            return Postcondition(False, f"no complete download recorded for {path}")
+            return postcondition(False, f"no complete download recorded for {path}")
         if (manifest.repo, manifest.revision, manifest.allow_patterns) != (
                 model.repo, model.revision, model.allow_patterns):
-            return Postcondition(False, f"{path} holds {manifest.repo}@{manifest.revision}, "
+            return postcondition(False, f"{path} holds {manifest.repo}@{manifest.revision}, "
                                         f"the profile wants {model.repo}@{model.revision}")
         if not Path(path).is_dir():
-            return Postcondition(False, f"{path} is missing")
+            return postcondition(False, f"{path} is missing")
         problems = cheap_problems(manifest)
         if problems:
-            return Postcondition(False, "; ".join(problems[:3]) + (f" (+{len(problems) - 3})" if len(problems) > 3
+            return postcondition(False, "; ".join(problems[:3]) + (f" (+{len(problems) - 3})" if len(problems) > 3
                                                                     else ""))
-        return Postcondition(True, f"{len(manifest.expected)} files of {manifest.repo}@{manifest.commit[:12]} "
+        return postcondition(True, f"{len(manifest.expected)} files of {manifest.repo}@{manifest.commit[:12]} "
                                    f"match their verified sizes")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:

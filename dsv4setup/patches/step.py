@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import DsvError, StepError
+from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.patches import (
     Manifest,
     PatchConflictError,
@@ -67,18 +68,18 @@ class PatchesStep(Step):
         return {"patches": list(ctx.profile.patches), "diff_sha256": diffs,
                 "vllm": f"{ctx.profile.vllm.package}=={ctx.profile.vllm.version}"}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         manifest = self.manifest()
         try:
             ids = profile_patches(ctx, manifest)
             target = step_target(ctx)
         except DsvError as exc:
-            return Postcondition(False, exc.message)
+            return postcondition(False, exc.message)
         reports = check_patches([manifest.get(i) for i in ids], target)
         pending = [r for r in reports if not r.satisfied]
         if pending:
-            return Postcondition(False, "not in effect: " + summary(pending))
-        return Postcondition(True, f"{target.distribution} {target.version}: {summary(reports)}")
+            return postcondition(False, "not in effect: " + summary(pending))
+        return postcondition(True, f"{target.distribution} {target.version}: {summary(reports)}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         manifest = self.manifest()

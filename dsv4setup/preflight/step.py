@@ -11,8 +11,9 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.finding import Finding, postcondition
 
 if TYPE_CHECKING:
     from dsv4setup.preflight.report import DoctorReport
@@ -45,11 +46,11 @@ class PreflightStep(Step):
 
         return build_report(take_snapshot(ctx.workdir, nvml=self.nvml), ctx.profile, rules=self.rules)
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         report = self.judge(ctx)
         if not report.ok:
-            return Postcondition(False, f"check(s) now failing: {_ids(report.failures)}")
-        return Postcondition(True, f"{len(report.checks)} checks, none failed (warnings: {_ids(report.warnings)})")
+            return postcondition(False, f"check(s) now failing: {_ids(report.failures)}")
+        return postcondition(True, f"{len(report.checks)} checks, none failed (warnings: {_ids(report.warnings)})")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.core.fsutil import atomic_write_json

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
-from dsv4setup.serve.launch import effective_profile, launch, render_command, server_command
+from dsv4setup.core.engine import RunContext, Step
+from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.serve import launch
 from dsv4setup.serve.manager import server_state
 from dsv4setup.serve.process import command_fingerprint
 from dsv4setup.serve.readiness import base_url
@@ -23,21 +24,21 @@ class ServeStep(Step):
     needs = ("vllm", "checkpoint")
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
-        argv, env = render_command(ctx, effective_profile(ctx))
+        argv, env = launch.render_command(ctx, launch.effective_profile(ctx))
         return {"argv": argv, "env": env}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         state = server_state(ctx.workdir)
         if not state.healthy or state.record is None:
-            return Postcondition(False, state.detail)
-        _, argv, env, _ = server_command(ctx)
+            return postcondition(False, state.detail)
+        _, argv, env, _ = launch.server_command(ctx)
         if state.record.command_fingerprint != command_fingerprint(argv, env):
-            return Postcondition(False, f"the server (pid {state.record.pid}) runs another command line than the "
+            return postcondition(False, f"the server (pid {state.record.pid}) runs another command line than the "
                                         "plan (e.g. another k after a bench)")
-        return Postcondition(True, f"{state.detail} at {base_url(state.record.host, state.record.port)}")
+        return postcondition(True, f"{state.detail} at {base_url(state.record.host, state.record.port)}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        return launch(ctx)
+        return launch.launch(ctx)
 
 
 STEP = ServeStep

@@ -50,12 +50,11 @@ def smoke_test(ctx: RunContext) -> dict[str, Any]:
     atomic_write_json(path, doc)
     log = ctx.require_log()
     for check in report.checks:
-        log.line(f"{'ok  ' if check['ok'] else 'FAIL'} {check['name']}: {check['detail']}")
+        log.line(f"{'ok  ' if check.ok else 'FAIL'} {check.id}: {check.summary}")
     log.line(f"content: {(report.content or '')[:500]!r}")
     failure = report.first_failure()
     if failure is not None:
-        raise StepError(f"smoke check {failure['name']} failed: {failure['detail']} (report: {path})",
-                        fix=failure["fix"])
+        raise StepError(f"smoke check {failure.id} failed: {failure.summary} (report: {path})", fix=failure.fix)
     mtp = report.mtp
     return {"ok": True, "report": str(path), "server_pid": record.pid, "server_started_at": record.started_at,
             "tokens_per_s": doc["tokens_per_s"], "mtp_checked": mtp.get("checked", False),

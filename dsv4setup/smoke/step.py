@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
+from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.serve.apikey import client_api_key
 from dsv4setup.serve.manager import server_state
 from dsv4setup.serve.metrics import fetch_metrics, parse_spec_decode
@@ -26,25 +27,25 @@ class SmokeStep(Step):
         spec = ctx.profile.spec.num_speculative_tokens
         return {"smoke": ctx.profile.smoke.model_dump(), "num_speculative_tokens": spec}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         state = server_state(ctx.workdir)
         if not state.healthy or state.record is None:
-            return Postcondition(False, f"server: {state.detail}")
+            return postcondition(False, f"server: {state.detail}")
         record, smoked = state.record, read_report(report_file(ctx.workdir))
         if not smoked.get("ok") or (smoked.get("server_pid"), smoked.get("server_started_at")) != (
                 record.pid, record.started_at):
-            return Postcondition(False, f"the running server (pid {record.pid}) has not passed a smoke test")
+            return postcondition(False, f"the running server (pid {record.pid}) has not passed a smoke test")
         if ctx.profile.spec.num_speculative_tokens == 0:
-            return Postcondition(True, f"server pid {record.pid} healthy (speculative decoding off)")
+            return postcondition(True, f"server pid {record.pid} healthy (speculative decoding off)")
         try:
             counters = parse_spec_decode(fetch_metrics(base_url(record.host, record.port), client_api_key(ctx.workdir)))
         except OSError as exc:
-            return Postcondition(False, f"/metrics does not answer: {exc}")
+            return postcondition(False, f"/metrics does not answer: {exc}")
         if counters is None:
-            return Postcondition(False, "the spec-decode counters are gone from /metrics")
+            return postcondition(False, "the spec-decode counters are gone from /metrics")
         if counters.drafts < smoked.get("mtp", {}).get("drafts_total", 0):
-            return Postcondition(False, "the spec-decode counters went back: not the smoke-tested server")
-        return Postcondition(True, f"server pid {record.pid} healthy, spec-decode counters present "
+            return postcondition(False, "the spec-decode counters went back: not the smoke-tested server")
+        return postcondition(True, f"server pid {record.pid} healthy, spec-decode counters present "
                                    f"({counters.drafts:.0f} drafts, {counters.accepted:.0f} accepted so far)")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError, UsageError
+from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.proc import StepLog
 from dsv4setup.toolkit.arch import Release, arches_from_preflight, fmt, is_arch, parse_release, support_fix
 from dsv4setup.toolkit.install import (
@@ -143,17 +144,17 @@ class ToolkitStep(Step):
             found = self.system_nvcc(target, note)
         return found
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         try:
             target = self.target(ctx)
         except StepError as exc:
-            return Postcondition(False, exc.message)
+            return postcondition(False, exc.message)
         found = self.existing(ctx, target)
         if found is None:
             where = f"{target.forced} install in {ctx.workdir.toolkit_dir}" if target.forced else \
                 f"{ctx.workdir.toolkit_dir} or on this machine"
-            return Postcondition(False, f"no nvcc of CUDA {target.version} compiling for {target.arch} ({where})")
-        return Postcondition(True, f"nvcc {fmt(found.release)} ({found.route}) at {found.nvcc} "
+            return postcondition(False, f"no nvcc of CUDA {target.version} compiling for {target.arch} ({where})")
+        return postcondition(True, f"nvcc {fmt(found.release)} ({found.route}) at {found.nvcc} "
                                    f"compiles for {target.arch}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.fsutil import atomic_write_text
 from dsv4setup.profiles.model import VllmSpec
 from dsv4setup.toolkit.arch import torch_arch_list
@@ -80,12 +81,12 @@ class VllmStep(Step):
             doc["toolkit"] = {k: toolkit.get(k) for k in ("cuda_home", "arch", "version")}
         return doc
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         spec = ctx.profile.vllm
         probe = probe_install(ctx.workdir.venv_python, probe_names(spec))
         if isinstance(probe, str):
-            return Postcondition(False, probe)
-        return Postcondition(*judge_install(probe, spec))
+            return postcondition(False, probe)
+        return postcondition(*judge_install(probe, spec))
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         spec = ctx.profile.vllm

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.finding import Finding, postcondition
 
 NAMES = ("alpha", "beta", "gamma", "delta")
 
@@ -36,8 +37,8 @@ class MarkerStep(Step):
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {"input": os.environ.get("TEST_STEPS_INPUT", "v1"), "profile": ctx.profile.name}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
-        return Postcondition(self.marker.exists(), f"marker {self.marker.name}")
+    def is_done(self, ctx: RunContext) -> Finding:
+        return postcondition(self.marker.exists(), f"marker {self.marker.name}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         with (_dir() / "journal").open("a") as fh:  # one line per real execution
@@ -72,8 +73,8 @@ class StandInStep(Step):
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
-        return Postcondition(True, "in-test")
+    def is_done(self, ctx: RunContext) -> Finding:
+        return postcondition(True, "in-test")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         return self._outputs

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from dsv4setup.cli.common import emit_json
-from dsv4setup.core.engine import Postcondition, Runbook, RunContext, Selection, Step
+from dsv4setup.core.engine import Runbook, RunContext, Selection, Step
+from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.secrets import hf_token, redact, register_secret
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
@@ -25,8 +26,8 @@ class LeakyStep(Step):
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {"token": hf_token()}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
-        return Postcondition(True, f"token {hf_token()}")
+    def is_done(self, ctx: RunContext) -> Finding:
+        return postcondition(True, f"token {hf_token()}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         ctx.require_log().line(f"Authorization: Bearer {hf_token()}")

@@ -202,7 +202,8 @@ def test_without_speculative_decoding_the_mtp_proof_is_skipped_or_fails_as_inact
                                            model="tiny-mtp", prompt="Hi", expect=None, max_tokens=8,
                                            num_speculative_tokens=1, min_acceptance=0.5, metrics_settle_s=0.5))
         failure = expecting.first_failure()
-        assert failure["name"] == "spec-decode-active" and "--speculative-config" in failure["fix"]
+        assert failure is not None and failure.id == "smoke.spec-decode-active"
+        assert "--speculative-config" in (failure.fix or "")
     finally:
         down(workdir)
     assert_nothing_left(record.serve_id, record.pid, profile.serve.port, record.tmpdir)
