@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from dsv4setup.bench.outputs import BenchOutputs
 from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import DsvError, StepError
 from dsv4setup.core.finding import Finding, postcondition
@@ -40,6 +41,7 @@ class BenchStep(Step):
     name = "bench"
     description = "measure tok/s and MTP acceptance per k with vllm bench serve; report and chart"
     needs = ("smoke",)
+    Outputs = BenchOutputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.bench.fingerprint import serve_args

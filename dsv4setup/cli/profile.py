@@ -87,8 +87,7 @@ def show(
     wd = workdir_from(workdir)
     resolved = resolve_profile(wd, name, set_ or [])
     profile = resolved.profile
-    outputs = {step: dict(rec.outputs) for step, rec in load_state(wd.state_file).steps.items()}
-    serve = render_serve(profile, wd, outputs)
+    serve = render_serve(profile, wd, load_state(wd.state_file))
     doc = {"schema": SHOW_SCHEMA, "name": profile.name, "file": str(resolved.source_file),
            "selected_by": resolved.selected_by, "preset": resolved.preset, "verified": profile.verified,
            "source": profile.source, "description": profile.description, "profile": profile.document(),

@@ -21,8 +21,9 @@ from dsv4setup.core.decision import Decision
 from dsv4setup.core.errors import DsvError, StepError, UsageError
 from dsv4setup.core.finding import Finding
 from dsv4setup.core.lock import workdir_lock
+from dsv4setup.core.outputs import StepOutputs
 from dsv4setup.core.proc import StepLog, tail_lines
-from dsv4setup.core.state import State, StepErrorInfo, StepStatus, load_state, now_iso, save_state
+from dsv4setup.core.state import OutputsT, State, StepErrorInfo, StepStatus, load_state, now_iso, save_state
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
 
@@ -38,9 +39,9 @@ class RunContext:
     log: StepLog | None = None
     progress: Callable[[str], None] = lambda _msg: None
 
-    def output(self, step: str) -> dict[str, Any]:
-        record = self.state.steps.get(step)
-        return dict(record.outputs) if record else {}
+    def outputs(self, model: type[OutputsT]) -> OutputsT | None:
+        """An earlier step's outputs, read by attribute (None: not run, or not applicable)."""
+        return self.state.outputs(model)
 
     def require_log(self) -> StepLog:
         if self.log is None:
@@ -54,6 +55,7 @@ class Step(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     needs: ClassVar[tuple[str, ...]] = ()
+    Outputs: ClassVar[type[StepOutputs]]  # what run returns; validated before it is saved
 
     def not_applicable(self, ctx: RunContext) -> str | None:
         """A reason this step has nothing to do for this profile (recorded as skipped)."""
@@ -69,7 +71,7 @@ class Step(ABC):
 
     @abstractmethod
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        """Do the work; return outputs for later steps; raise StepError with a fix on failure."""
+        """Do the work; return outputs (as declared by `Outputs`) for later steps; raise StepError with a fix."""
 
 
 def fingerprint(inputs: dict[str, Any]) -> str:
@@ -224,7 +226,7 @@ class Runbook:
                     outputs, status, detail = {"not_applicable": skipped}, StepStatus.SKIPPED, skipped
                 else:
                     inputs = step.inputs(ctx)
-                    outputs = step.run(ctx)
+                    outputs = step.Outputs.model_validate(step.run(ctx)).model_dump(mode="json", exclude_unset=True)
                     post = step.is_done(ctx)
                     if not post.ok:
                         raise StepError(f"{step.name} ran but its postcondition fails: {post.summary}",

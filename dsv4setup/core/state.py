@@ -6,16 +6,19 @@ import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from pydantic import BaseModel, Field, ValidationError
 
 from dsv4setup.core.errors import StateError
 from dsv4setup.core.fsutil import atomic_write_json
+from dsv4setup.core.outputs import StepOutputs
 
 STATE_SCHEMA = "dsv4setup.state/2"
 STATE_SCHEMA_V1 = "dsv4setup.state/1"  # the first release: step errors carry `hint` (read, upgraded on save)
+
+OutputsT = TypeVar("OutputsT", bound=StepOutputs)
 
 
 def now_iso() -> str:
@@ -67,6 +70,19 @@ class State(BaseModel):
 
     def to_doc(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
+
+    def outputs(self, model: type[OutputsT]) -> OutputsT | None:
+        """The outputs `model.step` recorded when it last finished (None: not run, or not applicable)."""
+        record = self.steps.get(model.step)
+        if record is None or record.status != StepStatus.DONE:
+            return None
+        try:
+            return model.model_validate(record.outputs)
+        except ValidationError as exc:
+            where = ".".join(str(p) for p in exc.errors()[0]["loc"])
+            raise StateError(f"the state file's outputs of step {model.step} are not what this dsv4setup reads: "
+                             f"{exc.errors()[0]['msg']} at {where}", fix=f"run the {model.step} step again",
+                             command=f"dsv4setup up --redo {model.step}") from None
 
 
 def _pid_alive(pid: int | None) -> bool:

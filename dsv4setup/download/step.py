@@ -16,6 +16,7 @@ from typing import Any, Literal
 from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.download.outputs import DownloadOutputs
 from dsv4setup.profiles.paths import checkpoint_dir
 
 Route = Literal["repo", "local", "generate"]
@@ -57,6 +58,7 @@ def _local_problem(path: Path) -> str | None:
 class DownloadStep(Step):
     name = "download"
     description = "Fetch the checkpoint (pinned revision, resumable, sha256-verified) or prepare the local one"
+    Outputs = DownloadOutputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.download.transfer import hf_cache_setting

@@ -13,24 +13,19 @@ from typing import Any
 from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import DsvError, StepError
 from dsv4setup.core.finding import Finding, postcondition
-from dsv4setup.patches import (
-    Manifest,
-    PatchConflictError,
-    PatchReport,
-    Target,
-    apply_patches,
-    check_patches,
-    default_target,
-    find_target,
-    load_manifest,
-    reinstall_hint,
-)
+from dsv4setup.patches.apply import PatchConflictError, apply_patches, reinstall_fix
+from dsv4setup.patches.manifest import Manifest, load_manifest
+from dsv4setup.patches.outputs import PatchesOutputs
+from dsv4setup.patches.status import PatchReport, check_patches
+from dsv4setup.patches.target import Target, default_target, find_target
+from dsv4setup.vllm.outputs import VllmOutputs
 
 
 def step_target(ctx: RunContext) -> Target:
     """The vLLM the vllm step installed (its site-packages output), else the workdir's serving venv."""
-    site = ctx.output("vllm").get("site_packages")
-    return find_target(Path(site)) if site and Path(site).is_dir() else default_target(ctx.workdir)
+    vllm = ctx.outputs(VllmOutputs)
+    site = Path(vllm.site_packages) if vllm else None
+    return find_target(site) if site and site.is_dir() else default_target(ctx.workdir)
 
 
 def profile_patches(ctx: RunContext, manifest: Manifest) -> list[str]:
@@ -51,6 +46,7 @@ class PatchesStep(Step):
     name = "patches"
     description = "apply the profile's vLLM patches and verify them against the wheel's RECORD"
     needs = ("vllm",)
+    Outputs = PatchesOutputs
 
     def __init__(self, manifest_path: Path | None = None) -> None:
         self._manifest_path = manifest_path  # None: the shipped patches/index.yaml
@@ -101,7 +97,7 @@ class PatchesStep(Step):
         try:
             result = apply_patches(manifest, target, ids, log=lambda m: (log.line(m), ctx.progress(m)))
         except PatchConflictError as exc:
-            raise StepError(exc.message, fix=reinstall_hint(target)) from None
+            raise StepError(exc.message, fix=reinstall_fix(target)) from None
         except DsvError as exc:
             raise StepError(exc.message, fix=exc.fix) from None
         return {"target": str(target.root), "vllm_version": target.version,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.preflight.outputs import PreflightOutputs
 
 if TYPE_CHECKING:
     from dsv4setup.preflight.report import DoctorReport
@@ -30,6 +31,7 @@ def _ids(results: list[Any]) -> str:
 class PreflightStep(Step):
     name = "preflight"
     description = "GPUs, interconnect, driver, host and toolchain checked against the profile (doctor)"
+    Outputs = PreflightOutputs
 
     def __init__(self, nvml: ModuleType | None = None, rules: Rules | None = None) -> None:
         self.nvml = nvml  # the NVML module; None: pynvml (tests pass a fake)

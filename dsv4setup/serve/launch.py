@@ -34,8 +34,7 @@ def effective_profile(ctx: RunContext) -> Profile:
 
 
 def render_command(ctx: RunContext, profile: Profile) -> tuple[list[str], dict[str, str]]:
-    outputs = {name: record.outputs for name, record in ctx.state.steps.items()}
-    command = render_serve(profile, ctx.workdir, outputs)
+    command = render_serve(profile, ctx.workdir, ctx.state)
     return [str(a) for a in command.argv], dict(command.env)
 
 

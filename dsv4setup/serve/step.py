@@ -14,6 +14,7 @@ from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.serve import launch
 from dsv4setup.serve.manager import server_state
+from dsv4setup.serve.outputs import ServeOutputs
 from dsv4setup.serve.process import command_fingerprint
 from dsv4setup.serve.readiness import base_url
 
@@ -22,6 +23,7 @@ class ServeStep(Step):
     name = "serve"
     description = "start vLLM in the background and wait until /health answers"
     needs = ("vllm", "checkpoint")
+    Outputs = ServeOutputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         argv, env = launch.render_command(ctx, launch.effective_profile(ctx))

@@ -15,6 +15,7 @@ from dsv4setup.serve.apikey import client_api_key
 from dsv4setup.serve.manager import server_state
 from dsv4setup.serve.metrics import fetch_metrics, parse_spec_decode
 from dsv4setup.serve.readiness import base_url
+from dsv4setup.smoke.outputs import SmokeOutputs
 from dsv4setup.smoke.report import read_report, report_file, smoke_test
 
 
@@ -22,6 +23,7 @@ class SmokeStep(Step):
     name = "smoke"
     description = "chat completion via the openai client; prove MTP drafts are made and accepted"
     needs = ("serve",)
+    Outputs = SmokeOutputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         spec = ctx.profile.spec.num_speculative_tokens

@@ -21,6 +21,7 @@ from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError, UsageError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.proc import StepLog
+from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.toolkit.arch import Release, arches_from_preflight, fmt, is_arch, parse_release, support_fix
 from dsv4setup.toolkit.install import (
     CondaChannel,
@@ -33,6 +34,7 @@ from dsv4setup.toolkit.install import (
     requested_route,
 )
 from dsv4setup.toolkit.nvcc import CompileResult, HostTools, compile_probe, error_lines, nvcc_release
+from dsv4setup.toolkit.outputs import ToolkitOutputs
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ def resolve_arch(ctx: RunContext) -> str:
         if not is_arch(arch):
             raise StepError(f"toolkit.arch {arch!r} is not an nvcc target", fix="write it like sm_120a or sm_90a")
         return arch
-    found = arches_from_preflight(ctx.output("preflight"))
+    preflight = ctx.outputs(PreflightOutputs)
+    found = arches_from_preflight(preflight.model_dump() if preflight else {})
     if len(found) == 1:
         return found[0]
     if not found:
@@ -75,6 +78,7 @@ class ToolkitStep(Step):
     name = "toolkit"
     description = "CUDA toolkit (nvcc) for the GPU's exact arch, in the workdir, no sudo"
     needs = ("preflight",)
+    Outputs = ToolkitOutputs
 
     def __init__(self, host: HostTools | None = None) -> None:
         self.host = host if host is not None else HostTools.from_environ()

@@ -16,6 +16,7 @@ from typing import Any
 from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.core.outputs import StepOutputs
 
 NAMES = ("alpha", "beta", "gamma", "delta")
 
@@ -24,7 +25,15 @@ def _dir() -> Path:
     return Path(os.environ["TEST_STEPS_DIR"])
 
 
+class MarkerOutputs(StepOutputs):
+    step = "marker"
+
+    marker: str
+
+
 class MarkerStep(Step):
+    Outputs = MarkerOutputs
+
     def __init__(self, name: str, needs: tuple[str, ...]) -> None:
         self.name = name  # type: ignore[misc]
         self.description = f"test step {name}"  # type: ignore[misc]
@@ -65,9 +74,10 @@ def journal(markers: Path | None = None) -> list[str]:
 class StandInStep(Step):
     """Stands in for an earlier step of the real runbook: only its outputs matter to the step under test."""
 
-    def __init__(self, name: str, outputs: dict[str, Any]) -> None:
-        self.name = name  # type: ignore[misc]
-        self.description = f"in-test {name} outputs"  # type: ignore[misc]
+    def __init__(self, outputs: StepOutputs) -> None:
+        self.name = outputs.step  # type: ignore[misc]
+        self.description = f"in-test {outputs.step} outputs"  # type: ignore[misc]
+        self.Outputs = type(outputs)  # type: ignore[misc]
         self._outputs = outputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
@@ -77,4 +87,4 @@ class StandInStep(Step):
         return postcondition(True, "in-test")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        return self._outputs
+        return self._outputs.model_dump(mode="json")

@@ -10,6 +10,7 @@ import pytest
 from dsv4setup.cli.common import emit_json
 from dsv4setup.core.engine import Runbook, RunContext, Selection, Step
 from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.core.outputs import StepOutputs
 from dsv4setup.core.secrets import hf_token, redact, register_secret
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
@@ -17,11 +18,18 @@ from dsv4setup.profiles.model import Profile
 TOKEN = "hf_SeCrEtToKeN1234567890"
 
 
+class LeakyOutputs(StepOutputs):
+    step = "leaky"
+
+    header: str
+
+
 class LeakyStep(Step):
     """A step that tries hard to leak the token: into its log, its outputs and its error."""
 
     name = "leaky"
     description = "writes the token everywhere it can"
+    Outputs = LeakyOutputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {"token": hf_token()}

@@ -8,15 +8,11 @@ import pytest
 
 import dsv4setup.patches.backups as backups_mod
 from dsv4setup.core.errors import DsvError
-from dsv4setup.patches import (
-    PatchConflictError,
-    apply_patches,
-    check_patches,
-    find_target,
-    load_manifest,
-    revert_patches,
-)
+from dsv4setup.patches.apply import PatchConflictError, apply_patches, revert_patches
 from dsv4setup.patches.difftool import run_diff
+from dsv4setup.patches.manifest import load_manifest
+from dsv4setup.patches.status import check_patches
+from dsv4setup.patches.target import find_target
 from tests.patches.conftest import Synth, build_synth
 from tests.patches.helpers import diff_patch, make_site_packages, snapshot, unified_diff, write_manifest
 

@@ -17,7 +17,8 @@ import pytest
 
 from dsv4setup.cli import main
 from dsv4setup.core.resources import package_file
-from dsv4setup.patches import find_target, load_manifest
+from dsv4setup.patches.manifest import load_manifest
+from dsv4setup.patches.target import find_target
 from tests.patches.helpers import extract_wheel, manifest_paths, snapshot, wheel_bytes
 
 pytestmark = pytest.mark.slow
