@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     _typer_click = click.exceptions
 
 from dsv4setup import __version__
-from dsv4setup.cli.common import debug_enabled, emit_json, err
+from dsv4setup.cli.common import debug_enabled, err
 from dsv4setup.core.errors import EXIT_FAILED, EXIT_USAGE, DsvError
 
 
@@ -120,6 +120,8 @@ def register(args: list[str] | None = None) -> None:
 
 def report_error(exc: DsvError, as_json: bool) -> None:
     if as_json:
+        from dsv4setup.cli.output import emit_json
+
         emit_json({"schema": "dsv4setup.error/2", "ok": False, **exc.to_dict()})
         return
     err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)

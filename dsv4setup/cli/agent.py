@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, WorkdirOpt, emit_json, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, WorkdirOpt, out, workdir_from
+from dsv4setup.cli.output import emit_json
 
 
 @app.command("next")

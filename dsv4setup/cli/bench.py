@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.output import emit_json
 from dsv4setup.core.errors import EXIT_FAILED, DsvError
 
 TABLE_WIDTH = 140

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.output import emit_json
 from dsv4setup.core.errors import EXIT_FAILED
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def download(
     Refuses before the first byte when the disk is too small. HF_TOKEN is used for gated repos
     and never printed. DSV4SETUP_HF_CACHE=1 downloads into the Hugging Face cache instead.
     """
-    from dsv4setup.cli.render import RichObserver
+    from dsv4setup.cli.progress import RichObserver
     from dsv4setup.core.engine import Selection
     from dsv4setup.core.state import load_state
     from dsv4setup.runbook import RunbookRequest, build_runbook

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, ProfileOpt, WorkdirOpt, emit_json, err, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, ProfileOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.output import emit_json
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
 
 if TYPE_CHECKING:

@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, WorkdirOpt, emit_json, err, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.output import emit_json
 from dsv4setup.core.errors import EXIT_FAILED
 from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.workdir import Workdir

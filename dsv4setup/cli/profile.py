@@ -14,7 +14,8 @@ import typer
 from rich.table import Table
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, SetOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.output import emit_json
 from dsv4setup.core.errors import EXIT_USAGE, UsageError
 
 if TYPE_CHECKING:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,8 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
-from dsv4setup.cli.render import RichObserver
+from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.output import Document, emit, emit_json
+from dsv4setup.cli.progress import RichObserver
 from dsv4setup.core.engine import Selection, UpResult
 from dsv4setup.core.errors import EXIT_FAILED, StepError
 from dsv4setup.core.workdir import Workdir
@@ -120,15 +120,11 @@ def tiny_model(
     json_: JsonOpt = False,
 ) -> None:
     """Write the tiny DeepSeek-V3 + MTP checkpoint that the cpu-tiny profile serves."""
-    from dsv4setup.tinymodel import ANSWER_WORD, generate_tiny_checkpoint
+    from dsv4setup.tinymodel import write_tiny_model
 
-    path = generate_tiny_checkpoint(out_dir.expanduser().absolute(), seed=seed)
-    files = [{"name": f.name, "bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
-             for f in sorted(path.iterdir()) if f.is_file()]
-    doc = {"schema": "dsv4setup.tiny-model/1", "ok": True, "path": str(path), "seed": seed,
-           "answer_word": ANSWER_WORD, "files": files}
-    if json_:
-        emit_json(doc)
-    else:
-        err.print(f"wrote {path} ({sum(f['bytes'] for f in files) / 1e6:.1f} MB); "
-                  f"it answers {ANSWER_WORD!r} to any prompt", highlight=False)
+    emit(write_tiny_model(out_dir, seed), json_, _print_tiny_model)
+
+
+def _print_tiny_model(doc: Document) -> None:
+    err.print(f"wrote {doc['path']} ({sum(f['bytes'] for f in doc['files']) / 1e6:.1f} MB); "
+              f"it answers {doc['answer_word']!r} to any prompt", highlight=False)

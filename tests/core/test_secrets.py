@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from dsv4setup.cli.common import emit_json
+from dsv4setup.cli.output import emit_json
 from dsv4setup.core.engine import Runbook, RunContext, Selection, Step
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.outputs import StepOutputs
