@@ -24,6 +24,7 @@ from dsv4setup.profiles.resolve import ResolvedProfile, resolve_profile
 ENV_RUNBOOK = "DSV4SETUP_RUNBOOK"
 UP_SCHEMA = "dsv4setup.up/2"
 RESET_SCHEMA = "dsv4setup.reset/1"
+DOWNLOAD_SCHEMA = "dsv4setup.download/2"
 
 # The runbook's steps, in order. Each step is the package of the same name; its `step` module
 # holds the Step (`STEP`), imported only when the runbook is built.
@@ -96,6 +97,16 @@ def up_doc(runbook: Runbook, profile: str, result: UpResult, elapsed_s: float) -
             "decisions": [d.to_dict() for d in result.decisions], "failed_step": result.failed_step,
             "error": result.error.model_dump() if result.error else None, "log_tail": result.log_tail,
             "resume": None if result.ok else resume_command(workdir.root, profile), "elapsed_s": round(elapsed_s, 1)}
+
+
+def download_doc(runbook: Runbook, profile: str, result: UpResult) -> dict[str, Any]:
+    """The `dsv4setup.download/2` document of the download step run alone (`dsv4setup download`)."""
+    workdir = runbook.workdir
+    record = load_state(workdir.state_file).step("download")
+    return {"schema": DOWNLOAD_SCHEMA, "ok": result.ok, "profile": profile, "workdir": str(workdir.root),
+            "action": next((d.action for d in result.decisions if d.step == "download"), "run"),
+            "outputs": record.outputs if result.ok else None,
+            "error": result.error.model_dump() if result.error else None, "log": str(workdir.log_file("download"))}
 
 
 def reset_workdir(workdir: Workdir, steps: list[str], everything: bool) -> dict[str, Any]:

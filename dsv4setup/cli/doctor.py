@@ -12,7 +12,7 @@ import typer
 
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, WorkdirOpt, err, out, workdir_from
-from dsv4setup.cli.output import emit_json
+from dsv4setup.cli.output import emit
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
 
 if TYPE_CHECKING:
@@ -66,10 +66,8 @@ def doctor(
     # Checks computed elsewhere (the checkpoint lint for --model) count toward `ok` and appear
     # in the table and JSON like the built-in ones.
     report = build_report(snap, choice.profile, matches=choice.matches, extra_checks=_model_checks(model, json_))
-    if json_:
-        emit_json(report.to_doc())
-    else:
-        _render(report, source=str(snapshot) if snapshot else "this machine", how=choice.how)
+    source = str(snapshot) if snapshot else "this machine"
+    emit(report.to_doc(), json_, lambda _doc: _render(report, source=source, how=choice.how))
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, WorkdirOpt, err, out, workdir_from
-from dsv4setup.cli.output import emit_json
+from dsv4setup.cli.output import emit
 from dsv4setup.core.errors import EXIT_FAILED
 from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.workdir import Workdir
@@ -66,9 +66,10 @@ def _table(reports: list[PatchReport], target: Target) -> Table:
 
 
 def _emit(action: Action, target: Target, reports: list[PatchReport], changed: list[str], as_json: bool) -> None:
-    if as_json:
-        emit_json(patches_doc(action, target, reports, changed))
-        return
+    emit(patches_doc(action, target, reports, changed), as_json, lambda _doc: _print(action, target, reports, changed))
+
+
+def _print(action: Action, target: Target, reports: list[PatchReport], changed: list[str]) -> None:
     out.print(_table(reports, target))
     if action != "status":
         verb = "applied" if action == "apply" else "reverted"

@@ -10,7 +10,7 @@ import typer
 
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, err, out, workdir_from
-from dsv4setup.cli.output import Document, emit, emit_json
+from dsv4setup.cli.output import Document, emit
 from dsv4setup.cli.progress import RichObserver
 from dsv4setup.core.engine import Selection, UpResult
 from dsv4setup.core.errors import EXIT_FAILED, StepError
@@ -43,14 +43,15 @@ def serve(
     wd = workdir_from(workdir)
     result = _run_step(wd, "serve", profile, set_, {"host": host} if host else {}, False, json_)
     error = result.error.model_dump() if result.error else None
-    doc = serve_doc(wd, server_state(wd), result.ok, error)
-    if json_:
-        emit_json(doc)
-    elif result.ok:
-        out.print(f"serving {doc['base_url']}/v1 (pid {doc['pid']}); log: {doc['log']}; stop with `dsv4setup down`",
-                  highlight=False)
+    emit(serve_doc(wd, server_state(wd), result.ok, error), json_, _print_serving)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _print_serving(doc: Document) -> None:
+    if doc["ok"]:
+        out.print(f"serving {doc['base_url']}/v1 (pid {doc['pid']}); log: {doc['log']}; stop with `dsv4setup down`",
+                  highlight=False)
 
 
 @app.command()
@@ -62,11 +63,7 @@ def down(
     """Stop the server of this workdir (SIGTERM to its process group, SIGKILL after --grace) and clean up."""
     from dsv4setup.serve.manager import down as stop
 
-    doc = stop(workdir_from(workdir), grace)
-    if json_:
-        emit_json(doc)
-    else:
-        err.print(doc["message"], highlight=False)
+    emit(stop(workdir_from(workdir), grace), json_, lambda doc: err.print(doc["message"], highlight=False))
 
 
 @app.command()
@@ -86,16 +83,12 @@ def smoke(
         error = result.error
         raise StepError(error.message if error else f"the smoke step wrote no report at {path}",
                         fix=error.fix if error else None)
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    if json_:
-        emit_json(doc)
-    else:
-        _print_smoke(doc)
+    emit(json.loads(path.read_text(encoding="utf-8")), json_, _print_smoke)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _print_smoke(doc: dict[str, Any]) -> None:
+def _print_smoke(doc: Document) -> None:
     out.print(f"model {doc['model']} at {doc['base_url']}: {doc['completion_tokens']} tokens, "
               f"{doc['tokens_per_s']} tokens/s", highlight=False)
     out.print(f"content: {(doc['content'] or '')[:200]!r}", highlight=False, markup=False)
