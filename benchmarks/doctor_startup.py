@@ -3,7 +3,7 @@
 Runs the commands alternately (so machine load hits them alike) and prints the medians and the
 ratio (target < 1.5x). Two more variants say where the time goes:
 - the same doctor with only `dsv4setup.cli.doctor` registered instead of every command module
-  (dsv4setup.cli._register imports them all at startup): the difference is what the other
+  (dsv4setup.cli.register imports only the named command's module): the difference is what the other
   command modules cost;
 - a do-nothing typer command with the same options: typer >= 0.2x coerces options through
   pydantic TypeAdapters, so any typer command pays the pydantic import the floor does not.
@@ -31,7 +31,7 @@ DEFAULT_SNAPSHOT = REPO / "tests" / "preflight" / "fixtures" / "rtx-pro-6000-max
 TARGET = 1.5
 # The doctor exactly as `dsv4setup` runs it, except that only its own command module is imported.
 ONLY_DOCTOR = ("import importlib, sys; import dsv4setup.cli as cli; "
-               "cli._register = lambda *_: importlib.import_module('dsv4setup.cli.doctor'); "
+               "cli.register = lambda *_: importlib.import_module('dsv4setup.cli.doctor'); "
                "cli.main(sys.argv[1:])")
 # A typer command that does nothing, with the doctor's options: the floor of any typer CLI.
 BARE_TYPER = """

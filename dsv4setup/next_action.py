@@ -15,7 +15,7 @@ from dsv4setup.core.lock import current_holder
 from dsv4setup.core.state import State, StepStatus, load_state
 from dsv4setup.core.workdir import Workdir
 
-NEXT_SCHEMA = "dsv4setup.next/1"
+NEXT_SCHEMA = "dsv4setup.next/2"
 Action = Literal["run", "fix", "wait", "done"]
 
 
@@ -26,7 +26,7 @@ class NextAction:
     why: str
     step: str | None = None
     known_failure: str | None = None
-    hint: str | None = None
+    fix: str | None = None
 
     def to_doc(self) -> dict[str, object]:
         return {"schema": NEXT_SCHEMA, **asdict(self)}
@@ -51,15 +51,15 @@ def next_action(workdir: Workdir) -> NextAction:
         state = load_state(workdir.state_file)
     except DsvError as exc:
         return NextAction("fix", ["dsv4setup", "reset", "--workdir", str(workdir.root), "--all"],
-                          exc.message, hint=exc.hint)
+                          exc.message, fix=exc.fix)
     if not state.profile:
         return _first_run(workdir)
     failed = _failed_step(state)
     if failed is not None:
         error = state.steps[failed].error
         return NextAction("fix", _up(workdir), f"step {failed} failed: {error.message if error else 'unknown'}; "
-                          "apply the hint, then run the command", step=failed,
-                          known_failure=error.known_failure if error else None, hint=error.hint if error else None)
+                          "apply the fix, then run the command", step=failed,
+                          known_failure=error.known_failure if error else None, fix=error.fix if error else None)
     return _from_plan(workdir, state)
 
 
@@ -71,7 +71,7 @@ def _first_run(workdir: Workdir) -> NextAction:
         resolved = resolve_profile(workdir, None, [])
     except DsvError as exc:
         return NextAction("fix", ["dsv4setup", "doctor", "--workdir", str(workdir.root), "--json"],
-                          exc.message, hint=exc.hint)
+                          exc.message, fix=exc.fix)
     name = resolved.profile.name
     return NextAction("run", _up(workdir, name),
                       f"nothing has run here yet; profile {name} was chosen ({resolved.selected_by}); "
@@ -85,7 +85,7 @@ def _from_plan(workdir: Workdir, state: State) -> NextAction:
         runbook, _ = build_runbook(RunbookRequest(workdir, state.profile))
         decisions = runbook.plan(Selection())
     except DsvError as exc:
-        return NextAction("fix", _up(workdir), exc.message, hint=exc.hint)
+        return NextAction("fix", _up(workdir), exc.message, fix=exc.fix)
     pending = next((d for d in decisions if d.action == "run"), None)
     if pending is not None:
         return NextAction("run", _up(workdir), f"{pending.step}: {pending.reason}", step=pending.step)

@@ -86,7 +86,7 @@ def describe_setup(fingerprint: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    """The Markdown report of one bench run (the `dsv4setup.bench/1` document)."""
+    """The Markdown report of one bench run (the `dsv4setup.bench/2` document)."""
     rows = doc["rows"]
     out = [f"# dsv4setup bench: {doc['profile']}", "",
            f"Run `{doc['run_id']}`, {doc['started_at']} to {doc['finished_at']}; "
@@ -123,7 +123,7 @@ def markdown(doc: dict[str, Any]) -> str:
             e = r["error"]
             out.append(f"- k={r['k']} {r['shape']} c={r['concurrency']} ({e['phase']}): {e['message']}"
                        + (f" — known failure `{e['known_failure']}`" if e["known_failure"] else "")
-                       + (f"; fix: {e['hint']}" if e["hint"] else ""))
+                       + (f"; fix: {e['fix']}" if e["fix"] else ""))
         out.append("")
     applied = doc.get("applied")
     out += ["## Served k", ""]

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, ProfileOpt, WorkdirOpt, emit_json, err, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, ProfileOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.output import emit
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from dsv4setup.core.finding import CheckResult
+    from dsv4setup.core.finding import Finding
     from dsv4setup.preflight.report import DoctorReport
 
 SnapshotOpt = Annotated[Path | None, typer.Option(
@@ -65,31 +66,25 @@ def doctor(
     # Checks computed elsewhere (the checkpoint lint for --model) count toward `ok` and appear
     # in the table and JSON like the built-in ones.
     report = build_report(snap, choice.profile, matches=choice.matches, extra_checks=_model_checks(model, json_))
-    if json_:
-        emit_json(report.to_doc())
-    else:
-        _render(report, source=str(snapshot) if snapshot else "this machine", how=choice.how)
+    source = str(snapshot) if snapshot else "this machine"
+    emit(report.to_doc(), json_, lambda _doc: _render(report, source=source, how=choice.how))
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _model_checks(model: str | None, quiet: bool) -> list[CheckResult]:
+def _model_checks(model: str | None, quiet: bool) -> list[Finding]:
     """The remote checkpoint lint as `model.*` checks (hub failures come back as one failed check)."""
     if not model:
         return []
     from dsv4setup.checkpoint.service import remote_lint_checks
-    from dsv4setup.core.finding import CheckResult
 
     repo, _, revision = model.partition("@")
     if repo.count("/") != 1:
         raise UsageError(f"--model {model}: expected ORG/NAME or ORG/NAME@REVISION")
     if quiet:
-        found = remote_lint_checks(repo, revision or "main")
-    else:
-        with err.status(f"reading {repo} metadata from the hub"):
-            found = remote_lint_checks(repo, revision or "main")
-    return [CheckResult("model." + c["id"].split(".", 1)[1], c["status"], c["summary"], c.get("fix"))
-            for c in found]
+        return remote_lint_checks(repo, revision or "main", area="model")
+    with err.status(f"reading {repo} metadata from the hub"):
+        return remote_lint_checks(repo, revision or "main", area="model")
 
 
 def _save(path: Path, snap: dict[str, object], quiet: bool) -> None:
@@ -99,7 +94,7 @@ def _save(path: Path, snap: dict[str, object], quiet: bool) -> None:
         save_snapshot(path, snap)
     except OSError as exc:
         raise UsageError(f"cannot write the snapshot to {path}: {exc.strerror or exc}",
-                         hint="choose a writable path for --save-snapshot") from None
+                         fix="choose a writable path for --save-snapshot") from None
     if not quiet:
         err.print(f"snapshot written to {path}", highlight=False)
 
@@ -127,7 +122,7 @@ def _checks_table(report: DoctorReport, source: str, how: str) -> Table:
     return table
 
 
-def _rows(results: list[CheckResult]) -> list[tuple[str, str, str, str]]:
+def _rows(results: list[Finding]) -> list[tuple[str, str, str, str]]:
     """One row per check; skipped checks of an area that share a reason share one dim row."""
     from rich.markup import escape
 

@@ -14,27 +14,17 @@ import typer
 from rich.table import Table
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, SetOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.output import Document, emit, emit_json
 from dsv4setup.core.errors import EXIT_USAGE, UsageError
 
 if TYPE_CHECKING:
-    from dsv4setup.profiles.model import Profile
+    pass
 
 profile_app = typer.Typer(name="profile", no_args_is_help=True, help="Hardware profiles: list, show, validate, import.")
 app.add_typer(profile_app, name="profile")
 
-LIST_SCHEMA = "dsv4setup.profile-list/1"
-SHOW_SCHEMA = "dsv4setup.profile-show/1"
 VALIDATE_SCHEMA = "dsv4setup.profile-validate/1"
-
-
-def _summary(profile: Profile, path: Path, shipped: bool) -> dict[str, Any]:
-    return {"name": profile.name, "description": profile.description, "verified": profile.verified,
-            "source": profile.source, "file": str(path), "shipped": shipped,
-            "match": profile.match.model_dump(mode="json"),
-            "tensor_parallel_size": profile.serve.tensor_parallel_size,
-            "num_speculative_tokens": profile.spec.num_speculative_tokens,
-            "preset": profile.preset, "presets": list(profile.presets), "multinode": profile.multinode is not None}
 
 
 def _hardware_text(match: dict[str, Any]) -> str:
@@ -49,14 +39,13 @@ def _hardware_text(match: dict[str, Any]) -> str:
 @profile_app.command("list")
 def list_(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
     """List the shipped profiles (and the workdir's own) with the hardware each one is for."""
-    from dsv4setup.profiles.loader import load_named_file, profile_index, shipped_profile_files
+    from dsv4setup.profiles.loader import profile_list_doc
 
-    wd = workdir_from(workdir)
-    shipped = set(shipped_profile_files())
-    rows = [_summary(load_named_file(path), path, path in shipped) for path in profile_index(wd).values()]
-    if json_:
-        emit_json({"schema": LIST_SCHEMA, "profiles": rows})
-        return
+    emit(profile_list_doc(workdir_from(workdir)), json_, _print_list)
+
+
+def _print_list(doc: Document) -> None:
+    rows = doc["profiles"]
     table = Table(title="profiles", title_justify="left")
     for col in ("name", "hardware", "TP", "MTP k", "presets", "verified"):
         table.add_column(col, overflow="fold")
@@ -82,24 +71,14 @@ def show(
     """Show a profile as this workdir would run it: every value with its origin, and the serve command."""
     from dsv4setup.core.state import load_state
     from dsv4setup.profiles.resolve import resolve_profile
-    from dsv4setup.serve.command import render_nodes, render_serve
+    from dsv4setup.serve.command import render_profile_show
 
     wd = workdir_from(workdir)
-    resolved = resolve_profile(wd, name, set_ or [])
-    profile = resolved.profile
-    outputs = {step: dict(rec.outputs) for step, rec in load_state(wd.state_file).steps.items()}
-    serve = render_serve(profile, wd, outputs)
-    doc = {"schema": SHOW_SCHEMA, "name": profile.name, "file": str(resolved.source_file),
-           "selected_by": resolved.selected_by, "preset": resolved.preset, "verified": profile.verified,
-           "source": profile.source, "description": profile.description, "profile": profile.document(),
-           "origins": resolved.origins, "serve": serve.to_dict(), "nodes": render_nodes(profile, wd, serve)}
-    if json_:
-        emit_json(doc)
-        return
-    _print_show(doc, all_)
+    doc = render_profile_show(resolve_profile(wd, name, set_ or []), wd, load_state(wd.state_file))
+    emit(doc, json_, lambda d: _print_show(d, all_))
 
 
-def _print_show(doc: dict[str, Any], all_: bool) -> None:
+def _print_show(doc: Document, all_: bool) -> None:
     from dsv4setup.profiles.overrides import flatten
 
     verified = "[green]verified[/]" if doc["verified"] else "[yellow]not verified[/]"
@@ -224,11 +203,11 @@ def import_recipe_cmd(
     result = import_recipe(file, hardware, name=name, tp=tp, strategy=strategy)
     profile = result.profile
     if profile.name in {p.stem for p in shipped_profile_files()}:
-        raise UsageError(f"profile name {profile.name!r} is taken by a shipped profile", hint="pass --name NEW")
+        raise UsageError(f"profile name {profile.name!r} is taken by a shipped profile", fix="pass --name NEW")
     target = None if out_ == "-" else Path(out_) if out_ else user_profiles_dir(wd) / f"{profile.name}.yaml"
     if target is not None:
         if target.exists() and not force:
-            raise UsageError(f"{target} exists", hint="pass --force to overwrite it, or --out another file")
+            raise UsageError(f"{target} exists", fix="pass --force to overwrite it, or --out another file")
         atomic_write_text(target, result.yaml_text)
     if json_:
         emit_json({"schema": IMPORT_SCHEMA, "ok": True, "name": profile.name,

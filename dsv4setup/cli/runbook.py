@@ -3,38 +3,23 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import (
-    JsonOpt,
-    ProfileOpt,
-    SetOpt,
-    WorkdirOpt,
-    YesOpt,
-    emit_json,
-    err,
-    out,
-    workdir_from,
-)
-from dsv4setup.cli.render import RichObserver, decisions_table, status_table
+from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, YesOpt, err, out, workdir_from
+from dsv4setup.cli.output import Document, emit
+from dsv4setup.cli.progress import RichObserver, decisions_table, print_serve_plan, status_table
 from dsv4setup.core.engine import Selection
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
-from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.proc import tail_lines
-from dsv4setup.core.state import backup_state, load_state, reset_steps
+from dsv4setup.core.state import load_state
 from dsv4setup.core.status import status_doc
-from dsv4setup.runbook import RunbookRequest, build_runbook, step_names
+from dsv4setup.runbook import RunbookRequest, build_runbook, dry_run_doc, reset_workdir, step_names, up_doc
 
 StepOpt = Annotated[str | None, typer.Option(help="A step name.")]
 StepsOpt = Annotated[list[str] | None, typer.Option(help="A step name (repeatable).")]
-
-
-def resume_command(workdir: Path, profile: str) -> list[str]:
-    return ["dsv4setup", "up", "--workdir", str(workdir), "--profile", profile, "--yes"]
 
 
 @app.command()
@@ -60,45 +45,33 @@ def up(
     options = {k: v for k, v in {"toolkit_route": toolkit, "host": host, "yes": yes}.items() if v is not None}
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], bench, options))
     selection = Selection(from_, until, tuple(only or ()), tuple(redo or ()))
+    name = resolved.profile.name
     if dry_run:
         decisions = runbook.plan(selection)
-        if json_:
-            emit_json({"schema": "dsv4setup.up/1", "ok": True, "dry_run": True, "profile": resolved.profile.name,
-                       "workdir": str(wd.root), "steps": [d.to_dict() for d in decisions]})
-        else:
-            out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.root}"))
+        emit(dry_run_doc(name, wd, decisions), json_,
+             lambda _doc: out.print(decisions_table(decisions, title=f"plan for {name} in {wd.root}")))
         return
     started = time.monotonic()
     result = runbook.up(selection, observer=None if json_ else RichObserver(err))
-    resume = resume_command(wd.root, resolved.profile.name)
-    state = load_state(wd.state_file)
-    if json_:
-        emit_json({"schema": "dsv4setup.up/1", "ok": result.ok, "dry_run": False,
-                   "profile": resolved.profile.name, "workdir": str(wd.root),
-                   "steps": status_doc(state, runbook.names)["steps"],
-                   "decisions": [d.to_dict() for d in result.decisions],
-                   "failed_step": result.failed_step,
-                   "error": result.error.model_dump() if result.error else None,
-                   "log_tail": result.log_tail, "resume": None if result.ok else resume,
-                   "elapsed_s": round(time.monotonic() - started, 1)})
-    elif result.ok:
-        err.print(f"[bold green]all steps done[/] in {time.monotonic() - started:.0f}s ({wd.root})")
-    else:
-        err.print(f"resume with: [bold]{' '.join(resume)}[/]")
+    emit(up_doc(runbook, name, result, time.monotonic() - started), json_, _print_up_end)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _print_up_end(doc: Document) -> None:
+    """After the live progress: how it ended, or the command that resumes."""
+    if doc["ok"]:
+        err.print(f"[bold green]all steps done[/] in {doc['elapsed_s']:.0f}s ({doc['workdir']})")
+    else:
+        err.print(f"resume with: [bold]{' '.join(doc['resume'])}[/]")
 
 
 @app.command()
 def status(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
     """Show each step's status from the state file (no lock needed)."""
     wd = workdir_from(workdir)
-    doc = status_doc(load_state(wd.state_file), step_names())
-    doc["workdir"] = str(wd.root)
-    if json_:
-        emit_json(doc)
-    else:
-        out.print(status_table(doc))
+    doc = {**status_doc(load_state(wd.state_file), step_names()), "workdir": str(wd.root)}
+    emit(doc, json_, lambda d: out.print(status_table(d)))
 
 
 @app.command()
@@ -115,14 +88,12 @@ def plan(
     wd = workdir_from(workdir)
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], bench))
     decisions = runbook.plan(Selection())
-    doc = render_plan(resolved, wd, load_state(wd.state_file), decisions)
-    if json_:
-        emit_json(doc)
-        return
-    out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.root}"))
-    from dsv4setup.cli.render import print_serve_plan
 
-    print_serve_plan(out, doc)
+    def show(doc: Document) -> None:
+        out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.root}"))
+        print_serve_plan(out, doc)
+
+    emit(render_plan(resolved, wd, load_state(wd.state_file), decisions), json_, show)
 
 
 @app.command()
@@ -136,7 +107,7 @@ def logs(
     wd = workdir_from(workdir)
     path = wd.log_file(step)
     if not path.exists():
-        raise UsageError(f"no log for step {step!r} at {path}", hint="`dsv4setup status` lists the steps that ran")
+        raise UsageError(f"no log for step {step!r} at {path}", fix="`dsv4setup status` lists the steps that ran")
     if lines:
         typer.echo("\n".join(tail_lines(path, lines)))
     else:
@@ -166,16 +137,5 @@ def reset(
     wd = workdir_from(workdir)
     if not all_ and not step:
         raise UsageError("say what to reset: --step STEP (repeatable) or --all")
-    with workdir_lock(wd.lock_file, "reset"):
-        if all_:
-            backup = backup_state(wd.state_file)
-            doc = {"schema": "dsv4setup.reset/1", "ok": True, "backup": str(backup) if backup else None,
-                   "steps": "all"}
-        else:
-            reset_steps(wd.state_file, list(step or []))
-            doc = {"schema": "dsv4setup.reset/1", "ok": True, "backup": None, "steps": list(step or [])}
-    if json_:
-        emit_json(doc)
-    else:
-        err.print(f"reset {doc['steps']}" + (f"; old state kept at {doc['backup']}" if doc["backup"] else ""))
-
+    emit(reset_workdir(wd, list(step or []), all_), json_, lambda doc: err.print(
+        f"reset {doc['steps']}" + (f"; old state kept at {doc['backup']}" if doc["backup"] else "")))

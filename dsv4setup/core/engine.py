@@ -15,20 +15,17 @@ import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
+from dsv4setup.core.decision import Decision
 from dsv4setup.core.errors import DsvError, StepError, UsageError
+from dsv4setup.core.finding import Finding
 from dsv4setup.core.lock import workdir_lock
+from dsv4setup.core.outputs import StepOutputs
 from dsv4setup.core.proc import StepLog, tail_lines
-from dsv4setup.core.state import State, StepErrorInfo, StepStatus, load_state, now_iso, save_state
+from dsv4setup.core.state import OutputsT, State, StepErrorInfo, StepStatus, load_state, now_iso, save_state
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
-
-
-@dataclass(frozen=True)
-class Postcondition:
-    ok: bool
-    detail: str
 
 
 @dataclass
@@ -42,9 +39,9 @@ class RunContext:
     log: StepLog | None = None
     progress: Callable[[str], None] = lambda _msg: None
 
-    def output(self, step: str) -> dict[str, Any]:
-        record = self.state.steps.get(step)
-        return dict(record.outputs) if record else {}
+    def outputs(self, model: type[OutputsT]) -> OutputsT | None:
+        """An earlier step's outputs, read by attribute (None: not run, or not applicable)."""
+        return self.state.outputs(model)
 
     def require_log(self) -> StepLog:
         if self.log is None:
@@ -58,6 +55,7 @@ class Step(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     needs: ClassVar[tuple[str, ...]] = ()
+    Outputs: ClassVar[type[StepOutputs]]  # what run returns; validated before it is saved
 
     def not_applicable(self, ctx: RunContext) -> str | None:
         """A reason this step has nothing to do for this profile (recorded as skipped)."""
@@ -68,32 +66,17 @@ class Step(ABC):
         """The inputs whose change must re-run the step (profile section, versions, paths)."""
 
     @abstractmethod
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         """Verify the postcondition on the machine itself, not in the state file."""
 
     @abstractmethod
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        """Do the work; return outputs for later steps; raise StepError with a hint on failure."""
+        """Do the work; return outputs (as declared by `Outputs`) for later steps; raise StepError with a fix."""
 
 
 def fingerprint(inputs: dict[str, Any]) -> str:
     blob = json.dumps(inputs, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-Action = Literal["run", "skip", "not-selected"]
-
-
-@dataclass(frozen=True)
-class Decision:
-    step: str
-    action: Action
-    reason: str
-    description: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return {"step": self.step, "action": self.action, "reason": self.reason,
-                "description": self.description}
 
 
 @dataclass(frozen=True)
@@ -109,7 +92,7 @@ class Selection:
         for flag, value in (("--from", self.start), ("--until", self.until), *(
                 ("--only", o) for o in self.only), *(("--redo", r) for r in self.redo)):
             if value is not None and value not in names:
-                raise UsageError(f"{flag} {value}: no such step", hint=f"steps are: {', '.join(names)}")
+                raise UsageError(f"{flag} {value}: no such step", fix=f"steps are: {', '.join(names)}")
         if self.only:
             return [n for n in names if n in self.only]
         lo = names.index(self.start) if self.start else 0
@@ -184,8 +167,8 @@ class Runbook:
                             step.description)
         post = step.is_done(ctx)
         if not post.ok:
-            return Decision(step.name, "run", f"drift: {post.detail}", step.description)
-        return Decision(step.name, "skip", f"done, verified: {post.detail}", step.description)
+            return Decision(step.name, "run", f"drift: {post.summary}", step.description)
+        return Decision(step.name, "skip", f"done, verified: {post.summary}", step.description)
 
     def check_needs(self, state: State, selection: Selection) -> None:
         chosen = selection.selected(self.names)
@@ -195,7 +178,8 @@ class Runbook:
                     continue
                 if state.step(need).status not in (StepStatus.DONE, StepStatus.SKIPPED):
                     raise UsageError(f"step {name} needs step {need}, which is not done",
-                                     hint=f"run `dsv4setup up --until {need}` first, or widen --from/--only")
+                                     fix="run the earlier steps first, or widen --from/--only",
+                                     command=f"dsv4setup up --until {need}")
 
     def plan(self, selection: Selection) -> list[Decision]:
         """What `up` would do now (dry run). Reads state; never writes."""
@@ -247,28 +231,28 @@ class Runbook:
                     outputs, status, detail = {"not_applicable": skipped}, StepStatus.SKIPPED, skipped
                 else:
                     inputs = step.inputs(ctx)
-                    outputs = step.run(ctx)
+                    outputs = step.Outputs.model_validate(step.run(ctx)).model_dump(mode="json", exclude_unset=True)
                     post = step.is_done(ctx)
                     if not post.ok:
-                        raise StepError(f"{step.name} ran but its postcondition fails: {post.detail}",
-                                        hint=f"see {log_path}")
+                        raise StepError(f"{step.name} ran but its postcondition fails: {post.summary}",
+                                        fix=f"see {log_path}")
                     record.fingerprint, record.fingerprint_inputs = fingerprint(inputs), inputs
-                    status, detail = StepStatus.DONE, post.detail
+                    status, detail = StepStatus.DONE, post.summary
             except DsvError as exc:
-                log.line(f"FAILED: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""))
+                log.line(f"FAILED: {exc.message}" + (f"\nfix: {exc.fix}" if exc.fix else ""))
                 known = getattr(exc, "known_failure", None)
-                return self._fail(step, state, StepErrorInfo(message=exc.message, hint=exc.hint,
+                return self._fail(step, state, StepErrorInfo(message=exc.message, fix=exc.fix,
                                                               log=str(log_path), known_failure=known), obs)
             except KeyboardInterrupt:
                 log.line("INTERRUPTED by the user")
                 self._fail(step, state, StepErrorInfo(message="interrupted by the user", log=str(log_path),
-                                                      hint="run `dsv4setup up` again to resume"), obs)
+                                                      fix="run `dsv4setup up` again to resume"), obs)
                 raise
             except Exception as exc:  # a bug: record it, keep the traceback in the log, never lose state
                 log.write(traceback.format_exc())
                 return self._fail(step, state, StepErrorInfo(
                     message=f"internal error in step {step.name}: {type(exc).__name__}: {exc}",
-                    hint=f"the traceback is in {log_path}; please report it", log=str(log_path)), obs)
+                    fix=f"the traceback is in {log_path}; please report it", log=str(log_path)), obs)
             log.line(f"{status.value.upper()}: {detail}")
         record.status, record.outputs = status, outputs
         record.pid, record.finished_at = None, now_iso()

@@ -38,7 +38,7 @@ def workdir_lock(lock_file: Path, command: str) -> Iterator[None]:
             raise LockHeldError(
                 f"another dsv4setup run holds {lock_file} (pid {holder.get('pid', '?')}, "
                 f"{holder.get('command', '?')}, since {holder.get('since', '?')})",
-                hint="wait for it to finish, or stop it; the lock is released when that process exits",
+                fix="wait for it to finish, or stop it; the lock is released when that process exits",
             ) from None
         info = {"pid": os.getpid(), "since": datetime.now(UTC).isoformat(timespec="seconds"),
                 "command": command}

@@ -58,7 +58,7 @@ def run_logged(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     what: str | None = None,
-    hint: str | None = None,
+    fix: str | None = None,
     on_line: Callable[[str], None] | None = None,
 ) -> None:
     """Run argv (no shell), stream stdout+stderr into the log; raise StepError on a non-zero exit.
@@ -73,7 +73,7 @@ def run_logged(
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 errors="replace", env=full_env, cwd=cwd, stdin=subprocess.DEVNULL)
     except OSError as exc:
-        raise StepError(f"{what or args[0]}: cannot start {args[0]}: {exc.strerror}", hint=hint) from None
+        raise StepError(f"{what or args[0]}: cannot start {args[0]}: {exc.strerror}", fix=fix) from None
     assert proc.stdout is not None
     for line in proc.stdout:
         log.write(line)
@@ -82,4 +82,4 @@ def run_logged(
     code = proc.wait()
     log.line(f"[exit {code}]")
     if code != 0:
-        raise StepError(f"{what or args[0]} failed with exit code {code} (see {log.path})", hint=hint)
+        raise StepError(f"{what or args[0]} failed with exit code {code} (see {log.path})", fix=fix)

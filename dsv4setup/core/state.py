@@ -6,15 +6,19 @@ import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from pydantic import BaseModel, Field, ValidationError
 
 from dsv4setup.core.errors import StateError
 from dsv4setup.core.fsutil import atomic_write_json
+from dsv4setup.core.outputs import StepOutputs
 
-STATE_SCHEMA = "dsv4setup.state/1"
+STATE_SCHEMA = "dsv4setup.state/2"
+STATE_SCHEMA_V1 = "dsv4setup.state/1"  # the first release: step errors carry `hint` (read, upgraded on save)
+
+OutputsT = TypeVar("OutputsT", bound=StepOutputs)
 
 
 def now_iso() -> str:
@@ -31,7 +35,7 @@ class StepStatus(StrEnum):
 
 class StepErrorInfo(BaseModel):
     message: str
-    hint: str | None = None
+    fix: str | None = None
     log: str | None = None
     known_failure: str | None = None
 
@@ -67,6 +71,19 @@ class State(BaseModel):
     def to_doc(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
+    def outputs(self, model: type[OutputsT]) -> OutputsT | None:
+        """The outputs `model.step` recorded when it last finished (None: not run, or not applicable)."""
+        record = self.steps.get(model.step)
+        if record is None or record.status != StepStatus.DONE:
+            return None
+        try:
+            return model.model_validate(record.outputs)
+        except ValidationError as exc:
+            where = ".".join(str(p) for p in exc.errors()[0]["loc"])
+            raise StateError(f"the state file's outputs of step {model.step} are not what this dsv4setup reads: "
+                             f"{exc.errors()[0]['msg']} at {where}", fix=f"run the {model.step} step again",
+                             command=f"dsv4setup up --redo {model.step}") from None
+
 
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
@@ -77,21 +94,34 @@ def _pid_alive(pid: int | None) -> bool:
         return False
 
 
-def _recover_hint(path: Path, step: str | None = None) -> str:
-    hint = f"inspect {path}; `dsv4setup reset --all` moves it aside to a backup and starts fresh"
-    return hint + (f", `dsv4setup reset --step {step}` clears only that step" if step else "")
+def _recover_fix(path: Path, step: str | None = None) -> str:
+    fix = f"inspect {path}; `dsv4setup reset --all` moves it aside to a backup and starts fresh"
+    return fix + (f", `dsv4setup reset --step {step}` clears only that step" if step else "")
 
 
 def _read_doc(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StateError(f"state file {path} is corrupt: {exc}", hint=_recover_hint(path)) from None
+        raise StateError(f"state file {path} is corrupt: {exc}", fix=_recover_fix(path)) from None
+    if isinstance(doc, dict) and doc.get("schema") == STATE_SCHEMA_V1:
+        doc = _upgrade_v1(doc)
     if not isinstance(doc, dict) or doc.get("schema") != STATE_SCHEMA:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise StateError(f"state file {path} has schema {found!r}, this dsv4setup reads {STATE_SCHEMA!r}",
-                         hint=_recover_hint(path))
+                         fix=_recover_fix(path))
     return doc
+
+
+def _upgrade_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """A first-release state (`error.hint` in each step record) as this release's (`error.fix`)."""
+    steps = doc.get("steps")
+    if isinstance(steps, dict):
+        for record in steps.values():
+            error = record.get("error") if isinstance(record, dict) else None
+            if isinstance(error, dict) and "hint" in error:
+                error["fix"] = error.pop("hint")
+    return {**doc, "schema": STATE_SCHEMA}
 
 
 def _validate(path: Path, doc: dict[str, Any]) -> State:
@@ -102,7 +132,7 @@ def _validate(path: Path, doc: dict[str, Any]) -> State:
         where = ".".join(str(p) for p in loc)
         step = str(loc[1]) if len(loc) > 1 and loc[0] == "steps" else None
         raise StateError(f"state file {path} is invalid at {where}: {exc.errors()[0]['msg']}",
-                         hint=_recover_hint(path, step)) from None
+                         fix=_recover_fix(path, step)) from None
 
 
 def load_state(path: Path) -> State:

@@ -6,7 +6,7 @@ from typing import Any
 
 from dsv4setup.core.state import State, StepStatus
 
-STATUS_SCHEMA = "dsv4setup.status/1"
+STATUS_SCHEMA = "dsv4setup.status/2"
 
 
 def step_view(name: str, state: State) -> dict[str, Any]:

@@ -113,7 +113,7 @@ def fetch_plan(repo: str, revision: str, allow_patterns: list[str] | None, token
                         sha256=s.lfs.sha256 if s.lfs else None, blob_id=s.blob_id) for s in siblings]
     if not files:
         raise HubError(f"{repo}@{revision}: no file matches the allow patterns {allow_patterns}",
-                       hint="fix model.allow_patterns in the profile (e.g. --set 'model.allow_patterns=[\"*\"]')")
+                       fix="fix model.allow_patterns in the profile (e.g. --set 'model.allow_patterns=[\"*\"]')")
     return RemotePlan(repo, revision, info.sha or revision, files, bool(info.gated))
 
 
@@ -149,7 +149,7 @@ class Downloader:
     def _run_workdir(self, plan: RemotePlan, full_verify: bool) -> DownloadResult:
         if self.dest.is_symlink():
             raise DsvError(f"{self.dest} is a link to {os.readlink(self.dest)} (an HF-cache mode download)",
-                           hint=f"set {ENV_HF_CACHE} again to keep using the HF cache, or remove the link to "
+                           fix=f"set {ENV_HF_CACHE} again to keep using the HF cache, or remove the link to "
                                 "download into the workdir")
         manifest = self._start_manifest(plan, "workdir", self.dest)
         todo, refetched = self._check_existing(plan, manifest, full_verify)
@@ -281,7 +281,7 @@ class Downloader:
             part.unlink(missing_ok=True)
         else:
             raise DsvError(f"{f.path} fails verification after two complete downloads: {problem}",
-                           hint="the hub copy or the network path corrupts data: retry later, or pin another "
+                           fix="the hub copy or the network path corrupts data: retry later, or pin another "
                                 "revision (--set model.revision=SHA)")
         final = self.dest / f.path
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -318,12 +318,12 @@ class Downloader:
             return exc
         if isinstance(exc, OSError) and exc.errno == 28:
             return DsvError(f"the disk filled up while downloading into {self.dest}",
-                            hint="free space and run again: finished files are kept and partial ones resume")
+                            fix="free space and run again: finished files are kept and partial ones resume")
         if isinstance(exc, hub_exceptions()):
             return explain(exc, self.repo, self.revision, self.token)
         if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
             return DsvError(f"a transfer from the hub ended early: {exc}",
-                            hint="run again: the partial file resumes where it stopped")
+                            fix="run again: the partial file resumes where it stopped")
         return exc
 
     # --- hf-cache mode ---------------------------------------------------------------------
@@ -369,7 +369,7 @@ class Downloader:
                 problem, record = verify_content(snapshot / f.path, f)
                 if problem is not None:
                     raise DsvError(f"{problem} (after a fresh download into the HF cache)",
-                                   hint="retry later or pin another revision (--set model.revision=SHA)")
+                                   fix="retry later or pin another revision (--set model.revision=SHA)")
             assert record is not None
             manifest.verified[f.path] = record
         return refetched
@@ -389,7 +389,7 @@ def _point_link(link: Path, target: Path) -> None:
     """Make `link` a symlink to `target`, atomically (a real directory there is an error)."""
     if link.exists() and not link.is_symlink():
         raise DsvError(f"{link} is a directory, the HF-cache mode wants a link there",
-                       hint="move it away (it holds a workdir-mode download) or unset DSV4SETUP_HF_CACHE")
+                       fix="move it away (it holds a workdir-mode download) or unset DSV4SETUP_HF_CACHE")
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp = link.with_name(f".{link.name}.link-{os.getpid()}")
     tmp.unlink(missing_ok=True)

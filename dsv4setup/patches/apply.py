@@ -41,7 +41,7 @@ class ActionResult:
     changed: list[str]  # patch ids applied or reverted by this call
 
 
-def reinstall_hint(target: Target) -> str:
+def reinstall_fix(target: Target) -> str:
     """How to get pristine vLLM files back: a forced reinstall (a plain `pip install` of the same
     version keeps the modified files), or a checkout in a source tree."""
     if target.kind == "source-tree":
@@ -59,7 +59,7 @@ def _raise_conflicts(reports: Sequence[PatchReport], target: Target) -> None:
     if conflicts:
         lines = "\n  ".join(f"{r.id}: {r.detail} ({', '.join(str(target.path(f)) for f in r.files)})"
                             for r in conflicts)
-        raise PatchConflictError(f"conflict, nothing changed:\n  {lines}", hint=reinstall_hint(target))
+        raise PatchConflictError(f"conflict, nothing changed:\n  {lines}", fix=reinstall_fix(target))
 
 
 def _drop_bytecode(path: Path) -> None:
@@ -83,7 +83,7 @@ def _replace_all(target: Target, changes: Sequence[Change], *, forward: bool, lo
         if isinstance(exc, DsvError):
             raise
         raise DsvError(f"writing {target.path(changes[len(done)].rel)} failed ({type(exc).__name__}: {exc}); "
-                       f"every file already written was restored", hint=reinstall_hint(target)) from exc
+                       f"every file already written was restored", fix=reinstall_fix(target)) from exc
 
 
 def _rollback(target: Target, done: Sequence[Change], *, forward: bool, log: Log) -> None:
@@ -125,7 +125,7 @@ def apply_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None 
         blocked = [r for r in reports if r.status == "not-applicable"]
         if blocked:
             raise DsvError("cannot apply, nothing changed: " + "; ".join(f"{r.id}: {r.detail}" for r in blocked),
-                           hint="drop these ids, or install a vLLM version the patch supports "
+                           fix="drop these ids, or install a vLLM version the patch supports "
                                 "(see `dsv4setup patches status`)")
     todo = [r for r in reports if r.status == "applicable"]
     changes: list[Change] = []
@@ -138,7 +138,7 @@ def apply_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None 
         probe = evaluate_probe(report.patch.spec.probe, staged_or_disk)
         if probe.state != "fixed":
             raise DsvError(f"patch {report.id}: the patched result does not pass its own probe; nothing changed",
-                           hint="a bug in the shipped patch data; please report it")
+                           fix="a bug in the shipped patch data; please report it")
         for rel in report.files:
             before = target.read(rel)
             assert before is not None
@@ -151,7 +151,7 @@ def apply_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None 
         if problem is not None:
             _rollback(target, changes, forward=True, log=log)
             raise DsvError(f"verification failed after patching, every file restored: {problem}",
-                           hint=reinstall_hint(target))
+                           fix=reinstall_fix(target))
     return ActionResult(check_patches(patches, target), [r.id for r in todo])
 
 
@@ -179,6 +179,6 @@ def revert_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None
         if problem is not None:
             _rollback(target, changes, forward=False, log=log)
             raise DsvError(f"verification failed after reverting, patched files put back: {problem}",
-                           hint=reinstall_hint(target))
+                           fix=reinstall_fix(target))
         backups.forget([c.rel for c in changes])
     return ActionResult(check_patches(patches, target), [r.id for r in todo])

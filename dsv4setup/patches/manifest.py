@@ -153,7 +153,7 @@ class Manifest:
             return self.by_id[patch_id]
         except KeyError:
             raise ManifestError(f"unknown patch id {patch_id!r}",
-                                hint=f"known patch ids: {', '.join(self.ids)}") from None
+                                fix=f"known patch ids: {', '.join(self.ids)}") from None
 
 
 def default_manifest_path() -> Path:
@@ -204,7 +204,7 @@ def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the patch manifest: {exc.strerror}",
-                            hint="reinstall dsv4setup") from None
+                            fix="reinstall dsv4setup") from None
     try:
         return yaml.safe_load(text), yaml.compose(text)
     except yaml.YAMLError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dsv4setup.core.finding import CheckResult, failed, passed, skipped, warned
+from dsv4setup.core.finding import Finding, failed, passed, skipped, warned
 from dsv4setup.preflight.facts import (
     Gpu,
     cc_str,
@@ -41,7 +41,7 @@ def _describe(c: Ctx, gpus: list[Gpu]) -> str:
     return "; ".join(f"{n}x {kind}" for kind, n in kinds.items())
 
 
-def _skip_gpu(c: Ctx, id_: str) -> CheckResult | None:
+def _skip_gpu(c: Ctx, id_: str) -> Finding | None:
     """The common reasons a GPU check has nothing to judge."""
     if c.target.cpu_only:
         return skipped(id_, CPU_ONLY.format(c.target.profile_name))
@@ -52,7 +52,7 @@ def _skip_gpu(c: Ctx, id_: str) -> CheckResult | None:
     return None
 
 
-def gpu_present(c: Ctx) -> CheckResult:
+def gpu_present(c: Ctx) -> Finding:
     id_ = "gpu.present"
     all_gpus = c.snap.get("gpus") or []
     if c.target.cpu_only:
@@ -72,7 +72,7 @@ def gpu_present(c: Ctx) -> CheckResult:
     return passed(id_, f"{plural(len(gpus), 'GPU')}: {_describe(c, gpus)}")
 
 
-def gpu_architecture(c: Ctx) -> CheckResult:
+def gpu_architecture(c: Ctx) -> Finding:
     id_ = "gpu.architecture"
     if (skip := _skip_gpu(c, id_)) is not None:
         return skip
@@ -100,7 +100,7 @@ def _identity(g: Gpu) -> tuple[object, ...]:
     return g.get("name"), g.get("memory_total_bytes"), tuple(g.get("compute_capability") or ())
 
 
-def gpu_identical(c: Ctx) -> CheckResult:
+def gpu_identical(c: Ctx) -> Finding:
     id_ = "gpu.identical"
     if (skip := _skip_gpu(c, id_)) is not None:
         return skip
@@ -117,7 +117,7 @@ def gpu_identical(c: Ctx) -> CheckResult:
                   f"(or fewer GPUs: --set serve.tensor_parallel_size=N)")
 
 
-def gpu_count(c: Ctx) -> CheckResult:
+def gpu_count(c: Ctx) -> Finding:
     id_ = "gpu.count"
     if (skip := _skip_gpu(c, id_)) is not None:
         return skip
@@ -137,7 +137,7 @@ def gpu_count(c: Ctx) -> CheckResult:
     return passed(id_, summary)
 
 
-def gpu_memory(c: Ctx) -> CheckResult:
+def gpu_memory(c: Ctx) -> Finding:
     id_ = "gpu.memory"
     if (skip := _skip_gpu(c, id_)) is not None:
         return skip
@@ -182,7 +182,7 @@ def _more_memory_fix(c: Ctx, each_gb: float, need_gb_total: float) -> str:
             f"(e.g. 2x GB10 over QSFP, 2x H200, 2x RTX PRO 6000)")
 
 
-def gpu_pcie_link(c: Ctx) -> CheckResult:
+def gpu_pcie_link(c: Ctx) -> Finding:
     id_ = "gpu.pcie_link"
     if (skip := _skip_gpu(c, id_)) is not None:
         return skip
@@ -203,7 +203,7 @@ def gpu_pcie_link(c: Ctx) -> CheckResult:
     return passed(id_, f"PCIe Gen{g.get('gen_max')} x{g.get('width_max')} at full width on the TP GPUs")
 
 
-def _skip_topology(c: Ctx, id_: str) -> CheckResult | None:
+def _skip_topology(c: Ctx, id_: str) -> Finding | None:
     if (skip := _skip_gpu(c, id_)) is not None:
         return skip
     if not c.multi_gpu:
@@ -213,7 +213,7 @@ def _skip_topology(c: Ctx, id_: str) -> CheckResult | None:
     return None
 
 
-def topology_interconnect(c: Ctx) -> CheckResult:
+def topology_interconnect(c: Ctx) -> Finding:
     id_ = "topology.interconnect"
     if (skip := _skip_topology(c, id_)) is not None:
         return skip
@@ -238,7 +238,7 @@ def _profile_disables_p2p(c: Ctx) -> bool:
     return c.target.disable_custom_all_reduce and c.target.env.get("NCCL_P2P_DISABLE") == "1"
 
 
-def topology_p2p(c: Ctx) -> CheckResult:
+def topology_p2p(c: Ctx) -> Finding:
     id_ = "topology.p2p"
     if (skip := _skip_topology(c, id_)) is not None:
         return skip
@@ -259,7 +259,7 @@ def topology_p2p(c: Ctx) -> CheckResult:
     return passed(id_, "P2P read and write supported between all TP GPUs")
 
 
-def topology_iommu(c: Ctx) -> CheckResult:
+def topology_iommu(c: Ctx) -> Finding:
     id_ = "topology.iommu"
     if (skip := _skip_topology(c, id_)) is not None:
         return skip
@@ -283,7 +283,7 @@ def topology_iommu(c: Ctx) -> CheckResult:
     return passed(id_, f"IOMMU {mode}: PCIe P2P is not translated")
 
 
-def driver_present(c: Ctx) -> CheckResult:
+def driver_present(c: Ctx) -> Finding:
     id_ = "driver.present"
     if c.target.cpu_only:
         return skipped(id_, CPU_ONLY.format(c.target.profile_name))
@@ -298,7 +298,7 @@ def driver_present(c: Ctx) -> CheckResult:
     return passed(id_, f"NVIDIA driver {driver.get('version') or '?'} (CUDA {driver.get('cuda_driver') or '?'})")
 
 
-def driver_version(c: Ctx) -> CheckResult:
+def driver_version(c: Ctx) -> Finding:
     id_ = "driver.version"
     driver = c.snap.get("driver")
     if c.target.cpu_only:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dsv4setup.core.finding import AREAS, CheckResult, passed, rank, skipped, warned
+from dsv4setup.core.finding import AREAS, Finding, passed, rank, skipped, warned
 from dsv4setup.preflight import gpu_checks as gpu
 from dsv4setup.preflight import host_checks as host
 from dsv4setup.preflight.implied import recommendation
@@ -21,11 +21,11 @@ if TYPE_CHECKING:
     from dsv4setup.profiles.match import ProfileMatch
     from dsv4setup.profiles.model import Profile
 
-DOCTOR_SCHEMA = "dsv4setup.doctor/1"
-CheckFn = Callable[[Ctx], CheckResult]
+DOCTOR_SCHEMA = "dsv4setup.doctor/2"
+CheckFn = Callable[[Ctx], Finding]
 
 
-def host_profile(c: Ctx, matches: Sequence[ProfileMatch]) -> CheckResult:
+def host_profile(c: Ctx, matches: Sequence[ProfileMatch]) -> Finding:
     """Does the chosen profile describe this machine? (the match rules of profiles/match.py)"""
     id_ = "host.profile"
     profile = c.target.profile
@@ -50,7 +50,7 @@ def host_profile(c: Ctx, matches: Sequence[ProfileMatch]) -> CheckResult:
 
 @dataclass
 class DoctorReport:
-    checks: list[CheckResult]
+    checks: list[Finding]
     recommendation: dict[str, Any] | None
     snapshot: dict[str, Any]
     profile: Profile | None = None
@@ -62,22 +62,22 @@ class DoctorReport:
         return not any(r.status == "fail" for r in self.checks)
 
     @property
-    def failures(self) -> list[CheckResult]:
+    def failures(self) -> list[Finding]:
         return [r for r in self.checks if r.status == "fail"]
 
     @property
-    def warnings(self) -> list[CheckResult]:
+    def warnings(self) -> list[Finding]:
         return [r for r in self.checks if r.status == "warn"]
 
     def to_doc(self) -> dict[str, Any]:
-        """The `dsv4setup.doctor/1` JSON document."""
+        """The `dsv4setup.doctor/2` JSON document."""
         return {"schema": DOCTOR_SCHEMA, "ok": self.ok, "checks": [r.to_dict() for r in self.checks],
                 "recommendation": self.recommendation, "snapshot": self.snapshot}
 
 
 def run_checks(snapshot: dict[str, Any], profile: Profile | None = None, *, rules: Rules | None = None,
                matches: Sequence[ProfileMatch] = (),
-               extra_checks: Iterable[CheckResult] = ()) -> list[CheckResult]:
+               extra_checks: Iterable[Finding] = ()) -> list[Finding]:
     """Every built-in check in a stable order, then `extra_checks`."""
     c = make_ctx(snapshot, profile, rules or load_rules())
     results = [fn(c) for fn in gpu.CHECKS]
@@ -88,7 +88,7 @@ def run_checks(snapshot: dict[str, Any], profile: Profile | None = None, *, rule
 
 def build_report(snapshot: dict[str, Any], profile: Profile | None = None, *, rules: Rules | None = None,
                  matches: Sequence[ProfileMatch] = (),
-                 extra_checks: Iterable[CheckResult] = ()) -> DoctorReport:
+                 extra_checks: Iterable[Finding] = ()) -> DoctorReport:
     """Judge a snapshot against a profile (None: a generic GPU deployment) and recommend serve settings."""
     rules = rules or load_rules()
     checks = run_checks(snapshot, profile, rules=rules, matches=matches, extra_checks=extra_checks)
@@ -96,15 +96,15 @@ def build_report(snapshot: dict[str, Any], profile: Profile | None = None, *, ru
     return DoctorReport(checks, rec, snapshot, profile, list(matches))
 
 
-def ordered_for_display(checks: Sequence[CheckResult]) -> list[tuple[str, list[CheckResult]]]:
+def ordered_for_display(checks: Sequence[Finding]) -> list[tuple[str, list[Finding]]]:
     """Areas with their checks, the area holding the worst result first; inside, worst first."""
-    areas: dict[str, list[CheckResult]] = {}
+    areas: dict[str, list[Finding]] = {}
     for r in checks:
         areas.setdefault(r.area, []).append(r)
     for results in areas.values():
         results.sort(key=lambda r: rank(r.status))
 
-    def area_key(item: tuple[str, list[CheckResult]]) -> tuple[int, int]:
+    def area_key(item: tuple[str, list[Finding]]) -> tuple[int, int]:
         name, results = item
         return rank(results[0].status), AREAS.index(name) if name in AREAS else len(AREAS)
 

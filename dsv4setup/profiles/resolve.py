@@ -51,18 +51,18 @@ class ResolvedProfile:
 
 def _auto_pick(workdir: Workdir) -> str:
     """The best profile for this machine (hardware probe + match ranking, imported lazily)."""
-    hint = "run `dsv4setup doctor` to see the recommended profile, then pass --profile NAME"
+    fix = "run `dsv4setup doctor` to see the recommended profile, then pass --profile NAME"
     try:
         from dsv4setup.preflight.snapshot import take_snapshot
         from dsv4setup.profiles.match import best_profile
     except ImportError as exc:
         raise UsageError(f"no profile chosen, and this dsv4setup cannot pick one by itself ({exc})",
-                         hint=hint) from None
+                         fix=fix) from None
     from dsv4setup.profiles.loader import load_all_profiles
 
     best = best_profile(take_snapshot(workdir), load_all_profiles())
     if best is None:
-        raise UsageError("no profile chosen, and none of the shipped profiles matches this machine", hint=hint)
+        raise UsageError("no profile chosen, and none of the shipped profiles matches this machine", fix=fix)
     return best.name
 
 
@@ -93,7 +93,7 @@ def _profile_file(chosen: str, selected_by: str, workdir: Workdir) -> Path:
         if selected_by == "--profile":
             raise
         raise UsageError(f"{exc.message} (the name comes from {selected_by})",
-                         hint=f"pass --profile NAME, or fix the name there; {exc.hint}") from None
+                         fix=f"pass --profile NAME, or fix the name there; {exc.fix}") from None
     if is_path(chosen):
         load_profile_file(path)
     else:

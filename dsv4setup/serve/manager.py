@@ -10,7 +10,7 @@ from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.process import ServerRecord, StopReport, is_ours, read_record, stop_server
 from dsv4setup.serve.readiness import base_url, health_status
 
-SERVE_SCHEMA = "dsv4setup.serve/1"
+SERVE_SCHEMA = "dsv4setup.serve/2"
 DOWN_SCHEMA = "dsv4setup.down/1"
 DEFAULT_GRACE_S = 15.0
 
@@ -58,7 +58,7 @@ def down(workdir: Workdir, grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
     report: StopReport = stop_server(workdir, record, grace_s)
     if report.survivors:
         raise DsvError(f"processes {report.survivors} of the server would not stop, even with SIGKILL",
-                       hint="they are probably stuck in the kernel (D state, e.g. a hung GPU driver); "
+                       fix="they are probably stuck in the kernel (D state, e.g. a hung GPU driver); "
                             "check `ps -o pid,stat,cmd -p " + ",".join(map(str, report.survivors)) + "`")
     message = (f"stopped the server (pid {record.pid}, port {record.port}) in {report.elapsed_s:.1f}s"
                + (" (SIGKILL was needed)" if report.forced else "")

@@ -170,11 +170,11 @@ def check_port_free(host: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 holder = port_holder(port)
                 raise StepError(f"port {port} on {host} is already in use" + (f" by {holder}" if holder else ""),
-                                hint=f"stop that process, or serve on another port: --set serve.port=PORT "
+                                fix=f"stop that process, or serve on another port: --set serve.port=PORT "
                                      f"(`ss -ltnp 'sport = :{port}'` shows who holds it)") from None
             if exc.errno == errno.EADDRNOTAVAIL:
                 raise StepError(f"cannot bind {host}: not an address of this machine",
-                                hint="use --host with one of this machine's addresses (`ip -br addr`), "
+                                fix="use --host with one of this machine's addresses (`ip -br addr`), "
                                      "or 0.0.0.0 for all") from None
             raise StepError(f"cannot bind {host}:{port}: {exc.strerror}") from None
 
@@ -195,7 +195,7 @@ def start_server(argv: Sequence[str], env: Mapping[str, str], *, host: str, port
         except OSError as exc:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise StepError(f"cannot start the server {argv[0]}: {exc.strerror}",
-                            hint="the serving venv is missing or broken: run `dsv4setup up --redo vllm`") from None
+                            fix="the serving venv is missing or broken: run `dsv4setup up --redo vllm`") from None
     try:
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.Error:

@@ -147,7 +147,7 @@ def _last_error_line(text: str) -> str | None:
 
 
 def _known(match: FailureMatch, log: Path, when: str) -> StepError:
-    return StepError(f"{match.failure.cause} ({when}; {log} says: {match.excerpt!r})", hint=match.failure.fix,
+    return StepError(f"{match.failure.cause} ({when}; {log} says: {match.excerpt!r})", fix=match.failure.fix,
                      known_failure=match.failure.id)
 
 
@@ -181,7 +181,7 @@ def wait_ready(watch: ServerWatch, host: str, port: int, follower: LogFollower, 
             last_error = _last_error_line(follower.window)
             raise StepError(f"vLLM exited with code {code} during startup (phase: {phase})"
                             + (f": {last_error}" if last_error else f"; the reason is at the end of {follower.path}"),
-                            hint="read the traceback at the end of the log (`dsv4setup logs serve -n 60`), fix "
+                            fix="read the traceback at the end of the log (`dsv4setup logs serve -n 60`), fix "
                                  "the cause and run `dsv4setup up` again")
         status = health_status(host, port, limits.health_timeout_s)
         if status == 200:
@@ -192,15 +192,15 @@ def wait_ready(watch: ServerWatch, host: str, port: int, follower: LogFollower, 
             if match is not None:
                 raise _known(match, follower.path, "the engine died")
             raise StepError(f"vLLM answers /health with 503: its engine died (phase: {phase})",
-                            hint=f"read the end of {follower.path} (`dsv4setup logs serve -n 60`)",
+                            fix=f"read the end of {follower.path} (`dsv4setup logs serve -n 60`)",
                             known_failure="engine-dead")
         if now - last_output >= limits.stall_timeout_s:
             raise StepError(f"no output from vLLM for {limits.stall_timeout_s:.0f}s and /health not ready "
-                            f"(phase: {phase}): the server is probably hung", hint=P2P_ADVICE,
+                            f"(phase: {phase}): the server is probably hung", fix=P2P_ADVICE,
                             known_failure="serve-stall")
         if elapsed >= limits.ready_timeout_s:
             raise StepError(f"vLLM not ready after {limits.ready_timeout_s:.0f}s (phase: {phase})",
-                            hint="if the log still shows progress, raise serve.ready_timeout_s "
+                            fix="if the log still shows progress, raise serve.ready_timeout_s "
                                  "(--set serve.ready_timeout_s=SECONDS); see `dsv4setup logs serve`",
                             known_failure="serve-ready-timeout")
         if now - last_beat >= limits.heartbeat_s:

@@ -113,7 +113,7 @@ def install_conda(conda: Path, layout: ToolkitLayout, version: str, channel: Con
         shutil.rmtree(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     run_logged(conda_create_argv(conda, prefix, version, channel), log, what=f"{conda.name} create {prefix}",
-               hint=f"check that the channel holds CUDA {version} (channel {channel}) and that conda can reach it; "
+               fix=f"check that the channel holds CUDA {version} (channel {channel}) and that conda can reach it; "
                     f"or force the pip route with `--toolkit pip`")
 
 

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError, UsageError
+from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.proc import StepLog
-from dsv4setup.toolkit.arch import Release, arches_from_preflight, fmt, is_arch, parse_release, support_hint
+from dsv4setup.preflight.outputs import PreflightOutputs
+from dsv4setup.toolkit.arch import Release, arches_from_preflight, fmt, is_arch, parse_release, support_fix
 from dsv4setup.toolkit.install import (
     CondaChannel,
     Route,
@@ -32,6 +34,7 @@ from dsv4setup.toolkit.install import (
     requested_route,
 )
 from dsv4setup.toolkit.nvcc import CompileResult, HostTools, compile_probe, error_lines, nvcc_release
+from dsv4setup.toolkit.outputs import ToolkitOutputs
 
 
 @dataclass(frozen=True)
@@ -56,24 +59,26 @@ def resolve_arch(ctx: RunContext) -> str:
     arch = ctx.profile.toolkit.arch
     if arch:
         if not is_arch(arch):
-            raise StepError(f"toolkit.arch {arch!r} is not an nvcc target", hint="write it like sm_120a or sm_90a")
+            raise StepError(f"toolkit.arch {arch!r} is not an nvcc target", fix="write it like sm_120a or sm_90a")
         return arch
-    found = arches_from_preflight(ctx.output("preflight"))
+    preflight = ctx.outputs(PreflightOutputs)
+    found = arches_from_preflight(preflight.model_dump() if preflight else {})
     if len(found) == 1:
         return found[0]
     if not found:
         raise StepError("no target GPU architecture: toolkit.arch is unset and the preflight step reported no "
                         "GPU compute capability",
-                        hint="set it, e.g. `--set toolkit.arch=sm_120a` (RTX PRO 6000), sm_121a (GB10), "
+                        fix="set it, e.g. `--set toolkit.arch=sm_120a` (RTX PRO 6000), sm_121a (GB10), "
                              "sm_90a (H100/H200), sm_100a (B200); or run preflight on the GPU machine")
     raise StepError(f"the GPUs have different architectures ({', '.join(found)})",
-                    hint="set toolkit.arch to the one vLLM will run on, e.g. `--set toolkit.arch=" + found[0] + "`")
+                    fix="set toolkit.arch to the one vLLM will run on, e.g. `--set toolkit.arch=" + found[0] + "`")
 
 
 class ToolkitStep(Step):
     name = "toolkit"
     description = "CUDA toolkit (nvcc) for the GPU's exact arch, in the workdir, no sudo"
     needs = ("preflight",)
+    Outputs = ToolkitOutputs
 
     def __init__(self, host: HostTools | None = None) -> None:
         self.host = host if host is not None else HostTools.from_environ()
@@ -88,7 +93,7 @@ class ToolkitStep(Step):
         try:
             release = parse_release(version)
         except ValueError as exc:
-            raise StepError(f"toolkit.version: {exc}", hint="write a CUDA release such as 13.0.2") from None
+            raise StepError(f"toolkit.version: {exc}", fix="write a CUDA release such as 13.0.2") from None
         channel = ctx.options.get("toolkit_conda_channel") or "nvidia"
         if channel not in ("nvidia", "conda-forge"):
             raise UsageError(f"toolkit conda channel {channel!r}: expected nvidia or conda-forge")
@@ -143,17 +148,17 @@ class ToolkitStep(Step):
             found = self.system_nvcc(target, note)
         return found
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         try:
             target = self.target(ctx)
         except StepError as exc:
-            return Postcondition(False, exc.message)
+            return postcondition(False, exc.message)
         found = self.existing(ctx, target)
         if found is None:
             where = f"{target.forced} install in {ctx.workdir.toolkit_dir}" if target.forced else \
                 f"{ctx.workdir.toolkit_dir} or on this machine"
-            return Postcondition(False, f"no nvcc of CUDA {target.version} compiling for {target.arch} ({where})")
-        return Postcondition(True, f"nvcc {fmt(found.release)} ({found.route}) at {found.nvcc} "
+            return postcondition(False, f"no nvcc of CUDA {target.version} compiling for {target.arch} ({where})")
+        return postcondition(True, f"nvcc {fmt(found.release)} ({found.route}) at {found.nvcc} "
                                    f"compiles for {target.arch}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
@@ -171,7 +176,7 @@ class ToolkitStep(Step):
         if route == "conda":
             if conda is None:
                 raise StepError("the conda route is forced but no conda, mamba or micromamba is on PATH",
-                                hint="install micromamba (a single binary, no sudo) or use `--toolkit pip`")
+                                fix="install micromamba (a single binary, no sudo) or use `--toolkit pip`")
             install_conda(conda, layout, target.version, target.channel, log)
         else:
             install_pip(layout, target.version, log)
@@ -180,7 +185,7 @@ class ToolkitStep(Step):
             where = (layout.conda_prefix / "bin" if route == "conda"
                      else layout.venv / "lib/python*/site-packages/nvidia/*/bin")
             raise StepError(f"no nvcc found after the {route} install of CUDA {target.version} (looked in {where})",
-                            hint=f"see {log.path}; the package set may lack the compiler for this platform. "
+                            fix=f"see {log.path}; the package set may lack the compiler for this platform. "
                                  f"Try the other route (`--toolkit {'pip' if route == 'conda' else 'conda'}`)")
         ctx.progress(f"compiling a test kernel for {target.arch}")
         return self.outputs(self.check(nvcc, target, route, log), target)
@@ -190,13 +195,13 @@ class ToolkitStep(Step):
         if release != target.release:
             raise StepError(f"{nvcc} reports release {fmt(release) if release else 'unknown'}, "
                             f"not {fmt(target.release)}",
-                            hint=f"remove {nvcc.parents[1]} and run again; see {log.path}")
+                            fix=f"remove {nvcc.parents[1]} and run again; see {log.path}")
         compiled = compile_probe(nvcc, target.arch)
         if not compiled.ok:
             log.write(compiled.output)
             raise StepError(f"nvcc {fmt(release)} at {nvcc} cannot compile for {target.arch}: "
                             f"{error_lines(compiled.output, 2)}",
-                            hint=support_hint(target.arch, release))
+                            fix=support_fix(target.arch, release))
         log.line(f"nvcc {fmt(release)} at {nvcc} compiled a test kernel for {target.arch}")
         return Found(nvcc, release, compiled, route)
 

@@ -30,7 +30,7 @@ def git_source(spec: VllmSpec) -> GitSource:
     ref = spec.git_ref or (f"v{spec.version}" if spec.source == "source" else None)
     if ref is None:
         raise StepError("vllm.source is git but vllm.git_ref is unset",
-                        hint="set vllm.git_ref to a tag, branch or commit of vllm.git_url (e.g. v0.33.0)")
+                        fix="set vllm.git_ref to a tag, branch or commit of vllm.git_url (e.g. v0.33.0)")
     return GitSource(url, ref)
 
 
@@ -46,18 +46,18 @@ def check_precompiled_wheel(spec: VllmSpec) -> str:
     if not location:
         raise StepError("vllm.source is git but vllm.precompiled_wheel is unset: refusing to let vLLM pick "
                         "a nightly wheel that may not match the ref",
-                        hint=f"set vllm.precompiled_wheel to the release wheel the ref builds on, e.g. {example} "
+                        fix=f"set vllm.precompiled_wheel to the release wheel the ref builds on, e.g. {example} "
                              f"(a local path works too), or use vllm.source: source for a full build")
     found = wheel_version(location)
     if found is None:
         raise StepError(f"vllm.precompiled_wheel {location} is not a wheel file name",
-                        hint=f"point it at a .whl, e.g. {example}")
+                        fix=f"point it at a .whl, e.g. {example}")
     if release_of(found) != release_of(spec.version):
         raise StepError(f"vllm.precompiled_wheel is vLLM {found} but vllm.version is {spec.version}",
-                        hint=f"use the {release_of(spec.version)} wheel, e.g. {example}, or fix vllm.version")
+                        fix=f"use the {release_of(spec.version)} wheel, e.g. {example}, or fix vllm.version")
     if "://" not in location and not Path(location).expanduser().is_file():
         raise StepError(f"vllm.precompiled_wheel {location} does not exist",
-                        hint="download it first (`pip download --no-deps vllm==VERSION -d DIR`) or give its URL")
+                        fix="download it first (`pip download --no-deps vllm==VERSION -d DIR`) or give its URL")
     return location if "://" in location else str(Path(location).expanduser().absolute())
 
 
@@ -69,19 +69,19 @@ def checkout(source: GitSource, dest: Path, log: StepLog) -> str:
     """
     git = shutil.which("git")
     if git is None:
-        raise StepError("git is not installed", hint="install git (`sudo apt install git`), or use vllm.source: wheel")
-    hint = f"check that {source.url} is reachable and has {source.ref}"
+        raise StepError("git is not installed", fix="install git (`sudo apt install git`), or use vllm.source: wheel")
+    fix = f"check that {source.url} is reachable and has {source.ref}"
     if not (dest / ".git").is_dir():
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         run_logged([git, "clone", "--filter=blob:none", "--no-checkout", source.url, str(dest)], log,
-                   what=f"git clone {source.url}", hint=hint)
+                   what=f"git clone {source.url}", fix=fix)
     else:
         run_logged([git, "-C", str(dest), "remote", "set-url", "origin", source.url], log, what="git remote set-url")
     # --tags: vLLM's version comes from setuptools-scm, which needs the release tags
     run_logged([git, "-C", str(dest), "fetch", "--tags", "origin", source.ref], log,
-               what=f"git fetch {source.ref}", hint=hint)
+               what=f"git fetch {source.ref}", fix=fix)
     run_logged([git, "-C", str(dest), "checkout", "--force", "--detach", "FETCH_HEAD"], log,
                what=f"git checkout {source.ref}")
     proc = subprocess.run([git, "-C", str(dest), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)

@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.fsutil import atomic_write_text
 from dsv4setup.profiles.model import VllmSpec
 from dsv4setup.toolkit.arch import torch_arch_list
+from dsv4setup.toolkit.outputs import ToolkitOutputs
 from dsv4setup.vllm.build import (
     BuildMachine,
     BuildProgress,
@@ -26,6 +28,7 @@ from dsv4setup.vllm.build import (
     precompiled_env,
     source_build_env,
 )
+from dsv4setup.vllm.outputs import VllmOutputs
 from dsv4setup.vllm.probe import InstallProbe, judge_install, probe_install, probe_names
 from dsv4setup.vllm.routes import (
     check_precompiled_wheel,
@@ -46,24 +49,25 @@ def source_dir(ctx: RunContext) -> Path:
 
 def toolkit_build_inputs(ctx: RunContext, spec: VllmSpec) -> tuple[Path, Path, str]:
     """(CUDA_HOME, nvcc, TORCH_CUDA_ARCH_LIST) for a source build, from the toolkit step."""
-    toolkit = ctx.output("toolkit")
-    if not toolkit.get("cuda_home") or not toolkit.get("nvcc"):
+    toolkit = ctx.outputs(ToolkitOutputs)
+    if toolkit is None:
         raise StepError("vllm.source is source but the toolkit step has no CUDA_HOME to build with",
-                        hint="set toolkit.version in the profile and run `dsv4setup up --only toolkit` first")
+                        fix="set toolkit.version in the profile and run `dsv4setup up --only toolkit` first")
     arch_list = spec.torch_arch_list
     if not arch_list:
         try:
-            arch_list = torch_arch_list(str(toolkit.get("arch")))
+            arch_list = torch_arch_list(toolkit.arch)
         except ValueError:
-            raise StepError(f"no TORCH_CUDA_ARCH_LIST: the toolkit step's arch is {toolkit.get('arch')!r}",
-                            hint="set vllm.torch_arch_list (e.g. 12.0a) or toolkit.arch (e.g. sm_120a)") from None
-    return Path(toolkit["cuda_home"]), Path(toolkit["nvcc"]), arch_list
+            raise StepError(f"no TORCH_CUDA_ARCH_LIST: the toolkit step's arch is {toolkit.arch!r}",
+                            fix="set vllm.torch_arch_list (e.g. 12.0a) or toolkit.arch (e.g. sm_120a)") from None
+    return Path(toolkit.cuda_home), Path(toolkit.nvcc), arch_list
 
 
 class VllmStep(Step):
     name = "vllm"
     description = "serving venv with vLLM, installed as the profile says"
     needs = ("toolkit",)
+    Outputs = VllmOutputs
 
     def __init__(self, machine: BuildMachine | None = None) -> None:
         self._machine = machine
@@ -76,16 +80,16 @@ class VllmStep(Step):
         spec = ctx.profile.vllm
         doc: dict[str, Any] = {"vllm": spec.model_dump(mode="json")}
         if spec.source == "source":
-            toolkit = ctx.output("toolkit")
-            doc["toolkit"] = {k: toolkit.get(k) for k in ("cuda_home", "arch", "version")}
+            toolkit = ctx.outputs(ToolkitOutputs)
+            doc["toolkit"] = {k: getattr(toolkit, k) if toolkit else None for k in ("cuda_home", "arch", "version")}
         return doc
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         spec = ctx.profile.vllm
         probe = probe_install(ctx.workdir.venv_python, probe_names(spec))
         if isinstance(probe, str):
-            return Postcondition(False, probe)
-        return Postcondition(*judge_install(probe, spec))
+            return postcondition(False, probe)
+        return postcondition(*judge_install(probe, spec))
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         spec = ctx.profile.vllm
@@ -127,17 +131,17 @@ class VllmStep(Step):
 
     @staticmethod
     def verified(python: Path, spec: VllmSpec) -> InstallProbe:
-        """Check the install right away, so a mismatch fails with a specific hint."""
+        """Check the install right away, so a mismatch fails with a specific fix."""
         probe = probe_install(python, probe_names(spec))
         if isinstance(probe, str):
-            raise StepError(probe, hint=f"recreate the venv: remove {python.parent.parent} and run again")
+            raise StepError(probe, fix=f"recreate the venv: remove {python.parent.parent} and run again")
         ok, detail = judge_install(probe, spec)
         if not ok:
-            hint = ("the checkout builds another version: set vllm.version to the version it builds, or "
+            fix = ("the checkout builds another version: set vllm.version to the version it builds, or "
                     "vllm.git_ref to the ref that builds the wanted one") if spec.source != "wheel" else \
                 ("pip installed something else than the profile pins: check vllm.pip_constraints and "
                  "vllm.remove_after_install against the package's requirements")
-            raise StepError(f"after installing: {detail}", hint=hint)
+            raise StepError(f"after installing: {detail}", fix=fix)
         return probe
 
 

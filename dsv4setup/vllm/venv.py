@@ -32,7 +32,7 @@ def check_venv_support(python: Path | str) -> str:
     version = python_version(python)
     if version is None:
         raise StepError(f"python interpreter {python} does not run",
-                        hint="set vllm.python in the profile (or an override) to an existing python >= 3.11")
+                        fix="set vllm.python in the profile (or an override) to an existing python >= 3.11")
     try:
         proc = subprocess.run([str(python), "-c", "import venv, ensurepip"], capture_output=True, text=True,
                               timeout=60, stdin=subprocess.DEVNULL)
@@ -42,7 +42,7 @@ def check_venv_support(python: Path | str) -> str:
         raise StepError(
             f"python {version} at {python} has no working venv module (ensurepip missing): "
             f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'import failed'}",
-            hint=f"install it without touching the system python's packages: `sudo apt install python{version}-venv` "
+            fix=f"install it without touching the system python's packages: `sudo apt install python{version}-venv` "
                  f"(Debian/Ubuntu), or point vllm.python at another interpreter (e.g. one from uv or pyenv)")
     return version
 
@@ -56,15 +56,15 @@ def create_venv(python: Path | str, dest: Path, log: StepLog) -> Path:
         return venv_python
     argv = [str(python), "-m", "venv", *(["--clear"] if dest.exists() else []), str(dest)]
     run_logged(argv, log, what=f"creating venv {dest}",
-               hint=f"check free space and permissions under {dest.parent}")
+               fix=f"check free space and permissions under {dest.parent}")
     if not venv_python.exists():
         raise StepError(f"`{python} -m venv {dest}` left no {venv_python}",
-                        hint=f"install python{version}-venv or set vllm.python to another interpreter")
+                        fix=f"install python{version}-venv or set vllm.python to another interpreter")
     return venv_python
 
 
 def classify_pip_failure(lines: Sequence[str]) -> tuple[str, str] | None:
-    """(message, hint) for pip failures whose cause is recognisable in its output, else None."""
+    """(message, fix) for pip failures whose cause is recognisable in its output, else None."""
     text = "\n".join(lines)
     for regex in (_NO_DIST_RE, _NO_VERSION_RE):
         if m := regex.search(text):
@@ -92,9 +92,9 @@ def pip(python: Path, args: Sequence[str], log: StepLog, *, what: str, env: Mapp
 
     try:
         run_logged([str(python), "-m", "pip", *args], log, env=env, cwd=cwd, what=what, on_line=seen,
-                   hint=f"see the pip output in {log.path}")
+                   fix=f"see the pip output in {log.path}")
     except StepError:
         known = classify_pip_failure(list(tail))
         if known is None:
             raise
-        raise StepError(f"{what}: {known[0]} (see {log.path})", hint=known[1]) from None
+        raise StepError(f"{what}: {known[0]} (see {log.path})", fix=known[1]) from None

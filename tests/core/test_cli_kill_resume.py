@@ -53,7 +53,7 @@ def status(env: dict[str, str]) -> dict[str, str]:
     result = dsv(env, "status", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["schema"] == "dsv4setup.status/1"
+    assert doc["schema"] == "dsv4setup.status/2"
     return {row["step"]: row["status"] for row in doc["steps"]}
 
 
@@ -76,7 +76,7 @@ def test_sigkill_during_a_step_then_resume_finishes_every_step_once(env: dict[st
     states = status(env)
     assert all(states[n] == "done" for n in ts.NAMES)
     state = json.loads((Path(env["DSV4SETUP_WORKDIR"]) / "state.json").read_text())
-    assert state["schema"] == "dsv4setup.state/1" and state["steps"]["gamma"]["attempts"] == 2
+    assert state["schema"] == "dsv4setup.state/2" and state["steps"]["gamma"]["attempts"] == 2
 
     again = dsv(env, "up", "--profile", "cpu-tiny", "--yes", "--json")
     assert again.returncode == 0
@@ -108,7 +108,7 @@ def test_failed_step_exit_1_with_hint_and_resume_command(env: dict[str, str]) ->
     result = dsv({**env, "TEST_STEPS_FAIL": "beta"}, "up", "--profile", "cpu-tiny", "--yes", "--json")
     assert result.returncode == 1
     doc = json.loads(result.stdout)
-    assert doc["failed_step"] == "beta" and doc["error"]["hint"] == "unset TEST_STEPS_FAIL"
+    assert doc["failed_step"] == "beta" and doc["error"]["fix"] == "unset TEST_STEPS_FAIL"
     assert doc["resume"][:2] == ["dsv4setup", "up"]
     human = dsv({**env, "TEST_STEPS_FAIL": "beta"}, "up", "--profile", "cpu-tiny", "--yes")
     assert human.returncode == 1 and "fix: unset TEST_STEPS_FAIL" in human.stderr

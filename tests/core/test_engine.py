@@ -50,7 +50,7 @@ def test_resume_after_failure_reruns_only_the_failed_and_later_steps(workdir: Wo
     monkeypatch.setenv("TEST_STEPS_FAIL", "gamma")
     result = rb.up(Selection())
     assert not result.ok and result.failed_step == "gamma"
-    assert result.error is not None and result.error.hint == "unset TEST_STEPS_FAIL"
+    assert result.error is not None and result.error.fix == "unset TEST_STEPS_FAIL"
     assert result.error.log == str(workdir.log_file("gamma"))
     assert any("failed on purpose" in line for line in result.log_tail)
     state = load_state(workdir.state_file)
@@ -137,7 +137,7 @@ def test_bad_state_file_is_a_clear_error_and_is_kept(workdir: Workdir, profile: 
     with pytest.raises(StateError, match=message) as info:
         make(workdir, profile).up(Selection())
     assert str(workdir.state_file) in info.value.message
-    assert "dsv4setup reset --all" in (info.value.hint or "")
+    assert "dsv4setup reset --all" in (info.value.fix or "")
     assert workdir.state_file.read_text() == content  # never silently discarded
     assert ts.journal() == []
 
@@ -190,7 +190,7 @@ def test_reset_step_recovers_a_state_damaged_only_in_that_step(workdir: Workdir,
     workdir.state_file.write_text(json.dumps(doc))
     with pytest.raises(StateError, match="steps.gamma.status") as info:
         load_state(workdir.state_file)
-    assert "reset --step gamma" in (info.value.hint or "")
+    assert "reset --step gamma" in (info.value.fix or "")
     state = reset_steps(workdir.state_file, ["gamma"])
     assert "gamma" not in state.steps and state.steps["alpha"].status == StepStatus.DONE
     decisions = {d.step: d.action for d in rb.plan(Selection())}

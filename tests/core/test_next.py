@@ -52,7 +52,7 @@ def test_failed_step_says_fix_with_its_hint(capsys: pytest.CaptureFixture[str], 
     assert code == 1
     validate_document(up)
     doc = next_doc(capsys, workdir)
-    assert doc["action"] == "fix" and doc["step"] == "beta" and doc["hint"] == "unset TEST_STEPS_FAIL"
+    assert doc["action"] == "fix" and doc["step"] == "beta" and doc["fix"] == "unset TEST_STEPS_FAIL"
     assert doc["command"][:2] == ["dsv4setup", "up"]
 
 

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from dsv4setup.cli.common import emit_json
-from dsv4setup.core.engine import Postcondition, Runbook, RunContext, Selection, Step
+from dsv4setup.cli.output import emit_json
+from dsv4setup.core.engine import Runbook, RunContext, Selection, Step
+from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.core.outputs import StepOutputs
 from dsv4setup.core.secrets import hf_token, redact, register_secret
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
@@ -16,17 +18,24 @@ from dsv4setup.profiles.model import Profile
 TOKEN = "hf_SeCrEtToKeN1234567890"
 
 
+class LeakyOutputs(StepOutputs):
+    step = "leaky"
+
+    header: str
+
+
 class LeakyStep(Step):
     """A step that tries hard to leak the token: into its log, its outputs and its error."""
 
     name = "leaky"
     description = "writes the token everywhere it can"
+    Outputs = LeakyOutputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {"token": hf_token()}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
-        return Postcondition(True, f"token {hf_token()}")
+    def is_done(self, ctx: RunContext) -> Finding:
+        return postcondition(True, f"token {hf_token()}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         ctx.require_log().line(f"Authorization: Bearer {hf_token()}")

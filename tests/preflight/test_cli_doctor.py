@@ -37,7 +37,7 @@ def test_json_for_a_passing_snapshot(capsys: pytest.CaptureFixture[str], tmp_pat
     assert code == 0
     assert list(doctor_validator().iter_errors(doc)) == []
     assert set(doc) == {"schema", "ok", "checks", "recommendation", "snapshot"}
-    assert doc["schema"] == "dsv4setup.doctor/1" and doc["ok"] is True
+    assert doc["schema"] == "dsv4setup.doctor/2" and doc["ok"] is True
     rec = doc["recommendation"]
     assert rec["profile"] == "rtx-pro-6000-maxq-x2" and rec["tensor_parallel_size"] == 2
     assert "--disable-custom-all-reduce" in rec["serve_args"] and rec["env"]["NCCL_P2P_DISABLE"] == "1"
@@ -100,7 +100,7 @@ def test_bad_snapshot_file_exits_2_naming_file_and_problem(capsys: pytest.Captur
     assert out == ""
     code, out, _ = run_cli(capsys, "--snapshot", str(path), "--workdir", str(tmp_path), "--json")
     error = json.loads(out)
-    assert code == 2 and error["schema"] == "dsv4setup.error/1" and error["exit_code"] == 2
+    assert code == 2 and error["schema"] == "dsv4setup.error/2" and error["exit_code"] == 2
     assert str(path) in error["message"] and problem in error["message"]
 
 

@@ -54,7 +54,7 @@ def test_gpu_profile_without_a_driver_fails_the_step(tmp_path: Path) -> None:
     result = Runbook([step], wd, MAXQ_PROFILE).up(Selection())
     assert not result.ok and result.failed_step == "preflight"
     assert result.error is not None and "driver.present" in result.error.message
-    assert "R580" in (result.error.hint or "")
+    assert "R580" in (result.error.fix or "")
     record = load_state(wd.state_file).steps["preflight"]
     assert record.status == StepStatus.FAILED
     report = json.loads((wd.root / REPORT_FILE).read_text())

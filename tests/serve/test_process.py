@@ -73,7 +73,7 @@ def test_stall_is_reported_as_a_probable_hang_with_p2p_advice_with_fake_server_p
     assert 1.4 <= time.monotonic() - started < 10
     assert exc.value.known_failure == "serve-stall"
     assert "probably hung" in exc.value.message and "loading weights" in exc.value.message
-    assert "NCCL_P2P_DISABLE=1" in exc.value.hint and "--disable-custom-all-reduce" in exc.value.hint
+    assert "NCCL_P2P_DISABLE=1" in exc.value.fix and "--disable-custom-all-reduce" in exc.value.fix
     stop_server(workdir, record, grace_s=5)
     assert processes_with_id(record.serve_id) == []
 
@@ -103,7 +103,7 @@ def test_known_signature_in_the_log_is_reported_with_cause_and_fix_with_fake_ser
         _wait(record, proc)
     assert exc.value.known_failure == "custom-allreduce-invalid-argument"
     assert "custom all-reduce" in exc.value.message and "custom_all_reduce.cuh:455" in exc.value.message
-    assert "--disable-custom-all-reduce" in exc.value.hint
+    assert "--disable-custom-all-reduce" in exc.value.fix
     assert proc.poll() is None  # still running: the caller (the step) stops it
     stop_server(workdir, record, grace_s=5)
 
@@ -114,7 +114,7 @@ def test_process_exit_during_startup_with_fake_server_process(workdir: Workdir, 
         _wait(record, proc)
     assert "exited with code 3" in exc.value.message and exc.value.known_failure is None
     assert exc.value.message.endswith(": RuntimeError: something broke")
-    assert "logs serve" in exc.value.hint
+    assert "logs serve" in exc.value.fix
     report = stop_server(workdir, record, grace_s=5)  # what the step does: nothing runs, the leftovers go
     assert not report.was_running and report.removed == [record.tmpdir] and read_record(workdir) is None
 
@@ -132,7 +132,7 @@ def test_ready_timeout_with_fake_server_process(workdir: Workdir, reaper, port: 
     limits = ReadyLimits(ready_timeout_s=1.5, stall_timeout_s=30, poll_s=0.1, heartbeat_s=1, health_timeout_s=0.2)
     with pytest.raises(StepError) as exc:
         _wait(record, proc, limits)
-    assert exc.value.known_failure == "serve-ready-timeout" and "ready_timeout_s" in exc.value.hint
+    assert exc.value.known_failure == "serve-ready-timeout" and "ready_timeout_s" in exc.value.fix
     stop_server(workdir, record, grace_s=5)
 
 
@@ -162,7 +162,7 @@ def test_port_in_use_is_a_clear_error_naming_the_holder(port: int) -> None:
         with pytest.raises(StepError) as exc:
             check_port_free("127.0.0.1", port)
     assert f"port {port} on 127.0.0.1 is already in use" in exc.value.message
-    assert "pid" in exc.value.message and "serve.port" in exc.value.hint
+    assert "pid" in exc.value.message and "serve.port" in exc.value.fix
 
 
 def test_an_address_of_another_machine_cannot_be_bound(port: int) -> None:
@@ -174,4 +174,4 @@ def test_a_missing_interpreter_is_a_step_error(workdir: Workdir, port: int) -> N
     with pytest.raises(StepError, match="cannot start the server") as exc:
         start_server(["/nonexistent/venv/bin/python", "-m", "x"], {}, host="127.0.0.1", port=port,
                      log_path=workdir.log_file("serve"), cwd=workdir.root)
-    assert "--redo vllm" in exc.value.hint
+    assert "--redo vllm" in exc.value.fix

@@ -68,7 +68,7 @@ def test_real_nvcc_13_refuses_an_arch_it_dropped(installed: Workdir) -> None:
     assert not result.ok and result.error is not None
     assert "cannot compile for sm_70" in result.error.message
     assert "Unsupported gpu architecture 'sm_70'" in result.error.message
-    assert "sm_70 was dropped after CUDA 12.9" in (result.error.hint or "")
+    assert "sm_70 was dropped after CUDA 12.9" in (result.error.fix or "")
 
 
 def test_real_existing_nvcc_is_used_unless_a_route_is_forced(installed: Workdir, tmp_path: Path) -> None:

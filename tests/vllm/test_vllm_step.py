@@ -18,6 +18,7 @@ from dsv4setup.core.engine import Observer, Runbook, Selection, Step, UpResult
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import ModelSpec, Profile, VllmSpec
+from dsv4setup.toolkit.outputs import ToolkitOutputs
 from dsv4setup.vllm.build import BuildMachine
 from dsv4setup.vllm.step import CONSTRAINTS_FILE, VllmStep
 from tests.core.steps_for_tests import StandInStep
@@ -40,9 +41,9 @@ class Progress(Observer):
         self.messages.append(message)
 
 
-def up(workdir: Workdir, profile: Profile, *, toolkit: dict[str, Any] | None = None,
+def up(workdir: Workdir, profile: Profile, *, toolkit: ToolkitOutputs | None = None,
        machine: BuildMachine | None = None, observer: Observer | None = None) -> UpResult:
-    steps: list[Step] = [StandInStep("toolkit", toolkit)] if toolkit is not None else []
+    steps: list[Step] = [StandInStep(toolkit)] if toolkit is not None else []
     return Runbook([*steps, VllmStep(machine)], workdir, profile).up(Selection(), observer)
 
 
@@ -95,21 +96,21 @@ def test_missing_version_is_a_pip_resolution_failure_with_hint(seeded_workdir: W
     result = up(seeded_workdir, make_profile(version="9.9"))
     assert not result.ok and result.error is not None
     assert result.error.message.startswith("pip install tinyvllm==9.9: pip found no distribution for tinyvllm==9.9")
-    assert "PIP_FIND_LINKS" in (result.error.hint or "")
+    assert "PIP_FIND_LINKS" in (result.error.fix or "")
 
 
 def test_contradicting_pins_are_a_pip_conflict_with_hint(seeded_workdir: Workdir, offline_pip: Path) -> None:
     result = up(seeded_workdir, make_profile(pip_constraints=["tinyvision==0.5"]))
     assert not result.ok and result.error is not None
     assert "could not resolve a consistent set of versions" in result.error.message
-    assert "vllm.pip_constraints" in (result.error.hint or "")
+    assert "vllm.pip_constraints" in (result.error.fix or "")
 
 
 def test_missing_python_fails_with_hint(workdir: Workdir) -> None:
     result = up(workdir, make_profile(python="/nonexistent/python3.11"))
     assert not result.ok and result.error is not None
     assert result.error.message == "python interpreter /nonexistent/python3.11 does not run"
-    assert "vllm.python" in (result.error.hint or "")
+    assert "vllm.python" in (result.error.fix or "")
 
 
 def test_python_without_venv_module_fails_with_hint_with_fake_python(workdir: Workdir, tmp_path: Path) -> None:
@@ -127,7 +128,7 @@ os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])
     assert "has no working venv module (ensurepip missing)" in result.error.message
     assert "No module named 'ensurepip'" in result.error.message
     expected = f"python{sys.version_info.major}.{sys.version_info.minor}-venv"
-    assert expected in (result.error.hint or "")
+    assert expected in (result.error.fix or "")
     assert not workdir.venv_dir.exists()
 
 
@@ -178,7 +179,7 @@ def test_git_route_refuses_without_precompiled_wheel(workdir: Workdir, fake_pip:
     result = up(workdir, make_profile(source="git", git_url=str(repo[0]), git_ref="v0.1.0"))
     assert not result.ok and result.error is not None
     assert "refusing to let vLLM pick a nightly wheel" in result.error.message
-    assert "vllm.precompiled_wheel" in (result.error.hint or "")
+    assert "vllm.precompiled_wheel" in (result.error.fix or "")
     assert not workdir.venv_dir.exists() and not (workdir.root / "src").exists() and pip_calls(fake_pip) == []
 
 
@@ -196,7 +197,7 @@ def test_git_ref_building_another_version_fails_with_hint(bare_workdir: Workdir,
                                              precompiled_wheel=str(precompiled(tmp_path, "0.2.0"))))
     assert not result.ok and result.error is not None
     assert result.error.message == "after installing: tinyvllm is 0.1.0, the profile wants 0.2.0"
-    assert "set vllm.version" in (result.error.hint or "")
+    assert "set vllm.version" in (result.error.fix or "")
 
 
 # --- source route: real git, recording fake pip -----------------------------------------------------
@@ -205,7 +206,8 @@ def test_source_build_env_and_progress_with_recording_fake_pip(bare_workdir: Wor
                                                                tmp_path: Path,
                                                                repo: tuple[Path, dict[str, str]]) -> None:
     cuda = tmp_path / "toolkit" / "cu13"
-    toolkit = {"cuda_home": str(cuda), "nvcc": str(cuda / "bin" / "nvcc"), "arch": "sm_121a", "version": "13.0.2"}
+    toolkit = ToolkitOutputs(cuda_home=str(cuda), nvcc=str(cuda / "bin" / "nvcc"), arch="sm_121a", version="13.0.2",
+                             release="13.0.2", route="conda")
     progress = Progress()
     result = up(bare_workdir, make_profile(source="source", git_url=str(repo[0])), toolkit=toolkit,
                 machine=BuildMachine(cores=96, ram_gb=512), observer=progress)
@@ -229,7 +231,8 @@ def test_source_build_env_and_progress_with_recording_fake_pip(bare_workdir: Wor
 
 def test_source_build_with_two_arches_on_a_small_machine_with_recording_fake_pip(
         bare_workdir: Workdir, fake_pip: Path, tmp_path: Path, repo: tuple[Path, dict[str, str]]) -> None:
-    toolkit = {"cuda_home": str(tmp_path), "nvcc": str(tmp_path / "bin" / "nvcc"), "arch": "sm_120a"}
+    toolkit = ToolkitOutputs(cuda_home=str(tmp_path), nvcc=str(tmp_path / "bin" / "nvcc"), arch="sm_120a",
+                             version="13.0.2", release="13.0.2", route="conda")
     result = up(bare_workdir, make_profile(source="source", git_url=str(repo[0]), torch_arch_list="12.0a;12.1a"),
                 toolkit=toolkit, machine=BuildMachine(cores=16, ram_gb=30))
     assert result.ok, result.error
@@ -240,7 +243,7 @@ def test_source_build_with_two_arches_on_a_small_machine_with_recording_fake_pip
 
 def test_source_route_without_toolkit_outputs_fails_with_hint(workdir: Workdir, fake_pip: Path,
                                                              repo: tuple[Path, dict[str, str]]) -> None:
-    result = up(workdir, make_profile(source="source", git_url=str(repo[0])), toolkit={})
+    result = up(workdir, make_profile(source="source", git_url=str(repo[0])))
     assert not result.ok and result.error is not None
     assert "no CUDA_HOME to build with" in result.error.message
-    assert "--only toolkit" in (result.error.hint or "") and pip_calls(fake_pip) == []
+    assert "--only toolkit" in (result.error.fix or "") and pip_calls(fake_pip) == []

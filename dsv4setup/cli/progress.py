@@ -1,16 +1,17 @@
-"""Rich rendering of engine events, plans and status tables (terminal only)."""
+"""Text for people: the live progress of `up` (a spinner per step), and the plan and status tables."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
-from dsv4setup.core.engine import Decision, Observer, Step
+from dsv4setup.cli.output import Document
+from dsv4setup.core.decision import Decision
+from dsv4setup.core.engine import Observer, Step
 from dsv4setup.core.state import StepErrorInfo, StepStatus
 
 STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red", "running": "yellow",
@@ -60,8 +61,8 @@ class RichObserver(Observer):
             self.console.print(f"[dim]last lines of {error.log}:[/]")
             for line in log_tail[-15:]:
                 self.console.print(Text("  " + line, style="dim"))
-        if error.hint:
-            self.console.print(f"[bold]fix:[/] {error.hint}", highlight=False)
+        if error.fix:
+            self.console.print(f"[bold]fix:[/] {error.fix}", highlight=False)
 
 
 def decisions_table(decisions: list[Decision], title: str) -> Table:
@@ -74,7 +75,7 @@ def decisions_table(decisions: list[Decision], title: str) -> Table:
     return table
 
 
-def status_table(doc: dict[str, Any]) -> Table:
+def status_table(doc: Document) -> Table:
     table = Table(title=f"{doc.get('workdir', '')}  profile: {doc.get('profile') or '-'}", title_justify="left")
     for col in ("step", "status", "attempts", "finished", "error"):
         table.add_column(col)
@@ -85,7 +86,7 @@ def status_table(doc: dict[str, Any]) -> Table:
     return table
 
 
-def print_serve_plan(console: Console, doc: dict[str, Any]) -> None:
+def print_serve_plan(console: Console, doc: Document) -> None:
     serve = doc.get("serve") or {}
     console.print("[bold]serve command[/] (exec'd as argv, without a shell; quoted here for copying):")
     console.print("  " + serve.get("command", " ".join(serve.get("argv", []))), markup=False, highlight=False)
