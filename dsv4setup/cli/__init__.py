@@ -27,12 +27,13 @@ app = typer.Typer(
 # Each module registers its commands on `app` when imported. Only the module of the command
 # being run is imported (start-up time: `doctor --json` is what agents call first); --help
 # and unknown words import them all.
-COMMAND_MODULES = ("runbook", "doctor", "profile", "patches", "checkpoint", "serve", "bench", "agent")
+COMMAND_MODULES = ("runbook", "doctor", "profile", "patches", "checkpoint", "serve", "bench", "agent", "top",
+                   "service")
 MODULE_OF_COMMAND = {
     "up": "runbook", "status": "runbook", "plan": "runbook", "logs": "runbook", "reset": "runbook",
     "doctor": "doctor", "profile": "profile", "patches": "patches", "download": "checkpoint",
     "checkpoint": "checkpoint", "serve": "serve", "down": "serve", "smoke": "serve", "tiny-model": "serve",
-    "bench": "bench", "next": "agent",
+    "bench": "bench", "next": "agent", "top": "top", "service": "service",
 }
 
 
