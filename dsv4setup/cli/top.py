@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, WorkdirOpt, emit_json, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, WorkdirOpt, emit_json, workdir_from
 from dsv4setup.core.errors import EXIT_FAILED
 
 
@@ -20,6 +20,7 @@ def top(
     json_: JsonOpt = False,
 ) -> None:
     """Watch the server live: health, requests, tokens/s, MTP acceptance (per draft position), KV cache, TTFT/TPOT."""
+    from rich.console import Console
     from rich.live import Live
 
     from dsv4setup.top.render import top_renderable
@@ -27,17 +28,18 @@ def top(
 
     wd = workdir_from(workdir)
     docs = documents(wd, server_url(wd, url), interval)
+    screen = Console(highlight=False)  # wraps long lines itself (the shared console soft-wraps for copying)
     if once or json_:
         doc = next(docs)
         if json_:
             emit_json(doc)
         else:
-            out.print(top_renderable(doc))
+            screen.print(top_renderable(doc))
         if not doc["ok"]:
             raise typer.Exit(EXIT_FAILED)
         return
     try:
-        with Live(console=out, auto_refresh=False, transient=False) as live:
+        with Live(console=screen, auto_refresh=False, transient=False) as live:
             for doc in docs:
                 live.update(top_renderable(doc), refresh=True)
     except KeyboardInterrupt:
