@@ -36,19 +36,23 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Workdir(Path(args.workdir).absolute()).ensure()
     names = [] if args.env_names == "-" else args.env_names.split(",")
     env = {name: os.environ[name] for name in names if name in os.environ}
-    record, proc = start_server(command, env, host=args.host, port=args.port, log_path=workdir.log_file("serve"),
-                                cwd=workdir.root, tee=True)
-    record = ServerRecord(**{**record.__dict__, "unit": unit_name(workdir)})
-    write_record(workdir, record)
+    record: ServerRecord | None = None
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
-        stop_server(workdir, record, via_systemd=False)
+        if record is not None:
+            stop_server(workdir, record, via_systemd=False)
 
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, stop)  # before the start: a stop during it must not orphan the server
     signal.signal(signal.SIGINT, stop)
+    started, proc = start_server(command, env, host=args.host, port=args.port, log_path=workdir.log_file("serve"),
+                                 cwd=workdir.root, tee=True)
+    record = ServerRecord(**{**started.__dict__, "unit": unit_name(workdir)})
+    write_record(workdir, record)
+    if stopping:
+        stop_server(workdir, record, via_systemd=False)
     code = proc.wait()
     if not stopping:  # the server died by itself: clear its leftovers; systemd restarts the unit
         stop_server(workdir, record, via_systemd=False)
