@@ -155,7 +155,9 @@ def install_command(workdir: Workdir, scope: Scope, command: ServedCommand) -> d
     record = read_record(workdir)
     if record is not None and not record.unit:  # hand-over: the server `up` started goes; never two servers
         stop_server(workdir, record)
-    systemctl(unit, "enable", "--now", name, timeout_s=command.ready_timeout_s + 120)
+    systemctl(unit, "enable", name)
+    # restart, not start: a unit already running an older command line must take up the new one
+    systemctl(unit, "restart", name, timeout_s=command.ready_timeout_s + 120)
     return _doc(workdir, "install", unit, installed=True,
                 message=f"{name} is enabled and started; up/down/serve/bench now act through systemd")
 

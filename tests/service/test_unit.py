@@ -98,8 +98,14 @@ def test_a_user_unit_runs_the_exact_command_restarts_after_a_kill_and_stops_via_
     assert unit_state(unit)["NRestarts"] == "1"
     assert processes_with_id(record.serve_id) == []
 
-    # `down` acts through systemd: the unit is inactive (not restarted), nothing of the server is left
+    # installing again with another command line replaces the running server (one server, the new argv)
+    restarted = read_record(workdir)
+    argv2 = fake_argv("ready", port, "--delay", "0.2")
+    install_command(workdir, "user", ServedCommand(argv2, ODD_ENV, "127.0.0.1", port, 60, None, "fake server"))
     again = read_record(workdir)
+    assert again.argv == argv2 and processes_with_id(restarted.serve_id) == [] and server_state(workdir).healthy
+
+    # `down` acts through systemd: the unit is inactive (not restarted), nothing of the server is left
     stopped = down(workdir)
     assert stopped["was_running"] and unit_state(unit)["ActiveState"] == "inactive"
     assert read_record(workdir) is None and processes_with_id(again.serve_id) == []
