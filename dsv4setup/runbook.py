@@ -118,3 +118,13 @@ def reset_workdir(workdir: Workdir, steps: list[str], everything: bool) -> dict[
             return {"schema": RESET_SCHEMA, "ok": True, "backup": str(backup) if backup else None, "steps": "all"}
         reset_steps(workdir.state_file, steps)
         return {"schema": RESET_SCHEMA, "ok": True, "backup": None, "steps": steps}
+
+
+def status_document(workdir: Workdir) -> dict[str, Any]:
+    """`dsv4setup status`: each step from the state file, the workdir, and the systemd unit when one is installed."""
+    from dsv4setup.core.state import load_state
+    from dsv4setup.core.status import status_doc
+    from dsv4setup.service.systemd import status_summary
+
+    return {**status_doc(load_state(workdir.state_file), step_names()), "workdir": str(workdir.root),
+            "service": status_summary(workdir)}

@@ -61,6 +61,9 @@ COMMANDS: tuple[CommandInfo, ...] = (
     CommandInfo("patches", "patches", "Status, apply and revert of dsv4setup's vLLM patches."),
     CommandInfo("checkpoint", "checkpoint", "Judge a checkpoint's metadata (MTP block, dtypes, ignore list, shards) "
                                             "locally or on the hub, headers only."),
+    CommandInfo("top", "top", "Watch the server live: health, requests, tokens/s, MTP acceptance (per draft "
+                              "position), KV cache, TTFT/TPOT."),
+    CommandInfo("service", "service", "Run the server as a systemd unit: restarts, starts at boot."),
     CommandInfo("bench", "bench", "The matched MTP benchmark: for each k, restart the server with that "
                                   "num_speculative_tokens and measure it with vLLM's own `vllm bench serve`; report, "
                                   "chart, compare, apply the best k."),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,10 +15,15 @@ from dsv4setup.cli.output import Document, emit
 from dsv4setup.cli.progress import RichObserver, decisions_table, print_serve_plan, status_table
 from dsv4setup.core.engine import Selection
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
-from dsv4setup.core.proc import tail_lines
 from dsv4setup.core.state import load_state
-from dsv4setup.core.status import status_doc
-from dsv4setup.runbook import RunbookRequest, build_runbook, dry_run_doc, reset_workdir, step_names, up_doc
+from dsv4setup.runbook import (
+    RunbookRequest,
+    build_runbook,
+    dry_run_doc,
+    reset_workdir,
+    status_document,
+    up_doc,
+)
 
 StepOpt = Annotated[str | None, typer.Option(help="A step name.")]
 StepsOpt = Annotated[list[str] | None, typer.Option(help="A step name (repeatable).")]
@@ -69,9 +76,15 @@ def _print_up_end(doc: Document) -> None:
 @app.command()
 def status(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
     """Show each step's status from the state file (no lock needed)."""
-    wd = workdir_from(workdir)
-    doc = {**status_doc(load_state(wd.state_file), step_names()), "workdir": str(wd.root)}
-    emit(doc, json_, lambda d: out.print(status_table(d)))
+    def show(doc: Document) -> None:
+        out.print(status_table(doc))
+        if doc["service"]:
+            unit = doc["service"]
+            out.print(f"systemd unit {unit['unit']} ({unit['scope']}): {unit['active']} ({unit['sub']}), "
+                      f"{unit['enabled']} at boot; `dsv4setup service status` for more", highlight=False,
+                      markup=False)
+
+    emit(status_document(workdir_from(workdir)), json_, show)
 
 
 @app.command()
@@ -104,26 +117,41 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
 ) -> None:
     """Print (or follow) a step's log."""
+    from dsv4setup.serve.logpump import rotated_files, tail_across
+
     wd = workdir_from(workdir)
     path = wd.log_file(step)
-    if not path.exists():
+    files = rotated_files(path)  # serve.log is rotated by size: its older parts come first
+    if not files:
         raise UsageError(f"no log for step {step!r} at {path}", fix="`dsv4setup status` lists the steps that ran")
     if lines:
-        typer.echo("\n".join(tail_lines(path, lines)))
+        typer.echo("\n".join(tail_across(path, lines)))
     else:
-        typer.echo(path.read_text(encoding="utf-8", errors="replace"), nl=False)
+        for file in files:
+            typer.echo(file.read_text(encoding="utf-8", errors="replace"), nl=False)
     if follow:
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            fh.seek(0, 2)
-            try:
-                while True:
-                    chunk = fh.readline()
-                    if chunk:
-                        typer.echo(chunk, nl=False)
-                    else:
-                        time.sleep(0.5)
-            except KeyboardInterrupt:
-                return
+        _follow(path)
+
+
+def _follow(path: Path) -> None:
+    """Print what is appended to the log; when it is rotated, go on in the new file from its start."""
+    fh = path.open(encoding="utf-8", errors="replace")
+    fh.seek(0, 2)
+    try:
+        while True:
+            chunk = fh.readline()
+            if chunk:
+                typer.echo(chunk, nl=False)
+                continue
+            if path.exists() and path.stat().st_ino != os.fstat(fh.fileno()).st_ino:
+                fh.close()
+                fh = path.open(encoding="utf-8", errors="replace")
+                continue
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+    finally:
+        fh.close()
 
 
 @app.command()

@@ -4,14 +4,16 @@ running server, start detached, wait until ready (the serve step's work; the ben
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from dsv4setup.core.engine import RunContext
-from dsv4setup.core.errors import StepError
+from dsv4setup.core.errors import DsvError, StepError
 from dsv4setup.profiles.model import Profile
 from dsv4setup.serve.apikey import USER_KEY_ENV, api_key_file, server_api_key
 from dsv4setup.serve.command import render_serve
+from dsv4setup.serve.manager import server_state
 from dsv4setup.serve.process import (
     ServerRecord,
     check_port_free,
@@ -23,6 +25,7 @@ from dsv4setup.serve.process import (
     write_record,
 )
 from dsv4setup.serve.readiness import LogFollower, ReadyLimits, ServerWatch, base_url, wait_ready
+from dsv4setup.service.systemd import InstalledUnit, journal_command, read_installed, systemctl
 
 
 def effective_profile(ctx: RunContext) -> Profile:
@@ -53,6 +56,9 @@ def launch(ctx: RunContext) -> dict[str, Any]:
     profile, argv, env, key = server_command(ctx)
     host, port = profile.serve.host, profile.serve.port
     log = ctx.require_log()
+    unit = read_installed(ctx.workdir)
+    if unit is not None and unit.command_fingerprint == command_fingerprint(argv, env):
+        return _through_systemd(ctx, unit, profile, key)
     record = _adoptable(ctx, command_fingerprint(argv, env))
     if record is not None:
         ctx.progress(f"a server with this command line is already starting (pid {record.pid}): waiting for it")
@@ -82,6 +88,26 @@ def launch(ctx: RunContext) -> dict[str, Any]:
             "log": record.log, "started_at": record.started_at, "ready_s": round(ready_s, 1),
             "served_model_name": profile.serve.served_model_name, "auth": key is not None,
             "api_key_source": _key_source(ctx, key)}
+
+
+def _through_systemd(ctx: RunContext, unit: InstalledUnit, profile: Profile, key: str | None) -> dict[str, Any]:
+    """The installed unit runs this very command line: start it (systemctl returns once /health is 200)."""
+    ctx.progress(f"starting {unit.name} with systemctl (it counts as started once /health answers)")
+    started = time.monotonic()
+    try:
+        systemctl(unit, "start", unit.name, timeout_s=profile.serve.ready_timeout_s + 120)
+    except DsvError as exc:
+        raise StepError(exc.message, fix=f"{exc.fix}; the server's own output: `dsv4setup logs serve -n 60`"
+                        ) from None
+    state = server_state(ctx.workdir)
+    if not state.healthy or state.record is None:
+        raise StepError(f"{unit.name} started but the server is not healthy: {state.detail}",
+                        fix=f"see `{journal_command(unit)}` and `dsv4setup logs serve -n 60`")
+    record = state.record
+    return {"pid": record.pid, "host": record.host, "port": record.port,
+            "base_url": base_url(record.host, record.port), "log": record.log, "started_at": record.started_at,
+            "ready_s": round(time.monotonic() - started, 1), "served_model_name": profile.serve.served_model_name,
+            "auth": key is not None, "api_key_source": _key_source(ctx, key)}
 
 
 def _adoptable(ctx: RunContext, fingerprint: str) -> ServerRecord | None:

@@ -39,6 +39,8 @@ from dsv4setup.core.errors import StepError
 from dsv4setup.core.fsutil import atomic_write_json, atomic_write_text
 from dsv4setup.core.state import now_iso
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.serve.logpump import pump_argv
+from dsv4setup.service.systemd import read_installed, systemctl
 
 SERVE_ID_ENV = "DSV4SETUP_SERVE_ID"
 TMP_PREFIX = "dsv4setup-serve-"
@@ -58,6 +60,7 @@ class ServerRecord:
     log_offset: int  # where this server's output starts in the log
     tmpdir: str | None
     started_at: str = field(default_factory=now_iso)
+    unit: str | None = None  # the systemd unit that runs it (dsv4setup service), None when started by `up`
 
     @property
     def pgid(self) -> int:
@@ -180,22 +183,30 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def start_server(argv: Sequence[str], env: Mapping[str, str], *, host: str, port: int, log_path: Path,
-                 cwd: Path) -> tuple[ServerRecord, subprocess.Popen[bytes]]:
-    """Start argv (no shell) detached in its own session; stdout+stderr appended to log_path."""
+                 cwd: Path, tee: bool = False) -> tuple[ServerRecord, subprocess.Popen[bytes]]:
+    """Start argv (no shell) detached in its own session; its stdout+stderr go through the log pump
+    (dsv4setup.serve.logpump: appended to log_path, rotated by size; also to our stdout with tee)."""
     serve_id = uuid.uuid4().hex
     tmpdir = tempfile.mkdtemp(prefix=TMP_PREFIX)
     full_env = {**os.environ, "TMPDIR": tmpdir, **env, SERVE_ID_ENV: serve_id}
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        offset = log.seek(0, os.SEEK_END)
-        try:
-            proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True,
-                                    close_fds=True)
-        except OSError as exc:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-            raise StepError(f"cannot start the server {argv[0]}: {exc.strerror}",
-                            fix="the serving venv is missing or broken: run `dsv4setup up --redo vllm`") from None
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    read_end, write_end = os.pipe()
+    try:
+        with log_path.open("ab") as pump_errors:
+            # not part of the server's identity (no serve id): it ends by itself after the server's last line
+            subprocess.Popen(pump_argv(log_path, tee=tee), stdin=read_end, stdout=None if tee else subprocess.DEVNULL,
+                             stderr=pump_errors, cwd=cwd, start_new_session=True, close_fds=True)
+        proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=write_end,
+                                stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True,
+                                close_fds=True)
+    except OSError as exc:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise StepError(f"cannot start the server {argv[0]}: {exc.strerror}",
+                        fix="the serving venv is missing or broken: run `dsv4setup up --redo vllm`") from None
+    finally:  # the pump ends when the server's last process closes its end
+        os.close(read_end)
+        os.close(write_end)
     try:
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.Error:
@@ -249,11 +260,24 @@ def _wait_gone(record: ServerRecord, procs: list[psutil.Process], deadline: floa
         time.sleep(0.2)
 
 
-def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0) -> StopReport:
-    """SIGTERM to the server's group (and any straggler with our id), SIGKILL after grace_s, clean up."""
+def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0, *,
+                via_systemd: bool = True) -> StopReport:
+    """SIGTERM to the server's group (and any straggler with our id), SIGKILL after grace_s, clean up.
+
+    A server run by a systemd unit is stopped with `systemctl stop` (its runner then does the
+    above), so that systemd does not restart it: never two servers, never one fought over.
+    """
     started = time.monotonic()
     procs = server_processes(record)
     pids = sorted(p.pid for p in procs)
+    if via_systemd and record.unit:
+        unit = read_installed(workdir)
+        if unit is not None and unit.name == record.unit:
+            systemctl(unit, "stop", unit.name, timeout_s=grace_s + 90)
+            return StopReport(was_running=bool(procs), pids=pids, forced=False,
+                              elapsed_s=round(time.monotonic() - started, 2),
+                              survivors=sorted(p.pid for p in procs if _alive(p)),
+                              removed=[record.tmpdir] if record.tmpdir and not Path(record.tmpdir).exists() else [])
     forced = False
     left: list[psutil.Process] = []
     if procs:

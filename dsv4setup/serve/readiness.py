@@ -87,6 +87,8 @@ class LogFollower:
         """New complete lines written by the server (the step's own lines left out)."""
         try:
             with self.path.open("rb") as fh:
+                if fh.seek(0, 2) < self.offset:  # the log pump rotated it: the rest is in a new file
+                    self.offset = 0
                 fh.seek(self.offset)
                 data = fh.read()
         except OSError:
