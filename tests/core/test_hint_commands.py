@@ -35,8 +35,8 @@ PATH_PLACEHOLDER = "/tmp/dsv4setup-hint"
 
 BACKTICKED = re.compile(r"`(dsv4setup\s[^`]*)`")
 # Outside backticks a mention is a command only when a command name follows; it runs to the end
-# of its clause.
-BARE = re.compile(r"(?<![\w`./-])dsv4setup ([a-z][a-z-]*)(?=[\s)]|$)([^`;,)(\n]*)")
+# of its clause or at a shell comment.
+BARE = re.compile(r"(?<![\w`./-])dsv4setup ([a-z][a-z-]*)(?=[\s)]|$)([^`;,)(\n#]*)")
 
 
 def _placeholder(expr: str) -> str:
