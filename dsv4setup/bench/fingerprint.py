@@ -119,7 +119,7 @@ def serve_args(argv: list[str]) -> list[str]:
 
 def profile_part(profile: Profile, base: Profile | None, argv: list[str], env: Mapping[str, str]) -> dict[str, Any]:
     overrides = profile_overrides(profile, base)
-    return {"name": profile.name, "overrides": overrides,
+    return {"name": profile.name, "derived": profile.derived, "verified": profile.verified, "overrides": overrides,
             "overrides_known": overrides is not None,
             "serve_args": serve_args(argv),
             "env": {k: v for k, v in sorted(env.items()) if k not in ("VLLM_API_KEY", "VLLM_CACHE_ROOT")}}

@@ -20,7 +20,7 @@ from dsv4setup.cli.common import (
     out,
     workdir_from,
 )
-from dsv4setup.cli.render import RichObserver, decisions_table, status_table
+from dsv4setup.cli.render import RichObserver, decisions_table, profile_note, status_table
 from dsv4setup.core.engine import Selection
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
 from dsv4setup.core.lock import workdir_lock
@@ -31,6 +31,9 @@ from dsv4setup.runbook import RunbookRequest, build_runbook, step_names
 
 StepOpt = Annotated[str | None, typer.Option(help="A step name.")]
 StepsOpt = Annotated[list[str] | None, typer.Option(help="A step name (repeatable).")]
+
+
+UP_SCHEMA = "dsv4setup.up/2"
 
 
 def resume_command(workdir: Path, profile: str) -> list[str]:
@@ -60,11 +63,15 @@ def up(
     options = {k: v for k, v in {"toolkit_route": toolkit, "host": host, "yes": yes}.items() if v is not None}
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], bench, options))
     selection = Selection(from_, until, tuple(only or ()), tuple(redo or ()))
+    note = profile_note(resolved.profile.marks())
+    if note and not json_:
+        err.print(note, highlight=False)
     if dry_run:
         decisions = runbook.plan(selection)
         if json_:
-            emit_json({"schema": "dsv4setup.up/1", "ok": True, "dry_run": True, "profile": resolved.profile.name,
-                       "workdir": str(wd.root), "steps": [d.to_dict() for d in decisions]})
+            emit_json({"schema": UP_SCHEMA, "ok": True, "dry_run": True, "profile": resolved.profile.name,
+                       **resolved.profile.marks(), "workdir": str(wd.root),
+                       "steps": [d.to_dict() for d in decisions]})
         else:
             out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.root}"))
         return
@@ -73,8 +80,8 @@ def up(
     resume = resume_command(wd.root, resolved.profile.name)
     state = load_state(wd.state_file)
     if json_:
-        emit_json({"schema": "dsv4setup.up/1", "ok": result.ok, "dry_run": False,
-                   "profile": resolved.profile.name, "workdir": str(wd.root),
+        emit_json({"schema": UP_SCHEMA, "ok": result.ok, "dry_run": False,
+                   "profile": resolved.profile.name, **resolved.profile.marks(), "workdir": str(wd.root),
                    "steps": status_doc(state, runbook.names)["steps"],
                    "decisions": [d.to_dict() for d in result.decisions],
                    "failed_step": result.failed_step,

@@ -37,13 +37,16 @@ class PreflightStep(Step):
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.preflight.rules import rules_digest
 
-        return {"profile": ctx.profile.document(), "rules": rules_digest()}
+        # outputs: the layout of this step's outputs (the serve step reads `findings`)
+        return {"profile": ctx.profile.document(), "rules": rules_digest(), "outputs": 2}
 
     def judge(self, ctx: RunContext) -> DoctorReport:
         from dsv4setup.preflight.report import build_report
         from dsv4setup.preflight.snapshot import take_snapshot
 
-        return build_report(take_snapshot(ctx.workdir, nvml=self.nvml), ctx.profile, rules=self.rules)
+        outputs = {name: dict(record.outputs) for name, record in ctx.state.steps.items()}
+        return build_report(take_snapshot(ctx.workdir, nvml=self.nvml), ctx.profile, rules=self.rules,
+                            workdir=ctx.workdir, outputs=outputs)
 
     def is_done(self, ctx: RunContext) -> Postcondition:
         report = self.judge(ctx)
@@ -73,7 +76,7 @@ class PreflightStep(Step):
                 hint=" | ".join(f"{r.id}: {r.fix}" for r in failures)
                 + f" (all checks: `dsv4setup doctor --workdir {ctx.workdir.root}`; report: {report_path})")
         outputs: dict[str, Any] = {"snapshot": str(snapshot_path), "report": str(report_path),
-                                   "recommendation": report.recommendation,
+                                   "recommendation": report.recommendation, "findings": report.findings,
                                    "warnings": [r.id for r in report.warnings]}
         arch = self._toolkit_arch(report, ctx)
         if arch is not None:

