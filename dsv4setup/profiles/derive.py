@@ -27,7 +27,6 @@ from dsv4setup.preflight.target import need_gb, usable_gb
 from dsv4setup.profiles.model import Profile
 
 DATA_FILE = Path(__file__).with_name("derive.yaml")
-HOST_ARCHES = ("x86_64", "aarch64")
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ def derive_profile(snap: Snapshot, bases: Mapping[str, dict[str, Any]], rules: R
     spec_family = rules.spec_families.get(family)
     k = spec_family.default if spec_family is not None else rules.spec_default
     notes = _notes(snap, same, fam, fit, checkpoint_gb, utilization, rules, data, len(gpus))
-    doc = _document(snap, same, base, fam, fit, k, utilization, data, notes)
+    doc = _document(snap, same, base, fam, fit, k, utilization, data, notes, rules.host_arches)
     return Derivation(Profile.model_validate(doc).with_preset(), doc, fit.fits, tuple(notes))
 
 
@@ -177,7 +176,7 @@ def _notes(snap: Snapshot, gpus: list[Gpu], fam: Family, fit: Fit, checkpoint_gb
 
 
 def _document(snap: Snapshot, gpus: list[Gpu], base: dict[str, Any], fam: Family, fit: Fit, k: int,
-              utilization: float, data: DeriveData, notes: list[str]) -> dict[str, Any]:
+              utilization: float, data: DeriveData, notes: list[str], arches: tuple[str, ...]) -> dict[str, Any]:
     from dsv4setup.toolkit.arch import arch_from_capability, torch_arch_list
 
     name = str(gpus[0].get("name") or "")
@@ -197,7 +196,7 @@ def _document(snap: Snapshot, gpus: list[Gpu], base: dict[str, Any], fam: Family
                   f"{base.get('source')}",
         "match": {"gpu_name": f"^{re.escape(name)}$", "compute_capability": [cc], "gpu_count": fit.tp,
                   "min_gpu_count": fit.tp, "interconnect": interconnect(snap, group) if fit.tp > 1 else "any",
-                  "arch": host_arch if host_arch in HOST_ARCHES else "any"},
+                  "arch": host_arch if host_arch in arches else "any"},
         "toolkit": {**(doc.get("toolkit") or {}), "arch": arch},
         "vllm": {**(doc.get("vllm") or {}), "torch_arch_list": torch_arch_list(arch)},
         "spec": {**(doc.get("spec") or {}), "num_speculative_tokens": k},

@@ -145,3 +145,47 @@ def test_show_derived_without_a_gpu_says_so_and_exits_1(tmp_path: Path) -> None:
     shown = _cli(tmp_path, "profile", "show", "--derived", "--snapshot", str(FIXTURES / "cpu-only.json"))
     assert shown.returncode == 1 and shown.stdout == ""
     assert "nothing to derive: no NVIDIA GPU visible" in shown.stderr
+
+
+def test_bench_fingerprints_mark_a_derived_profile_and_know_its_overrides(tmp_path: Path) -> None:
+    """bench compares what differs from the profile as derived from the snapshot preflight judged."""
+    from dsv4setup.bench.fingerprint import base_profile, profile_part
+    from dsv4setup.preflight.snapshot import save_snapshot
+    from dsv4setup.preflight.step import SNAPSHOT_FILE
+
+    wd = Workdir(tmp_path / "wd").ensure()
+    snap = load_fixture("h20-x8")
+    save_snapshot(wd.root / SNAPSHOT_FILE, snap)
+    resolved = resolve_profile(wd, "derived-h20-tp2", ["serve.max_num_seqs=2"], snapshot=snap)
+    base = base_profile(resolved.profile, resolved.source_file, wd)
+    assert base is not None and base.name == "derived-h20-tp2"
+    part = profile_part(resolved.profile, base, ["python", "-m", "vllm"], {})
+    assert (part["derived"], part["verified"], part["overrides_known"]) == (True, False, True)
+    assert part["overrides"] == {"serve.max_num_seqs": 2}
+
+
+def test_status_says_derived_and_verified_as_the_preflight_step_recorded() -> None:
+    from dsv4setup.core.state import State, StepRecord, StepStatus
+    from dsv4setup.core.status import status_doc
+
+    snap = load_fixture("h20-x8")
+    report = build_report(snap, select_profile(snap, None, use_workdir=False).judged())
+    state = State(profile="derived-h20-tp2", steps={"preflight": StepRecord(
+        status=StepStatus.DONE, outputs={"recommendation": report.recommendation, "findings": report.findings})})
+    doc = {**status_doc(state, ["preflight"]), "workdir": "/data/dsv4"}
+    validate_document(doc)
+    assert (doc["derived"], doc["verified"], doc["demo"]) == (True, False, False)
+    fresh = status_doc(State(), ["preflight"])
+    assert (fresh["derived"], fresh["verified"], fresh["demo"]) == (None, None, None)
+
+
+def test_plan_and_up_say_the_cpu_demo_is_a_demo(tmp_path: Path) -> None:
+    """Real CLI: every report of the demo says it is a runbook demo, not DeepSeek-V4-Flash."""
+    for args in (("plan", "--profile", "cpu-tiny"), ("up", "--profile", "cpu-tiny", "--dry-run")):
+        done = _cli(tmp_path, *args, "--json")
+        assert done.returncode == 0, done.stderr
+        doc = json.loads(done.stdout)
+        validate_document(doc)
+        assert doc["demo"] is True and "not DeepSeek-V4-Flash" in doc["notice"] and doc["derived"] is False
+        human = _cli(tmp_path, *args)
+        assert human.returncode == 0 and "not DeepSeek-V4-Flash" in human.stdout + human.stderr
