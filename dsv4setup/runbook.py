@@ -19,6 +19,7 @@ from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.state import backup_state, load_state, reset_steps
 from dsv4setup.core.status import status_doc
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.resolve import ResolvedProfile, resolve_profile
 
 ENV_RUNBOOK = "DSV4SETUP_RUNBOOK"
@@ -84,20 +85,22 @@ def resume_command(workdir: Path, profile: str) -> list[str]:
     return ["dsv4setup", "up", "--workdir", str(workdir), "--profile", profile, "--yes"]
 
 
-def dry_run_doc(profile: str, workdir: Workdir, decisions: list[Decision]) -> dict[str, Any]:
+def dry_run_doc(profile: Profile, workdir: Workdir, decisions: list[Decision]) -> dict[str, Any]:
     """The `dsv4setup.up/2` document of `up --dry-run`: what each step would do, and why."""
-    return {"schema": UP_SCHEMA, "ok": True, "dry_run": True, "profile": profile, "workdir": str(workdir.root),
-            "steps": [d.to_dict() for d in decisions]}
+    return {"schema": UP_SCHEMA, "ok": True, "dry_run": True, "profile": profile.name, **profile.marks(),
+            "workdir": str(workdir.root), "steps": [d.to_dict() for d in decisions]}
 
 
-def up_doc(runbook: Runbook, profile: str, result: UpResult, elapsed_s: float) -> dict[str, Any]:
+def up_doc(runbook: Runbook, profile: Profile, result: UpResult, elapsed_s: float) -> dict[str, Any]:
     """The `dsv4setup.up/2` document of a finished `up`: each step's record, the decisions, the failure."""
     workdir = runbook.workdir
-    return {"schema": UP_SCHEMA, "ok": result.ok, "dry_run": False, "profile": profile, "workdir": str(workdir.root),
+    return {"schema": UP_SCHEMA, "ok": result.ok, "dry_run": False, "profile": profile.name, **profile.marks(),
+            "workdir": str(workdir.root),
             "steps": status_doc(load_state(workdir.state_file), runbook.names)["steps"],
             "decisions": [d.to_dict() for d in result.decisions], "failed_step": result.failed_step,
             "error": result.error.model_dump() if result.error else None, "log_tail": result.log_tail,
-            "resume": None if result.ok else resume_command(workdir.root, profile), "elapsed_s": round(elapsed_s, 1)}
+            "resume": None if result.ok else resume_command(workdir.root, profile.name),
+            "elapsed_s": round(elapsed_s, 1)}
 
 
 def download_doc(runbook: Runbook, profile: str, result: UpResult) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def doctor(
     Exit 0 when no check failed (warnings included), 1 when one did, 2 for a bad --snapshot file.
     """
     from dsv4setup.preflight.report import build_report
-    from dsv4setup.preflight.select import select_profile
+    from dsv4setup.preflight.select import select_profile, workdir_state
     from dsv4setup.preflight.snapshot import load_snapshot, take_snapshot
 
     wd = workdir_from(workdir)
@@ -65,7 +65,8 @@ def doctor(
     choice = select_profile(snap, wd, profile, use_workdir=snapshot is None)
     # Checks computed elsewhere (the checkpoint lint for --model) count toward `ok` and appear
     # in the table and JSON like the built-in ones.
-    report = build_report(snap, choice.profile, matches=choice.matches, extra_checks=_model_checks(model, json_))
+    report = build_report(snap, choice.judged(), extra_checks=_model_checks(model, json_), workdir=wd,
+                          state=workdir_state(wd) if snapshot is None else None)
     source = str(snapshot) if snapshot else "this machine"
     emit(report.to_doc(), json_, lambda _doc: _render(report, source=source, how=choice.how))
     if not report.ok:
@@ -144,16 +145,19 @@ def _rows(results: list[Finding]) -> list[tuple[str, str, str, str]]:
 def _render(report: DoctorReport, source: str, how: str) -> None:
     from rich.markup import escape
 
+    from dsv4setup.profiles.model import DEMO_NOTICE
+
     out.print(_checks_table(report, source, how))
     rec = report.recommendation
     if rec is not None:
-        out.print(f"[bold]recommendation[/]: profile [bold]{escape(rec['profile'] or '(none matches)')}[/], "
+        kind = " [yellow](derived for this machine, not verified)[/]" if rec["derived"] else ""
+        out.print(f"[bold]recommendation[/]: profile [bold]{escape(rec['profile'])}[/]{kind}, "
                   f"--tensor-parallel-size {rec['tensor_parallel_size']}, "
                   f"num_speculative_tokens {rec['num_speculative_tokens']}")
-        if rec["serve_args"]:
-            out.print("  serve args: " + escape(" ".join(rec["serve_args"])), highlight=False)
-        if rec["env"]:
-            out.print("  env: " + escape(" ".join(f"{k}={v}" for k, v in rec["env"].items())), highlight=False)
+        for note in rec["notes"]:
+            out.print(f"  [yellow]note:[/] {escape(note)}", highlight=False)
+        out.print("  serve args: " + escape(" ".join(rec["serve_args"])), highlight=False)
+        out.print("  env: " + escape(" ".join(f"{k}={v}" for k, v in rec["env"].items())), highlight=False)
     for m in report.matches[:4]:
         if m.matched:
             out.print(f"  [green]matches[/] {escape(m.name)}: [dim]{escape('; '.join(m.reasons))}[/]")
@@ -161,10 +165,12 @@ def _render(report: DoctorReport, source: str, how: str) -> None:
             misses = "; ".join(r.removeprefix("no: ") for r in m.reasons if r.startswith("no: "))
             out.print(f"  [dim]not {escape(m.name)}: {escape(misses)}[/]")
     failures, warnings = report.failures, report.warnings
+    if report.demo:
+        err.print(f"[bold yellow]demo:[/] {escape(DEMO_NOTICE)}", highlight=False)
     if failures:
         err.print(f"[bold red]{len(failures)} check(s) failed[/], {len(warnings)} warning(s): fix the failures "
                   f"above, then run `dsv4setup doctor` again", highlight=False)
     else:
-        nxt = f"dsv4setup up --profile {rec['profile']}" if rec and rec["profile"] else "dsv4setup up"
+        nxt = f"dsv4setup up --profile {rec['profile']}" if rec else "dsv4setup up"
         err.print(f"[bold green]no check failed[/] ({len(warnings)} warning(s)); next: [bold]{escape(nxt)}[/]",
                   highlight=False)

@@ -15,11 +15,12 @@ from rich.table import Table
 
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, SetOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.doctor import SnapshotOpt
 from dsv4setup.cli.output import Document, emit, emit_json
-from dsv4setup.core.errors import EXIT_USAGE, UsageError
+from dsv4setup.core.errors import EXIT_FAILED, EXIT_USAGE, UsageError
 
 if TYPE_CHECKING:
-    pass
+    from dsv4setup.core.workdir import Workdir
 
 profile_app = typer.Typer(name="profile", no_args_is_help=True, help="Hardware profiles: list, show, validate, import.")
 app.add_typer(profile_app, name="profile")
@@ -60,12 +61,19 @@ def _print_list(doc: Document) -> None:
               "this machine", highlight=False)
 
 
+DerivedOpt = Annotated[bool, typer.Option(
+    "--derived", help="Print the profile derived for this machine's GPUs as a profile file (YAML; --json: "
+                      "dsv4setup.profile-derived/1): save it, edit it, pass it with --profile FILE.")]
+
+
 @profile_app.command("show")
 def show(
     name: Annotated[str | None, typer.Argument(help="Profile name or file; default: the workdir's profile.")] = None,
     workdir: WorkdirOpt = None,
     set_: SetOpt = None,
     all_: Annotated[bool, typer.Option("--all", help="Also list the values left at their defaults.")] = False,
+    derived: DerivedOpt = False,
+    snapshot: SnapshotOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Show a profile as this workdir would run it: every value with its origin, and the serve command."""
@@ -74,8 +82,34 @@ def show(
     from dsv4setup.serve.command import render_profile_show
 
     wd = workdir_from(workdir)
+    if derived or snapshot is not None:
+        _show_derived(wd, name, snapshot, json_)
+        return
     doc = render_profile_show(resolve_profile(wd, name, set_ or []), wd, load_state(wd.state_file))
     emit(doc, json_, lambda d: _print_show(d, all_))
+
+
+def _show_derived(wd: Workdir, name: str | None, snapshot: Path | None, json_: bool) -> None:
+    """`show --derived [--snapshot FILE]`: the profile derived for this machine (or the snapshot's)."""
+    from dsv4setup.preflight.snapshot import load_snapshot, take_snapshot
+    from dsv4setup.profiles.derive import derive_for, derived_doc, derived_yaml
+
+    if name is not None:
+        raise UsageError("--derived prints the profile derived for the machine: it takes no profile name",
+                         fix="drop NAME, or drop --derived to show that profile")
+    derivation = derive_for(load_snapshot(snapshot) if snapshot is not None else take_snapshot(wd))
+    if json_:
+        emit_json(derived_doc(derivation))
+    elif derivation.profile is not None:
+        sys.stdout.write(derived_yaml(derivation))
+    if derivation.profile is None:
+        if not json_:
+            err.print(f"nothing to derive: {derivation.why_not}", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+    if not derivation.fits:
+        if not json_:
+            err.print(f"[bold red]{derivation.profile.name} does not fit:[/] {derivation.notes[-1]}", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _print_show(doc: Document, all_: bool) -> None:

@@ -75,8 +75,19 @@ def decisions_table(decisions: list[Decision], title: str) -> Table:
     return table
 
 
+def profile_note(doc: Document) -> str | None:
+    """The line every human output adds for the CPU demo or a derived profile (keys of Profile.marks())."""
+    if doc.get("demo"):
+        return f"[bold yellow]demo:[/] {doc.get('notice') or 'the CPU runbook demo, not DeepSeek-V4-Flash'}"
+    if doc.get("derived"):
+        return "[yellow]derived profile:[/] made by dsv4setup for these GPUs from their family's shipped profile; " \
+               "not verified"
+    return None
+
+
 def status_table(doc: Document) -> Table:
-    table = Table(title=f"{doc.get('workdir', '')}  profile: {doc.get('profile') or '-'}", title_justify="left")
+    table = Table(title=f"{doc.get('workdir', '')}  profile: {doc.get('profile') or '-'}", title_justify="left",
+                  caption=profile_note(doc), caption_justify="left")
     for col in ("step", "status", "attempts", "finished", "error"):
         table.add_column(col)
     for row in doc["steps"]:
@@ -87,6 +98,9 @@ def status_table(doc: Document) -> Table:
 
 
 def print_serve_plan(console: Console, doc: Document) -> None:
+    note = profile_note(doc)
+    if note:
+        console.print(note, highlight=False)
     serve = doc.get("serve") or {}
     console.print("[bold]serve command[/] (exec'd as argv, without a shell; quoted here for copying):")
     console.print("  " + serve.get("command", " ".join(serve.get("argv", []))), markup=False, highlight=False)

@@ -12,7 +12,7 @@ import typer
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, YesOpt, err, out, workdir_from
 from dsv4setup.cli.output import Document, emit
-from dsv4setup.cli.progress import RichObserver, decisions_table, print_serve_plan, status_table
+from dsv4setup.cli.progress import RichObserver, decisions_table, print_serve_plan, profile_note, status_table
 from dsv4setup.core.engine import Selection
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
 from dsv4setup.core.state import load_state
@@ -52,15 +52,18 @@ def up(
     options = {k: v for k, v in {"toolkit_route": toolkit, "host": host, "yes": yes}.items() if v is not None}
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], bench, options))
     selection = Selection(from_, until, tuple(only or ()), tuple(redo or ()))
-    name = resolved.profile.name
+    profile_ = resolved.profile
+    note = profile_note(profile_.marks())
+    if note and not json_:
+        err.print(note, highlight=False)
     if dry_run:
         decisions = runbook.plan(selection)
-        emit(dry_run_doc(name, wd, decisions), json_,
-             lambda _doc: out.print(decisions_table(decisions, title=f"plan for {name} in {wd.root}")))
+        emit(dry_run_doc(profile_, wd, decisions), json_,
+             lambda _doc: out.print(decisions_table(decisions, title=f"plan for {profile_.name} in {wd.root}")))
         return
     started = time.monotonic()
     result = runbook.up(selection, observer=None if json_ else RichObserver(err))
-    emit(up_doc(runbook, name, result, time.monotonic() - started), json_, _print_up_end)
+    emit(up_doc(runbook, profile_, result, time.monotonic() - started), json_, _print_up_end)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
 

@@ -20,7 +20,14 @@ def step_view(name: str, state: State) -> dict[str, Any]:
             "error": record.error.model_dump() if record.error else None, "outputs": record.outputs}
 
 
+def profile_kind(state: State) -> dict[str, Any]:
+    """derived / verified / demo of the profile, as the preflight step recorded it (null before it ran)."""
+    record = state.steps.get("preflight")
+    rec = (record.outputs.get("recommendation") if record is not None else None) or {}
+    return {key: rec.get(key) for key in ("derived", "verified", "demo")}
+
+
 def status_doc(state: State, names: list[str]) -> dict[str, Any]:
     extra = [n for n in state.steps if n not in names]
-    return {"schema": STATUS_SCHEMA, "profile": state.profile, "updated_at": state.updated_at,
+    return {"schema": STATUS_SCHEMA, "profile": state.profile, **profile_kind(state), "updated_at": state.updated_at,
             "steps": [step_view(n, state) for n in [*names, *extra]]}

@@ -7,6 +7,7 @@ from collections import Counter
 from dsv4setup.core.finding import Finding, failed, passed, skipped, warned
 from dsv4setup.preflight.facts import (
     Gpu,
+    Snapshot,
     cc_str,
     gpu_label,
     group_links,
@@ -17,8 +18,9 @@ from dsv4setup.preflight.facts import (
     visible_gpus,
 )
 from dsv4setup.preflight.implied import p2p_problems
-from dsv4setup.preflight.rules import GB, vtuple
+from dsv4setup.preflight.rules import GB, Rules, vtuple
 from dsv4setup.preflight.target import Ctx, kv_gb, need_gb, usable_gb
+from dsv4setup.profiles.model import DEMO_NOTICE
 
 CPU_ONLY = "CPU-only profile {}: no GPU needed"
 
@@ -52,6 +54,24 @@ def _skip_gpu(c: Ctx, id_: str) -> Finding | None:
     return None
 
 
+def no_gpu_fix(snap: Snapshot, rules: Rules) -> str:
+    """Both roads for a machine without a usable NVIDIA GPU: the driver, else the runbook demo."""
+    host = snap.get("host") or {}
+    out_of_scope = rules.out_of_scope(host)
+    if out_of_scope:
+        return f"{out_of_scope}: use a Linux machine with NVIDIA GPUs (SM 9.0, 10.x or 12.x)"
+    on_bus = host.get("nvidia_pci_gpus")
+    found = f" (it found {on_bus})" if isinstance(on_bus, int) and on_bus else ""
+    gpu_road = (f"if `lspci | grep -i nvidia` lists NVIDIA GPUs{found}: {rules.driver_install_hint} "
+                f"(in a container: --gpus all with the NVIDIA Container Toolkit)")
+    arch = host.get("arch")
+    if arch in rules.demo_arches:
+        return (f"{gpu_road}; otherwise run the runbook demo: `dsv4setup up --profile {rules.demo_profile}` "
+                f"({DEMO_NOTICE})")
+    return (f"{gpu_road}; otherwise this {arch} machine is out of scope: the CPU demo "
+            f"(--profile {rules.demo_profile}) runs on {', '.join(rules.demo_arches)} only")
+
+
 def gpu_present(c: Ctx) -> Finding:
     id_ = "gpu.present"
     all_gpus = c.snap.get("gpus") or []
@@ -67,8 +87,7 @@ def gpu_present(c: Ctx) -> Finding:
             return failed(id_, f"CUDA_VISIBLE_DEVICES={mask!r} hides all {len(all_gpus)} GPU(s)",
                           "unset CUDA_VISIBLE_DEVICES or list valid GPU indices (see `nvidia-smi -L`)")
         return failed(id_, "the NVIDIA driver is loaded but NVML sees no GPU",
-                      "check `nvidia-smi`; in a container pass the GPUs through (`docker run --gpus all ...` "
-                      "with the NVIDIA Container Toolkit)")
+                      f"check `nvidia-smi`; {no_gpu_fix(c.snap, c.rules)}")
     return passed(id_, f"{plural(len(gpus), 'GPU')}: {_describe(c, gpus)}")
 
 
@@ -172,12 +191,25 @@ def gpu_memory(c: Ctx) -> Finding:
 
 
 def _more_memory_fix(c: Ctx, each_gb: float, need_gb_total: float) -> str:
-    """How many GPUs like these would fit, as a concrete next step."""
-    util = c.target.gpu_memory_utilization
-    for size in c.rules.tp_sizes:
-        if each_gb * size * util >= need_gb(c.rules, c.target.checkpoint_gb, c.target.max_model_len, size):
-            return (f"use {size} GPUs like these (TP={size}; a profile for {size} GPUs, `dsv4setup profile list`), "
-                    f"or GPUs with more memory")
+    """How many GPUs like these would fit, and which smaller context preset would, as concrete next steps."""
+    t, rules = c.target, c.rules
+    util = t.gpu_memory_utilization
+    roads = []
+    size = next((s for s in rules.tp_sizes if s > t.gpus_per_node
+                 and each_gb * s * util >= need_gb(rules, t.checkpoint_gb, t.max_model_len, s)), None)
+    if size is not None:
+        more = size - len(visible_gpus(c.snap))
+        extra = f": {more} more than this machine has" if more > 0 else ""
+        roads.append(f"use {size} GPUs like these (TP={size}{extra}; a profile for {size} GPUs, "
+                     f"`dsv4setup profile list`, or --set serve.tensor_parallel_size={size})")
+    presets = t.profile.presets if t.profile is not None else {}
+    smaller = sorted(((p.max_model_len, name) for name, p in presets.items() if p.max_model_len < t.max_model_len
+                      and each_gb * len(c.group) * util >= need_gb(rules, t.checkpoint_gb, p.max_model_len,
+                                                                   t.tensor_parallel_size)), reverse=True)
+    if smaller:
+        roads.append(f"a smaller context: --set preset={smaller[0][1]} ({smaller[0][0]:,} tokens fit these GPUs)")
+    if roads:
+        return "; or ".join(roads) + ", or GPUs with more memory"
     return (f"the checkpoint needs ~{_gb(need_gb_total)} of GPU memory: use bigger GPUs or more nodes "
             f"(e.g. 2x GB10 over QSFP, 2x H200, 2x RTX PRO 6000)")
 
@@ -292,9 +324,7 @@ def driver_present(c: Ctx) -> Finding:
         why = c.snap.get("nvml_error") or "NVML did not start"
         on_bus = c.host.get("nvidia_pci_gpus")
         seen = f" ({plural(on_bus, 'NVIDIA GPU')} on the PCI bus)" if on_bus else ""
-        return failed(id_, f"no NVIDIA driver{seen}: {why}",
-                      f"{c.rules.driver_install_hint}; in a container run with --gpus all "
-                      f"(NVIDIA Container Toolkit)")
+        return failed(id_, f"no NVIDIA driver{seen}: {why}", no_gpu_fix(c.snap, c.rules))
     return passed(id_, f"NVIDIA driver {driver.get('version') or '?'} (CUDA {driver.get('cuda_driver') or '?'})")
 
 

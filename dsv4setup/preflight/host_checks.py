@@ -19,6 +19,9 @@ def host_platform(c: Ctx) -> Finding:
     id_ = "host.platform"
     h = c.host
     summary = f"{h.get('arch')}, {h.get('os')}, kernel {h.get('kernel')}, {h.get('cpu_count')} CPUs"
+    out_of_scope = c.rules.out_of_scope(h)
+    if out_of_scope:
+        return failed(id_, f"{summary}: {out_of_scope}", "use a Linux machine with NVIDIA GPUs (SM 9.0, 10.x or 12.x)")
     if h.get("arch") not in c.rules.host_arches:
         return failed(id_, f"{summary}: vLLM's CUDA and CPU wheels exist for {', '.join(c.rules.host_arches)} only",
                       "use an x86_64 or aarch64 Linux machine")
@@ -58,6 +61,31 @@ def host_shm(c: Ctx) -> Finding:
     return passed(id_, have)
 
 
+def _toolkit_to_install(c: Ctx) -> bool:
+    """Will the toolkit step install a toolkit? Not when the profile needs none, nor when its automatic route
+    takes the machine's nvcc (same major release, minor >= wanted, able to target the GPU: toolkit/step.py)."""
+    from dsv4setup.profiles.model import ToolkitSpec
+    from dsv4setup.toolkit.arch import arch_table, parse_release
+
+    profile = c.target.profile
+    wanted = (profile.toolkit if profile is not None else ToolkitSpec()).version
+    if wanted is None:
+        return False
+    if profile is not None and profile.toolkit.route != "auto":
+        return True
+    nvcc = (c.snap.get("toolchain") or {}).get("nvcc") or {}
+    release = nvcc.get("release") or nvcc.get("version")
+    arch = (profile.toolkit.arch if profile is not None else None) or _target_arch(c)
+    support = arch_table().get(arch or "")
+    if not release or support is None:
+        return True
+    try:
+        have, want = parse_release(str(release)), parse_release(wanted)
+    except ValueError:
+        return True
+    return not (have[0] == want[0] and have >= want and have >= support.min_cuda)
+
+
 def _disk_need(c: Ctx) -> tuple[float, list[str]]:
     """GB the workdir's filesystem still needs, and the parts, net of what is already there."""
     t = c.target
@@ -67,8 +95,7 @@ def _disk_need(c: Ctx) -> tuple[float, list[str]]:
     parts: list[tuple[str, float]] = [("checkpoint", max(0.0, t.checkpoint_gb - have_model))]
     if not contents.get("venv"):
         parts.append(("venv", limits.disk_venv_gb))
-    toolkit_needed = t.profile is None or t.profile.toolkit.version is not None
-    if toolkit_needed and not contents.get("toolkit"):
+    if _toolkit_to_install(c) and not contents.get("toolkit"):
         parts.append(("CUDA toolkit", limits.disk_toolkit_gb))
     if t.vllm_source == "source":
         parts.append(("vLLM source build", limits.disk_source_build_gb))

@@ -23,6 +23,8 @@ class SnapshotError(UsageError):
     """A snapshot file that cannot be judged: missing, not JSON, or not a hardware snapshot."""
 
 
+SNAPSHOT_FILE = "hardware.json"  # the snapshot the preflight step judged, in the workdir
+
 def take_snapshot(workdir: Workdir, *, nvml: ModuleType | None = None,
                   env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Probe this machine. Never raises for what the machine lacks (no driver, no nvcc, no venv)."""

@@ -15,12 +15,12 @@ from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.preflight.outputs import PreflightOutputs
+from dsv4setup.preflight.snapshot import SNAPSHOT_FILE
 
 if TYPE_CHECKING:
     from dsv4setup.preflight.report import DoctorReport
     from dsv4setup.preflight.rules import Rules
 
-SNAPSHOT_FILE = "hardware.json"
 REPORT_FILE = "doctor.json"
 
 
@@ -40,13 +40,15 @@ class PreflightStep(Step):
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.preflight.rules import rules_digest
 
-        return {"profile": ctx.profile.document(), "rules": rules_digest()}
+        # outputs: the layout of this step's outputs (the serve step reads `findings`)
+        return {"profile": ctx.profile.document(), "rules": rules_digest(), "outputs": 2}
 
     def judge(self, ctx: RunContext) -> DoctorReport:
         from dsv4setup.preflight.report import build_report
         from dsv4setup.preflight.snapshot import take_snapshot
 
-        return build_report(take_snapshot(ctx.workdir, nvml=self.nvml), ctx.profile, rules=self.rules)
+        return build_report(take_snapshot(ctx.workdir, nvml=self.nvml), ctx.profile, rules=self.rules,
+                            workdir=ctx.workdir, state=ctx.state)
 
     def is_done(self, ctx: RunContext) -> Finding:
         report = self.judge(ctx)
@@ -76,7 +78,7 @@ class PreflightStep(Step):
                 fix=" | ".join(f"{r.id}: {r.fix}" for r in failures)
                 + f" (all checks: `dsv4setup doctor --workdir {ctx.workdir.root}`; report: {report_path})")
         outputs: dict[str, Any] = {"snapshot": str(snapshot_path), "report": str(report_path),
-                                   "recommendation": report.recommendation,
+                                   "recommendation": report.recommendation, "findings": report.findings,
                                    "warnings": [r.id for r in report.warnings]}
         arch = self._toolkit_arch(report, ctx)
         if arch is not None:

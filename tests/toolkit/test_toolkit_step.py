@@ -44,7 +44,7 @@ def record(tmp_path: Path) -> Path:
 def judged(toolkit_arch: str | None) -> PreflightOutputs:
     """The preflight step's outputs on a machine whose GPUs are `toolkit_arch` (None: no GPU found)."""
     return PreflightOutputs(snapshot="/w/run/hardware.json", report="/w/run/doctor.json", recommendation={},
-                            warnings=[], toolkit_arch=toolkit_arch)
+                            findings={}, warnings=[], toolkit_arch=toolkit_arch)
 
 
 def up(workdir: Workdir, profile: Profile, host: HostTools, options: dict[str, Any] | None = None,
