@@ -1,13 +1,39 @@
-"""Small filesystem helpers: atomic writes."""
+"""Small filesystem helpers: atomic writes, and paths from outside data kept under their root."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from dsv4setup.core.errors import DsvError
 from dsv4setup.core.secrets import redact, redact_obj
+
+
+class PathEscapeError(DsvError):
+    """A path taken from outside data (a hub file list, a config, a manifest, a name) leaves its root."""
+
+
+def contained(root: Path, relpath: str, what: str, error: type[DsvError] = PathEscapeError) -> Path:
+    """`root / relpath`, refused unless it stays under root: no absolute path, no `..`, no folder that
+    links out. The last component may be a link (an HF-cache snapshot links its files to blobs; a
+    rename over it replaces the link, never writes through it).
+
+    `what` says where the value came from, for the message (e.g. "the hub's file list of org/name").
+    Nothing is created or written here: callers check before they write.
+    """
+    rel = PurePosixPath(relpath)
+    bad = (not relpath or "\0" in relpath or rel.is_absolute() or ".." in rel.parts or relpath.startswith("~")
+           or rel.name in ("", "."))
+    path = root / relpath
+    if not bad:
+        bad = not path.parent.resolve().is_relative_to(root.resolve())
+    if bad:
+        raise error(f"{what} names {relpath!r}, which is not a path inside {root}; nothing was written there",
+                    hint="a file name must stay under its folder (no leading /, no .., no link out): "
+                         "fix or replace the source of the name")
+    return path
 
 
 def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
