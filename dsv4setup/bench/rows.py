@@ -16,7 +16,7 @@ from typing import Any
 from dsv4setup.bench import ROW_SCHEMA
 from dsv4setup.bench.matrix import Cell
 from dsv4setup.core.errors import UsageError
-from dsv4setup.core.secrets import redact, redact_obj
+from dsv4setup.core.secrets import redact_json
 
 # vLLM result key -> row metric key (vLLM's own names, plus units where vLLM's name has none)
 COPIED = {
@@ -100,7 +100,7 @@ def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as fh:
         for row in rows:
-            fh.write(redact(json.dumps(redact_obj(row), sort_keys=False)) + "\n")
+            fh.write(redact_json(row, sort_keys=False) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 

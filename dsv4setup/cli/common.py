@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from dsv4setup.core.secrets import redact, redact_obj
+from dsv4setup.core.secrets import redact_json
 from dsv4setup.core.workdir import ENV_WORKDIR, Workdir
 
 
@@ -42,7 +41,7 @@ def workdir_from(option: Path | None) -> Workdir:
 
 def emit_json(doc: dict[str, Any]) -> None:
     """Exactly one JSON document on stdout, secrets redacted."""
-    sys.stdout.write(redact(json.dumps(redact_obj(doc), indent=2, default=str)) + "\n")
+    sys.stdout.write(redact_json(doc, indent=2, default=str) + "\n")
     sys.stdout.flush()
 
 

@@ -24,7 +24,8 @@ from dsv4setup.cli.render import RichObserver, decisions_table, status_table
 from dsv4setup.core.engine import Selection
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
 from dsv4setup.core.lock import workdir_lock
-from dsv4setup.core.proc import tail_lines
+from dsv4setup.core.proc import existing_step_log, tail_lines
+from dsv4setup.core.secrets import redact
 from dsv4setup.core.state import backup_state, load_state, reset_steps
 from dsv4setup.core.status import status_doc
 from dsv4setup.runbook import RunbookRequest, build_runbook, step_names
@@ -132,15 +133,12 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines from the end (0: all).")] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
 ) -> None:
-    """Print (or follow) a step's log."""
-    wd = workdir_from(workdir)
-    path = wd.log_file(step)
-    if not path.exists():
-        raise UsageError(f"no log for step {step!r} at {path}", hint="`dsv4setup status` lists the steps that ran")
+    """Print (or follow) a step's log, secrets redacted."""
+    path = existing_step_log(workdir_from(workdir), step)
     if lines:
         typer.echo("\n".join(tail_lines(path, lines)))
     else:
-        typer.echo(path.read_text(encoding="utf-8", errors="replace"), nl=False)
+        typer.echo(redact(path.read_text(encoding="utf-8", errors="replace")), nl=False)
     if follow:
         with path.open(encoding="utf-8", errors="replace") as fh:
             fh.seek(0, 2)
@@ -148,7 +146,7 @@ def logs(
                 while True:
                     chunk = fh.readline()
                     if chunk:
-                        typer.echo(chunk, nl=False)
+                        typer.echo(redact(chunk), nl=False)
                     else:
                         time.sleep(0.5)
             except KeyboardInterrupt:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path, PurePosixPath
 
 from dsv4setup.core.errors import DsvError
-from dsv4setup.core.secrets import redact, redact_obj
+from dsv4setup.core.secrets import redact_json
 
 
 class PathEscapeError(DsvError):
@@ -63,4 +62,4 @@ def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
 
 def atomic_write_json(path: Path, doc: object) -> None:
     """Atomic JSON write with every known secret redacted."""
-    atomic_write_text(path, redact(json.dumps(redact_obj(doc), indent=2, sort_keys=False)) + "\n")
+    atomic_write_text(path, redact_json(doc, indent=2, sort_keys=False) + "\n")
