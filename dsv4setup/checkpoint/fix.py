@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dsv4setup.checkpoint.names import IgnoreFix, corrected_config
-from dsv4setup.core.fsutil import atomic_write_text, contained
+from dsv4setup.core.fsutil import atomic_write_text, contained, fsync_dir, fsync_file
 
 CONFIG_DIR_NAME = "checkpoint-config"
 FIX_NOTE = "dsv4setup-fix.json"
@@ -70,6 +70,7 @@ def write_config_copy(out_dir: Path, config: dict[str, Any], fixes: list[IgnoreF
         data = read(name)
         if data is not None:
             path.write_bytes(data)
+            fsync_file(path)
             written.append(name)
     changes = [fix.to_dict() for fix in fixes]
     atomic_write_text(staging / FIX_NOTE, json.dumps({"schema": FIX_SCHEMA, "source": source,
@@ -83,6 +84,7 @@ def write_config_copy(out_dir: Path, config: dict[str, Any], fixes: list[IgnoreF
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, out_dir)
+    fsync_dir(out_dir.parent)
     return FixResult(out_dir, written, changes)
 
 

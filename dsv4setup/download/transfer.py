@@ -28,7 +28,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from dsv4setup.core.errors import DsvError
-from dsv4setup.core.fsutil import contained
+from dsv4setup.core.fsutil import contained, fsync_dir, fsync_file
 from dsv4setup.download.disk import FreeSpace, check_disk, disk_free_bytes, human
 from dsv4setup.download.progress import ByteProgress, Cancelled
 from dsv4setup.download.verify import (
@@ -288,7 +288,9 @@ class Downloader:
                                 "revision (--set model.revision=SHA)")
         final = contained(self.dest, f.path, f"the hub's file list of {self.repo}")
         final.parent.mkdir(parents=True, exist_ok=True)
+        fsync_file(part)  # the data is on disk before the rename publishes it as verified
         os.replace(part, final)
+        fsync_dir(final.parent)
         stat = final.stat()
         with self._manifest_lock:
             manifest.verified[f.path] = record.model_copy(update={"mtime_ns": stat.st_mtime_ns})

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from dsv4setup.core.fsutil import contained
+from dsv4setup.core.fsutil import contained, fsync_dir
 from dsv4setup.patches.target import Target, sha256_bytes
 
 BACKUP_INDEX = "index.json"
@@ -37,6 +37,7 @@ def write_bytes_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 class Backups:
