@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path, PurePosixPath
 
 from dsv4setup.core.errors import DsvError
 from dsv4setup.core.secrets import redact_json
+
+UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class UnwritableError(DsvError):
+    """The disk is full or the folder cannot be written: the previous file is left as it was."""
+
+
+def unwritable(path: Path, exc: OSError) -> UnwritableError:
+    """The error for a write that the filesystem refused (disk full, read-only, no permission)."""
+    fix = ("free space on that disk" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "make it writable (a read-only mount, or permissions)")
+    return UnwritableError(f"cannot write {path}: {exc.strerror}; nothing was changed there",
+                           hint=f"{fix}, or use --workdir on another disk; then run the same command again "
+                                "(it resumes)")
 
 
 class PathEscapeError(DsvError):
@@ -38,10 +54,16 @@ def contained(root: Path, relpath: str, what: str, error: type[DsvError] = PathE
 def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
     """Write `text` to `path` so that a crash at any moment leaves either the old or the new file.
 
-    Temp file in the same directory, fsync, rename over the target, fsync the directory.
+    Temp file in the same directory, fsync, rename over the target, fsync the directory. A full
+    or read-only disk raises UnwritableError (the old file intact, the temp file removed).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in UNWRITABLE:
+            raise unwritable(path, exc) from None
+        raise
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -50,8 +72,10 @@ def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in UNWRITABLE:
+            raise unwritable(path, exc) from None
         raise
     fsync_dir(path.parent)
 
