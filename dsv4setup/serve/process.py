@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -181,21 +182,31 @@ def check_port_free(host: str, port: int) -> None:
 
 def start_server(argv: Sequence[str], env: Mapping[str, str], *, host: str, port: int, log_path: Path,
                  cwd: Path) -> tuple[ServerRecord, subprocess.Popen[bytes]]:
-    """Start argv (no shell) detached in its own session; stdout+stderr appended to log_path."""
+    """Start argv (no shell) detached in its own session; stdout+stderr appended to log_path through
+    the redacting filter (serve/logfilter.py: the server's own output may echo the API key)."""
     serve_id = uuid.uuid4().hex
     tmpdir = tempfile.mkdtemp(prefix=TMP_PREFIX)
     full_env = {**os.environ, "TMPDIR": tmpdir, **env, SERVE_ID_ENV: serve_id}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         offset = log.seek(0, os.SEEK_END)
-        try:
-            proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True,
-                                    close_fds=True)
-        except OSError as exc:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-            raise StepError(f"cannot start the server {argv[0]}: {exc.strerror}",
-                            hint="the serving venv is missing or broken: run `dsv4setup up --redo vllm`") from None
+    # the filter knows the secrets from the same environment; it is no part of the server (no SERVE_ID_ENV)
+    # and ends when the server and its children have closed the pipe
+    log_filter = subprocess.Popen([sys.executable, "-m", "dsv4setup.serve.logfilter", str(log_path)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env={k: v for k, v in full_env.items() if k != SERVE_ID_ENV}, cwd=cwd,
+                                  start_new_session=True, close_fds=True)
+    assert log_filter.stdin is not None
+    try:
+        proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log_filter.stdin,
+                                stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True,
+                                close_fds=True)
+    except OSError as exc:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise StepError(f"cannot start the server {argv[0]}: {exc.strerror}",
+                        hint="the serving venv is missing or broken: run `dsv4setup up --redo vllm`") from None
+    finally:
+        log_filter.stdin.close()  # the server holds the only write end now
     try:
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.Error:
