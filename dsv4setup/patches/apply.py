@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from dsv4setup.core.errors import DsvError
@@ -198,8 +199,8 @@ def apply_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None 
     if changes:
         Backups(target).store(changes)
         log(f"backed up {len(changes)} original file(s) under {target.backup_dir}")
-        problem = _replace_journaled(target, changes, forward=True, log=log, check=lambda: _verify_on_disk(
-            target, changes, [r.patch for r in todo], forward=True))
+        problem = _replace_journaled(target, changes, forward=True, log=log, check=partial(
+            _verify_on_disk, target, changes, [r.patch for r in todo], forward=True))
         if problem is not None:
             raise DsvError(f"verification failed after patching, every file restored: {problem}",
                            hint=reinstall_hint(target))
@@ -226,8 +227,8 @@ def revert_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None
                 original = report.originals[rel]  # the backup is stale; the reversed diff matches RECORD
             changes.append(Change(rel, report.id, original, current))
     if changes:
-        problem = _replace_journaled(target, changes, forward=False, log=log, check=lambda: _verify_on_disk(
-            target, changes, [r.patch for r in todo], forward=False))
+        problem = _replace_journaled(target, changes, forward=False, log=log, check=partial(
+            _verify_on_disk, target, changes, [r.patch for r in todo], forward=False))
         if problem is not None:
             raise DsvError(f"verification failed after reverting, patched files put back: {problem}",
                            hint=reinstall_hint(target))
