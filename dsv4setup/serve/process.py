@@ -260,6 +260,28 @@ def _wait_gone(record: ServerRecord, procs: list[psutil.Process], deadline: floa
         time.sleep(0.2)
 
 
+def stop_orphans(workdir: Workdir, known_id: str | None, grace_s: float = 15.0) -> list[int]:
+    """Stop servers started in this workdir that no record knows (a run killed between starting a
+    server and recording it leaves one): our id in their environment, the workdir their cwd.
+    Returns the pids that would not stop (empty when all did)."""
+    orphans = []
+    for proc in psutil.process_iter():
+        try:
+            serve_id = proc.environ().get(SERVE_ID_ENV)
+            if serve_id and serve_id != known_id and proc.cwd() == str(workdir.root) and _alive(proc):
+                orphans.append(proc)
+        except psutil.Error:
+            continue
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        for proc in orphans:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
+        orphans = psutil.wait_procs(orphans, timeout=wait_s)[1]
+        if not orphans:
+            break
+    return sorted(p.pid for p in orphans) if orphans else []
+
+
 def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0) -> StopReport:
     """SIGTERM to the server's group (and any straggler with our id), SIGKILL after grace_s, clean up."""
     started = time.monotonic()

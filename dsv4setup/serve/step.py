@@ -24,6 +24,7 @@ from dsv4setup.serve.process import (
     is_ours,
     read_record,
     start_server,
+    stop_orphans,
     stop_server,
     write_record,
 )
@@ -80,6 +81,10 @@ class ServeStep(Step):
         host, port = profile.serve.host, profile.serve.port
         log = ctx.require_log()
         record = self._adoptable(ctx, command_fingerprint(argv, env))
+        survivors = stop_orphans(ctx.workdir, record.serve_id if record else None)
+        if survivors:
+            raise StepError(f"servers started here by an interrupted run would not stop (pids {survivors})",
+                            hint=f"stop them, then run `dsv4setup up --workdir {ctx.workdir.root}` again")
         if record is not None:
             ctx.progress(f"a server with this command line is already starting (pid {record.pid}): waiting for it")
             watch = ServerWatch(record.pid)
