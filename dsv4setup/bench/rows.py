@@ -16,7 +16,7 @@ from typing import Any
 from dsv4setup.bench import ROW_SCHEMA, ROW_SCHEMA_V1
 from dsv4setup.bench.matrix import Cell
 from dsv4setup.core.errors import UsageError
-from dsv4setup.core.secrets import redact, redact_obj
+from dsv4setup.core.secrets import redact_json
 
 # vLLM result key -> row metric key (vLLM's own names, plus units where vLLM's name has none)
 COPIED = {
@@ -101,13 +101,13 @@ def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as fh:
         for row in rows:
-            fh.write(redact(json.dumps(redact_obj(row), sort_keys=False)) + "\n")
+            fh.write(redact_json(row, sort_keys=False) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
 
 def upgrade_row(row: Any) -> Any:
-    """A row written by the first release (bench-row/1) as a bench-row/2 row: `error.hint` is `error.fix`, and
+    """A row written by the first release (bench-row/1) as a bench-row/2 row: `error.fix` is `error.fix`, and
     the per-patch list of every diff hash (bug #20) is read as its single hash, or null when it held several
     (which one ran is unknown). The measurements are kept; nothing is guessed."""
     if not isinstance(row, dict) or row.get("schema") != ROW_SCHEMA_V1:

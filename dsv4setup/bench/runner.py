@@ -53,6 +53,7 @@ from dsv4setup.bench.matrix import Cell, MatrixPlan, execution_order
 from dsv4setup.bench.rows import CellFailure, append_rows, build_row, judge_metrics, metrics_from_result
 from dsv4setup.core.engine import RunContext
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.loopback import no_proxy_env
 from dsv4setup.core.proc import StepLog
 from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir
@@ -276,7 +277,7 @@ def _run_cell(session: BenchSession, info: VllmInfo, cell: Cell, server: ServerU
                          profile.serve.trust_remote_code)
     result_file = f"k{cell.k}-{cell.shape.name}-c{cell.concurrency}.json"
     flags = bench_flags(cell, target, session.plan.seed, session.raw_dir, result_file, session.run_id)
-    bench_env = dict(env)
+    bench_env = {**env, **no_proxy_env(server.record.host)}  # the key never goes to a proxy
     if server.auth:  # vLLM's bench client reads the key from OPENAI_API_KEY (never argv)
         bench_env["OPENAI_API_KEY"] = client_api_key(session.workdir)
     log_path = Path(server.record.log)

@@ -43,7 +43,7 @@ COMMANDS: tuple[CommandInfo, ...] = (
                                  "→ serve → smoke."),
     CommandInfo("status", "runbook", "Show each step's status from the state file (no lock needed)."),
     CommandInfo("plan", "runbook", "Show what `up` would do, and the exact `vllm serve` command line and environment."),
-    CommandInfo("logs", "runbook", "Print (or follow) a step's log."),
+    CommandInfo("logs", "runbook", "Print (or follow) a step's log, secrets redacted."),
     CommandInfo("reset", "runbook", "Forget a step's record (it runs again), or move the whole state aside. "
                                     "Deletes nothing else."),
     CommandInfo("doctor", "doctor", "Check GPUs, interconnect, driver, host and toolchain; recommend a profile, TP "

@@ -7,19 +7,18 @@ or print JSON themselves. Kept light: `doctor --json` start-up time is what agen
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dsv4setup.core.secrets import redact, redact_obj
+from dsv4setup.core.secrets import redact_json
 
 Document = Mapping[str, Any]
 
 
 def emit_json(doc: Document) -> None:
     """Exactly one JSON document on stdout, secrets redacted."""
-    sys.stdout.write(redact(json.dumps(redact_obj(dict(doc)), indent=2, default=str)) + "\n")
+    sys.stdout.write(redact_json(dict(doc), indent=2, default=str) + "\n")
     sys.stdout.flush()
 
 

@@ -15,6 +15,8 @@ from dsv4setup.cli.output import Document, emit
 from dsv4setup.cli.progress import RichObserver, decisions_table, print_serve_plan, profile_note, status_table
 from dsv4setup.core.engine import Selection
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
+from dsv4setup.core.proc import existing_step_log
+from dsv4setup.core.secrets import redact
 from dsv4setup.core.state import load_state
 from dsv4setup.runbook import (
     RunbookRequest,
@@ -119,19 +121,16 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines from the end (0: all).")] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
 ) -> None:
-    """Print (or follow) a step's log."""
+    """Print (or follow) a step's log, secrets redacted."""
     from dsv4setup.serve.logpump import rotated_files, tail_across
 
-    wd = workdir_from(workdir)
-    path = wd.log_file(step)
+    path = existing_step_log(workdir_from(workdir), step)
     files = rotated_files(path)  # serve.log is rotated by size: its older parts come first
-    if not files:
-        raise UsageError(f"no log for step {step!r} at {path}", fix="`dsv4setup status` lists the steps that ran")
     if lines:
-        typer.echo("\n".join(tail_across(path, lines)))
+        typer.echo(redact("\n".join(tail_across(path, lines))))
     else:
         for file in files:
-            typer.echo(file.read_text(encoding="utf-8", errors="replace"), nl=False)
+            typer.echo(redact(file.read_text(encoding="utf-8", errors="replace")), nl=False)
     if follow:
         _follow(path)
 
@@ -144,7 +143,7 @@ def _follow(path: Path) -> None:
         while True:
             chunk = fh.readline()
             if chunk:
-                typer.echo(chunk, nl=False)
+                typer.echo(redact(chunk), nl=False)
                 continue
             if path.exists() and path.stat().st_ino != os.fstat(fh.fileno()).st_ino:
                 fh.close()

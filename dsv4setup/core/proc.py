@@ -9,9 +9,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from dsv4setup.core.errors import StepError
+from dsv4setup.core.errors import StepError, UsageError
 from dsv4setup.core.secrets import redact
 from dsv4setup.core.state import now_iso
+from dsv4setup.core.workdir import Workdir
 
 
 class StepLog:
@@ -43,12 +44,22 @@ class StepLog:
 
 
 def tail_lines(path: Path, count: int = 20) -> list[str]:
-    """The last `count` lines of a log (empty when there is none)."""
+    """The last `count` lines of a log, secrets redacted (empty when there is none)."""
     try:
         with path.open(encoding="utf-8", errors="replace") as fh:
-            return [line.rstrip("\n") for line in deque(fh, maxlen=count)]
+            return [redact(line.rstrip("\n")) for line in deque(fh, maxlen=count)]
     except OSError:
         return []
+
+
+def existing_step_log(workdir: Workdir, step: str) -> Path:
+    """The log of `step`; UsageError unless it is one of the logs in the workdir (so no name leads elsewhere)."""
+    known = sorted(p.stem for p in workdir.logs_dir.glob("*.log")) if workdir.logs_dir.is_dir() else []
+    if step not in known:
+        raise UsageError(f"no log for step {step!r} in {workdir.logs_dir}",
+                         fix=f"steps with a log: {', '.join(known)}" if known else
+                         "no step has run in this workdir yet: `dsv4setup status` lists the steps")
+    return workdir.log_file(step)
 
 
 def run_logged(

@@ -28,6 +28,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from dsv4setup.core.errors import DsvError
+from dsv4setup.core.fsutil import contained, fsync_dir, fsync_file
 from dsv4setup.download.disk import FreeSpace, check_disk, disk_free_bytes, human
 from dsv4setup.download.progress import ByteProgress, Cancelled
 from dsv4setup.download.verify import (
@@ -141,6 +142,8 @@ class Downloader:
         if plan.gated and not self.token:
             raise gated_error(self.repo, None)
         self._commit = plan.commit
+        for f in plan.files:  # every name the hub lists stays inside the destination, checked before any write
+            contained(self.dest, f.path, f"the hub's file list of {self.repo}@{plan.commit[:12]}")
         if self.hf_cache is not None:
             return self._run_hf_cache(plan)
         return self._run_workdir(plan, full_verify)
@@ -186,7 +189,7 @@ class Downloader:
     def _remove_stale(self, old: Manifest, new: Manifest) -> None:
         """Files an earlier download of ours put there that the new plan no longer has, and their partials."""
         for rel in sorted(set(old.expected) - set(new.expected)):
-            path = self.dest / rel
+            path = contained(self.dest, rel, f"the download manifest in {self.dest}")
             if path.is_file():
                 self.report(f"removing {rel}: not part of {self.repo}@{new.commit[:12]} (left from {old.commit[:12]})")
                 path.unlink()
@@ -283,9 +286,11 @@ class Downloader:
             raise DsvError(f"{f.path} fails verification after two complete downloads: {problem}",
                            fix="the hub copy or the network path corrupts data: retry later, or pin another "
                                 "revision (--set model.revision=SHA)")
-        final = self.dest / f.path
+        final = contained(self.dest, f.path, f"the hub's file list of {self.repo}")
         final.parent.mkdir(parents=True, exist_ok=True)
+        fsync_file(part)  # the data is on disk before the rename publishes it as verified
         os.replace(part, final)
+        fsync_dir(final.parent)
         stat = final.stat()
         with self._manifest_lock:
             manifest.verified[f.path] = record.model_copy(update={"mtime_ns": stat.st_mtime_ns})

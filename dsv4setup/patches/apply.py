@@ -5,15 +5,24 @@ stage every result in a temp dir (all hunks of all patches must fit), verify the
 results (probe says fixed), back up the originals, replace the files one by one (atomic
 rename each), verify the files on disk (sha256 and status). Any failure after the first
 replacement restores every file already replaced, byte for byte.
+
+A kill between two renames cannot run that restore: a journal (`<backup>/journal.json`, the
+files being replaced) is written before the first rename and removed after the last check.
+Whoever applies or reverts next finds it and first puts back the original of every journaled
+file that holds our patched bytes (from the backups), so a set applied halfway is never left
+as a `conflict`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from dsv4setup.core.errors import DsvError
+from dsv4setup.core.fsutil import atomic_write_text, fsync_dir
 from dsv4setup.patches import backups as backup_mod
 from dsv4setup.patches.backups import Backups
 from dsv4setup.patches.manifest import Manifest, Patch
@@ -21,6 +30,8 @@ from dsv4setup.patches.status import PatchReport, check_patch, check_patches, ev
 from dsv4setup.patches.target import Target, sha256_bytes
 
 Log = Callable[[str], None]
+JOURNAL = "journal.json"
+JOURNAL_SCHEMA = "dsv4setup.patch-journal/1"
 
 
 class PatchConflictError(DsvError):
@@ -86,6 +97,51 @@ def _replace_all(target: Target, changes: Sequence[Change], *, forward: bool, lo
                        f"every file already written was restored", fix=reinstall_fix(target)) from exc
 
 
+def _journal(target: Target) -> Path:
+    return target.backup_dir / JOURNAL
+
+
+def _replace_journaled(target: Target, changes: Sequence[Change], *, forward: bool, log: Log,
+                       check: Callable[[], str | None]) -> str | None:
+    """_replace_all under the journal; `check` verifies the result (a problem rolls everything back)."""
+    atomic_write_text(_journal(target), json.dumps({"schema": JOURNAL_SCHEMA, "forward": forward,
+                                                    "files": [c.rel for c in changes]}) + "\n")
+    _replace_all(target, changes, forward=forward, log=log)
+    problem = check()
+    if problem is not None:
+        _rollback(target, changes, forward=forward, log=log)
+    _journal(target).unlink()
+    fsync_dir(target.backup_dir)
+    return problem
+
+
+def recover_interrupted(target: Target, log: Log = lambda _m: None) -> list[str]:
+    """Finish what a killed apply or revert left half-done (its journal): every journaled file that
+    holds our patched bytes gets its backed-up original back. Returns the files restored."""
+    path = _journal(target)
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DsvError(f"the patch journal {path} cannot be read ({exc})",
+                       fix=f"reinstall vLLM to get pristine files, then remove {path}: " + reinstall_fix(target)) \
+            from None
+    backups = Backups(target)
+    restored = []
+    for rel in files:
+        current = target.read(rel)
+        original = backups.original(rel, current) if current is not None else None
+        if original is not None:
+            backup_mod.write_bytes_atomically(target.path(rel), original)
+            _drop_bytecode(target.path(rel))
+            restored.append(rel)
+            log(f"restored {target.path(rel)}: an earlier run was stopped halfway through its patches")
+    path.unlink()
+    fsync_dir(target.backup_dir)
+    return restored
+
+
 def _rollback(target: Target, done: Sequence[Change], *, forward: bool, log: Log) -> None:
     for change in reversed(done):
         path = target.path(change.rel)
@@ -118,6 +174,7 @@ def apply_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None 
                   log: Log = lambda _m: None) -> ActionResult:
     """Apply the given patches (default: every applicable one). Explicit ids must all be
     applicable, applied or upstream. All or nothing."""
+    recover_interrupted(target, log)
     patches = _selected(manifest, ids)
     reports = check_patches(patches, target)
     _raise_conflicts(reports, target)
@@ -146,10 +203,9 @@ def apply_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None 
     if changes:
         Backups(target).store(changes)
         log(f"backed up {len(changes)} original file(s) under {target.backup_dir}")
-        _replace_all(target, changes, forward=True, log=log)
-        problem = _verify_on_disk(target, changes, [r.patch for r in todo], forward=True)
+        problem = _replace_journaled(target, changes, forward=True, log=log, check=partial(
+            _verify_on_disk, target, changes, [r.patch for r in todo], forward=True))
         if problem is not None:
-            _rollback(target, changes, forward=True, log=log)
             raise DsvError(f"verification failed after patching, every file restored: {problem}",
                            fix=reinstall_fix(target))
     return ActionResult(check_patches(patches, target), [r.id for r in todo])
@@ -158,6 +214,7 @@ def apply_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None 
 def revert_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None = None, *,
                    log: Log = lambda _m: None) -> ActionResult:
     """Restore the byte-identical originals of the given applied patches (default: all applied)."""
+    recover_interrupted(target, log)
     patches = _selected(manifest, ids)
     reports = check_patches(patches, target)
     _raise_conflicts(reports, target)
@@ -174,10 +231,9 @@ def revert_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None
                 original = report.originals[rel]  # the backup is stale; the reversed diff matches RECORD
             changes.append(Change(rel, report.id, original, current))
     if changes:
-        _replace_all(target, changes, forward=False, log=log)
-        problem = _verify_on_disk(target, changes, [r.patch for r in todo], forward=False)
+        problem = _replace_journaled(target, changes, forward=False, log=log, check=partial(
+            _verify_on_disk, target, changes, [r.patch for r in todo], forward=False))
         if problem is not None:
-            _rollback(target, changes, forward=False, log=log)
             raise DsvError(f"verification failed after reverting, patched files put back: {problem}",
                            fix=reinstall_fix(target))
         backups.forget([c.rel for c in changes])

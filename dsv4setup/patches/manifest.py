@@ -20,6 +20,7 @@ from packaging.version import InvalidVersion, Version
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dsv4setup.core.errors import DsvError
+from dsv4setup.core.fsutil import contained
 from dsv4setup.core.resources import data_dir
 
 INDEX_SCHEMA = "dsv4setup.patch-index/1"
@@ -215,7 +216,10 @@ def _load_diffs(path: Path, root: yaml.Node | None, index: int, spec: PatchSpec)
     diffs: list[DiffFile] = []
     for vi, variant in enumerate(spec.variants):
         where = _where(path, root, ("patches", index, "variants", vi, "diff"))
-        diff_path = (path.parent / variant.diff).resolve()
+        try:
+            diff_path = contained(path.parent, variant.diff, where).resolve()
+        except DsvError as exc:
+            raise ManifestError(exc.message) from None
         if not diff_path.is_file():
             raise ManifestError(f"{where}: {variant.diff} does not exist")
         try:

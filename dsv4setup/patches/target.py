@@ -18,6 +18,7 @@ from typing import Literal
 from urllib.parse import unquote, urlparse
 
 from dsv4setup.core.errors import DsvError, UsageError
+from dsv4setup.core.fsutil import contained
 from dsv4setup.core.workdir import Workdir
 
 TargetKind = Literal["site-packages", "source-tree"]
@@ -66,7 +67,7 @@ class Target:
     record: dict[str, str] | None = field(default=None, repr=False)  # rel path -> sha256 hex
 
     def path(self, rel: str) -> Path:
-        return self.root / rel
+        return contained(self.root, rel, "the patch manifest")
 
     def read(self, rel: str) -> bytes | None:
         try:

@@ -108,8 +108,9 @@ def _duplicate_keys(path: Path, node: yaml.Node | None, prefix: str = "") -> lis
 
 def parse_yaml(text: str, path: Path) -> YamlDoc:
     """Parse one YAML document; syntax errors and duplicate keys raise ProfileError with a line."""
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)  # its reader already refuses control characters
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
@@ -121,7 +122,8 @@ def parse_yaml(text: str, path: Path) -> YamlDoc:
     except yaml.YAMLError as exc:
         raise ProfileError([Issue(str(path), "(yaml syntax)", str(exc))]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     duplicates = _duplicate_keys(path, root)
     if duplicates:
         raise ProfileError(duplicates, fix="keep one of each key")

@@ -134,7 +134,7 @@ class ServeSpec(Strict):
     @field_validator("extra_args")
     @classmethod
     def _no_managed_flags(cls, value: list[str]) -> list[str]:
-        problems = [why for why in map(flags.conflict, value) if why]
+        problems = flags.conflicts(value)
         if problems:
             raise ValueError("; ".join(problems))
         return value

@@ -181,22 +181,25 @@ def persist_sets(workdir: Workdir, name: str | None, sets: list[str]) -> Resolve
     """Write `KEY=VALUE` overrides into the workdir's dsv4setup.yaml, so every later run keeps them.
 
     Each item is checked like `--set`; the merged profile must still validate, else the file
-    is restored as it was and the error says why.
+    is restored as it was and the error says why. Holds the workdir lock (LockHeldError while
+    an `up` or a bench runs: the deployment does not change under it).
     """
     from dsv4setup.core.fsutil import atomic_write_text
+    from dsv4setup.core.lock import workdir_lock
     from dsv4setup.profiles.overrides import parse_set, write_override
 
     resolve_profile(workdir, name, sets)  # the same values as --set must resolve first
     file = workdir.overrides_file
-    before = file.read_text(encoding="utf-8") if file.exists() else None
-    try:
-        for item in sets:
-            path, value = parse_set(item)
-            write_override(workdir, ".".join(str(p) for p in path), value)
-        return resolve_profile(workdir, name, [])
-    except UsageError:
-        if before is None:
-            file.unlink(missing_ok=True)
-        else:
-            atomic_write_text(file, before)
-        raise
+    with workdir_lock(workdir.lock_file, "profile set"):
+        before = file.read_text(encoding="utf-8") if file.exists() else None
+        try:
+            for item in sets:
+                path, value = parse_set(item)
+                write_override(workdir, ".".join(str(p) for p in path), value)
+            return resolve_profile(workdir, name, [])
+        except UsageError:
+            if before is None:
+                file.unlink(missing_ok=True)
+            else:
+                atomic_write_text(file, before)
+            raise

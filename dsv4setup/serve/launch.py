@@ -21,6 +21,7 @@ from dsv4setup.serve.process import (
     is_ours,
     read_record,
     start_server,
+    stop_orphans,
     stop_server,
     write_record,
 )
@@ -60,6 +61,10 @@ def launch(ctx: RunContext) -> dict[str, Any]:
     if unit is not None and unit.command_fingerprint == command_fingerprint(argv, env):
         return _through_systemd(ctx, unit, profile, key)
     record = _adoptable(ctx, command_fingerprint(argv, env))
+    survivors = stop_orphans(ctx.workdir, record.serve_id if record else None)
+    if survivors:
+        raise StepError(f"servers started here by an interrupted run would not stop (pids {survivors})",
+                        fix=f"stop them, then run `dsv4setup up --workdir {ctx.workdir.root}` again")
     if record is not None:
         ctx.progress(f"a server with this command line is already starting (pid {record.pid}): waiting for it")
         watch = ServerWatch(record.pid)

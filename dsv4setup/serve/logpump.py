@@ -8,8 +8,9 @@ for weeks keeps at most (keep + 1) * max_bytes of log. One reader, one writer, o
 time: the order of lines is the order vLLM wrote them (stdout and stderr share the pipe).
 With --tee every line also goes to the pump's stdout (the journal, under systemd).
 
-`line_filter` is the hook for stream filters (e.g. redaction): it gets each decoded line and
-returns the line to write.
+`line_filter` is the hook for stream filters: it gets each decoded line and returns the line to
+write. Run as a program it redacts every secret it knows from its environment (the server's):
+a secret never spans a line, so line-by-line redaction misses none.
 
 The pump ignores SIGTERM/SIGINT/SIGHUP: it ends when the last writer of the pipe is gone,
 after writing everything the server said last.
@@ -119,4 +120,7 @@ def main(argv: list[str] | None = None, line_filter: LineFilter | None = None) -
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dsv4setup.core.secrets import known_secrets, redact
+
+    secrets = known_secrets()  # from the server's environment: its own output may echo the API key
+    sys.exit(main(line_filter=lambda line: redact(line, secrets)))

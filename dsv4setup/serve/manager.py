@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsv4setup.core.errors import DsvError
+from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.process import ServerRecord, StopReport, is_ours, read_record, stop_server
 from dsv4setup.serve.readiness import base_url, health_status
@@ -49,7 +50,15 @@ def serve_doc(workdir: Workdir, state: ServerState, ok: bool, error: dict[str, A
 
 
 def down(workdir: Workdir, grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
-    """Stop this workdir's server and clean up. Nothing running is a clean no-op."""
+    """Stop this workdir's server and clean up. Nothing running is a clean no-op.
+
+    Holds the workdir lock: a `down` never stops the server under a running `up` or bench
+    (LockHeldError, exit 3, names that run's pid)."""
+    with workdir_lock(workdir.lock_file, "down"):
+        return _down(workdir, grace_s)
+
+
+def _down(workdir: Workdir, grace_s: float) -> dict[str, Any]:
     record = read_record(workdir)
     if record is None:
         return {"schema": DOWN_SCHEMA, "ok": True, "workdir": str(workdir.root), "was_running": False,

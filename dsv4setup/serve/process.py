@@ -185,7 +185,8 @@ def check_port_free(host: str, port: int) -> None:
 def start_server(argv: Sequence[str], env: Mapping[str, str], *, host: str, port: int, log_path: Path,
                  cwd: Path, tee: bool = False) -> tuple[ServerRecord, subprocess.Popen[bytes]]:
     """Start argv (no shell) detached in its own session; its stdout+stderr go through the log pump
-    (dsv4setup.serve.logpump: appended to log_path, rotated by size; also to our stdout with tee)."""
+    (dsv4setup.serve.logpump: appended to log_path, rotated by size, every known secret redacted - the
+    server's own output may echo the API key; also to our stdout with tee)."""
     serve_id = uuid.uuid4().hex
     tmpdir = tempfile.mkdtemp(prefix=TMP_PREFIX)
     full_env = {**os.environ, "TMPDIR": tmpdir, **env, SERVE_ID_ENV: serve_id}
@@ -195,8 +196,10 @@ def start_server(argv: Sequence[str], env: Mapping[str, str], *, host: str, port
     try:
         with log_path.open("ab") as pump_errors:
             # not part of the server's identity (no serve id): it ends by itself after the server's last line
+            # it knows the secrets to redact from the server's environment
             subprocess.Popen(pump_argv(log_path, tee=tee), stdin=read_end, stdout=None if tee else subprocess.DEVNULL,
-                             stderr=pump_errors, cwd=cwd, start_new_session=True, close_fds=True)
+                             stderr=pump_errors, cwd=cwd, start_new_session=True, close_fds=True,
+                             env={k: v for k, v in full_env.items() if k != SERVE_ID_ENV})
         proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=write_end,
                                 stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True,
                                 close_fds=True)
@@ -258,6 +261,28 @@ def _wait_gone(record: ServerRecord, procs: list[psutil.Process], deadline: floa
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.2)
+
+
+def stop_orphans(workdir: Workdir, known_id: str | None, grace_s: float = 15.0) -> list[int]:
+    """Stop servers started in this workdir that no record knows (a run killed between starting a
+    server and recording it leaves one): our id in their environment, the workdir their cwd.
+    Returns the pids that would not stop (empty when all did)."""
+    orphans = []
+    for proc in psutil.process_iter():
+        try:
+            serve_id = proc.environ().get(SERVE_ID_ENV)
+            if serve_id and serve_id != known_id and proc.cwd() == str(workdir.root) and _alive(proc):
+                orphans.append(proc)
+        except psutil.Error:
+            continue
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        for proc in orphans:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
+        orphans = psutil.wait_procs(orphans, timeout=wait_s)[1]
+        if not orphans:
+            break
+    return sorted(p.pid for p in orphans) if orphans else []
 
 
 def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0, *,

@@ -152,7 +152,9 @@ def run_smoke(req: SmokeRequest) -> SmokeReport:
     import openai
 
     report = SmokeReport(req)
-    client = openai.OpenAI(base_url=f"{req.base_url}/v1", api_key=req.api_key, timeout=req.timeout_s, max_retries=0)
+    # trust_env=False: no proxy from the environment ever sees the request (and the key in it)
+    client = openai.OpenAI(base_url=f"{req.base_url}/v1", api_key=req.api_key, timeout=req.timeout_s, max_retries=0,
+                           http_client=openai.DefaultHttpxClient(trust_env=False, timeout=req.timeout_s))
     try:
         report.models = [m.id for m in client.models.list().data]
     except openai.OpenAIError as exc:

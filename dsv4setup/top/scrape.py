@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from dsv4setup.core.loopback import direct_opener
 from dsv4setup.serve.metrics import ACCEPTED_PER_POS, SpecDecodeCounters, parse_spec_decode
 
 # label of a labelled counter kept per value: metric -> label name
@@ -74,8 +75,9 @@ def _get(url: str, api_key: str | None, timeout_s: float) -> tuple[int, str]:
     if api_key and api_key != "EMPTY":
         request.add_header("Authorization", f"Bearer {api_key}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (our own server)
-            return response.status, response.read().decode("utf-8", errors="replace")
+        with direct_opener().open(request, timeout=timeout_s) as response:  # never a proxy: it carries the key
+            body: bytes = response.read()
+            return int(response.status), body.decode("utf-8", errors="replace")
     except urllib.error.HTTPError as exc:
         return exc.code, ""
 

@@ -65,7 +65,8 @@ def checkout(source: GitSource, dest: Path, log: StepLog) -> str:
     """`dest` at exactly `source.ref` (tag, branch or commit); returns the commit.
 
     The clone is managed by dsv4setup: local changes (e.g. applied patches) are discarded, and
-    the patches step re-applies its patches afterwards.
+    the patches step re-applies its patches afterwards. `--` before the URL and ref: a value that
+    starts with a dash is a (failing) name, never a git option such as --upload-pack.
     """
     git = shutil.which("git")
     if git is None:
@@ -75,12 +76,13 @@ def checkout(source: GitSource, dest: Path, log: StepLog) -> str:
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        run_logged([git, "clone", "--filter=blob:none", "--no-checkout", source.url, str(dest)], log,
+        run_logged([git, "clone", "--filter=blob:none", "--no-checkout", "--", source.url, str(dest)], log,
                    what=f"git clone {source.url}", fix=fix)
     else:
-        run_logged([git, "-C", str(dest), "remote", "set-url", "origin", source.url], log, what="git remote set-url")
+        run_logged([git, "-C", str(dest), "remote", "set-url", "--", "origin", source.url], log,
+                   what="git remote set-url")
     # --tags: vLLM's version comes from setuptools-scm, which needs the release tags
-    run_logged([git, "-C", str(dest), "fetch", "--tags", "origin", source.ref], log,
+    run_logged([git, "-C", str(dest), "fetch", "--tags", "--", "origin", source.ref], log,
                what=f"git fetch {source.ref}", fix=fix)
     run_logged([git, "-C", str(dest), "checkout", "--force", "--detach", "FETCH_HEAD"], log,
                what=f"git checkout {source.ref}")

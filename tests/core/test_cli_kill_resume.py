@@ -132,3 +132,17 @@ def test_usage_errors_exit_2(env: dict[str, str]) -> None:
     assert bad_step.returncode == 2 and "no such step" in bad_step.stderr
     assert dsv(env, "up", "--bogus-flag").returncode == 2
     assert dsv(env, "logs", "alpha").returncode == 2
+
+
+def test_logs_takes_only_a_step_with_a_log_and_redacts_it(env: dict[str, str]) -> None:
+    assert dsv(env, "up", "--profile", "cpu-tiny", "--yes").returncode == 0
+    log = Path(env["DSV4SETUP_WORKDIR"]) / "logs" / "alpha.log"
+    with log.open("a") as fh:  # as vLLM's own output lands in a log: unredacted
+        fh.write("Authorization: Bearer sk-written-raw-0123456789\n")
+    keyed = {**env, "DSV4SETUP_API_KEY": "sk-written-raw-0123456789"}
+    for args in (("logs", "alpha"), ("logs", "alpha", "-n", "1")):
+        shown = dsv(keyed, *args)
+        assert shown.returncode == 0 and "Bearer ***" in shown.stdout and "sk-written" not in shown.stdout
+    escape = dsv(env, "logs", "../state")
+    assert escape.returncode == 2 and "no log for step '../state'" in escape.stderr
+    assert "steps with a log: alpha, beta, delta, gamma" in escape.stderr and "Traceback" not in escape.stderr

@@ -60,3 +60,28 @@ def test_token_never_reaches_state_logs_or_json(workdir: Workdir, profile: Profi
 def test_runtime_secret_is_redacted() -> None:
     register_secret("generated-api-key-0001")
     assert redact("key=generated-api-key-0001;") == "key=***;"
+
+
+@pytest.mark.parametrize(("secret", "text", "expected"), [
+    ("abc", "--api-key abc done", "--api-key *** done"),
+    ("abc", "Bearer abc\n", "Bearer ***\n"),
+    ("abc", "key=abc;", "key=***;"),
+    ("abc", "abcde xabc ab-abc abc_1", "abcde xabc ab-abc abc_1"),  # inside words: left alone
+    ("k", "k", "***"),
+    ("k", "kv-cache ok key", "kv-cache ok key"),
+])
+def test_short_secrets_are_masked_where_they_stand_alone(monkeypatch: pytest.MonkeyPatch, secret: str, text: str,
+                                                         expected: str) -> None:
+    monkeypatch.setenv("DSV4SETUP_API_KEY", secret)
+    assert redact(text) == expected
+
+
+def test_json_stays_valid_when_a_short_secret_equals_a_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from dsv4setup.core.fsutil import atomic_write_json
+
+    monkeypatch.setenv("DSV4SETUP_API_KEY", "1")
+    atomic_write_json(tmp_path / "doc.json", {"port": 1, "key": "1", "1": "x", "cmd": "--api-key 1"})
+    assert json.loads((tmp_path / "doc.json").read_text()) == {"port": 1, "key": "***", "***": "x",
+                                                               "cmd": "--api-key ***"}

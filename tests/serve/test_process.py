@@ -175,3 +175,21 @@ def test_a_missing_interpreter_is_a_step_error(workdir: Workdir, port: int) -> N
         start_server(["/nonexistent/venv/bin/python", "-m", "x"], {}, host="127.0.0.1", port=port,
                      log_path=workdir.log_file("serve"), cwd=workdir.root)
     assert "--redo vllm" in exc.value.fix
+
+
+def test_a_server_no_record_knows_is_stopped_as_an_orphan_with_fake_server_process(
+        workdir: Workdir, reaper, port: int) -> None:
+    """What a run killed between starting the server and recording it leaves behind."""
+    from dsv4setup.serve.process import stop_orphans
+
+    log = workdir.log_file("serve")
+    record, proc = start_server(fake_argv("ready", port, "--child"), {}, host="127.0.0.1", port=port, log_path=log,
+                                cwd=workdir.root)
+    reaper.append(record)
+    deadline = time.monotonic() + 20
+    while len(processes_with_id(record.serve_id)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stop_orphans(workdir, record.serve_id) == [] and len(processes_with_id(record.serve_id)) == 2  # known
+    assert stop_orphans(workdir, None, grace_s=5) == []
+    assert processes_with_id(record.serve_id) == []
+    proc.wait(timeout=10)

@@ -247,3 +247,16 @@ def test_source_route_without_toolkit_outputs_fails_with_hint(workdir: Workdir, 
     assert not result.ok and result.error is not None
     assert "no CUDA_HOME to build with" in result.error.message
     assert "--only toolkit" in (result.error.fix or "") and pip_calls(fake_pip) == []
+
+
+@pytest.mark.parametrize("field", ["git_url", "git_ref"])
+def test_a_git_url_or_ref_that_looks_like_an_option_is_never_one(bare_workdir: Workdir, fake_pip: Path,
+                                                                 tmp_path: Path, repo: tuple[Path, dict[str, str]],
+                                                                 field: str) -> None:
+    """Real git: `--upload-pack=CMD` as the URL or ref would run CMD if git took it for an option."""
+    pwned = tmp_path / "pwned"
+    values = {"git_url": str(repo[0]), "git_ref": "v0.1.0", field: f"--upload-pack=touch {pwned}"}
+    result = up(bare_workdir, make_profile(source="git", precompiled_wheel=str(precompiled(tmp_path, "0.1.0")),
+                                           **values))
+    assert not result.ok and result.error is not None
+    assert not pwned.exists()
