@@ -86,7 +86,9 @@ def compile_probe(nvcc: Path, arch: str, *, run: bool = False) -> CompileResult:
     with tempfile.TemporaryDirectory(prefix="dsv4setup-nvcc-") as tmp:
         src, out = Path(tmp) / "k.cu", Path(tmp) / ("k" if run else "k.o")
         src.write_text(RUN_PROBE_PROGRAM if run else PROBE_KERNEL, encoding="utf-8")
-        argv = [str(nvcc), f"-arch={arch}", *([] if run else ["-c"]), str(src), "-o", str(out), "-v"]
+        # a program links cudart: NVIDIA's pip wheels keep it in lib/, where their nvcc.profile (lib64) does not look
+        link = ["-L", str(nvcc.resolve().parents[1] / "lib")] if run else ["-c"]
+        argv = [str(nvcc), f"-arch={arch}", *link, str(src), "-o", str(out), "-v"]
         proc = _run(argv, tmp, PROBE_TIMEOUT_S)
         if isinstance(proc, str):
             return CompileResult(False, proc, None)

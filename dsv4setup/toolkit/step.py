@@ -220,7 +220,7 @@ class ToolkitStep(Step):
         log.write(ran.output)
         if not ran.ok:
             raise StepError(f"nvcc {fmt(found.release)} at {found.nvcc} compiles for {target.arch}, but its probe "
-                            f"kernel did not run on the GPU: {error_lines(ran.output, 2)}",
+                            f"kernel did not run on the GPU: {error_lines(ran.output, 1)}",
                             hint=f"check the driver with `nvidia-smi` (CUDA {fmt(found.release)} needs a driver "
                                  f"that supports it: R580+ for 13.x), CUDA_VISIBLE_DEVICES, and that no other "
                                  f"process holds the GPU in exclusive mode; see {log.path}")

@@ -87,8 +87,9 @@ def test_real_nvcc_builds_and_runs_the_gpu_probe_when_preflight_saw_a_gpu_of_the
                                                                                        tmp_path: Path) -> None:
     """Preflight (a stand-in here) reports an sm_120a GPU: the step must also run the probe kernel.
 
-    The program is really compiled, linked and executed; on this GPU-less machine CUDA reports
-    the missing device, so the step fails and says so. On a GPU machine tests/gpu proves the pass.
+    The program is really compiled, linked (cudart from the wheel's lib/) and executed; on this
+    GPU-less machine CUDA reports the missing driver, so the step fails and says so. On a GPU
+    machine tests/gpu proves the pass.
     """
     nvcc = Path(outputs(installed)["nvcc"])
     fresh = Workdir(tmp_path / "wd").ensure()
@@ -96,6 +97,7 @@ def test_real_nvcc_builds_and_runs_the_gpu_probe_when_preflight_saw_a_gpu_of_the
     result = Runbook([preflight, ToolkitStep(HostTools(path=str(nvcc.parent)))], fresh,
                      make_profile("sm_120a")).up(Selection())
     assert not result.ok and result.error is not None
-    assert "compiles for sm_120a, but its probe kernel did not run on the GPU: CUDA error:" in result.error.message
+    assert ("compiles for sm_120a, but its probe kernel did not run on the GPU: the probe program (exit 2): "
+            "CUDA error:") in result.error.message
     assert "nvidia-smi" in (result.error.hint or "")
-    assert "the probe program (exit 2): CUDA error:" in fresh.log_file("toolkit").read_text()
+    assert "the probe program (exit 2): CUDA error:" in fresh.log_file("toolkit").read_text()  # linked and ran
