@@ -64,7 +64,6 @@ class CompileResult:
     ok: bool
     output: str
     cuda_home: Path | None  # the toolkit root nvcc reports (`_HERE_/..`), wrappers resolved
-    ran: bool = False  # the kernel also ran on a GPU and wrote the expected values
 
 
 def _run(argv: list[str], cwd: str, timeout: int) -> subprocess.CompletedProcess[str] | str:
@@ -102,7 +101,7 @@ def compile_probe(nvcc: Path, arch: str, *, run: bool = False) -> CompileResult:
             return CompileResult(False, f"{output}\nthe probe program: {ran}", home)
         ok = ran.returncode == 0 and RUN_PROBE_OK in ran.stdout
         return CompileResult(ok, f"{output}\nthe probe program (exit {ran.returncode}): {ran.stdout}{ran.stderr}",
-                             home, ran=ok)
+                             home)
 
 
 def error_lines(output: str, limit: int = 5) -> str:
