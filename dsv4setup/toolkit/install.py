@@ -20,7 +20,7 @@ from dsv4setup.toolkit.nvcc import HostTools
 from dsv4setup.vllm.venv import create_venv, pip
 
 Route = Literal["pip", "conda"]
-CondaChannel = Literal["nvidia", "conda-forge"]
+CondaChannel = str  # "nvidia", "conda-forge", or a mirror given by URL or local directory
 CONDA_NAMES = ("conda", "mamba", "micromamba")
 PIP_EXTRAS = "nvcc,nvvm,cudart,crt,cccl"
 
@@ -52,7 +52,7 @@ class ToolkitLayout:
     def holds_release(self, route: Route, version: str, channel: CondaChannel = "nvidia") -> bool:
         """The install's own package records name this release (nvcc reports only MAJOR.MINOR).
 
-        conda-forge pins only MAJOR.MINOR (through cuda-version), so that is all it can prove.
+        conda-forge (or a mirror) pins only MAJOR.MINOR (through cuda-version), so that is all it can prove.
         """
         if route == "pip":
             return any(self.venv.glob(f"lib/python*/site-packages/cuda_toolkit-{version}.dist-info"))
@@ -86,27 +86,51 @@ def choose_route(forced: Route | None, conda: Path | None) -> Route:
     return "conda" if conda is not None else "pip"
 
 
-def conda_create_argv(conda: Path, prefix: Path, version: str, channel: CondaChannel = "nvidia") -> list[str]:
-    """`conda create` for one toolkit release, every component from that release only.
+def is_channel_location(channel: str) -> bool:
+    """A channel given by URL or local directory (a mirror) rather than by name."""
+    return "://" in channel or channel.startswith(("/", "~", "."))
 
-    NVIDIA's per-release label channel holds exactly one release (the configured channels
-    still supply non-CUDA dependencies such as libgcc). conda-forge versions cuda-nvcc by
-    component (13.0.88), not by release, so there the release is pinned through the
-    `cuda-version` constraint package, which both ecosystems honour.
+
+def conda_channels_and_specs(version: str, channel: CondaChannel = "nvidia") -> tuple[list[str], list[str]]:
+    """The channels and package specs of one toolkit release, every component from that release only.
+
+    NVIDIA's per-release label channel holds exactly one release; conda-forge supplies the
+    non-CUDA dependencies such as libgcc. conda-forge (and a mirror given by URL or directory)
+    versions cuda-nvcc by component (13.0.88), not by release, so there the release is pinned
+    through the `cuda-version` constraint package, which both ecosystems honour.
     """
     major, minor = parse_release(version)
+    pin = f"cuda-version={major}.{minor}"
     if channel == "nvidia":
-        args = ["-c", f"nvidia/label/cuda-{version}", f"cuda-toolkit={version}"]
+        return [f"nvidia/label/cuda-{version}", "conda-forge"], [f"cuda-toolkit={version}", pin]
+    return [channel], ["cuda-nvcc", "cuda-cudart-dev", pin]
+
+
+def conda_create_argv(conda: Path, prefix: Path, version: str, channel: CondaChannel = "nvidia") -> list[str]:
+    """`conda create` for one toolkit release (see conda_channels_and_specs).
+
+    With NVIDIA's label channel the configured channels stay on (they supply libgcc and co.);
+    any other channel is the only one used.
+    """
+    channels, specs = conda_channels_and_specs(version, channel)
+    if channel == "nvidia":
+        args = ["-c", channels[0], specs[0]]
     else:
-        args = ["--override-channels", "-c", "conda-forge", "cuda-nvcc", "cuda-cudart-dev"]
-    return [str(conda), "create", "-y", "-p", str(prefix), *args, f"cuda-version={major}.{minor}"]
+        args = ["--override-channels", "-c", channels[0], *specs[:-1]]
+    return [str(conda), "create", "-y", "-p", str(prefix), *args, specs[-1]]
 
 
 def pip_requirement(version: str) -> str:
     return f"cuda-toolkit[{PIP_EXTRAS}]=={version}"
 
 
-def install_conda(conda: Path, layout: ToolkitLayout, version: str, channel: CondaChannel, log: StepLog) -> None:
+def pip_install_args(version: str) -> list[str]:
+    """The pip arguments of the pip route (tests resolve exactly these against the real index)."""
+    return ["install", pip_requirement(version)]
+
+
+def install_conda(conda: Path, layout: ToolkitLayout, version: str, channel: CondaChannel,
+                  log: StepLog) -> None:
     prefix = layout.conda_prefix
     if prefix.exists():  # ours alone: conda/micromamba disagree on how to `create` over an existing prefix
         log.line(f"removing the previous toolkit prefix {prefix}")
@@ -119,4 +143,4 @@ def install_conda(conda: Path, layout: ToolkitLayout, version: str, channel: Con
 
 def install_pip(layout: ToolkitLayout, version: str, log: StepLog, python: Path | None = None) -> None:
     venv_python = create_venv(python or Path(sys.executable), layout.venv, log)
-    pip(venv_python, ["install", pip_requirement(version)], log, what=f"pip install {pip_requirement(version)}")
+    pip(venv_python, pip_install_args(version), log, what=f"pip install {pip_requirement(version)}")

@@ -5,9 +5,10 @@ Which nvcc is used:
   step's own install under `<workdir>/toolkit`, even when the machine already has an nvcc;
 - automatic: this step's own earlier install when it holds the wanted release, else an
   nvcc already on the machine (same major release, minor >= wanted, compiles for the arch),
-  else a fresh install: conda when conda/mamba/micromamba is on PATH, pip otherwise.
+  else a fresh install: conda when conda/mamba/micromamba is on PATH, pip otherwise. A forced
+  conda route without a conda binary installs the same packages with py-rattler.
 The conda route uses NVIDIA's per-release channel unless the option `toolkit_conda_channel`
-is "conda-forge". Later steps read `cuda_home` from this step's outputs.
+is "conda-forge" or a mirror (URL or directory). Later steps read `cuda_home` from this step's outputs.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from dsv4setup.toolkit.install import (
     find_conda,
     install_conda,
     install_pip,
+    is_channel_location,
     requested_route,
 )
 from dsv4setup.toolkit.nvcc import CompileResult, HostTools, compile_probe, error_lines, nvcc_release
 from dsv4setup.toolkit.outputs import ToolkitOutputs
+from dsv4setup.toolkit.rattler_install import install_rattler
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Target:
     arch: str
     forced: Route | None
     channel: CondaChannel
+    on_gpu: bool  # preflight saw a GPU of this arch: the probe kernel must also run there
 
 
 @dataclass(frozen=True)
@@ -95,10 +99,14 @@ class ToolkitStep(Step):
         except ValueError as exc:
             raise StepError(f"toolkit.version: {exc}", fix="write a CUDA release such as 13.0.2") from None
         channel = ctx.options.get("toolkit_conda_channel") or "nvidia"
-        if channel not in ("nvidia", "conda-forge"):
-            raise UsageError(f"toolkit conda channel {channel!r}: expected nvidia or conda-forge")
+        if channel not in ("nvidia", "conda-forge") and not is_channel_location(channel):
+            raise UsageError(f"toolkit conda channel {channel!r}: expected nvidia, conda-forge, or a mirror's URL "
+                             f"or directory")
         forced = requested_route(ctx.options.get("toolkit_route"), ctx.profile.toolkit.route)
-        return Target(version, release, resolve_arch(ctx), forced, cast(CondaChannel, channel))
+        arch = resolve_arch(ctx)
+        preflight = ctx.outputs(PreflightOutputs)
+        on_gpu = arch in arches_from_preflight(preflight.model_dump() if preflight else {})
+        return Target(version, release, arch, forced, cast(CondaChannel, channel), on_gpu)
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         try:
@@ -158,8 +166,14 @@ class ToolkitStep(Step):
             where = f"{target.forced} install in {ctx.workdir.toolkit_dir}" if target.forced else \
                 f"{ctx.workdir.toolkit_dir} or on this machine"
             return postcondition(False, f"no nvcc of CUDA {target.version} compiling for {target.arch} ({where})")
-        return postcondition(True, f"nvcc {fmt(found.release)} ({found.route}) at {found.nvcc} "
-                                   f"compiles for {target.arch}")
+        done = f"nvcc {fmt(found.release)} ({found.route}) at {found.nvcc} compiles for {target.arch}"
+        if not target.on_gpu:
+            return postcondition(True, done)
+        ran = compile_probe(found.nvcc, target.arch, run=True)
+        if not ran.ok:
+            return postcondition(False, f"{done}, but its probe kernel did not run on the GPU: "
+                                        f"{error_lines(ran.output, 1)}")
+        return postcondition(True, f"{done}; its probe kernel ran on the GPU and wrote the expected values")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         target = self.target(ctx)
@@ -168,16 +182,15 @@ class ToolkitStep(Step):
         found = self.existing(ctx, target, log.line)
         if found is not None:
             log.line(f"using the existing nvcc {found.nvcc} ({found.route}, release {fmt(found.release)})")
-            return self.outputs(found, target)
+            return self.outputs(self.ran_on_gpu(found, target, log), target)
         layout = self.layout(ctx)
         conda = find_conda(self.host)
         route = choose_route(target.forced, conda)
         ctx.progress(f"installing CUDA {target.version} into {layout.root} via {route}")
-        if route == "conda":
-            if conda is None:
-                raise StepError("the conda route is forced but no conda, mamba or micromamba is on PATH",
-                                fix="install micromamba (a single binary, no sudo) or use `--toolkit pip`")
+        if route == "conda" and conda is not None:
             install_conda(conda, layout, target.version, target.channel, log)
+        elif route == "conda":
+            install_rattler(layout, target.version, target.channel, log)
         else:
             install_pip(layout, target.version, log)
         nvcc = layout.nvcc(route)
@@ -188,7 +201,7 @@ class ToolkitStep(Step):
                             fix=f"see {log.path}; the package set may lack the compiler for this platform. "
                                  f"Try the other route (`--toolkit {'pip' if route == 'conda' else 'conda'}`)")
         ctx.progress(f"compiling a test kernel for {target.arch}")
-        return self.outputs(self.check(nvcc, target, route, log), target)
+        return self.outputs(self.ran_on_gpu(self.check(nvcc, target, route, log), target, log), target)
 
     def check(self, nvcc: Path, target: Target, route: Route, log: StepLog) -> Found:
         release = nvcc_release(nvcc)
@@ -204,6 +217,22 @@ class ToolkitStep(Step):
                             fix=support_fix(target.arch, release))
         log.line(f"nvcc {fmt(release)} at {nvcc} compiled a test kernel for {target.arch}")
         return Found(nvcc, release, compiled, route)
+
+    @staticmethod
+    def ran_on_gpu(found: Found, target: Target, log: StepLog) -> Found:
+        """With a GPU of the target arch: the probe program must also run there and compute right."""
+        if not target.on_gpu:
+            return found
+        ran = compile_probe(found.nvcc, target.arch, run=True)
+        log.write(ran.output)
+        if not ran.ok:
+            raise StepError(f"nvcc {fmt(found.release)} at {found.nvcc} compiles for {target.arch}, but its probe "
+                            f"kernel did not run on the GPU: {error_lines(ran.output, 1)}",
+                            fix=f"check the driver with `nvidia-smi` (CUDA {fmt(found.release)} needs a driver "
+                                 f"that supports it: R580+ for 13.x), CUDA_VISIBLE_DEVICES, and that no other "
+                                 f"process holds the GPU in exclusive mode; see {log.path}")
+        log.line(f"the probe kernel for {target.arch} ran on the GPU and wrote the expected values")
+        return found
 
     @staticmethod
     def outputs(found: Found, target: Target) -> dict[str, Any]:

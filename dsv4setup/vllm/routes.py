@@ -94,9 +94,13 @@ def constraint_args(constraints: Path | None) -> list[str]:
     return ["-c", str(constraints)] if constraints is not None else []
 
 
+def wheel_install_args(spec: VllmSpec, constraints: Path | None) -> list[str]:
+    """The pip arguments of the wheel route (tests resolve exactly these against the real index)."""
+    return ["install", *constraint_args(constraints), f"{spec.package}=={spec.version}"]
+
+
 def install_wheel(python: Path, spec: VllmSpec, constraints: Path | None, log: StepLog) -> None:
-    req = f"{spec.package}=={spec.version}"
-    pip(python, ["install", *constraint_args(constraints), req], log, what=f"pip install {req}")
+    pip(python, wheel_install_args(spec, constraints), log, what=f"pip install {spec.package}=={spec.version}")
 
 
 def install_editable(python: Path, src: Path, constraints: Path | None, env: Mapping[str, str], log: StepLog,

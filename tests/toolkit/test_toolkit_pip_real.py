@@ -14,6 +14,7 @@ from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import ModelSpec, Profile, ToolkitSpec
 from dsv4setup.toolkit.nvcc import HostTools, compile_probe, nvcc_release
 from dsv4setup.toolkit.step import ToolkitStep
+from tests.core.steps_for_tests import StandInStep
 
 pytestmark = pytest.mark.slow
 NOWHERE = HostTools(path="", nvcc_dirs=())  # no conda, no system nvcc: whatever this machine has
@@ -80,3 +81,23 @@ def test_real_existing_nvcc_is_used_unless_a_route_is_forced(installed: Workdir,
     out = outputs(fresh)
     assert out["route"] == "system" and out["nvcc"] == str(nvcc) and out["version"] == "13.0"
     assert not (fresh.toolkit_dir / "venv").exists()
+
+
+def test_real_nvcc_builds_and_runs_the_gpu_probe_when_preflight_saw_a_gpu_of_the_arch(installed: Workdir,
+                                                                                       tmp_path: Path) -> None:
+    """Preflight (a stand-in here) reports an sm_120a GPU: the step must also run the probe kernel.
+
+    The program is really compiled, linked (cudart from the wheel's lib/) and executed; on this
+    GPU-less machine CUDA reports the missing driver, so the step fails and says so. On a GPU
+    machine tests/gpu proves the pass.
+    """
+    nvcc = Path(outputs(installed)["nvcc"])
+    fresh = Workdir(tmp_path / "wd").ensure()
+    preflight = StandInStep("preflight", {"gpus": [{"compute_capability": "12.0"}]})
+    result = Runbook([preflight, ToolkitStep(HostTools(path=str(nvcc.parent)))], fresh,
+                     make_profile("sm_120a")).up(Selection())
+    assert not result.ok and result.error is not None
+    assert ("compiles for sm_120a, but its probe kernel did not run on the GPU: the probe program (exit 2): "
+            "CUDA error:") in result.error.message
+    assert "nvidia-smi" in (result.error.fix or "")
+    assert "the probe program (exit 2): CUDA error:" in fresh.log_file("toolkit").read_text()  # linked and ran

@@ -20,6 +20,7 @@ from dsv4setup.profiles.model import ModelSpec, Profile, ToolkitSpec
 from dsv4setup.toolkit.nvcc import HostTools
 from dsv4setup.toolkit.step import ToolkitStep
 from tests.core.steps_for_tests import StandInStep
+from tests.toolkit.condachannel import build_channel
 from tests.toolkit.fakes import calls, fake_nvcc_text, write_fake_nvcc, write_recording_fake_conda
 
 
@@ -131,10 +132,14 @@ def test_forced_route_installs_even_with_a_suitable_system_nvcc_with_recording_f
     assert len(calls(record)) == 2
 
 
-def test_forced_conda_without_conda_fails_with_fix(workdir: Workdir, bin_dir: Path) -> None:
-    result = up(workdir, make_profile(route="conda"), HostTools(path=str(bin_dir)))
+def test_forced_conda_without_conda_binary_goes_to_real_rattler_empty_local_standin_channel_fails_with_hint(
+        workdir: Workdir, bin_dir: Path, tmp_path: Path) -> None:
+    empty = build_channel(tmp_path / "empty-channel", [])
+    result = up(workdir, make_profile(route="conda"), HostTools(path=str(bin_dir)),
+                {"toolkit_conda_channel": str(empty)})
     assert not result.ok and result.error is not None
-    assert "no conda, mamba or micromamba" in result.error.message
+    assert f"py-rattler could not install CUDA 13.0.2 from {empty}" in result.error.message
+    assert "cuda-nvcc" in result.error.message  # rattler's own words: nothing provides it
     assert "--toolkit pip" in (result.error.fix or "")
 
 
