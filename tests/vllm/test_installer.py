@@ -77,3 +77,18 @@ def test_unknown_installer_flag_is_a_usage_error(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "dsv4setup", "up", "--workdir", str(tmp_path), "--installer",
                              "conda", "--dry-run"], capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
     assert result.returncode == 2 and "--installer conda: expected auto, uv, pip" in result.stderr, result.stderr
+
+
+def test_auto_falls_back_to_pip_when_uv_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A uv binary that fails to start (a broken install) stands in for one that cannot run here."""
+    import uv
+
+    broken = tmp_path / "uv"
+    broken.write_text("#!/bin/sh\necho 'uv: cannot execute on this CPU' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(uv, "find_uv_bin", lambda: str(broken))
+    fallback = Installer.choose("auto", Path(sys.executable))
+    assert fallback.name == "pip"
+    assert fallback.why == f"pip, because uv cannot run: {broken} --version failed: uv: cannot execute on this CPU"
+    with pytest.raises(StepError, match="the installer uv is asked for but cannot run"):
+        Installer.choose("uv", Path(sys.executable))
