@@ -20,12 +20,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.proc import StepLog, run_logged
+from dsv4setup.core.secrets import redact, register_secret
 from dsv4setup.profiles.model import Profile
 from dsv4setup.toolkit.arch import parse_release
-from dsv4setup.vllm.build import normalize
+from dsv4setup.vllm.build import normalize, pinned
 from dsv4setup.vllm.venv import classify_pip_failure, create_venv, pip, python_version
 
 InstallerName = Literal["uv", "pip"]
@@ -90,6 +92,7 @@ def translate_pip_config(values: Mapping[str, str]) -> PipConfig:
     carried: list[str] = []
     not_carried: list[str] = []
     for key, value in sorted(values.items()):
+        _register_credentials(value)
         if key in _CARRIED:
             option, variable = _CARRIED[key]
             if option is not None:
@@ -109,7 +112,17 @@ def translate_pip_config(values: Mapping[str, str]) -> PipConfig:
         # pip takes the best version over all indexes; uv's default stops at the first index that has the name
         args += ["--index-strategy", "unsafe-best-match"]
         carried.append("several indexes -> --index-strategy unsafe-best-match (pip's behaviour)")
-    return PipConfig(tuple(args), env, tuple(carried), tuple(not_carried))
+    return PipConfig(tuple(args), env, tuple(redact(c) for c in carried), tuple(redact(n) for n in not_carried))
+
+
+def _register_credentials(value: str) -> None:
+    """Index URLs may carry `user:token@`: the token becomes a secret, redacted from logs and outputs."""
+    for item in value.split():
+        parts = urlsplit(item)
+        if parts.password:
+            register_secret(parts.password)
+        elif parts.username and "://" in item:
+            register_secret(parts.username)  # a token given as the user name
 
 
 def read_pip_config(python: Path) -> PipConfig:
@@ -146,13 +159,14 @@ def find_uv() -> tuple[Path | None, str]:
 def torch_backend(profile: Profile) -> str | None:
     """uv's --torch-backend for the profile: set explicitly, else cu<MAJOR><MINOR> of the profile's CUDA.
 
-    CPU-only profiles get none: their torch build is pinned (torch==2.13.0+cpu) and comes from
-    the machine's own indexes, which a backend would replace by the PyTorch index.
+    None where the build is already decided: on CPU-only profiles, and when vllm.pip_constraints
+    pins torch with a local label (`torch==2.13.0+cpu`). That torch comes from the machine's own
+    indexes, which a backend would replace by the PyTorch index.
     """
     spec = profile.vllm
     if spec.torch_backend is not None:
         return spec.torch_backend
-    if profile.match.cpu_only:
+    if profile.match.cpu_only or "+" in pinned(spec.pip_constraints).get("torch", ""):
         return None
     if profile.toolkit.version is None:
         raise StepError(f"profile {profile.name} serves on GPUs but names no CUDA release for torch",

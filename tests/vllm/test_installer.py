@@ -10,9 +10,17 @@ from pathlib import Path
 import pytest
 
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.secrets import redact
 from dsv4setup.profiles.loader import load_all_profiles
 from dsv4setup.profiles.model import ModelSpec, Profile, ToolkitSpec, VllmSpec
-from dsv4setup.vllm.installer import Installer, find_uv, pip_config_values, read_pip_config, torch_backend
+from dsv4setup.vllm.installer import (
+    Installer,
+    find_uv,
+    pip_config_values,
+    read_pip_config,
+    torch_backend,
+    translate_pip_config,
+)
 
 
 def test_pip_config_precedence_env_over_install_over_global() -> None:
@@ -57,6 +65,8 @@ def gpu_profile(**vllm: object) -> Profile:
 def test_torch_backend_matches_the_profiles_cuda_and_auto_only_when_asked() -> None:
     assert torch_backend(gpu_profile()) == "cu130"
     assert torch_backend(gpu_profile(torch_backend="auto")) == "auto"
+    assert torch_backend(gpu_profile(pip_constraints=["torch==2.13.0+cpu"])) is None  # the pinned build decides
+    assert torch_backend(gpu_profile(pip_constraints=["torch==2.10.0"])) == "cu130"
     shipped = {p.name: p for p in load_all_profiles()}
     assert torch_backend(shipped["cpu-tiny"]) is None  # CPU: the pinned +cpu torch from the machine's indexes
     assert torch_backend(shipped["h200-tp2"]) == "cu130"
@@ -92,3 +102,12 @@ def test_auto_falls_back_to_pip_when_uv_cannot_run(tmp_path: Path, monkeypatch: 
     assert fallback.why == f"pip, because uv cannot run: {broken} --version failed: uv: cannot execute on this CPU"
     with pytest.raises(StepError, match="the installer uv is asked for but cannot run"):
         Installer.choose("uv", Path(sys.executable))
+
+
+def test_index_credentials_in_pip_settings_never_reach_the_report() -> None:
+    config = translate_pip_config({"extra-index-url": "https://ci:s3cr3t-token@pypi.example/simple",
+                                   "index-url": "https://t0ken-as-user@mirror.example/simple"})
+    assert "--extra-index-url" in config.args  # uv still gets the URL (argv and logs are redacted)
+    shown = " ".join([*config.carried, *config.not_carried])
+    assert "s3cr3t-token" not in shown and "t0ken-as-user" not in shown and "***@pypi.example" in shown
+    assert "s3cr3t-token" not in redact("$ uv pip install --extra-index-url https://ci:s3cr3t-token@pypi.example")
