@@ -26,6 +26,7 @@ from dsv4setup.runbook import (
     status_document,
     up_doc,
 )
+from dsv4setup.vllm.installer import INSTALLER_CHOICES
 
 StepOpt = Annotated[str | None, typer.Option(help="A step name.")]
 StepsOpt = Annotated[list[str] | None, typer.Option(help="A step name (repeatable).")]
@@ -43,6 +44,8 @@ def up(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     bench: Annotated[bool, typer.Option("--bench", help="Run the optional bench step at the end.")] = False,
     toolkit: Annotated[str | None, typer.Option(help="Force the CUDA toolkit route: pip or conda.")] = None,
+    installer: Annotated[str | None, typer.Option(
+        help="Install into the venvs with uv (default, pip when uv cannot run) or pip.")] = None,
     host: Annotated[str | None, typer.Option(help="Bind the server to this address (needs an API key).")] = None,
     yes: YesOpt = False,
     json_: JsonOpt = False,
@@ -51,7 +54,10 @@ def up(
     wd = workdir_from(workdir)
     if toolkit not in (None, "pip", "conda"):
         raise UsageError(f"--toolkit {toolkit}: expected pip or conda")
-    options = {k: v for k, v in {"toolkit_route": toolkit, "host": host, "yes": yes}.items() if v is not None}
+    if installer is not None and installer not in INSTALLER_CHOICES:
+        raise UsageError(f"--installer {installer}: expected {', '.join(INSTALLER_CHOICES)}")
+    options = {k: v for k, v in {"toolkit_route": toolkit, "installer": installer, "host": host,
+                                 "yes": yes}.items() if v is not None}
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], bench, options))
     selection = Selection(from_, until, tuple(only or ()), tuple(redo or ()))
     profile_ = resolved.profile

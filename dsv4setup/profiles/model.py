@@ -105,6 +105,12 @@ class VllmSpec(Strict):
     python: str | None = None  # interpreter for the serving venv (default: the one running dsv4setup)
     pip_constraints: list[str] = Field(default_factory=list)  # e.g. ["torch==2.13.0+cpu"]
     remove_after_install: list[str] = Field(default_factory=list)  # e.g. torchvision on CPU
+    # what installs into the serving venv and the pip toolkit: uv (bundled with dsv4setup; pip
+    # when uv cannot run), or pip only. `up --installer` overrides it for one run.
+    installer: Literal["auto", "uv", "pip"] = "auto"
+    # uv's --torch-backend. Unset: cu<MAJOR><MINOR> of toolkit.version on GPU profiles, none on
+    # CPU-only ones (torch then comes from the pins and the machine's indexes). "auto" only when set.
+    torch_backend: str | None = Field(default=None, pattern=r"^(auto|cpu|cu\d{3,4}|rocm[\d.]+|xpu)$")
 
 
 class SpecConfig(Strict):

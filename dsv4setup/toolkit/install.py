@@ -17,7 +17,7 @@ from dsv4setup.core.errors import UsageError
 from dsv4setup.core.proc import StepLog, run_logged
 from dsv4setup.toolkit.arch import parse_release
 from dsv4setup.toolkit.nvcc import HostTools
-from dsv4setup.vllm.venv import create_venv, pip
+from dsv4setup.vllm.installer import Installer
 
 Route = Literal["pip", "conda"]
 CondaChannel = str  # "nvidia", "conda-forge", or a mirror given by URL or local directory
@@ -124,11 +124,6 @@ def pip_requirement(version: str) -> str:
     return f"cuda-toolkit[{PIP_EXTRAS}]=={version}"
 
 
-def pip_install_args(version: str) -> list[str]:
-    """The pip arguments of the pip route (tests resolve exactly these against the real index)."""
-    return ["install", pip_requirement(version)]
-
-
 def install_conda(conda: Path, layout: ToolkitLayout, version: str, channel: CondaChannel,
                   log: StepLog) -> None:
     prefix = layout.conda_prefix
@@ -141,6 +136,7 @@ def install_conda(conda: Path, layout: ToolkitLayout, version: str, channel: Con
                     f"or force the pip route with `--toolkit pip`")
 
 
-def install_pip(layout: ToolkitLayout, version: str, log: StepLog, python: Path | None = None) -> None:
-    venv_python = create_venv(python or Path(sys.executable), layout.venv, log)
-    pip(venv_python, pip_install_args(version), log, what=f"pip install {pip_requirement(version)}")
+def install_pip(layout: ToolkitLayout, version: str, log: StepLog, installer: Installer) -> None:
+    """NVIDIA's PyPI toolkit wheels into a venv, through uv (or pip, the fallback route)."""
+    venv_python = installer.create_venv(Path(sys.executable), layout.venv, log)
+    installer.install(venv_python, [pip_requirement(version)], None, log)

@@ -8,6 +8,7 @@ values the kernel wrote.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dsv4setup.core.fsutil import atomic_write_text
+from dsv4setup.download.verify import sha256_file
 from dsv4setup.toolkit.arch import Release
 
 PROBE_KERNEL = "__global__ void dsv4setup_probe(float *x) { x[threadIdx.x] *= 2.0f; }\n"
@@ -102,6 +105,29 @@ def compile_probe(nvcc: Path, arch: str, *, run: bool = False) -> CompileResult:
         ok = ran.returncode == 0 and RUN_PROBE_OK in ran.stdout
         return CompileResult(ok, f"{output}\nthe probe program (exit {ran.returncode}): {ran.stdout}{ran.stderr}",
                              home)
+
+
+def proven_compile(nvcc: Path, arch: str, proofs: Path) -> CompileResult:
+    """compile_probe, done once per nvcc binary and arch: the proof is keyed on the sha256 of the
+    nvcc file and the arch, so a changed or replaced nvcc is compiled with again."""
+    try:
+        key = f"{sha256_file(nvcc.resolve())}:{arch}"
+    except OSError as exc:
+        return CompileResult(False, f"cannot read {nvcc}: {exc.strerror}", None)
+    try:
+        known = json.loads(proofs.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), dict) and known[key].get("nvcc") == str(nvcc):
+        home = known[key].get("cuda_home")
+        return CompileResult(True, f"compiled for {arch} before (proof {proofs.name}, same nvcc sha256)",
+                             Path(home) if home else None)
+    result = compile_probe(nvcc, arch)
+    if result.ok:
+        known[key] = {"nvcc": str(nvcc), "arch": arch, "cuda_home": str(result.cuda_home or "") or None}
+        proofs.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(proofs, json.dumps(known, indent=1))
+    return result
 
 
 def error_lines(output: str, limit: int = 5) -> str:

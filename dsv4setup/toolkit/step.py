@@ -35,9 +35,12 @@ from dsv4setup.toolkit.install import (
     is_channel_location,
     requested_route,
 )
-from dsv4setup.toolkit.nvcc import CompileResult, HostTools, compile_probe, error_lines, nvcc_release
+from dsv4setup.toolkit.nvcc import CompileResult, HostTools, compile_probe, error_lines, nvcc_release, proven_compile
 from dsv4setup.toolkit.outputs import ToolkitOutputs
 from dsv4setup.toolkit.rattler_install import install_rattler
+from dsv4setup.vllm.installer import Installer, base_python, requested_installer
+
+NVCC_PROOFS = "nvcc-proofs.json"  # in the toolkit directory: {sha256(nvcc):arch -> compiled}
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,8 @@ class ToolkitStep(Step):
         return ToolkitLayout(ctx.workdir.toolkit_dir)
 
     def own_install(self, layout: ToolkitLayout, target: Target) -> Found | None:
-        """This step's earlier install, when it holds the wanted release and compiles for the arch."""
+        """This step's earlier install, when it holds the wanted release and compiles for the arch (once per
+        nvcc sha256 and arch: the proof lies in the toolkit directory)."""
         routes: tuple[Route, ...] = (target.forced,) if target.forced else ("pip", "conda")
         for route in routes:
             nvcc = layout.nvcc(route)
@@ -130,12 +134,12 @@ class ToolkitStep(Step):
             release = nvcc_release(nvcc)
             if release != target.release:
                 continue
-            compiled = compile_probe(nvcc, target.arch)
+            compiled = proven_compile(nvcc, target.arch, layout.root / NVCC_PROOFS)
             if compiled.ok:
                 return Found(nvcc, release, compiled, route)
         return None
 
-    def system_nvcc(self, target: Target, note: Callable[[str], None] = lambda _m: None) -> Found | None:
+    def system_nvcc(self, target: Target, proofs: Path, note: Callable[[str], None] = lambda _m: None) -> Found | None:
         """An nvcc already on the machine: same major release, minor >= wanted, compiles for the arch."""
         for nvcc in self.host.nvcc_candidates():
             release = nvcc_release(nvcc)
@@ -143,7 +147,7 @@ class ToolkitStep(Step):
                 note(f"not using {nvcc}: release {fmt(release) if release else 'unknown'}, "
                      f"wanted {target.release[0]}.x >= {fmt(target.release)}")
                 continue
-            compiled = compile_probe(nvcc, target.arch)
+            compiled = proven_compile(nvcc, target.arch, proofs)
             if compiled.ok:
                 return Found(nvcc, release, compiled, "system")
             note(f"not using {nvcc}: cannot compile for {target.arch}: {error_lines(compiled.output, 1)}")
@@ -153,7 +157,7 @@ class ToolkitStep(Step):
                  note: Callable[[str], None] = lambda _m: None) -> Found | None:
         found = self.own_install(self.layout(ctx), target)
         if found is None and target.forced is None:
-            found = self.system_nvcc(target, note)
+            found = self.system_nvcc(target, self.layout(ctx).root / NVCC_PROOFS, note)
         return found
 
     def is_done(self, ctx: RunContext) -> Finding:
@@ -192,7 +196,10 @@ class ToolkitStep(Step):
         elif route == "conda":
             install_rattler(layout, target.version, target.channel, log)
         else:
-            install_pip(layout, target.version, log)
+            installer = Installer.choose(requested_installer(ctx.options.get("installer"), ctx.profile.vllm.installer),
+                                         base_python(None))
+            installer.report(log, ctx.progress)
+            install_pip(layout, target.version, log, installer)
         nvcc = layout.nvcc(route)
         if nvcc is None:
             where = (layout.conda_prefix / "bin" if route == "conda"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dsv4setup.core.outputs import StepOutputs
 
 
@@ -16,3 +18,6 @@ class VllmOutputs(StepOutputs):
     vllm_dir: str
     route: str
     git_commit: str | None
+    installer: dict[str, Any]  # uv or pip, why, the torch backend, the pip settings carried over to uv or not
+    torch: str | None  # the torch build installed (from the freeze file), e.g. 2.14.0+cu130
+    freeze_file: str  # the resolved versions, checked by the postcondition

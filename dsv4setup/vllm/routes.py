@@ -1,5 +1,5 @@
 """The three ways vLLM gets into the serving venv: a pinned wheel, a git ref on vLLM's precompiled
-binaries, a full CUDA source build. Each ends with the profile's removals (pip uninstall)."""
+binaries, a full CUDA source build, each through the chosen installer (uv or pip)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dsv4setup.core.errors import StepError
 from dsv4setup.core.proc import StepLog, run_logged
 from dsv4setup.profiles.model import VllmSpec
 from dsv4setup.vllm.build import build_env_summary, release_of, wheel_version
-from dsv4setup.vllm.venv import pip
+from dsv4setup.vllm.installer import Installer
 
 UPSTREAM_GIT = "https://github.com/vllm-project/vllm.git"
 
@@ -90,26 +90,17 @@ def checkout(source: GitSource, dest: Path, log: StepLog) -> str:
     return proc.stdout.strip()
 
 
-def constraint_args(constraints: Path | None) -> list[str]:
-    return ["-c", str(constraints)] if constraints is not None else []
+def wheel_requirements(spec: VllmSpec) -> list[str]:
+    """What the wheel route installs (the resolution tests resolve exactly these against the real index)."""
+    return [f"{spec.package}=={spec.version}"]
 
 
-def wheel_install_args(spec: VllmSpec, constraints: Path | None) -> list[str]:
-    """The pip arguments of the wheel route (tests resolve exactly these against the real index)."""
-    return ["install", *constraint_args(constraints), f"{spec.package}=={spec.version}"]
+def install_wheel(installer: Installer, python: Path, spec: VllmSpec, constraints: Path | None,
+                  log: StepLog) -> None:
+    installer.install(python, wheel_requirements(spec), constraints, log)
 
 
-def install_wheel(python: Path, spec: VllmSpec, constraints: Path | None, log: StepLog) -> None:
-    pip(python, wheel_install_args(spec, constraints), log, what=f"pip install {spec.package}=={spec.version}")
-
-
-def install_editable(python: Path, src: Path, constraints: Path | None, env: Mapping[str, str], log: StepLog,
-                     on_line: Callable[[str], None] | None = None) -> None:
+def install_editable(installer: Installer, python: Path, src: Path, constraints: Path | None,
+                     env: Mapping[str, str], log: StepLog, on_line: Callable[[str], None] | None = None) -> None:
     log.line(f"build environment: {build_env_summary(env)}")
-    pip(python, ["install", *constraint_args(constraints), "-e", str(src)], log, env=env, cwd=src,
-        what=f"pip install -e {src}", on_line=on_line)
-
-
-def remove_packages(python: Path, names: list[str], log: StepLog) -> None:
-    if names:
-        pip(python, ["uninstall", "-y", *names], log, what=f"pip uninstall {' '.join(names)}")
+    installer.install(python, ["-e", str(src)], constraints, log, env=env, cwd=src, on_line=on_line)

