@@ -316,7 +316,7 @@ def test_source_build_with_two_arches_on_a_small_machine_with_recording_fake_pip
 
 def test_source_route_without_toolkit_outputs_fails_with_hint(workdir: Workdir, fake_pip: Path,
                                                              repo: tuple[Path, dict[str, str]]) -> None:
-    result = up(workdir, pip_profile(source="source", git_url=str(repo[0]))))
+    result = up(workdir, pip_profile(source="source", git_url=str(repo[0])))
     assert not result.ok and result.error is not None
     assert "no CUDA_HOME to build with" in result.error.message
     assert "--only toolkit" in (result.error.fix or "") and pip_calls(fake_pip) == []
