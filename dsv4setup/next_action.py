@@ -50,7 +50,7 @@ def next_action(workdir: Workdir) -> NextAction:
     try:
         state = load_state(workdir.state_file)
     except DsvError as exc:
-        return NextAction("fix", ["dsv4setup", "reset", "--workdir", str(workdir.root), "--all"],
+        return NextAction("fix", exc.command or ["dsv4setup", "reset", "--workdir", str(workdir.root), "--all"],
                           exc.message, hint=exc.hint)
     if not state.profile:
         return _first_run(workdir)

@@ -70,7 +70,7 @@ def _register(args: list[str] | None = None) -> None:
 
 def report_error(exc: DsvError, as_json: bool) -> None:
     if as_json:
-        emit_json({"schema": "dsv4setup.error/1", "ok": False, **exc.to_dict()})
+        emit_json({"schema": "dsv4setup.error/2", "ok": False, **exc.to_dict()})
         return
     err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
     if exc.hint:

@@ -14,7 +14,7 @@ from dsv4setup.core.engine import Decision, Observer, Step
 from dsv4setup.core.state import StepErrorInfo, StepStatus
 
 STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red", "running": "yellow",
-                "interrupted": "magenta", "pending": "dim"}
+                "interrupted": "magenta", "pending": "dim", "stale": "dim yellow"}
 
 
 class RichObserver(Observer):

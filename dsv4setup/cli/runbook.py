@@ -63,7 +63,7 @@ def up(
     if dry_run:
         decisions = runbook.plan(selection)
         if json_:
-            emit_json({"schema": "dsv4setup.up/1", "ok": True, "dry_run": True, "profile": resolved.profile.name,
+            emit_json({"schema": "dsv4setup.up/2", "ok": True, "dry_run": True, "profile": resolved.profile.name,
                        "workdir": str(wd.root), "steps": [d.to_dict() for d in decisions]})
         else:
             out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.root}"))
@@ -73,7 +73,7 @@ def up(
     resume = resume_command(wd.root, resolved.profile.name)
     state = load_state(wd.state_file)
     if json_:
-        emit_json({"schema": "dsv4setup.up/1", "ok": result.ok, "dry_run": False,
+        emit_json({"schema": "dsv4setup.up/2", "ok": result.ok, "dry_run": False,
                    "profile": resolved.profile.name, "workdir": str(wd.root),
                    "steps": status_doc(state, runbook.names)["steps"],
                    "decisions": [d.to_dict() for d in result.decisions],

@@ -13,18 +13,23 @@ EXIT_LOCKED = 3
 
 
 class DsvError(Exception):
-    """Base of every expected failure: a message, an optional fix, an exit code."""
+    """Base of every expected failure: a message, an optional fix, an exit code.
+
+    `command` is the argv that applies the fix when one does (`dsv4setup reset --step S`,
+    `dsv4setup profile set KEY=VALUE`): agents run it as is.
+    """
 
     exit_code = EXIT_FAILED
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, command: list[str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.command = command
 
-    def to_dict(self) -> dict[str, str | int | None]:
+    def to_dict(self) -> dict[str, str | int | list[str] | None]:
         return {"error": type(self).__name__, "message": self.message, "hint": self.hint,
-                "exit_code": self.exit_code}
+                "command": self.command, "exit_code": self.exit_code}
 
 
 class UsageError(DsvError):
@@ -48,6 +53,7 @@ class LockHeldError(DsvError):
 class StepError(DsvError):
     """A step failed. `log_tail` is filled by the engine from the step log."""
 
-    def __init__(self, message: str, hint: str | None = None, *, known_failure: str | None = None) -> None:
-        super().__init__(message, hint)
+    def __init__(self, message: str, hint: str | None = None, *, known_failure: str | None = None,
+                 command: list[str] | None = None) -> None:
+        super().__init__(message, hint, command=command)
         self.known_failure = known_failure

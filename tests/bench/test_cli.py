@@ -77,7 +77,7 @@ def test_bad_matrix_flags_exit_2_with_a_json_error_and_touch_nothing(standin_wor
         assert run.returncode == EXIT_USAGE, run.stderr
         doc = json.loads(run.stdout)
         validate_document(doc)
-        assert doc["schema"] == "dsv4setup.error/1" and words in doc["message"]
+        assert doc["schema"] == "dsv4setup.error/2" and words in doc["message"]
     assert not standin_workdir.bench_dir.exists()
 
 

@@ -58,7 +58,7 @@ def test_lint_local_json_and_exit_codes(make_checkpoint: MakeCkpt, capsys: pytes
     assert code == 1 and doc is not None and not doc["ok"]
     assert {c["id"]: c["status"] for c in doc["checks"]}["checkpoint.mtp_tensors"] == "fail"
     code, doc, _, _ = run_cli(capsys, "checkpoint", "lint", str(tmp_path / "nope"), "--json")
-    assert code == 2 and doc is not None and doc["schema"] == "dsv4setup.error/1"
+    assert code == 2 and doc is not None and doc["schema"] == "dsv4setup.error/2"
 
 
 def test_lint_fix_writes_the_copy_into_the_workdir(make_checkpoint: MakeCkpt, capsys: pytest.CaptureFixture[str],

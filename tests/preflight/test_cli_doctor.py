@@ -100,7 +100,7 @@ def test_bad_snapshot_file_exits_2_naming_file_and_problem(capsys: pytest.Captur
     assert out == ""
     code, out, _ = run_cli(capsys, "--snapshot", str(path), "--workdir", str(tmp_path), "--json")
     error = json.loads(out)
-    assert code == 2 and error["schema"] == "dsv4setup.error/1" and error["exit_code"] == 2
+    assert code == 2 and error["schema"] == "dsv4setup.error/2" and error["exit_code"] == 2
     assert str(path) in error["message"] and problem in error["message"]
 
 
