@@ -29,7 +29,7 @@ app = typer.Typer(
 # and unknown words import them all.
 COMMAND_MODULES = ("runbook", "doctor", "profile", "patches", "checkpoint", "serve", "bench", "agent")
 MODULE_OF_COMMAND = {
-    "up": "runbook", "status": "runbook", "plan": "runbook", "logs": "runbook", "reset": "runbook",
+    "up": "runbook", "wait": "runbook", "status": "runbook", "plan": "runbook", "logs": "runbook", "reset": "runbook",
     "doctor": "doctor", "profile": "profile", "patches": "patches", "download": "checkpoint",
     "checkpoint": "checkpoint", "serve": "serve", "down": "serve", "smoke": "serve", "tiny-model": "serve",
     "bench": "bench", "next": "agent",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,6 +27,7 @@ from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.proc import tail_lines
 from dsv4setup.core.state import backup_state, load_state, reset_steps
 from dsv4setup.core.status import status_doc
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.runbook import RunbookRequest, build_runbook, step_names
 
 StepOpt = Annotated[str | None, typer.Option(help="A step name.")]
@@ -50,6 +51,8 @@ def up(
     bench: Annotated[bool, typer.Option("--bench", help="Run the optional bench step at the end.")] = False,
     toolkit: Annotated[str | None, typer.Option(help="Force the CUDA toolkit route: pip or conda.")] = None,
     host: Annotated[str | None, typer.Option(help="Bind the server to this address (needs an API key).")] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Start the run in the background (own session) and "
+                                         "return at once; follow it with `dsv4setup wait`.")] = False,
     yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -57,6 +60,14 @@ def up(
     wd = workdir_from(workdir)
     if toolkit not in (None, "pip", "conda"):
         raise UsageError(f"--toolkit {toolkit}: expected pip or conda")
+    if detach:
+        if dry_run:
+            raise UsageError("--detach and --dry-run exclude each other", hint="drop one of them")
+        args = [*_opt("--profile", profile), *_opts("--set", set_), *_opt("--from", from_), *_opt("--until", until),
+                *_opts("--only", only), *_opts("--redo", redo), *_opt("--toolkit", toolkit), *_opt("--host", host),
+                *(["--bench"] if bench else []), "--yes"]
+        _detach(wd, args, json_)
+        return
     options = {k: v for k, v in {"toolkit_route": toolkit, "host": host, "yes": yes}.items() if v is not None}
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], bench, options))
     selection = Selection(from_, until, tuple(only or ()), tuple(redo or ()))
@@ -69,7 +80,7 @@ def up(
             out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.root}"))
         return
     started = time.monotonic()
-    result = runbook.up(selection, observer=None if json_ else RichObserver(err))
+    result = runbook.up(selection, observer=RichObserver(err))  # --json too: progress lines on stderr
     resume = resume_command(wd.root, resolved.profile.name)
     state = load_state(wd.state_file)
     if json_:
@@ -89,12 +100,58 @@ def up(
         raise typer.Exit(EXIT_FAILED)
 
 
+def _opt(flag: str, value: str | None) -> list[str]:
+    return [flag, value] if value is not None else []
+
+
+def _opts(flag: str, values: list[str] | None) -> list[str]:
+    return [arg for value in values or [] for arg in (flag, value)]
+
+
+def _detach(wd: Workdir, args: list[str], json_: bool) -> None:
+    from dsv4setup.core.detach import describe, start_detached
+
+    doc = describe(start_detached(wd, args))
+    if json_:
+        emit_json(doc)
+    else:
+        err.print(f"started in the background: pid {doc['pid']}, progress in {doc['log']}")
+        err.print(f"follow it with: [bold]{' '.join(doc['follow'])}[/]")
+
+
+@app.command("wait")
+def wait_(
+    workdir: WorkdirOpt = None,
+    timeout: Annotated[float, typer.Option(help="Return after this many seconds even if the run goes on.")] = 300,
+    json_: JsonOpt = False,
+) -> None:
+    """Wait (at most --timeout seconds) for the run of this workdir; exit 10 done, 11 failed, 12 still running."""
+    from dsv4setup.core.detach import wait_for_run
+
+    wd = workdir_from(workdir)
+    if timeout < 0:
+        raise UsageError(f"--timeout {timeout}: expected a number of seconds >= 0")
+    doc = wait_for_run(wd, timeout, lambda: _status_of(wd))
+    if json_:
+        emit_json(doc)
+    else:
+        out.print(status_table(doc["status"]))
+        err.print(f"[bold]{doc['outcome']}[/] after waiting {doc['waited_s']:.0f}s"
+                  + (f"; wait again: {' '.join(doc['follow'])}" if doc["follow"] else ""))
+    raise typer.Exit(doc["exit_code"])
+
+
+def _status_of(wd: Workdir) -> dict[str, Any]:
+    doc = status_doc(load_state(wd.state_file), step_names())
+    doc["workdir"] = str(wd.root)
+    return doc
+
+
 @app.command()
 def status(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
     """Show each step's status from the state file (no lock needed)."""
     wd = workdir_from(workdir)
-    doc = status_doc(load_state(wd.state_file), step_names())
-    doc["workdir"] = str(wd.root)
+    doc = _status_of(wd)
     if json_:
         emit_json(doc)
     else:

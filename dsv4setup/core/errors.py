@@ -10,6 +10,11 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
+# `dsv4setup wait`: how the run it follows stands when it returns (distinct from 0-3 on purpose:
+# a script tells "the run failed" from "wait itself was misused")
+EXIT_WAIT_DONE = 10
+EXIT_WAIT_FAILED = 11
+EXIT_WAIT_RUNNING = 12
 
 
 class DsvError(Exception):

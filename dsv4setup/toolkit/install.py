@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -117,6 +118,8 @@ def install_conda(conda: Path, layout: ToolkitLayout, version: str, channel: Con
                     f"or force the pip route with `--toolkit pip`")
 
 
-def install_pip(layout: ToolkitLayout, version: str, log: StepLog, python: Path | None = None) -> None:
+def install_pip(layout: ToolkitLayout, version: str, log: StepLog, python: Path | None = None,
+                report: Callable[[str], None] | None = None) -> None:
     venv_python = create_venv(python or Path(sys.executable), layout.venv, log)
-    pip(venv_python, ["install", pip_requirement(version)], log, what=f"pip install {pip_requirement(version)}")
+    pip(venv_python, ["install", pip_requirement(version)], log, what=f"pip install {pip_requirement(version)}",
+        report=report)

@@ -174,7 +174,7 @@ class ToolkitStep(Step):
                                 hint="install micromamba (a single binary, no sudo) or use `--toolkit pip`")
             install_conda(conda, layout, target.version, target.channel, log)
         else:
-            install_pip(layout, target.version, log)
+            install_pip(layout, target.version, log, report=ctx.progress)
         nvcc = layout.nvcc(route)
         if nvcc is None:
             where = (layout.conda_prefix / "bin" if route == "conda"

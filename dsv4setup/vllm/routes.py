@@ -92,16 +92,17 @@ def constraint_args(constraints: Path | None) -> list[str]:
     return ["-c", str(constraints)] if constraints is not None else []
 
 
-def install_wheel(python: Path, spec: VllmSpec, constraints: Path | None, log: StepLog) -> None:
+def install_wheel(python: Path, spec: VllmSpec, constraints: Path | None, log: StepLog,
+                  report: Callable[[str], None] | None = None) -> None:
     req = f"{spec.package}=={spec.version}"
-    pip(python, ["install", *constraint_args(constraints), req], log, what=f"pip install {req}")
+    pip(python, ["install", *constraint_args(constraints), req], log, what=f"pip install {req}", report=report)
 
 
 def install_editable(python: Path, src: Path, constraints: Path | None, env: Mapping[str, str], log: StepLog,
-                     on_line: Callable[[str], None] | None = None) -> None:
+                     on_line: Callable[[str], None] | None = None, report: Callable[[str], None] | None = None) -> None:
     log.line(f"build environment: {build_env_summary(env)}")
     pip(python, ["install", *constraint_args(constraints), "-e", str(src)], log, env=env, cwd=src,
-        what=f"pip install -e {src}", on_line=on_line)
+        what=f"pip install -e {src}", on_line=on_line, report=report)
 
 
 def remove_packages(python: Path, names: list[str], log: StepLog) -> None:

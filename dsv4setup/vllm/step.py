@@ -104,7 +104,7 @@ class VllmStep(Step):
         commit = None
         if source is None:
             ctx.progress(f"installing {spec.package}=={spec.version} (pip)")
-            install_wheel(python, spec, constraints, log)
+            install_wheel(python, spec, constraints, log, report=ctx.progress)
         else:
             ctx.progress(f"checking out {source.url} at {source.ref}")
             commit = checkout(source, source_dir(ctx), log)
@@ -116,7 +116,8 @@ class VllmStep(Step):
                 install_editable(python, source_dir(ctx), constraints, env, log, on_line=BuildProgress(ctx.progress))
             else:
                 ctx.progress(f"installing {source.ref} on the precompiled binaries of {wheel}")
-                install_editable(python, source_dir(ctx), constraints, precompiled_env(str(wheel)), log)
+                install_editable(python, source_dir(ctx), constraints, precompiled_env(str(wheel)), log,
+                                 report=ctx.progress)
         if spec.remove_after_install:
             ctx.progress(f"removing {', '.join(spec.remove_after_install)}")
             remove_packages(python, spec.remove_after_install, log)
