@@ -56,11 +56,42 @@ def next_action(workdir: Workdir) -> NextAction:
         return _first_run(workdir)
     failed = _failed_step(state)
     if failed is not None:
-        error = state.steps[failed].error
-        return NextAction("fix", _up(workdir), f"step {failed} failed: {error.message if error else 'unknown'}; "
-                          "apply the hint, then run the command", step=failed,
-                          known_failure=error.known_failure if error else None, hint=error.hint if error else None)
+        return _after_failure(workdir, state, failed)
     return _from_plan(workdir, state)
+
+
+def _after_failure(workdir: Workdir, state: State, failed: str) -> NextAction:
+    """The failed step's own fix command when it has one and it is not applied yet, else `up` (which re-runs it)."""
+    error = state.steps[failed].error
+    if error is None:
+        return NextAction("run", _up(workdir), f"step {failed} failed; run it again", step=failed)
+    command = error.command
+    if command and not _already_set(workdir, command):
+        return NextAction("fix", command, f"step {failed} failed: {error.message}; run the command (it applies "
+                          "the fix), then `dsv4setup next` again", step=failed, known_failure=error.known_failure,
+                          hint=error.hint)
+    if command:
+        return NextAction("run", _up(workdir), f"step {failed} failed ({error.known_failure or error.message}); "
+                          "its fix is in the workdir's dsv4setup.yaml now: run the command", step=failed,
+                          known_failure=error.known_failure)
+    return NextAction("fix", _up(workdir), f"step {failed} failed: {error.message}; apply the hint, then run the "
+                      "command", step=failed, known_failure=error.known_failure, hint=error.hint)
+
+
+def _already_set(workdir: Workdir, command: list[str]) -> bool:
+    """True when `command` is `dsv4setup profile set K=V...` and the workdir's overrides hold every K=V."""
+    if command[1:3] != ["profile", "set"]:
+        return False
+    from dsv4setup.profiles.overrides import flatten, parse_set, read_workdir_overrides
+
+    overrides = read_workdir_overrides(workdir)
+    kept = flatten(overrides.layer.data) if overrides is not None else {}
+    items = [a for a in command[3:] if "=" in a and not a.startswith("-")]
+    for item in items:
+        loc, value = parse_set(item)
+        if kept.get(".".join(str(part) for part in loc)) != value:
+            return False
+    return bool(items)
 
 
 def _first_run(workdir: Workdir) -> NextAction:

@@ -16,6 +16,7 @@ from rich.table import Table
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
 from dsv4setup.core.errors import EXIT_USAGE, UsageError
+from dsv4setup.core.workdir import Workdir
 
 if TYPE_CHECKING:
     from dsv4setup.profiles.model import Profile
@@ -24,7 +25,7 @@ profile_app = typer.Typer(name="profile", no_args_is_help=True, help="Hardware p
 app.add_typer(profile_app, name="profile")
 
 LIST_SCHEMA = "dsv4setup.profile-list/1"
-SHOW_SCHEMA = "dsv4setup.profile-show/1"
+SHOW_SCHEMA = "dsv4setup.profile-show/2"
 VALIDATE_SCHEMA = "dsv4setup.profile-validate/1"
 
 
@@ -92,7 +93,8 @@ def show(
     doc = {"schema": SHOW_SCHEMA, "name": profile.name, "file": str(resolved.source_file),
            "selected_by": resolved.selected_by, "preset": resolved.preset, "verified": profile.verified,
            "source": profile.source, "description": profile.description, "profile": profile.document(),
-           "origins": resolved.origins, "serve": serve.to_dict(), "nodes": render_nodes(profile, wd, serve)}
+           "origins": resolved.origins, "serve": serve.to_dict(), "nodes": render_nodes(profile, wd, serve),
+           "workdir_overrides": workdir_overrides(wd, resolved.origins)}
     if json_:
         emit_json(doc)
         return
@@ -107,6 +109,10 @@ def _print_show(doc: dict[str, Any], all_: bool) -> None:
               highlight=False)
     out.print(doc["description"], highlight=False)
     out.print(f"[dim]source: {doc['source']}[/]", highlight=False)
+    kept = doc["workdir_overrides"]
+    if kept["keys"]:
+        out.print(f"[bold]from {kept['file']}[/] (kept by `profile set`, removed by `profile unset KEY`): "
+                  + ", ".join(kept["keys"]), highlight=False)
     values = flatten(doc["profile"])
     table = Table(title_justify="left", title="values" + ("" if all_ else " (defaults hidden; --all shows them)"))
     for col in ("key", "value", "origin"):
@@ -136,6 +142,12 @@ def _print_show(doc: dict[str, Any], all_: bool) -> None:
         out.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
+def workdir_overrides(wd: Workdir, origins: dict[str, str]) -> dict[str, Any]:
+    """Which values come from the workdir's dsv4setup.yaml."""
+    return {"file": str(wd.overrides_file) if wd.overrides_file.exists() else None,
+            "keys": sorted(k for k, origin in origins.items() if origin.startswith("workdir:"))}
+
+
 HEADER_KEYS = ("schema", "name", "description", "source", "verified")
 
 
@@ -146,7 +158,6 @@ def _short_origin(origin: str) -> str:
 
 def _validate_one(path: Path, named: bool) -> dict[str, Any]:
     """One file: a profile (named: its name must match the file), or a workdir's dsv4setup.yaml."""
-    from dsv4setup.core.workdir import Workdir
     from dsv4setup.profiles.loader import ProfileError, load_named_file, load_profile_file
     from dsv4setup.profiles.resolve import resolve_profile
 
@@ -267,3 +278,22 @@ def set_(
                    "profile": resolved.profile.name, "set": {k: resolved.origins.get(k) for k in keys}})
     else:
         err.print(f"wrote {', '.join(keys)} to {wd.overrides_file}; `dsv4setup plan` shows the result")
+
+
+@profile_app.command("unset")
+def unset(
+    keys: Annotated[list[str], typer.Argument(help="KEY as in `profile set`, e.g. serve.port.")],
+    workdir: WorkdirOpt = None,
+    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Profile to check the result against.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Remove overrides kept by `profile set`: the profile's own value applies again."""
+    from dsv4setup.profiles.resolve import persist_unset
+
+    wd = workdir_from(workdir)
+    resolved = persist_unset(wd, profile, keys)
+    if json_:
+        emit_json({"schema": "dsv4setup.profile-set/1", "ok": True, "file": str(wd.overrides_file),
+                   "profile": resolved.profile.name, "set": {k: resolved.origins.get(k) for k in keys}})
+    else:
+        err.print(f"removed {', '.join(keys)} from {wd.overrides_file}; `dsv4setup plan` shows the result")

@@ -305,7 +305,8 @@ class Runbook:
                 log.line(f"FAILED: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""))
                 known = getattr(exc, "known_failure", None)
                 return self._fail(step, state, StepErrorInfo(message=exc.message, hint=exc.hint, log=str(log_path),
-                                                              known_failure=known, command=exc.command), obs)
+                                                              known_failure=known,
+                                                              command=self._in_workdir(exc.command)), obs)
             except KeyboardInterrupt:
                 log.line("INTERRUPTED by the user")
                 self._fail(step, state, StepErrorInfo(message="interrupted by the user", log=str(log_path),
@@ -322,6 +323,12 @@ class Runbook:
         save_state(self.workdir.state_file, state)
         obs.finished(step, status, detail)
         return None, []
+
+    def _in_workdir(self, command: list[str] | None) -> list[str] | None:
+        """A fix command as the user runs it: for this workdir (steps name the fix, the engine knows where)."""
+        if not command or "--workdir" in command:
+            return command
+        return [*command, "--workdir", str(self.workdir.root)]
 
     def _fail(self, step: Step, state: State, error: StepErrorInfo,
               obs: Observer) -> tuple[StepErrorInfo, list[str]]:

@@ -39,6 +39,7 @@ from dsv4setup.core.errors import StepError
 from dsv4setup.core.fsutil import atomic_write_json, atomic_write_text
 from dsv4setup.core.state import now_iso
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.serve.signatures import profile_set_command
 
 SERVE_ID_ENV = "DSV4SETUP_SERVE_ID"
 TMP_PREFIX = "dsv4setup-serve-"
@@ -159,6 +160,36 @@ def port_holder(port: int) -> str | None:
     return None
 
 
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are not "in use"
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str, taken: int, tries: int = 200) -> int | None:
+    """The first port after `taken` that this machine lets us bind on host right now (checked, not guessed)."""
+    for port in range(taken + 1, min(taken + 1 + tries, 65536)):
+        if _bindable(host, port):
+            return port
+    return None
+
+
+def port_in_use_error(host: str, port: int, message: str) -> StepError:
+    """The `port-in-use` known failure, its fix naming a free port and the command that keeps it."""
+    spare = free_port(host, port)
+    who = f"`ss -ltnp 'sport = :{port}'` shows who holds port {port}"
+    if spare is None:
+        return StepError(message, hint=f"stop the process on port {port} ({who})", known_failure="port-in-use")
+    return StepError(message, known_failure="port-in-use", command=profile_set_command(f"serve.port={spare}"),
+                     hint=f"serve on port {spare} (checked free just now): `dsv4setup profile set serve.port={spare}`, "
+                          f"then `dsv4setup up`; or stop the other process ({who})")
+
+
 def check_port_free(host: str, port: int) -> None:
     """StepError when something already listens on host:port (or the address is not ours)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -169,9 +200,8 @@ def check_port_free(host: str, port: int) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 holder = port_holder(port)
-                raise StepError(f"port {port} on {host} is already in use" + (f" by {holder}" if holder else ""),
-                                hint=f"stop that process, or serve on another port: --set serve.port=PORT "
-                                     f"(`ss -ltnp 'sport = :{port}'` shows who holds it)") from None
+                raise port_in_use_error(host, port, f"port {port} on {host} is already in use"
+                                        + (f" by {holder}" if holder else "")) from None
             if exc.errno == errno.EADDRNOTAVAIL:
                 raise StepError(f"cannot bind {host}: not an address of this machine",
                                 hint="use --host with one of this machine's addresses (`ip -br addr`), "
