@@ -77,8 +77,23 @@ def report_error(exc: DsvError, as_json: bool) -> None:
         err.print(f"[bold]fix:[/] {exc.hint}", highlight=False)
 
 
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
+def _lift_verbose(args: list[str]) -> list[str]:
+    """`-v` is accepted anywhere (`dsv4setup up -v` as well as `dsv4setup -v up`): no command has its own -v."""
+    if "--" in args:
+        head, tail = args[:args.index("--")], args[args.index("--"):]
+    else:
+        head, tail = args, []
+    if not any(a in VERBOSE_FLAGS for a in head):
+        return args
+    os.environ["DSV4SETUP_DEBUG"] = "1"
+    return [a for a in head if a not in VERBOSE_FLAGS] + tail
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    args = _lift_verbose(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args
     _register(args)
     command = typer.main.get_command(app)

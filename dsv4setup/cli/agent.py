@@ -11,10 +11,12 @@ def next_(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
     """The single next action: run, fix, wait or done, with the exact command."""
     from dsv4setup.next_action import next_action
 
-    action = next_action(workdir_from(workdir))
+    wd = workdir_from(workdir)
+    action = next_action(wd)
     if json_:
         emit_json(action.to_doc())
         return
+    out.print(wd.header, highlight=False)
     out.print(f"[bold]{action.action}[/]: {action.why}")
     if action.hint:
         out.print(f"[bold]fix:[/] {action.hint}")

@@ -122,15 +122,24 @@ def decisions_table(decisions: list[Decision], title: str) -> Table:
     return table
 
 
-def status_table(doc: dict[str, Any]) -> Table:
-    table = Table(title=f"{doc.get('workdir', '')}  profile: {doc.get('profile') or '-'}", title_justify="left")
-    for col in ("step", "status", "attempts", "finished", "error"):
+def status_table(doc: dict[str, Any], header: str) -> Table:
+    table = Table(title=f"{header}  profile: {doc.get('profile') or '-'}", title_justify="left")
+    for col in ("step", "status", "attempts", "finished", "detail"):
         table.add_column(col)
     for row in doc["steps"]:
         err = row["error"] or {}
         table.add_row(row["step"], f"[{STATUS_STYLE.get(row['status'], '')}]{row['status']}[/]",
-                      str(row["attempts"]), row["finished_at"] or "-", err.get("message") or "")
+                      str(row["attempts"]), row["finished_at"] or "-", _progress_text(row["progress"])
+                      or err.get("message") or "")
     return table
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str:
+    """'412s (usually ~540s): pip: downloading torch ...' for a running step."""
+    if not progress:
+        return ""
+    usual = f" (usually ~{progress['expected_s']}s)" if progress.get("expected_s") else ""
+    return f"{progress.get('elapsed_s') or 0:.0f}s{usual}: {progress['phase']}"
 
 
 def print_serve_plan(console: Console, doc: dict[str, Any]) -> None:

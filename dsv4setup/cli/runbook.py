@@ -27,7 +27,7 @@ from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.proc import tail_lines
 from dsv4setup.core.state import backup_state, load_state, reset_steps
 from dsv4setup.core.status import status_doc
-from dsv4setup.core.workdir import Workdir
+from dsv4setup.core.workdir import Workdir, remember
 from dsv4setup.runbook import RunbookRequest, build_runbook, step_names
 
 StepOpt = Annotated[str | None, typer.Option(help="A step name.")]
@@ -60,6 +60,7 @@ def up(
     wd = workdir_from(workdir)
     if toolkit not in (None, "pip", "conda"):
         raise UsageError(f"--toolkit {toolkit}: expected pip or conda")
+    err.print(wd.header, highlight=False)
     if detach:
         if dry_run:
             raise UsageError("--detach and --dry-run exclude each other", hint="drop one of them")
@@ -77,9 +78,10 @@ def up(
             emit_json({"schema": "dsv4setup.up/2", "ok": True, "dry_run": True, "profile": resolved.profile.name,
                        "workdir": str(wd.root), "steps": [d.to_dict() for d in decisions]})
         else:
-            out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.root}"))
+            out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.header}"))
         return
     started = time.monotonic()
+    remember(wd.root)
     result = runbook.up(selection, observer=RichObserver(err))  # --json too: progress lines on stderr
     resume = resume_command(wd.root, resolved.profile.name)
     state = load_state(wd.state_file)
@@ -112,6 +114,7 @@ def _detach(wd: Workdir, args: list[str], json_: bool) -> None:
     from dsv4setup.core.detach import describe, start_detached
 
     doc = describe(start_detached(wd, args))
+    remember(wd.root)
     if json_:
         emit_json(doc)
     else:
@@ -135,7 +138,7 @@ def wait_(
     if json_:
         emit_json(doc)
     else:
-        out.print(status_table(doc["status"]))
+        out.print(status_table(doc["status"], wd.header))
         err.print(f"[bold]{doc['outcome']}[/] after waiting {doc['waited_s']:.0f}s"
                   + (f"; wait again: {' '.join(doc['follow'])}" if doc["follow"] else ""))
     raise typer.Exit(doc["exit_code"])
@@ -155,7 +158,7 @@ def status(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
     if json_:
         emit_json(doc)
     else:
-        out.print(status_table(doc))
+        out.print(status_table(doc, wd.header))
 
 
 @app.command()
@@ -176,7 +179,7 @@ def plan(
     if json_:
         emit_json(doc)
         return
-    out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.root}"))
+    out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.header}"))
     from dsv4setup.cli.render import print_serve_plan
 
     print_serve_plan(out, doc)
