@@ -33,6 +33,9 @@ from dsv4setup.toolkit.install import (
 )
 from dsv4setup.toolkit.nvcc import CompileResult, HostTools, compile_probe, error_lines, nvcc_release
 
+CPU_DEMO_WHY = ("no GPU here, and the CPU server does not use CUDA: the toolkit is installed anyway so the demo "
+                "runs the toolkit step for real (pip CUDA, nvcc compiling a test kernel), as on a GPU box")
+
 
 @dataclass(frozen=True)
 class Target:
@@ -167,6 +170,8 @@ class ToolkitStep(Step):
         layout = self.layout(ctx)
         conda = find_conda(self.host)
         route = choose_route(target.forced, conda)
+        if ctx.profile.match.cpu_only:
+            ctx.progress(CPU_DEMO_WHY)
         ctx.progress(f"installing CUDA {target.version} into {layout.root} via {route}")
         if route == "conda":
             if conda is None:
