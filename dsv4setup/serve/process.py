@@ -160,21 +160,22 @@ def port_holder(port: int) -> str | None:
     return None
 
 
-def _bindable(host: str, port: int) -> bool:
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why host:port cannot be bound right now (None: it can)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are not "in use"
         try:
             sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as exc:
+            return exc
+    return None
 
 
 def free_port(host: str, taken: int, tries: int = 200) -> int | None:
     """The first port after `taken` that this machine lets us bind on host right now (checked, not guessed)."""
     for port in range(taken + 1, min(taken + 1 + tries, 65536)):
-        if _bindable(host, port):
+        if _bind_error(host, port) is None:
             return port
     return None
 
@@ -192,21 +193,17 @@ def port_in_use_error(host: str, port: int, message: str) -> StepError:
 
 def check_port_free(host: str, port: int) -> None:
     """StepError when something already listens on host:port (or the address is not ours)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are not "in use"
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                holder = port_holder(port)
-                raise port_in_use_error(host, port, f"port {port} on {host} is already in use"
-                                        + (f" by {holder}" if holder else "")) from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise StepError(f"cannot bind {host}: not an address of this machine",
-                                hint="use --host with one of this machine's addresses (`ip -br addr`), "
-                                     "or 0.0.0.0 for all") from None
-            raise StepError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    exc = _bind_error(host, port)
+    if exc is None:
+        return
+    if exc.errno == errno.EADDRINUSE:
+        holder = port_holder(port)
+        raise port_in_use_error(host, port, f"port {port} on {host} is already in use"
+                                + (f" by {holder}" if holder else ""))
+    if exc.errno == errno.EADDRNOTAVAIL:
+        raise StepError(f"cannot bind {host}: not an address of this machine",
+                        hint="use --host with one of this machine's addresses (`ip -br addr`), or 0.0.0.0 for all")
+    raise StepError(f"cannot bind {host}:{port}: {exc.strerror}")
 
 
 def start_server(argv: Sequence[str], env: Mapping[str, str], *, host: str, port: int, log_path: Path,
