@@ -44,7 +44,9 @@ def _failed_step(state: State) -> str | None:
 def next_action(workdir: Workdir) -> NextAction:
     holder = current_holder(workdir.lock_file)
     if holder is not None:
-        return NextAction("wait", ["dsv4setup", "status", "--workdir", str(workdir.root), "--json"],
+        from dsv4setup.core.detach import wait_command
+
+        return NextAction("wait", wait_command(workdir),
                           f"another dsv4setup run (pid {holder.get('pid')}, {holder.get('command')}) is working "
                           f"since {holder.get('since')}; check again when it ends")
     try:
