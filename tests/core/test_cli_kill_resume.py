@@ -167,3 +167,12 @@ def test_wait_on_a_failed_detached_run_exits_11_and_on_nothing_exits_2(env: dict
     doc = json.loads(failed.stdout)
     assert doc["outcome"] == "failed" and doc["result"]["failed_step"] == "alpha"
     assert [r["status"] for r in doc["status"]["steps"]][:2] == ["failed", "pending"]
+
+
+def test_a_detached_run_that_cannot_start_is_failed_with_its_error(env: dict[str, str]) -> None:
+    assert dsv(env, "up", "--profile", "no-such-profile", "--detach").returncode == 0  # judged by the run itself
+    failed = dsv(env, "wait", "--timeout", "60", "--json")
+    doc = json.loads(failed.stdout)
+    validate_document(doc)
+    assert failed.returncode == 11 and doc["result"]["schema"] == "dsv4setup.error/2"
+    assert "no-such-profile" in doc["result"]["message"]
