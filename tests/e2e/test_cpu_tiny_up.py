@@ -52,7 +52,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, hub: HubServer) -> Iterator[di
     with socket.socket() as probe:  # a port free now: other vLLMs on this machine may hold the profile's
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    overrides = {"profile": "cpu-tiny", "serve": {"port": port},
+    # ready_timeout_s: vLLM's start takes 35-80 s on 2 idle cores, over 300 s on 2 cores shared with other vLLMs
+    overrides = {"profile": "cpu-tiny", "serve": {"port": port, "ready_timeout_s": 1200},
                  "model": {"repo": REPO_ID, "revision": hub.commit(REPO_ID), "generate": None}}
     (workdir / "dsv4setup.yaml").write_text(yaml.safe_dump(overrides))
     environ = {k: v for k, v in os.environ.items()
