@@ -207,7 +207,8 @@ def test_detached_up_completes_although_the_shell_that_started_it_is_sigkilled(e
     assert outcomes[-1] == 10, (outcomes, waited.stdout[-3000:], Path(doc["log"]).read_text()[-3000:])
     final = json_of(waited)
     assert final["outcome"] == "done" and final["result"]["ok"]
-    assert {r["step"]: r["status"] for r in final["status"]["steps"]} == {s: "done" for s in STEPS}
+    rows = {r["step"]: r["status"] for r in final["status"]["steps"]}
+    assert {s: rows[s] for s in STEPS} == {s: "done" for s in STEPS}
     assert gone(doc["pid"])
     assert "serve (attempt" in Path(doc["log"]).read_text()  # progress lines reached the log
 
