@@ -217,6 +217,7 @@ def test_port_taken_by_a_real_listener_is_fixed_by_following_next_literally(env:
     assert dsv(env, "down").returncode == 0
     port = json_of(dsv(env, "profile", "show", "--json"))["profile"]["serve"]["port"]
     with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the stopped server's TIME_WAIT leftovers
         listener.bind(("127.0.0.1", port))
         listener.listen()
         failed = dsv(env, "up", "--yes", "--json", timeout=UP_TIMEOUT_S)
