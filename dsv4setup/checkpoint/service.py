@@ -35,6 +35,10 @@ def parse_target(text: str) -> Target:
     """An existing directory is local; ORG/NAME[@REV] is a hub repo; anything else is a usage error."""
     path = Path(text).expanduser()
     if path.is_dir():
+        if not any(path.glob("config.json")) and not any(path.glob("*.safetensors*")):
+            raise UsageError(f"{path.absolute()} is not a checkpoint: it has no config.json and no *.safetensors "
+                             "files", fix="give the model directory (the one with config.json and the shards), "
+                                           "or a Hugging Face repo id ORG/NAME[@REVISION]")
         return Target(text, "local", path=path.absolute())
     if path.exists():
         raise UsageError(f"{text} is a file: give the checkpoint directory (the one with config.json)",

@@ -41,6 +41,8 @@ class CommandInfo:
 COMMANDS: tuple[CommandInfo, ...] = (
     CommandInfo("up", "runbook", "Run the runbook: preflight → toolkit → vllm → patches → download → checkpoint "
                                  "→ serve → smoke."),
+    CommandInfo("wait", "runbook", "Wait (at most --timeout seconds) for the run of this workdir; exit 10 done, 11 "
+                                   "failed, 12 still running."),
     CommandInfo("status", "runbook", "Show each step's status from the state file (no lock needed)."),
     CommandInfo("plan", "runbook", "Show what `up` would do, and the exact `vllm serve` command line and environment."),
     CommandInfo("logs", "runbook", "Print (or follow) a step's log, secrets redacted."),
@@ -137,8 +139,23 @@ def report_error(exc: DsvError, as_json: bool) -> None:
         err.print(f"[bold]then run:[/] {exc.command}", highlight=False)
 
 
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
+def _lift_verbose(args: list[str]) -> list[str]:
+    """`-v` is accepted anywhere (`dsv4setup up -v` as well as `dsv4setup -v up`): no command has its own -v."""
+    if "--" in args:
+        head, tail = args[:args.index("--")], args[args.index("--"):]
+    else:
+        head, tail = args, []
+    if not any(a in VERBOSE_FLAGS for a in head):
+        return args
+    os.environ["DSV4SETUP_DEBUG"] = "1"
+    return [a for a in head if a not in VERBOSE_FLAGS] + tail
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    args = _lift_verbose(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args
     register(args)
     command = typer.main.get_command(app)

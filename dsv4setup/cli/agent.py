@@ -12,10 +12,12 @@ def next_(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
     """The single next action: run, fix, wait or done, with the exact command."""
     from dsv4setup.next_action import next_action
 
-    emit(next_action(workdir_from(workdir)).to_doc(), json_, _print_next)
+    wd = workdir_from(workdir)
+    emit(next_action(wd).to_doc(), json_, lambda doc: _print_next(doc, wd.header))
 
 
-def _print_next(doc: Document) -> None:
+def _print_next(doc: Document, header: str) -> None:
+    out.print(header, highlight=False)
     out.print(f"[bold]{doc['action']}[/]: {doc['why']}")
     if doc["fix"]:
         out.print(f"[bold]fix:[/] {doc['fix']}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -18,9 +18,7 @@ from dsv4setup.cli.common import JsonOpt, SetOpt, WorkdirOpt, err, out, workdir_
 from dsv4setup.cli.doctor import SnapshotOpt
 from dsv4setup.cli.output import Document, emit, emit_json
 from dsv4setup.core.errors import EXIT_FAILED, EXIT_USAGE, UsageError
-
-if TYPE_CHECKING:
-    from dsv4setup.core.workdir import Workdir
+from dsv4setup.core.workdir import Workdir
 
 profile_app = typer.Typer(name="profile", no_args_is_help=True, help="Hardware profiles: list, show, validate, import.")
 app.add_typer(profile_app, name="profile")
@@ -120,6 +118,10 @@ def _print_show(doc: Document, all_: bool) -> None:
               highlight=False)
     out.print(doc["description"], highlight=False)
     out.print(f"[dim]source: {doc['source']}[/]", highlight=False)
+    kept = doc["workdir_overrides"]
+    if kept["keys"]:
+        out.print(f"[bold]from {kept['file']}[/] (kept by `profile set`, removed by `profile unset KEY`): "
+                  + ", ".join(kept["keys"]), highlight=False)
     values = flatten(doc["profile"])
     table = Table(title_justify="left", title="values" + ("" if all_ else " (defaults hidden; --all shows them)"))
     for col in ("key", "value", "origin"):
@@ -159,7 +161,6 @@ def _short_origin(origin: str) -> str:
 
 def _validate_one(path: Path, named: bool) -> dict[str, Any]:
     """One file: a profile (named: its name must match the file), or a workdir's dsv4setup.yaml."""
-    from dsv4setup.core.workdir import Workdir
     from dsv4setup.profiles.loader import ProfileError, load_named_file, load_profile_file
     from dsv4setup.profiles.resolve import resolve_profile
 
@@ -280,3 +281,22 @@ def set_(
                    "profile": resolved.profile.name, "set": {k: resolved.origins.get(k) for k in keys}})
     else:
         err.print(f"wrote {', '.join(keys)} to {wd.overrides_file}; `dsv4setup plan` shows the result")
+
+
+@profile_app.command("unset")
+def unset(
+    keys: Annotated[list[str], typer.Argument(help="KEY as in `profile set`, e.g. serve.port.")],
+    workdir: WorkdirOpt = None,
+    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Profile to check the result against.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Remove overrides kept by `profile set`: the profile's own value applies again."""
+    from dsv4setup.profiles.resolve import persist_unset
+
+    wd = workdir_from(workdir)
+    resolved = persist_unset(wd, profile, keys)
+    if json_:
+        emit_json({"schema": "dsv4setup.profile-set/1", "ok": True, "file": str(wd.overrides_file),
+                   "profile": resolved.profile.name, "set": {k: resolved.origins.get(k) for k in keys}})
+    else:
+        err.print(f"removed {', '.join(keys)} from {wd.overrides_file}; `dsv4setup plan` shows the result")

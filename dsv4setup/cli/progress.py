@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.status import Status
@@ -15,16 +17,39 @@ from dsv4setup.core.engine import Observer, Step
 from dsv4setup.core.state import StepErrorInfo, StepStatus
 
 STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red", "running": "yellow",
-                "interrupted": "magenta", "pending": "dim"}
+                "interrupted": "magenta", "pending": "dim", "stale": "dim yellow"}
+
+
+class _Clock:
+    """The spinner's text, rendered afresh at each refresh: the elapsed seconds tick on their own."""
+
+    def __init__(self, step: str, attempt: int) -> None:
+        self.step, self.attempt, self.started, self.message = step, attempt, time.monotonic(), ""
+
+    def line(self) -> str:
+        text = f"{self.step} (attempt {self.attempt}) [{time.monotonic() - self.started:.0f}s]"
+        return f"{text}: {self.message}" if self.message else text
+
+    def __rich__(self) -> Text:
+        return Text(self.line())
 
 
 class RichObserver(Observer):
-    """Spinner per running step with elapsed time and the latest progress message."""
+    """A spinner per running step whose clock ticks every second, with the latest progress message.
 
-    def __init__(self, console: Console) -> None:
+    Without a terminal (a log file, a pipe, `up --detach`), plain lines instead: each new
+    message (at most one per `min_gap_s`) and a heartbeat at least every `heartbeat_s`.
+    """
+
+    def __init__(self, console: Console, heartbeat_s: float = 30.0, min_gap_s: float = 5.0) -> None:
         self.console = console
+        self.heartbeat_s, self.min_gap_s = heartbeat_s, min_gap_s
         self._status: Status | None = None
+        self._clock: _Clock | None = None
         self._started = 0.0
+        self._printed = 0.0
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
 
     def decided(self, decision: Decision) -> None:
         if decision.action == "skip":
@@ -35,14 +60,38 @@ class RichObserver(Observer):
 
     def started(self, step: Step, attempt: int) -> None:
         self._started = time.monotonic()
-        self._status = self.console.status(f"{step.name} (attempt {attempt})")
-        self._status.start()
+        self._clock = _Clock(step.name, attempt)
+        if self.console.is_terminal:
+            self._status = self.console.status(self._clock, refresh_per_second=4)
+            self._status.start()
+            return
+        self._stopped.clear()
+        self._say(force=True)
+        threading.Thread(target=self._heartbeat, name="dsv4setup-heartbeat", daemon=True).start()
 
     def progress(self, step: Step, message: str) -> None:
-        if self._status is not None:
-            self._status.update(f"{step.name} [{time.monotonic() - self._started:.0f}s]: {message}")
+        if self._clock is None:
+            return
+        self._clock.message = message
+        if self._status is None:
+            self._say(force=False)
+
+    def _say(self, force: bool) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._clock is None or not (force or now - self._printed >= self.min_gap_s):
+                return
+            self._printed = now
+            self.console.print(Text("  " + self._clock.line()))
+
+    def _heartbeat(self) -> None:
+        while not self._stopped.wait(min(1.0, self.heartbeat_s / 4)):
+            if time.monotonic() - self._printed >= self.heartbeat_s:
+                self._say(force=True)
 
     def _stop(self) -> float:
+        self._stopped.set()
+        self._clock = None
         if self._status is not None:
             self._status.stop()
             self._status = None
@@ -85,16 +134,25 @@ def profile_note(doc: Document) -> str | None:
     return None
 
 
-def status_table(doc: Document) -> Table:
-    table = Table(title=f"{doc.get('workdir', '')}  profile: {doc.get('profile') or '-'}", title_justify="left",
+def status_table(doc: Document, header: str) -> Table:
+    table = Table(title=f"{header}  profile: {doc.get('profile') or '-'}", title_justify="left",
                   caption=profile_note(doc), caption_justify="left")
-    for col in ("step", "status", "attempts", "finished", "error"):
+    for col in ("step", "status", "attempts", "finished", "detail"):
         table.add_column(col)
     for row in doc["steps"]:
         err = row["error"] or {}
         table.add_row(row["step"], f"[{STATUS_STYLE.get(row['status'], '')}]{row['status']}[/]",
-                      str(row["attempts"]), row["finished_at"] or "-", err.get("message") or "")
+                      str(row["attempts"]), row["finished_at"] or "-", _progress_text(row["progress"])
+                      or err.get("message") or "")
     return table
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str:
+    """'412s (usually ~540s): pip: downloading torch ...' for a running step."""
+    if not progress:
+        return ""
+    usual = f" (usually ~{progress['expected_s']}s)" if progress.get("expected_s") else ""
+    return f"{progress.get('elapsed_s') or 0:.0f}s{usual}: {progress['phase']}"
 
 
 def print_serve_plan(console: Console, doc: Document) -> None:

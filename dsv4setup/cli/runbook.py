@@ -18,6 +18,7 @@ from dsv4setup.core.errors import EXIT_FAILED, UsageError
 from dsv4setup.core.proc import existing_step_log
 from dsv4setup.core.secrets import redact
 from dsv4setup.core.state import load_state
+from dsv4setup.core.workdir import Workdir, remember
 from dsv4setup.runbook import (
     RunbookRequest,
     build_runbook,
@@ -47,6 +48,8 @@ def up(
     installer: Annotated[str | None, typer.Option(
         help="Install into the venvs with uv (default, pip when uv cannot run) or pip.")] = None,
     host: Annotated[str | None, typer.Option(help="Bind the server to this address (needs an API key).")] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Start the run in the background (own session) and "
+                                         "return at once; follow it with `dsv4setup wait`.")] = False,
     yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -56,6 +59,15 @@ def up(
         raise UsageError(f"--toolkit {toolkit}: expected pip or conda")
     if installer is not None and installer not in INSTALLER_CHOICES:
         raise UsageError(f"--installer {installer}: expected {', '.join(INSTALLER_CHOICES)}")
+    err.print(wd.header, highlight=False)
+    if detach:
+        if dry_run:
+            raise UsageError("--detach and --dry-run exclude each other", fix="drop one of them")
+        args = [*_opt("--profile", profile), *_opts("--set", set_), *_opt("--from", from_), *_opt("--until", until),
+                *_opts("--only", only), *_opts("--redo", redo), *_opt("--toolkit", toolkit), *_opt("--host", host),
+                *_opt("--installer", installer), *(["--bench"] if bench else []), "--yes"]
+        _detach(wd, args, json_)
+        return
     options = {k: v for k, v in {"toolkit_route": toolkit, "installer": installer, "host": host,
                                  "yes": yes}.items() if v is not None}
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], bench, options))
@@ -67,10 +79,11 @@ def up(
     if dry_run:
         decisions = runbook.plan(selection)
         emit(dry_run_doc(profile_, wd, decisions), json_,
-             lambda _doc: out.print(decisions_table(decisions, title=f"plan for {profile_.name} in {wd.root}")))
+             lambda _doc: out.print(decisions_table(decisions, title=f"plan for {profile_.name} in {wd.header}")))
         return
     started = time.monotonic()
-    result = runbook.up(selection, observer=None if json_ else RichObserver(err))
+    remember(wd.root)
+    result = runbook.up(selection, observer=RichObserver(err))  # --json too: progress lines on stderr
     emit(up_doc(runbook, profile_, result, time.monotonic() - started), json_, _print_up_end)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
@@ -84,18 +97,64 @@ def _print_up_end(doc: Document) -> None:
         err.print(f"resume with: [bold]{' '.join(doc['resume'])}[/]")
 
 
+def _opt(flag: str, value: str | None) -> list[str]:
+    return [flag, value] if value is not None else []
+
+
+def _opts(flag: str, values: list[str] | None) -> list[str]:
+    return [arg for value in values or [] for arg in (flag, value)]
+
+
+def _detach(wd: Workdir, args: list[str], json_: bool) -> None:
+    from dsv4setup.core.detach import describe, start_detached
+
+    doc = describe(start_detached(wd, args))
+    remember(wd.root)
+    emit(doc, json_, _print_detached)
+
+
+def _print_detached(doc: Document) -> None:
+    err.print(f"started in the background: pid {doc['pid']}, progress in {doc['log']}")
+    err.print(f"follow it with: [bold]{' '.join(doc['follow'])}[/]")
+
+
+@app.command("wait")
+def wait_(
+    workdir: WorkdirOpt = None,
+    timeout: Annotated[float, typer.Option(help="Return after this many seconds even if the run goes on.")] = 300,
+    json_: JsonOpt = False,
+) -> None:
+    """Wait (at most --timeout seconds) for the run of this workdir; exit 10 done, 11 failed, 12 still running."""
+    from dsv4setup.core.detach import wait_for_run
+
+    wd = workdir_from(workdir)
+    if timeout < 0:
+        raise UsageError(f"--timeout {timeout}: expected a number of seconds >= 0")
+    doc = wait_for_run(wd, timeout, lambda: status_document(wd))
+
+    def show(d: Document) -> None:
+        out.print(status_table(d["status"], wd.header))
+        err.print(f"[bold]{d['outcome']}[/] after waiting {d['waited_s']:.0f}s"
+                  + (f"; wait again: {' '.join(d['follow'])}" if d["follow"] else ""))
+
+    emit(doc, json_, show)
+    raise typer.Exit(doc["exit_code"])
+
+
 @app.command()
 def status(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
     """Show each step's status from the state file (no lock needed)."""
+    wd = workdir_from(workdir)
+
     def show(doc: Document) -> None:
-        out.print(status_table(doc))
+        out.print(status_table(doc, wd.header))
         if doc["service"]:
             unit = doc["service"]
             out.print(f"systemd unit {unit['unit']} ({unit['scope']}): {unit['active']} ({unit['sub']}), "
                       f"{unit['enabled']} at boot; `dsv4setup service status` for more", highlight=False,
                       markup=False)
 
-    emit(status_document(workdir_from(workdir)), json_, show)
+    emit(status_document(wd), json_, show)
 
 
 @app.command()
@@ -114,7 +173,7 @@ def plan(
     decisions = runbook.plan(Selection())
 
     def show(doc: Document) -> None:
-        out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.root}"))
+        out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.header}"))
         print_serve_plan(out, doc)
 
     emit(render_plan(resolved, wd, load_state(wd.state_file), decisions), json_, show)

@@ -11,10 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
+import threading
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from dsv4setup.core.decision import Decision
@@ -22,8 +26,17 @@ from dsv4setup.core.errors import DsvError, StepError, UsageError
 from dsv4setup.core.finding import Finding
 from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.outputs import StepOutputs
-from dsv4setup.core.proc import StepLog, tail_lines
-from dsv4setup.core.state import OutputsT, State, StepErrorInfo, StepStatus, load_state, now_iso, save_state
+from dsv4setup.core.proc import ATTEMPT_MARK, StepLog, attempt_tail
+from dsv4setup.core.state import (
+    OutputsT,
+    State,
+    StepErrorInfo,
+    StepProgress,
+    StepStatus,
+    load_state,
+    now_iso,
+    save_state,
+)
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
 
@@ -38,6 +51,7 @@ class RunContext:
     options: dict[str, Any] = field(default_factory=dict)
     log: StepLog | None = None
     progress: Callable[[str], None] = lambda _msg: None
+    transfer: Callable[[int, int, float], None] = lambda _done, _total, _rate: None  # bytes done, total, B/s
 
     def outputs(self, model: type[OutputsT]) -> OutputsT | None:
         """An earlier step's outputs, read by attribute (None: not run, or not applicable)."""
@@ -121,6 +135,37 @@ class UpResult:
     log_tail: list[str] = field(default_factory=list)
 
 
+class ProgressRecorder:
+    """Keeps the running step's live progress in the state file, at most every `every_s` seconds.
+
+    `status --json` in another process reads it: phase, bytes and rate of a transfer, and the
+    step's expected duration, so a slow step can be told from a stuck one. Thread-safe (the
+    download reports from its worker threads).
+    """
+
+    def __init__(self, path: Path, state: State, record: StepProgress, every_s: float = 2.0) -> None:
+        self.path, self.state, self.record, self.every_s = path, state, record, every_s
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def phase(self, message: str) -> None:
+        with self._lock:
+            self.record.phase = message
+            self._save(force=False)
+
+    def transfer(self, done: int, total: int, rate: float) -> None:
+        with self._lock:
+            self.record.bytes_done, self.record.bytes_total, self.record.rate_bps = done, total, round(rate, 1)
+            self._save(force=False)
+
+    def _save(self, force: bool) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.every_s:
+            self._last = now
+            self.record.updated_at = now_iso()
+            save_state(self.path, self.state)
+
+
 class Runbook:
     def __init__(self, steps: Sequence[Step], workdir: Workdir, profile: Profile,
                  options: dict[str, Any] | None = None) -> None:
@@ -155,8 +200,8 @@ class Runbook:
         if record.status == StepStatus.RUNNING:
             return Decision(step.name, "run", "left running by an earlier run", step.description)
         if record.status != StepStatus.DONE:
-            why = {"pending": "not run yet", "failed": "failed last time"}.get(record.status.value,
-                                                                              record.status.value)
+            why = {"pending": self._never_recorded(step), "failed": "failed last time"}.get(
+                record.status.value, record.status.value)
             return Decision(step.name, "run", why, step.description)
         inputs = step.inputs(ctx)
         if fingerprint(inputs) != record.fingerprint:
@@ -169,6 +214,12 @@ class Runbook:
         if not post.ok:
             return Decision(step.name, "run", f"drift: {post.summary}", step.description)
         return Decision(step.name, "skip", f"done, verified: {post.summary}", step.description)
+
+    def _never_recorded(self, step: Step) -> str:
+        """A pending step whose log exists ran before its record was reset: its outputs may still be there."""
+        if self.workdir.log_file(step.name).exists():
+            return "no record (reset?); its outputs may still be on disk: verify, then run if needed"
+        return "not run yet"
 
     def check_needs(self, state: State, selection: Selection) -> None:
         chosen = selection.selected(self.names)
@@ -214,17 +265,21 @@ class Runbook:
         record.attempts += 1
         record.pid = os.getpid()
         record.started_at, record.finished_at, record.error = now_iso(), None, None
+        record.progress = StepProgress(expected_s=self.profile.expected_s.get(step.name))
         save_state(self.workdir.state_file, state)
+        recorder = ProgressRecorder(self.workdir.state_file, state, record.progress)
         obs.started(step, record.attempts)
         with StepLog(log_path) as log:
-            log.section(f"{step.name}: attempt {record.attempts} (pid {os.getpid()})")
+            log.section(f"{step.name}: {ATTEMPT_MARK} {record.attempts} (pid {os.getpid()})")
             ctx.log = log
 
             def progress(msg: str) -> None:
                 log.line(f"-- {msg}")
+                recorder.phase(msg)
                 obs.progress(step, msg)
 
             ctx.progress = progress
+            ctx.transfer = recorder.transfer
             try:
                 skipped = step.not_applicable(ctx)
                 if skipped is not None:
@@ -241,8 +296,9 @@ class Runbook:
             except DsvError as exc:
                 log.line(f"FAILED: {exc.message}" + (f"\nfix: {exc.fix}" if exc.fix else ""))
                 known = getattr(exc, "known_failure", None)
-                return self._fail(step, state, StepErrorInfo(message=exc.message, fix=exc.fix,
-                                                              log=str(log_path), known_failure=known), obs)
+                return self._fail(step, state, StepErrorInfo(
+                    message=exc.message, fix=exc.fix, log=str(log_path), known_failure=known,
+                    command=self._in_workdir(shlex.split(exc.command) if exc.command else None)), obs)
             except KeyboardInterrupt:
                 log.line("INTERRUPTED by the user")
                 self._fail(step, state, StepErrorInfo(message="interrupted by the user", log=str(log_path),
@@ -254,18 +310,24 @@ class Runbook:
                     message=f"internal error in step {step.name}: {type(exc).__name__}: {exc}",
                     fix=f"the traceback is in {log_path}; please report it", log=str(log_path)), obs)
             log.line(f"{status.value.upper()}: {detail}")
-        record.status, record.outputs = status, outputs
+        record.status, record.outputs, record.progress = status, outputs, None
         record.pid, record.finished_at = None, now_iso()
         save_state(self.workdir.state_file, state)
         obs.finished(step, status, detail)
         return None, []
 
+    def _in_workdir(self, command: list[str] | None) -> list[str] | None:
+        """A fix command as the user runs it: for this workdir (steps name the fix, the engine knows where)."""
+        if not command or "--workdir" in command:
+            return command
+        return [*command, "--workdir", str(self.workdir.root)]
+
     def _fail(self, step: Step, state: State, error: StepErrorInfo,
               obs: Observer) -> tuple[StepErrorInfo, list[str]]:
         record = state.step(step.name)
-        record.status, record.error = StepStatus.FAILED, error
+        record.status, record.error, record.progress = StepStatus.FAILED, error, None
         record.pid, record.finished_at = None, now_iso()
         save_state(self.workdir.state_file, state)
-        tail = tail_lines(self.workdir.log_file(step.name))
+        tail = attempt_tail(self.workdir.log_file(step.name))
         obs.failed(step, error, tail)
         return error, tail

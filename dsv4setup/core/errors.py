@@ -6,10 +6,17 @@ show a traceback (and only with --verbose or DSV4SETUP_DEBUG=1).
 
 from __future__ import annotations
 
+import shlex
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
+# `dsv4setup wait`: how the run it follows stands when it returns (distinct from 0-3 on purpose:
+# a script tells "the run failed" from "wait itself was misused")
+EXIT_WAIT_DONE = 10
+EXIT_WAIT_FAILED = 11
+EXIT_WAIT_RUNNING = 12
 
 
 class DsvError(Exception):
@@ -23,12 +30,12 @@ class DsvError(Exception):
     exit_code = EXIT_FAILED
     reference = "error"
 
-    def __init__(self, message: str, fix: str | None = None, *, command: str | None = None,
+    def __init__(self, message: str, fix: str | None = None, *, command: str | list[str] | None = None,
                  reference: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.fix = fix
-        self.command = command
+        self.command = shlex.join(command) if isinstance(command, list) else command  # as a user types it
         if reference is not None:
             self.reference = reference
 
@@ -64,6 +71,6 @@ class StepError(DsvError):
     reference = "step-failed"
 
     def __init__(self, message: str, fix: str | None = None, *, known_failure: str | None = None,
-                 command: str | None = None) -> None:
+                 command: str | list[str] | None = None) -> None:
         super().__init__(message, fix, command=command, reference=known_failure)
         self.known_failure = known_failure

@@ -43,6 +43,25 @@ class StepLog:
         self.close()
 
 
+ATTEMPT_MARK = "attempt"  # the engine's section title per attempt: "===== TIME STEP: attempt N (pid P)"
+_SECTION = "===== "
+
+
+def attempt_tail(path: Path, count: int = 20) -> list[str]:
+    """The last `count` lines of the log's last attempt only (never lines of an earlier attempt)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            lines: deque[str] = deque(maxlen=count)
+            for raw in fh:
+                line = raw.rstrip("\n")
+                if line.startswith(_SECTION) and f": {ATTEMPT_MARK} " in line:
+                    lines.clear()
+                lines.append(line)
+            return list(lines)
+    except OSError:
+        return []
+
+
 def tail_lines(path: Path, count: int = 20) -> list[str]:
     """The last `count` lines of a log, secrets redacted (empty when there is none)."""
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -38,6 +39,18 @@ class StepErrorInfo(BaseModel):
     fix: str | None = None
     log: str | None = None
     known_failure: str | None = None
+    command: list[str] | None = None  # the argv that applies the fix, when one does (run it, then `up`)
+
+
+class StepProgress(BaseModel):
+    """A running step's live progress, written (throttled) by the engine so other processes can read it."""
+
+    phase: str = "starting"
+    updated_at: str = Field(default_factory=now_iso)
+    expected_s: int | None = None  # the step's usual duration on this profile's hardware class
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    rate_bps: float | None = None
 
 
 class StepRecord(BaseModel):
@@ -50,6 +63,7 @@ class StepRecord(BaseModel):
     fingerprint_inputs: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
     error: StepErrorInfo | None = None
+    progress: StepProgress | None = None
 
     def is_interrupted(self) -> bool:
         """A step left 'running' by a process that no longer exists."""
@@ -94,27 +108,30 @@ def _pid_alive(pid: int | None) -> bool:
         return False
 
 
-def _recover_fix(path: Path, step: str | None = None) -> str:
-    fix = f"inspect {path}; `dsv4setup reset --all` moves it aside to a backup and starts fresh"
-    return fix + (f", `dsv4setup reset --step {step}` clears only that step" if step else "")
+def _corrupt(message: str, path: Path, step: str | None = None) -> StateError:
+    """The error for a damaged state file, with the command that recovers: reset that step, or all."""
+    target = ["--step", step] if step else ["--all"]
+    fix = (f"run the command: `dsv4setup reset --step {step}` forgets only that step's record"
+           if step else "run the command: `dsv4setup reset --all` moves the file aside (kept as a backup)")
+    return StateError(message, fix=f"{fix}; never edit {path} by hand",
+                      command=shlex.join(["dsv4setup", "reset", "--workdir", str(path.parent), *target]))
 
 
 def _read_doc(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StateError(f"state file {path} is corrupt: {exc}", fix=_recover_fix(path)) from None
+        raise _corrupt(f"state file {path} is corrupt: {exc}", path) from None
     if isinstance(doc, dict) and doc.get("schema") == STATE_SCHEMA_V1:
         doc = _upgrade_v1(doc)
     if not isinstance(doc, dict) or doc.get("schema") != STATE_SCHEMA:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise StateError(f"state file {path} has schema {found!r}, this dsv4setup reads {STATE_SCHEMA!r}",
-                         fix=_recover_fix(path))
+        raise _corrupt(f"state file {path} has schema {found!r}, this dsv4setup reads {STATE_SCHEMA!r}", path)
     return doc
 
 
 def _upgrade_v1(doc: dict[str, Any]) -> dict[str, Any]:
-    """A first-release state (`error.hint` in each step record) as this release's (`error.fix`)."""
+    """A first-release state (`error.fix` in each step record) as this release's (`error.fix`)."""
     steps = doc.get("steps")
     if isinstance(steps, dict):
         for record in steps.values():
@@ -131,8 +148,7 @@ def _validate(path: Path, doc: dict[str, Any]) -> State:
         loc = exc.errors()[0]["loc"]
         where = ".".join(str(p) for p in loc)
         step = str(loc[1]) if len(loc) > 1 and loc[0] == "steps" else None
-        raise StateError(f"state file {path} is invalid at {where}: {exc.errors()[0]['msg']}",
-                         fix=_recover_fix(path, step)) from None
+        raise _corrupt(f"state file {path} is invalid at {where}: {exc.errors()[0]['msg']}", path, step) from None
 
 
 def load_state(path: Path) -> State:

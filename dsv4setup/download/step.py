@@ -143,7 +143,7 @@ class DownloadStep(Step):
 
         downloader = Downloader(model.repo, model.revision, path, allow_patterns=model.allow_patterns, token=token,
                                 workers=ctx.options.get("download_workers"), free_space=ctx.options.get("free_space"),
-                                report=report, hf_cache=hf_cache_setting())
+                                report=report, hf_cache=hf_cache_setting(), measure=ctx.transfer)
         with hub_logs_to(log.line):
             result = downloader.run(full_verify=bool(ctx.options.get("download_verify")))
         if result.refetched:

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from dsv4setup.core.errors import DsvError
 from dsv4setup.core.fsutil import contained, fsync_dir, fsync_file
 from dsv4setup.download.disk import FreeSpace, check_disk, disk_free_bytes, human
-from dsv4setup.download.progress import ByteProgress, Cancelled
+from dsv4setup.download.progress import ByteProgress, Cancelled, Measure
 from dsv4setup.download.verify import (
     Manifest,
     RemoteFile,
@@ -123,13 +123,15 @@ class Downloader:
 
     def __init__(self, repo: str, revision: str, dest: Path, *, allow_patterns: list[str] | None = None,
                  token: str | None = None, workers: int | None = None, free_space: FreeSpace | None = None,
-                 report: Report = lambda _m: None, hf_cache: Path | None = None) -> None:
+                 report: Report = lambda _m: None, hf_cache: Path | None = None,
+                 measure: Measure = lambda _done, _total, _rate: None) -> None:
         self.repo, self.revision, self.dest = repo, revision, Path(dest).absolute()
         self.allow_patterns = list(allow_patterns or [])
         self.token = token
         self.workers = workers or default_workers()
         self.free_space = free_space or disk_free_bytes
         self.report = report
+        self.measure = measure
         self.hf_cache = hf_cache
         self.partial_dir = self.dest.parent / f".{self.dest.name}.partial"
         self._manifest_lock = threading.Lock()
@@ -163,7 +165,8 @@ class Downloader:
             self.report(f"fetching {len(todo)} file(s): {disk.describe()}")
         self._probe_access(todo)
         present = plan.total_bytes - sum(f.size for f in todo) + sum(partial.values())
-        progress = ByteProgress(plan.total_bytes, len(plan.files), self.report, done=present)
+        progress = ByteProgress(plan.total_bytes, len(plan.files), self.report, done=present,
+                                measure=self.measure)
         progress.files_done = len(plan.files) - len(todo)
         self._fetch_all(todo, progress, manifest)
         mark_complete(manifest)
@@ -342,7 +345,8 @@ class Downloader:
         disk = check_disk(sum(f.size for f in todo), self.hf_cache, self.free_space)
         self.report(f"HF cache {self.hf_cache}: {disk.describe()}")
         manifest = self._start_manifest(plan, "hf-cache", snapshot)
-        watcher = _BlobWatcher(repo_dir / "blobs", ByteProgress(plan.total_bytes, len(plan.files), self.report))
+        watcher = _BlobWatcher(repo_dir / "blobs", ByteProgress(plan.total_bytes, len(plan.files), self.report,
+                                                                      measure=self.measure))
         try:
             with _quiet_hf_progress(), watcher:
                 snapshot_download(self.repo, revision=plan.commit, cache_dir=self.hf_cache,

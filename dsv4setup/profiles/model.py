@@ -241,6 +241,9 @@ class Profile(Strict):
     smoke: SmokeSpec = Field(default_factory=SmokeSpec)
     bench: BenchSpec = Field(default_factory=BenchSpec)
     multinode: MultiNode | None = None
+    # seconds each step usually takes on this hardware class (status shows it beside the elapsed time,
+    # so slow can be told from stuck); measured for cpu-tiny, estimated from reports for the others
+    expected_s: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, coerce_numbers_to_str=True)
 

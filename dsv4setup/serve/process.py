@@ -40,6 +40,7 @@ from dsv4setup.core.fsutil import atomic_write_json, atomic_write_text
 from dsv4setup.core.state import now_iso
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.logpump import pump_argv
+from dsv4setup.serve.signatures import profile_set_command
 from dsv4setup.service.systemd import read_installed, systemctl
 
 SERVE_ID_ENV = "DSV4SETUP_SERVE_ID"
@@ -162,24 +163,50 @@ def port_holder(port: int) -> str | None:
     return None
 
 
-def check_port_free(host: str, port: int) -> None:
-    """StepError when something already listens on host:port (or the address is not ours)."""
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why host:port cannot be bound right now (None: it can)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are not "in use"
         try:
             sock.bind((host, port))
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                holder = port_holder(port)
-                raise StepError(f"port {port} on {host} is already in use" + (f" by {holder}" if holder else ""),
-                                fix=f"stop that process, or serve on another port: --set serve.port=PORT "
-                                     f"(`ss -ltnp 'sport = :{port}'` shows who holds it)") from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise StepError(f"cannot bind {host}: not an address of this machine",
-                                fix="use --host with one of this machine's addresses (`ip -br addr`), "
-                                     "or 0.0.0.0 for all") from None
-            raise StepError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+            return exc
+    return None
+
+
+def free_port(host: str, taken: int, tries: int = 200) -> int | None:
+    """The first port after `taken` that this machine lets us bind on host right now (checked, not guessed)."""
+    for port in range(taken + 1, min(taken + 1 + tries, 65536)):
+        if _bind_error(host, port) is None:
+            return port
+    return None
+
+
+def port_in_use_error(host: str, port: int, message: str) -> StepError:
+    """The `port-in-use` known failure, its fix naming a free port and the command that keeps it."""
+    spare = free_port(host, port)
+    who = f"`ss -ltnp 'sport = :{port}'` shows who holds port {port}"
+    if spare is None:
+        return StepError(message, fix=f"stop the process on port {port} ({who})", known_failure="port-in-use")
+    return StepError(message, known_failure="port-in-use", command=profile_set_command(f"serve.port={spare}"),
+                     fix=f"serve on port {spare} (checked free just now): `dsv4setup profile set serve.port={spare}`, "
+                          f"then `dsv4setup up`; or stop the other process ({who})")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """StepError when something already listens on host:port (or the address is not ours)."""
+    exc = _bind_error(host, port)
+    if exc is None:
+        return
+    if exc.errno == errno.EADDRINUSE:
+        holder = port_holder(port)
+        raise port_in_use_error(host, port, f"port {port} on {host} is already in use"
+                                + (f" by {holder}" if holder else ""))
+    if exc.errno == errno.EADDRNOTAVAIL:
+        raise StepError(f"cannot bind {host}: not an address of this machine",
+                        fix="use --host with one of this machine's addresses (`ip -br addr`), or 0.0.0.0 for all")
+    raise StepError(f"cannot bind {host}:{port}: {exc.strerror}")
 
 
 def start_server(argv: Sequence[str], env: Mapping[str, str], *, host: str, port: int, log_path: Path,

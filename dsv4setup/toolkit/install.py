@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -136,7 +137,8 @@ def install_conda(conda: Path, layout: ToolkitLayout, version: str, channel: Con
                     f"or force the pip route with `--toolkit pip`")
 
 
-def install_pip(layout: ToolkitLayout, version: str, log: StepLog, installer: Installer) -> None:
+def install_pip(layout: ToolkitLayout, version: str, log: StepLog, installer: Installer,
+                report: Callable[[str], None] | None = None) -> None:
     """NVIDIA's PyPI toolkit wheels into a venv, through uv (or pip, the fallback route)."""
     venv_python = installer.create_venv(Path(sys.executable), layout.venv, log)
-    installer.install(venv_python, [pip_requirement(version)], None, log)
+    installer.install(venv_python, [pip_requirement(version)], None, log, report=report)

@@ -42,6 +42,9 @@ from dsv4setup.vllm.installer import Installer, base_python, requested_installer
 
 NVCC_PROOFS = "nvcc-proofs.json"  # in the toolkit directory: {sha256(nvcc):arch -> compiled}
 
+CPU_DEMO_WHY = ("no GPU here, and the CPU server does not use CUDA: the toolkit is installed anyway so the demo "
+                "runs the toolkit step for real (pip CUDA, nvcc compiling a test kernel), as on a GPU box")
+
 
 @dataclass(frozen=True)
 class Target:
@@ -190,6 +193,8 @@ class ToolkitStep(Step):
         layout = self.layout(ctx)
         conda = find_conda(self.host)
         route = choose_route(target.forced, conda)
+        if ctx.profile.match.cpu_only:
+            ctx.progress(CPU_DEMO_WHY)
         ctx.progress(f"installing CUDA {target.version} into {layout.root} via {route}")
         if route == "conda" and conda is not None:
             install_conda(conda, layout, target.version, target.channel, log)
@@ -199,7 +204,7 @@ class ToolkitStep(Step):
             installer = Installer.choose(requested_installer(ctx.options.get("installer"), ctx.profile.vllm.installer),
                                          base_python(None))
             installer.report(log, ctx.progress)
-            install_pip(layout, target.version, log, installer)
+            install_pip(layout, target.version, log, installer, report=ctx.progress)
         nvcc = layout.nvcc(route)
         if nvcc is None:
             where = (layout.conda_prefix / "bin" if route == "conda"

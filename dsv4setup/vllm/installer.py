@@ -252,16 +252,25 @@ class Installer:
 
     def install(self, venv_python: Path, args: Sequence[str], constraints: Path | None, log: StepLog, *,
                 env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                on_line: Callable[[str], None] | None = None) -> None:
-        """Install `args` (requirements, `-e DIR`) under the constraints file, if any."""
+                on_line: Callable[[str], None] | None = None, report: Callable[[str], None] | None = None) -> None:
+        """Install `args` (requirements, `-e DIR`) under the constraints file, if any. `report` receives the
+        installer's own progress as it streams (pip: package being fetched or built, bytes; uv: its lines)."""
         pins = ["-c", str(constraints)] if constraints is not None else []
         what = f"{self.name} install {' '.join(args)}"
         if self.name == "pip":
-            pip(venv_python, ["install", *pins, *args], log, what=what, env=env, cwd=cwd, on_line=on_line)
+            pip(venv_python, ["install", *pins, *args], log, what=what, env=env, cwd=cwd, on_line=on_line,
+                report=report)
             return
         backend = ["--torch-backend", self.torch_backend] if self.torch_backend else []
+
+        def seen(line: str) -> None:
+            if on_line is not None:
+                on_line(line)
+            if report is not None and line.strip():
+                report(f"uv: {line.strip()}")
+
         self._uv(["pip", "install", "--python", str(venv_python), *self.config.args, *backend, *pins, *args],
-                 log, what=what, env=env, cwd=cwd, on_line=on_line)
+                 log, what=what, env=env, cwd=cwd, on_line=seen)
 
     def uninstall(self, venv_python: Path, names: Sequence[str], log: StepLog) -> None:
         if not names:

@@ -96,11 +96,12 @@ def wheel_requirements(spec: VllmSpec) -> list[str]:
 
 
 def install_wheel(installer: Installer, python: Path, spec: VllmSpec, constraints: Path | None,
-                  log: StepLog) -> None:
-    installer.install(python, wheel_requirements(spec), constraints, log)
+                  log: StepLog, report: Callable[[str], None] | None = None) -> None:
+    installer.install(python, wheel_requirements(spec), constraints, log, report=report)
 
 
 def install_editable(installer: Installer, python: Path, src: Path, constraints: Path | None,
-                     env: Mapping[str, str], log: StepLog, on_line: Callable[[str], None] | None = None) -> None:
+                     env: Mapping[str, str], log: StepLog, on_line: Callable[[str], None] | None = None,
+                     report: Callable[[str], None] | None = None) -> None:
     log.line(f"build environment: {build_env_summary(env)}")
-    installer.install(python, ["-e", str(src)], constraints, log, env=env, cwd=src, on_line=on_line)
+    installer.install(python, ["-e", str(src)], constraints, log, env=env, cwd=src, on_line=on_line, report=report)

@@ -129,7 +129,7 @@ class VllmStep(Step):
         commit = None
         if source is None:
             ctx.progress(f"installing {spec.package}=={spec.version} ({installer.name})")
-            install_wheel(installer, python, spec, constraints, log)
+            install_wheel(installer, python, spec, constraints, log, report=ctx.progress)
         else:
             ctx.progress(f"checking out {source.url} at {source.ref}")
             commit = checkout(source, source_dir(ctx), log)
@@ -142,7 +142,8 @@ class VllmStep(Step):
                                  on_line=BuildProgress(ctx.progress))
             else:
                 ctx.progress(f"installing {source.ref} on the precompiled binaries of {wheel}")
-                install_editable(installer, python, source_dir(ctx), constraints, precompiled_env(str(wheel)), log)
+                install_editable(installer, python, source_dir(ctx), constraints, precompiled_env(str(wheel)), log,
+                                 report=ctx.progress)
         if spec.remove_after_install:
             ctx.progress(f"removing {', '.join(spec.remove_after_install)}")
             installer.uninstall(python, spec.remove_after_install, log)

@@ -80,15 +80,54 @@ def classify_pip_failure(lines: Sequence[str]) -> tuple[str, str] | None:
     return None
 
 
+_PIP_LINE_RES = (
+    (re.compile(r"^Collecting (\S+)"), "collecting {0}"),
+    (re.compile(r"^\s*Downloading (\S+) \(([\d.]+ [kMG]?B)\)"), "downloading {0} ({1})"),
+    (re.compile(r"^\s*Using cached (\S+)"), "using cached {0}"),
+    (re.compile(r"^\s*Building wheel for (\S+)"), "building a wheel for {0}"),
+    (re.compile(r"^Installing collected packages: (.*)"), "installing {n} packages"),
+)
+_SIZE_RE = re.compile(r"([\d.]+) ([kMG]?)B")
+_UNIT = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9}
+
+
+class PipProgress:
+    """pip's own progress, parsed from its output as it streams: the package fetched or built, bytes so far."""
+
+    def __init__(self, report: Callable[[str], None]) -> None:
+        self.report = report
+        self.downloaded = 0.0
+        self.packages = 0
+
+    def __call__(self, line: str) -> None:
+        for regex, template in _PIP_LINE_RES:
+            if (m := regex.match(line)) is None:
+                continue
+            if template.startswith("collecting"):
+                self.packages += 1
+            if template.startswith("downloading") and (size := _SIZE_RE.fullmatch(m.group(2))):
+                self.downloaded += float(size.group(1)) * _UNIT[size.group(2)]
+            text = template.format(*m.groups(), n=len(m.group(1).split(",")))
+            self.report(f"pip: {text} [{self.packages} packages, {self.downloaded / 1e6:.0f} MB downloaded]")
+            return
+
+
 def pip(python: Path, args: Sequence[str], log: StepLog, *, what: str, env: Mapping[str, str] | None = None,
-        cwd: Path | None = None, on_line: Callable[[str], None] | None = None) -> None:
-    """`python -m pip ARGS` into the step log; a failure names its cause when pip's output shows it."""
+        cwd: Path | None = None, on_line: Callable[[str], None] | None = None,
+        report: Callable[[str], None] | None = None) -> None:
+    """`python -m pip ARGS` into the step log; a failure names its cause when pip's output shows it.
+
+    `report` receives pip's progress (package being fetched or built, bytes so far) as it streams.
+    """
     tail: deque[str] = deque(maxlen=200)
+    progress = PipProgress(report) if report is not None else None
 
     def seen(line: str) -> None:
         tail.append(line)
         if on_line is not None:
             on_line(line)
+        if progress is not None:
+            progress(line)
 
     try:
         run_logged([str(python), "-m", "pip", *args], log, env=env, cwd=cwd, what=what, on_line=seen,

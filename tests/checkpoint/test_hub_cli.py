@@ -59,6 +59,11 @@ def test_lint_local_json_and_exit_codes(make_checkpoint: MakeCkpt, capsys: pytes
     assert {c["id"]: c["status"] for c in doc["checks"]}["checkpoint.mtp_tensors"] == "fail"
     code, doc, _, _ = run_cli(capsys, "checkpoint", "lint", str(tmp_path / "nope"), "--json")
     assert code == 2 and doc is not None and doc["schema"] == "dsv4setup.error/2"
+    (tmp_path / "notes.txt").write_text("not a model")
+    code, doc, _, _ = run_cli(capsys, "checkpoint", "lint", str(tmp_path), "--json")
+    assert code == 2 and doc is not None and doc["message"] == (
+        f"{tmp_path} is not a checkpoint: it has no config.json and no *.safetensors files")
+    assert "download --verify" not in (doc["fix"] or "")
 
 
 def test_lint_fix_writes_the_copy_into_the_workdir(make_checkpoint: MakeCkpt, capsys: pytest.CaptureFixture[str],

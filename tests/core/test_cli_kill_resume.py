@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from dsv4setup.core.jsonschemas import validate_document
 from tests.conftest import REPO_ROOT
 from tests.core import steps_for_tests as ts
 
@@ -146,3 +147,46 @@ def test_logs_takes_only_a_step_with_a_log_and_redacts_it(env: dict[str, str]) -
     escape = dsv(env, "logs", "../state")
     assert escape.returncode == 2 and "no log for step '../state'" in escape.stderr
     assert "steps with a log: alpha, beta, delta, gamma" in escape.stderr and "Traceback" not in escape.stderr
+
+
+def test_detached_up_survives_its_caller_and_wait_reports_running_then_done(env: dict[str, str]) -> None:
+    slow = {**env, "TEST_STEPS_SLOW": "beta", "TEST_STEPS_SLEEP": "4"}
+    started = dsv(slow, "up", "--profile", "cpu-tiny", "--detach", "--json")
+    assert started.returncode == 0, started.stderr
+    doc = json.loads(started.stdout)
+    validate_document(doc)
+    assert doc["follow"][:2] == ["dsv4setup", "wait"] and Path(doc["log"]).name == "up.log"
+    assert os.getsid(doc["pid"]) == doc["pid"]  # its own session: the caller's death does not reach it
+
+    again = dsv(env, "up", "--profile", "cpu-tiny", "--detach", "--json")  # one run at a time
+    assert again.returncode == 3 and json.loads(again.stdout)["command"].startswith("dsv4setup wait")
+
+    running = dsv(env, "wait", "--timeout", "0", "--json")
+    assert running.returncode == 12, running.stdout + running.stderr
+    assert json.loads(running.stdout)["outcome"] == "running"
+    done = dsv(env, "wait", "--timeout", "60", "--json")
+    assert done.returncode == 10, done.stdout + done.stderr
+    waited = json.loads(done.stdout)
+    validate_document(waited)
+    assert waited["outcome"] == "done" and waited["result"]["ok"] and waited["follow"] is None
+    assert "beta (attempt 1)" in Path(doc["log"]).read_text()  # progress lines reach the log without a terminal
+
+
+def test_wait_on_a_failed_detached_run_exits_11_and_on_nothing_exits_2(env: dict[str, str]) -> None:
+    nothing = dsv(env, "wait", "--timeout", "1", "--json")
+    assert nothing.returncode == 2 and "nothing to wait for" in json.loads(nothing.stdout)["message"]
+    assert dsv({**env, "TEST_STEPS_FAIL": "alpha"}, "up", "--profile", "cpu-tiny", "--detach").returncode == 0
+    failed = dsv(env, "wait", "--timeout", "60", "--json")
+    assert failed.returncode == 11, failed.stdout + failed.stderr
+    doc = json.loads(failed.stdout)
+    assert doc["outcome"] == "failed" and doc["result"]["failed_step"] == "alpha"
+    assert [r["status"] for r in doc["status"]["steps"]][:2] == ["failed", "pending"]
+
+
+def test_a_detached_run_that_cannot_start_is_failed_with_its_error(env: dict[str, str]) -> None:
+    assert dsv(env, "up", "--profile", "no-such-profile", "--detach").returncode == 0  # judged by the run itself
+    failed = dsv(env, "wait", "--timeout", "60", "--json")
+    doc = json.loads(failed.stdout)
+    validate_document(doc)
+    assert failed.returncode == 11 and doc["result"]["schema"] == "dsv4setup.error/2"
+    assert "no-such-profile" in doc["result"]["message"]

@@ -72,7 +72,7 @@ def test_failed_step_says_fix_with_its_hint(capsys: pytest.CaptureFixture[str], 
 def test_running_says_wait(capsys: pytest.CaptureFixture[str], workdir: Workdir) -> None:
     with workdir_lock(workdir.lock_file, "up"):
         doc = next_doc(capsys, workdir)
-    assert doc["action"] == "wait" and "up" in doc["why"]
+    assert doc["action"] == "wait" and "up" in doc["why"] and doc["command"][:2] == ["dsv4setup", "wait"]
 
 
 def test_done_then_drift_then_interrupted(capsys: pytest.CaptureFixture[str], workdir: Workdir,

