@@ -96,8 +96,9 @@ def server_port() -> Iterator[int]:
 
 def test_the_proxy_does_receive_what_an_ordinary_client_sends(proxy: list[str], server_port: int) -> None:
     """The setup is sensitive: a default urllib client goes to the proxy for 127.0.0.1."""
+    # a fresh opener: urllib.request.urlopen would cache one with this proxy for the rest of the test session
     with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://127.0.0.1:{server_port}/metrics", timeout=5)
+        urllib.request.build_opener().open(f"http://127.0.0.1:{server_port}/metrics", timeout=5)
     assert len(proxy) == 1 and f"127.0.0.1:{server_port}/metrics" in proxy[0]
 
 

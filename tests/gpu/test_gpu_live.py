@@ -21,6 +21,7 @@ import pytest
 from dsv4setup.core.engine import Runbook, Selection
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.preflight.scrub import scrub_snapshot
 from dsv4setup.preflight.snapshot import save_snapshot, snapshot_errors, take_snapshot
 from dsv4setup.profiles.loader import load_profile_file, shipped_profile_files
@@ -128,8 +129,9 @@ def test_live_toolkit_step_uses_the_existing_cuda_and_runs_its_probe_kernel_on_t
     assert release is not None, f"{nvcc} --version gives no release"
     if not compile_probe(nvcc, arch).ok:
         pytest.skip(f"the machine's nvcc {release} at {nvcc} cannot compile for {arch}: the step would install one")
-    ccs = [{"compute_capability": "{}.{}".format(*g["compute_capability"])} for g in gpus]
-    steps = [StandInStep("preflight", {"gpus": ccs}), ToolkitStep(host)]
+    preflight = PreflightOutputs(snapshot=str(tmp_path / "hardware.json"), report=str(tmp_path / "doctor.json"),
+                                 recommendation=None, findings={}, warnings=[], toolkit_arch=arch)
+    steps = [StandInStep(preflight), ToolkitStep(host)]
     workdir = Workdir(tmp_path / "wd").ensure()
     profile = _profile(f"{release[0]}.{release[1]}.0")
     result = Runbook(steps, workdir, profile).up(Selection())

@@ -178,7 +178,7 @@ def test_drafts_made_but_never_accepted_fail_the_smoke_step(tmp_path: Path, vllm
     record = read_record(workdir)
     try:
         assert not result.ok and result.failed_step == "smoke"
-        assert "smoke check acceptance failed" in result.error.message and "MTP head" in result.error.fix
+        assert "smoke check smoke.acceptance failed" in result.error.message and "MTP head" in result.error.fix
         report = json.loads(report_file(workdir).read_text())
         validate(report, "smoke")
         assert report["mtp"]["drafts"] > 0 and report["mtp"]["accepted"] == 0

@@ -27,6 +27,7 @@ from dsv4setup.toolkit.install import ToolkitLayout, install_pip
 from dsv4setup.toolkit.nvcc import HostTools, compile_probe, nvcc_release
 from dsv4setup.toolkit.rattler_install import install_rattler
 from dsv4setup.toolkit.step import ToolkitStep
+from dsv4setup.vllm.installer import Installer, base_python
 from tests.toolkit.condachannel import Package, build_channel, tree_files
 
 pytestmark = pytest.mark.slow
@@ -48,7 +49,7 @@ def local_channel(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("PIP_CACHE_DIR", str(test_cache / "pip"))
             layout = ToolkitLayout(tmp_path_factory.mktemp("pip-toolkit"))
-            install_pip(layout, VERSION, StepLog(layout.root / "pip.log"))
+            install_pip(layout, VERSION, StepLog(layout.root / "pip.log"), Installer.choose("uv", base_python(None)))
         nvcc = layout.pip_nvcc()
         assert nvcc is not None
         home = nvcc.parents[1]  # site-packages/nvidia/cu13: bin, include, lib, nvvm

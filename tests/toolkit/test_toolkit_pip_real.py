@@ -11,6 +11,7 @@ import pytest
 from dsv4setup.core.engine import Runbook, Selection
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.profiles.model import ModelSpec, Profile, ToolkitSpec
 from dsv4setup.toolkit.nvcc import HostTools, compile_probe, nvcc_release
 from dsv4setup.toolkit.step import ToolkitStep
@@ -95,7 +96,8 @@ def test_real_nvcc_builds_and_runs_the_gpu_probe_when_preflight_saw_a_gpu_of_the
     """
     nvcc = Path(outputs(installed)["nvcc"])
     fresh = Workdir(tmp_path / "wd").ensure()
-    preflight = StandInStep("preflight", {"gpus": [{"compute_capability": "12.0"}]})
+    preflight = StandInStep(PreflightOutputs(snapshot="/w/hardware.json", report="/w/doctor.json", recommendation=None,
+                                             findings={}, warnings=[], toolkit_arch="sm_120a"))
     result = Runbook([preflight, ToolkitStep(HostTools(path=str(nvcc.parent)))], fresh,
                      make_profile("sm_120a")).up(Selection())
     assert not result.ok and result.error is not None
