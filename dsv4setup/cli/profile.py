@@ -187,11 +187,9 @@ def _print_validate(doc: Document) -> None:
 @profile_app.command("schema")
 def schema() -> None:
     """Print the JSON Schema of profile files (point your editor's YAML plugin at it)."""
-    import json
-
     from dsv4setup.profiles.model import json_schema
 
-    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+    emit_json(json_schema())
 
 
 @profile_app.command("import-recipe")

@@ -54,7 +54,8 @@ def test_status_apply_revert_json(shipped_as: Synth, capsys: pytest.CaptureFixtu
     code, out, _ = run(capsys, "patches", "apply", "beta-fix", "--target", site, "--json")
     doc = doc_of(out)
     assert code == 0 and doc["changed"] == ["beta-fix"]
-    assert {p["id"]: (p["state"], p["status"], p["fix"]) for p in doc["patches"]} == {"beta-fix": ("applied", "pass", None)}
+    assert {p["id"]: (p["state"], p["status"], p["fix"]) for p in doc["patches"]} == {
+        "beta-fix": ("applied", "pass", None)}
     code, out, _ = run(capsys, "patches", "revert", "--target", site, "--json")
     assert code == 0 and doc_of(out)["changed"] == ["beta-fix"]
 
