@@ -80,6 +80,8 @@ def record_drift(site: Path, package: str, proof_file: Path) -> str | None:
     except (OSError, ValueError):
         proof = {}
     proven: dict[str, list[int]] = proof.get("files", {}) if proof.get("record") == record_id else {}
+    if proven and all(stat_key(f"{site}/{rel}") == key for rel, key in proven.items()):
+        return None  # the proof covers every file of this very RECORD, and none was touched since
     patched = _patched(site)
     now: dict[str, list[int]] = {}
     for rel, digest in parse_record(record_text).items():
