@@ -22,13 +22,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from dsv4setup.core.errors import DsvError
 from dsv4setup.core.fsutil import contained
 from dsv4setup.core.resources import data_dir
+from dsv4setup.core.yamlfast import SAFE_LOADER, safe_load
 
 INDEX_SCHEMA = "dsv4setup.patch-index/1"
 INDEX_FILE = "index.yaml"
 _ID_RE = r"^[a-z0-9][a-z0-9-]*$"
 _DIFF_TARGET_RE = re.compile(r"^\+\+\+ b/(\S+)")
 _DIFF_SOURCE_RE = re.compile(r"^--- a/(\S+)")
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when the wheel has it: the same documents, faster
 
 
 class ManifestError(DsvError):
@@ -205,7 +205,7 @@ class _Source:
 
     @cached_property
     def root(self) -> yaml.Node | None:
-        return yaml.compose(self.text, Loader=_LOADER)
+        return yaml.compose(self.text, Loader=SAFE_LOADER)
 
     def where(self, loc: tuple[int | str, ...]) -> str:
         key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top)"
@@ -220,7 +220,7 @@ def _parse(path: Path) -> tuple[Any, _Source]:
         raise ManifestError(f"{path}: cannot read the patch manifest: {exc.strerror}",
                             fix="reinstall dsv4setup") from None
     try:
-        return yaml.load(text, Loader=_LOADER), _Source(path, text)
+        return safe_load(text), _Source(path, text)
     except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: not valid YAML: {exc}") from None
 

@@ -19,12 +19,12 @@ from pydantic import ValidationError
 from dsv4setup.core.errors import UsageError
 from dsv4setup.core.resources import data_dir
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.core.yamlfast import SAFE_LOADER
 from dsv4setup.profiles import keys
 from dsv4setup.profiles.model import Profile
 
 STR_TAG = "tag:yaml.org,2002:str"
 NULL_TAG = "tag:yaml.org,2002:null"
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when the wheel has it: same nodes, ~10x faster
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def parse_yaml(text: str, path: Path) -> YamlDoc:
     """Parse one YAML document; syntax errors and duplicate keys raise ProfileError with a line."""
     loader: yaml.SafeLoader | yaml.CSafeLoader | None = None
     try:
-        loader = _LOADER(text)  # its reader already refuses control characters
+        loader = SAFE_LOADER(text)  # its reader already refuses control characters
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
