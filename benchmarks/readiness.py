@@ -106,8 +106,8 @@ def main() -> None:
         print("  " + ", ".join(f"{k}: {v[-1]:.1f} s" for k, v in times.items()), flush=True)
     ours, hand = (statistics.median(v) for v in times.values())
     overhead = (ours - hand) / hand * 100
-    print(f"\nready after: dsv4setup {ours:.1f} s, by hand {hand:.1f} s (medians of {args.runs}): overhead "
-          f"{overhead:+.1f} % ({ours - hand:+.1f} s; target <= {TARGET_PCT:.0f} %: "
+    print(f"\nready after: dsv4setup {ours:.1f} s, by hand {hand:.1f} s (medians of {args.runs}): {ours / hand:.2f}x, "
+          f"overhead {overhead:+.1f} % ({ours - hand:+.1f} s; target <= {TARGET_PCT:.0f} %: "
           f"{'met' if overhead <= TARGET_PCT else 'NOT met'})")
 
 
