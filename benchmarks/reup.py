@@ -55,7 +55,7 @@ def postcondition_costs(workdir: Path) -> list[tuple[str, float, bool, str]]:
         if step.not_applicable(ctx) is None:
             step.inputs(ctx)
             post = step.is_done(ctx)
-            ok, detail = post.ok, post.detail
+            ok, detail = post.ok, post.summary
         else:
             ok, detail = True, "not applicable"
         rows.append((step.name, (time.perf_counter() - start) * 1000, ok, detail))

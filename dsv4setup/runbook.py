@@ -17,7 +17,7 @@ from dsv4setup.core.engine import Runbook, Step, UpResult
 from dsv4setup.core.errors import UsageError
 from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.state import backup_state, load_state, reset_steps
-from dsv4setup.core.status import status_doc
+from dsv4setup.core.status import step_rows
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.resolve import ResolvedProfile, resolve_profile
@@ -96,7 +96,7 @@ def up_doc(runbook: Runbook, profile: Profile, result: UpResult, elapsed_s: floa
     workdir = runbook.workdir
     return {"schema": UP_SCHEMA, "ok": result.ok, "dry_run": False, "profile": profile.name, **profile.marks(),
             "workdir": str(workdir.root),
-            "steps": status_doc(load_state(workdir.state_file), runbook.names)["steps"],
+            "steps": step_rows(load_state(workdir.state_file), runbook.names),
             "decisions": [d.to_dict() for d in result.decisions], "failed_step": result.failed_step,
             "error": result.error.model_dump() if result.error else None, "log_tail": result.log_tail,
             "resume": None if result.ok else resume_command(workdir.root, profile.name),

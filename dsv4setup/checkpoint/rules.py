@@ -6,8 +6,9 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict
+
+from dsv4setup.core.yamlfast import safe_load
 
 RULES_FILE = Path(__file__).with_name("lint_rules.yaml")
 
@@ -81,7 +82,7 @@ def fill(template: str, i: int, layer: int) -> str:
 
 @lru_cache(maxsize=4)
 def load_rules(path: Path = RULES_FILE) -> LintRules:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = safe_load(path.read_text(encoding="utf-8"))
     data["schema_"] = data.pop("schema")
     return LintRules.model_validate(data)
 

@@ -32,6 +32,7 @@ from dsv4setup.core.state import (
     State,
     StepErrorInfo,
     StepProgress,
+    StepRecord,
     StepStatus,
     load_state,
     now_iso,
@@ -86,6 +87,15 @@ class Step(ABC):
     @abstractmethod
     def run(self, ctx: RunContext) -> dict[str, Any]:
         """Do the work; return outputs (as declared by `Outputs`) for later steps; raise StepError with a fix."""
+
+
+def _seconds_since(start: float) -> float:
+    return round(time.perf_counter() - start, 3)
+
+
+def _timed_check(record: StepRecord, start: float) -> None:
+    """Keep what checking the postcondition cost (`status --json` shows it per step)."""
+    record.verify_s, record.verified_at = _seconds_since(start), now_iso()
 
 
 def fingerprint(inputs: dict[str, Any]) -> str:
@@ -203,6 +213,7 @@ class Runbook:
             why = {"pending": self._never_recorded(step), "failed": "failed last time"}.get(
                 record.status.value, record.status.value)
             return Decision(step.name, "run", why, step.description)
+        started = time.perf_counter()
         inputs = step.inputs(ctx)
         if fingerprint(inputs) != record.fingerprint:
             changed = sorted(k for k in set(inputs) | set(record.fingerprint_inputs)
@@ -211,6 +222,7 @@ class Runbook:
             return Decision(step.name, "run", f"inputs changed: {', '.join(changed) or 'fingerprint'}",
                             step.description)
         post = step.is_done(ctx)
+        _timed_check(record, started)
         if not post.ok:
             return Decision(step.name, "run", f"drift: {post.summary}", step.description)
         return Decision(step.name, "skip", f"done, verified: {post.summary}", step.description)
@@ -255,6 +267,7 @@ class Runbook:
                 error, tail = self._run_step(step, state, obs)
                 if error is not None:
                     return UpResult(False, decisions, step.name, error, tail)
+            save_state(self.workdir.state_file, state)  # each check's cost (verify_s), also when nothing ran
             return UpResult(True, decisions)
 
     def _run_step(self, step: Step, state: State, obs: Observer) -> tuple[StepErrorInfo | None, list[str]]:
@@ -266,6 +279,8 @@ class Runbook:
         record.pid = os.getpid()
         record.started_at, record.finished_at, record.error = now_iso(), None, None
         record.progress = StepProgress(expected_s=self.profile.expected_s.get(step.name))
+        record.run_s = None
+        started = time.perf_counter()
         save_state(self.workdir.state_file, state)
         recorder = ProgressRecorder(self.workdir.state_file, state, record.progress)
         obs.started(step, record.attempts)
@@ -287,7 +302,9 @@ class Runbook:
                 else:
                     inputs = step.inputs(ctx)
                     outputs = step.Outputs.model_validate(step.run(ctx)).model_dump(mode="json", exclude_unset=True)
+                    checked = time.perf_counter()
                     post = step.is_done(ctx)
+                    _timed_check(record, checked)
                     if not post.ok:
                         raise StepError(f"{step.name} ran but its postcondition fails: {post.summary}",
                                         fix=f"see {log_path}")
@@ -295,23 +312,26 @@ class Runbook:
                     status, detail = StepStatus.DONE, post.summary
             except DsvError as exc:
                 log.line(f"FAILED: {exc.message}" + (f"\nfix: {exc.fix}" if exc.fix else ""))
+                record.run_s = _seconds_since(started)
                 known = getattr(exc, "known_failure", None)
                 return self._fail(step, state, StepErrorInfo(
                     message=exc.message, fix=exc.fix, log=str(log_path), known_failure=known,
                     command=self._in_workdir(shlex.split(exc.command) if exc.command else None)), obs)
             except KeyboardInterrupt:
                 log.line("INTERRUPTED by the user")
+                record.run_s = _seconds_since(started)
                 self._fail(step, state, StepErrorInfo(message="interrupted by the user", log=str(log_path),
                                                       fix="run `dsv4setup up` again to resume"), obs)
                 raise
             except Exception as exc:  # a bug: record it, keep the traceback in the log, never lose state
                 log.write(traceback.format_exc())
+                record.run_s = _seconds_since(started)
                 return self._fail(step, state, StepErrorInfo(
                     message=f"internal error in step {step.name}: {type(exc).__name__}: {exc}",
                     fix=f"the traceback is in {log_path}; please report it", log=str(log_path)), obs)
             log.line(f"{status.value.upper()}: {detail}")
         record.status, record.outputs, record.progress = status, outputs, None
-        record.pid, record.finished_at = None, now_iso()
+        record.pid, record.finished_at, record.run_s = None, now_iso(), _seconds_since(started)
         save_state(self.workdir.state_file, state)
         obs.finished(step, status, detail)
         return None, []

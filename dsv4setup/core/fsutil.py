@@ -101,3 +101,16 @@ def fsync_file(path: Path) -> None:
 def atomic_write_json(path: Path, doc: object) -> None:
     """Atomic JSON write with every known secret redacted."""
     atomic_write_text(path, redact_json(doc, indent=2, sort_keys=False) + "\n")
+
+
+def stat_key(path: str | Path) -> list[int] | None:
+    """What a proof keyed on a file remembers of it (None: missing): size, mtime_ns, ctime_ns, inode.
+
+    Every write or rename moves ctime, which no user can set back, so a file whose key is unchanged
+    was not touched since the key was taken.
+    """
+    try:
+        st = os.stat(path)  # a str saves building a Path where thousands of files are checked
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]

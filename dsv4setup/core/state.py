@@ -64,6 +64,9 @@ class StepRecord(BaseModel):
     outputs: dict[str, Any] = Field(default_factory=dict)
     error: StepErrorInfo | None = None
     progress: StepProgress | None = None
+    run_s: float | None = None  # wall seconds of the last run (done or failed); null before this field existed
+    verify_s: float | None = None  # seconds the last check of its postcondition took (inputs + is_done)
+    verified_at: str | None = None  # when that check ran (each `up` that reaches the step checks it)
 
     def is_interrupted(self) -> bool:
         """A step left 'running' by a process that no longer exists."""

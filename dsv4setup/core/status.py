@@ -12,14 +12,26 @@ from typing import Any
 
 from dsv4setup.core.state import State, StepRecord, StepStatus
 
-STATUS_SCHEMA = "dsv4setup.status/2"
+STATUS_SCHEMA = "dsv4setup.status/3"  # /3: each step's `timings`
 BROKEN = ("failed", "interrupted")
 
 
-def _elapsed_s(started_at: str | None) -> float | None:
+def _elapsed_s(started_at: str | None, until: str | None = None) -> float | None:
     if not started_at:
         return None
-    return round((datetime.now(UTC) - datetime.fromisoformat(started_at)).total_seconds(), 1)
+    end = datetime.fromisoformat(until) if until else datetime.now(UTC)
+    return round((end - datetime.fromisoformat(started_at)).total_seconds(), 1)
+
+
+def timings(record: StepRecord | None) -> dict[str, Any]:
+    """What the step cost: its last run (a state written before run_s was kept: from its timestamps,
+    to the second) and the last check of its postcondition, which each `up` pays for a done step."""
+    if record is None:
+        return {"run_s": None, "verify_s": None, "verified_at": None}
+    run_s = record.run_s
+    if run_s is None and record.finished_at:
+        run_s = _elapsed_s(record.started_at, record.finished_at)
+    return {"run_s": run_s, "verify_s": record.verify_s, "verified_at": record.verified_at}
 
 
 def _progress(record: StepRecord, status: str) -> dict[str, Any] | None:
@@ -49,10 +61,16 @@ def profile_kind(state: State) -> dict[str, Any]:
     return {key: rec.get(key) for key in ("derived", "verified", "demo")}
 
 
-def status_doc(state: State, names: list[str]) -> dict[str, Any]:
+def step_rows(state: State, names: list[str]) -> list[dict[str, Any]]:
+    """Each step's view, in runbook order, then any other step the state records."""
     extra = [n for n in state.steps if n not in names]
     rows: list[dict[str, Any]] = []
     for name in [*names, *extra]:
         rows.append(step_view(name, state, after_broken=any(r["status"] in BROKEN for r in rows)))
+    return rows
+
+
+def status_doc(state: State, names: list[str]) -> dict[str, Any]:
+    rows = [{**row, "timings": timings(state.steps.get(row["step"]))} for row in step_rows(state, names)]
     return {"schema": STATUS_SCHEMA, "profile": state.profile, **profile_kind(state), "updated_at": state.updated_at,
             "steps": rows}

@@ -61,10 +61,12 @@ class DownloadStep(Step):
     Outputs = DownloadOutputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
-        from dsv4setup.download.transfer import hf_cache_setting
-
         model = ctx.profile.model
-        cache = hf_cache_setting() if route(ctx) == "repo" else None
+        cache = None
+        if route(ctx) == "repo":
+            from dsv4setup.download.transfer import hf_cache_setting  # the hub client: only for a repo
+
+            cache = hf_cache_setting()
         return {"route": route(ctx), "repo": model.repo, "revision": model.revision,
                 "allow_patterns": model.allow_patterns, "local_path": model.local_path, "generate": model.generate,
                 "generator_source": _generator_digest() if model.generate else None,

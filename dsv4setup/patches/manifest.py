@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from dsv4setup.core.errors import DsvError
 from dsv4setup.core.fsutil import contained
 from dsv4setup.core.resources import data_dir
+from dsv4setup.core.yamlfast import SAFE_LOADER, safe_load
 
 INDEX_SCHEMA = "dsv4setup.patch-index/1"
 INDEX_FILE = "index.yaml"
@@ -194,79 +195,91 @@ def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
-def _where(path: Path, root: yaml.Node | None, loc: tuple[int | str, ...]) -> str:
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top)"
-    line = _line_of(root, loc)
-    return f"{path}:{line}: {key}" if line else f"{path}: {key}"
+@dataclass(frozen=True)
+class _Source:
+    """The manifest's text. Its YAML node tree, which only error messages need (for line numbers),
+    is composed on the first error: a valid manifest is parsed once."""
+
+    path: Path
+    text: str
+
+    @cached_property
+    def root(self) -> yaml.Node | None:
+        return yaml.compose(self.text, Loader=SAFE_LOADER)
+
+    def where(self, loc: tuple[int | str, ...]) -> str:
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top)"
+        line = _line_of(self.root, loc)
+        return f"{self.path}:{line}: {key}" if line else f"{self.path}: {key}"
 
 
-def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
+def _parse(path: Path) -> tuple[Any, _Source]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the patch manifest: {exc.strerror}",
                             fix="reinstall dsv4setup") from None
     try:
-        return yaml.safe_load(text), yaml.compose(text)
+        return safe_load(text), _Source(path, text)
     except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: not valid YAML: {exc}") from None
 
 
-def _load_diffs(path: Path, root: yaml.Node | None, index: int, spec: PatchSpec) -> tuple[DiffFile, ...]:
+def _load_diffs(src: _Source, index: int, spec: PatchSpec) -> tuple[DiffFile, ...]:
     diffs: list[DiffFile] = []
     for vi, variant in enumerate(spec.variants):
-        where = _where(path, root, ("patches", index, "variants", vi, "diff"))
+        loc = ("patches", index, "variants", vi, "diff")
         try:
-            diff_path = contained(path.parent, variant.diff, where).resolve()
+            diff_path = contained(src.path.parent, variant.diff, "the diff").resolve()
         except DsvError as exc:
-            raise ManifestError(exc.message) from None
+            raise ManifestError(f"{src.where(loc)}: {exc.message}") from None
         if not diff_path.is_file():
-            raise ManifestError(f"{where}: {variant.diff} does not exist")
+            raise ManifestError(f"{src.where(loc)}: {variant.diff} does not exist")
         try:
             files = diff_targets(diff_path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{where}: {variant.diff}: {exc}") from None
+            raise ManifestError(f"{src.where(loc)}: {variant.diff}: {exc}") from None
         unlisted = sorted(set(files) - set(spec.files))
         if unlisted:
-            raise ManifestError(f"{where}: {variant.diff} changes {', '.join(unlisted)}, "
+            raise ManifestError(f"{src.where(loc)}: {variant.diff} changes {', '.join(unlisted)}, "
                                 f"which patch {spec.id} does not list in files")
         diffs.append(DiffFile(diff_path, sha256_file(diff_path), files))
     return tuple(diffs)
 
 
-def _check_kind(path: Path, root: yaml.Node | None, index: int, spec: PatchSpec) -> None:
+def _check_kind(src: _Source, index: int, spec: PatchSpec) -> None:
     if spec.kind == "diff" and not spec.variants:
-        raise ManifestError(f"{_where(path, root, ('patches', index, 'variants'))}: "
+        raise ManifestError(f"{src.where(('patches', index, 'variants'))}: "
                             f"a diff patch needs at least one variant")
     if spec.kind == "upstream" and spec.variants:
-        raise ManifestError(f"{_where(path, root, ('patches', index, 'variants'))}: "
+        raise ManifestError(f"{src.where(('patches', index, 'variants'))}: "
                             f"an upstream entry ships no diff: remove its variants")
 
 
 def load_manifest(path: Path | None = None) -> Manifest:
     """Load and validate the manifest; every error names file:line: key."""
     path = (path or default_manifest_path()).resolve()
-    raw, root = _parse(path)
+    raw, src = _parse(path)
     try:
         doc = IndexDoc.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"{_where(path, root, tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+        problems = [f"{src.where(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise ManifestError("invalid patch manifest:\n  " + "\n  ".join(problems)) from None
     seen: dict[str, int] = {}
     owner: dict[str, str] = {}  # file -> the diff patch that changes it
     patches: list[Patch] = []
     for index, spec in enumerate(doc.patches):
         if spec.id in seen:
-            raise ManifestError(f"{_where(path, root, ('patches', index, 'id'))}: "
+            raise ManifestError(f"{src.where(('patches', index, 'id'))}: "
                                 f"duplicate id {spec.id!r} (first at patches[{seen[spec.id]}])")
         seen[spec.id] = index
-        _check_kind(path, root, index, spec)
-        diffs = _load_diffs(path, root, index, spec)
+        _check_kind(src, index, spec)
+        diffs = _load_diffs(src, index, spec)
         for diff in diffs:
             for file in diff.files:
                 if owner.setdefault(file, spec.id) != spec.id:
                     raise ManifestError(
-                        f"{_where(path, root, ('patches', index, 'files'))}: {file} is already changed by "
+                        f"{src.where(('patches', index, 'files'))}: {file} is already changed by "
                         f"patch {owner[file]}; one file, one patch (merge the two fixes into one diff)")
         patches.append(Patch(spec, diffs))
     return Manifest(path, tuple(patches))

@@ -13,6 +13,7 @@ from typing import Any
 from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import DsvError, StepError
 from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.core.fsutil import stat_key
 from dsv4setup.patches.apply import PatchConflictError, apply_patches, reinstall_fix
 from dsv4setup.patches.manifest import Manifest, load_manifest
 from dsv4setup.patches.outputs import PatchesOutputs
@@ -46,6 +47,10 @@ def applied_diffs(reports: list[PatchReport]) -> dict[str, str | None]:
     return {r.id: r.diff.sha256 if r.diff and r.status == "applied" else None for r in reports}
 
 
+def _manifest_stats(manifest: Manifest) -> list[list[int] | None]:
+    return [stat_key(p) for p in (manifest.path, *(d.path for patch in manifest.patches for d in patch.diffs))]
+
+
 def summary(reports: list[PatchReport]) -> str:
     return ", ".join(f"{r.id} {r.status}" for r in reports)
 
@@ -58,9 +63,16 @@ class PatchesStep(Step):
 
     def __init__(self, manifest_path: Path | None = None) -> None:
         self._manifest_path = manifest_path  # None: the shipped patches/index.yaml
+        self._loaded: tuple[Manifest, list[list[int] | None]] | None = None
 
     def manifest(self) -> Manifest:
-        return load_manifest(self._manifest_path)
+        """The manifest, parsed once per `up` (inputs, check and run read it): parsed again only when
+        index.yaml or a diff it names changed since."""
+        if self._loaded is not None and self._loaded[1] == _manifest_stats(self._loaded[0]):
+            return self._loaded[0]
+        manifest = load_manifest(self._manifest_path)
+        self._loaded = (manifest, _manifest_stats(manifest))
+        return manifest
 
     def not_applicable(self, ctx: RunContext) -> str | None:
         return None if ctx.profile.patches else "the profile lists no patches"

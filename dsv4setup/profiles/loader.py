@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from dsv4setup.core.errors import UsageError
 from dsv4setup.core.resources import data_dir
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.core.yamlfast import SAFE_LOADER
 from dsv4setup.profiles import keys
 from dsv4setup.profiles.model import Profile
 
@@ -108,9 +109,9 @@ def _duplicate_keys(path: Path, node: yaml.Node | None, prefix: str = "") -> lis
 
 def parse_yaml(text: str, path: Path) -> YamlDoc:
     """Parse one YAML document; syntax errors and duplicate keys raise ProfileError with a line."""
-    loader: yaml.SafeLoader | None = None
+    loader: yaml.SafeLoader | yaml.CSafeLoader | None = None
     try:
-        loader = yaml.SafeLoader(text)  # its reader already refuses control characters
+        loader = SAFE_LOADER(text)  # its reader already refuses control characters
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
@@ -142,7 +143,8 @@ def restore_plain_strings(data: Any, node: yaml.Node | None, annotation: Any) ->
     """Give string fields the text as written: YAML reads `revision: 0123456` as an octal number and
     `version: 13.10` as 13.1; for a field that only takes strings we keep the characters instead."""
     if isinstance(node, yaml.ScalarNode):
-        if node.style is None and node.tag not in (STR_TAG, NULL_TAG) and keys.is_plain_str(annotation):
+        # a plain scalar: style None from the Python parser, "" from libyaml
+        if not node.style and node.tag not in (STR_TAG, NULL_TAG) and keys.is_plain_str(annotation):
             return node.value
         return data
     if isinstance(data, dict) and isinstance(node, yaml.MappingNode):

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dsv4setup.core.loopback import direct_opener
 
+SPEC_DECODE_PREFIX = "vllm:spec_decode_"
 DRAFTS = "vllm:spec_decode_num_drafts"
 DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens"
 ACCEPTED = "vllm:spec_decode_num_accepted_tokens"
@@ -32,11 +33,22 @@ class SpecDecodeCounters:
     per_position: dict[int, float] = field(default_factory=dict)
 
 
+def _spec_decode_lines(text: str) -> str:
+    """The lines of the spec-decode families only (samples, # HELP, # TYPE): vLLM's /metrics holds
+    hundreds of other samples, and parsing them all cost ~80 ms per `up`."""
+    kept = []
+    for line in text.splitlines():
+        name = line.split(" ", 3)[2] if line.startswith("#") and line.count(" ") >= 2 else line
+        if name.startswith(SPEC_DECODE_PREFIX):
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
 def parse_spec_decode(text: str) -> SpecDecodeCounters | None:
     """The spec-decode counters in a /metrics text; None when absent (speculative decoding off)."""
     sums: dict[str, float] = {}
     per_pos: dict[int, float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(_spec_decode_lines(text)):
         for sample in family.samples:
             name = _base(sample.name)
             if name == ACCEPTED_PER_POS and "position" in sample.labels:

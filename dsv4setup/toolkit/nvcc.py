@@ -17,8 +17,9 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from dsv4setup.core.fsutil import atomic_write_text
+from dsv4setup.core.fsutil import atomic_write_text, stat_key
 from dsv4setup.download.verify import sha256_file
 from dsv4setup.toolkit.arch import Release
 
@@ -107,24 +108,40 @@ def compile_probe(nvcc: Path, arch: str, *, run: bool = False) -> CompileResult:
                              home)
 
 
+def _sha256_by_stat(binary: Path, known: dict[str, Any]) -> tuple[str, bool]:
+    """(sha256 of the file, whether it was hashed now): hashed again only when its stat moved since
+    the proof's `hashed` entry (a write or a replacement moves ctime); OSError when unreadable."""
+    key, hashed = stat_key(binary), known.setdefault("hashed", {})
+    entry = hashed.get(str(binary))
+    if key is not None and isinstance(entry, list) and len(entry) == 2 and entry[0] == key:
+        return str(entry[1]), False
+    digest = sha256_file(binary)
+    hashed[str(binary)] = [key, digest]
+    return digest, True
+
+
 def proven_compile(nvcc: Path, arch: str, proofs: Path) -> CompileResult:
     """compile_probe, done once per nvcc binary and arch: the proof is keyed on the sha256 of the
     nvcc file and the arch, so a changed or replaced nvcc is compiled with again."""
     try:
-        key = f"{sha256_file(nvcc.resolve())}:{arch}"
-    except OSError as exc:
-        return CompileResult(False, f"cannot read {nvcc}: {exc.strerror}", None)
-    try:
         known = json.loads(proofs.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         known = {}
+    try:
+        digest, rehashed = _sha256_by_stat(nvcc.resolve(), known)
+    except OSError as exc:
+        return CompileResult(False, f"cannot read {nvcc}: {exc.strerror}", None)
+    key, changed = f"{digest}:{arch}", rehashed
     if isinstance(known.get(key), dict) and known[key].get("nvcc") == str(nvcc):
         home = known[key].get("cuda_home")
-        return CompileResult(True, f"compiled for {arch} before (proof {proofs.name}, same nvcc sha256)",
-                             Path(home) if home else None)
-    result = compile_probe(nvcc, arch)
-    if result.ok:
-        known[key] = {"nvcc": str(nvcc), "arch": arch, "cuda_home": str(result.cuda_home or "") or None}
+        result = CompileResult(True, f"compiled for {arch} before (proof {proofs.name}, same nvcc sha256)",
+                               Path(home) if home else None)
+    else:
+        result = compile_probe(nvcc, arch)
+        if result.ok:
+            known[key] = {"nvcc": str(nvcc), "arch": arch, "cuda_home": str(result.cuda_home or "") or None}
+            changed = True
+    if changed:
         proofs.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(proofs, json.dumps(known, indent=1))
     return result

@@ -37,7 +37,6 @@ from dsv4setup.toolkit.install import (
 )
 from dsv4setup.toolkit.nvcc import CompileResult, HostTools, compile_probe, error_lines, nvcc_release, proven_compile
 from dsv4setup.toolkit.outputs import ToolkitOutputs
-from dsv4setup.toolkit.rattler_install import install_rattler
 from dsv4setup.vllm.installer import Installer, base_python, requested_installer
 
 NVCC_PROOFS = "nvcc-proofs.json"  # in the toolkit directory: {sha256(nvcc):arch -> compiled}
@@ -199,6 +198,8 @@ class ToolkitStep(Step):
         if route == "conda" and conda is not None:
             install_conda(conda, layout, target.version, target.channel, log)
         elif route == "conda":
+            from dsv4setup.toolkit.rattler_install import install_rattler  # asyncio and rattler: only to install
+
             install_rattler(layout, target.version, target.channel, log)
         else:
             installer = Installer.choose(requested_installer(ctx.options.get("installer"), ctx.profile.vllm.installer),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from dsv4setup.core.fsutil import atomic_write_text
+from dsv4setup.core.fsutil import atomic_write_text, stat_key
 from dsv4setup.download.verify import sha256_file
 from dsv4setup.patches.target import parse_record
 from dsv4setup.vllm.build import normalize
@@ -80,15 +80,15 @@ def record_drift(site: Path, package: str, proof_file: Path) -> str | None:
     except (OSError, ValueError):
         proof = {}
     proven: dict[str, list[int]] = proof.get("files", {}) if proof.get("record") == record_id else {}
+    if proven and all(stat_key(f"{site}/{rel}") == key for rel, key in proven.items()):
+        return None  # the proof covers every file of this very RECORD, and none was touched since
     patched = _patched(site)
     now: dict[str, list[int]] = {}
     for rel, digest in parse_record(record_text).items():
         path = site / rel
-        try:
-            st = path.stat()
-        except OSError:
+        key = stat_key(path)
+        if key is None:
             return f"{path} of {package} is missing"
-        key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         if proven.get(rel) != key:
             actual = sha256_file(path)
             if actual != digest and patched.get(rel) != actual:

@@ -187,3 +187,41 @@ def test_python_env_of_a_real_venv_with_fake_dist_info(tmp_path: Path) -> None:
     (site / "torch" / "version.py").write_text("__version__ = '2.14.0+cu130'\ncuda: Optional[str] = '13.0'\n")
     facts = probe_python_env(python)
     assert (facts["vllm"], facts["torch"], facts["torch_cuda"]) == ("0.33.0", "2.14.0+cu130", "13.0")
+
+
+def test_python_env_proof_answers_without_the_interpreter_until_a_read_file_drifts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer is kept in the venv, keyed on the stat of all the probe read: unchanged files
+    answer without starting the venv's python; a METADATA or torch/version.py edited in place,
+    or a package added, runs the probe again."""
+    from dsv4setup.preflight import toolchain
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python, site = venv / "bin" / "python", _site_packages(venv)
+    info = site / "vllm-0.33.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 0.33.0\n")
+    (site / "torch").mkdir()
+    (site / "torch" / "version.py").write_text("cuda: Optional[str] = '13.0'\n")
+    first = probe_python_env(python)
+    assert (first["vllm"], first["torch_cuda"]) == ("0.33.0", "13.0")
+    assert (venv / toolchain.ENV_PROOF).is_file()
+    real_run_tool = toolchain.run_tool
+    runs: list[list[str]] = []
+
+    def counting_run_tool(argv: list[str], *args: object, **kwargs: object) -> str | None:
+        runs.append(argv)
+        return real_run_tool(argv, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(toolchain, "run_tool", counting_run_tool)
+    assert probe_python_env(python) == first and runs == []
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm\nVersion: 0.33.1\n")  # same folder name
+    assert probe_python_env(python)["vllm"] == "0.33.1" and len(runs) == 1
+    (site / "torch" / "version.py").write_text("cuda: Optional[str] = '13.1'\n")
+    assert probe_python_env(python)["torch_cuda"] == "13.1" and len(runs) == 2
+    torch_info = site / "torch-2.14.0.dist-info"
+    torch_info.mkdir()
+    (torch_info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.14.0\n")
+    assert probe_python_env(python)["torch"] == "2.14.0" and len(runs) == 3
+    assert probe_python_env(python)["torch"] == "2.14.0" and len(runs) == 3
