@@ -26,8 +26,7 @@ from dsv4setup.core.fsutil import atomic_write_text, fsync_dir
 from dsv4setup.patches import backups as backup_mod
 from dsv4setup.patches.backups import Backups
 from dsv4setup.patches.manifest import Manifest, Patch
-from dsv4setup.patches.status import PatchReport, check_patch, check_patches, evaluate_probe
-from dsv4setup.patches.status import reinstall_fix as reinstall_fix  # public here too: step.py imports it from apply
+from dsv4setup.patches.status import PatchReport, check_patch, check_patches, evaluate_probe, reinstall_fix
 from dsv4setup.patches.target import Target, sha256_bytes
 
 Log = Callable[[str], None]

@@ -14,10 +14,10 @@ from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import DsvError, StepError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.fsutil import stat_key
-from dsv4setup.patches.apply import PatchConflictError, apply_patches, reinstall_fix
+from dsv4setup.patches.apply import PatchConflictError, apply_patches
 from dsv4setup.patches.manifest import Manifest, load_manifest
 from dsv4setup.patches.outputs import PatchesOutputs
-from dsv4setup.patches.status import PatchReport, check_patches
+from dsv4setup.patches.status import PatchReport, check_patches, reinstall_fix
 from dsv4setup.patches.target import Target, default_target, find_target
 from dsv4setup.vllm.outputs import VllmOutputs
 
