@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from dsv4setup.cluster.nodes import on_worker
 from dsv4setup.core.engine import Postcondition, RunContext, Step
 from dsv4setup.core.errors import DsvError, StepError
 
@@ -39,6 +40,9 @@ class BenchStep(Step):
     name = "bench"
     description = "measure tok/s and MTP acceptance per k with vllm bench serve; report and chart"
     needs = ("smoke",)
+
+    def not_applicable(self, ctx: RunContext) -> str | None:
+        return on_worker(ctx)
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.bench.fingerprint import serve_args

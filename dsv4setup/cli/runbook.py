@@ -50,14 +50,17 @@ def up(
     bench: Annotated[bool, typer.Option("--bench", help="Run the optional bench step at the end.")] = False,
     toolkit: Annotated[str | None, typer.Option(help="Force the CUDA toolkit route: pip or conda.")] = None,
     host: Annotated[str | None, typer.Option(help="Bind the server to this address (needs an API key).")] = None,
+    node: Annotated[str | None, typer.Option(help="Multi-node profiles: this machine's node (default: the "
+                                                  "one whose address this machine has).")] = None,
     yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run the runbook: preflight → toolkit → vllm → patches → download → checkpoint → serve → smoke."""
+    """Run the runbook: preflight → toolkit → vllm → patches → download → checkpoint → cluster → serve → smoke."""
     wd = workdir_from(workdir)
     if toolkit not in (None, "pip", "conda"):
         raise UsageError(f"--toolkit {toolkit}: expected pip or conda")
-    options = {k: v for k, v in {"toolkit_route": toolkit, "host": host, "yes": yes}.items() if v is not None}
+    options = {k: v for k, v in {"toolkit_route": toolkit, "host": host, "yes": yes, "node": node}.items()
+               if v is not None}
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], bench, options))
     selection = Selection(from_, until, tuple(only or ()), tuple(redo or ()))
     if dry_run:

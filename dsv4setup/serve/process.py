@@ -42,6 +42,7 @@ from dsv4setup.core.workdir import Workdir
 
 SERVE_ID_ENV = "DSV4SETUP_SERVE_ID"
 TMP_PREFIX = "dsv4setup-serve-"
+SHM_PREFIX = "/dev/shm/psm_"
 NOT_FINGERPRINTED_ENV = ("VLLM_API_KEY",)  # a key change must not look like a new command line
 
 
@@ -69,12 +70,13 @@ def command_fingerprint(argv: Sequence[str], env: Mapping[str, str]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def record_file(workdir: Workdir) -> Path:
-    return workdir.run_dir / "serve.json"
+def record_file(workdir: Workdir, name: str = "serve") -> Path:
+    """`run/<name>.json`: the server's record ("serve"), or another process we started (the cluster's "ray")."""
+    return workdir.run_dir / f"{name}.json"
 
 
-def read_record(workdir: Workdir) -> ServerRecord | None:
-    path = record_file(workdir)
+def read_record(workdir: Workdir, name: str = "serve") -> ServerRecord | None:
+    path = record_file(workdir, name)
     try:
         return ServerRecord(**json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
@@ -83,14 +85,14 @@ def read_record(workdir: Workdir) -> ServerRecord | None:
         return None  # unreadable: treated as no record; a live server is still found by its port
 
 
-def write_record(workdir: Workdir, record: ServerRecord) -> None:
-    atomic_write_json(record_file(workdir), asdict(record))
-    atomic_write_text(workdir.serve_pid_file, f"{record.pid}\n")
+def write_record(workdir: Workdir, record: ServerRecord, name: str = "serve") -> None:
+    atomic_write_json(record_file(workdir, name), asdict(record))
+    atomic_write_text(workdir.run_dir / f"{name}.pid", f"{record.pid}\n")
 
 
-def clear_record(workdir: Workdir) -> None:
-    record_file(workdir).unlink(missing_ok=True)
-    workdir.serve_pid_file.unlink(missing_ok=True)
+def clear_record(workdir: Workdir, name: str = "serve") -> None:
+    record_file(workdir, name).unlink(missing_ok=True)
+    (workdir.run_dir / f"{name}.pid").unlink(missing_ok=True)
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -179,11 +181,18 @@ def check_port_free(host: str, port: int) -> None:
             raise StepError(f"cannot bind {host}:{port}: {exc.strerror}") from None
 
 
+def new_tmpdir() -> str:
+    """A fresh, short temp dir (Unix socket paths inside it must stay under 108 bytes)."""
+    return tempfile.mkdtemp(prefix=TMP_PREFIX)
+
+
 def start_server(argv: Sequence[str], env: Mapping[str, str], *, host: str, port: int, log_path: Path,
-                 cwd: Path) -> tuple[ServerRecord, subprocess.Popen[bytes]]:
-    """Start argv (no shell) detached in its own session; stdout+stderr appended to log_path."""
+                 cwd: Path, tmpdir: str | None = None) -> tuple[ServerRecord, subprocess.Popen[bytes]]:
+    """Start argv (no shell) detached in its own session; stdout+stderr appended to log_path.
+
+    `tmpdir` (from `new_tmpdir()`, when argv must name it) becomes its TMPDIR, removed when it stops."""
     serve_id = uuid.uuid4().hex
-    tmpdir = tempfile.mkdtemp(prefix=TMP_PREFIX)
+    tmpdir = tmpdir or new_tmpdir()
     full_env = {**os.environ, "TMPDIR": tmpdir, **env, SERVE_ID_ENV: serve_id}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -249,10 +258,21 @@ def _wait_gone(record: ServerRecord, procs: list[psutil.Process], deadline: floa
         time.sleep(0.2)
 
 
-def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0) -> StopReport:
-    """SIGTERM to the server's group (and any straggler with our id), SIGKILL after grace_s, clean up."""
+def shm_segments(procs: list[psutil.Process]) -> set[str]:
+    """The /dev/shm/psm_* segments these processes map (the Ray executor leaves them after SIGTERM)."""
+    found: set[str] = set()
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, OSError):
+            found.update(m.path for m in proc.memory_maps() if m.path.startswith(SHM_PREFIX))
+    return found
+
+
+def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0, name: str = "serve") -> StopReport:
+    """SIGTERM to the server's group (and any straggler with our id), SIGKILL after grace_s, clean up:
+    its temp dir and the shared-memory segments its processes mapped."""
     started = time.monotonic()
     procs = server_processes(record)
+    segments = shm_segments(procs)
     pids = sorted(p.pid for p in procs)
     forced = False
     left: list[psutil.Process] = []
@@ -269,7 +289,11 @@ def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0) -
         shutil.rmtree(record.tmpdir, ignore_errors=True)
         removed.append(record.tmpdir)
     if not left:
-        clear_record(workdir)
+        for segment in sorted(segments):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(segment)
+                removed.append(segment)
+        clear_record(workdir, name)
     return StopReport(was_running=bool(procs), pids=pids, forced=forced,
                       elapsed_s=round(time.monotonic() - started, 2), survivors=sorted(p.pid for p in left),
                       removed=removed)

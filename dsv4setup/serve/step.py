@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dsv4setup.cluster.nodes import on_worker
 from dsv4setup.core.engine import Postcondition, RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.profiles.model import Profile
@@ -60,6 +61,9 @@ class ServeStep(Step):
     name = "serve"
     description = "start vLLM in the background and wait until /health answers"
     needs = ("vllm", "checkpoint")
+
+    def not_applicable(self, ctx: RunContext) -> str | None:
+        return on_worker(ctx)
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         argv, env = render_command(ctx, effective_profile(ctx))

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dsv4setup.cluster.nodes import on_worker
 from dsv4setup.core.engine import Postcondition, RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.fsutil import atomic_write_json
@@ -38,6 +39,9 @@ class SmokeStep(Step):
     name = "smoke"
     description = "chat completion via the openai client; prove MTP drafts are made and accepted"
     needs = ("serve",)
+
+    def not_applicable(self, ctx: RunContext) -> str | None:
+        return on_worker(ctx)
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         spec = ctx.profile.spec.num_speculative_tokens

@@ -93,8 +93,11 @@ def constraint_args(constraints: Path | None) -> list[str]:
 
 
 def install_wheel(python: Path, spec: VllmSpec, constraints: Path | None, log: StepLog) -> None:
-    req = f"{spec.package}=={spec.version}"
-    pip(python, ["install", *constraint_args(constraints), req], log, what=f"pip install {req}")
+    install_packages(python, [f"{spec.package}=={spec.version}"], constraints, log)
+
+
+def install_packages(python: Path, reqs: list[str], constraints: Path | None, log: StepLog) -> None:
+    pip(python, ["install", *constraint_args(constraints), *reqs], log, what=f"pip install {' '.join(reqs)}")
 
 
 def install_editable(python: Path, src: Path, constraints: Path | None, env: Mapping[str, str], log: StepLog,

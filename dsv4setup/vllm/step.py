@@ -32,12 +32,14 @@ from dsv4setup.vllm.routes import (
     checkout,
     git_source,
     install_editable,
+    install_packages,
     install_wheel,
     remove_packages,
 )
 from dsv4setup.vllm.venv import create_venv
 
 CONSTRAINTS_FILE = "dsv4setup-constraints.txt"  # inside the venv: it belongs to that install
+CLUSTER_PACKAGES = ["ray"]  # multi-node profiles serve through Ray (vLLM does not depend on it)
 
 
 def source_dir(ctx: RunContext) -> Path:
@@ -60,6 +62,10 @@ def toolkit_build_inputs(ctx: RunContext, spec: VllmSpec) -> tuple[Path, Path, s
     return Path(toolkit["cuda_home"]), Path(toolkit["nvcc"]), arch_list
 
 
+def cluster_packages(ctx: RunContext) -> list[str]:
+    return CLUSTER_PACKAGES if ctx.profile.multinode is not None else []
+
+
 class VllmStep(Step):
     name = "vllm"
     description = "serving venv with vLLM, installed as the profile says"
@@ -75,6 +81,8 @@ class VllmStep(Step):
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         spec = ctx.profile.vllm
         doc: dict[str, Any] = {"vllm": spec.model_dump(mode="json")}
+        if cluster_packages(ctx):  # absent for single-node profiles: their fingerprint stays as it was
+            doc["cluster_packages"] = cluster_packages(ctx)
         if spec.source == "source":
             toolkit = ctx.output("toolkit")
             doc["toolkit"] = {k: toolkit.get(k) for k in ("cuda_home", "arch", "version")}
@@ -82,9 +90,12 @@ class VllmStep(Step):
 
     def is_done(self, ctx: RunContext) -> Postcondition:
         spec = ctx.profile.vllm
-        probe = probe_install(ctx.workdir.venv_python, probe_names(spec))
+        probe = probe_install(ctx.workdir.venv_python, [*probe_names(spec), *cluster_packages(ctx)])
         if isinstance(probe, str):
             return Postcondition(False, probe)
+        missing = [n for n in cluster_packages(ctx) if probe.versions.get(n) is None]
+        if missing:
+            return Postcondition(False, f"{', '.join(missing)} not installed (a multi-node profile serves through Ray)")
         return Postcondition(*judge_install(probe, spec))
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
@@ -117,6 +128,9 @@ class VllmStep(Step):
             else:
                 ctx.progress(f"installing {source.ref} on the precompiled binaries of {wheel}")
                 install_editable(python, source_dir(ctx), constraints, precompiled_env(str(wheel)), log)
+        if cluster_packages(ctx):
+            ctx.progress(f"installing {', '.join(cluster_packages(ctx))} (multi-node: vLLM serves through Ray)")
+            install_packages(python, cluster_packages(ctx), constraints, log)
         if spec.remove_after_install:
             ctx.progress(f"removing {', '.join(spec.remove_after_install)}")
             remove_packages(python, spec.remove_after_install, log)

