@@ -45,7 +45,7 @@ def patched_files(applied: list[str]) -> list[str]:
 def local_fingerprint(ctx: RunContext) -> dict[str, Any]:
     vllm, patches, toolkit = ctx.output("vllm"), ctx.output("patches"), ctx.output("toolkit")
     applied = sorted(patches.get("applied", []))
-    return {"vllm": {"package": vllm.get("package"), "version": vllm.get("version")},
+    return {"vllm": {"package": vllm.get("package") or ctx.profile.vllm.package, "version": vllm.get("version")},
             "patches": applied, "patched_files": patched_files(applied),
             "toolkit": toolkit.get("version"), "checkpoint": checkpoint_hashes(ctx)}
 

@@ -42,7 +42,8 @@ from dsv4setup.core.workdir import Workdir
 
 SERVE_ID_ENV = "DSV4SETUP_SERVE_ID"
 TMP_PREFIX = "dsv4setup-serve-"
-SHM_PREFIX = "/dev/shm/psm_"
+SHM_DIR = "/dev/shm/"
+SHM_MARKERS = ("psm_", "-cpushm")  # torch's shared-memory segments, vLLM-CPU's TP all-reduce segments
 NOT_FINGERPRINTED_ENV = ("VLLM_API_KEY",)  # a key change must not look like a new command line
 
 
@@ -259,11 +260,12 @@ def _wait_gone(record: ServerRecord, procs: list[psutil.Process], deadline: floa
 
 
 def shm_segments(procs: list[psutil.Process]) -> set[str]:
-    """The /dev/shm/psm_* segments these processes map (the Ray executor leaves them after SIGTERM)."""
+    """The /dev/shm segments of torch and vLLM-CPU these processes map (left behind after SIGTERM)."""
     found: set[str] = set()
     for proc in procs:
         with contextlib.suppress(psutil.Error, OSError):
-            found.update(m.path for m in proc.memory_maps() if m.path.startswith(SHM_PREFIX))
+            found.update(m.path for m in proc.memory_maps()
+                         if m.path.startswith(SHM_DIR) and any(k in m.path for k in SHM_MARKERS))
     return found
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -175,3 +176,35 @@ def test_a_missing_interpreter_is_a_step_error(workdir: Workdir, port: int) -> N
         start_server(["/nonexistent/venv/bin/python", "-m", "x"], {}, host="127.0.0.1", port=port,
                      log_path=workdir.log_file("serve"), cwd=workdir.root)
     assert "--redo vllm" in exc.value.hint
+
+
+SHM_HOLDER = """
+import mmap, os, sys, time
+for path in sys.argv[1:]:
+    with open(path, "wb") as fh:
+        fh.write(bytes(4096))
+    fd = os.open(path, os.O_RDWR)
+    globals()[path] = mmap.mmap(fd, 4096)  # kept mapped, as torch keeps its psm_* segments
+print("mapped", flush=True)
+time.sleep(600)
+"""
+
+
+def test_stop_removes_the_shared_memory_segments_its_processes_mapped_and_no_other(
+        workdir: Workdir, reaper: list[ServerRecord], tmp_path: Path) -> None:
+    tag = f"{time.time_ns()}"
+    ours = [f"/dev/shm/psm_dsv4test{tag}", f"/dev/shm/dsv4test{tag}-tp:0-[0-1]-cpushm_0"]
+    other = Path(f"/dev/shm/psm_dsv4other{tag}")  # not mapped by the server: never touched
+    other.write_bytes(b"x")
+    try:
+        record, _proc = _start(workdir, reaper, [sys.executable, "-c", SHM_HOLDER, *ours], port=1)
+        deadline = time.monotonic() + 20
+        while "mapped" not in workdir.log_file("serve").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        report = stop_server(workdir, record, grace_s=5)
+        assert sorted(s for s in report.removed if s.startswith("/dev/shm/")) == sorted(ours)
+        assert not any(Path(s).exists() for s in ours) and other.exists()
+    finally:
+        other.unlink(missing_ok=True)
+        for s in ours:
+            Path(s).unlink(missing_ok=True)
