@@ -18,6 +18,7 @@ from dsv4setup.cluster.nodes import (
     NODE_OPTION,
     describe,
     find_node,
+    is_loopback,
     local_addresses,
     node_env,
     node_index,
@@ -54,6 +55,10 @@ def _address(multi: MultiNode, node: NodeSpec) -> str:
 def check_interface(multi: MultiNode, node: NodeSpec) -> None:
     """The node's interface exists on this machine and carries its address (else Gloo/NCCL pick another link)."""
     address, index, interface = _address(multi, node), node_index(multi, node), multi.interface(node)
+    if is_loopback(address):
+        raise StepError(f"node {node.name}'s address {address} is a loopback address: the other nodes cannot "
+                        "reach it", hint=f"--set multinode.nodes.{index}.address=IP with its address on the "
+                                         "inter-node link (`ip -br addr`)")
     found = local_addresses()
     carrier = next((name for name, addrs in found.items() if address in addrs), None)
     if carrier is None:
