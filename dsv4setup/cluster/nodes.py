@@ -54,10 +54,17 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+# vLLM's ranks run as Ray workers, which Ray starts at niceness 15: any other load on the node then
+# starves them (measured: the first request stuck for minutes in vLLM's "No available shared memory
+# broadcast block" while the ranks compiled their CPU kernels behind other processes).
+RAY_WORKER_ENV = {"RAY_worker_niceness": "0"}
+
+
 def node_env(multi: MultiNode, node: NodeSpec) -> dict[str, str]:
-    """The interface environment of a node's processes (Gloo and NCCL must use the inter-node link)."""
+    """The environment of a node's processes: Gloo and NCCL on the inter-node link, Ray's workers at normal priority."""
     interface = multi.interface(node)
-    return {"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface} if interface else {}
+    link = {"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface} if interface else {}
+    return {**link, **RAY_WORKER_ENV}
 
 
 def describe(multi: MultiNode, node: NodeSpec) -> dict[str, Any]:

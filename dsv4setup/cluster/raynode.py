@@ -21,15 +21,14 @@ from typing import Any
 
 from dsv4setup.core.proc import StepLog
 from dsv4setup.core.workdir import Workdir
-from dsv4setup.serve.process import ServerRecord, StopReport, leader_process, read_record, stop_server
+from dsv4setup.serve.process import RAY_RECORD, ServerRecord, StopReport, leader_process, read_record, stop_server
 
-RECORD = "ray"
 RAY_MODULE = "ray.scripts.scripts"
 PROBE_SCRIPT = Path(__file__).with_name("ray_probe.py")
 
 
 def ray_record(workdir: Workdir) -> ServerRecord | None:
-    return read_record(workdir, RECORD)
+    return read_record(workdir, RAY_RECORD)
 
 
 def ray_alive(record: ServerRecord) -> bool:
@@ -44,7 +43,7 @@ def ray_alive(record: ServerRecord) -> bool:
 def stop_ray(workdir: Workdir, grace_s: float = 15.0) -> StopReport | None:
     """Stop this node's Ray (only the processes we started), None when none is recorded."""
     record = ray_record(workdir)
-    return None if record is None else stop_server(workdir, record, grace_s, name=RECORD)
+    return None if record is None else stop_server(workdir, record, grace_s, name=RAY_RECORD)
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,13 @@ from dsv4setup.cluster.nodes import (
     node_index,
     ray_start_args,
 )
-from dsv4setup.cluster.raynode import RAY_MODULE, RECORD, probe, ray_alive, ray_record
+from dsv4setup.cluster.raynode import RAY_MODULE, probe, ray_alive, ray_record
 from dsv4setup.core.engine import Postcondition, RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.fsutil import atomic_write_json
 from dsv4setup.profiles.model import MultiNode, NodeSpec
 from dsv4setup.serve.command import render_serve
-from dsv4setup.serve.process import ServerRecord, new_tmpdir, start_server, stop_server, write_record
+from dsv4setup.serve.process import RAY_RECORD, ServerRecord, new_tmpdir, start_server, stop_server, write_record
 
 POLL_S = 1.0
 HEARTBEAT_S = 10.0
@@ -102,7 +102,7 @@ class ClusterStep(Step):
         try:
             seen = self._wait(ctx, multi, node, record, env)
         except (StepError, KeyboardInterrupt):
-            report = stop_server(ctx.workdir, record, name=RECORD)
+            report = stop_server(ctx.workdir, record, name=RAY_RECORD)
             ctx.require_log().line(f"stopped this node's Ray (pids {report.pids})")
             raise
         return {"node": describe(multi, node), "ray_pid": record.pid, "ray_address": f"{head_address}:{multi.ray_port}",
@@ -120,7 +120,7 @@ class ClusterStep(Step):
         log = ctx.require_log()
         existing = ray_record(ctx.workdir)
         if existing is not None:  # ours from an earlier run: replaced (same args or not), never doubled
-            report = stop_server(ctx.workdir, existing, name=RECORD)
+            report = stop_server(ctx.workdir, existing, name=RAY_RECORD)
             log.line(f"stopped this node's earlier Ray (pids {report.pids or 'none'})")
         tmpdir = new_tmpdir()
         argv = [str(ctx.workdir.venv_python), "-m", RAY_MODULE, "start", "--block",
@@ -131,7 +131,7 @@ class ClusterStep(Step):
         ctx.progress(f"starting Ray on {node.name} ({node.role}, {node.address})")
         record, _proc = start_server(argv, env, host=str(node.address), port=multi.ray_port, log_path=log.path,
                                      cwd=ctx.workdir.root, tmpdir=tmpdir)
-        write_record(ctx.workdir, record, RECORD)
+        write_record(ctx.workdir, record, RAY_RECORD)
         return record
 
     def _wait(self, ctx: RunContext, multi: MultiNode, node: NodeSpec, record: ServerRecord,

@@ -42,6 +42,7 @@ from dsv4setup.core.workdir import Workdir
 
 SERVE_ID_ENV = "DSV4SETUP_SERVE_ID"
 TMP_PREFIX = "dsv4setup-serve-"
+RAY_RECORD = "ray"  # run/ray.json: this node's Ray, started by the cluster step (multi-node profiles)
 SHM_DIR = "/dev/shm/"
 SHM_MARKERS = ("psm_", "-cpushm")  # torch's shared-memory segments, vLLM-CPU's TP all-reduce segments
 NOT_FINGERPRINTED_ENV = ("VLLM_API_KEY",)  # a key change must not look like a new command line
@@ -269,12 +270,18 @@ def shm_segments(procs: list[psutil.Process]) -> set[str]:
     return found
 
 
+def _ranks(workdir: Workdir, name: str) -> list[psutil.Process]:
+    """Multi-node: the server's vLLM ranks run in this node's Ray (they die with the server, unsignalled by us)."""
+    ray = read_record(workdir, RAY_RECORD) if name == "serve" else None
+    return server_processes(ray) if ray is not None else []
+
+
 def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0, name: str = "serve") -> StopReport:
     """SIGTERM to the server's group (and any straggler with our id), SIGKILL after grace_s, clean up:
-    its temp dir and the shared-memory segments its processes mapped."""
+    its temp dir and the shared-memory segments its processes (and its ranks in this node's Ray) mapped."""
     started = time.monotonic()
     procs = server_processes(record)
-    segments = shm_segments(procs)
+    segments = shm_segments(procs + _ranks(workdir, name))  # read before they go: Ray ends the ranks on its own
     pids = sorted(p.pid for p in procs)
     forced = False
     left: list[psutil.Process] = []

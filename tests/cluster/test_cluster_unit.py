@@ -114,6 +114,7 @@ def test_the_server_uses_ray_and_the_link_interface(workdir: Workdir) -> None:
     per_node = x2(workdir, "multinode.nodes.1.interface=eth1")
     worker = render_nodes(per_node, workdir, render_serve(per_node, workdir, {}))[1]
     assert worker["commands"][0]["env"]["GLOO_SOCKET_IFNAME"] == "eth1"
+    assert worker["commands"][0]["env"]["RAY_worker_niceness"] == "0"  # vLLM's ranks are Ray workers
     assert any("dsv4setup up --node NAME" in note for note in worker["notes"])
     assert not any("`ray stop` on every node" in note for note in worker["notes"])
 

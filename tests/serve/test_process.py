@@ -12,6 +12,7 @@ import pytest
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.process import (
+    RAY_RECORD,
     ServerRecord,
     check_port_free,
     is_ours,
@@ -190,21 +191,35 @@ time.sleep(600)
 """
 
 
-def test_stop_removes_the_shared_memory_segments_its_processes_mapped_and_no_other(
-        workdir: Workdir, reaper: list[ServerRecord], tmp_path: Path) -> None:
+def _mapping(workdir: Workdir, reaper: list[ServerRecord], segments: list[str], name: str) -> ServerRecord:
+    log = workdir.log_file(name)
+    record, _proc = start_server([sys.executable, "-c", SHM_HOLDER, *segments], {}, host="127.0.0.1", port=1,
+                                 log_path=log, cwd=workdir.root)
+    reaper.append(record)
+    write_record(workdir, record, name)
+    deadline = time.monotonic() + 20
+    while "mapped" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return record
+
+
+def test_stop_removes_the_shared_memory_segments_its_processes_and_ranks_mapped_and_no_other(
+        workdir: Workdir, reaper: list[ServerRecord]) -> None:
+    """The server's own segments, and those of its vLLM ranks in this node's Ray (multi-node: Ray ends the
+    ranks itself once the server is gone, so their segments are read before the server stops)."""
     tag = f"{time.time_ns()}"
     ours = [f"/dev/shm/psm_dsv4test{tag}", f"/dev/shm/dsv4test{tag}-tp:0-[0-1]-cpushm_0"]
+    rank = f"/dev/shm/dsv4test{tag}-tp:0-[0-1]-cpushm_1"
     other = Path(f"/dev/shm/psm_dsv4other{tag}")  # not mapped by the server: never touched
     other.write_bytes(b"x")
     try:
-        record, _proc = _start(workdir, reaper, [sys.executable, "-c", SHM_HOLDER, *ours], port=1)
-        deadline = time.monotonic() + 20
-        while "mapped" not in workdir.log_file("serve").read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        ray = _mapping(workdir, reaper, [rank], RAY_RECORD)
+        record = _mapping(workdir, reaper, ours, "serve")
         report = stop_server(workdir, record, grace_s=5)
-        assert sorted(s for s in report.removed if s.startswith("/dev/shm/")) == sorted(ours)
-        assert not any(Path(s).exists() for s in ours) and other.exists()
+        assert sorted(s for s in report.removed if s.startswith("/dev/shm/")) == sorted([*ours, rank])
+        assert not any(Path(s).exists() for s in [*ours, rank]) and other.exists()
+        assert stop_server(workdir, ray, grace_s=5, name=RAY_RECORD).was_running
     finally:
         other.unlink(missing_ok=True)
-        for s in ours:
+        for s in [*ours, rank]:
             Path(s).unlink(missing_ok=True)
