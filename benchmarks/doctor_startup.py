@@ -1,9 +1,10 @@
-"""Startup cost of `dsv4setup doctor --snapshot F --json` against the `import typer, rich` floor.
+"""Startup cost of `dsv4setup doctor --snapshot F --json` against `hf env` and the `import typer, rich` floor.
 
-Runs the commands alternately (so machine load hits them alike) and prints the medians and the
-ratio (target < 1.5x). Two more variants say where the time goes:
+Runs the commands alternately (so machine load hits them alike) and prints the medians and two
+ratios: against huggingface_hub's environment report `hf env`, a comparable CLI report (target
+<= 1.0x), and against the floor (target < 1.5x). Two more variants say where the time goes:
 - the same doctor with only `dsv4setup.cli.doctor` registered instead of every command module
-  (dsv4setup.cli._register imports them all at startup): the difference is what the other
+  (dsv4setup.cli.register imports only the named command's module): the difference is what the other
   command modules cost;
 - a do-nothing typer command with the same options: typer >= 0.2x coerces options through
   pydantic TypeAdapters, so any typer command pays the pydantic import the floor does not.
@@ -29,9 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SNAPSHOT = REPO / "tests" / "preflight" / "fixtures" / "rtx-pro-6000-maxq-x2.json"
 TARGET = 1.5
+HF_TARGET = 1.0
+HF_ENV = "baseline hf env (huggingface_hub)"
+DOCTOR = "doctor  dsv4setup doctor --snapshot F --json"
 # The doctor exactly as `dsv4setup` runs it, except that only its own command module is imported.
 ONLY_DOCTOR = ("import importlib, sys; import dsv4setup.cli as cli; "
-               "cli._register = lambda *_: importlib.import_module('dsv4setup.cli.doctor'); "
+               "cli.register = lambda *_: importlib.import_module('dsv4setup.cli.doctor'); "
                "cli.main(sys.argv[1:])")
 # A typer command that does nothing, with the doctor's options: the floor of any typer CLI.
 BARE_TYPER = """
@@ -91,7 +95,8 @@ def main() -> None:
         cli_args = ["doctor", "--snapshot", str(args.snapshot), "--json"]
         variants = {
             "floor   python -c 'import typer, rich'": [sys.executable, "-c", "import typer, rich"],
-            "doctor  dsv4setup doctor --snapshot F --json": [sys.executable, "-m", "dsv4setup", *cli_args],
+            HF_ENV: [str(Path(sys.executable).with_name("hf")), "env"],
+            DOCTOR: [sys.executable, "-m", "dsv4setup", *cli_args],
             "doctor  same, only cli.doctor registered": [sys.executable, "-c", ONLY_DOCTOR, *cli_args],
             "typer   a do-nothing command, same options": [sys.executable, "-c", BARE_TYPER, *cli_args],
         }
@@ -101,14 +106,19 @@ def main() -> None:
         for _ in range(args.runs):
             for name, argv in variants.items():
                 times[name].append(wall(argv, env))
-        ours, packages = import_breakdown(variants["doctor  dsv4setup doctor --snapshot F --json"], env)
+        ours, packages = import_breakdown(variants[DOCTOR], env)
     floor = statistics.median(next(iter(times.values())))
     for name, samples in times.items():
         median = statistics.median(samples)
         print(f"{name:48} median {median * 1000:6.1f} ms  min {min(samples) * 1000:6.1f} ms  "
               f"ratio {median / floor:.2f}x")
-    ratio = statistics.median(times["doctor  dsv4setup doctor --snapshot F --json"]) / floor
-    print(f"\nratio {ratio:.2f}x (target < {TARGET}x: {'met' if ratio < TARGET else 'NOT met'}; {args.runs} runs each)")
+    doctor = statistics.median(times[DOCTOR])
+    hf_ratio = doctor / statistics.median(times[HF_ENV])
+    verdict = "met" if hf_ratio <= HF_TARGET else "NOT met"
+    print(f"\ndoctor / hf env {hf_ratio:.2f}x (target <= {HF_TARGET}x: {verdict})")
+    ratio = doctor / floor
+    print(f"doctor / floor  {ratio:.2f}x (target < {TARGET}x: {'met' if ratio < TARGET else 'NOT met'}; "
+          f"{args.runs} runs each)")
     print("\ndsv4setup modules by cumulative import time (ms, -X importtime of one doctor run):")
     for name, ms in sorted(ours.items(), key=lambda kv: -kv[1])[:15]:
         print(f"  {ms:7.1f}  {name}")

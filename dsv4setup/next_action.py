@@ -6,6 +6,7 @@ machine, so drift (a reinstalled vLLM, a stopped server) shows up as the next th
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -15,7 +16,7 @@ from dsv4setup.core.lock import current_holder
 from dsv4setup.core.state import State, StepStatus, load_state
 from dsv4setup.core.workdir import Workdir
 
-NEXT_SCHEMA = "dsv4setup.next/1"
+NEXT_SCHEMA = "dsv4setup.next/2"
 Action = Literal["run", "fix", "wait", "done"]
 
 
@@ -26,7 +27,7 @@ class NextAction:
     why: str
     step: str | None = None
     known_failure: str | None = None
-    hint: str | None = None
+    fix: str | None = None
 
     def to_doc(self) -> dict[str, object]:
         return {"schema": NEXT_SCHEMA, **asdict(self)}
@@ -44,23 +45,56 @@ def _failed_step(state: State) -> str | None:
 def next_action(workdir: Workdir) -> NextAction:
     holder = current_holder(workdir.lock_file)
     if holder is not None:
-        return NextAction("wait", ["dsv4setup", "status", "--workdir", str(workdir.root), "--json"],
+        from dsv4setup.core.detach import wait_command
+
+        return NextAction("wait", wait_command(workdir),
                           f"another dsv4setup run (pid {holder.get('pid')}, {holder.get('command')}) is working "
                           f"since {holder.get('since')}; check again when it ends")
     try:
         state = load_state(workdir.state_file)
     except DsvError as exc:
-        return NextAction("fix", ["dsv4setup", "reset", "--workdir", str(workdir.root), "--all"],
-                          exc.message, hint=exc.hint)
+        return NextAction("fix", shlex.split(exc.command) if exc.command else
+                          ["dsv4setup", "reset", "--workdir", str(workdir.root), "--all"], exc.message, fix=exc.fix)
     if not state.profile:
         return _first_run(workdir)
     failed = _failed_step(state)
     if failed is not None:
-        error = state.steps[failed].error
-        return NextAction("fix", _up(workdir), f"step {failed} failed: {error.message if error else 'unknown'}; "
-                          "apply the hint, then run the command", step=failed,
-                          known_failure=error.known_failure if error else None, hint=error.hint if error else None)
+        return _after_failure(workdir, state, failed)
     return _from_plan(workdir, state)
+
+
+def _after_failure(workdir: Workdir, state: State, failed: str) -> NextAction:
+    """The failed step's own fix command when it has one and it is not applied yet, else `up` (which re-runs it)."""
+    error = state.steps[failed].error
+    if error is None:
+        return NextAction("run", _up(workdir), f"step {failed} failed; run it again", step=failed)
+    command = error.command
+    if command and not _already_set(workdir, command):
+        return NextAction("fix", command, f"step {failed} failed: {error.message}; run the command (it applies "
+                          "the fix), then `dsv4setup next` again", step=failed, known_failure=error.known_failure,
+                          fix=error.fix)
+    if command:
+        return NextAction("run", _up(workdir), f"step {failed} failed ({error.known_failure or error.message}); "
+                          "its fix is in the workdir's dsv4setup.yaml now: run the command", step=failed,
+                          known_failure=error.known_failure)
+    return NextAction("fix", _up(workdir), f"step {failed} failed: {error.message}; apply the hint, then run the "
+                      "command", step=failed, known_failure=error.known_failure, fix=error.fix)
+
+
+def _already_set(workdir: Workdir, command: list[str]) -> bool:
+    """True when `command` is `dsv4setup profile set K=V...` and the workdir's overrides hold every K=V."""
+    if command[1:3] != ["profile", "set"]:
+        return False
+    from dsv4setup.profiles.overrides import flatten, parse_set, read_workdir_overrides
+
+    overrides = read_workdir_overrides(workdir)
+    kept = flatten(overrides.layer.data) if overrides is not None else {}
+    items = [a for a in command[3:] if "=" in a and not a.startswith("-")]
+    for item in items:
+        loc, value = parse_set(item)
+        if kept.get(".".join(str(part) for part in loc)) != value:
+            return False
+    return bool(items)
 
 
 def _first_run(workdir: Workdir) -> NextAction:
@@ -71,7 +105,7 @@ def _first_run(workdir: Workdir) -> NextAction:
         resolved = resolve_profile(workdir, None, [])
     except DsvError as exc:
         return NextAction("fix", ["dsv4setup", "doctor", "--workdir", str(workdir.root), "--json"],
-                          exc.message, hint=exc.hint)
+                          exc.message, fix=exc.fix)
     name = resolved.profile.name
     return NextAction("run", _up(workdir, name),
                       f"nothing has run here yet; profile {name} was chosen ({resolved.selected_by}); "
@@ -85,7 +119,7 @@ def _from_plan(workdir: Workdir, state: State) -> NextAction:
         runbook, _ = build_runbook(RunbookRequest(workdir, state.profile))
         decisions = runbook.plan(Selection())
     except DsvError as exc:
-        return NextAction("fix", _up(workdir), exc.message, hint=exc.hint)
+        return NextAction("fix", _up(workdir), exc.message, fix=exc.fix)
     pending = next((d for d in decisions if d.action == "run"), None)
     cluster = state.steps.get("cluster")
     node = (cluster.outputs.get("node") if cluster else None) or {}

@@ -9,14 +9,23 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import Runbook, Step
+from dsv4setup.core.decision import Decision
+from dsv4setup.core.engine import Runbook, Step, UpResult
 from dsv4setup.core.errors import UsageError
+from dsv4setup.core.lock import workdir_lock
+from dsv4setup.core.state import backup_state, load_state, reset_steps
+from dsv4setup.core.status import status_doc
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.resolve import ResolvedProfile, resolve_profile
 
 ENV_RUNBOOK = "DSV4SETUP_RUNBOOK"
+UP_SCHEMA = "dsv4setup.up/2"
+RESET_SCHEMA = "dsv4setup.reset/1"
+DOWNLOAD_SCHEMA = "dsv4setup.download/2"
 
 # The runbook's steps, in order. Each step is the package of the same name; its `step` module
 # holds the Step (`STEP`), imported only when the runbook is built.
@@ -53,7 +62,7 @@ def _custom_steps(spec: str) -> list[Step]:
         factory = getattr(importlib.import_module(module_name), attr or "steps")
     except (ImportError, AttributeError) as exc:
         raise UsageError(f"{ENV_RUNBOOK}={spec}: cannot load it ({exc})",
-                         hint="use module:callable, with the module on PYTHONPATH") from None
+                         fix="use module:callable, with the module on PYTHONPATH") from None
     return list(factory())
 
 
@@ -70,3 +79,55 @@ def build_runbook(request: RunbookRequest) -> tuple[Runbook, ResolvedProfile]:
     spec = os.environ.get(ENV_RUNBOOK)
     steps = _custom_steps(spec) if spec else runbook_steps(with_bench=request.with_bench)
     return Runbook(steps, request.workdir, resolved.profile, request.options), resolved
+
+
+def resume_command(workdir: Path, profile: str) -> list[str]:
+    return ["dsv4setup", "up", "--workdir", str(workdir), "--profile", profile, "--yes"]
+
+
+def dry_run_doc(profile: Profile, workdir: Workdir, decisions: list[Decision]) -> dict[str, Any]:
+    """The `dsv4setup.up/2` document of `up --dry-run`: what each step would do, and why."""
+    return {"schema": UP_SCHEMA, "ok": True, "dry_run": True, "profile": profile.name, **profile.marks(),
+            "workdir": str(workdir.root), "steps": [d.to_dict() for d in decisions]}
+
+
+def up_doc(runbook: Runbook, profile: Profile, result: UpResult, elapsed_s: float) -> dict[str, Any]:
+    """The `dsv4setup.up/2` document of a finished `up`: each step's record, the decisions, the failure."""
+    workdir = runbook.workdir
+    return {"schema": UP_SCHEMA, "ok": result.ok, "dry_run": False, "profile": profile.name, **profile.marks(),
+            "workdir": str(workdir.root),
+            "steps": status_doc(load_state(workdir.state_file), runbook.names)["steps"],
+            "decisions": [d.to_dict() for d in result.decisions], "failed_step": result.failed_step,
+            "error": result.error.model_dump() if result.error else None, "log_tail": result.log_tail,
+            "resume": None if result.ok else resume_command(workdir.root, profile.name),
+            "elapsed_s": round(elapsed_s, 1)}
+
+
+def download_doc(runbook: Runbook, profile: str, result: UpResult) -> dict[str, Any]:
+    """The `dsv4setup.download/2` document of the download step run alone (`dsv4setup download`)."""
+    workdir = runbook.workdir
+    record = load_state(workdir.state_file).step("download")
+    return {"schema": DOWNLOAD_SCHEMA, "ok": result.ok, "profile": profile, "workdir": str(workdir.root),
+            "action": next((d.action for d in result.decisions if d.step == "download"), "run"),
+            "outputs": record.outputs if result.ok else None,
+            "error": result.error.model_dump() if result.error else None, "log": str(workdir.log_file("download"))}
+
+
+def reset_workdir(workdir: Workdir, steps: list[str], everything: bool) -> dict[str, Any]:
+    """Forget these steps' records, or move the whole state file aside; the `dsv4setup.reset/1` document."""
+    with workdir_lock(workdir.lock_file, "reset"):
+        if everything:
+            backup = backup_state(workdir.state_file)
+            return {"schema": RESET_SCHEMA, "ok": True, "backup": str(backup) if backup else None, "steps": "all"}
+        reset_steps(workdir.state_file, steps)
+        return {"schema": RESET_SCHEMA, "ok": True, "backup": None, "steps": steps}
+
+
+def status_document(workdir: Workdir) -> dict[str, Any]:
+    """`dsv4setup status`: each step from the state file, the workdir, and the systemd unit when one is installed."""
+    from dsv4setup.core.state import load_state
+    from dsv4setup.core.status import status_doc
+    from dsv4setup.service.systemd import status_summary
+
+    return {**status_doc(load_state(workdir.state_file), step_names()), "workdir": str(workdir.root),
+            "service": status_summary(workdir)}

@@ -23,6 +23,7 @@ Same seed, same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -34,6 +35,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from dsv4setup.core.fsutil import atomic_write_text
 
+TINY_MODEL_SCHEMA = "dsv4setup.tiny-model/1"
 ANSWER_WORD = "ok"  # the tiny model answers " ok ok ok ..." to everything
 BOS, EOS, USER, ASSISTANT = "<bos>", "<eos>", "<|User|>", "<|Assistant|>"
 CHAT_TEMPLATE = (
@@ -257,3 +259,12 @@ def generate_tiny_checkpoint(out_dir: Path, *, seed: int = 0) -> Path:
     for name, text in texts.items():
         atomic_write_text(out_dir / name, text, mode=0o644)
     return out_dir
+
+
+def write_tiny_model(out_dir: Path, seed: int = 0) -> dict[str, Any]:
+    """Write the checkpoint (`tiny-model`); the `dsv4setup.tiny-model/1` document lists its files."""
+    path = generate_tiny_checkpoint(out_dir.expanduser().absolute(), seed=seed)
+    files = [{"name": f.name, "bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+             for f in sorted(path.iterdir()) if f.is_file()]
+    return {"schema": TINY_MODEL_SCHEMA, "ok": True, "path": str(path), "seed": seed, "answer_word": ANSWER_WORD,
+            "files": files}

@@ -13,6 +13,14 @@ from dsv4setup.profiles.model import ModelSpec, Profile
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def user_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where `up` records the last workdir: never the real user's state dir in tests."""
+    path = tmp_path_factory.mktemp("xdg-state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(path))
+    return path
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Workdir:
     return Workdir(tmp_path / "wd").ensure()

@@ -21,6 +21,7 @@ Files in <workdir>/bench/: results.jsonl (every row of every run), report.md, ch
 last-run.json (the latest run), raw/<run_id>/ (vLLM's own result JSON per cell).
 """
 
-ROW_SCHEMA = "dsv4setup.bench-row/1"
-BENCH_SCHEMA = "dsv4setup.bench/1"
+ROW_SCHEMA = "dsv4setup.bench-row/2"
+ROW_SCHEMA_V1 = "dsv4setup.bench-row/1"  # first release: `failure.hint` (read, upgraded)
+BENCH_SCHEMA = "dsv4setup.bench/2"
 COMPARE_SCHEMA = "dsv4setup.bench-compare/1"

@@ -146,11 +146,11 @@ def bench_argv(info: VllmInfo, flags: list[str]) -> list[str]:
 class BenchRunError(Exception):
     """`vllm bench serve` did not produce a result: why, the server's known failure if any, the output tail."""
 
-    def __init__(self, message: str, *, hint: str | None = None, known: FailureMatch | None = None,
+    def __init__(self, message: str, *, fix: str | None = None, known: FailureMatch | None = None,
                  excerpt: str | None = None, tail: list[str] | None = None, server_died: bool = False) -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.fix = fix
         self.known = known
         self.excerpt = excerpt
         self.tail = tail or []
@@ -213,7 +213,7 @@ def run_bench(argv: list[str], env: Mapping[str, str], log: StepLog, server: Ser
                                 env={**os.environ, **env}, cwd=cwd, stdin=subprocess.DEVNULL, start_new_session=True)
     except OSError as exc:
         raise BenchRunError(f"cannot start vllm bench serve ({argv[0]}): {exc.strerror}",
-                            hint="the serving venv is missing or broken: run `dsv4setup up --redo vllm`") from None
+                            fix="the serving venv is missing or broken: run `dsv4setup up --redo vllm`") from None
     seen = [time.monotonic()]
     pump = threading.Thread(target=_pump, args=(proc.stdout, log, watch, seen), daemon=True)
     pump.start()
@@ -228,7 +228,7 @@ def run_bench(argv: list[str], env: Mapping[str, str], log: StepLog, server: Ser
     if code != 0:
         known, line = matched_line(server.log.window + "\n" + "\n".join(watch.tail))
         raise BenchRunError(f"vllm bench serve exited with code {code}: {_last_error(watch.tail)}",
-                            hint=known.failure.fix if known else f"the output is in {log.path}", known=known,
+                            fix=known.failure.fix if known else f"the output is in {log.path}", known=known,
                             excerpt=line, tail=list(watch.tail))
 
 
@@ -248,12 +248,12 @@ def _watch(proc: subprocess.Popen[str], server: ServerProbe, watch: Watch, seen:
             known, line = matched_line(server.log.window)
             what = "the server failed" if known else "the server died"
             raise BenchRunError(f"{what} during the benchmark" + (f": {known.failure.cause}" if known else ""),
-                                hint=known.failure.fix if known else f"read the end of {server.log.path}",
+                                fix=known.failure.fix if known else f"read the end of {server.log.path}",
                                 known=known, excerpt=line, tail=list(watch.tail), server_died=True)
         if time.monotonic() - seen[0] >= watch.stall_timeout_s:
             _kill_group(proc)
             raise BenchRunError(f"no output from the benchmark or the server for {watch.stall_timeout_s:.0f}s: "
-                                "stopped it as hung", hint="if the server is only slow, raise serve.stall_timeout_s "
+                                "stopped it as hung", fix="if the server is only slow, raise serve.stall_timeout_s "
                                                            "(--set serve.stall_timeout_s=SECONDS)",
                                 tail=list(watch.tail))
         time.sleep(watch.poll_s)
@@ -274,7 +274,7 @@ def read_result(path: Path) -> dict[str, Any]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BenchRunError(f"vllm bench serve exited cleanly but wrote no result at {path}",
-                            hint="check that this vLLM's bench supports --save-result/--result-filename") from None
+                            fix="check that this vLLM's bench supports --save-result/--result-filename") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise BenchRunError(f"the result {path} cannot be read: {exc}") from None
     if not isinstance(doc, dict):

@@ -92,14 +92,32 @@ def profile_overrides(profile: Profile, base: Profile | None) -> dict[str, Any] 
 
 
 def base_profile(profile: Profile, source_file: Path | None, workdir: Any) -> Profile | None:
-    """The profile as its file says (no overrides): the file given, else the profile found by name."""
+    """The profile as its file says (no overrides): the file given, else the profile found by name, else
+    (a derived profile has no file) the one derived from the snapshot the preflight step judged."""
+    from dsv4setup.profiles.derive import is_derived_name
     from dsv4setup.profiles.loader import find_profile_file, load_profile_file
 
     try:
         path = source_file or find_profile_file(profile.name, workdir)
+    except DsvError:
+        return _derived_base(profile.name, workdir) if is_derived_name(profile.name) else None
+    try:
         return load_profile_file(path)
     except DsvError:
         return None
+
+
+def _derived_base(name: str, workdir: Any) -> Profile | None:
+    """The derived profile of this name, derived again from the workdir's hardware.json (None: not that one)."""
+    from dsv4setup.preflight.snapshot import SNAPSHOT_FILE, load_snapshot
+    from dsv4setup.profiles.derive import derive_for
+
+    snapshot = Path(workdir.root) / SNAPSHOT_FILE
+    try:
+        derived = derive_for(load_snapshot(snapshot)).profile if snapshot.exists() else None
+    except DsvError:
+        return None
+    return derived if derived is not None and derived.name == name else None
 
 
 def serve_args(argv: list[str]) -> list[str]:
@@ -119,7 +137,7 @@ def serve_args(argv: list[str]) -> list[str]:
 
 def profile_part(profile: Profile, base: Profile | None, argv: list[str], env: Mapping[str, str]) -> dict[str, Any]:
     overrides = profile_overrides(profile, base)
-    return {"name": profile.name, "overrides": overrides,
+    return {"name": profile.name, "derived": profile.derived, "verified": profile.verified, "overrides": overrides,
             "overrides_known": overrides is not None,
             "serve_args": serve_args(argv),
             "env": {k: v for k, v in sorted(env.items()) if k not in ("VLLM_API_KEY", "VLLM_CACHE_ROOT")}}

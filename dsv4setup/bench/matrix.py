@@ -73,7 +73,7 @@ def parse_int_list(text: str, flag: str, minimum: int, maximum: int | None = Non
             value = int(part)
         except ValueError:
             raise UsageError(f"{flag} {text!r}: {part!r} is not a whole number",
-                             hint=f"give a comma-separated list, e.g. {flag} 0,1,2") from None
+                             fix=f"give a comma-separated list, e.g. {flag} 0,1,2") from None
         if value < minimum or (maximum is not None and value > maximum):
             bounds = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
             raise UsageError(f"{flag} {text!r}: {value} is out of range ({bounds})")
@@ -95,7 +95,7 @@ def plan_matrix(profile: Profile, ks: str | None = None, shapes: str | None = No
         if name not in bench.shapes:
             raise UsageError(f"--shape {name}: profile {profile.name} has no such bench shape "
                              f"(it has: {', '.join(bench.shapes) or 'none'})",
-                             hint="add it to the profile's bench.shapes, e.g. --set "
+                             fix="add it to the profile's bench.shapes, e.g. --set "
                                   f"bench.shapes.{name}.input_len=8192 --set bench.shapes.{name}.output_len=1024")
         spec = bench.shapes[name]
         chosen.append(Shape(name, spec.input_len, spec.output_len, spec.num_prompts))
@@ -114,7 +114,7 @@ def _check_fits(profile: Profile, shapes: list[Shape]) -> None:
         if need > limit:
             raise UsageError(f"shape {shape.name} needs {need} tokens per request ({shape.input_len} in + "
                              f"{shape.output_len} out) but serve.max_model_len is {limit}",
-                             hint="choose a shorter shape, or serve a longer context: "
+                             fix="choose a shorter shape, or serve a longer context: "
                                   f"--set serve.max_model_len={need}")
 
 

@@ -6,7 +6,6 @@ chart writing only (with the Agg canvas: no display, no global pyplot state).
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from typing import Any
 
 from dsv4setup.bench.fingerprint import digest, matched_part
 from dsv4setup.core.fsutil import atomic_write_text
-from dsv4setup.core.secrets import redact, redact_obj
+from dsv4setup.core.secrets import redact_json
 
 SHARED_MODE = 0o644  # reports are meant to be read and passed around (no secrets in them)
 MARKDOWN_NAME = "report.md"
@@ -86,7 +85,7 @@ def describe_setup(fingerprint: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    """The Markdown report of one bench run (the `dsv4setup.bench/1` document)."""
+    """The Markdown report of one bench run (the `dsv4setup.bench/2` document)."""
     rows = doc["rows"]
     out = [f"# dsv4setup bench: {doc['profile']}", "",
            f"Run `{doc['run_id']}`, {doc['started_at']} to {doc['finished_at']}; "
@@ -123,7 +122,7 @@ def markdown(doc: dict[str, Any]) -> str:
             e = r["error"]
             out.append(f"- k={r['k']} {r['shape']} c={r['concurrency']} ({e['phase']}): {e['message']}"
                        + (f" — known failure `{e['known_failure']}`" if e["known_failure"] else "")
-                       + (f"; fix: {e['hint']}" if e["hint"] else ""))
+                       + (f"; fix: {e['fix']}" if e["fix"] else ""))
         out.append("")
     applied = doc.get("applied")
     out += ["## Served k", ""]
@@ -145,7 +144,7 @@ def write_markdown(path: Path, doc: dict[str, Any]) -> None:
 
 def write_document(path: Path, doc: dict[str, Any]) -> None:
     """The bench document as JSON, secrets redacted (like every document dsv4setup writes)."""
-    atomic_write_text(path, redact(json.dumps(redact_obj(doc), indent=2)) + "\n", mode=SHARED_MODE)
+    atomic_write_text(path, redact_json(doc, indent=2) + "\n", mode=SHARED_MODE)
 
 
 def write_chart(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:

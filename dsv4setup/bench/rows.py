@@ -1,4 +1,4 @@
-"""Result rows (`dsv4setup.bench-row/1`): one per (k, shape, concurrency) cell, appended to results.jsonl.
+"""Result rows (`dsv4setup.bench-row/2`): one per (k, shape, concurrency) cell, appended to results.jsonl.
 
 A row is "ok" with vLLM's figures, or "failed" with what went wrong, the known failure it
 matched (known_failures.yaml id) and the excerpt that matched. Both carry the fingerprint.
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.bench import ROW_SCHEMA
+from dsv4setup.bench import ROW_SCHEMA, ROW_SCHEMA_V1
 from dsv4setup.bench.matrix import Cell
 from dsv4setup.core.errors import UsageError
-from dsv4setup.core.secrets import redact, redact_obj
+from dsv4setup.core.secrets import redact_json
 
 # vLLM result key -> row metric key (vLLM's own names, plus units where vLLM's name has none)
 COPIED = {
@@ -36,13 +36,13 @@ SPEC_KEYS = ("acceptance_rate", "acceptance_length", "per_position_acceptance", 
 @dataclass(frozen=True)
 class CellFailure:
     message: str
-    hint: str | None = None
+    fix: str | None = None
     known_failure: str | None = None
     excerpt: str | None = None
     phase: str = "bench"  # serve: the server for this k did not start; bench: the measurement failed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"message": self.message, "hint": self.hint, "known_failure": self.known_failure,
+        return {"message": self.message, "fix": self.fix, "known_failure": self.known_failure,
                 "excerpt": self.excerpt, "phase": self.phase}
 
 
@@ -73,14 +73,14 @@ def judge_metrics(cell: Cell, metrics: dict[str, Any]) -> CellFailure | None:
     completed, failed = metrics.get("completed") or 0, metrics.get("failed_requests") or 0
     if completed == 0 or failed:
         return CellFailure(f"{failed} of {completed + failed} requests failed in vllm bench serve",
-                           hint="the errors are in the bench log (`dsv4setup logs bench`) and the server's "
+                           fix="the errors are in the bench log (`dsv4setup logs bench`) and the server's "
                                 "(`dsv4setup logs serve`)")
     if metrics.get("output_throughput") is None:
         return CellFailure("vllm bench serve saved no output_throughput",
-                           hint="this vLLM's result format differs; see the raw result file")
+                           fix="this vLLM's result format differs; see the raw result file")
     if cell.k > 0 and not metrics.get("drafts"):
         return CellFailure(f"k={cell.k} but vLLM reported no speculative drafts: the speculative config did not "
-                           "take effect", hint="look for 'SpeculativeConfig' and the MTP layer in `dsv4setup logs "
+                           "take effect", fix="look for 'SpeculativeConfig' and the MTP layer in `dsv4setup logs "
                                                "serve`; `dsv4setup checkpoint lint CHECKPOINT_DIR` counts the "
                                                "mtp.* keys")
     return None
@@ -101,20 +101,27 @@ def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as fh:
         for row in rows:
-            fh.write(redact(json.dumps(redact_obj(row), sort_keys=False)) + "\n")
+            fh.write(redact_json(row, sort_keys=False) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def upgrade_first_release_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Rows written by the first release recorded every diff of a patch (a list per id, one per vLLM version)
-    instead of the one in effect. Such a list is read as its single hash, or as null (unknown) when it holds
-    several: the row stays comparable and its measurements are kept, nothing is guessed."""
-    diffs = ((row.get("fingerprint") or {}).get("patches") or {}).get("diff_sha256")
-    if isinstance(diffs, dict) and any(isinstance(v, list) for v in diffs.values()):
-        row["fingerprint"]["patches"]["diff_sha256"] = {
-            pid: (v[0] if len(v) == 1 else None) if isinstance(v, list) else v for pid, v in diffs.items()}
-    return row
+def upgrade_row(row: Any) -> Any:
+    """A row written by the first release (bench-row/1) as a bench-row/2 row: `error.fix` is `error.fix`, and
+    the per-patch list of every diff hash (bug #20) is read as its single hash, or null when it held several
+    (which one ran is unknown). The measurements are kept; nothing is guessed."""
+    if not isinstance(row, dict) or row.get("schema") != ROW_SCHEMA_V1:
+        return row
+    error = row.get("error")
+    if isinstance(error, dict):
+        error = {("fix" if key == "hint" else key): value for key, value in error.items()}
+    upgraded = {**row, "schema": ROW_SCHEMA, "error": error}
+    patches = (row.get("fingerprint") or {}).get("patches")
+    if isinstance(patches, dict) and isinstance(patches.get("diff_sha256"), dict):
+        diffs = {pid: (v[0] if len(v) == 1 else None) if isinstance(v, list) else v
+                 for pid, v in patches["diff_sha256"].items()}
+        upgraded["fingerprint"] = {**row["fingerprint"], "patches": {**patches, "diff_sha256": diffs}}
+    return upgraded
 
 
 def read_rows(path: Path, *, validate: bool = True) -> list[dict[str, Any]]:
@@ -124,7 +131,7 @@ def read_rows(path: Path, *, validate: bool = True) -> list[dict[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"{path} does not exist", hint="bench results live in <workdir>/bench/results.jsonl") from None
+        raise UsageError(f"{path} does not exist", fix="bench results live in <workdir>/bench/results.jsonl") from None
     except OSError as exc:
         raise UsageError(f"{path} cannot be read: {exc.strerror}") from None
     rows = []
@@ -132,15 +139,14 @@ def read_rows(path: Path, *, validate: bool = True) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = upgrade_row(json.loads(line))
             if not isinstance(row, dict) or row.get("schema") != ROW_SCHEMA:
                 raise ValueError(f"not a {ROW_SCHEMA} row")
-            row = upgrade_first_release_row(row)
             if validate:
                 validate_document(row)
         except Exception as exc:  # noqa: BLE001 - JSON, schema and shape errors read the same to the user
             reason = getattr(exc, "message", None) or str(exc)
             raise UsageError(f"{path}:{number}: not a bench result row: {reason[:300]}",
-                             hint="pass a results.jsonl written by `dsv4setup bench`") from None
+                             fix="pass a results.jsonl written by `dsv4setup bench`") from None
         rows.append(row)
     return rows

@@ -15,7 +15,6 @@ starts the right one) and leaves the configured one running.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -54,12 +53,14 @@ from dsv4setup.bench.matrix import Cell, MatrixPlan, execution_order
 from dsv4setup.bench.rows import CellFailure, append_rows, build_row, judge_metrics, metrics_from_result
 from dsv4setup.core.engine import RunContext
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.loopback import no_proxy_env
 from dsv4setup.core.proc import StepLog
 from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.serve.apikey import client_api_key
+from dsv4setup.serve.launch import effective_profile, launch, render_command
 from dsv4setup.serve.manager import server_state
 from dsv4setup.serve.process import (
     ServerRecord,
@@ -71,6 +72,7 @@ from dsv4setup.serve.process import (
     stop_server,
 )
 from dsv4setup.serve.readiness import LogFollower, base_url, health_status
+from dsv4setup.smoke.report import read_report, report_file, smoke_test
 
 PORT_RELEASE_S = 30.0
 
@@ -167,8 +169,6 @@ class MatrixRun:
 
 
 def render_for(session: BenchSession, profile: Profile) -> tuple[list[str], dict[str, str]]:
-    from dsv4setup.serve.step import effective_profile, render_command
-
     ctx = session.context(profile)
     return render_command(ctx, effective_profile(ctx))
 
@@ -229,8 +229,6 @@ def _wait_port_released(record: ServerRecord, log: StepLog, timeout_s: float = P
 
 def ensure_server(session: BenchSession, profile: Profile, label: str) -> ServerUp | CellFailure:
     """The server for this profile, healthy: adopted when it already runs, else started by ServeStep.run."""
-    from dsv4setup.serve.step import ServeStep
-
     argv, env = render_for(session, profile)
     wanted = command_fingerprint(argv, env)
     _stop_if_other(session, wanted)
@@ -241,10 +239,10 @@ def ensure_server(session: BenchSession, profile: Profile, label: str) -> Server
     with StepLog(log_path) as serve_log:
         serve_log.section(f"bench {session.run_id}: server for {label}")
         try:
-            outputs = ServeStep().run(session.context(profile, serve_log, label))
+            outputs = launch(session.context(profile, serve_log, label))
         except StepError as exc:
             session.log.line(f"{label}: the server did not come up: {exc.message}")
-            return CellFailure(exc.message, exc.hint, exc.known_failure, _said(log_path, offset, exc), phase="serve")
+            return CellFailure(exc.message, exc.fix, exc.known_failure, _said(log_path, offset, exc), phase="serve")
     record = read_record(session.workdir)
     if record is None:  # ServeStep.run returned, so it wrote one: a vanished record is a bug
         raise StepError(f"the server for {label} is up but its record {session.workdir.run_dir} is gone")
@@ -279,7 +277,7 @@ def _run_cell(session: BenchSession, info: VllmInfo, cell: Cell, server: ServerU
                          profile.serve.trust_remote_code)
     result_file = f"k{cell.k}-{cell.shape.name}-c{cell.concurrency}.json"
     flags = bench_flags(cell, target, session.plan.seed, session.raw_dir, result_file, session.run_id)
-    bench_env = dict(env)
+    bench_env = {**env, **no_proxy_env(server.record.host)}  # the key never goes to a proxy
     if server.auth:  # vLLM's bench client reads the key from OPENAI_API_KEY (never argv)
         bench_env["OPENAI_API_KEY"] = client_api_key(session.workdir)
     log_path = Path(server.record.log)
@@ -295,7 +293,7 @@ def _run_cell(session: BenchSession, info: VllmInfo, cell: Cell, server: ServerU
         failure = judge_metrics(cell, metrics)
     except BenchRunError as exc:
         known = exc.known
-        failure = CellFailure(exc.message, exc.hint, known.failure.id if known else None, exc.excerpt)
+        failure = CellFailure(exc.message, exc.fix, known.failure.id if known else None, exc.excerpt)
         died = exc.server_died
     row = build_row(run_id=session.run_id, cell=cell, fingerprint=fingerprint, started_at=started_at,
                     elapsed_s=time.monotonic() - t0, metrics=metrics, failure=failure, raw_result=raw)
@@ -318,7 +316,7 @@ def run_matrix(session: BenchSession) -> MatrixRun:
     info = probe_vllm(session.workdir.venv_python)
     if info.error or not info.version:
         raise StepError(f"no usable vLLM in the serving venv: {info.error or 'vllm is not installed there'}",
-                        hint="install it: `dsv4setup up --until vllm`")
+                        fix="install it: `dsv4setup up --until vllm`")
     session.log.line(f"vLLM {info.dist} {info.version} (commit {info.commit}); bench runner: {info.runner}")
     state = server_state(session.workdir)
     was_running = state.healthy
@@ -365,7 +363,7 @@ def _run_k(session: BenchSession, info: VllmInfo, k: int, env: dict[str, str], b
         if died:
             error = row["error"]
             dead = CellFailure(f"not measured: the server for k={k} died in an earlier cell ({error['message']})",
-                               error["hint"], error["known_failure"], error["excerpt"], phase="bench")
+                               error["fix"], error["known_failure"], error["excerpt"], phase="bench")
     if dead is not None:  # leave nothing half-dead behind for the next k
         record = read_record(session.workdir)
         if record is not None:
@@ -393,12 +391,7 @@ def _after_abort(session: BenchSession) -> None:
 
 
 def _smoke_still_valid(workdir: Workdir, record: ServerRecord) -> bool:
-    from dsv4setup.smoke.step import report_file
-
-    try:
-        doc = json.loads(report_file(workdir).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    doc = read_report(report_file(workdir))
     return bool(doc.get("ok")) and (doc.get("server_pid"), doc.get("server_started_at")) == (
         record.pid, record.started_at)
 
@@ -416,7 +409,7 @@ def restore(session: BenchSession, target: Profile, was_running: bool) -> dict[s
     up = ensure_server(session, target, f"restore k={k}")
     if isinstance(up, CellFailure):
         return {"ok": False, "server": "failed", "k": k, "pid": None, "smoke": "not run",
-                "message": f"the server could not be restarted at k={k}: {up.message}", "hint": up.hint,
+                "message": f"the server could not be restarted at k={k}: {up.message}", "fix": up.fix,
                 "known_failure": up.known_failure}
     doc = {"ok": True, "server": "running", "k": k, "pid": up.record.pid, "smoke": "still valid",
            "message": f"the server runs at k={k} again (pid {up.record.pid})"}
@@ -427,14 +420,12 @@ def restore(session: BenchSession, target: Profile, was_running: bool) -> dict[s
 
 def _smoke(session: BenchSession, target: Profile, k: int) -> dict[str, Any]:
     """The smoke step's own test against the restored server, so `up` finds smoke verified."""
-    from dsv4setup.smoke.step import SmokeStep
-
     session.tell(f"smoke-testing the restored server (k={k})")
     with StepLog(session.workdir.log_file("smoke")) as smoke_log:
         smoke_log.section(f"bench {session.run_id}: smoke test of the restored server")
         try:
-            SmokeStep().run(session.context(target, smoke_log, "smoke"))
+            smoke_test(session.context(target, smoke_log, "smoke"))
         except StepError as exc:
             return {"ok": False, "smoke": "failed", "message": f"the restored server (k={k}) failed its smoke "
-                                                               f"test: {exc.message}", "hint": exc.hint}
+                                                               f"test: {exc.message}", "fix": exc.fix}
     return {"smoke": "passed"}

@@ -18,9 +18,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from dsv4setup.bench.outputs import BenchOutputs
 from dsv4setup.cluster.nodes import on_worker
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import DsvError, StepError
+from dsv4setup.core.finding import Finding, postcondition
 
 
 def _plan(ctx: RunContext) -> Any:
@@ -40,30 +42,31 @@ class BenchStep(Step):
     name = "bench"
     description = "measure tok/s and MTP acceptance per k with vllm bench serve; report and chart"
     needs = ("smoke",)
+    Outputs = BenchOutputs
 
     def not_applicable(self, ctx: RunContext) -> str | None:
         return on_worker(ctx)
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.bench.fingerprint import serve_args
-        from dsv4setup.serve.step import effective_profile, render_command
+        from dsv4setup.serve.launch import effective_profile, render_command
 
         argv, env = render_command(ctx, effective_profile(ctx))  # k and the address do not make a new bench due
         return {"matrix": _plan(ctx).to_dict(), "serve_args": serve_args(argv), "env": env}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         from dsv4setup.bench.client import probe_vllm
         from dsv4setup.bench.fingerprint import probe_hardware, workload_part
         from dsv4setup.bench.rows import read_rows
         from dsv4setup.bench.runner import setup_fingerprint
-        from dsv4setup.serve.step import effective_profile, render_command
+        from dsv4setup.serve.launch import effective_profile, render_command
 
         results = ctx.workdir.bench_dir / "results.jsonl"
         try:
             plan = _plan(ctx)
             rows = read_rows(results) if results.exists() else []
         except DsvError as exc:
-            return Postcondition(False, exc.message)
+            return postcondition(False, exc.message)
         argv, env = render_command(ctx, effective_profile(ctx))
         base = setup_fingerprint(ctx.profile, ctx.state, _base(ctx), argv, env,
                                  probe_vllm(ctx.workdir.venv_python), probe_hardware())
@@ -74,9 +77,9 @@ class BenchStep(Step):
         cells = [c for k in plan.ks for c in plan.cells(k)]
         missing = [c.label for c in cells if (c.k, c.shape.name, c.concurrency) not in measured]
         if missing:
-            return Postcondition(False, f"not measured with this setup yet: {', '.join(missing[:6])}"
+            return postcondition(False, f"not measured with this setup yet: {', '.join(missing[:6])}"
                                         + (f" and {len(missing) - 6} more" if len(missing) > 6 else ""))
-        return Postcondition(True, f"all {plan.size} cells measured with this setup ({results})")
+        return postcondition(True, f"all {plan.size} cells measured with this setup ({results})")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.bench.execute import execute
@@ -88,8 +91,8 @@ class BenchStep(Step):
                                run_id=ctx.options.get("bench_run_id") or new_run_id())
         doc = execute(session, apply=bool(ctx.options.get("apply_best")))
         if not doc["ok"]:
-            hint = doc["restore"].get("hint") or f"see {doc['files']['markdown']} and `dsv4setup logs bench`"
-            raise StepError("bench: " + "; ".join(doc["problems"]), hint=hint)
+            fix = doc["restore"].get("fix") or f"see {doc['files']['markdown']} and `dsv4setup logs bench`"
+            raise StepError("bench: " + "; ".join(doc["problems"]), fix=fix)
         return {"run_id": doc["run_id"], "results": doc["files"]["results"], "report": doc["files"]["markdown"],
                 "chart": doc["files"]["chart"], "document": doc["files"]["document"], "counts": doc["counts"],
                 "best": {shape: best["k"] for shape, best in doc["best"].items()},

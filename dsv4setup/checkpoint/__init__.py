@@ -5,13 +5,3 @@ Parts: `meta` / `remote` (metadata read locally or from the hub), `lint` + `lint
 (what the CLI, the steps and doctor call), `step` (the runbook's `checkpoint` step).
 Imports stay lazy: huggingface_hub is only loaded when the hub is used.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-
-def remote_lint_checks(repo: str, revision: str = "main") -> list[dict[str, Any]]:
-    """Lint REPO@REVISION on the hub (headers only) as doctor-shaped checks: {id, status, summary, fix}."""
-    from dsv4setup.checkpoint.service import remote_lint_checks as _impl
-    return _impl(repo, revision)

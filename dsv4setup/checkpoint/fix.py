@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dsv4setup.checkpoint.names import IgnoreFix, corrected_config
-from dsv4setup.core.fsutil import atomic_write_text
+from dsv4setup.core.fsutil import atomic_write_text, contained, fsync_dir, fsync_file
 
 CONFIG_DIR_NAME = "checkpoint-config"
 FIX_NOTE = "dsv4setup-fix.json"
@@ -50,7 +50,7 @@ def companion_files(config: dict[str, Any]) -> list[str]:
 
 def local_reader(checkpoint: Path) -> FileReader:
     def read(name: str) -> bytes | None:
-        path = checkpoint / name
+        path = contained(checkpoint, name, f"the auto_map of {checkpoint}/config.json")
         return path.read_bytes() if path.is_file() else None
 
     return read
@@ -61,13 +61,16 @@ def write_config_copy(out_dir: Path, config: dict[str, Any], fixes: list[IgnoreF
     """Write the corrected config and its companions into out_dir, replacing an older copy whole."""
     new_config = corrected_config(config, fixes)
     staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    names = {name: contained(staging, name, f"the auto_map of {source}'s config.json")
+             for name in companion_files(config)}  # all checked before anything is written
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     written: list[str] = []
-    for name in companion_files(config):
+    for name, path in names.items():
         data = read(name)
         if data is not None:
-            (staging / name).write_bytes(data)
+            path.write_bytes(data)
+            fsync_file(path)
             written.append(name)
     changes = [fix.to_dict() for fix in fixes]
     atomic_write_text(staging / FIX_NOTE, json.dumps({"schema": FIX_SCHEMA, "source": source,
@@ -81,6 +84,7 @@ def write_config_copy(out_dir: Path, config: dict[str, Any], fixes: list[IgnoreF
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, out_dir)
+    fsync_dir(out_dir.parent)
     return FixResult(out_dir, written, changes)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from dsv4setup.checkpoint.meta import INDEX_FILE, CheckpointMeta, TensorMeta
 from dsv4setup.checkpoint.names import IgnoreFix, ignore_fixes
 from dsv4setup.checkpoint.rules import LintRules, Naming, fill, has_feature, load_rules, version_tuple
-from dsv4setup.core.finding import CheckResult as Check
+from dsv4setup.core.finding import Finding as Check
 from dsv4setup.core.finding import Status
 
 VERIFY_FIX = "re-fetch and re-hash the files: dsv4setup download --verify"

@@ -6,7 +6,7 @@ Used by `dsv4setup checkpoint lint`, the checkpoint step and `doctor --model REP
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,9 +15,10 @@ from dsv4setup.checkpoint.lint import LintReport, lint
 from dsv4setup.checkpoint.meta import CheckpointMeta, read_local
 from dsv4setup.checkpoint.rules import load_rules
 from dsv4setup.core.errors import UsageError
+from dsv4setup.core.finding import Finding
 from dsv4setup.hub.access import HubError
 
-LINT_SCHEMA = "dsv4setup.checkpoint/1"
+LINT_SCHEMA = "dsv4setup.checkpoint/2"
 REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[^\s@]+)?$")
 
 
@@ -34,15 +35,19 @@ def parse_target(text: str) -> Target:
     """An existing directory is local; ORG/NAME[@REV] is a hub repo; anything else is a usage error."""
     path = Path(text).expanduser()
     if path.is_dir():
+        if not any(path.glob("config.json")) and not any(path.glob("*.safetensors*")):
+            raise UsageError(f"{path.absolute()} is not a checkpoint: it has no config.json and no *.safetensors "
+                             "files", fix="give the model directory (the one with config.json and the shards), "
+                                           "or a Hugging Face repo id ORG/NAME[@REVISION]")
         return Target(text, "local", path=path.absolute())
     if path.exists():
         raise UsageError(f"{text} is a file: give the checkpoint directory (the one with config.json)",
-                         hint=f"dsv4setup checkpoint lint {path.absolute().parent}")
+                         fix=f"dsv4setup checkpoint lint {path.absolute().parent}")
     if REPO_RE.match(text):
         repo, _, revision = text.partition("@")
         return Target(text, "remote", repo=repo, revision=revision or "main")
     raise UsageError(f"{text}: no such directory, and not a repo id (ORG/NAME or ORG/NAME@REVISION)",
-                     hint="give a checkpoint directory or a Hugging Face repo id")
+                     fix="give a checkpoint directory or a Hugging Face repo id")
 
 
 @dataclass
@@ -79,7 +84,7 @@ def run_lint(target: Target, *, vllm_version: str | None = None, expect_mtp: boo
 
 
 def lint_doc(outcome: LintOutcome) -> dict[str, Any]:
-    """The `dsv4setup.checkpoint/1` document (see schemas/checkpoint.schema.json)."""
+    """The `dsv4setup.checkpoint/2` document (see schemas/checkpoint.schema.json)."""
     t, meta, report = outcome.target, outcome.meta, outcome.report
     return {
         "schema": LINT_SCHEMA,
@@ -96,14 +101,15 @@ def lint_doc(outcome: LintOutcome) -> dict[str, Any]:
     }
 
 
-def remote_lint_checks(repo: str, revision: str = "main") -> list[dict[str, Any]]:
-    """The lint of a hub repo as doctor checks, before anything is downloaded.
+def remote_lint_checks(repo: str, revision: str = "main", *, area: str = "checkpoint") -> list[Finding]:
+    """The lint of a hub repo (headers only), before anything is downloaded, as findings `<area>.<check>`
+    (doctor asks for its `model` area).
 
-    Hub failures (not found, gated, offline) come back as one failed `checkpoint.remote` check
+    Hub failures (not found, gated, offline) come back as one failed `<area>.remote` finding
     instead of an exception, so doctor can show them beside its other findings.
     """
     try:
         outcome = run_lint(Target(f"{repo}@{revision}", "remote", repo=repo, revision=revision))
     except HubError as exc:
-        return [{"id": "checkpoint.remote", "status": "fail", "summary": exc.message, "fix": exc.hint}]
-    return [c.to_dict() for c in outcome.report.checks]
+        return [Finding(f"{area}.remote", "fail", exc.message, exc.fix)]
+    return [replace(c, id=f"{area}.{c.id.split('.', 1)[1]}") for c in outcome.report.checks]

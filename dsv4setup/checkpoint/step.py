@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from dsv4setup.checkpoint.fix import CONFIG_DIR_NAME, local_reader, read_fix_note, write_config_copy
+from dsv4setup.checkpoint.outputs import CheckpointOutputs
 from dsv4setup.checkpoint.service import LintOutcome, Target, run_lint
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.download.outputs import DownloadOutputs
 from dsv4setup.profiles.paths import checkpoint_dir
+from dsv4setup.vllm.outputs import VllmOutputs
 
 
 def config_copy_dir(workdir: Workdir) -> Path:
@@ -27,13 +31,18 @@ def config_copy_dir(workdir: Workdir) -> Path:
 
 
 def _checkpoint_path(ctx: RunContext) -> Path:
-    recorded = ctx.output("download").get("path")
-    return Path(recorded) if recorded else checkpoint_dir(ctx.profile, ctx.workdir)
+    download = ctx.outputs(DownloadOutputs)
+    return Path(download.path) if download else checkpoint_dir(ctx.profile, ctx.workdir)
+
+
+def _download_revision(ctx: RunContext) -> str | None:
+    download = ctx.outputs(DownloadOutputs)
+    return download.revision if download else None
 
 
 def _vllm_version(ctx: RunContext) -> str:
-    installed = ctx.output("vllm").get("version")
-    return str(installed or ctx.profile.vllm.version)
+    vllm = ctx.outputs(VllmOutputs)
+    return vllm.version if vllm else ctx.profile.vllm.version
 
 
 def _expect_mtp(ctx: RunContext) -> bool:
@@ -44,11 +53,12 @@ class CheckpointStep(Step):
     name = "checkpoint"
     description = "Lint the checkpoint: MTP block declared, present, head/embedding, dtypes, ignore list, shards"
     needs = ("download",)
+    Outputs = CheckpointOutputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.checkpoint.rules import RULES_FILE
 
-        return {"path": str(_checkpoint_path(ctx)), "revision": ctx.output("download").get("revision"),
+        return {"path": str(_checkpoint_path(ctx)), "revision": _download_revision(ctx),
                 "vllm_version": _vllm_version(ctx), "expect_mtp": _expect_mtp(ctx),
                 "rules": hashlib.sha256(RULES_FILE.read_bytes()).hexdigest()[:16]}
 
@@ -57,22 +67,22 @@ class CheckpointStep(Step):
         return run_lint(Target(str(path), "local", path=path), vllm_version=_vllm_version(ctx),
                         expect_mtp=_expect_mtp(ctx))
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         outcome = self._lint(ctx)
         report = outcome.report
         if not report.ok:
-            return Postcondition(False, "lint fails: " + ", ".join(c.id for c in report.failed()))
+            return postcondition(False, "lint fails: " + ", ".join(c.id for c in report.failed()))
         copy_dir = config_copy_dir(ctx.workdir)
         if report.ignore_fixes:
             note = read_fix_note(copy_dir)
             wanted = [f.to_dict() for f in report.ignore_fixes]
             if note is None or note.get("changes") != wanted or not (copy_dir / "config.json").is_file():
-                return Postcondition(False, f"the corrected config copy in {copy_dir} is missing or stale")
+                return postcondition(False, f"the corrected config copy in {copy_dir} is missing or stale")
         counts = Counter(c.status for c in report.checks)
         detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         if report.ignore_fixes:
             detail += f"; serving uses the corrected config in {copy_dir}"
-        return Postcondition(True, f"lint: {detail}")
+        return postcondition(True, f"lint: {detail}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         ctx.progress("reading config.json, the index and the shard headers")
@@ -86,7 +96,7 @@ class CheckpointStep(Step):
         if not report.ok:
             failed = report.failed()
             raise StepError("checkpoint lint failed: " + "; ".join(f"{c.id}: {c.summary}" for c in failed),
-                            hint=" | ".join(dict.fromkeys(c.fix for c in failed if c.fix)) or None)
+                            fix=" | ".join(dict.fromkeys(c.fix for c in failed if c.fix)) or None)
         copy_dir = config_copy_dir(ctx.workdir)
         hf_config_path: str | None = None
         if report.ignore_fixes and meta.config is not None:

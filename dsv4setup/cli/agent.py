@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, WorkdirOpt, emit_json, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, WorkdirOpt, out, workdir_from
+from dsv4setup.cli.output import Document, emit
 
 
 @app.command("next")
@@ -11,11 +12,13 @@ def next_(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
     """The single next action: run, fix, wait or done, with the exact command."""
     from dsv4setup.next_action import next_action
 
-    action = next_action(workdir_from(workdir))
-    if json_:
-        emit_json(action.to_doc())
-        return
-    out.print(f"[bold]{action.action}[/]: {action.why}")
-    if action.hint:
-        out.print(f"[bold]fix:[/] {action.hint}")
-    out.print("  " + " ".join(action.command), markup=False)
+    wd = workdir_from(workdir)
+    emit(next_action(wd).to_doc(), json_, lambda doc: _print_next(doc, wd.header))
+
+
+def _print_next(doc: Document, header: str) -> None:
+    out.print(header, highlight=False)
+    out.print(f"[bold]{doc['action']}[/]: {doc['why']}")
+    if doc["fix"]:
+        out.print(f"[bold]fix:[/] {doc['fix']}")
+    out.print("  " + " ".join(doc["command"]), markup=False)

@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.output import emit_json
 from dsv4setup.core.errors import EXIT_FAILED, DsvError
 
 TABLE_WIDTH = 140
@@ -111,7 +112,7 @@ def bench(
     doc = _document(wd.bench_dir, run_id)
     if doc is None:  # it failed before measuring anything (no vLLM, lock, needs)
         error = result.error
-        raise DsvError(error.message if error else "the bench wrote no result", hint=error.hint if error else None)
+        raise DsvError(error.message if error else "the bench wrote no result", fix=error.fix if error else None)
     if json_:
         emit_json(doc)
     else:
@@ -119,8 +120,8 @@ def bench(
     if not result.ok:
         if not json_ and result.error:
             err.print(f"[bold red]error:[/] {result.error.message}", highlight=False)
-            if result.error.hint:
-                err.print(f"[bold]fix:[/] {result.error.hint}", highlight=False)
+            if result.error.fix:
+                err.print(f"[bold]fix:[/] {result.error.fix}", highlight=False)
         raise typer.Exit(EXIT_FAILED)
 
 

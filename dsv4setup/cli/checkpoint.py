@@ -5,18 +5,19 @@ Parsing and rendering only; the work is in dsv4setup.hub and the download/checkp
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.output import Document, emit
 from dsv4setup.core.errors import EXIT_FAILED
 
 if TYPE_CHECKING:
     from dsv4setup.checkpoint.service import LintOutcome
 
-DOWNLOAD_SCHEMA = "dsv4setup.download/1"
 STYLE = {"fail": ("✗", "bold red"), "warn": ("!", "yellow"), "pass": ("✓", "green"), "skip": ("-", "dim")}
 
 checkpoint_app = typer.Typer(no_args_is_help=True, help="Judge a checkpoint's metadata (MTP block, dtypes, ignore "
@@ -38,35 +39,26 @@ def download(
     Refuses before the first byte when the disk is too small. HF_TOKEN is used for gated repos
     and never printed. DSV4SETUP_HF_CACHE=1 downloads into the Hugging Face cache instead.
     """
-    from dsv4setup.cli.render import RichObserver
+    from dsv4setup.cli.progress import RichObserver
     from dsv4setup.core.engine import Selection
-    from dsv4setup.core.state import load_state
-    from dsv4setup.runbook import RunbookRequest, build_runbook
+    from dsv4setup.runbook import RunbookRequest, build_runbook, download_doc
 
     wd = workdir_from(workdir)
     options = {"download_verify": True} if verify else {}
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], options=options))
     selection = Selection(only=("download",), redo=("download",) if verify else ())
     result = runbook.up(selection, observer=None if json_ else RichObserver(err))
-    record = load_state(wd.state_file).step("download")
-    doc: dict[str, Any] = {
-        "schema": DOWNLOAD_SCHEMA, "ok": result.ok, "profile": resolved.profile.name, "workdir": str(wd.root),
-        "action": next((d.action for d in result.decisions if d.step == "download"), "run"),
-        "outputs": record.outputs if result.ok else None,
-        "error": result.error.model_dump() if result.error else None,
-        "log": str(wd.log_file("download")),
-    }
-    if json_:
-        emit_json(doc)
-    elif result.ok:
-        _print_download(record.outputs, fetched_now=doc["action"] == "run")
+    emit(download_doc(runbook, resolved.profile.name, result), json_, _print_download)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _print_download(outputs: dict[str, Any], fetched_now: bool) -> None:
+def _print_download(doc: Document) -> None:
     from rich.markup import escape
 
+    outputs, fetched_now = doc["outputs"], doc["action"] == "run"
+    if outputs is None:  # failed: the progress display already showed why
+        return
     from dsv4setup.download.disk import human
 
     rows = [("path", outputs.get("path")), ("repo", outputs.get("repo")), ("revision", outputs.get("revision")),
@@ -103,13 +95,9 @@ def lint_command(
 
     parsed = parse_target(target)
     fix_dir = config_copy_dir(workdir_from(workdir)) if fix else None
-    if json_:
+    with nullcontext() if json_ else err.status(f"reading the metadata of {target}"):
         outcome = run_lint(parsed, vllm_version=vllm_version, expect_mtp=not no_mtp, fix_dir=fix_dir)
-        emit_json(lint_doc(outcome))
-    else:
-        with err.status(f"reading the metadata of {target}"):
-            outcome = run_lint(parsed, vllm_version=vllm_version, expect_mtp=not no_mtp, fix_dir=fix_dir)
-        _render_lint(outcome, fix)
+    emit(lint_doc(outcome), json_, lambda _doc: _render_lint(outcome, fix))
     if not outcome.report.ok:
         raise typer.Exit(EXIT_FAILED)
 

@@ -1,17 +1,15 @@
-"""Shared CLI options and output: JSON on stdout, humans on stderr (or stdout tables)."""
+"""Shared CLI options and the two consoles (stdout for documents and tables, stderr for people)."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from dsv4setup.core.secrets import redact, redact_obj
 from dsv4setup.core.workdir import ENV_WORKDIR, Workdir
 
 
@@ -38,12 +36,6 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Non-interactive: neve
 
 def workdir_from(option: Path | None) -> Workdir:
     return Workdir.resolve(option)
-
-
-def emit_json(doc: dict[str, Any]) -> None:
-    """Exactly one JSON document on stdout, secrets redacted."""
-    sys.stdout.write(redact(json.dumps(redact_obj(doc), indent=2, default=str)) + "\n")
-    sys.stdout.flush()
 
 
 def debug_enabled() -> bool:

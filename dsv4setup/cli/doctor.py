@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, ProfileOpt, WorkdirOpt, emit_json, err, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, ProfileOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.output import emit
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from dsv4setup.core.finding import CheckResult
+    from dsv4setup.core.finding import Finding
     from dsv4setup.preflight.report import DoctorReport
 
 SnapshotOpt = Annotated[Path | None, typer.Option(
@@ -48,7 +49,7 @@ def doctor(
     Exit 0 when no check failed (warnings included), 1 when one did, 2 for a bad --snapshot file.
     """
     from dsv4setup.preflight.report import build_report
-    from dsv4setup.preflight.select import select_profile
+    from dsv4setup.preflight.select import select_profile, workdir_state
     from dsv4setup.preflight.snapshot import load_snapshot, take_snapshot
 
     wd = workdir_from(workdir)
@@ -64,32 +65,27 @@ def doctor(
     choice = select_profile(snap, wd, profile, use_workdir=snapshot is None)
     # Checks computed elsewhere (the checkpoint lint for --model) count toward `ok` and appear
     # in the table and JSON like the built-in ones.
-    report = build_report(snap, choice.profile, matches=choice.matches, extra_checks=_model_checks(model, json_))
-    if json_:
-        emit_json(report.to_doc())
-    else:
-        _render(report, source=str(snapshot) if snapshot else "this machine", how=choice.how)
+    report = build_report(snap, choice.judged(), extra_checks=_model_checks(model, json_), workdir=wd,
+                          state=workdir_state(wd) if snapshot is None else None)
+    source = str(snapshot) if snapshot else "this machine"
+    emit(report.to_doc(), json_, lambda _doc: _render(report, source=source, how=choice.how))
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _model_checks(model: str | None, quiet: bool) -> list[CheckResult]:
+def _model_checks(model: str | None, quiet: bool) -> list[Finding]:
     """The remote checkpoint lint as `model.*` checks (hub failures come back as one failed check)."""
     if not model:
         return []
     from dsv4setup.checkpoint.service import remote_lint_checks
-    from dsv4setup.core.finding import CheckResult
 
     repo, _, revision = model.partition("@")
     if repo.count("/") != 1:
         raise UsageError(f"--model {model}: expected ORG/NAME or ORG/NAME@REVISION")
     if quiet:
-        found = remote_lint_checks(repo, revision or "main")
-    else:
-        with err.status(f"reading {repo} metadata from the hub"):
-            found = remote_lint_checks(repo, revision or "main")
-    return [CheckResult("model." + c["id"].split(".", 1)[1], c["status"], c["summary"], c.get("fix"))
-            for c in found]
+        return remote_lint_checks(repo, revision or "main", area="model")
+    with err.status(f"reading {repo} metadata from the hub"):
+        return remote_lint_checks(repo, revision or "main", area="model")
 
 
 def _save(path: Path, snap: dict[str, object], quiet: bool) -> None:
@@ -99,7 +95,7 @@ def _save(path: Path, snap: dict[str, object], quiet: bool) -> None:
         save_snapshot(path, snap)
     except OSError as exc:
         raise UsageError(f"cannot write the snapshot to {path}: {exc.strerror or exc}",
-                         hint="choose a writable path for --save-snapshot") from None
+                         fix="choose a writable path for --save-snapshot") from None
     if not quiet:
         err.print(f"snapshot written to {path}", highlight=False)
 
@@ -127,7 +123,7 @@ def _checks_table(report: DoctorReport, source: str, how: str) -> Table:
     return table
 
 
-def _rows(results: list[CheckResult]) -> list[tuple[str, str, str, str]]:
+def _rows(results: list[Finding]) -> list[tuple[str, str, str, str]]:
     """One row per check; skipped checks of an area that share a reason share one dim row."""
     from rich.markup import escape
 
@@ -149,16 +145,19 @@ def _rows(results: list[CheckResult]) -> list[tuple[str, str, str, str]]:
 def _render(report: DoctorReport, source: str, how: str) -> None:
     from rich.markup import escape
 
+    from dsv4setup.profiles.model import DEMO_NOTICE
+
     out.print(_checks_table(report, source, how))
     rec = report.recommendation
     if rec is not None:
-        out.print(f"[bold]recommendation[/]: profile [bold]{escape(rec['profile'] or '(none matches)')}[/], "
+        kind = " [yellow](derived for this machine, not verified)[/]" if rec["derived"] else ""
+        out.print(f"[bold]recommendation[/]: profile [bold]{escape(rec['profile'])}[/]{kind}, "
                   f"--tensor-parallel-size {rec['tensor_parallel_size']}, "
                   f"num_speculative_tokens {rec['num_speculative_tokens']}")
-        if rec["serve_args"]:
-            out.print("  serve args: " + escape(" ".join(rec["serve_args"])), highlight=False)
-        if rec["env"]:
-            out.print("  env: " + escape(" ".join(f"{k}={v}" for k, v in rec["env"].items())), highlight=False)
+        for note in rec["notes"]:
+            out.print(f"  [yellow]note:[/] {escape(note)}", highlight=False)
+        out.print("  serve args: " + escape(" ".join(rec["serve_args"])), highlight=False)
+        out.print("  env: " + escape(" ".join(f"{k}={v}" for k, v in rec["env"].items())), highlight=False)
     for m in report.matches[:4]:
         if m.matched:
             out.print(f"  [green]matches[/] {escape(m.name)}: [dim]{escape('; '.join(m.reasons))}[/]")
@@ -166,10 +165,12 @@ def _render(report: DoctorReport, source: str, how: str) -> None:
             misses = "; ".join(r.removeprefix("no: ") for r in m.reasons if r.startswith("no: "))
             out.print(f"  [dim]not {escape(m.name)}: {escape(misses)}[/]")
     failures, warnings = report.failures, report.warnings
+    if report.demo:
+        err.print(f"[bold yellow]demo:[/] {escape(DEMO_NOTICE)}", highlight=False)
     if failures:
         err.print(f"[bold red]{len(failures)} check(s) failed[/], {len(warnings)} warning(s): fix the failures "
                   f"above, then run `dsv4setup doctor` again", highlight=False)
     else:
-        nxt = f"dsv4setup up --profile {rec['profile']}" if rec and rec["profile"] else "dsv4setup up"
+        nxt = f"dsv4setup up --profile {rec['profile']}" if rec else "dsv4setup up"
         err.print(f"[bold green]no check failed[/] ({len(warnings)} warning(s)); next: [bold]{escape(nxt)}[/]",
                   highlight=False)

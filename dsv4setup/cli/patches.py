@@ -11,22 +11,16 @@ import typer
 from rich.table import Table
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, WorkdirOpt, emit_json, err, out, workdir_from
+from dsv4setup.cli.common import JsonOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.output import emit
 from dsv4setup.core.errors import EXIT_FAILED
 from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.workdir import Workdir
-from dsv4setup.patches import (
-    PatchReport,
-    Target,
-    apply_patches,
-    check_patches,
-    default_target,
-    find_target,
-    load_manifest,
-    patches_doc,
-    revert_patches,
-)
-from dsv4setup.patches.report import Action
+from dsv4setup.patches.apply import apply_patches, revert_patches
+from dsv4setup.patches.manifest import load_manifest
+from dsv4setup.patches.report import Action, patches_doc
+from dsv4setup.patches.status import PatchReport, check_patches
+from dsv4setup.patches.target import Target, default_target, find_target
 
 patches_app = typer.Typer(no_args_is_help=True, help="Status, apply and revert of dsv4setup's vLLM patches.")
 app.add_typer(patches_app, name="patches")
@@ -72,9 +66,10 @@ def _table(reports: list[PatchReport], target: Target) -> Table:
 
 
 def _emit(action: Action, target: Target, reports: list[PatchReport], changed: list[str], as_json: bool) -> None:
-    if as_json:
-        emit_json(patches_doc(action, target, reports, changed))
-        return
+    emit(patches_doc(action, target, reports, changed), as_json, lambda _doc: _print(action, target, reports, changed))
+
+
+def _print(action: Action, target: Target, reports: list[PatchReport], changed: list[str]) -> None:
     out.print(_table(reports, target))
     if action != "status":
         verb = "applied" if action == "apply" else "reverted"

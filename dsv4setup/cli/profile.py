@@ -8,33 +8,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
-from dsv4setup.core.errors import EXIT_USAGE, UsageError
-
-if TYPE_CHECKING:
-    from dsv4setup.profiles.model import Profile
+from dsv4setup.cli.common import JsonOpt, SetOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.doctor import SnapshotOpt
+from dsv4setup.cli.output import Document, emit, emit_json
+from dsv4setup.core.errors import EXIT_FAILED, EXIT_USAGE, UsageError
+from dsv4setup.core.workdir import Workdir
 
 profile_app = typer.Typer(name="profile", no_args_is_help=True, help="Hardware profiles: list, show, validate, import.")
 app.add_typer(profile_app, name="profile")
 
-LIST_SCHEMA = "dsv4setup.profile-list/1"
-SHOW_SCHEMA = "dsv4setup.profile-show/1"
 VALIDATE_SCHEMA = "dsv4setup.profile-validate/1"
-
-
-def _summary(profile: Profile, path: Path, shipped: bool) -> dict[str, Any]:
-    return {"name": profile.name, "description": profile.description, "verified": profile.verified,
-            "source": profile.source, "file": str(path), "shipped": shipped,
-            "match": profile.match.model_dump(mode="json"),
-            "tensor_parallel_size": profile.serve.tensor_parallel_size,
-            "num_speculative_tokens": profile.spec.num_speculative_tokens,
-            "preset": profile.preset, "presets": list(profile.presets), "multinode": profile.multinode is not None}
 
 
 def _hardware_text(match: dict[str, Any]) -> str:
@@ -49,14 +38,13 @@ def _hardware_text(match: dict[str, Any]) -> str:
 @profile_app.command("list")
 def list_(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
     """List the shipped profiles (and the workdir's own) with the hardware each one is for."""
-    from dsv4setup.profiles.loader import load_named_file, profile_index, shipped_profile_files
+    from dsv4setup.profiles.loader import profile_list_doc
 
-    wd = workdir_from(workdir)
-    shipped = set(shipped_profile_files())
-    rows = [_summary(load_named_file(path), path, path in shipped) for path in profile_index(wd).values()]
-    if json_:
-        emit_json({"schema": LIST_SCHEMA, "profiles": rows})
-        return
+    emit(profile_list_doc(workdir_from(workdir)), json_, _print_list)
+
+
+def _print_list(doc: Document) -> None:
+    rows = doc["profiles"]
     table = Table(title="profiles", title_justify="left")
     for col in ("name", "hardware", "TP", "MTP k", "presets", "verified"):
         table.add_column(col, overflow="fold")
@@ -71,35 +59,58 @@ def list_(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
               "this machine", highlight=False)
 
 
+DerivedOpt = Annotated[bool, typer.Option(
+    "--derived", help="Print the profile derived for this machine's GPUs as a profile file (YAML; --json: "
+                      "dsv4setup.profile-derived/1): save it, edit it, pass it with --profile FILE.")]
+
+
 @profile_app.command("show")
 def show(
     name: Annotated[str | None, typer.Argument(help="Profile name or file; default: the workdir's profile.")] = None,
     workdir: WorkdirOpt = None,
     set_: SetOpt = None,
     all_: Annotated[bool, typer.Option("--all", help="Also list the values left at their defaults.")] = False,
+    derived: DerivedOpt = False,
+    snapshot: SnapshotOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Show a profile as this workdir would run it: every value with its origin, and the serve command."""
     from dsv4setup.core.state import load_state
     from dsv4setup.profiles.resolve import resolve_profile
-    from dsv4setup.serve.command import render_nodes, render_serve
+    from dsv4setup.serve.command import render_profile_show
 
     wd = workdir_from(workdir)
-    resolved = resolve_profile(wd, name, set_ or [])
-    profile = resolved.profile
-    outputs = {step: dict(rec.outputs) for step, rec in load_state(wd.state_file).steps.items()}
-    serve = render_serve(profile, wd, outputs)
-    doc = {"schema": SHOW_SCHEMA, "name": profile.name, "file": str(resolved.source_file),
-           "selected_by": resolved.selected_by, "preset": resolved.preset, "verified": profile.verified,
-           "source": profile.source, "description": profile.description, "profile": profile.document(),
-           "origins": resolved.origins, "serve": serve.to_dict(), "nodes": render_nodes(profile, wd, serve)}
-    if json_:
-        emit_json(doc)
+    if derived or snapshot is not None:
+        _show_derived(wd, name, snapshot, json_)
         return
-    _print_show(doc, all_)
+    doc = render_profile_show(resolve_profile(wd, name, set_ or []), wd, load_state(wd.state_file))
+    emit(doc, json_, lambda d: _print_show(d, all_))
 
 
-def _print_show(doc: dict[str, Any], all_: bool) -> None:
+def _show_derived(wd: Workdir, name: str | None, snapshot: Path | None, json_: bool) -> None:
+    """`show --derived [--snapshot FILE]`: the profile derived for this machine (or the snapshot's)."""
+    from dsv4setup.preflight.snapshot import load_snapshot, take_snapshot
+    from dsv4setup.profiles.derive import derive_for, derived_doc, derived_yaml
+
+    if name is not None:
+        raise UsageError("--derived prints the profile derived for the machine: it takes no profile name",
+                         fix="drop NAME, or drop --derived to show that profile")
+    derivation = derive_for(load_snapshot(snapshot) if snapshot is not None else take_snapshot(wd))
+    if json_:
+        emit_json(derived_doc(derivation))
+    elif derivation.profile is not None:
+        sys.stdout.write(derived_yaml(derivation))
+    if derivation.profile is None:
+        if not json_:
+            err.print(f"nothing to derive: {derivation.why_not}", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+    if not derivation.fits:
+        if not json_:
+            err.print(f"[bold red]{derivation.profile.name} does not fit:[/] {derivation.notes[-1]}", highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_show(doc: Document, all_: bool) -> None:
     from dsv4setup.profiles.overrides import flatten
 
     verified = "[green]verified[/]" if doc["verified"] else "[yellow]not verified[/]"
@@ -107,6 +118,10 @@ def _print_show(doc: dict[str, Any], all_: bool) -> None:
               highlight=False)
     out.print(doc["description"], highlight=False)
     out.print(f"[dim]source: {doc['source']}[/]", highlight=False)
+    kept = doc["workdir_overrides"]
+    if kept["keys"]:
+        out.print(f"[bold]from {kept['file']}[/] (kept by `profile set`, removed by `profile unset KEY`): "
+                  + ", ".join(kept["keys"]), highlight=False)
     values = flatten(doc["profile"])
     table = Table(title_justify="left", title="values" + ("" if all_ else " (defaults hidden; --all shows them)"))
     for col in ("key", "value", "origin"):
@@ -146,7 +161,6 @@ def _short_origin(origin: str) -> str:
 
 def _validate_one(path: Path, named: bool) -> dict[str, Any]:
     """One file: a profile (named: its name must match the file), or a workdir's dsv4setup.yaml."""
-    from dsv4setup.core.workdir import Workdir
     from dsv4setup.profiles.loader import ProfileError, load_named_file, load_profile_file
     from dsv4setup.profiles.resolve import resolve_profile
 
@@ -224,11 +238,11 @@ def import_recipe_cmd(
     result = import_recipe(file, hardware, name=name, tp=tp, strategy=strategy)
     profile = result.profile
     if profile.name in {p.stem for p in shipped_profile_files()}:
-        raise UsageError(f"profile name {profile.name!r} is taken by a shipped profile", hint="pass --name NEW")
+        raise UsageError(f"profile name {profile.name!r} is taken by a shipped profile", fix="pass --name NEW")
     target = None if out_ == "-" else Path(out_) if out_ else user_profiles_dir(wd) / f"{profile.name}.yaml"
     if target is not None:
         if target.exists() and not force:
-            raise UsageError(f"{target} exists", hint="pass --force to overwrite it, or --out another file")
+            raise UsageError(f"{target} exists", fix="pass --force to overwrite it, or --out another file")
         atomic_write_text(target, result.yaml_text)
     if json_:
         emit_json({"schema": IMPORT_SCHEMA, "ok": True, "name": profile.name,
@@ -267,3 +281,22 @@ def set_(
                    "profile": resolved.profile.name, "set": {k: resolved.origins.get(k) for k in keys}})
     else:
         err.print(f"wrote {', '.join(keys)} to {wd.overrides_file}; `dsv4setup plan` shows the result")
+
+
+@profile_app.command("unset")
+def unset(
+    keys: Annotated[list[str], typer.Argument(help="KEY as in `profile set`, e.g. serve.port.")],
+    workdir: WorkdirOpt = None,
+    profile: Annotated[str | None, typer.Option("--profile", "-p", help="Profile to check the result against.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Remove overrides kept by `profile set`: the profile's own value applies again."""
+    from dsv4setup.profiles.resolve import persist_unset
+
+    wd = workdir_from(workdir)
+    resolved = persist_unset(wd, profile, keys)
+    if json_:
+        emit_json({"schema": "dsv4setup.profile-set/1", "ok": True, "file": str(wd.overrides_file),
+                   "profile": resolved.profile.name, "set": {k: resolved.origins.get(k) for k in keys}})
+    else:
+        err.print(f"removed {', '.join(keys)} from {wd.overrides_file}; `dsv4setup plan` shows the result")

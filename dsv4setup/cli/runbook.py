@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -9,32 +10,27 @@ from typing import Annotated
 import typer
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import (
-    JsonOpt,
-    ProfileOpt,
-    SetOpt,
-    WorkdirOpt,
-    YesOpt,
-    emit_json,
-    err,
-    out,
-    workdir_from,
-)
-from dsv4setup.cli.render import RichObserver, decisions_table, status_table
+from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, YesOpt, err, out, workdir_from
+from dsv4setup.cli.output import Document, emit
+from dsv4setup.cli.progress import RichObserver, decisions_table, print_serve_plan, profile_note, status_table
 from dsv4setup.core.engine import Selection
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
-from dsv4setup.core.lock import workdir_lock
-from dsv4setup.core.proc import tail_lines
-from dsv4setup.core.state import backup_state, load_state, reset_steps
-from dsv4setup.core.status import status_doc
-from dsv4setup.runbook import RunbookRequest, build_runbook, step_names
+from dsv4setup.core.proc import existing_step_log
+from dsv4setup.core.secrets import redact
+from dsv4setup.core.state import load_state
+from dsv4setup.core.workdir import Workdir, remember
+from dsv4setup.runbook import (
+    RunbookRequest,
+    build_runbook,
+    dry_run_doc,
+    reset_workdir,
+    status_document,
+    up_doc,
+)
+from dsv4setup.vllm.installer import INSTALLER_CHOICES
 
 StepOpt = Annotated[str | None, typer.Option(help="A step name.")]
 StepsOpt = Annotated[list[str] | None, typer.Option(help="A step name (repeatable).")]
-
-
-def resume_command(workdir: Path, profile: str) -> list[str]:
-    return ["dsv4setup", "up", "--workdir", str(workdir), "--profile", profile, "--yes"]
 
 
 @app.command()
@@ -49,9 +45,13 @@ def up(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
     bench: Annotated[bool, typer.Option("--bench", help="Run the optional bench step at the end.")] = False,
     toolkit: Annotated[str | None, typer.Option(help="Force the CUDA toolkit route: pip or conda.")] = None,
+    installer: Annotated[str | None, typer.Option(
+        help="Install into the venvs with uv (default, pip when uv cannot run) or pip.")] = None,
     host: Annotated[str | None, typer.Option(help="Bind the server to this address (needs an API key).")] = None,
     node: Annotated[str | None, typer.Option(help="Multi-node profiles: this machine's node (default: the "
                                                   "one whose address this machine has).")] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Start the run in the background (own session) and "
+                                         "return at once; follow it with `dsv4setup wait`.")] = False,
     yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -59,49 +59,104 @@ def up(
     wd = workdir_from(workdir)
     if toolkit not in (None, "pip", "conda"):
         raise UsageError(f"--toolkit {toolkit}: expected pip or conda")
-    options = {k: v for k, v in {"toolkit_route": toolkit, "host": host, "yes": yes, "node": node}.items()
-               if v is not None}
+    if installer is not None and installer not in INSTALLER_CHOICES:
+        raise UsageError(f"--installer {installer}: expected {', '.join(INSTALLER_CHOICES)}")
+    err.print(wd.header, highlight=False)
+    if detach:
+        if dry_run:
+            raise UsageError("--detach and --dry-run exclude each other", fix="drop one of them")
+        args = [*_opt("--profile", profile), *_opts("--set", set_), *_opt("--from", from_), *_opt("--until", until),
+                *_opts("--only", only), *_opts("--redo", redo), *_opt("--toolkit", toolkit), *_opt("--host", host),
+                *_opt("--node", node), *_opt("--installer", installer), *(["--bench"] if bench else []), "--yes"]
+        _detach(wd, args, json_)
+        return
+    options = {k: v for k, v in {"toolkit_route": toolkit, "installer": installer, "host": host,
+                                 "yes": yes, "node": node}.items() if v is not None}
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], bench, options))
     selection = Selection(from_, until, tuple(only or ()), tuple(redo or ()))
+    profile_ = resolved.profile
+    note = profile_note(profile_.marks())
+    if note and not json_:
+        err.print(note, highlight=False)
     if dry_run:
         decisions = runbook.plan(selection)
-        if json_:
-            emit_json({"schema": "dsv4setup.up/1", "ok": True, "dry_run": True, "profile": resolved.profile.name,
-                       "workdir": str(wd.root), "steps": [d.to_dict() for d in decisions]})
-        else:
-            out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.root}"))
+        emit(dry_run_doc(profile_, wd, decisions), json_,
+             lambda _doc: out.print(decisions_table(decisions, title=f"plan for {profile_.name} in {wd.header}")))
         return
     started = time.monotonic()
-    result = runbook.up(selection, observer=None if json_ else RichObserver(err))
-    resume = resume_command(wd.root, resolved.profile.name)
-    state = load_state(wd.state_file)
-    if json_:
-        emit_json({"schema": "dsv4setup.up/1", "ok": result.ok, "dry_run": False,
-                   "profile": resolved.profile.name, "workdir": str(wd.root),
-                   "steps": status_doc(state, runbook.names)["steps"],
-                   "decisions": [d.to_dict() for d in result.decisions],
-                   "failed_step": result.failed_step,
-                   "error": result.error.model_dump() if result.error else None,
-                   "log_tail": result.log_tail, "resume": None if result.ok else resume,
-                   "elapsed_s": round(time.monotonic() - started, 1)})
-    elif result.ok:
-        err.print(f"[bold green]all steps done[/] in {time.monotonic() - started:.0f}s ({wd.root})")
-    else:
-        err.print(f"resume with: [bold]{' '.join(resume)}[/]")
+    remember(wd.root)
+    result = runbook.up(selection, observer=RichObserver(err))  # --json too: progress lines on stderr
+    emit(up_doc(runbook, profile_, result, time.monotonic() - started), json_, _print_up_end)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _print_up_end(doc: Document) -> None:
+    """After the live progress: how it ended, or the command that resumes."""
+    if doc["ok"]:
+        err.print(f"[bold green]all steps done[/] in {doc['elapsed_s']:.0f}s ({doc['workdir']})")
+    else:
+        err.print(f"resume with: [bold]{' '.join(doc['resume'])}[/]")
+
+
+def _opt(flag: str, value: str | None) -> list[str]:
+    return [flag, value] if value is not None else []
+
+
+def _opts(flag: str, values: list[str] | None) -> list[str]:
+    return [arg for value in values or [] for arg in (flag, value)]
+
+
+def _detach(wd: Workdir, args: list[str], json_: bool) -> None:
+    from dsv4setup.core.detach import describe, start_detached
+
+    doc = describe(start_detached(wd, args))
+    remember(wd.root)
+    emit(doc, json_, _print_detached)
+
+
+def _print_detached(doc: Document) -> None:
+    err.print(f"started in the background: pid {doc['pid']}, progress in {doc['log']}")
+    err.print(f"follow it with: [bold]{' '.join(doc['follow'])}[/]")
+
+
+@app.command("wait")
+def wait_(
+    workdir: WorkdirOpt = None,
+    timeout: Annotated[float, typer.Option(help="Return after this many seconds even if the run goes on.")] = 300,
+    json_: JsonOpt = False,
+) -> None:
+    """Wait (at most --timeout seconds) for the run of this workdir; exit 10 done, 11 failed, 12 still running."""
+    from dsv4setup.core.detach import wait_for_run
+
+    wd = workdir_from(workdir)
+    if timeout < 0:
+        raise UsageError(f"--timeout {timeout}: expected a number of seconds >= 0")
+    doc = wait_for_run(wd, timeout, lambda: status_document(wd))
+
+    def show(d: Document) -> None:
+        out.print(status_table(d["status"], wd.header))
+        err.print(f"[bold]{d['outcome']}[/] after waiting {d['waited_s']:.0f}s"
+                  + (f"; wait again: {' '.join(d['follow'])}" if d["follow"] else ""))
+
+    emit(doc, json_, show)
+    raise typer.Exit(doc["exit_code"])
 
 
 @app.command()
 def status(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
     """Show each step's status from the state file (no lock needed)."""
     wd = workdir_from(workdir)
-    doc = status_doc(load_state(wd.state_file), step_names())
-    doc["workdir"] = str(wd.root)
-    if json_:
-        emit_json(doc)
-    else:
-        out.print(status_table(doc))
+
+    def show(doc: Document) -> None:
+        out.print(status_table(doc, wd.header))
+        if doc["service"]:
+            unit = doc["service"]
+            out.print(f"systemd unit {unit['unit']} ({unit['scope']}): {unit['active']} ({unit['sub']}), "
+                      f"{unit['enabled']} at boot; `dsv4setup service status` for more", highlight=False,
+                      markup=False)
+
+    emit(status_document(wd), json_, show)
 
 
 @app.command()
@@ -118,14 +173,12 @@ def plan(
     wd = workdir_from(workdir)
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], bench))
     decisions = runbook.plan(Selection())
-    doc = render_plan(resolved, wd, load_state(wd.state_file), decisions)
-    if json_:
-        emit_json(doc)
-        return
-    out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.root}"))
-    from dsv4setup.cli.render import print_serve_plan
 
-    print_serve_plan(out, doc)
+    def show(doc: Document) -> None:
+        out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.header}"))
+        print_serve_plan(out, doc)
+
+    emit(render_plan(resolved, wd, load_state(wd.state_file), decisions), json_, show)
 
 
 @app.command()
@@ -135,27 +188,39 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines from the end (0: all).")] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
 ) -> None:
-    """Print (or follow) a step's log."""
-    wd = workdir_from(workdir)
-    path = wd.log_file(step)
-    if not path.exists():
-        raise UsageError(f"no log for step {step!r} at {path}", hint="`dsv4setup status` lists the steps that ran")
+    """Print (or follow) a step's log, secrets redacted."""
+    from dsv4setup.serve.logpump import rotated_files, tail_across
+
+    path = existing_step_log(workdir_from(workdir), step)
+    files = rotated_files(path)  # serve.log is rotated by size: its older parts come first
     if lines:
-        typer.echo("\n".join(tail_lines(path, lines)))
+        typer.echo(redact("\n".join(tail_across(path, lines))))
     else:
-        typer.echo(path.read_text(encoding="utf-8", errors="replace"), nl=False)
+        for file in files:
+            typer.echo(redact(file.read_text(encoding="utf-8", errors="replace")), nl=False)
     if follow:
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            fh.seek(0, 2)
-            try:
-                while True:
-                    chunk = fh.readline()
-                    if chunk:
-                        typer.echo(chunk, nl=False)
-                    else:
-                        time.sleep(0.5)
-            except KeyboardInterrupt:
-                return
+        _follow(path)
+
+
+def _follow(path: Path) -> None:
+    """Print what is appended to the log; when it is rotated, go on in the new file from its start."""
+    fh = path.open(encoding="utf-8", errors="replace")
+    fh.seek(0, 2)
+    try:
+        while True:
+            chunk = fh.readline()
+            if chunk:
+                typer.echo(redact(chunk), nl=False)
+                continue
+            if path.exists() and path.stat().st_ino != os.fstat(fh.fileno()).st_ino:
+                fh.close()
+                fh = path.open(encoding="utf-8", errors="replace")
+                continue
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+    finally:
+        fh.close()
 
 
 @app.command()
@@ -169,16 +234,5 @@ def reset(
     wd = workdir_from(workdir)
     if not all_ and not step:
         raise UsageError("say what to reset: --step STEP (repeatable) or --all")
-    with workdir_lock(wd.lock_file, "reset"):
-        if all_:
-            backup = backup_state(wd.state_file)
-            doc = {"schema": "dsv4setup.reset/1", "ok": True, "backup": str(backup) if backup else None,
-                   "steps": "all"}
-        else:
-            reset_steps(wd.state_file, list(step or []))
-            doc = {"schema": "dsv4setup.reset/1", "ok": True, "backup": None, "steps": list(step or [])}
-    if json_:
-        emit_json(doc)
-    else:
-        err.print(f"reset {doc['steps']}" + (f"; old state kept at {doc['backup']}" if doc["backup"] else ""))
-
+    emit(reset_workdir(wd, list(step or []), all_), json_, lambda doc: err.print(
+        f"reset {doc['steps']}" + (f"; old state kept at {doc['backup']}" if doc["backup"] else "")))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,8 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from dsv4setup.cli import app
-from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, emit_json, err, out, workdir_from
-from dsv4setup.cli.render import RichObserver
+from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, err, out, workdir_from
+from dsv4setup.cli.output import Document, emit
+from dsv4setup.cli.progress import RichObserver
 from dsv4setup.core.engine import Selection, UpResult
 from dsv4setup.core.errors import EXIT_FAILED, StepError
 from dsv4setup.core.workdir import Workdir
@@ -43,14 +43,15 @@ def serve(
     wd = workdir_from(workdir)
     result = _run_step(wd, "serve", profile, set_, {"host": host} if host else {}, False, json_)
     error = result.error.model_dump() if result.error else None
-    doc = serve_doc(wd, server_state(wd), result.ok, error)
-    if json_:
-        emit_json(doc)
-    elif result.ok:
-        out.print(f"serving {doc['base_url']}/v1 (pid {doc['pid']}); log: {doc['log']}; stop with `dsv4setup down`",
-                  highlight=False)
+    emit(serve_doc(wd, server_state(wd), result.ok, error), json_, _print_serving)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _print_serving(doc: Document) -> None:
+    if doc["ok"]:
+        out.print(f"serving {doc['base_url']}/v1 (pid {doc['pid']}); log: {doc['log']}; stop with `dsv4setup down`",
+                  highlight=False)
 
 
 @app.command()
@@ -62,11 +63,7 @@ def down(
     """Stop the server of this workdir (SIGTERM to its process group, SIGKILL after --grace) and clean up."""
     from dsv4setup.serve.manager import down as stop
 
-    doc = stop(workdir_from(workdir), grace)
-    if json_:
-        emit_json(doc)
-    else:
-        err.print(doc["message"], highlight=False)
+    emit(stop(workdir_from(workdir), grace), json_, lambda doc: err.print(doc["message"], highlight=False))
 
 
 @app.command()
@@ -77,7 +74,7 @@ def smoke(
     json_: JsonOpt = False,
 ) -> None:
     """Smoke-test the running server: a chat completion, and MTP drafts made and accepted (from /metrics)."""
-    from dsv4setup.smoke.step import report_file
+    from dsv4setup.smoke.report import report_file
 
     wd = workdir_from(workdir)
     result = _run_step(wd, "smoke", profile, set_, {}, True, json_)
@@ -85,17 +82,13 @@ def smoke(
     if not path.exists():  # it failed before generating (no server): a plain error
         error = result.error
         raise StepError(error.message if error else f"the smoke step wrote no report at {path}",
-                        hint=error.hint if error else None)
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    if json_:
-        emit_json(doc)
-    else:
-        _print_smoke(doc)
+                        fix=error.fix if error else None)
+    emit(json.loads(path.read_text(encoding="utf-8")), json_, _print_smoke)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _print_smoke(doc: dict[str, Any]) -> None:
+def _print_smoke(doc: Document) -> None:
     out.print(f"model {doc['model']} at {doc['base_url']}: {doc['completion_tokens']} tokens, "
               f"{doc['tokens_per_s']} tokens/s", highlight=False)
     out.print(f"content: {(doc['content'] or '')[:200]!r}", highlight=False, markup=False)
@@ -107,10 +100,10 @@ def _print_smoke(doc: dict[str, Any]) -> None:
     elif not mtp.get("checked"):
         out.print(f"MTP not checked: {mtp.get('skipped_reason')}", highlight=False)
     for check in doc["checks"]:
-        mark = "[green]ok[/]  " if check["ok"] else "[bold red]FAIL[/]"
-        out.print(f"{mark} {check['name']}: {check['detail']}", highlight=False)
-        if check.get("hint"):
-            out.print(f"     fix: {check['hint']}", highlight=False)
+        mark = "[bold red]FAIL[/]" if check["status"] == "fail" else "[green]ok[/]  "
+        out.print(f"{mark} {check['id']}: {check['summary']}", highlight=False)
+        if check.get("fix"):
+            out.print(f"     fix: {check['fix']}", highlight=False)
 
 
 @app.command("tiny-model")
@@ -120,16 +113,11 @@ def tiny_model(
     json_: JsonOpt = False,
 ) -> None:
     """Write the tiny DeepSeek-V3 + MTP checkpoint that the cpu-tiny profile serves."""
-    from dsv4setup.tinymodel import ANSWER_WORD, generate_tiny_checkpoint
+    from dsv4setup.tinymodel import write_tiny_model
 
-    path = generate_tiny_checkpoint(out_dir.expanduser().absolute(), seed=seed)
-    files: list[dict[str, Any]] = [
-        {"name": f.name, "bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
-        for f in sorted(path.iterdir()) if f.is_file()]
-    doc = {"schema": "dsv4setup.tiny-model/1", "ok": True, "path": str(path), "seed": seed,
-           "answer_word": ANSWER_WORD, "files": files}
-    if json_:
-        emit_json(doc)
-    else:
-        err.print(f"wrote {path} ({sum(f['bytes'] for f in files) / 1e6:.1f} MB); "
-                  f"it answers {ANSWER_WORD!r} to any prompt", highlight=False)
+    emit(write_tiny_model(out_dir, seed), json_, _print_tiny_model)
+
+
+def _print_tiny_model(doc: Document) -> None:
+    err.print(f"wrote {doc['path']} ({sum(f['bytes'] for f in doc['files']) / 1e6:.1f} MB); "
+              f"it answers {doc['answer_word']!r} to any prompt", highlight=False)

@@ -13,8 +13,11 @@ from typing import Any
 
 from dsv4setup.core.engine import RunContext
 from dsv4setup.download.verify import read_manifest, sha256_file
-from dsv4setup.patches import load_manifest
+from dsv4setup.patches.manifest import load_manifest
+from dsv4setup.patches.outputs import PatchesOutputs
 from dsv4setup.profiles.paths import checkpoint_dir
+from dsv4setup.toolkit.outputs import ToolkitOutputs
+from dsv4setup.vllm.outputs import VllmOutputs
 
 FINGERPRINT_FILE = "node-fingerprint.json"
 FINGERPRINT_ENV = "DSV4SETUP_NODE_FINGERPRINT"  # set on the node's Ray processes: where its file is
@@ -43,11 +46,12 @@ def patched_files(applied: list[str]) -> list[str]:
 
 
 def local_fingerprint(ctx: RunContext) -> dict[str, Any]:
-    vllm, patches, toolkit = ctx.output("vllm"), ctx.output("patches"), ctx.output("toolkit")
-    applied = sorted(patches.get("applied", []))
-    return {"vllm": {"package": vllm.get("package") or ctx.profile.vllm.package, "version": vllm.get("version")},
+    vllm, patches, toolkit = ctx.outputs(VllmOutputs), ctx.outputs(PatchesOutputs), ctx.outputs(ToolkitOutputs)
+    applied = sorted(patches.applied) if patches else []
+    return {"vllm": {"package": vllm.package if vllm else ctx.profile.vllm.package,
+                     "version": vllm.version if vllm else None},
             "patches": applied, "patched_files": patched_files(applied),
-            "toolkit": toolkit.get("version"), "checkpoint": checkpoint_hashes(ctx)}
+            "toolkit": toolkit.version if toolkit else None, "checkpoint": checkpoint_hashes(ctx)}
 
 
 def differences(head: dict[str, Any], node: dict[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import psutil
 
+from dsv4setup.cluster.outputs import ClusterOutputs
 from dsv4setup.core.engine import RunContext
 from dsv4setup.core.errors import UsageError
 from dsv4setup.profiles.model import MultiNode, NodeSpec, Profile
@@ -37,13 +38,13 @@ def find_node(profile: Profile, requested: str | None, recorded: str | None = No
             if node.name == name:
                 return node
         raise UsageError(f"--node {name}: profile {profile.name} has no such node",
-                         hint=f"its nodes are: {names}")
+                         fix=f"its nodes are: {names}")
     mine = {a for addrs in local_addresses().values() for a in addrs}
     found = [n for n in multi.nodes if n.address and n.address in mine]
     if len(found) == 1:
         return found[0]
     raise UsageError(f"which node of {profile.name} is this machine? none of the nodes' addresses is one of "
-                     f"this machine's", hint=f"say it: `dsv4setup up --node NAME` (nodes: {names}), or set the "
+                     f"this machine's", fix=f"say it: `dsv4setup up --node NAME` (nodes: {names}), or set the "
                      "node's address (--set multinode.nodes.N.address=IP)")
 
 
@@ -81,7 +82,7 @@ def ray_start_args(multi: MultiNode, node: NodeSpec, address: str, head_address:
 
 def on_worker(ctx: RunContext) -> str | None:
     """Why a head-only step (serve, smoke, bench) has nothing to do here: this node is a cluster worker."""
-    node = ctx.output("cluster").get("node") or {}
-    if ctx.profile.multinode is None or node.get("role") != "worker":
+    cluster = ctx.outputs(ClusterOutputs)
+    if ctx.profile.multinode is None or cluster is None or cluster.node.role != "worker":
         return None
-    return f"node {node.get('name')} is a worker of the cluster: the head ({ctx.profile.multinode.head.name}) serves"
+    return f"node {cluster.node.name} is a worker of the cluster: the head ({ctx.profile.multinode.head.name}) serves"

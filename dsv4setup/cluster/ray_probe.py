@@ -1,9 +1,10 @@
 """Run by the serving venv's Python (where Ray is), never imported by dsv4setup: it has no dsv4setup.
 
-    python ray_probe.py ADDRESS NODE_ADDRESS... [--fingerprints]
+    python ray_probe.py ADDRESS NODE_ADDRESS... [--fingerprints | --once]
 
 Connects to the Ray cluster at ADDRESS and prints one JSON line per second,
-`{"alive": {address: resources}}`, until every NODE_ADDRESS is alive. With --fingerprints it then
+`{"alive": {address: resources}}`, until every NODE_ADDRESS is alive (with --once: one line, then
+it exits, whoever is alive). With --fingerprints it then
 runs a task pinned to each of those nodes that reads the node's fingerprint file (the path in
 DSV4SETUP_NODE_FINGERPRINT, set on that node's Ray) and re-measures the installed vLLM version
 and the sha256 of the patched files there; it prints `{"fingerprints": {address: doc}}`.
@@ -51,13 +52,13 @@ def measure() -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     ray: Any = importlib.import_module("ray")
     strategies: Any = importlib.import_module("ray.util.scheduling_strategies")
-    fingerprints = "--fingerprints" in argv
-    address, *expected = [a for a in argv if a != "--fingerprints"]
+    fingerprints, once = "--fingerprints" in argv, "--once" in argv
+    address, *expected = [a for a in argv if a not in ("--fingerprints", "--once")]
     ray.init(address=address, logging_level="ERROR", log_to_driver=False, configure_logging=False)
     while True:
         alive = {n["NodeManagerAddress"]: n for n in ray.nodes() if n.get("Alive")}
         print(json.dumps({"alive": {a: n.get("Resources", {}) for a, n in alive.items()}}), flush=True)
-        if all(a in alive for a in expected):
+        if once or all(a in alive for a in expected):
             break
         time.sleep(1.0)
     if fingerprints:

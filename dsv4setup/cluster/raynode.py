@@ -52,6 +52,24 @@ class ProbeLine:
     fingerprints: dict[str, dict[str, Any]] | None = None
 
 
+def alive_now(python: Path, address: str, env: dict[str, str], timeout_s: float = 60.0) -> dict[str, Any] | None:
+    """The nodes alive in the Ray cluster at `address` now (node address -> resources); None: no answer."""
+    try:
+        result = subprocess.run([str(python), str(PROBE_SCRIPT), address, "--once"], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=timeout_s, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for text in reversed(result.stdout.splitlines()):
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            continue  # Ray's own chatter on stdout
+        alive = doc.get("alive") if isinstance(doc, dict) else None
+        if isinstance(alive, dict):
+            return alive
+    return None
+
+
 @contextmanager
 def probe(python: Path, address: str, nodes: list[str], fingerprints: bool, env: dict[str, str],
           log: StepLog) -> Iterator[Callable[[float], ProbeLine | None]]:

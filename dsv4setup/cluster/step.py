@@ -5,6 +5,10 @@ GPUs. The head starts Ray, waits until every listed node is alive (timeout, stal
 are errors naming the missing nodes), then runs a task on every node that reads that node's
 deployment fingerprint (vLLM, applied patches, patched-file hashes, checkpoint hashes, toolkit)
 and refuses to go on when any node differs from the head, naming the node and the difference.
+
+On the head the postcondition also asks Ray which nodes are alive: vLLM's ranks run on every node,
+so a worker gone while serving (its Ray stopped, its machine down) took the server with it; the
+step then runs again and waits for that node, naming it when it does not come back.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from dsv4setup.cluster.nodes import (
     node_index,
     ray_start_args,
 )
-from dsv4setup.cluster.raynode import RAY_MODULE, probe, ray_alive, ray_record
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.cluster.outputs import ClusterOutputs
+from dsv4setup.cluster.raynode import RAY_MODULE, alive_now, probe, ray_alive, ray_record
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.fsutil import atomic_write_json
 from dsv4setup.profiles.model import MultiNode, NodeSpec
 from dsv4setup.serve.command import render_serve
@@ -40,7 +46,8 @@ STALL_S = 120.0  # the probe reports every second; this long without a word: the
 def this_node(ctx: RunContext) -> tuple[MultiNode, NodeSpec]:
     multi = ctx.profile.multinode
     assert multi is not None  # not_applicable otherwise
-    recorded = (ctx.output("cluster").get("node") or {}).get("name")
+    cluster = ctx.outputs(ClusterOutputs)
+    recorded = cluster.node.name if cluster else None
     return multi, find_node(ctx.profile, ctx.options.get(NODE_OPTION), recorded)
 
 
@@ -48,7 +55,7 @@ def _address(multi: MultiNode, node: NodeSpec) -> str:
     if not node.address:
         index = node_index(multi, node)
         raise StepError(f"node {node.name} has no address on the inter-node link",
-                        hint=f"set it: --set multinode.nodes.{index}.address=IP (`ip -br addr` shows them)")
+                        fix=f"set it: --set multinode.nodes.{index}.address=IP (`ip -br addr` shows them)")
     return node.address
 
 
@@ -57,23 +64,24 @@ def check_interface(multi: MultiNode, node: NodeSpec) -> None:
     address, index, interface = _address(multi, node), node_index(multi, node), multi.interface(node)
     if is_loopback(address):
         raise StepError(f"node {node.name}'s address {address} is a loopback address: the other nodes cannot "
-                        "reach it", hint=f"--set multinode.nodes.{index}.address=IP with its address on the "
+                        "reach it", fix=f"--set multinode.nodes.{index}.address=IP with its address on the "
                                          "inter-node link (`ip -br addr`)")
     found = local_addresses()
     carrier = next((name for name, addrs in found.items() if address in addrs), None)
     if carrier is None:
         raise StepError(f"{address} (node {node.name}) is not an address of this machine",
-                        hint=f"run this on {node.name}, or correct it: --set multinode.nodes.{index}.address=IP "
+                        fix=f"run this on {node.name}, or correct it: --set multinode.nodes.{index}.address=IP "
                              f"(this machine has: {', '.join(a for addrs in found.values() for a in addrs)})")
     if interface != carrier:
         raise StepError(f"node {node.name}: interface {interface!r} does not carry {address} (it is on {carrier})",
-                        hint=f"--set multinode.nodes.{index}.interface={carrier}")
+                        fix=f"--set multinode.nodes.{index}.interface={carrier}")
 
 
 class ClusterStep(Step):
     name = "cluster"
     description = "multi-node: join (worker) or form (head) the Ray cluster; every node must match the head"
     needs = ("vllm", "patches", "checkpoint")
+    Outputs = ClusterOutputs
 
     def not_applicable(self, ctx: RunContext) -> str | None:
         return None if ctx.profile.multinode is not None else "a single-node profile"
@@ -83,12 +91,19 @@ class ClusterStep(Step):
         return {"node": describe(multi, node), "multinode": multi.model_dump(mode="json"),
                 "fingerprint": local_fingerprint(ctx)}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         multi, node = this_node(ctx)
         record = ray_record(ctx.workdir)
         if record is None or not ray_alive(record):
-            return Postcondition(False, f"this node's Ray is not running (node {node.name})")
-        return Postcondition(True, f"node {node.name} ({node.role}): Ray pid {record.pid} runs, "
+            return postcondition(False, f"this node's Ray is not running (node {node.name})")
+        if node.role == "head":  # the server's ranks run on every node: one gone, and the server is too
+            cluster = f"{multi.head.address}:{multi.ray_port}"
+            alive = alive_now(ctx.workdir.venv_python, cluster, {**os.environ, **self._env(ctx, multi, node)})
+            gone = [f"{n.name} ({n.address})" for n in multi.nodes if alive is None or str(n.address) not in alive]
+            if gone:
+                return postcondition(False, f"no longer in the Ray cluster at {cluster}: {', '.join(gone)}"
+                                     if alive is not None else f"the Ray cluster at {cluster} does not answer")
+        return postcondition(True, f"node {node.name} ({node.role}): Ray pid {record.pid} runs, "
                                    f"joined to {multi.head.address}:{multi.ray_port}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
@@ -111,8 +126,7 @@ class ClusterStep(Step):
     @staticmethod
     def _env(ctx: RunContext, multi: MultiNode, node: NodeSpec) -> dict[str, str]:
         """The node's Ray runs with the server's environment (its workers load the model alike)."""
-        outputs = {name: dict(record.outputs) for name, record in ctx.state.steps.items()}
-        serve_env = render_serve(ctx.profile, ctx.workdir, outputs).env
+        serve_env = render_serve(ctx.profile, ctx.workdir, ctx.state).env
         return {**serve_env, **node_env(multi, node), "VLLM_HOST_IP": str(node.address),
                 FINGERPRINT_ENV: str(fingerprint_file(ctx))}
 
@@ -159,20 +173,20 @@ class ClusterStep(Step):
                 if not ray_alive(record):
                     raise StepError(f"Ray on {node.name} exited" + (
                         "" if head else f": it could not join the head at {multi.head.address}:{multi.ray_port}"),
-                        hint=("start the head first (`dsv4setup up --node " + multi.head.name + "` there), check "
+                        fix=("start the head first (`dsv4setup up --node " + multi.head.name + "` there), check "
                               f"that this node reaches {multi.head.address}:{multi.ray_port}, then run this again"
                               if not head else f"read `dsv4setup logs cluster`; port {multi.ray_port} may be taken"),
                         known_failure="cluster-ray-exited")
                 if now - started >= multi.join_timeout_s:
                     who = ", ".join(f"{n.name} ({n.address})" for n in missing) or "none"
                     raise StepError(f"nodes not in the cluster after {multi.join_timeout_s}s: {who}",
-                                    hint=f"run `dsv4setup up --node NAME` on each of them ({who}); check they reach "
+                                    fix=f"run `dsv4setup up --node NAME` on each of them ({who}); check they reach "
                                          f"{multi.head.address}:{multi.ray_port}; or wait longer: "
                                          "--set multinode.join_timeout_s=SECONDS",
                                     known_failure="cluster-node-missing")
                 if now - last_word >= STALL_S:
                     raise StepError(f"no answer from the Ray cluster at {multi.head.address}:{multi.ray_port} for "
-                                    f"{STALL_S:.0f}s", hint="read `dsv4setup logs cluster`",
+                                    f"{STALL_S:.0f}s", fix="read `dsv4setup logs cluster`",
                                     known_failure="cluster-stall")
                 if now - last_beat >= HEARTBEAT_S:
                     last_beat = now
@@ -184,7 +198,7 @@ class ClusterStep(Step):
         resources = alive[str(node.address)]
         if resources.get("GPU", 0) < node.gpus:
             raise StepError(f"node {node.name} joined with {resources.get('GPU', 0):g} GPUs, the profile lists "
-                            f"{node.gpus}", hint="check CUDA_VISIBLE_DEVICES and the node's gpus in the profile")
+                            f"{node.gpus}", fix="check CUDA_VISIBLE_DEVICES and the node's gpus in the profile")
         return {node.name: {"address": node.address, "resources": resources}}
 
     @staticmethod
@@ -196,7 +210,7 @@ class ClusterStep(Step):
                      for a, doc in docs.items() if "error" not in doc and (diff := differences(head_doc, doc))]
         if problems:
             raise StepError("refusing to serve: " + " | ".join(problems),
-                            hint="every node needs the same profile, overrides and patches: run the same "
+                            fix="every node needs the same profile, overrides and patches: run the same "
                                  "`dsv4setup up --node NAME` (same --profile and --set) on that node, then here again",
                             known_failure="cluster-node-mismatch")
         return {n.name: {"address": a, "resources": alive.get(a, {}), "vllm": docs[a].get("vllm"),

@@ -11,24 +11,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
+import threading
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import Any, ClassVar
 
+from dsv4setup.core.decision import Decision
 from dsv4setup.core.errors import DsvError, StepError, UsageError
+from dsv4setup.core.finding import Finding
 from dsv4setup.core.lock import workdir_lock
-from dsv4setup.core.proc import StepLog, tail_lines
-from dsv4setup.core.state import State, StepErrorInfo, StepStatus, load_state, now_iso, save_state
+from dsv4setup.core.outputs import StepOutputs
+from dsv4setup.core.proc import ATTEMPT_MARK, StepLog, attempt_tail
+from dsv4setup.core.state import (
+    OutputsT,
+    State,
+    StepErrorInfo,
+    StepProgress,
+    StepStatus,
+    load_state,
+    now_iso,
+    save_state,
+)
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
-
-
-@dataclass(frozen=True)
-class Postcondition:
-    ok: bool
-    detail: str
 
 
 @dataclass
@@ -41,10 +51,11 @@ class RunContext:
     options: dict[str, Any] = field(default_factory=dict)
     log: StepLog | None = None
     progress: Callable[[str], None] = lambda _msg: None
+    transfer: Callable[[int, int, float], None] = lambda _done, _total, _rate: None  # bytes done, total, B/s
 
-    def output(self, step: str) -> dict[str, Any]:
-        record = self.state.steps.get(step)
-        return dict(record.outputs) if record else {}
+    def outputs(self, model: type[OutputsT]) -> OutputsT | None:
+        """An earlier step's outputs, read by attribute (None: not run, or not applicable)."""
+        return self.state.outputs(model)
 
     def require_log(self) -> StepLog:
         if self.log is None:
@@ -58,6 +69,7 @@ class Step(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     needs: ClassVar[tuple[str, ...]] = ()
+    Outputs: ClassVar[type[StepOutputs]]  # what run returns; validated before it is saved
 
     def not_applicable(self, ctx: RunContext) -> str | None:
         """A reason this step has nothing to do for this profile (recorded as skipped)."""
@@ -68,32 +80,17 @@ class Step(ABC):
         """The inputs whose change must re-run the step (profile section, versions, paths)."""
 
     @abstractmethod
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         """Verify the postcondition on the machine itself, not in the state file."""
 
     @abstractmethod
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        """Do the work; return outputs for later steps; raise StepError with a hint on failure."""
+        """Do the work; return outputs (as declared by `Outputs`) for later steps; raise StepError with a fix."""
 
 
 def fingerprint(inputs: dict[str, Any]) -> str:
     blob = json.dumps(inputs, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-Action = Literal["run", "skip", "not-selected"]
-
-
-@dataclass(frozen=True)
-class Decision:
-    step: str
-    action: Action
-    reason: str
-    description: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return {"step": self.step, "action": self.action, "reason": self.reason,
-                "description": self.description}
 
 
 @dataclass(frozen=True)
@@ -109,7 +106,7 @@ class Selection:
         for flag, value in (("--from", self.start), ("--until", self.until), *(
                 ("--only", o) for o in self.only), *(("--redo", r) for r in self.redo)):
             if value is not None and value not in names:
-                raise UsageError(f"{flag} {value}: no such step", hint=f"steps are: {', '.join(names)}")
+                raise UsageError(f"{flag} {value}: no such step", fix=f"steps are: {', '.join(names)}")
         if self.only:
             return [n for n in names if n in self.only]
         lo = names.index(self.start) if self.start else 0
@@ -136,6 +133,37 @@ class UpResult:
     failed_step: str | None = None
     error: StepErrorInfo | None = None
     log_tail: list[str] = field(default_factory=list)
+
+
+class ProgressRecorder:
+    """Keeps the running step's live progress in the state file, at most every `every_s` seconds.
+
+    `status --json` in another process reads it: phase, bytes and rate of a transfer, and the
+    step's expected duration, so a slow step can be told from a stuck one. Thread-safe (the
+    download reports from its worker threads).
+    """
+
+    def __init__(self, path: Path, state: State, record: StepProgress, every_s: float = 2.0) -> None:
+        self.path, self.state, self.record, self.every_s = path, state, record, every_s
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def phase(self, message: str) -> None:
+        with self._lock:
+            self.record.phase = message
+            self._save(force=False)
+
+    def transfer(self, done: int, total: int, rate: float) -> None:
+        with self._lock:
+            self.record.bytes_done, self.record.bytes_total, self.record.rate_bps = done, total, round(rate, 1)
+            self._save(force=False)
+
+    def _save(self, force: bool) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.every_s:
+            self._last = now
+            self.record.updated_at = now_iso()
+            save_state(self.path, self.state)
 
 
 class Runbook:
@@ -172,8 +200,8 @@ class Runbook:
         if record.status == StepStatus.RUNNING:
             return Decision(step.name, "run", "left running by an earlier run", step.description)
         if record.status != StepStatus.DONE:
-            why = {"pending": "not run yet", "failed": "failed last time"}.get(record.status.value,
-                                                                              record.status.value)
+            why = {"pending": self._never_recorded(step), "failed": "failed last time"}.get(
+                record.status.value, record.status.value)
             return Decision(step.name, "run", why, step.description)
         inputs = step.inputs(ctx)
         if fingerprint(inputs) != record.fingerprint:
@@ -184,8 +212,14 @@ class Runbook:
                             step.description)
         post = step.is_done(ctx)
         if not post.ok:
-            return Decision(step.name, "run", f"drift: {post.detail}", step.description)
-        return Decision(step.name, "skip", f"done, verified: {post.detail}", step.description)
+            return Decision(step.name, "run", f"drift: {post.summary}", step.description)
+        return Decision(step.name, "skip", f"done, verified: {post.summary}", step.description)
+
+    def _never_recorded(self, step: Step) -> str:
+        """A pending step whose log exists ran before its record was reset: its outputs may still be there."""
+        if self.workdir.log_file(step.name).exists():
+            return "no record (reset?); its outputs may still be on disk: verify, then run if needed"
+        return "not run yet"
 
     def check_needs(self, state: State, selection: Selection) -> None:
         chosen = selection.selected(self.names)
@@ -195,7 +229,8 @@ class Runbook:
                     continue
                 if state.step(need).status not in (StepStatus.DONE, StepStatus.SKIPPED):
                     raise UsageError(f"step {name} needs step {need}, which is not done",
-                                     hint=f"run `dsv4setup up --until {need}` first, or widen --from/--only")
+                                     fix="run the earlier steps first, or widen --from/--only",
+                                     command=f"dsv4setup up --until {need}")
 
     def plan(self, selection: Selection) -> list[Decision]:
         """What `up` would do now (dry run). Reads state; never writes."""
@@ -230,58 +265,69 @@ class Runbook:
         record.attempts += 1
         record.pid = os.getpid()
         record.started_at, record.finished_at, record.error = now_iso(), None, None
+        record.progress = StepProgress(expected_s=self.profile.expected_s.get(step.name))
         save_state(self.workdir.state_file, state)
+        recorder = ProgressRecorder(self.workdir.state_file, state, record.progress)
         obs.started(step, record.attempts)
         with StepLog(log_path) as log:
-            log.section(f"{step.name}: attempt {record.attempts} (pid {os.getpid()})")
+            log.section(f"{step.name}: {ATTEMPT_MARK} {record.attempts} (pid {os.getpid()})")
             ctx.log = log
 
             def progress(msg: str) -> None:
                 log.line(f"-- {msg}")
+                recorder.phase(msg)
                 obs.progress(step, msg)
 
             ctx.progress = progress
+            ctx.transfer = recorder.transfer
             try:
                 skipped = step.not_applicable(ctx)
                 if skipped is not None:
                     outputs, status, detail = {"not_applicable": skipped}, StepStatus.SKIPPED, skipped
                 else:
                     inputs = step.inputs(ctx)
-                    outputs = step.run(ctx)
+                    outputs = step.Outputs.model_validate(step.run(ctx)).model_dump(mode="json", exclude_unset=True)
                     post = step.is_done(ctx)
                     if not post.ok:
-                        raise StepError(f"{step.name} ran but its postcondition fails: {post.detail}",
-                                        hint=f"see {log_path}")
+                        raise StepError(f"{step.name} ran but its postcondition fails: {post.summary}",
+                                        fix=f"see {log_path}")
                     record.fingerprint, record.fingerprint_inputs = fingerprint(inputs), inputs
-                    status, detail = StepStatus.DONE, post.detail
+                    status, detail = StepStatus.DONE, post.summary
             except DsvError as exc:
-                log.line(f"FAILED: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""))
+                log.line(f"FAILED: {exc.message}" + (f"\nfix: {exc.fix}" if exc.fix else ""))
                 known = getattr(exc, "known_failure", None)
-                return self._fail(step, state, StepErrorInfo(message=exc.message, hint=exc.hint,
-                                                              log=str(log_path), known_failure=known), obs)
+                return self._fail(step, state, StepErrorInfo(
+                    message=exc.message, fix=exc.fix, log=str(log_path), known_failure=known,
+                    command=self._in_workdir(shlex.split(exc.command) if exc.command else None)), obs)
             except KeyboardInterrupt:
                 log.line("INTERRUPTED by the user")
                 self._fail(step, state, StepErrorInfo(message="interrupted by the user", log=str(log_path),
-                                                      hint="run `dsv4setup up` again to resume"), obs)
+                                                      fix="run `dsv4setup up` again to resume"), obs)
                 raise
             except Exception as exc:  # a bug: record it, keep the traceback in the log, never lose state
                 log.write(traceback.format_exc())
                 return self._fail(step, state, StepErrorInfo(
                     message=f"internal error in step {step.name}: {type(exc).__name__}: {exc}",
-                    hint=f"the traceback is in {log_path}; please report it", log=str(log_path)), obs)
+                    fix=f"the traceback is in {log_path}; please report it", log=str(log_path)), obs)
             log.line(f"{status.value.upper()}: {detail}")
-        record.status, record.outputs = status, outputs
+        record.status, record.outputs, record.progress = status, outputs, None
         record.pid, record.finished_at = None, now_iso()
         save_state(self.workdir.state_file, state)
         obs.finished(step, status, detail)
         return None, []
 
+    def _in_workdir(self, command: list[str] | None) -> list[str] | None:
+        """A fix command as the user runs it: for this workdir (steps name the fix, the engine knows where)."""
+        if not command or "--workdir" in command:
+            return command
+        return [*command, "--workdir", str(self.workdir.root)]
+
     def _fail(self, step: Step, state: State, error: StepErrorInfo,
               obs: Observer) -> tuple[StepErrorInfo, list[str]]:
         record = state.step(step.name)
-        record.status, record.error = StepStatus.FAILED, error
+        record.status, record.error, record.progress = StepStatus.FAILED, error, None
         record.pid, record.finished_at = None, now_iso()
         save_state(self.workdir.state_file, state)
-        tail = tail_lines(self.workdir.log_file(step.name))
+        tail = attempt_tail(self.workdir.log_file(step.name))
         obs.failed(step, error, tail)
         return error, tail

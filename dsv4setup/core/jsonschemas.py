@@ -18,7 +18,7 @@ def all_schemas() -> tuple[dict[str, Any], ...]:
 
 @cache
 def schemas_by_id() -> dict[str, dict[str, Any]]:
-    """Map each document id (the `schema` const, e.g. "dsv4setup.status/1") to its JSON Schema."""
+    """Map each document id (the `schema` const, e.g. "dsv4setup.status/2") to its JSON Schema."""
     found: dict[str, dict[str, Any]] = {}
     for schema in all_schemas():
         const = schema.get("properties", {}).get("schema", {}).get("const")

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dsv4setup.core.errors import LockHeldError
+from dsv4setup.core.fsutil import UNWRITABLE, unwritable
 
 
 def read_holder(lock_file: Path) -> dict[str, object]:
@@ -28,8 +29,13 @@ def workdir_lock(lock_file: Path, command: str) -> Iterator[None]:
     The kernel drops an flock when its holder dies (SIGKILL included), so a stale lock
     never blocks a resume.
     """
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno in UNWRITABLE:
+            raise unwritable(lock_file, exc) from None
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -38,7 +44,7 @@ def workdir_lock(lock_file: Path, command: str) -> Iterator[None]:
             raise LockHeldError(
                 f"another dsv4setup run holds {lock_file} (pid {holder.get('pid', '?')}, "
                 f"{holder.get('command', '?')}, since {holder.get('since', '?')})",
-                hint="wait for it to finish, or stop it; the lock is released when that process exits",
+                fix="wait for it to finish, or stop it; the lock is released when that process exits",
             ) from None
         info = {"pid": os.getpid(), "since": datetime.now(UTC).isoformat(timespec="seconds"),
                 "command": command}

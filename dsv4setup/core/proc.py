@@ -9,9 +9,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from dsv4setup.core.errors import StepError
+from dsv4setup.core.errors import StepError, UsageError
 from dsv4setup.core.secrets import redact
 from dsv4setup.core.state import now_iso
+from dsv4setup.core.workdir import Workdir
 
 
 class StepLog:
@@ -42,13 +43,42 @@ class StepLog:
         self.close()
 
 
-def tail_lines(path: Path, count: int = 20) -> list[str]:
-    """The last `count` lines of a log (empty when there is none)."""
+ATTEMPT_MARK = "attempt"  # the engine's section title per attempt: "===== TIME STEP: attempt N (pid P)"
+_SECTION = "===== "
+
+
+def attempt_tail(path: Path, count: int = 20) -> list[str]:
+    """The last `count` lines of the log's last attempt only (never lines of an earlier attempt)."""
     try:
         with path.open(encoding="utf-8", errors="replace") as fh:
-            return [line.rstrip("\n") for line in deque(fh, maxlen=count)]
+            lines: deque[str] = deque(maxlen=count)
+            for raw in fh:
+                line = raw.rstrip("\n")
+                if line.startswith(_SECTION) and f": {ATTEMPT_MARK} " in line:
+                    lines.clear()
+                lines.append(line)
+            return list(lines)
     except OSError:
         return []
+
+
+def tail_lines(path: Path, count: int = 20) -> list[str]:
+    """The last `count` lines of a log, secrets redacted (empty when there is none)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            return [redact(line.rstrip("\n")) for line in deque(fh, maxlen=count)]
+    except OSError:
+        return []
+
+
+def existing_step_log(workdir: Workdir, step: str) -> Path:
+    """The log of `step`; UsageError unless it is one of the logs in the workdir (so no name leads elsewhere)."""
+    known = sorted(p.stem for p in workdir.logs_dir.glob("*.log")) if workdir.logs_dir.is_dir() else []
+    if step not in known:
+        raise UsageError(f"no log for step {step!r} in {workdir.logs_dir}",
+                         fix=f"steps with a log: {', '.join(known)}" if known else
+                         "no step has run in this workdir yet: `dsv4setup status` lists the steps")
+    return workdir.log_file(step)
 
 
 def run_logged(
@@ -58,7 +88,7 @@ def run_logged(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     what: str | None = None,
-    hint: str | None = None,
+    fix: str | None = None,
     on_line: Callable[[str], None] | None = None,
 ) -> None:
     """Run argv (no shell), stream stdout+stderr into the log; raise StepError on a non-zero exit.
@@ -73,7 +103,7 @@ def run_logged(
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 errors="replace", env=full_env, cwd=cwd, stdin=subprocess.DEVNULL)
     except OSError as exc:
-        raise StepError(f"{what or args[0]}: cannot start {args[0]}: {exc.strerror}", hint=hint) from None
+        raise StepError(f"{what or args[0]}: cannot start {args[0]}: {exc.strerror}", fix=fix) from None
     assert proc.stdout is not None
     for line in proc.stdout:
         log.write(line)
@@ -82,4 +112,4 @@ def run_logged(
     code = proc.wait()
     log.line(f"[exit {code}]")
     if code != 0:
-        raise StepError(f"{what or args[0]} failed with exit code {code} (see {log.path})", hint=hint)
+        raise StepError(f"{what or args[0]} failed with exit code {code} (see {log.path})", fix=fix)

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from pydantic import BaseModel, Field, ValidationError
 
 from dsv4setup.core.errors import StateError
 from dsv4setup.core.fsutil import atomic_write_json
+from dsv4setup.core.outputs import StepOutputs
 
-STATE_SCHEMA = "dsv4setup.state/1"
+STATE_SCHEMA = "dsv4setup.state/2"
+STATE_SCHEMA_V1 = "dsv4setup.state/1"  # the first release: step errors carry `hint` (read, upgraded on save)
+
+OutputsT = TypeVar("OutputsT", bound=StepOutputs)
 
 
 def now_iso() -> str:
@@ -31,9 +36,21 @@ class StepStatus(StrEnum):
 
 class StepErrorInfo(BaseModel):
     message: str
-    hint: str | None = None
+    fix: str | None = None
     log: str | None = None
     known_failure: str | None = None
+    command: list[str] | None = None  # the argv that applies the fix, when one does (run it, then `up`)
+
+
+class StepProgress(BaseModel):
+    """A running step's live progress, written (throttled) by the engine so other processes can read it."""
+
+    phase: str = "starting"
+    updated_at: str = Field(default_factory=now_iso)
+    expected_s: int | None = None  # the step's usual duration on this profile's hardware class
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    rate_bps: float | None = None
 
 
 class StepRecord(BaseModel):
@@ -46,6 +63,7 @@ class StepRecord(BaseModel):
     fingerprint_inputs: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
     error: StepErrorInfo | None = None
+    progress: StepProgress | None = None
 
     def is_interrupted(self) -> bool:
         """A step left 'running' by a process that no longer exists."""
@@ -67,6 +85,19 @@ class State(BaseModel):
     def to_doc(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
+    def outputs(self, model: type[OutputsT]) -> OutputsT | None:
+        """The outputs `model.step` recorded when it last finished (None: not run, or not applicable)."""
+        record = self.steps.get(model.step)
+        if record is None or record.status != StepStatus.DONE:
+            return None
+        try:
+            return model.model_validate(record.outputs)
+        except ValidationError as exc:
+            where = ".".join(str(p) for p in exc.errors()[0]["loc"])
+            raise StateError(f"the state file's outputs of step {model.step} are not what this dsv4setup reads: "
+                             f"{exc.errors()[0]['msg']} at {where}", fix=f"run the {model.step} step again",
+                             command=f"dsv4setup up --redo {model.step}") from None
+
 
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
@@ -77,21 +108,37 @@ def _pid_alive(pid: int | None) -> bool:
         return False
 
 
-def _recover_hint(path: Path, step: str | None = None) -> str:
-    hint = f"inspect {path}; `dsv4setup reset --all` moves it aside to a backup and starts fresh"
-    return hint + (f", `dsv4setup reset --step {step}` clears only that step" if step else "")
+def _corrupt(message: str, path: Path, step: str | None = None) -> StateError:
+    """The error for a damaged state file, with the command that recovers: reset that step, or all."""
+    target = ["--step", step] if step else ["--all"]
+    fix = (f"run the command: `dsv4setup reset --step {step}` forgets only that step's record"
+           if step else "run the command: `dsv4setup reset --all` moves the file aside (kept as a backup)")
+    return StateError(message, fix=f"{fix}; never edit {path} by hand",
+                      command=shlex.join(["dsv4setup", "reset", "--workdir", str(path.parent), *target]))
 
 
 def _read_doc(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StateError(f"state file {path} is corrupt: {exc}", hint=_recover_hint(path)) from None
+        raise _corrupt(f"state file {path} is corrupt: {exc}", path) from None
+    if isinstance(doc, dict) and doc.get("schema") == STATE_SCHEMA_V1:
+        doc = _upgrade_v1(doc)
     if not isinstance(doc, dict) or doc.get("schema") != STATE_SCHEMA:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise StateError(f"state file {path} has schema {found!r}, this dsv4setup reads {STATE_SCHEMA!r}",
-                         hint=_recover_hint(path))
+        raise _corrupt(f"state file {path} has schema {found!r}, this dsv4setup reads {STATE_SCHEMA!r}", path)
     return doc
+
+
+def _upgrade_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """A first-release state (`error.fix` in each step record) as this release's (`error.fix`)."""
+    steps = doc.get("steps")
+    if isinstance(steps, dict):
+        for record in steps.values():
+            error = record.get("error") if isinstance(record, dict) else None
+            if isinstance(error, dict) and "hint" in error:
+                error["fix"] = error.pop("hint")
+    return {**doc, "schema": STATE_SCHEMA}
 
 
 def _validate(path: Path, doc: dict[str, Any]) -> State:
@@ -101,8 +148,7 @@ def _validate(path: Path, doc: dict[str, Any]) -> State:
         loc = exc.errors()[0]["loc"]
         where = ".".join(str(p) for p in loc)
         step = str(loc[1]) if len(loc) > 1 and loc[0] == "steps" else None
-        raise StateError(f"state file {path} is invalid at {where}: {exc.errors()[0]['msg']}",
-                         hint=_recover_hint(path, step)) from None
+        raise _corrupt(f"state file {path} is invalid at {where}: {exc.errors()[0]['msg']}", path, step) from None
 
 
 def load_state(path: Path) -> State:

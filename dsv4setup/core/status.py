@@ -1,26 +1,58 @@
-"""The status document: a pure view of the state file."""
+"""The status document: a pure view of the state file.
+
+Honest by construction: a step recorded done *after* a step that failed (or was interrupted)
+is shown `stale`, since the failed step runs again before it and `up` re-verifies it; a
+running step carries its live progress (phase, bytes, rate, elapsed and expected seconds).
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from dsv4setup.core.state import State, StepStatus
+from dsv4setup.core.state import State, StepRecord, StepStatus
 
-STATUS_SCHEMA = "dsv4setup.status/1"
+STATUS_SCHEMA = "dsv4setup.status/2"
+BROKEN = ("failed", "interrupted")
 
 
-def step_view(name: str, state: State) -> dict[str, Any]:
+def _elapsed_s(started_at: str | None) -> float | None:
+    if not started_at:
+        return None
+    return round((datetime.now(UTC) - datetime.fromisoformat(started_at)).total_seconds(), 1)
+
+
+def _progress(record: StepRecord, status: str) -> dict[str, Any] | None:
+    if status != "running" or record.progress is None:
+        return None
+    return {**record.progress.model_dump(), "elapsed_s": _elapsed_s(record.started_at)}
+
+
+def step_view(name: str, state: State, after_broken: bool = False) -> dict[str, Any]:
     record = state.steps.get(name)
     if record is None:
         return {"step": name, "status": StepStatus.PENDING.value, "attempts": 0, "started_at": None,
-                "finished_at": None, "error": None, "outputs": {}}
+                "finished_at": None, "error": None, "outputs": {}, "progress": None}
     status = "interrupted" if record.is_interrupted() else record.status.value
+    if after_broken and status == StepStatus.DONE.value:
+        status = "stale"
     return {"step": name, "status": status, "attempts": record.attempts, "started_at": record.started_at,
             "finished_at": record.finished_at,
-            "error": record.error.model_dump() if record.error else None, "outputs": record.outputs}
+            "error": record.error.model_dump() if record.error else None, "outputs": record.outputs,
+            "progress": _progress(record, status)}
+
+
+def profile_kind(state: State) -> dict[str, Any]:
+    """derived / verified / demo of the profile, as the preflight step recorded it (null before it ran)."""
+    record = state.steps.get("preflight")
+    rec = (record.outputs.get("recommendation") if record is not None else None) or {}
+    return {key: rec.get(key) for key in ("derived", "verified", "demo")}
 
 
 def status_doc(state: State, names: list[str]) -> dict[str, Any]:
     extra = [n for n in state.steps if n not in names]
-    return {"schema": STATUS_SCHEMA, "profile": state.profile, "updated_at": state.updated_at,
-            "steps": [step_view(n, state) for n in [*names, *extra]]}
+    rows: list[dict[str, Any]] = []
+    for name in [*names, *extra]:
+        rows.append(step_view(name, state, after_broken=any(r["status"] in BROKEN for r in rows)))
+    return {"schema": STATUS_SCHEMA, "profile": state.profile, **profile_kind(state), "updated_at": state.updated_at,
+            "steps": rows}

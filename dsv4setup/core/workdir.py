@@ -1,30 +1,75 @@
-"""The workdir: one directory holds everything of one deployment."""
+"""The workdir: one directory holds everything of one deployment.
+
+Which one, in this order: `--workdir`; else `$DSV4SETUP_WORKDIR`; else the workdir that
+contains the current directory (a directory holding state.json or dsv4setup.yaml); else the
+last one `up` used (recorded in the user's state dir); else `<user data dir>/default`.
+`chosen_by` says which rule picked it; every command's header shows it.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
 
 ENV_WORKDIR = "DSV4SETUP_WORKDIR"
+MARKERS = ("state.json", "dsv4setup.yaml")  # what makes a directory a workdir
+
+
+def last_used_file() -> Path:
+    return Path(platformdirs.user_state_dir("dsv4setup")) / "last-workdir"
+
+
+def remember(root: Path) -> None:
+    """Record the workdir a run used, for commands run later from elsewhere without --workdir."""
+    path = last_used_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(root) + "\n", encoding="utf-8")
+    except OSError:
+        pass  # a read-only home only loses the convenience
+
+
+def _containing(start: Path) -> Path | None:
+    for directory in (start, *start.parents):
+        if any((directory / marker).is_file() for marker in MARKERS):
+            return directory
+    return None
+
+
+def _last_used() -> Path | None:
+    try:
+        text = last_used_file().read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return Path(text) if text and _containing(Path(text)) == Path(text) else None
 
 
 @dataclass(frozen=True)
 class Workdir:
     root: Path
+    chosen_by: str = field(default="given", compare=False)
 
     @classmethod
     def resolve(cls, explicit: Path | None = None) -> Workdir:
-        """--workdir, else $DSV4SETUP_WORKDIR, else the platform's user data dir."""
+        """--workdir, else $DSV4SETUP_WORKDIR, else the one containing the cwd, else the last used, else default."""
         if explicit is not None:
-            root = explicit
-        elif os.environ.get(ENV_WORKDIR):
-            root = Path(os.environ[ENV_WORKDIR])
-        else:
-            root = Path(platformdirs.user_data_dir("dsv4setup")) / "default"
-        return cls(root.expanduser().absolute())
+            return cls(explicit.expanduser().absolute(), "--workdir")
+        if os.environ.get(ENV_WORKDIR):
+            return cls(Path(os.environ[ENV_WORKDIR]).expanduser().absolute(), f"${ENV_WORKDIR}")
+        here = _containing(Path.cwd())
+        if here is not None:
+            return cls(here.absolute(), "contains the current directory")
+        last = _last_used()
+        if last is not None:
+            return cls(last.absolute(), f"the last one used (recorded in {last_used_file()})")
+        return cls((Path(platformdirs.user_data_dir("dsv4setup")) / "default").absolute(), "the default")
+
+    @property
+    def header(self) -> str:
+        return f"workdir {self.root} ({self.chosen_by})"
 
     def ensure(self) -> Workdir:
         for path in (self.root, self.logs_dir, self.run_dir):

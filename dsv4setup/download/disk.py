@@ -63,7 +63,7 @@ def check_disk(need: int, path: Path, free_space: FreeSpace) -> DiskCheck:
         short = check.need + check.margin - check.free
         raise DiskSpaceError(
             f"not enough disk space: {check.describe()} (short by {human(short)}); nothing was downloaded",
-            hint=f"free {human(short)} on that filesystem, or put the workdir on a larger disk "
+            fix=f"free {human(short)} on that filesystem, or put the workdir on a larger disk "
                  "(--workdir DIR or DSV4SETUP_WORKDIR), or use the HF cache on another disk "
                  "(DSV4SETUP_HF_CACHE=1 with HF_HUB_CACHE=DIR)")
     return check

@@ -11,6 +11,7 @@ from typing import Any
 from dsv4setup.download.disk import human
 
 RATE_WINDOW_S = 10.0
+Measure = Callable[[int, int, float], None]  # bytes done, bytes total, bytes per second
 
 
 class Cancelled(Exception):
@@ -21,13 +22,14 @@ class ByteProgress:
     """Thread-safe counter that reports '12.3 GB / 150.0 GB (8 %), 85.2 MB/s, 3/46 files, ETA 27 min'."""
 
     def __init__(self, total: int, files: int, report: Callable[[str], None], *, done: int = 0,
-                 every_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 every_s: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 measure: Measure = lambda _done, _total, _rate: None) -> None:
         self.total, self.files = total, files
         self.done = done
         self.transferred = 0
         self.files_done = 0
         self.cancel = threading.Event()
-        self._report, self._every, self._clock = report, every_s, clock
+        self._report, self._every, self._clock, self._measure = report, every_s, clock, measure
         self._lock = threading.Lock()
         self._samples: deque[tuple[float, int]] = deque([(clock(), 0)])
         self._last_report = 0.0
@@ -49,11 +51,15 @@ class ByteProgress:
             if due:
                 self._last_report = now
         if due:
-            self._report(self.message())
+            self._emit()
 
     def file_done(self) -> None:
         with self._lock:
             self.files_done += 1
+        self._emit()
+
+    def _emit(self) -> None:
+        self._measure(self.done, self.total, self.rate())
         self._report(self.message())
 
     def rate(self) -> float:

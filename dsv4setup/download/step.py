@@ -13,8 +13,10 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.download.outputs import DownloadOutputs
 from dsv4setup.profiles.paths import checkpoint_dir
 
 Route = Literal["repo", "local", "generate"]
@@ -56,6 +58,7 @@ def _local_problem(path: Path) -> str | None:
 class DownloadStep(Step):
     name = "download"
     description = "Fetch the checkpoint (pinned revision, resumable, sha256-verified) or prepare the local one"
+    Outputs = DownloadOutputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.download.transfer import hf_cache_setting
@@ -67,28 +70,28 @@ class DownloadStep(Step):
                 "generator_source": _generator_digest() if model.generate else None,
                 "path": str(checkpoint_dir(ctx.profile, ctx.workdir)), "hf_cache": str(cache) if cache else None}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         path = checkpoint_dir(ctx.profile, ctx.workdir)
         if route(ctx) != "repo":
             problem = _local_problem(path)
-            return Postcondition(problem is None, problem or f"{path} has config.json and weights")
+            return postcondition(problem is None, problem or f"{path} has config.json and weights")
         from dsv4setup.download.verify import cheap_problems, read_manifest
 
         model = ctx.profile.model
         manifest = read_manifest(path)
         if manifest is None or not manifest.complete:
-            return Postcondition(False, f"no complete download recorded for {path}")
+            return postcondition(False, f"no complete download recorded for {path}")
         if (manifest.repo, manifest.revision, manifest.allow_patterns) != (
                 model.repo, model.revision, model.allow_patterns):
-            return Postcondition(False, f"{path} holds {manifest.repo}@{manifest.revision}, "
+            return postcondition(False, f"{path} holds {manifest.repo}@{manifest.revision}, "
                                         f"the profile wants {model.repo}@{model.revision}")
         if not Path(path).is_dir():
-            return Postcondition(False, f"{path} is missing")
+            return postcondition(False, f"{path} is missing")
         problems = cheap_problems(manifest)
         if problems:
-            return Postcondition(False, "; ".join(problems[:3]) + (f" (+{len(problems) - 3})" if len(problems) > 3
+            return postcondition(False, "; ".join(problems[:3]) + (f" (+{len(problems) - 3})" if len(problems) > 3
                                                                     else ""))
-        return Postcondition(True, f"{len(manifest.expected)} files of {manifest.repo}@{manifest.commit[:12]} "
+        return postcondition(True, f"{len(manifest.expected)} files of {manifest.repo}@{manifest.commit[:12]} "
                                    f"match their verified sizes")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
@@ -104,7 +107,7 @@ class DownloadStep(Step):
         problem = _local_problem(path)
         if problem:
             raise StepError(f"model.local_path: {problem}",
-                            hint="point model.local_path at a checkpoint directory (config.json + *.safetensors), "
+                            fix="point model.local_path at a checkpoint directory (config.json + *.safetensors), "
                                  "e.g. --set model.local_path=/data/DeepSeek-V4-Flash")
         files, size = _listing(path)
         return {"path": str(path), "route": "local", "repo": None, "revision": None, "files": files, "bytes": size}
@@ -112,14 +115,14 @@ class DownloadStep(Step):
     def _generate(self, ctx: RunContext, path: Path) -> dict[str, Any]:
         generator = ctx.profile.model.generate
         if generator != "tiny-deepseek-v3-mtp":
-            raise StepError(f"unknown checkpoint generator {generator!r}", hint="use tiny-deepseek-v3-mtp")
+            raise StepError(f"unknown checkpoint generator {generator!r}", fix="use tiny-deepseek-v3-mtp")
         tinymodel = importlib.import_module("dsv4setup.tinymodel")
         ctx.progress(f"generating the tiny DeepSeek-V3 + MTP checkpoint into {path}")
         tinymodel.generate_tiny_checkpoint(path)
         problem = _local_problem(path)
         if problem:
             raise StepError(f"the tiny-model generator left an incomplete checkpoint: {problem}",
-                            hint=f"remove {path} and run again; report it if it persists")
+                            fix=f"remove {path} and run again; report it if it persists")
         files, size = _listing(path)
         return {"path": str(path), "route": "generate", "repo": None, "revision": None, "files": files,
                 "bytes": size, "generator": generator}
@@ -140,7 +143,7 @@ class DownloadStep(Step):
 
         downloader = Downloader(model.repo, model.revision, path, allow_patterns=model.allow_patterns, token=token,
                                 workers=ctx.options.get("download_workers"), free_space=ctx.options.get("free_space"),
-                                report=report, hf_cache=hf_cache_setting())
+                                report=report, hf_cache=hf_cache_setting(), measure=ctx.transfer)
         with hub_logs_to(log.line):
             result = downloader.run(full_verify=bool(ctx.options.get("download_verify")))
         if result.refetched:

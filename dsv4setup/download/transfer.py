@@ -28,8 +28,9 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from dsv4setup.core.errors import DsvError
+from dsv4setup.core.fsutil import contained, fsync_dir, fsync_file
 from dsv4setup.download.disk import FreeSpace, check_disk, disk_free_bytes, human
-from dsv4setup.download.progress import ByteProgress, Cancelled
+from dsv4setup.download.progress import ByteProgress, Cancelled, Measure
 from dsv4setup.download.verify import (
     Manifest,
     RemoteFile,
@@ -113,7 +114,7 @@ def fetch_plan(repo: str, revision: str, allow_patterns: list[str] | None, token
                         sha256=s.lfs.sha256 if s.lfs else None, blob_id=s.blob_id) for s in siblings]
     if not files:
         raise HubError(f"{repo}@{revision}: no file matches the allow patterns {allow_patterns}",
-                       hint="fix model.allow_patterns in the profile (e.g. --set 'model.allow_patterns=[\"*\"]')")
+                       fix="fix model.allow_patterns in the profile (e.g. --set 'model.allow_patterns=[\"*\"]')")
     return RemotePlan(repo, revision, info.sha or revision, files, bool(info.gated))
 
 
@@ -122,13 +123,15 @@ class Downloader:
 
     def __init__(self, repo: str, revision: str, dest: Path, *, allow_patterns: list[str] | None = None,
                  token: str | None = None, workers: int | None = None, free_space: FreeSpace | None = None,
-                 report: Report = lambda _m: None, hf_cache: Path | None = None) -> None:
+                 report: Report = lambda _m: None, hf_cache: Path | None = None,
+                 measure: Measure = lambda _done, _total, _rate: None) -> None:
         self.repo, self.revision, self.dest = repo, revision, Path(dest).absolute()
         self.allow_patterns = list(allow_patterns or [])
         self.token = token
         self.workers = workers or default_workers()
         self.free_space = free_space or disk_free_bytes
         self.report = report
+        self.measure = measure
         self.hf_cache = hf_cache
         self.partial_dir = self.dest.parent / f".{self.dest.name}.partial"
         self._manifest_lock = threading.Lock()
@@ -141,6 +144,8 @@ class Downloader:
         if plan.gated and not self.token:
             raise gated_error(self.repo, None)
         self._commit = plan.commit
+        for f in plan.files:  # every name the hub lists stays inside the destination, checked before any write
+            contained(self.dest, f.path, f"the hub's file list of {self.repo}@{plan.commit[:12]}")
         if self.hf_cache is not None:
             return self._run_hf_cache(plan)
         return self._run_workdir(plan, full_verify)
@@ -149,7 +154,7 @@ class Downloader:
     def _run_workdir(self, plan: RemotePlan, full_verify: bool) -> DownloadResult:
         if self.dest.is_symlink():
             raise DsvError(f"{self.dest} is a link to {os.readlink(self.dest)} (an HF-cache mode download)",
-                           hint=f"set {ENV_HF_CACHE} again to keep using the HF cache, or remove the link to "
+                           fix=f"set {ENV_HF_CACHE} again to keep using the HF cache, or remove the link to "
                                 "download into the workdir")
         manifest = self._start_manifest(plan, "workdir", self.dest)
         todo, refetched = self._check_existing(plan, manifest, full_verify)
@@ -160,7 +165,8 @@ class Downloader:
             self.report(f"fetching {len(todo)} file(s): {disk.describe()}")
         self._probe_access(todo)
         present = plan.total_bytes - sum(f.size for f in todo) + sum(partial.values())
-        progress = ByteProgress(plan.total_bytes, len(plan.files), self.report, done=present)
+        progress = ByteProgress(plan.total_bytes, len(plan.files), self.report, done=present,
+                                measure=self.measure)
         progress.files_done = len(plan.files) - len(todo)
         self._fetch_all(todo, progress, manifest)
         mark_complete(manifest)
@@ -186,7 +192,7 @@ class Downloader:
     def _remove_stale(self, old: Manifest, new: Manifest) -> None:
         """Files an earlier download of ours put there that the new plan no longer has, and their partials."""
         for rel in sorted(set(old.expected) - set(new.expected)):
-            path = self.dest / rel
+            path = contained(self.dest, rel, f"the download manifest in {self.dest}")
             if path.is_file():
                 self.report(f"removing {rel}: not part of {self.repo}@{new.commit[:12]} (left from {old.commit[:12]})")
                 path.unlink()
@@ -281,11 +287,13 @@ class Downloader:
             part.unlink(missing_ok=True)
         else:
             raise DsvError(f"{f.path} fails verification after two complete downloads: {problem}",
-                           hint="the hub copy or the network path corrupts data: retry later, or pin another "
+                           fix="the hub copy or the network path corrupts data: retry later, or pin another "
                                 "revision (--set model.revision=SHA)")
-        final = self.dest / f.path
+        final = contained(self.dest, f.path, f"the hub's file list of {self.repo}")
         final.parent.mkdir(parents=True, exist_ok=True)
+        fsync_file(part)  # the data is on disk before the rename publishes it as verified
         os.replace(part, final)
+        fsync_dir(final.parent)
         stat = final.stat()
         with self._manifest_lock:
             manifest.verified[f.path] = record.model_copy(update={"mtime_ns": stat.st_mtime_ns})
@@ -318,12 +326,12 @@ class Downloader:
             return exc
         if isinstance(exc, OSError) and exc.errno == 28:
             return DsvError(f"the disk filled up while downloading into {self.dest}",
-                            hint="free space and run again: finished files are kept and partial ones resume")
+                            fix="free space and run again: finished files are kept and partial ones resume")
         if isinstance(exc, hub_exceptions()):
             return explain(exc, self.repo, self.revision, self.token)
         if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
             return DsvError(f"a transfer from the hub ended early: {exc}",
-                            hint="run again: the partial file resumes where it stopped")
+                            fix="run again: the partial file resumes where it stopped")
         return exc
 
     # --- hf-cache mode ---------------------------------------------------------------------
@@ -337,7 +345,8 @@ class Downloader:
         disk = check_disk(sum(f.size for f in todo), self.hf_cache, self.free_space)
         self.report(f"HF cache {self.hf_cache}: {disk.describe()}")
         manifest = self._start_manifest(plan, "hf-cache", snapshot)
-        watcher = _BlobWatcher(repo_dir / "blobs", ByteProgress(plan.total_bytes, len(plan.files), self.report))
+        watcher = _BlobWatcher(repo_dir / "blobs", ByteProgress(plan.total_bytes, len(plan.files), self.report,
+                                                                      measure=self.measure))
         try:
             with _quiet_hf_progress(), watcher:
                 snapshot_download(self.repo, revision=plan.commit, cache_dir=self.hf_cache,
@@ -369,7 +378,7 @@ class Downloader:
                 problem, record = verify_content(snapshot / f.path, f)
                 if problem is not None:
                     raise DsvError(f"{problem} (after a fresh download into the HF cache)",
-                                   hint="retry later or pin another revision (--set model.revision=SHA)")
+                                   fix="retry later or pin another revision (--set model.revision=SHA)")
             assert record is not None
             manifest.verified[f.path] = record
         return refetched
@@ -389,7 +398,7 @@ def _point_link(link: Path, target: Path) -> None:
     """Make `link` a symlink to `target`, atomically (a real directory there is an error)."""
     if link.exists() and not link.is_symlink():
         raise DsvError(f"{link} is a directory, the HF-cache mode wants a link there",
-                       hint="move it away (it holds a workdir-mode download) or unset DSV4SETUP_HF_CACHE")
+                       fix="move it away (it holds a workdir-mode download) or unset DSV4SETUP_HF_CACHE")
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp = link.with_name(f".{link.name}.link-{os.getpid()}")
     tmp.unlink(missing_ok=True)

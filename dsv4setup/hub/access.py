@@ -21,7 +21,7 @@ TOKENS_URL = "https://huggingface.co/settings/tokens"
 
 
 class HubError(DsvError):
-    """The hub refused, or could not be reached: message says which, hint says what to do."""
+    """The hub refused, or could not be reached: message says which, fix says what to do."""
 
 
 def hub_endpoint() -> str:
@@ -55,57 +55,57 @@ def explain(exc: BaseException, repo: str, revision: str, token: str | None) -> 
     set_token = f"create a read token at {TOKENS_URL} and `export HF_TOKEN=...`, then run again"
     if isinstance(exc, OfflineModeIsEnabled):
         return HubError("HF_HUB_OFFLINE=1 is set, so the hub is not asked",
-                        hint="unset HF_HUB_OFFLINE for the download, or point the profile at a local copy: "
+                        fix="unset HF_HUB_OFFLINE for the download, or point the profile at a local copy: "
                              "--set model.local_path=DIR")
     if isinstance(exc, GatedRepoError):
         return gated_error(repo, token)
     if isinstance(exc, HfHubHTTPError) and exc.response is not None and exc.response.status_code == 401 \
             and "Invalid credentials" in (exc.server_message or str(exc)):
         return HubError("the hub rejected the Hugging Face token (invalid or expired)",
-                        hint=f"{set_token}; for a public repo you may also unset HF_TOKEN")
+                        fix=f"{set_token}; for a public repo you may also unset HF_TOKEN")
     if isinstance(exc, RevisionNotFoundError):
         return HubError(f"revision {revision!r} does not exist in {repo}",
-                        hint="pin an existing commit: --set model.revision=<40-hex sha> "
+                        fix="pin an existing commit: --set model.revision=<40-hex sha> "
                              f"(history: {page}/commits/main)")
     if isinstance(exc, RepositoryNotFoundError):
         who = "your token" if token else "anonymous requests (no HF_TOKEN)"
         return HubError(f"repository {repo} not found at {endpoint}, or private and not visible to {who}",
-                        hint="check model.repo (e.g. --set model.repo=ORG/NAME)"
+                        fix="check model.repo (e.g. --set model.repo=ORG/NAME)"
                              + ("" if token else f"; for a private repo {set_token}"))
     if isinstance(exc, RemoteEntryNotFoundError):
         return HubError(f"a file listed for {repo}@{revision} is missing on the hub: {exc.response.url}",
-                        hint="the revision moved while downloading: pin a commit with --set model.revision=<sha> "
+                        fix="the revision moved while downloading: pin a commit with --set model.revision=<sha> "
                              "and run again")
     if isinstance(exc, DisabledRepoError):
-        return HubError(f"{repo} is disabled on the hub", hint="use another checkpoint (--set model.repo=ORG/NAME)")
+        return HubError(f"{repo} is disabled on the hub", fix="use another checkpoint (--set model.repo=ORG/NAME)")
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
         status = exc.response.status_code
         if status == 403:
             return HubError(f"the hub refused access to {repo} (403)",
-                            hint="a fine-grained token needs 'read access to contents of public gated repos' "
+                            fix="a fine-grained token needs 'read access to contents of public gated repos' "
                                  f"(or to this repo); {set_token}")
         if status == 429 or status >= 500:
             return HubError(f"the hub answered {status} for {repo} (rate limit or outage)",
-                            hint="wait a few minutes and run the same command again (a download keeps its "
+                            fix="wait a few minutes and run the same command again (a download keeps its "
                                  "finished files and resumes the partial ones)")
         return HubError(f"the hub answered {status} for {repo}: {exc.server_message or exc}",
-                        hint=f"check {page} in a browser; run again with -v for details")
+                        fix=f"check {page} in a browser; run again with -v for details")
     if isinstance(exc, httpx2.HTTPError | ConnectionError | TimeoutError):
         return HubError(f"cannot reach the Hugging Face hub at {endpoint}: {type(exc).__name__}: {exc}",
-                        hint="check the network and proxy (HTTPS_PROXY), or HF_ENDPOINT for a mirror; on an "
+                        fix="check the network and proxy (HTTPS_PROXY), or HF_ENDPOINT for a mirror; on an "
                              "offline machine copy the checkpoint over and use --set model.local_path=DIR")
     return HubError(f"hub request for {repo}@{revision} failed: {type(exc).__name__}: {exc}",
-                    hint="run again with -v for the traceback")
+                    fix="run again with -v for the traceback")
 
 
 def gated_error(repo: str, token: str | None) -> HubError:
     page = f"{hub_endpoint()}/{repo}"
     if token is None:
         return HubError(f"{repo} is gated: its files need a token of an account that accepted its terms",
-                        hint=f"open {page}, accept the terms, then create a read token at {TOKENS_URL} and "
+                        fix=f"open {page}, accept the terms, then create a read token at {TOKENS_URL} and "
                              "`export HF_TOKEN=...`, then run again")
     return HubError(f"{repo} is gated and your token's account is not in its authorized list (yet)",
-                    hint=f"request access at {page} and wait for the approval, or export the HF_TOKEN "
+                    fix=f"request access at {page} and wait for the approval, or export the HF_TOKEN "
                          "of an account that has access")
 
 

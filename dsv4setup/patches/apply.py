@@ -5,15 +5,24 @@ stage every result in a temp dir (all hunks of all patches must fit), verify the
 results (probe says fixed), back up the originals, replace the files one by one (atomic
 rename each), verify the files on disk (sha256 and status). Any failure after the first
 replacement restores every file already replaced, byte for byte.
+
+A kill between two renames cannot run that restore: a journal (`<backup>/journal.json`, the
+files being replaced) is written before the first rename and removed after the last check.
+Whoever applies or reverts next finds it and first puts back the original of every journaled
+file that holds our patched bytes (from the backups), so a set applied halfway is never left
+as a `conflict`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from dsv4setup.core.errors import DsvError
+from dsv4setup.core.fsutil import atomic_write_text, fsync_dir
 from dsv4setup.patches import backups as backup_mod
 from dsv4setup.patches.backups import Backups
 from dsv4setup.patches.manifest import Manifest, Patch
@@ -21,6 +30,8 @@ from dsv4setup.patches.status import PatchReport, check_patch, check_patches, ev
 from dsv4setup.patches.target import Target, sha256_bytes
 
 Log = Callable[[str], None]
+JOURNAL = "journal.json"
+JOURNAL_SCHEMA = "dsv4setup.patch-journal/1"
 
 
 class PatchConflictError(DsvError):
@@ -41,7 +52,7 @@ class ActionResult:
     changed: list[str]  # patch ids applied or reverted by this call
 
 
-def reinstall_hint(target: Target) -> str:
+def reinstall_fix(target: Target) -> str:
     """How to get pristine vLLM files back: a forced reinstall (a plain `pip install` of the same
     version keeps the modified files), or a checkout in a source tree."""
     if target.kind == "source-tree":
@@ -59,7 +70,7 @@ def _raise_conflicts(reports: Sequence[PatchReport], target: Target) -> None:
     if conflicts:
         lines = "\n  ".join(f"{r.id}: {r.detail} ({', '.join(str(target.path(f)) for f in r.files)})"
                             for r in conflicts)
-        raise PatchConflictError(f"conflict, nothing changed:\n  {lines}", hint=reinstall_hint(target))
+        raise PatchConflictError(f"conflict, nothing changed:\n  {lines}", fix=reinstall_fix(target))
 
 
 def _drop_bytecode(path: Path) -> None:
@@ -83,7 +94,52 @@ def _replace_all(target: Target, changes: Sequence[Change], *, forward: bool, lo
         if isinstance(exc, DsvError):
             raise
         raise DsvError(f"writing {target.path(changes[len(done)].rel)} failed ({type(exc).__name__}: {exc}); "
-                       f"every file already written was restored", hint=reinstall_hint(target)) from exc
+                       f"every file already written was restored", fix=reinstall_fix(target)) from exc
+
+
+def _journal(target: Target) -> Path:
+    return target.backup_dir / JOURNAL
+
+
+def _replace_journaled(target: Target, changes: Sequence[Change], *, forward: bool, log: Log,
+                       check: Callable[[], str | None]) -> str | None:
+    """_replace_all under the journal; `check` verifies the result (a problem rolls everything back)."""
+    atomic_write_text(_journal(target), json.dumps({"schema": JOURNAL_SCHEMA, "forward": forward,
+                                                    "files": [c.rel for c in changes]}) + "\n")
+    _replace_all(target, changes, forward=forward, log=log)
+    problem = check()
+    if problem is not None:
+        _rollback(target, changes, forward=forward, log=log)
+    _journal(target).unlink()
+    fsync_dir(target.backup_dir)
+    return problem
+
+
+def recover_interrupted(target: Target, log: Log = lambda _m: None) -> list[str]:
+    """Finish what a killed apply or revert left half-done (its journal): every journaled file that
+    holds our patched bytes gets its backed-up original back. Returns the files restored."""
+    path = _journal(target)
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DsvError(f"the patch journal {path} cannot be read ({exc})",
+                       fix=f"reinstall vLLM to get pristine files, then remove {path}: " + reinstall_fix(target)) \
+            from None
+    backups = Backups(target)
+    restored = []
+    for rel in files:
+        current = target.read(rel)
+        original = backups.original(rel, current) if current is not None else None
+        if original is not None:
+            backup_mod.write_bytes_atomically(target.path(rel), original)
+            _drop_bytecode(target.path(rel))
+            restored.append(rel)
+            log(f"restored {target.path(rel)}: an earlier run was stopped halfway through its patches")
+    path.unlink()
+    fsync_dir(target.backup_dir)
+    return restored
 
 
 def _rollback(target: Target, done: Sequence[Change], *, forward: bool, log: Log) -> None:
@@ -118,6 +174,7 @@ def apply_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None 
                   log: Log = lambda _m: None) -> ActionResult:
     """Apply the given patches (default: every applicable one). Explicit ids must all be
     applicable, applied or upstream. All or nothing."""
+    recover_interrupted(target, log)
     patches = _selected(manifest, ids)
     reports = check_patches(patches, target)
     _raise_conflicts(reports, target)
@@ -125,7 +182,7 @@ def apply_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None 
         blocked = [r for r in reports if r.status == "not-applicable"]
         if blocked:
             raise DsvError("cannot apply, nothing changed: " + "; ".join(f"{r.id}: {r.detail}" for r in blocked),
-                           hint="drop these ids, or install a vLLM version the patch supports "
+                           fix="drop these ids, or install a vLLM version the patch supports "
                                 "(see `dsv4setup patches status`)")
     todo = [r for r in reports if r.status == "applicable"]
     changes: list[Change] = []
@@ -138,7 +195,7 @@ def apply_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None 
         probe = evaluate_probe(report.patch.spec.probe, staged_or_disk)
         if probe.state != "fixed":
             raise DsvError(f"patch {report.id}: the patched result does not pass its own probe; nothing changed",
-                           hint="a bug in the shipped patch data; please report it")
+                           fix="a bug in the shipped patch data; please report it")
         for rel in report.files:
             before = target.read(rel)
             assert before is not None
@@ -146,18 +203,18 @@ def apply_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None 
     if changes:
         Backups(target).store(changes)
         log(f"backed up {len(changes)} original file(s) under {target.backup_dir}")
-        _replace_all(target, changes, forward=True, log=log)
-        problem = _verify_on_disk(target, changes, [r.patch for r in todo], forward=True)
+        problem = _replace_journaled(target, changes, forward=True, log=log, check=partial(
+            _verify_on_disk, target, changes, [r.patch for r in todo], forward=True))
         if problem is not None:
-            _rollback(target, changes, forward=True, log=log)
             raise DsvError(f"verification failed after patching, every file restored: {problem}",
-                           hint=reinstall_hint(target))
+                           fix=reinstall_fix(target))
     return ActionResult(check_patches(patches, target), [r.id for r in todo])
 
 
 def revert_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None = None, *,
                    log: Log = lambda _m: None) -> ActionResult:
     """Restore the byte-identical originals of the given applied patches (default: all applied)."""
+    recover_interrupted(target, log)
     patches = _selected(manifest, ids)
     reports = check_patches(patches, target)
     _raise_conflicts(reports, target)
@@ -174,11 +231,10 @@ def revert_patches(manifest: Manifest, target: Target, ids: Sequence[str] | None
                 original = report.originals[rel]  # the backup is stale; the reversed diff matches RECORD
             changes.append(Change(rel, report.id, original, current))
     if changes:
-        _replace_all(target, changes, forward=False, log=log)
-        problem = _verify_on_disk(target, changes, [r.patch for r in todo], forward=False)
+        problem = _replace_journaled(target, changes, forward=False, log=log, check=partial(
+            _verify_on_disk, target, changes, [r.patch for r in todo], forward=False))
         if problem is not None:
-            _rollback(target, changes, forward=False, log=log)
             raise DsvError(f"verification failed after reverting, patched files put back: {problem}",
-                           hint=reinstall_hint(target))
+                           fix=reinstall_fix(target))
         backups.forget([c.rel for c in changes])
     return ActionResult(check_patches(patches, target), [r.id for r in todo])

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from dsv4setup.core.fsutil import contained, fsync_dir
 from dsv4setup.patches.target import Target, sha256_bytes
 
 BACKUP_INDEX = "index.json"
@@ -40,6 +41,7 @@ def write_bytes_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 class Backups:
@@ -48,6 +50,10 @@ class Backups:
     def __init__(self, target: Target) -> None:
         self.root = target.backup_dir
         self.index_path = self.root / BACKUP_INDEX
+
+    def file(self, rel: str) -> Path:
+        """Where the original of `rel` is kept (refused when `rel` leaves the backup folder)."""
+        return contained(self.root / "files", rel, f"the backup index {self.index_path}")
 
     def index(self) -> dict[str, dict[str, str]]:
         try:
@@ -63,7 +69,7 @@ class Backups:
     def store(self, changes: Sequence[BackedUp]) -> None:
         files = self.index()
         for change in changes:
-            dest = self.root / "files" / change.rel
+            dest = self.file(change.rel)
             dest.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomically(dest, change.before)
             files[change.rel] = {"patch": change.patch_id, "original_sha256": sha256_bytes(change.before),
@@ -76,7 +82,7 @@ class Backups:
         if not entry or entry.get("patched_sha256") != sha256_bytes(current):
             return None
         try:
-            data = (self.root / "files" / rel).read_bytes()
+            data = self.file(rel).read_bytes()
         except OSError:
             return None
         return data if sha256_bytes(data) == entry.get("original_sha256") else None
@@ -85,5 +91,5 @@ class Backups:
         files = self.index()
         for rel in rels:
             files.pop(rel, None)
-            (self.root / "files" / rel).unlink(missing_ok=True)
+            self.file(rel).unlink(missing_ok=True)
         self._save(files)

@@ -27,7 +27,7 @@ def patch_program() -> str:
     program = shutil.which("patch")
     if program is None:
         raise DsvError("GNU patch is not installed (needed to check and apply vLLM patches)",
-                       hint="install it: `sudo apt-get install patch`, `sudo dnf install patch` or "
+                       fix="install it: `sudo apt-get install patch`, `sudo dnf install patch` or "
                             "`conda install -c conda-forge patch`, then run the command again")
     return program
 

@@ -20,6 +20,7 @@ from packaging.version import InvalidVersion, Version
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dsv4setup.core.errors import DsvError
+from dsv4setup.core.fsutil import contained
 from dsv4setup.core.resources import data_dir
 
 INDEX_SCHEMA = "dsv4setup.patch-index/1"
@@ -156,7 +157,7 @@ class Manifest:
             return self.by_id[patch_id]
         except KeyError:
             raise ManifestError(f"unknown patch id {patch_id!r}",
-                                hint=f"known patch ids: {', '.join(self.ids)}") from None
+                                fix=f"known patch ids: {', '.join(self.ids)}") from None
 
 
 def default_manifest_path() -> Path:
@@ -207,7 +208,7 @@ def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read the patch manifest: {exc.strerror}",
-                            hint="reinstall dsv4setup") from None
+                            fix="reinstall dsv4setup") from None
     try:
         return yaml.safe_load(text), yaml.compose(text)
     except yaml.YAMLError as exc:
@@ -218,7 +219,10 @@ def _load_diffs(path: Path, root: yaml.Node | None, index: int, spec: PatchSpec)
     diffs: list[DiffFile] = []
     for vi, variant in enumerate(spec.variants):
         where = _where(path, root, ("patches", index, "variants", vi, "diff"))
-        diff_path = (path.parent / variant.diff).resolve()
+        try:
+            diff_path = contained(path.parent, variant.diff, where).resolve()
+        except DsvError as exc:
+            raise ManifestError(exc.message) from None
         if not diff_path.is_file():
             raise ManifestError(f"{where}: {variant.diff} does not exist")
         try:

@@ -10,26 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import DsvError, StepError
-from dsv4setup.patches import (
-    Manifest,
-    PatchConflictError,
-    PatchReport,
-    Target,
-    apply_patches,
-    check_patches,
-    default_target,
-    find_target,
-    load_manifest,
-    reinstall_hint,
-)
+from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.patches.apply import PatchConflictError, apply_patches, reinstall_fix
+from dsv4setup.patches.manifest import Manifest, load_manifest
+from dsv4setup.patches.outputs import PatchesOutputs
+from dsv4setup.patches.status import PatchReport, check_patches
+from dsv4setup.patches.target import Target, default_target, find_target
+from dsv4setup.vllm.outputs import VllmOutputs
 
 
 def step_target(ctx: RunContext) -> Target:
     """The vLLM the vllm step installed (its site-packages output), else the workdir's serving venv."""
-    site = ctx.output("vllm").get("site_packages")
-    return find_target(Path(site)) if site and Path(site).is_dir() else default_target(ctx.workdir)
+    vllm = ctx.outputs(VllmOutputs)
+    site = Path(vllm.site_packages) if vllm else None
+    return find_target(site) if site and site.is_dir() else default_target(ctx.workdir)
 
 
 def profile_patches(ctx: RunContext, manifest: Manifest) -> list[str]:
@@ -37,7 +33,7 @@ def profile_patches(ctx: RunContext, manifest: Manifest) -> list[str]:
     unknown = [i for i in ids if i not in manifest.by_id]
     if unknown:
         raise StepError(f"profile {ctx.profile.name} lists unknown patch id(s): {', '.join(unknown)}",
-                        hint=f"known patch ids: {', '.join(manifest.ids)} (see {manifest.path}); "
+                        fix=f"known patch ids: {', '.join(manifest.ids)} (see {manifest.path}); "
                              f"fix the profile's `patches` list")
     return ids
 
@@ -58,6 +54,7 @@ class PatchesStep(Step):
     name = "patches"
     description = "apply the profile's vLLM patches and verify them against the wheel's RECORD"
     needs = ("vllm",)
+    Outputs = PatchesOutputs
 
     def __init__(self, manifest_path: Path | None = None) -> None:
         self._manifest_path = manifest_path  # None: the shipped patches/index.yaml
@@ -75,18 +72,18 @@ class PatchesStep(Step):
         return {"patches": list(ctx.profile.patches), "diff_sha256": diffs,
                 "vllm": f"{ctx.profile.vllm.package}=={ctx.profile.vllm.version}"}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         manifest = self.manifest()
         try:
             ids = profile_patches(ctx, manifest)
             target = step_target(ctx)
         except DsvError as exc:
-            return Postcondition(False, exc.message)
+            return postcondition(False, exc.message)
         reports = check_patches([manifest.get(i) for i in ids], target)
         pending = [r for r in reports if not r.satisfied]
         if pending:
-            return Postcondition(False, "not in effect: " + summary(pending))
-        return Postcondition(True, f"{target.distribution} {target.version}: {summary(reports)}")
+            return postcondition(False, "not in effect: " + summary(pending))
+        return postcondition(True, f"{target.distribution} {target.version}: {summary(reports)}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         manifest = self.manifest()
@@ -102,7 +99,7 @@ class PatchesStep(Step):
             raise StepError("patch(es) the profile needs cannot take effect on "
                             f"{target.distribution} {target.version}: "
                             + "; ".join(f"{r.id}: {r.detail}" for r in blocked),
-                            hint=f"install the vLLM version the profile pins ({ctx.profile.vllm.package}=="
+                            fix=f"install the vLLM version the profile pins ({ctx.profile.vllm.package}=="
                                  f"{ctx.profile.vllm.version}) with `dsv4setup up --redo vllm`, or drop these ids "
                                  f"from the profile's patches")
         try:
@@ -113,9 +110,9 @@ class PatchesStep(Step):
 
             result = apply_patches(manifest, target, ids, log=log_and_report)
         except PatchConflictError as exc:
-            raise StepError(exc.message, hint=reinstall_hint(target)) from None
+            raise StepError(exc.message, fix=reinstall_fix(target)) from None
         except DsvError as exc:
-            raise StepError(exc.message, hint=exc.hint) from None
+            raise StepError(exc.message, fix=exc.fix) from None
         return {"target": str(target.root), "vllm_version": target.version,
                 "applied": [r.id for r in result.reports if r.status == "applied"],
                 "upstream": [r.id for r in result.reports if r.status == "upstream"],

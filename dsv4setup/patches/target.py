@@ -18,6 +18,7 @@ from typing import Literal
 from urllib.parse import unquote, urlparse
 
 from dsv4setup.core.errors import DsvError, UsageError
+from dsv4setup.core.fsutil import contained
 from dsv4setup.core.workdir import Workdir
 
 TargetKind = Literal["site-packages", "source-tree"]
@@ -66,7 +67,7 @@ class Target:
     record: dict[str, str] | None = field(default=None, repr=False)  # rel path -> sha256 hex
 
     def path(self, rel: str) -> Path:
-        return self.root / rel
+        return contained(self.root, rel, "the patch manifest")
 
     def read(self, rel: str) -> bytes | None:
         try:
@@ -126,7 +127,7 @@ def _from_dist_info(directory: Path, info: Path) -> Target:
         if editable is not None and (editable / "vllm" / "__init__.py").is_file():
             return Target(editable, "source-tree", name, version or _source_version(editable))
         raise DsvError(f"{directory}: {info.name} is installed but the vllm package is missing",
-                       hint=f"reinstall it: `pip install --force-reinstall --no-deps {name or 'vllm'}=={version}` "
+                       fix=f"reinstall it: `pip install --force-reinstall --no-deps {name or 'vllm'}=={version}` "
                             f"into the environment of {directory}")
     record = parse_record((info / "RECORD").read_text(encoding="utf-8"))
     return Target(directory, "site-packages", name, version, record)
@@ -140,13 +141,13 @@ def find_target(directory: Path) -> Target:
     infos = _vllm_dist_infos(directory)
     if len(infos) > 1:
         raise UsageError(f"{directory}: several vLLM installs ({', '.join(i.name for i in infos)})",
-                         hint="uninstall all but one (pip uninstall), or point --target at a clean environment")
+                         fix="uninstall all but one (pip uninstall), or point --target at a clean environment")
     if infos:
         return _from_dist_info(directory, infos[0])
     if (directory / "vllm" / "__init__.py").is_file():
         return Target(directory, "source-tree", None, _source_version(directory))
     raise UsageError(f"{directory}: no vLLM here (neither a vllm*.dist-info nor vllm/__init__.py)",
-                     hint="point --target at the site-packages that holds vLLM or at a vLLM source checkout")
+                     fix="point --target at the site-packages that holds vLLM or at a vLLM source checkout")
 
 
 def venv_site_packages(venv: Path) -> Path | None:
@@ -159,5 +160,5 @@ def default_target(workdir: Workdir) -> Target:
     site = venv_site_packages(workdir.venv_dir)
     if site is None:
         raise DsvError(f"no serving venv at {workdir.venv_dir}",
-                       hint="install vLLM first (`dsv4setup up --until vllm`), or pass --target DIR")
+                       fix="install vLLM first (`dsv4setup up --until vllm`), or pass --target DIR")
     return find_target(site)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dsv4setup.core.finding import CheckResult, failed, passed, skipped, warned
+from dsv4setup.core.finding import Finding, failed, passed, skipped, warned
 from dsv4setup.preflight.facts import (
     Gpu,
+    Snapshot,
     cc_str,
     gpu_label,
     group_links,
@@ -17,8 +18,9 @@ from dsv4setup.preflight.facts import (
     visible_gpus,
 )
 from dsv4setup.preflight.implied import p2p_problems
-from dsv4setup.preflight.rules import GB, vtuple
+from dsv4setup.preflight.rules import GB, Rules, vtuple
 from dsv4setup.preflight.target import Ctx, kv_gb, need_gb, usable_gb
+from dsv4setup.profiles.model import DEMO_NOTICE
 
 CPU_ONLY = "CPU-only profile {}: no GPU needed"
 
@@ -41,7 +43,7 @@ def _describe(c: Ctx, gpus: list[Gpu]) -> str:
     return "; ".join(f"{n}x {kind}" for kind, n in kinds.items())
 
 
-def _skip_gpu(c: Ctx, id_: str) -> CheckResult | None:
+def _skip_gpu(c: Ctx, id_: str) -> Finding | None:
     """The common reasons a GPU check has nothing to judge."""
     if c.target.cpu_only:
         return skipped(id_, CPU_ONLY.format(c.target.profile_name))
@@ -52,7 +54,25 @@ def _skip_gpu(c: Ctx, id_: str) -> CheckResult | None:
     return None
 
 
-def gpu_present(c: Ctx) -> CheckResult:
+def no_gpu_fix(snap: Snapshot, rules: Rules) -> str:
+    """Both roads for a machine without a usable NVIDIA GPU: the driver, else the runbook demo."""
+    host = snap.get("host") or {}
+    out_of_scope = rules.out_of_scope(host)
+    if out_of_scope:
+        return f"{out_of_scope}: use a Linux machine with NVIDIA GPUs (SM 9.0, 10.x or 12.x)"
+    on_bus = host.get("nvidia_pci_gpus")
+    found = f" (it found {on_bus})" if isinstance(on_bus, int) and on_bus else ""
+    gpu_road = (f"if `lspci | grep -i nvidia` lists NVIDIA GPUs{found}: {rules.driver_install_hint} "
+                f"(in a container: --gpus all with the NVIDIA Container Toolkit)")
+    arch = host.get("arch")
+    if arch in rules.demo_arches:
+        return (f"{gpu_road}; otherwise run the runbook demo: `dsv4setup up --profile {rules.demo_profile}` "
+                f"({DEMO_NOTICE})")
+    return (f"{gpu_road}; otherwise this {arch} machine is out of scope: the CPU demo "
+            f"(--profile {rules.demo_profile}) runs on {', '.join(rules.demo_arches)} only")
+
+
+def gpu_present(c: Ctx) -> Finding:
     id_ = "gpu.present"
     all_gpus = c.snap.get("gpus") or []
     if c.target.cpu_only:
@@ -67,12 +87,11 @@ def gpu_present(c: Ctx) -> CheckResult:
             return failed(id_, f"CUDA_VISIBLE_DEVICES={mask!r} hides all {len(all_gpus)} GPU(s)",
                           "unset CUDA_VISIBLE_DEVICES or list valid GPU indices (see `nvidia-smi -L`)")
         return failed(id_, "the NVIDIA driver is loaded but NVML sees no GPU",
-                      "check `nvidia-smi`; in a container pass the GPUs through (`docker run --gpus all ...` "
-                      "with the NVIDIA Container Toolkit)")
+                      f"check `nvidia-smi`; {no_gpu_fix(c.snap, c.rules)}")
     return passed(id_, f"{plural(len(gpus), 'GPU')}: {_describe(c, gpus)}")
 
 
-def gpu_architecture(c: Ctx) -> CheckResult:
+def gpu_architecture(c: Ctx) -> Finding:
     id_ = "gpu.architecture"
     if (skip := _skip_gpu(c, id_)) is not None:
         return skip
@@ -100,7 +119,7 @@ def _identity(g: Gpu) -> tuple[object, ...]:
     return g.get("name"), g.get("memory_total_bytes"), tuple(g.get("compute_capability") or ())
 
 
-def gpu_identical(c: Ctx) -> CheckResult:
+def gpu_identical(c: Ctx) -> Finding:
     id_ = "gpu.identical"
     if (skip := _skip_gpu(c, id_)) is not None:
         return skip
@@ -117,7 +136,7 @@ def gpu_identical(c: Ctx) -> CheckResult:
                   f"(or fewer GPUs: --set serve.tensor_parallel_size=N)")
 
 
-def gpu_count(c: Ctx) -> CheckResult:
+def gpu_count(c: Ctx) -> Finding:
     id_ = "gpu.count"
     if (skip := _skip_gpu(c, id_)) is not None:
         return skip
@@ -137,7 +156,7 @@ def gpu_count(c: Ctx) -> CheckResult:
     return passed(id_, summary)
 
 
-def gpu_memory(c: Ctx) -> CheckResult:
+def gpu_memory(c: Ctx) -> Finding:
     id_ = "gpu.memory"
     if (skip := _skip_gpu(c, id_)) is not None:
         return skip
@@ -172,17 +191,30 @@ def gpu_memory(c: Ctx) -> CheckResult:
 
 
 def _more_memory_fix(c: Ctx, each_gb: float, need_gb_total: float) -> str:
-    """How many GPUs like these would fit, as a concrete next step."""
-    util = c.target.gpu_memory_utilization
-    for size in c.rules.tp_sizes:
-        if each_gb * size * util >= need_gb(c.rules, c.target.checkpoint_gb, c.target.max_model_len, size):
-            return (f"use {size} GPUs like these (TP={size}; a profile for {size} GPUs, `dsv4setup profile list`), "
-                    f"or GPUs with more memory")
+    """How many GPUs like these would fit, and which smaller context preset would, as concrete next steps."""
+    t, rules = c.target, c.rules
+    util = t.gpu_memory_utilization
+    roads = []
+    size = next((s for s in rules.tp_sizes if s > t.gpus_per_node
+                 and each_gb * s * util >= need_gb(rules, t.checkpoint_gb, t.max_model_len, s)), None)
+    if size is not None:
+        more = size - len(visible_gpus(c.snap))
+        extra = f": {more} more than this machine has" if more > 0 else ""
+        roads.append(f"use {size} GPUs like these (TP={size}{extra}; a profile for {size} GPUs, "
+                     f"`dsv4setup profile list`, or --set serve.tensor_parallel_size={size})")
+    presets = t.profile.presets if t.profile is not None else {}
+    smaller = sorted(((p.max_model_len, name) for name, p in presets.items() if p.max_model_len < t.max_model_len
+                      and each_gb * len(c.group) * util >= need_gb(rules, t.checkpoint_gb, p.max_model_len,
+                                                                   t.tensor_parallel_size)), reverse=True)
+    if smaller:
+        roads.append(f"a smaller context: --set preset={smaller[0][1]} ({smaller[0][0]:,} tokens fit these GPUs)")
+    if roads:
+        return "; or ".join(roads) + ", or GPUs with more memory"
     return (f"the checkpoint needs ~{_gb(need_gb_total)} of GPU memory: use bigger GPUs or more nodes "
             f"(e.g. 2x GB10 over QSFP, 2x H200, 2x RTX PRO 6000)")
 
 
-def gpu_pcie_link(c: Ctx) -> CheckResult:
+def gpu_pcie_link(c: Ctx) -> Finding:
     id_ = "gpu.pcie_link"
     if (skip := _skip_gpu(c, id_)) is not None:
         return skip
@@ -203,7 +235,7 @@ def gpu_pcie_link(c: Ctx) -> CheckResult:
     return passed(id_, f"PCIe Gen{g.get('gen_max')} x{g.get('width_max')} at full width on the TP GPUs")
 
 
-def _skip_topology(c: Ctx, id_: str) -> CheckResult | None:
+def _skip_topology(c: Ctx, id_: str) -> Finding | None:
     if (skip := _skip_gpu(c, id_)) is not None:
         return skip
     if not c.multi_gpu:
@@ -213,7 +245,7 @@ def _skip_topology(c: Ctx, id_: str) -> CheckResult | None:
     return None
 
 
-def topology_interconnect(c: Ctx) -> CheckResult:
+def topology_interconnect(c: Ctx) -> Finding:
     id_ = "topology.interconnect"
     if (skip := _skip_topology(c, id_)) is not None:
         return skip
@@ -238,7 +270,7 @@ def _profile_disables_p2p(c: Ctx) -> bool:
     return c.target.disable_custom_all_reduce and c.target.env.get("NCCL_P2P_DISABLE") == "1"
 
 
-def topology_p2p(c: Ctx) -> CheckResult:
+def topology_p2p(c: Ctx) -> Finding:
     id_ = "topology.p2p"
     if (skip := _skip_topology(c, id_)) is not None:
         return skip
@@ -259,7 +291,7 @@ def topology_p2p(c: Ctx) -> CheckResult:
     return passed(id_, "P2P read and write supported between all TP GPUs")
 
 
-def topology_iommu(c: Ctx) -> CheckResult:
+def topology_iommu(c: Ctx) -> Finding:
     id_ = "topology.iommu"
     if (skip := _skip_topology(c, id_)) is not None:
         return skip
@@ -283,7 +315,7 @@ def topology_iommu(c: Ctx) -> CheckResult:
     return passed(id_, f"IOMMU {mode}: PCIe P2P is not translated")
 
 
-def driver_present(c: Ctx) -> CheckResult:
+def driver_present(c: Ctx) -> Finding:
     id_ = "driver.present"
     if c.target.cpu_only:
         return skipped(id_, CPU_ONLY.format(c.target.profile_name))
@@ -292,13 +324,11 @@ def driver_present(c: Ctx) -> CheckResult:
         why = c.snap.get("nvml_error") or "NVML did not start"
         on_bus = c.host.get("nvidia_pci_gpus")
         seen = f" ({plural(on_bus, 'NVIDIA GPU')} on the PCI bus)" if on_bus else ""
-        return failed(id_, f"no NVIDIA driver{seen}: {why}",
-                      f"{c.rules.driver_install_hint}; in a container run with --gpus all "
-                      f"(NVIDIA Container Toolkit)")
+        return failed(id_, f"no NVIDIA driver{seen}: {why}", no_gpu_fix(c.snap, c.rules))
     return passed(id_, f"NVIDIA driver {driver.get('version') or '?'} (CUDA {driver.get('cuda_driver') or '?'})")
 
 
-def driver_version(c: Ctx) -> CheckResult:
+def driver_version(c: Ctx) -> Finding:
     id_ = "driver.version"
     driver = c.snap.get("driver")
     if c.target.cpu_only:

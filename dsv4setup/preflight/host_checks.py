@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsv4setup.core.finding import CheckResult, failed, passed, skipped, warned
+from dsv4setup.core.finding import Finding, failed, passed, skipped, warned
 from dsv4setup.preflight.facts import cc_str
 from dsv4setup.preflight.rules import GB, vtuple
 from dsv4setup.preflight.target import Ctx
@@ -15,17 +15,20 @@ def _gb(value: float) -> str:
     return f"{value:.1f} GB"
 
 
-def host_platform(c: Ctx) -> CheckResult:
+def host_platform(c: Ctx) -> Finding:
     id_ = "host.platform"
     h = c.host
     summary = f"{h.get('arch')}, {h.get('os')}, kernel {h.get('kernel')}, {h.get('cpu_count')} CPUs"
+    out_of_scope = c.rules.out_of_scope(h)
+    if out_of_scope:
+        return failed(id_, f"{summary}: {out_of_scope}", "use a Linux machine with NVIDIA GPUs (SM 9.0, 10.x or 12.x)")
     if h.get("arch") not in c.rules.host_arches:
         return failed(id_, f"{summary}: vLLM's CUDA and CPU wheels exist for {', '.join(c.rules.host_arches)} only",
                       "use an x86_64 or aarch64 Linux machine")
     return passed(id_, summary)
 
 
-def host_ram(c: Ctx) -> CheckResult:
+def host_ram(c: Ctx) -> Finding:
     id_ = "host.ram"
     ram = c.host.get("ram_bytes")
     limits = c.rules.host(c.target.cpu_only)
@@ -41,7 +44,7 @@ def host_ram(c: Ctx) -> CheckResult:
     return passed(id_, f"{have} RAM")
 
 
-def host_shm(c: Ctx) -> CheckResult:
+def host_shm(c: Ctx) -> Finding:
     id_ = "host.shm"
     shm = c.host.get("shm_bytes")
     limits = c.rules.host(c.target.cpu_only)
@@ -58,6 +61,31 @@ def host_shm(c: Ctx) -> CheckResult:
     return passed(id_, have)
 
 
+def _toolkit_to_install(c: Ctx) -> bool:
+    """Will the toolkit step install a toolkit? Not when the profile needs none, nor when its automatic route
+    takes the machine's nvcc (same major release, minor >= wanted, able to target the GPU: toolkit/step.py)."""
+    from dsv4setup.profiles.model import ToolkitSpec
+    from dsv4setup.toolkit.arch import arch_table, parse_release
+
+    profile = c.target.profile
+    wanted = (profile.toolkit if profile is not None else ToolkitSpec()).version
+    if wanted is None:
+        return False
+    if profile is not None and profile.toolkit.route != "auto":
+        return True
+    nvcc = (c.snap.get("toolchain") or {}).get("nvcc") or {}
+    release = nvcc.get("release") or nvcc.get("version")
+    arch = (profile.toolkit.arch if profile is not None else None) or _target_arch(c)
+    support = arch_table().get(arch or "")
+    if not release or support is None:
+        return True
+    try:
+        have, want = parse_release(str(release)), parse_release(wanted)
+    except ValueError:
+        return True
+    return not (have[0] == want[0] and have >= want and have >= support.min_cuda)
+
+
 def _disk_need(c: Ctx) -> tuple[float, list[str]]:
     """GB the workdir's filesystem still needs, and the parts, net of what is already there."""
     t = c.target
@@ -67,8 +95,7 @@ def _disk_need(c: Ctx) -> tuple[float, list[str]]:
     parts: list[tuple[str, float]] = [("checkpoint", max(0.0, t.checkpoint_gb - have_model))]
     if not contents.get("venv"):
         parts.append(("venv", limits.disk_venv_gb))
-    toolkit_needed = t.profile is None or t.profile.toolkit.version is not None
-    if toolkit_needed and not contents.get("toolkit"):
+    if _toolkit_to_install(c) and not contents.get("toolkit"):
         parts.append(("CUDA toolkit", limits.disk_toolkit_gb))
     if t.vllm_source == "source":
         parts.append(("vLLM source build", limits.disk_source_build_gb))
@@ -79,7 +106,7 @@ def _disk_need(c: Ctx) -> tuple[float, list[str]]:
     return sum(v for _, v in parts), words
 
 
-def host_disk_workdir(c: Ctx) -> CheckResult:
+def host_disk_workdir(c: Ctx) -> Finding:
     id_ = "host.disk_workdir"
     workdir = c.host.get("workdir", "?")
     free = (c.host.get("disk_free_bytes") or {}).get(workdir)
@@ -93,7 +120,7 @@ def host_disk_workdir(c: Ctx) -> CheckResult:
     return passed(id_, summary)
 
 
-def host_disk_hf_cache(c: Ctx) -> CheckResult:
+def host_disk_hf_cache(c: Ctx) -> Finding:
     id_ = "host.disk_hf_cache"
     cache = c.host.get("hf_cache")
     if cache is None:
@@ -116,7 +143,7 @@ def _target_arch(c: Ctx) -> str | None:
     return arch_from_capability(c.cc) if c.cc else None
 
 
-def toolkit_nvcc(c: Ctx) -> CheckResult:
+def toolkit_nvcc(c: Ctx) -> Finding:
     from dsv4setup.toolkit.arch import arch_table, fmt, parse_release
 
     id_ = "toolkit.nvcc"
@@ -159,7 +186,7 @@ def _covers(entry: str, cc: str) -> bool:
     return False
 
 
-def toolkit_arch(c: Ctx) -> CheckResult:
+def toolkit_arch(c: Ctx) -> Finding:
     id_ = "toolkit.arch"
     if c.target.cpu_only:
         return skipped(id_, "CPU-only profile: no GPU architecture to build for")
@@ -184,7 +211,7 @@ def toolkit_arch(c: Ctx) -> CheckResult:
     return passed(id_, f"builds for {want}, the GPUs' target (SM {c.cc})")
 
 
-def toolkit_build_tools(c: Ctx) -> CheckResult:
+def toolkit_build_tools(c: Ctx) -> Finding:
     id_ = "toolkit.build_tools"
     source = c.target.vllm_source
     if source == "wheel":
@@ -202,7 +229,7 @@ def toolkit_build_tools(c: Ctx) -> CheckResult:
     return passed(id_, f"git {git}, gcc {gcc or 'not needed'} for a {source} install of vLLM")
 
 
-def python_version(c: Ctx) -> CheckResult:
+def python_version(c: Ctx) -> Finding:
     id_ = "python.version"
     env = c.snap.get("python_env") or {}
     rules = c.rules
@@ -221,7 +248,7 @@ def python_version(c: Ctx) -> CheckResult:
     return passed(id_, f"Python {version} in {where} is within {rng}")
 
 
-def vllm_installed(c: Ctx) -> CheckResult:
+def vllm_installed(c: Ctx) -> Finding:
     id_ = "vllm.installed"
     env = c.snap.get("python_env") or {}
     if not env.get("venv_python"):
@@ -238,7 +265,7 @@ def vllm_installed(c: Ctx) -> CheckResult:
     return passed(id_, f"vLLM {have}, torch {env.get('torch') or '?'} in the serving venv")
 
 
-def vllm_torch_cuda(c: Ctx) -> CheckResult:
+def vllm_torch_cuda(c: Ctx) -> Finding:
     id_ = "vllm.torch_cuda"
     env = c.snap.get("python_env") or {}
     torch_cuda = env.get("torch_cuda")
@@ -259,7 +286,7 @@ def vllm_torch_cuda(c: Ctx) -> CheckResult:
     return passed(id_, summary)
 
 
-def vllm_speculative_tokens(c: Ctx) -> CheckResult:
+def vllm_speculative_tokens(c: Ctx) -> Finding:
     id_ = "vllm.speculative_tokens"
     if c.target.cpu_only:
         return skipped(id_, "CPU-only profile: no GPU kernel limits on the draft length")
@@ -292,7 +319,7 @@ def _flag_text(args: tuple[str, ...]) -> str:
     return " " + " ".join(words) + " "
 
 
-def vllm_serve_args(c: Ctx) -> CheckResult:
+def vllm_serve_args(c: Ctx) -> Finding:
     id_ = "vllm.serve_args"
     if c.target.profile is None:
         return skipped(id_, "no profile: no serve flags to check")
@@ -302,7 +329,7 @@ def vllm_serve_args(c: Ctx) -> CheckResult:
     family = c.family
     for rule in c.rules.serve_arg_rules:
         if family not in rule.only_families and f" {rule.flag} " in text:
-            return CheckResult(id_, "fail" if rule.status == "fail" else "warn",
+            return Finding(id_, "fail" if rule.status == "fail" else "warn",
                                f"serve.extra_args has {rule.flag} on SM {c.cc}: {rule.why}",
                                f"remove {rule.flag} from serve.extra_args")
     if c.target.enforce_eager:

@@ -72,10 +72,7 @@ def recommended_k(c: Ctx) -> int:
     return k if k in family.allowed_for(c.target.vllm_version) else family.default
 
 
-def recommendation(c: Ctx) -> dict[str, Any] | None:
-    """What to serve with; None when there is nothing to recommend for (a GPU deployment without GPUs)."""
-    if not c.target.cpu_only and not c.group:
-        return None
+def findings(c: Ctx) -> dict[str, Any]:
+    """What the findings add to `vllm serve` (the serve step reads this from the preflight step's outputs)."""
     args, env = implied(c, active_findings(c))
-    return {"profile": c.target.profile_name, "tensor_parallel_size": c.target.tensor_parallel_size,
-            "num_speculative_tokens": recommended_k(c), "serve_args": args, "env": env}
+    return {"serve_args": args, "env": env}

@@ -122,6 +122,9 @@ class Rules:
     host_gpu: HostLimits
     host_cpu: HostLimits
     host_arches: tuple[str, ...]
+    out_of_scope_os: dict[str, str]
+    demo_arches: tuple[str, ...]
+    demo_profile: str
     gcc_min_for_source_build: str
     python_min: str
     python_max_exclusive: str
@@ -143,6 +146,11 @@ class Rules:
                 return build
         return self.driver_builds[-1]
 
+    def out_of_scope(self, host: dict[str, Any]) -> str | None:
+        """Why this host's OS is out of scope (macOS, Windows), None for Linux."""
+        words = str(host.get("os") or "").split()
+        return self.out_of_scope_os.get(words[0]) if words else None
+
     def host(self, cpu_only: bool) -> HostLimits:
         return self.host_cpu if cpu_only else self.host_gpu
 
@@ -163,6 +171,9 @@ def parse_rules(raw: dict[str, Any]) -> Rules:
         host_gpu=HostLimits(**raw["host"]["gpu"]),
         host_cpu=HostLimits(**raw["host"]["cpu_only"]),
         host_arches=tuple(raw["host"]["arches"]),
+        out_of_scope_os={str(k): " ".join(v.split()) for k, v in raw["host"]["out_of_scope_os"].items()},
+        demo_arches=tuple(raw["host"]["demo_arches"]),
+        demo_profile=str(raw["host"]["demo_profile"]),
         gcc_min_for_source_build=str(raw["toolchain"]["gcc_min_for_source_build"]),
         python_min=str(raw["python"]["min"]),
         python_max_exclusive=str(raw["python"]["max_exclusive"]),

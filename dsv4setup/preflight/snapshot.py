@@ -16,12 +16,14 @@ from dsv4setup.core.resources import package_file
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.preflight import HARDWARE_SCHEMA
 
-SNAPSHOT_HINT = "write a fresh one on the machine with `dsv4setup doctor --save-snapshot FILE`"
+SNAPSHOT_FIX = "write a fresh one on the machine with `dsv4setup doctor --save-snapshot FILE`"
 
 
 class SnapshotError(UsageError):
     """A snapshot file that cannot be judged: missing, not JSON, or not a hardware snapshot."""
 
+
+SNAPSHOT_FILE = "hardware.json"  # the snapshot the preflight step judged, in the workdir
 
 def take_snapshot(workdir: Workdir, *, nvml: ModuleType | None = None,
                   env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -68,16 +70,16 @@ def parse_snapshot(text: str, source: str) -> dict[str, Any]:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SnapshotError(f"snapshot {source} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                            hint=SNAPSHOT_HINT) from None
+                            fix=SNAPSHOT_FIX) from None
     if not isinstance(doc, dict) or doc.get("schema") != HARDWARE_SCHEMA:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise SnapshotError(f"snapshot {source} is not a dsv4setup hardware snapshot: schema is {found!r}, "
-                            f"expected {HARDWARE_SCHEMA!r}", hint=SNAPSHOT_HINT)
+                            f"expected {HARDWARE_SCHEMA!r}", fix=SNAPSHOT_FIX)
     problems = snapshot_errors(doc)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise SnapshotError(f"snapshot {source} is not a valid {HARDWARE_SCHEMA} document: "
-                            f"{'; '.join(problems[:3])}{more}", hint=SNAPSHOT_HINT)
+                            f"{'; '.join(problems[:3])}{more}", fix=SNAPSHOT_FIX)
     return doc
 
 
@@ -85,9 +87,9 @@ def load_snapshot(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SnapshotError(f"snapshot {path} does not exist", hint=SNAPSHOT_HINT) from None
+        raise SnapshotError(f"snapshot {path} does not exist", fix=SNAPSHOT_FIX) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SnapshotError(f"snapshot {path} cannot be read: {exc}", hint=SNAPSHOT_HINT) from None
+        raise SnapshotError(f"snapshot {path} cannot be read: {exc}", fix=SNAPSHOT_FIX) from None
     return parse_snapshot(text, str(path))
 
 

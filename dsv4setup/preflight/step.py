@@ -11,14 +11,16 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.preflight.outputs import PreflightOutputs
+from dsv4setup.preflight.snapshot import SNAPSHOT_FILE
 
 if TYPE_CHECKING:
     from dsv4setup.preflight.report import DoctorReport
     from dsv4setup.preflight.rules import Rules
 
-SNAPSHOT_FILE = "hardware.json"
 REPORT_FILE = "doctor.json"
 
 
@@ -29,6 +31,7 @@ def _ids(results: list[Any]) -> str:
 class PreflightStep(Step):
     name = "preflight"
     description = "GPUs, interconnect, driver, host and toolchain checked against the profile (doctor)"
+    Outputs = PreflightOutputs
 
     def __init__(self, nvml: ModuleType | None = None, rules: Rules | None = None) -> None:
         self.nvml = nvml  # the NVML module; None: pynvml (tests pass a fake)
@@ -37,19 +40,21 @@ class PreflightStep(Step):
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.preflight.rules import rules_digest
 
-        return {"profile": ctx.profile.document(), "rules": rules_digest()}
+        # outputs: the layout of this step's outputs (the serve step reads `findings`)
+        return {"profile": ctx.profile.document(), "rules": rules_digest(), "outputs": 2}
 
     def judge(self, ctx: RunContext) -> DoctorReport:
         from dsv4setup.preflight.report import build_report
         from dsv4setup.preflight.snapshot import take_snapshot
 
-        return build_report(take_snapshot(ctx.workdir, nvml=self.nvml), ctx.profile, rules=self.rules)
+        return build_report(take_snapshot(ctx.workdir, nvml=self.nvml), ctx.profile, rules=self.rules,
+                            workdir=ctx.workdir, state=ctx.state)
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         report = self.judge(ctx)
         if not report.ok:
-            return Postcondition(False, f"check(s) now failing: {_ids(report.failures)}")
-        return Postcondition(True, f"{len(report.checks)} checks, none failed (warnings: {_ids(report.warnings)})")
+            return postcondition(False, f"check(s) now failing: {_ids(report.failures)}")
+        return postcondition(True, f"{len(report.checks)} checks, none failed (warnings: {_ids(report.warnings)})")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.core.fsutil import atomic_write_json
@@ -70,10 +75,10 @@ class PreflightStep(Step):
             raise StepError(
                 f"preflight: {len(failures)} check(s) failed: "
                 + "; ".join(f"{r.id}: {r.summary}" for r in failures),
-                hint=" | ".join(f"{r.id}: {r.fix}" for r in failures)
+                fix=" | ".join(f"{r.id}: {r.fix}" for r in failures)
                 + f" (all checks: `dsv4setup doctor --workdir {ctx.workdir.root}`; report: {report_path})")
         outputs: dict[str, Any] = {"snapshot": str(snapshot_path), "report": str(report_path),
-                                   "recommendation": report.recommendation,
+                                   "recommendation": report.recommendation, "findings": report.findings,
                                    "warnings": [r.id for r in report.warnings]}
         arch = self._toolkit_arch(report, ctx)
         if arch is not None:

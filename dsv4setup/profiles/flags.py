@@ -2,13 +2,19 @@
 
 `serve.extra_args` may not repeat them (the rendered value and the extra one would fight,
 and argparse silently keeps the last), and the recipe importer maps them back to fields.
-vLLM's parser accepts `--max_model_len` for `--max-model-len` and `--flag=value` for
-`--flag value`; `normalize` folds those spellings so the checks see one name.
+vLLM's parser accepts `--max_model_len` for `--max-model-len`, `--flag=value` for
+`--flag value`, `--flag.key value` for a field of a JSON flag, any unambiguous prefix of a
+flag (`--hos` is `--host`, `-t` is `-tp`) and `--config FILE`, a YAML file whose keys are
+flags. `conflicts` resolves extra_args by the same rules, so none of these spellings can
+reach a guarded flag (a server bound to 0.0.0.0 without an API key, behind the port check).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import yaml
 
 # flag -> (dotted profile key that renders it, how its value is read: int, float, str, bool, spec)
 FIELD_FLAGS: dict[str, tuple[str, str]] = {
@@ -21,6 +27,7 @@ FIELD_FLAGS: dict[str, tuple[str, str]] = {
     "--max-num-seqs": ("serve.max_num_seqs", "int"),
     "--max-num-batched-tokens": ("serve.max_num_batched_tokens", "int"),
     "--gpu-memory-utilization": ("serve.gpu_memory_utilization", "float"),
+    "--device-memory-utilization": ("serve.gpu_memory_utilization", "float"),
     "--kv-cache-dtype": ("serve.kv_cache_dtype", "str"),
     "--block-size": ("serve.block_size", "int"),
     "--dtype": ("serve.dtype", "str"),
@@ -28,6 +35,7 @@ FIELD_FLAGS: dict[str, tuple[str, str]] = {
     "--enforce-eager": ("serve.enforce_eager", "bool"),
     "--disable-custom-all-reduce": ("serve.disable_custom_all_reduce", "bool"),
     "--speculative-config": ("spec.num_speculative_tokens", "spec"),
+    "-sc": ("spec.num_speculative_tokens", "spec"),
 }
 
 # flags no profile may carry in extra_args, and why
@@ -36,11 +44,16 @@ RESERVED_FLAGS: dict[str, str] = {
     "--api-key": "secrets never go on the command line: the serve step passes VLLM_API_KEY in the environment",
     "--hf-config-path": "render adds it from the checkpoint step's output",
     "--distributed-executor-backend": "render sets it to ray when the profile declares multinode",
+    "--enable-custom-all-reduce": "vLLM 0.33's inverse of --disable-custom-all-reduce: set "
+                                  "serve.disable_custom_all_reduce=false instead",
 }
 
 
+CONFIG_FLAG = "--config"
+
+
 def normalize(token: str) -> str | None:
-    """The canonical flag name of an argv token, or None when the token is a value."""
+    """The canonical flag name of an argv token (no `=value`, `_` as `-`), or None when it is a value."""
     if token.startswith("--"):
         name = token[2:].split("=", 1)[0]
         return "--" + name.replace("_", "-")
@@ -77,14 +90,83 @@ def pairs(args: Sequence[str]) -> Iterator[tuple[str, str | None, list[str]]]:
             i += 1
 
 
-def conflict(token: str) -> str | None:
-    """Why this extra_args token may not be there, or None when it is fine."""
+def option_name(token: str) -> str | None:
+    """The option an argv token names, as argparse looks it up: no `=value`, no `.field` (`--a.b=1` is
+    the field `b` of the JSON flag `--a`)."""
     flag = normalize(token)
     if flag is None:
         return None
-    if flag in RESERVED_FLAGS:
-        return f"{flag} is not allowed in serve.extra_args: {RESERVED_FLAGS[flag]}"
-    managed = FIELD_FLAGS.get(flag) or FIELD_FLAGS.get(bool_base(flag) or "")
-    if managed:
-        return f"{flag} is rendered from {managed[0]}: set that key instead of repeating the flag"
+    return flag.split("=", 1)[0].split(".", 1)[0]
+
+
+def _guarded() -> dict[str, str]:
+    """Every guarded option string (`--no-` forms included) -> why extra_args may not reach it."""
+    why = {flag: f"{flag} is not allowed in serve.extra_args: {reason}" for flag, reason in RESERVED_FLAGS.items()}
+    for flag, (key, kind) in FIELD_FLAGS.items():
+        why[flag] = f"{flag} is rendered from {key}: set {key} instead of repeating the flag"
+        if kind == "bool":
+            why["--no-" + flag[2:]] = f"--no-{flag[2:]} is rendered from {key}: set {key}=false instead"
+    return why
+
+
+GUARDED = _guarded()
+
+
+def _resolve(name: str) -> tuple[str, str] | None:
+    """(guarded option, why) when argparse would take `name` for a guarded option: the option
+    itself, or a prefix of it (an abbreviation when unique, an error in vLLM when ambiguous)."""
+    if name in ("--", "-"):
+        return name, "a bare `--` ends vLLM's options: the arguments after it are not flags"
+    if name in GUARDED:
+        return name, GUARDED[name]
+    for option, why in GUARDED.items():
+        if option.startswith(name) and name.startswith(option[:2]):
+            return option, f"{name} is an abbreviation vLLM expands to {option}; {why}"
     return None
+
+
+def conflict(token: str) -> str | None:
+    """Why this extra_args token may not be there, or None when it is fine (see `conflicts` for --config)."""
+    name = option_name(token)
+    found = _resolve(name) if name is not None else None
+    return found[1] if found else None
+
+
+def _config_conflicts(path_text: str | None) -> list[str]:
+    """What a `--config FILE` would set that extra_args may not: vLLM turns each key into `--key`."""
+    if path_text is None:
+        return ["--config needs a file"]
+    path = Path(path_text)
+    if not path.is_absolute():
+        return [f"--config {path_text}: give an absolute path (vLLM reads it from its own working directory)"]
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return [f"--config {path_text} cannot be read as YAML ({exc}); it must be readable when the profile is loaded"]
+    if not isinstance(doc, dict):
+        return [f"--config {path_text} is not a YAML mapping of flag names to values"]
+    problems = []
+    for key, value in doc.items():
+        why = conflict(f"--no-{key}" if value is False else f"--{key}")
+        if why:
+            problems.append(f"--config {path_text} sets {key!r}: {why}")
+    return problems
+
+
+def conflicts(args: Sequence[str]) -> list[str]:
+    """Every reason serve.extra_args may not be used as it is (empty when fine).
+
+    A token resolving to `--config` brings its file's keys in; its file is the text after `=`
+    or the next token.
+    """
+    problems: list[str] = []
+    for i, token in enumerate(args):
+        name = option_name(token)
+        if name is None:
+            continue
+        if CONFIG_FLAG.startswith(name) and len(name) > 2 and _resolve(name) is None:
+            value = token.split("=", 1)[1] if "=" in token else (args[i + 1] if i + 1 < len(args) else None)
+            problems += _config_conflicts(value)
+        elif why := conflict(token):
+            problems.append(why)
+    return problems

@@ -44,10 +44,10 @@ class Issue:
 class ProfileError(UsageError):
     """Invalid profile or override input; `issues` lists every problem found."""
 
-    def __init__(self, issues: list[Issue], hint: str | None = None) -> None:
+    def __init__(self, issues: list[Issue], fix: str | None = None) -> None:
         self.issues = issues
         super().__init__("\n".join(str(i) for i in issues),
-                         hint=hint or "fix the keys above; `dsv4setup profile show NAME` prints a valid profile")
+                         fix=fix or "fix the keys above; `dsv4setup profile show NAME` prints a valid profile")
 
 
 @dataclass
@@ -108,8 +108,9 @@ def _duplicate_keys(path: Path, node: yaml.Node | None, prefix: str = "") -> lis
 
 def parse_yaml(text: str, path: Path) -> YamlDoc:
     """Parse one YAML document; syntax errors and duplicate keys raise ProfileError with a line."""
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)  # its reader already refuses control characters
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
@@ -117,14 +118,15 @@ def parse_yaml(text: str, path: Path) -> YamlDoc:
         line = f":{mark.line + 1}" if mark else ""
         what = " ".join(p for p in (exc.context, exc.problem) if p)
         raise ProfileError([Issue(f"{path}{line}", "(yaml syntax)", what)],
-                           hint="fix the YAML syntax (indentation, ':' after keys, quotes)") from None
+                           fix="fix the YAML syntax (indentation, ':' after keys, quotes)") from None
     except yaml.YAMLError as exc:
         raise ProfileError([Issue(str(path), "(yaml syntax)", str(exc))]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     duplicates = _duplicate_keys(path, root)
     if duplicates:
-        raise ProfileError(duplicates, hint="keep one of each key")
+        raise ProfileError(duplicates, fix="keep one of each key")
     return YamlDoc(path, data, root)
 
 
@@ -132,7 +134,7 @@ def read_yaml(path: Path) -> YamlDoc:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}", hint="check the path and that it is a UTF-8 text file") from None
+        raise UsageError(f"cannot read {path}: {exc}", fix="check the path and that it is a UTF-8 text file") from None
     return parse_yaml(text, path)
 
 
@@ -175,8 +177,8 @@ def describe(error: Any) -> str:
     if kind == "extra_forbidden":
         allowed = keys.allowed_keys(loc[:-1]) or []
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        return f"unknown key{hint}; expected one of: {', '.join(allowed)}"
+        fix = f" (did you mean {close[0]}?)" if close else ""
+        return f"unknown key{fix}; expected one of: {', '.join(allowed)}"
     if kind == "literal_error":
         return f"expected one of {error['ctx']['expected']}, got {error['input']!r}"
     if kind in ("value_error", "assertion_error"):
@@ -246,7 +248,7 @@ def load_named_file(path: Path) -> Profile:
         doc = read_yaml(path)
         raise ProfileError([Issue(doc.where(("name",)), "name",
                                   f"{profile.name!r} must equal the file name {path.stem!r}")],
-                           hint=f"rename the file to {profile.name}.yaml or the profile to {path.stem}")
+                           fix=f"rename the file to {profile.name}.yaml or the profile to {path.stem}")
     return profile
 
 
@@ -261,7 +263,7 @@ def profile_index(workdir: Workdir | None = None) -> dict[str, Path]:
     for path in user_profile_files(workdir):
         if path.stem in index:
             raise UsageError(f"{path}: a user profile may not reuse the shipped name {path.stem!r}",
-                             hint="rename the file and the profile's `name`")
+                             fix="rename the file and the profile's `name`")
         index[path.stem] = path
     return index
 
@@ -283,5 +285,24 @@ def find_profile_file(name: str, workdir: Workdir | None = None) -> Path:
         close = difflib.get_close_matches(name, list(index), n=1)
         raise UsageError(f"unknown profile {name!r}" + (f" (did you mean {close[0]}?)" if close else "")
                          + f"; available: {', '.join(sorted(index))}",
-                         hint="`dsv4setup profile list` shows them with the hardware each one is for")
+                         fix="`dsv4setup profile list` shows them with the hardware each one is for")
     return index[name]
+
+
+PROFILE_LIST_SCHEMA = "dsv4setup.profile-list/1"
+
+
+def _summary(profile: Profile, path: Path, shipped: bool) -> dict[str, Any]:
+    return {"name": profile.name, "description": profile.description, "verified": profile.verified,
+            "source": profile.source, "file": str(path), "shipped": shipped,
+            "match": profile.match.model_dump(mode="json"),
+            "tensor_parallel_size": profile.serve.tensor_parallel_size,
+            "num_speculative_tokens": profile.spec.num_speculative_tokens,
+            "preset": profile.preset, "presets": list(profile.presets), "multinode": profile.multinode is not None}
+
+
+def profile_list_doc(workdir: Workdir) -> dict[str, Any]:
+    """The `dsv4setup.profile-list/1` document: the shipped profiles and the workdir's own."""
+    shipped = set(shipped_profile_files())
+    return {"schema": PROFILE_LIST_SCHEMA, "profiles": [
+        _summary(load_named_file(path), path, path in shipped) for path in profile_index(workdir).values()]}

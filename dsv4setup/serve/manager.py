@@ -7,11 +7,12 @@ from typing import Any
 
 from dsv4setup.cluster.raynode import stop_ray
 from dsv4setup.core.errors import DsvError
+from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.process import ServerRecord, StopReport, is_ours, read_record, stop_server
 from dsv4setup.serve.readiness import base_url, health_status
 
-SERVE_SCHEMA = "dsv4setup.serve/1"
+SERVE_SCHEMA = "dsv4setup.serve/2"
 DOWN_SCHEMA = "dsv4setup.down/1"
 DEFAULT_GRACE_S = 15.0
 
@@ -50,7 +51,15 @@ def serve_doc(workdir: Workdir, state: ServerState, ok: bool, error: dict[str, A
 
 
 def down(workdir: Workdir, grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
-    """Stop this workdir's server, then this node's Ray (multi-node), and clean up. Nothing running is a no-op."""
+    """Stop this workdir's server, then this node's Ray (multi-node), and clean up. Nothing running is a no-op.
+
+    Holds the workdir lock: a `down` never stops the server under a running `up` or bench
+    (LockHeldError, exit 3, names that run's pid)."""
+    with workdir_lock(workdir.lock_file, "down"):
+        return _down(workdir, grace_s)
+
+
+def _down(workdir: Workdir, grace_s: float) -> dict[str, Any]:
     record = read_record(workdir)
     messages, reports = [], []
     if record is not None:
@@ -75,6 +84,6 @@ def down(workdir: Workdir, grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
 def _stopped(report: StopReport, what: str) -> StopReport:
     if report.survivors:
         raise DsvError(f"processes {report.survivors} of {what} would not stop, even with SIGKILL",
-                       hint="they are probably stuck in the kernel (D state, e.g. a hung GPU driver); "
+                       fix="they are probably stuck in the kernel (D state, e.g. a hung GPU driver); "
                             "check `ps -o pid,stat,cmd -p " + ",".join(map(str, report.survivors)) + "`")
     return report

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from dsv4setup.core.loopback import direct_opener
+
 DRAFTS = "vllm:spec_decode_num_drafts"
 DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens"
 ACCEPTED = "vllm:spec_decode_num_accepted_tokens"
@@ -76,10 +78,10 @@ def spec_decode_delta(before: SpecDecodeCounters, after: SpecDecodeCounters) -> 
 
 
 def fetch_metrics(base_url: str, api_key: str | None = None, timeout_s: float = 10.0) -> str:
-    """GET <base_url>/metrics as text (OSError when unreachable)."""
+    """GET <base_url>/metrics as text (OSError when unreachable); never through a proxy (it carries the key)."""
     request = urllib.request.Request(f"{base_url}/metrics")
     if api_key and api_key != "EMPTY":
         request.add_header("Authorization", f"Bearer {api_key}")
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (our own server)
+    with direct_opener().open(request, timeout=timeout_s) as response:
         body: bytes = response.read()
     return body.decode("utf-8", errors="replace")

@@ -30,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -39,6 +39,9 @@ from dsv4setup.core.errors import StepError
 from dsv4setup.core.fsutil import atomic_write_json, atomic_write_text
 from dsv4setup.core.state import now_iso
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.serve.logpump import pump_argv
+from dsv4setup.serve.signatures import profile_set_command
+from dsv4setup.service.systemd import read_installed, systemctl
 
 SERVE_ID_ENV = "DSV4SETUP_SERVE_ID"
 TMP_PREFIX = "dsv4setup-serve-"
@@ -61,6 +64,10 @@ class ServerRecord:
     log_offset: int  # where this server's output starts in the log
     tmpdir: str | None
     started_at: str = field(default_factory=now_iso)
+    unit: str | None = None  # the systemd unit that runs it (dsv4setup service), None when started by `up`
+    # the shared-memory segments it (and its ranks in this node's Ray) mapped once ready: removed when it
+    # stops, even when its processes are gone by then (multi-node: a rank on another node died and took it down)
+    segments: list[str] = field(default_factory=list)
 
     @property
     def pgid(self) -> int:
@@ -163,24 +170,50 @@ def port_holder(port: int) -> str | None:
     return None
 
 
-def check_port_free(host: str, port: int) -> None:
-    """StepError when something already listens on host:port (or the address is not ours)."""
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why host:port cannot be bound right now (None: it can)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are not "in use"
         try:
             sock.bind((host, port))
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                holder = port_holder(port)
-                raise StepError(f"port {port} on {host} is already in use" + (f" by {holder}" if holder else ""),
-                                hint=f"stop that process, or serve on another port: --set serve.port=PORT "
-                                     f"(`ss -ltnp 'sport = :{port}'` shows who holds it)") from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise StepError(f"cannot bind {host}: not an address of this machine",
-                                hint="use --host with one of this machine's addresses (`ip -br addr`), "
-                                     "or 0.0.0.0 for all") from None
-            raise StepError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+            return exc
+    return None
+
+
+def free_port(host: str, taken: int, tries: int = 200) -> int | None:
+    """The first port after `taken` that this machine lets us bind on host right now (checked, not guessed)."""
+    for port in range(taken + 1, min(taken + 1 + tries, 65536)):
+        if _bind_error(host, port) is None:
+            return port
+    return None
+
+
+def port_in_use_error(host: str, port: int, message: str) -> StepError:
+    """The `port-in-use` known failure, its fix naming a free port and the command that keeps it."""
+    spare = free_port(host, port)
+    who = f"`ss -ltnp 'sport = :{port}'` shows who holds port {port}"
+    if spare is None:
+        return StepError(message, fix=f"stop the process on port {port} ({who})", known_failure="port-in-use")
+    return StepError(message, known_failure="port-in-use", command=profile_set_command(f"serve.port={spare}"),
+                     fix=f"serve on port {spare} (checked free just now): `dsv4setup profile set serve.port={spare}`, "
+                          f"then `dsv4setup up`; or stop the other process ({who})")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """StepError when something already listens on host:port (or the address is not ours)."""
+    exc = _bind_error(host, port)
+    if exc is None:
+        return
+    if exc.errno == errno.EADDRINUSE:
+        holder = port_holder(port)
+        raise port_in_use_error(host, port, f"port {port} on {host} is already in use"
+                                + (f" by {holder}" if holder else ""))
+    if exc.errno == errno.EADDRNOTAVAIL:
+        raise StepError(f"cannot bind {host}: not an address of this machine",
+                        fix="use --host with one of this machine's addresses (`ip -br addr`), or 0.0.0.0 for all")
+    raise StepError(f"cannot bind {host}:{port}: {exc.strerror}")
 
 
 def new_tmpdir() -> str:
@@ -189,24 +222,36 @@ def new_tmpdir() -> str:
 
 
 def start_server(argv: Sequence[str], env: Mapping[str, str], *, host: str, port: int, log_path: Path,
-                 cwd: Path, tmpdir: str | None = None) -> tuple[ServerRecord, subprocess.Popen[bytes]]:
-    """Start argv (no shell) detached in its own session; stdout+stderr appended to log_path.
+                 cwd: Path, tee: bool = False,
+                 tmpdir: str | None = None) -> tuple[ServerRecord, subprocess.Popen[bytes]]:
+    """Start argv (no shell) detached in its own session; its stdout+stderr go through the log pump
+    (dsv4setup.serve.logpump: appended to log_path, rotated by size, every known secret redacted - the
+    server's own output may echo the API key; also to our stdout with tee).
 
     `tmpdir` (from `new_tmpdir()`, when argv must name it) becomes its TMPDIR, removed when it stops."""
     serve_id = uuid.uuid4().hex
     tmpdir = tmpdir or new_tmpdir()
     full_env = {**os.environ, "TMPDIR": tmpdir, **env, SERVE_ID_ENV: serve_id}
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        offset = log.seek(0, os.SEEK_END)
-        try:
-            proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True,
-                                    close_fds=True)
-        except OSError as exc:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-            raise StepError(f"cannot start the server {argv[0]}: {exc.strerror}",
-                            hint="the serving venv is missing or broken: run `dsv4setup up --redo vllm`") from None
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    read_end, write_end = os.pipe()
+    try:
+        with log_path.open("ab") as pump_errors:
+            # not part of the server's identity (no serve id): it ends by itself after the server's last line
+            # it knows the secrets to redact from the server's environment
+            subprocess.Popen(pump_argv(log_path, tee=tee), stdin=read_end, stdout=None if tee else subprocess.DEVNULL,
+                             stderr=pump_errors, cwd=cwd, start_new_session=True, close_fds=True,
+                             env={k: v for k, v in full_env.items() if k != SERVE_ID_ENV})
+        proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=write_end,
+                                stderr=subprocess.STDOUT, env=full_env, cwd=cwd, start_new_session=True,
+                                close_fds=True)
+    except OSError as exc:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise StepError(f"cannot start the server {argv[0]}: {exc.strerror}",
+                        fix="the serving venv is missing or broken: run `dsv4setup up --redo vllm`") from None
+    finally:  # the pump ends when the server's last process closes its end
+        os.close(read_end)
+        os.close(write_end)
     try:
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.Error:
@@ -276,13 +321,59 @@ def _ranks(workdir: Workdir, name: str) -> list[psutil.Process]:
     return server_processes(ray) if ray is not None else []
 
 
-def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0, name: str = "serve") -> StopReport:
+def remember_segments(workdir: Workdir, record: ServerRecord) -> ServerRecord:
+    """Record the shared-memory segments the ready server and its ranks map (see ServerRecord.segments)."""
+    found = shm_segments(server_processes(record) + _ranks(workdir, "serve"))
+    remembered = replace(record, segments=sorted(found))
+    write_record(workdir, remembered)
+    return remembered
+
+
+def stop_orphans(workdir: Workdir, known_id: str | None, grace_s: float = 15.0) -> list[int]:
+    """Stop servers started in this workdir that no record knows (a run killed between starting a
+    server and recording it leaves one): our id in their environment, the workdir their cwd.
+    Returns the pids that would not stop (empty when all did)."""
+    ray = read_record(workdir, RAY_RECORD)
+    known = {known_id, ray.serve_id if ray else None}  # this node's Ray (multi-node) is recorded, not an orphan
+    orphans = []
+    for proc in psutil.process_iter():
+        try:
+            serve_id = proc.environ().get(SERVE_ID_ENV)
+            if serve_id and serve_id not in known and proc.cwd() == str(workdir.root) and _alive(proc):
+                orphans.append(proc)
+        except psutil.Error:
+            continue
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        for proc in orphans:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
+        orphans = psutil.wait_procs(orphans, timeout=wait_s)[1]
+        if not orphans:
+            break
+    return sorted(p.pid for p in orphans) if orphans else []
+
+
+def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0, *, name: str = "serve",
+                via_systemd: bool = True) -> StopReport:
     """SIGTERM to the server's group (and any straggler with our id), SIGKILL after grace_s, clean up:
-    its temp dir and the shared-memory segments its processes (and its ranks in this node's Ray) mapped."""
+    its temp dir and the shared-memory segments its processes (and its ranks in this node's Ray) mapped.
+
+    A server run by a systemd unit is stopped with `systemctl stop` (its runner then does the
+    above), so that systemd does not restart it: never two servers, never one fought over.
+    """
     started = time.monotonic()
     procs = server_processes(record)
-    segments = shm_segments(procs + _ranks(workdir, name))  # read before they go: Ray ends the ranks on its own
+    # read before they go (Ray ends the ranks on its own), with those recorded once it was ready
+    segments = shm_segments(procs + _ranks(workdir, name)) | set(record.segments)
     pids = sorted(p.pid for p in procs)
+    if via_systemd and record.unit:
+        unit = read_installed(workdir)
+        if unit is not None and unit.name == record.unit:
+            systemctl(unit, "stop", unit.name, timeout_s=grace_s + 90)
+            return StopReport(was_running=bool(procs), pids=pids, forced=False,
+                              elapsed_s=round(time.monotonic() - started, 2),
+                              survivors=sorted(p.pid for p in procs if _alive(p)),
+                              removed=[record.tmpdir] if record.tmpdir and not Path(record.tmpdir).exists() else [])
     forced = False
     left: list[psutil.Process] = []
     if procs:

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from dsv4setup.core.errors import StepError
-from dsv4setup.serve.signatures import FailureMatch, match_failure
+from dsv4setup.serve.signatures import FailureMatch, match_failure, profile_set_command
 
 # (phase, pattern) in startup order; the phase of the latest matching line wins
 PHASES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((name, re.compile(pattern)) for name, pattern in (
@@ -87,6 +87,8 @@ class LogFollower:
         """New complete lines written by the server (the step's own lines left out)."""
         try:
             with self.path.open("rb") as fh:
+                if fh.seek(0, 2) < self.offset:  # the log pump rotated it: the rest is in a new file
+                    self.offset = 0
                 fh.seek(self.offset)
                 data = fh.read()
         except OSError:
@@ -146,9 +148,13 @@ def _last_error_line(text: str) -> str | None:
     return None
 
 
-def _known(match: FailureMatch, log: Path, when: str) -> StepError:
-    return StepError(f"{match.failure.cause} ({when}; {log} says: {match.excerpt!r})", hint=match.failure.fix,
-                     known_failure=match.failure.id)
+def _known(match: FailureMatch, log: Path, when: str, host: str, port: int) -> StepError:
+    message = f"{match.failure.cause} ({when}; {log} says: {match.excerpt!r})"
+    if match.failure.id == "port-in-use":  # its fix names a free port, found now
+        from dsv4setup.serve.process import port_in_use_error
+
+        return port_in_use_error(host, port, message)
+    return StepError(message, fix=match.failure.fix, known_failure=match.failure.id, command=match.failure.command())
 
 
 def wait_ready(watch: ServerWatch, host: str, port: int, follower: LogFollower, limits: ReadyLimits,
@@ -171,17 +177,17 @@ def wait_ready(watch: ServerWatch, host: str, port: int, follower: LogFollower, 
                 phase, last_beat = new_phase, now
                 progress(f"{phase} ({elapsed:.0f}s)")
             if (match := match_failure(follower.window)) is not None:
-                raise _known(match, follower.path, f"during startup, phase {phase}")
+                raise _known(match, follower.path, f"during startup, phase {phase}", host, port)
         code = watch.exit_code()
         if code is not None:
             time.sleep(0.3)  # let the last output reach the log
             follower.read_server_lines()
             if (match := match_failure(follower.window)) is not None:
-                raise _known(match, follower.path, f"vLLM exited with code {code}")
+                raise _known(match, follower.path, f"vLLM exited with code {code}", host, port)
             last_error = _last_error_line(follower.window)
             raise StepError(f"vLLM exited with code {code} during startup (phase: {phase})"
                             + (f": {last_error}" if last_error else f"; the reason is at the end of {follower.path}"),
-                            hint="read the traceback at the end of the log (`dsv4setup logs serve -n 60`), fix "
+                            fix="read the traceback at the end of the log (`dsv4setup logs serve -n 60`), fix "
                                  "the cause and run `dsv4setup up` again")
         status = health_status(host, port, limits.health_timeout_s)
         if status == 200:
@@ -190,19 +196,23 @@ def wait_ready(watch: ServerWatch, host: str, port: int, follower: LogFollower, 
         if status == 503:
             match = match_failure(follower.window)
             if match is not None:
-                raise _known(match, follower.path, "the engine died")
+                raise _known(match, follower.path, "the engine died", host, port)
             raise StepError(f"vLLM answers /health with 503: its engine died (phase: {phase})",
-                            hint=f"read the end of {follower.path} (`dsv4setup logs serve -n 60`)",
+                            fix=f"read the end of {follower.path} (`dsv4setup logs serve -n 60`)",
                             known_failure="engine-dead")
         if now - last_output >= limits.stall_timeout_s:
             raise StepError(f"no output from vLLM for {limits.stall_timeout_s:.0f}s and /health not ready "
-                            f"(phase: {phase}): the server is probably hung", hint=P2P_ADVICE,
-                            known_failure="serve-stall")
+                            f"(phase: {phase}): the server is probably hung", fix=P2P_ADVICE,
+                            known_failure="serve-stall",
+                            command=profile_set_command("env.NCCL_P2P_DISABLE=1",
+                                                        "serve.disable_custom_all_reduce=true"))
         if elapsed >= limits.ready_timeout_s:
+            longer = int(limits.ready_timeout_s * 2)
             raise StepError(f"vLLM not ready after {limits.ready_timeout_s:.0f}s (phase: {phase})",
-                            hint="if the log still shows progress, raise serve.ready_timeout_s "
-                                 "(--set serve.ready_timeout_s=SECONDS); see `dsv4setup logs serve`",
-                            known_failure="serve-ready-timeout")
+                            fix="if the log still shows progress, raise serve.ready_timeout_s: "
+                                 f"`dsv4setup profile set serve.ready_timeout_s={longer}`; see `dsv4setup logs serve`",
+                            known_failure="serve-ready-timeout",
+                            command=profile_set_command(f"serve.ready_timeout_s={longer}"))
         if now - last_beat >= limits.heartbeat_s:
             last_beat = now
             progress(f"{phase} ({elapsed:.0f}s, waiting for /health)")

@@ -23,6 +23,20 @@ class KnownFailure:
     fix: str
     min_count: int = 1
     example: str | None = None
+    sets: tuple[str, ...] = ()  # KEY=VALUE overrides that apply the fix
+    redo: str | None = None  # or a step to re-run
+
+    def command(self) -> list[str] | None:
+        """The argv that applies the fix (the engine adds --workdir), when the fix is a command."""
+        if self.sets:
+            return profile_set_command(*self.sets)
+        if self.redo:
+            return ["dsv4setup", "up", "--redo", self.redo, "--yes"]
+        return None
+
+
+def profile_set_command(*items: str) -> list[str]:
+    return ["dsv4setup", "profile", "set", *items]
 
 
 @dataclass(frozen=True)
@@ -39,7 +53,8 @@ def load_known_failures(path: Path = KNOWN_FAILURES_FILE) -> tuple[KnownFailure,
         try:
             failures.append(KnownFailure(
                 id=entry["id"], pattern=re.compile(entry["pattern"], re.MULTILINE), cause=entry["cause"],
-                fix=entry["fix"], min_count=int(entry.get("min_count", 1)), example=entry.get("example")))
+                fix=entry["fix"], min_count=int(entry.get("min_count", 1)), example=entry.get("example"),
+                sets=tuple(entry.get("set") or ()), redo=entry.get("redo")))
         except (KeyError, TypeError, re.error) as exc:
             raise ValueError(f"{path}: entry {i + 1} is invalid: {exc}") from None
     ids = [f.id for f in failures]

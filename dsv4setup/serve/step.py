@@ -1,6 +1,6 @@
 """serve: start vLLM detached (own process group), wait until /health answers, record pid and port.
 
-The command line is rendered from the profile (dsv4setup.serve.command). vLLM's own output
+The command line is rendered from the profile (dsv4setup.serve.command); `launch` starts it. vLLM's own output
 is appended to this step's log, `logs/serve.log`, after the step's section header, so
 `dsv4setup logs serve` shows both. A server left starting by an interrupted `up` (same
 command line) is adopted, not started twice.
@@ -8,139 +8,43 @@ command line) is adopted, not started twice.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from dsv4setup.cluster.nodes import on_worker
-from dsv4setup.core.engine import Postcondition, RunContext, Step
-from dsv4setup.core.errors import StepError
-from dsv4setup.profiles.model import Profile
-from dsv4setup.serve.apikey import USER_KEY_ENV, api_key_file, server_api_key
+from dsv4setup.core.engine import RunContext, Step
+from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.serve import launch
 from dsv4setup.serve.manager import server_state
-from dsv4setup.serve.process import (
-    ServerRecord,
-    check_port_free,
-    command_fingerprint,
-    is_ours,
-    read_record,
-    start_server,
-    stop_server,
-    write_record,
-)
-from dsv4setup.serve.readiness import LogFollower, ReadyLimits, ServerWatch, base_url, wait_ready
-
-
-def effective_profile(ctx: RunContext) -> Profile:
-    """The profile with `--host` applied: another address than the profile's only when asked explicitly."""
-    host = ctx.options.get("host")
-    if not host or host == ctx.profile.serve.host:
-        return ctx.profile
-    return ctx.profile.model_copy(update={"serve": ctx.profile.serve.model_copy(update={"host": host})})
-
-
-def render_command(ctx: RunContext, profile: Profile) -> tuple[list[str], dict[str, str]]:
-    from dsv4setup.serve.command import render_serve
-
-    outputs = {name: record.outputs for name, record in ctx.state.steps.items()}
-    command = render_serve(profile, ctx.workdir, outputs)
-    return [str(a) for a in command.argv], dict(command.env)
-
-
-def server_command(ctx: RunContext) -> tuple[Profile, list[str], dict[str, str], str | None]:
-    """The profile (with --host), argv and env the server runs with, the API key included in env."""
-    profile = effective_profile(ctx)
-    argv, env = render_command(ctx, profile)
-    key = server_api_key(ctx.workdir, profile.serve.host)
-    if key:
-        env["VLLM_API_KEY"] = key
-    return profile, argv, env, key
+from dsv4setup.serve.outputs import ServeOutputs
+from dsv4setup.serve.process import command_fingerprint
+from dsv4setup.serve.readiness import base_url
 
 
 class ServeStep(Step):
     name = "serve"
     description = "start vLLM in the background and wait until /health answers"
     needs = ("vllm", "checkpoint")
+    Outputs = ServeOutputs
 
     def not_applicable(self, ctx: RunContext) -> str | None:
         return on_worker(ctx)
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
-        argv, env = render_command(ctx, effective_profile(ctx))
+        argv, env = launch.render_command(ctx, launch.effective_profile(ctx))
         return {"argv": argv, "env": env}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
         state = server_state(ctx.workdir)
         if not state.healthy or state.record is None:
-            return Postcondition(False, state.detail)
-        _, argv, env, _ = server_command(ctx)
+            return postcondition(False, state.detail)
+        _, argv, env, _ = launch.server_command(ctx)
         if state.record.command_fingerprint != command_fingerprint(argv, env):
-            return Postcondition(False, f"the server (pid {state.record.pid}) runs another command line than the "
+            return postcondition(False, f"the server (pid {state.record.pid}) runs another command line than the "
                                         "plan (e.g. another k after a bench)")
-        return Postcondition(True, f"{state.detail} at {base_url(state.record.host, state.record.port)}")
+        return postcondition(True, f"{state.detail} at {base_url(state.record.host, state.record.port)}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        profile, argv, env, key = server_command(ctx)
-        host, port = profile.serve.host, profile.serve.port
-        log = ctx.require_log()
-        record = self._adoptable(ctx, command_fingerprint(argv, env))
-        if record is not None:
-            ctx.progress(f"a server with this command line is already starting (pid {record.pid}): waiting for it")
-            watch = ServerWatch(record.pid)
-        else:
-            check_port_free(host, port)
-            if not Path(argv[0]).exists():
-                raise StepError(f"the serving interpreter {argv[0]} does not exist",
-                                hint="install vLLM first: `dsv4setup up --until vllm`")
-            log.line("$ " + " ".join(argv))
-            log.line("env: " + " ".join(f"{k}={v}" for k, v in env.items() if k != "VLLM_API_KEY")
-                     + (" VLLM_API_KEY=<set>" if key else ""))
-            log.line("----- vLLM output follows -----")
-            record, proc = start_server(argv, env, host=host, port=port, log_path=log.path, cwd=ctx.workdir.root)
-            write_record(ctx.workdir, record)
-            watch = ServerWatch(proc.pid, proc.poll)
-        limits = ReadyLimits(profile.serve.ready_timeout_s, profile.serve.stall_timeout_s)
-        try:
-            ready_s = wait_ready(watch, host, port, LogFollower(Path(record.log), record.log_offset), limits,
-                                 ctx.progress)
-        except (StepError, KeyboardInterrupt):
-            report = stop_server(ctx.workdir, record)
-            log.line(f"stopped the server (pids {report.pids}, {report.elapsed_s}s"
-                     + (", SIGKILL needed)" if report.forced else ")"))
-            raise
-        return {"pid": record.pid, "host": host, "port": port, "base_url": base_url(host, port),
-                "log": record.log, "started_at": record.started_at, "ready_s": round(ready_s, 1),
-                "served_model_name": profile.serve.served_model_name, "auth": key is not None,
-                "api_key_source": self._key_source(ctx, key)}
-
-    @staticmethod
-    def _adoptable(ctx: RunContext, fingerprint: str) -> ServerRecord | None:
-        """The recorded server when it is ours with the same command line; refuse a second, clear a dead one."""
-        existing = read_record(ctx.workdir)
-        if existing is None:
-            return None
-        ours, detail = is_ours(existing)
-        if ours and existing.command_fingerprint == fingerprint:
-            return existing
-        if ours:  # the plan changed (profile, overrides, k): replace our own server, never run two
-            ctx.progress(f"stopping the running server (pid {existing.pid}): its command line differs from the plan")
-            report = stop_server(ctx.workdir, existing)
-            ctx.require_log().line(f"replaced the server pid {existing.pid} (stopped {report.pids}, "
-                                   f"{report.elapsed_s}s)")
-            if report.survivors:
-                raise StepError(f"the old server did not stop (pids {report.survivors} survive)",
-                                hint=f"stop them, then run `dsv4setup up --workdir {ctx.workdir.root}` again")
-            return None
-        report = stop_server(ctx.workdir, existing)  # stragglers of a dead server, its temp dir, its records
-        ctx.require_log().line(f"cleared the record of a server that is gone ({detail}); "
-                               f"stopped leftovers: {report.pids or 'none'}")
-        return None
-
-    @staticmethod
-    def _key_source(ctx: RunContext, key: str | None) -> str | None:
-        if key is None:
-            return None
-        return f"env {USER_KEY_ENV}" if os.environ.get(USER_KEY_ENV) else str(api_key_file(ctx.workdir))
+        return launch.launch(ctx)
 
 
 STEP = ServeStep

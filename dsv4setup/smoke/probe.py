@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from dsv4setup.core.finding import Finding, failed, passed
 from dsv4setup.serve.metrics import SpecDecodeCounters, fetch_metrics, parse_spec_decode, spec_decode_delta
 
-SMOKE_SCHEMA = "dsv4setup.smoke/1"
+SMOKE_SCHEMA = "dsv4setup.smoke/2"
 
-HINTS = {
+FIXES = {
     "models": "the server does not list the model: check serve.served_model_name and `dsv4setup logs serve`",
     "completion": "the chat completion failed: see the error above and `dsv4setup logs serve -n 60`",
     "answer": "the answer (content and reasoning) lacks the expected text: check the chat template and the "
@@ -51,7 +52,7 @@ class SmokeRequest:
 @dataclass
 class SmokeReport:
     request: SmokeRequest
-    checks: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[Finding] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     model: str | None = None
     content: str | None = None
@@ -61,15 +62,15 @@ class SmokeReport:
     mtp: dict[str, Any] = field(default_factory=dict)
 
     def check(self, name: str, ok: bool, detail: str) -> bool:
-        self.checks.append({"name": name, "ok": ok, "detail": detail, "hint": None if ok else HINTS.get(name)})
+        self.checks.append(passed(f"smoke.{name}", detail) if ok else failed(f"smoke.{name}", detail, FIXES[name]))
         return ok
 
     @property
     def ok(self) -> bool:
-        return all(c["ok"] for c in self.checks)
+        return all(c.ok for c in self.checks)
 
-    def first_failure(self) -> dict[str, Any] | None:
-        return next((c for c in self.checks if not c["ok"]), None)
+    def first_failure(self) -> Finding | None:
+        return next((c for c in self.checks if not c.ok), None)
 
     def to_doc(self) -> dict[str, Any]:
         req = self.request
@@ -78,7 +79,8 @@ class SmokeReport:
         return {"schema": SMOKE_SCHEMA, "ok": self.ok, "base_url": req.base_url, "models": self.models,
                 "model": self.model, "prompt": req.prompt, "expect": req.expect, "content": self.content,
                 "reasoning": self.reasoning, "completion_tokens": self.completion_tokens,
-                "elapsed_s": self.elapsed_s, "tokens_per_s": tps, "mtp": self.mtp, "checks": self.checks}
+                "elapsed_s": self.elapsed_s, "tokens_per_s": tps, "mtp": self.mtp,
+                "checks": [c.to_dict() for c in self.checks]}
 
 
 def _counters(req: SmokeRequest) -> SpecDecodeCounters | None:
@@ -150,7 +152,9 @@ def run_smoke(req: SmokeRequest) -> SmokeReport:
     import openai
 
     report = SmokeReport(req)
-    client = openai.OpenAI(base_url=f"{req.base_url}/v1", api_key=req.api_key, timeout=req.timeout_s, max_retries=0)
+    # trust_env=False: no proxy from the environment ever sees the request (and the key in it)
+    client = openai.OpenAI(base_url=f"{req.base_url}/v1", api_key=req.api_key, timeout=req.timeout_s, max_retries=0,
+                           http_client=openai.DefaultHttpxClient(trust_env=False, timeout=req.timeout_s))
     try:
         report.models = [m.id for m in client.models.list().data]
     except openai.OpenAIError as exc:

@@ -115,7 +115,7 @@ def fmt(release: Release) -> str:
     return f"{release[0]}.{release[1]}"
 
 
-def support_hint(arch: str, have: Release | None) -> str:
+def support_fix(arch: str, have: Release | None) -> str:
     """Why an nvcc of release `have` may fail to compile for `arch`, and what to use instead."""
     support = arch_table().get(arch)
     if support is None:

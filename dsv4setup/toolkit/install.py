@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,10 +18,10 @@ from dsv4setup.core.errors import UsageError
 from dsv4setup.core.proc import StepLog, run_logged
 from dsv4setup.toolkit.arch import parse_release
 from dsv4setup.toolkit.nvcc import HostTools
-from dsv4setup.vllm.venv import create_venv, pip
+from dsv4setup.vllm.installer import Installer
 
 Route = Literal["pip", "conda"]
-CondaChannel = Literal["nvidia", "conda-forge"]
+CondaChannel = str  # "nvidia", "conda-forge", or a mirror given by URL or local directory
 CONDA_NAMES = ("conda", "mamba", "micromamba")
 PIP_EXTRAS = "nvcc,nvvm,cudart,crt,cccl"
 
@@ -52,7 +53,7 @@ class ToolkitLayout:
     def holds_release(self, route: Route, version: str, channel: CondaChannel = "nvidia") -> bool:
         """The install's own package records name this release (nvcc reports only MAJOR.MINOR).
 
-        conda-forge pins only MAJOR.MINOR (through cuda-version), so that is all it can prove.
+        conda-forge (or a mirror) pins only MAJOR.MINOR (through cuda-version), so that is all it can prove.
         """
         if route == "pip":
             return any(self.venv.glob(f"lib/python*/site-packages/cuda_toolkit-{version}.dist-info"))
@@ -86,37 +87,58 @@ def choose_route(forced: Route | None, conda: Path | None) -> Route:
     return "conda" if conda is not None else "pip"
 
 
-def conda_create_argv(conda: Path, prefix: Path, version: str, channel: CondaChannel = "nvidia") -> list[str]:
-    """`conda create` for one toolkit release, every component from that release only.
+def is_channel_location(channel: str) -> bool:
+    """A channel given by URL or local directory (a mirror) rather than by name."""
+    return "://" in channel or channel.startswith(("/", "~", "."))
 
-    NVIDIA's per-release label channel holds exactly one release (the configured channels
-    still supply non-CUDA dependencies such as libgcc). conda-forge versions cuda-nvcc by
-    component (13.0.88), not by release, so there the release is pinned through the
-    `cuda-version` constraint package, which both ecosystems honour.
+
+def conda_channels_and_specs(version: str, channel: CondaChannel = "nvidia") -> tuple[list[str], list[str]]:
+    """The channels and package specs of one toolkit release, every component from that release only.
+
+    NVIDIA's per-release label channel holds exactly one release; conda-forge supplies the
+    non-CUDA dependencies such as libgcc. conda-forge (and a mirror given by URL or directory)
+    versions cuda-nvcc by component (13.0.88), not by release, so there the release is pinned
+    through the `cuda-version` constraint package, which both ecosystems honour.
     """
     major, minor = parse_release(version)
+    pin = f"cuda-version={major}.{minor}"
     if channel == "nvidia":
-        args = ["-c", f"nvidia/label/cuda-{version}", f"cuda-toolkit={version}"]
+        return [f"nvidia/label/cuda-{version}", "conda-forge"], [f"cuda-toolkit={version}", pin]
+    return [channel], ["cuda-nvcc", "cuda-cudart-dev", pin]
+
+
+def conda_create_argv(conda: Path, prefix: Path, version: str, channel: CondaChannel = "nvidia") -> list[str]:
+    """`conda create` for one toolkit release (see conda_channels_and_specs).
+
+    With NVIDIA's label channel the configured channels stay on (they supply libgcc and co.);
+    any other channel is the only one used.
+    """
+    channels, specs = conda_channels_and_specs(version, channel)
+    if channel == "nvidia":
+        args = ["-c", channels[0], specs[0]]
     else:
-        args = ["--override-channels", "-c", "conda-forge", "cuda-nvcc", "cuda-cudart-dev"]
-    return [str(conda), "create", "-y", "-p", str(prefix), *args, f"cuda-version={major}.{minor}"]
+        args = ["--override-channels", "-c", channels[0], *specs[:-1]]
+    return [str(conda), "create", "-y", "-p", str(prefix), *args, specs[-1]]
 
 
 def pip_requirement(version: str) -> str:
     return f"cuda-toolkit[{PIP_EXTRAS}]=={version}"
 
 
-def install_conda(conda: Path, layout: ToolkitLayout, version: str, channel: CondaChannel, log: StepLog) -> None:
+def install_conda(conda: Path, layout: ToolkitLayout, version: str, channel: CondaChannel,
+                  log: StepLog) -> None:
     prefix = layout.conda_prefix
     if prefix.exists():  # ours alone: conda/micromamba disagree on how to `create` over an existing prefix
         log.line(f"removing the previous toolkit prefix {prefix}")
         shutil.rmtree(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     run_logged(conda_create_argv(conda, prefix, version, channel), log, what=f"{conda.name} create {prefix}",
-               hint=f"check that the channel holds CUDA {version} (channel {channel}) and that conda can reach it; "
+               fix=f"check that the channel holds CUDA {version} (channel {channel}) and that conda can reach it; "
                     f"or force the pip route with `--toolkit pip`")
 
 
-def install_pip(layout: ToolkitLayout, version: str, log: StepLog, python: Path | None = None) -> None:
-    venv_python = create_venv(python or Path(sys.executable), layout.venv, log)
-    pip(venv_python, ["install", pip_requirement(version)], log, what=f"pip install {pip_requirement(version)}")
+def install_pip(layout: ToolkitLayout, version: str, log: StepLog, installer: Installer,
+                report: Callable[[str], None] | None = None) -> None:
+    """NVIDIA's PyPI toolkit wheels into a venv, through uv (or pip, the fallback route)."""
+    venv_python = installer.create_venv(Path(sys.executable), layout.venv, log)
+    installer.install(venv_python, [pip_requirement(version)], None, log, report=report)

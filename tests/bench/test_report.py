@@ -24,7 +24,7 @@ def with_failed_k3(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     failed = copy.deepcopy(rows[0])
     failed.update(k=3, status="failed", metrics=None, raw_result=None, error={
         "message": "DeepGEMM's SM90 paged MQA logits kernel supports next_n 1 or 2 only", "phase": "serve",
-        "hint": "use num_speculative_tokens=1 on Hopper", "known_failure": "deepgemm-next-n",
+        "fix": "use num_speculative_tokens=1 on Hopper", "known_failure": "deepgemm-next-n",
         "excerpt": "next_n == 1 or next_n == 2"})
     return [*rows, failed]
 
@@ -32,7 +32,7 @@ def with_failed_k3(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def document(rows: list[dict[str, Any]], tmp_path: Path) -> dict[str, Any]:
     """A bench document as execute() builds it, for the writers."""
     counts = {"ok": sum(r["status"] == "ok" for r in rows), "failed": sum(r["status"] == "failed" for r in rows)}
-    return {"schema": "dsv4setup.bench/1", "ok": True, "problems": [], "workdir": str(tmp_path), "profile": "cpu-tiny",
+    return {"schema": "dsv4setup.bench/2", "ok": True, "problems": [], "workdir": str(tmp_path), "profile": "cpu-tiny",
             "run_id": rows[0]["run_id"], "started_at": rows[0]["started_at"], "finished_at": rows[-1]["started_at"],
             "matrix": {"k": sorted({r["k"] for r in rows}), "concurrency": [1], "seed": 0,
                        "shapes": [{"name": "short", "input_len": 16, "output_len": 32, "num_prompts": 4}]},

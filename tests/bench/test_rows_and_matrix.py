@@ -56,7 +56,7 @@ def test_a_shape_longer_than_the_served_context_is_refused_with_the_fix() -> Non
     with pytest.raises(UsageError) as caught:
         plan_matrix(profile)
     assert "needs 282 tokens" in caught.value.message and "max_model_len is 256" in caught.value.message
-    assert "--set serve.max_model_len=282" in caught.value.hint
+    assert "--set serve.max_model_len=282" in caught.value.fix
 
 
 def test_parse_int_list_keeps_order_and_drops_duplicates() -> None:
@@ -127,13 +127,27 @@ def test_rows_validate_and_round_trip_through_results_jsonl(tmp_path: Path) -> N
     validate_document(row)
 
 
+def test_a_first_release_results_file_reads_with_fix_for_hint(tmp_path: Path) -> None:
+    first = json.loads((FIXTURES / "cpu-tiny-results.jsonl").read_text().splitlines()[0])
+    assert first["schema"] == "dsv4setup.bench-row/1"
+    failed_row = {**first, "status": "failed", "metrics": None,
+                  "error": {"message": "server died", "hint": "read `dsv4setup logs serve`", "known_failure": None,
+                              "excerpt": None, "phase": "serve"}}
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(first) + "\n" + json.dumps(failed_row) + "\n")
+    ok, failed = read_rows(path)
+    assert ok["schema"] == failed["schema"] == "dsv4setup.bench-row/2"
+    assert failed["error"]["fix"] == "read `dsv4setup logs serve`" and "hint" not in failed["error"]
+    assert ok["metrics"] == first["metrics"]
+
+
 def test_a_bad_line_in_a_results_file_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
     path.write_text((FIXTURES / "cpu-tiny-results.jsonl").read_text().splitlines()[0] + "\n{not json\n")
     with pytest.raises(UsageError) as caught:
         read_rows(path)
     assert f"{path}:2" in caught.value.message
-    path.write_text(json.dumps({"schema": "dsv4setup.bench-row/1", "k": 1}) + "\n")
+    path.write_text(json.dumps({"schema": "dsv4setup.bench-row/2", "k": 1}) + "\n")
     with pytest.raises(UsageError, match=r":1: not a bench result row"):
         read_rows(path)
 

@@ -79,7 +79,7 @@ def test_a_k_whose_server_crashes_is_recorded_with_its_known_failure_and_the_mat
     crashed = cells[(2, 1)]
     assert crashed["status"] == "failed" and crashed["metrics"] is None
     assert crashed["error"]["known_failure"] == "deepgemm-next-n" and crashed["error"]["phase"] == "serve"
-    assert crashed["error"]["hint"] == {f.id: f.fix for f in known_failures()}["deepgemm-next-n"]
+    assert crashed["error"]["fix"] == {f.id: f.fix for f in known_failures()}["deepgemm-next-n"]
     assert crashed["error"]["excerpt"].startswith("Assertion error (") and "next_n == 1" in crashed["error"]["excerpt"]
     assert cells[(0, 1)]["status"] == "ok" and cells[(0, 1)]["metrics"]["acceptance_rate"] is None
     assert cells[(1, 1)]["status"] == "ok" and cells[(1, 1)]["metrics"]["acceptance_rate"] == 0.75
@@ -168,11 +168,11 @@ def test_the_bench_step_is_done_only_for_the_setup_it_measured_with_a_stand_in_s
     assert outputs["server"] == "stopped"
     ctx = RunContext(standin_workdir, profile, state, {"bench_k": "0,1"})
     done = BenchStep().is_done(ctx)
-    assert done.ok and "2 cells" in done.detail
+    assert done.ok and "2 cells" in done.summary
     wider = BenchStep().is_done(RunContext(standin_workdir, profile, state, {"bench_k": "0,1,2"}))
-    assert not wider.ok and "k=2 short c=1" in wider.detail
+    assert not wider.ok and "k=2 short c=1" in wider.summary
     other = profile.model_copy(update={"serve": profile.serve.model_copy(update={"max_model_len": 128})})
     changed = BenchStep().is_done(RunContext(standin_workdir, other, state, {"bench_k": "0,1"}))
-    assert not changed.ok and "not measured with this setup" in changed.detail
+    assert not changed.ok and "not measured with this setup" in changed.summary
     again = Runbook([BenchStep()], standin_workdir, profile, {"bench_k": "0,1"}).up(Selection())
     assert again.ok and again.decisions[0].action == "skip"

@@ -58,7 +58,12 @@ def test_lint_local_json_and_exit_codes(make_checkpoint: MakeCkpt, capsys: pytes
     assert code == 1 and doc is not None and not doc["ok"]
     assert {c["id"]: c["status"] for c in doc["checks"]}["checkpoint.mtp_tensors"] == "fail"
     code, doc, _, _ = run_cli(capsys, "checkpoint", "lint", str(tmp_path / "nope"), "--json")
-    assert code == 2 and doc is not None and doc["schema"] == "dsv4setup.error/1"
+    assert code == 2 and doc is not None and doc["schema"] == "dsv4setup.error/2"
+    (tmp_path / "notes.txt").write_text("not a model")
+    code, doc, _, _ = run_cli(capsys, "checkpoint", "lint", str(tmp_path), "--json")
+    assert code == 2 and doc is not None and doc["message"] == (
+        f"{tmp_path} is not a checkpoint: it has no config.json and no *.safetensors files")
+    assert "download --verify" not in (doc["fix"] or "")
 
 
 def test_lint_fix_writes_the_copy_into_the_workdir(make_checkpoint: MakeCkpt, capsys: pytest.CaptureFixture[str],
@@ -118,7 +123,7 @@ def test_download_gated_error_json_never_shows_the_token(make_checkpoint: MakeCk
     wd = workdir_for(tmp_path, hub)
     code, doc, _, _ = run_cli(capsys, "download", "--workdir", str(wd), "--json")
     assert code == 1 and doc is not None and not doc["ok"] and doc["outputs"] is None
-    assert "is gated" in doc["error"]["message"] and "HF_TOKEN" in doc["error"]["hint"]
+    assert "is gated" in doc["error"]["message"] and "HF_TOKEN" in doc["error"]["fix"]
     monkeypatch.setenv("HF_TOKEN", other)
     code, doc, out, err = run_cli(capsys, "download", "--workdir", str(wd), "--json")
     assert code == 1 and doc is not None and "authorized list" in doc["error"]["message"]

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from dsv4setup.checkpoint import remote_lint_checks
 from dsv4setup.checkpoint.lint import lint
 from dsv4setup.checkpoint.meta import read_local
 from dsv4setup.checkpoint.remote import read_remote
-from dsv4setup.checkpoint.service import lint_doc, parse_target, run_lint
+from dsv4setup.checkpoint.service import lint_doc, parse_target, remote_lint_checks, run_lint
 from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.hub.access import HubError
 from tests.checkpoint.conftest import REPO, TOKEN
@@ -50,11 +49,10 @@ def test_remote_lint_fetches_headers_only_and_agrees_with_the_local_lint(make_ch
 def test_remote_verdicts_for_stripped_and_undeclared_mtp(make_checkpoint: MakeCkpt, serve_hub: ServeHub) -> None:
     serve_hub({"org/stripped": make_checkpoint("s", mtp="none"),
                "org/undeclared": make_checkpoint("u", declare_mtp=False)})
-    stripped = {c["id"]: c for c in remote_lint_checks("org/stripped", "main")}
-    assert stripped["checkpoint.mtp_tensors"]["status"] == "fail"
-    undeclared = {c["id"]: c for c in remote_lint_checks("org/undeclared", "main")}
-    assert undeclared["checkpoint.mtp_declared"]["status"] == "fail"
-    assert set(undeclared["checkpoint.mtp_declared"]) == {"id", "status", "summary", "fix"}
+    stripped = {c.id: c for c in remote_lint_checks("org/stripped", "main")}
+    assert stripped["checkpoint.mtp_tensors"].status == "fail"
+    undeclared = {c.id: c for c in remote_lint_checks("org/undeclared", "main", area="model")}
+    assert undeclared["model.mtp_declared"].status == "fail" and undeclared["model.mtp_declared"].fix
 
 
 def test_remote_missing_shard_and_pinned_revision(make_checkpoint: MakeCkpt, serve_hub: ServeHub) -> None:
@@ -62,7 +60,7 @@ def test_remote_missing_shard_and_pinned_revision(make_checkpoint: MakeCkpt, ser
     broken = make_checkpoint("broken")
     (broken / "model-00003-of-00003.safetensors").unlink()
     hub = serve_hub({REPO: RepoSpec({"main": broken, "v1": good})})
-    checks = {c["id"]: c["status"] for c in remote_lint_checks(REPO, "main")}
+    checks = {c.id: c.status for c in remote_lint_checks(REPO, "main")}
     assert checks["checkpoint.shards"] == "fail"
     pinned = hub.commit(REPO, "v1")
     outcome = run_lint(parse_target(f"{REPO}@{pinned}"))
@@ -87,10 +85,10 @@ def test_remote_fix_writes_the_corrected_copy_from_the_hub(make_checkpoint: Make
 def test_remote_lint_of_a_missing_repo_is_one_failed_check(serve_hub: ServeHub, make_checkpoint: MakeCkpt) -> None:
     serve_hub({REPO: make_checkpoint()})
     checks = remote_lint_checks("org/does-not-exist", "main")
-    assert len(checks) == 1 and checks[0]["id"] == "checkpoint.remote" and checks[0]["status"] == "fail"
-    assert "not found" in checks[0]["summary"] and "HF_TOKEN" in checks[0]["fix"]
-    bad_rev = remote_lint_checks(REPO, "no-such-branch")
-    assert "revision 'no-such-branch' does not exist" in bad_rev[0]["summary"]
+    assert len(checks) == 1 and checks[0].id == "checkpoint.remote" and checks[0].status == "fail"
+    assert "not found" in checks[0].summary and "HF_TOKEN" in (checks[0].fix or "")
+    bad_rev = remote_lint_checks(REPO, "no-such-branch", area="model")
+    assert bad_rev[0].id == "model.remote" and "revision 'no-such-branch' does not exist" in bad_rev[0].summary
 
 
 def test_remote_lint_of_a_gated_repo_needs_a_token(make_checkpoint: MakeCkpt, serve_hub: ServeHub,
@@ -98,7 +96,7 @@ def test_remote_lint_of_a_gated_repo_needs_a_token(make_checkpoint: MakeCkpt, se
     serve_hub({REPO: RepoSpec({"main": make_checkpoint()}, gated=True)}, tokens={TOKEN: {REPO}})
     with pytest.raises(HubError) as excinfo:
         read_remote(REPO, "main")
-    assert "gated" in excinfo.value.message and "accept the terms" in (excinfo.value.hint or "")
+    assert "gated" in excinfo.value.message and "accept the terms" in (excinfo.value.fix or "")
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert lint(read_remote(REPO, "main")).ok
 
@@ -106,8 +104,8 @@ def test_remote_lint_of_a_gated_repo_needs_a_token(make_checkpoint: MakeCkpt, se
 def test_remote_lint_with_the_hub_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     checks = remote_lint_checks(REPO, "main")
-    assert checks[0]["status"] == "fail" and "cannot reach the Hugging Face hub" in checks[0]["summary"]
-    assert "local_path" in checks[0]["fix"]
+    assert checks[0].status == "fail" and "cannot reach the Hugging Face hub" in checks[0].summary
+    assert "local_path" in (checks[0].fix or "")
 
 
 def test_hub_server_runs_as_a_process(make_checkpoint: MakeCkpt, monkeypatch: pytest.MonkeyPatch) -> None:

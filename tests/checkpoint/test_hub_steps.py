@@ -91,7 +91,7 @@ def test_not_enough_disk_fails_the_step_before_any_byte(make_checkpoint: MakeCkp
     result = runbook(workdir, make_profile(repo=REPO), free_space=lambda _p: 1024).up(Selection())
     assert not result.ok and result.failed_step == "download"
     assert result.error is not None and "not enough disk space" in result.error.message
-    assert "DSV4SETUP_WORKDIR" in (result.error.hint or "")
+    assert "DSV4SETUP_WORKDIR" in (result.error.fix or "")
     assert hub.file_requests() == [] and not any("/resolve/" in r.path for r in hub.requests)
     assert load_state(workdir.state_file).steps["download"].status == "failed"
 
@@ -118,7 +118,7 @@ def test_stripped_mtp_stops_up_at_the_checkpoint_step(make_checkpoint: MakeCkpt,
     result = runbook(workdir, make_profile(repo=REPO)).up(Selection())
     assert not result.ok and result.failed_step == "checkpoint"
     assert result.error is not None and "checkpoint.mtp_tensors" in result.error.message
-    assert "num_speculative_tokens=0" in (result.error.hint or "")
+    assert "num_speculative_tokens=0" in (result.error.fix or "")
     log = workdir.log_file("checkpoint").read_text()
     assert "FAIL  checkpoint.mtp_tensors" in log and "PASS  checkpoint.shards" in log
     # Without speculative decoding the same checkpoint is fine.
@@ -156,7 +156,7 @@ def test_local_path_route(make_checkpoint: MakeCkpt, workdir: Workdir, tmp_path:
     missing = runbook(Workdir(tmp_path / "wd2").ensure(), make_profile(local_path=str(tmp_path / "nope"))).up(
         Selection())
     assert not missing.ok and missing.error is not None and "not a directory" in missing.error.message
-    assert "model.local_path" in (missing.error.hint or "")
+    assert "model.local_path" in (missing.error.fix or "")
 
 
 def test_generate_route_builds_the_tiny_model_and_the_lint_passes(workdir: Workdir) -> None:

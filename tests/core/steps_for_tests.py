@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import Postcondition, RunContext, Step
+from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.core.outputs import StepOutputs
 
 NAMES = ("alpha", "beta", "gamma", "delta")
 
@@ -23,7 +25,15 @@ def _dir() -> Path:
     return Path(os.environ["TEST_STEPS_DIR"])
 
 
+class MarkerOutputs(StepOutputs):
+    step = "marker"
+
+    marker: str
+
+
 class MarkerStep(Step):
+    Outputs = MarkerOutputs
+
     def __init__(self, name: str, needs: tuple[str, ...]) -> None:
         self.name = name  # type: ignore[misc]
         self.description = f"test step {name}"  # type: ignore[misc]
@@ -36,15 +46,15 @@ class MarkerStep(Step):
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {"input": os.environ.get("TEST_STEPS_INPUT", "v1"), "profile": ctx.profile.name}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
-        return Postcondition(self.marker.exists(), f"marker {self.marker.name}")
+    def is_done(self, ctx: RunContext) -> Finding:
+        return postcondition(self.marker.exists(), f"marker {self.marker.name}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         with (_dir() / "journal").open("a") as fh:  # one line per real execution
             fh.write(f"{self.name}\n")
         ctx.require_log().line(f"running {self.name}")
         if os.environ.get("TEST_STEPS_FAIL") == self.name:
-            raise StepError(f"{self.name} failed on purpose", hint="unset TEST_STEPS_FAIL")
+            raise StepError(f"{self.name} failed on purpose", fix="unset TEST_STEPS_FAIL")
         if os.environ.get("TEST_STEPS_SLOW") == self.name:
             (_dir() / f"{self.name}.started").touch()
             time.sleep(float(os.environ.get("TEST_STEPS_SLEEP", "30")))
@@ -64,16 +74,17 @@ def journal(markers: Path | None = None) -> list[str]:
 class StandInStep(Step):
     """Stands in for an earlier step of the real runbook: only its outputs matter to the step under test."""
 
-    def __init__(self, name: str, outputs: dict[str, Any]) -> None:
-        self.name = name  # type: ignore[misc]
-        self.description = f"in-test {name} outputs"  # type: ignore[misc]
+    def __init__(self, outputs: StepOutputs) -> None:
+        self.name = outputs.step  # type: ignore[misc]
+        self.description = f"in-test {outputs.step} outputs"  # type: ignore[misc]
+        self.Outputs = type(outputs)  # type: ignore[misc]
         self._outputs = outputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
-        return Postcondition(True, "in-test")
+    def is_done(self, ctx: RunContext) -> Finding:
+        return postcondition(True, "in-test")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        return self._outputs
+        return self._outputs.model_dump(mode="json")

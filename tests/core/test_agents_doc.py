@@ -55,12 +55,17 @@ def ids_in(paths: list[Path], pattern: str) -> set[str]:
     return {m for p in paths for m in re.findall(pattern, p.read_text())}
 
 
-def test_every_check_id_has_a_row() -> None:
+def check_ids() -> set[str]:
+    """Every check id doctor, preflight and checkpoint lint can report (scanned from their sources)."""
     pkg = REPO_ROOT / "dsv4setup"
     probes = {"nvml.py", "host_facts.py", "toolchain.py", "snapshot.py"}  # read NVML fields, not check ids
     checks = [p for p in (pkg / "preflight").glob("*.py") if p.name not in probes]
     ids = ids_in(checks, r'"((?:gpu|topology|host|driver|toolkit|python|vllm)\.[a-z_]+)"')
-    ids |= ids_in(list((pkg / "checkpoint").glob("*.py")), r'"(checkpoint\.[a-z_]+)"')
+    return ids | ids_in(list((pkg / "checkpoint").glob("*.py")), r'"(checkpoint\.[a-z_]+)"')
+
+
+def test_every_check_id_has_a_row() -> None:
+    ids = check_ids()
     assert len(ids) > 30
     agents = (REPO_ROOT / "AGENTS.md").read_text()
     assert [i for i in sorted(ids) if f"`{i}`" not in agents] == []

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from dsv4setup.core.jsonschemas import validate_document
 from tests.conftest import REPO_ROOT
 from tests.core import steps_for_tests as ts
 
@@ -53,7 +54,7 @@ def status(env: dict[str, str]) -> dict[str, str]:
     result = dsv(env, "status", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["schema"] == "dsv4setup.status/1"
+    assert doc["schema"] == "dsv4setup.status/2"
     return {row["step"]: row["status"] for row in doc["steps"]}
 
 
@@ -76,7 +77,7 @@ def test_sigkill_during_a_step_then_resume_finishes_every_step_once(env: dict[st
     states = status(env)
     assert all(states[n] == "done" for n in ts.NAMES)
     state = json.loads((Path(env["DSV4SETUP_WORKDIR"]) / "state.json").read_text())
-    assert state["schema"] == "dsv4setup.state/1" and state["steps"]["gamma"]["attempts"] == 2
+    assert state["schema"] == "dsv4setup.state/2" and state["steps"]["gamma"]["attempts"] == 2
 
     again = dsv(env, "up", "--profile", "cpu-tiny", "--yes", "--json")
     assert again.returncode == 0
@@ -108,7 +109,7 @@ def test_failed_step_exit_1_with_hint_and_resume_command(env: dict[str, str]) ->
     result = dsv({**env, "TEST_STEPS_FAIL": "beta"}, "up", "--profile", "cpu-tiny", "--yes", "--json")
     assert result.returncode == 1
     doc = json.loads(result.stdout)
-    assert doc["failed_step"] == "beta" and doc["error"]["hint"] == "unset TEST_STEPS_FAIL"
+    assert doc["failed_step"] == "beta" and doc["error"]["fix"] == "unset TEST_STEPS_FAIL"
     assert doc["resume"][:2] == ["dsv4setup", "up"]
     human = dsv({**env, "TEST_STEPS_FAIL": "beta"}, "up", "--profile", "cpu-tiny", "--yes")
     assert human.returncode == 1 and "fix: unset TEST_STEPS_FAIL" in human.stderr
@@ -132,3 +133,60 @@ def test_usage_errors_exit_2(env: dict[str, str]) -> None:
     assert bad_step.returncode == 2 and "no such step" in bad_step.stderr
     assert dsv(env, "up", "--bogus-flag").returncode == 2
     assert dsv(env, "logs", "alpha").returncode == 2
+
+
+def test_logs_takes_only_a_step_with_a_log_and_redacts_it(env: dict[str, str]) -> None:
+    assert dsv(env, "up", "--profile", "cpu-tiny", "--yes").returncode == 0
+    log = Path(env["DSV4SETUP_WORKDIR"]) / "logs" / "alpha.log"
+    with log.open("a") as fh:  # as vLLM's own output lands in a log: unredacted
+        fh.write("Authorization: Bearer sk-written-raw-0123456789\n")
+    keyed = {**env, "DSV4SETUP_API_KEY": "sk-written-raw-0123456789"}
+    for args in (("logs", "alpha"), ("logs", "alpha", "-n", "1")):
+        shown = dsv(keyed, *args)
+        assert shown.returncode == 0 and "Bearer ***" in shown.stdout and "sk-written" not in shown.stdout
+    escape = dsv(env, "logs", "../state")
+    assert escape.returncode == 2 and "no log for step '../state'" in escape.stderr
+    assert "steps with a log: alpha, beta, delta, gamma" in escape.stderr and "Traceback" not in escape.stderr
+
+
+def test_detached_up_survives_its_caller_and_wait_reports_running_then_done(env: dict[str, str]) -> None:
+    slow = {**env, "TEST_STEPS_SLOW": "beta", "TEST_STEPS_SLEEP": "4"}
+    started = dsv(slow, "up", "--profile", "cpu-tiny", "--detach", "--json")
+    assert started.returncode == 0, started.stderr
+    doc = json.loads(started.stdout)
+    validate_document(doc)
+    assert doc["follow"][:2] == ["dsv4setup", "wait"] and Path(doc["log"]).name == "up.log"
+    assert os.getsid(doc["pid"]) == doc["pid"]  # its own session: the caller's death does not reach it
+
+    again = dsv(env, "up", "--profile", "cpu-tiny", "--detach", "--json")  # one run at a time
+    assert again.returncode == 3 and json.loads(again.stdout)["command"].startswith("dsv4setup wait")
+
+    running = dsv(env, "wait", "--timeout", "0", "--json")
+    assert running.returncode == 12, running.stdout + running.stderr
+    assert json.loads(running.stdout)["outcome"] == "running"
+    done = dsv(env, "wait", "--timeout", "60", "--json")
+    assert done.returncode == 10, done.stdout + done.stderr
+    waited = json.loads(done.stdout)
+    validate_document(waited)
+    assert waited["outcome"] == "done" and waited["result"]["ok"] and waited["follow"] is None
+    assert "beta (attempt 1)" in Path(doc["log"]).read_text()  # progress lines reach the log without a terminal
+
+
+def test_wait_on_a_failed_detached_run_exits_11_and_on_nothing_exits_2(env: dict[str, str]) -> None:
+    nothing = dsv(env, "wait", "--timeout", "1", "--json")
+    assert nothing.returncode == 2 and "nothing to wait for" in json.loads(nothing.stdout)["message"]
+    assert dsv({**env, "TEST_STEPS_FAIL": "alpha"}, "up", "--profile", "cpu-tiny", "--detach").returncode == 0
+    failed = dsv(env, "wait", "--timeout", "60", "--json")
+    assert failed.returncode == 11, failed.stdout + failed.stderr
+    doc = json.loads(failed.stdout)
+    assert doc["outcome"] == "failed" and doc["result"]["failed_step"] == "alpha"
+    assert [r["status"] for r in doc["status"]["steps"]][:2] == ["failed", "pending"]
+
+
+def test_a_detached_run_that_cannot_start_is_failed_with_its_error(env: dict[str, str]) -> None:
+    assert dsv(env, "up", "--profile", "no-such-profile", "--detach").returncode == 0  # judged by the run itself
+    failed = dsv(env, "wait", "--timeout", "60", "--json")
+    doc = json.loads(failed.stdout)
+    validate_document(doc)
+    assert failed.returncode == 11 and doc["result"]["schema"] == "dsv4setup.error/2"
+    assert "no-such-profile" in doc["result"]["message"]

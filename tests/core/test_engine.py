@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 import pytest
 
-from dsv4setup.core.engine import Runbook, Selection
+from dsv4setup.core.engine import Runbook, RunContext, Selection, Step
 from dsv4setup.core.errors import LockHeldError, StateError, UsageError
+from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.lock import workdir_lock
-from dsv4setup.core.state import STATE_SCHEMA, StepStatus, load_state, reset_steps, save_state
+from dsv4setup.core.outputs import StepOutputs
+from dsv4setup.core.state import STATE_SCHEMA, StepStatus, backup_state, load_state, reset_steps, save_state
+from dsv4setup.core.status import status_doc
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
 from tests.core import steps_for_tests as ts
@@ -50,7 +54,7 @@ def test_resume_after_failure_reruns_only_the_failed_and_later_steps(workdir: Wo
     monkeypatch.setenv("TEST_STEPS_FAIL", "gamma")
     result = rb.up(Selection())
     assert not result.ok and result.failed_step == "gamma"
-    assert result.error is not None and result.error.hint == "unset TEST_STEPS_FAIL"
+    assert result.error is not None and result.error.fix == "unset TEST_STEPS_FAIL"
     assert result.error.log == str(workdir.log_file("gamma"))
     assert any("failed on purpose" in line for line in result.log_tail)
     state = load_state(workdir.state_file)
@@ -137,7 +141,9 @@ def test_bad_state_file_is_a_clear_error_and_is_kept(workdir: Workdir, profile: 
     with pytest.raises(StateError, match=message) as info:
         make(workdir, profile).up(Selection())
     assert str(workdir.state_file) in info.value.message
-    assert "dsv4setup reset --all" in (info.value.hint or "")
+    damaged_step = ["--step", "alpha"] if "steps.alpha" in message else ["--all"]
+    assert info.value.command == shlex.join(["dsv4setup", "reset", "--workdir", str(workdir.root), *damaged_step])
+    assert f"dsv4setup reset {' '.join(damaged_step)}" in (info.value.fix or "")
     assert workdir.state_file.read_text() == content  # never silently discarded
     assert ts.journal() == []
 
@@ -190,8 +196,72 @@ def test_reset_step_recovers_a_state_damaged_only_in_that_step(workdir: Workdir,
     workdir.state_file.write_text(json.dumps(doc))
     with pytest.raises(StateError, match="steps.gamma.status") as info:
         load_state(workdir.state_file)
-    assert "reset --step gamma" in (info.value.hint or "")
+    assert "reset --step gamma" in (info.value.fix or "")
     state = reset_steps(workdir.state_file, ["gamma"])
     assert "gamma" not in state.steps and state.steps["alpha"].status == StepStatus.DONE
     decisions = {d.step: d.action for d in rb.plan(Selection())}
     assert decisions == {"alpha": "skip", "beta": "skip", "gamma": "run", "delta": "skip"}
+
+
+def test_steps_after_a_failed_step_are_stale_never_done(workdir: Workdir, profile: Profile,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    rb = make(workdir, profile)
+    assert rb.up(Selection()).ok
+    monkeypatch.setenv("TEST_STEPS_FAIL", "beta")
+    assert not rb.up(Selection(redo=("beta",))).ok
+    rows = {r["step"]: r["status"] for r in status_doc(load_state(workdir.state_file), list(ts.NAMES))["steps"]}
+    assert rows == {"alpha": "done", "beta": "failed", "gamma": "stale", "delta": "stale"}
+
+
+def test_log_tail_holds_only_the_failing_attempt(workdir: Workdir, profile: Profile,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_STEPS_FAIL", "alpha")
+    rb = make(workdir, profile)
+    rb.up(Selection())
+    tail = rb.up(Selection()).log_tail
+    assert ": attempt 2 " in tail[0] and not any(": attempt 1 " in line for line in tail)
+    assert sum("failed on purpose" in line for line in tail) == 1
+
+
+class FetchOutputs(StepOutputs):
+    step = "fetch"
+
+
+class ReportingStep(Step):
+    """Reports a phase and a byte count, then reads the state file as another process (`status`) would."""
+
+    name = "fetch"
+    description = "reports progress"
+    Outputs = FetchOutputs
+    seen: dict[str, object] = {}
+
+    def inputs(self, ctx: RunContext) -> dict[str, object]:
+        return {}
+
+    def is_done(self, ctx: RunContext) -> Finding:
+        return postcondition(bool(self.seen), "reported")
+
+    def run(self, ctx: RunContext) -> dict[str, object]:
+        ctx.transfer(512, 2048, 100.0)
+        row = status_doc(load_state(ctx.workdir.state_file), ["fetch"])["steps"][0]
+        type(self).seen = row["progress"]
+        return {}
+
+
+def test_running_step_progress_is_readable_from_the_state_file(workdir: Workdir, profile: Profile) -> None:
+    timed = profile.model_copy(update={"expected_s": {"fetch": 90}})
+    assert Runbook([ReportingStep()], workdir, timed).up(Selection()).ok
+    seen = ReportingStep.seen
+    assert isinstance(seen, dict)
+    assert (seen["bytes_done"], seen["bytes_total"], seen["rate_bps"], seen["expected_s"]) == (512, 2048, 100.0, 90)
+    assert seen["phase"] == "starting" and isinstance(seen["elapsed_s"], float)
+    assert load_state(workdir.state_file).steps["fetch"].progress is None  # only while running
+
+
+def test_plan_after_reset_all_says_verify_then_run(workdir: Workdir, profile: Profile) -> None:
+    rb = make(workdir, profile)
+    assert rb.up(Selection()).ok
+    backup_state(workdir.state_file)
+    assert all(d.reason.endswith("verify, then run if needed") for d in rb.plan(Selection()))
+    fresh = Workdir(workdir.root.parent / "fresh").ensure()
+    assert {d.reason for d in make(fresh, profile).plan(Selection())} == {"not run yet"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import itertools
 import pkgutil
 import re
 import shlex
@@ -35,8 +36,8 @@ PATH_PLACEHOLDER = "/tmp/dsv4setup-hint"
 
 BACKTICKED = re.compile(r"`(dsv4setup\s[^`]*)`")
 # Outside backticks a mention is a command only when a command name follows; it runs to the end
-# of its clause.
-BARE = re.compile(r"(?<![\w`./-])dsv4setup ([a-z][a-z-]*)(?=[\s)]|$)([^`;,)(\n]*)")
+# of its clause or at a shell comment.
+BARE = re.compile(r"(?<![\w`./-])dsv4setup ([a-z][a-z-]*)(?=[\s)]|$)([^`;,)(\n#]*)")
 
 
 def _placeholder(expr: str) -> str:
@@ -121,9 +122,16 @@ HINTS = [(where, command) for source in (_python_strings(), _data_strings())
          if (where.split(":")[0], command) not in NOT_COMMANDS]
 
 
+SHELL_OPERATORS = {">", ">>", "<", "|", "||", "&&", ";", "&"}
+
+
 def parse_problem(command: str) -> str | None:
-    """Why the real CLI would refuse `command` (None when it parses)."""
-    words = shlex.split(command)[1:]
+    """Why the real CLI would refuse `command` (None when it parses). A shell operator (`> FILE`, `| cmd`)
+    ends the dsv4setup command."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    tokens = list(lexer)
+    words = list(itertools.takewhile(lambda w: w not in SHELL_OPERATORS, tokens))[1:]
     ctx = ROOT.make_context("dsv4setup", [], resilient_parsing=True)
     cmd, path = ROOT, "dsv4setup"
     while hasattr(cmd, "get_command"):

@@ -40,9 +40,22 @@ def next_doc(capsys: pytest.CaptureFixture[str], workdir: Workdir) -> dict:
 
 def test_fresh_workdir_says_run_up_with_the_chosen_profile(capsys: pytest.CaptureFixture[str],
                                                            workdir: Workdir) -> None:
+    workdir.overrides_file.write_text("profile: cpu-tiny\n")
     doc = next_doc(capsys, workdir)
     assert doc["action"] == "run" and doc["command"][:2] == ["dsv4setup", "up"]
     assert "--profile" in doc["command"] and doc["step"] == "preflight"
+
+
+def test_fresh_workdir_without_a_gpu_says_fix_naming_both_roads(capsys: pytest.CaptureFixture[str],
+                                                               workdir: Workdir) -> None:
+    """The real probe on this machine (no NVIDIA GPU): nothing is picked by itself, not even the CPU demo."""
+    from dsv4setup.preflight.snapshot import take_snapshot
+
+    if take_snapshot(workdir)["gpus"]:
+        pytest.skip("this machine has NVIDIA GPUs")
+    doc = next_doc(capsys, workdir)
+    assert doc["action"] == "fix" and doc["command"][:2] == ["dsv4setup", "doctor"]
+    assert "no NVIDIA GPU visible" in doc["why"] and "--profile cpu-tiny" in doc["fix"]
 
 
 def test_failed_step_says_fix_with_its_hint(capsys: pytest.CaptureFixture[str], workdir: Workdir,
@@ -52,14 +65,14 @@ def test_failed_step_says_fix_with_its_hint(capsys: pytest.CaptureFixture[str], 
     assert code == 1
     validate_document(up)
     doc = next_doc(capsys, workdir)
-    assert doc["action"] == "fix" and doc["step"] == "beta" and doc["hint"] == "unset TEST_STEPS_FAIL"
+    assert doc["action"] == "fix" and doc["step"] == "beta" and doc["fix"] == "unset TEST_STEPS_FAIL"
     assert doc["command"][:2] == ["dsv4setup", "up"]
 
 
 def test_running_says_wait(capsys: pytest.CaptureFixture[str], workdir: Workdir) -> None:
     with workdir_lock(workdir.lock_file, "up"):
         doc = next_doc(capsys, workdir)
-    assert doc["action"] == "wait" and "up" in doc["why"]
+    assert doc["action"] == "wait" and "up" in doc["why"] and doc["command"][:2] == ["dsv4setup", "wait"]
 
 
 def test_done_then_drift_then_interrupted(capsys: pytest.CaptureFixture[str], workdir: Workdir,

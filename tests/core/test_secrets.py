@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from dsv4setup.cli.common import emit_json
-from dsv4setup.core.engine import Postcondition, Runbook, RunContext, Selection, Step
+from dsv4setup.cli.output import emit_json
+from dsv4setup.core.engine import Runbook, RunContext, Selection, Step
+from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.core.outputs import StepOutputs
 from dsv4setup.core.secrets import hf_token, redact, register_secret
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
@@ -16,17 +18,24 @@ from dsv4setup.profiles.model import Profile
 TOKEN = "hf_SeCrEtToKeN1234567890"
 
 
+class LeakyOutputs(StepOutputs):
+    step = "leaky"
+
+    header: str
+
+
 class LeakyStep(Step):
     """A step that tries hard to leak the token: into its log, its outputs and its error."""
 
     name = "leaky"
     description = "writes the token everywhere it can"
+    Outputs = LeakyOutputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {"token": hf_token()}
 
-    def is_done(self, ctx: RunContext) -> Postcondition:
-        return Postcondition(True, f"token {hf_token()}")
+    def is_done(self, ctx: RunContext) -> Finding:
+        return postcondition(True, f"token {hf_token()}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         ctx.require_log().line(f"Authorization: Bearer {hf_token()}")
@@ -51,3 +60,28 @@ def test_token_never_reaches_state_logs_or_json(workdir: Workdir, profile: Profi
 def test_runtime_secret_is_redacted() -> None:
     register_secret("generated-api-key-0001")
     assert redact("key=generated-api-key-0001;") == "key=***;"
+
+
+@pytest.mark.parametrize(("secret", "text", "expected"), [
+    ("abc", "--api-key abc done", "--api-key *** done"),
+    ("abc", "Bearer abc\n", "Bearer ***\n"),
+    ("abc", "key=abc;", "key=***;"),
+    ("abc", "abcde xabc ab-abc abc_1", "abcde xabc ab-abc abc_1"),  # inside words: left alone
+    ("k", "k", "***"),
+    ("k", "kv-cache ok key", "kv-cache ok key"),
+])
+def test_short_secrets_are_masked_where_they_stand_alone(monkeypatch: pytest.MonkeyPatch, secret: str, text: str,
+                                                         expected: str) -> None:
+    monkeypatch.setenv("DSV4SETUP_API_KEY", secret)
+    assert redact(text) == expected
+
+
+def test_json_stays_valid_when_a_short_secret_equals_a_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from dsv4setup.core.fsutil import atomic_write_json
+
+    monkeypatch.setenv("DSV4SETUP_API_KEY", "1")
+    atomic_write_json(tmp_path / "doc.json", {"port": 1, "key": "1", "1": "x", "cmd": "--api-key 1"})
+    assert json.loads((tmp_path / "doc.json").read_text()) == {"port": 1, "key": "***", "***": "x",
+                                                               "cmd": "--api-key ***"}

@@ -130,7 +130,7 @@ def test_hub_failure_mid_file_keeps_the_partial_and_reports_the_error(make_check
     dest = tmp_path / "dest"
     with pytest.raises(HubError) as excinfo:
         downloader(dest, workers=1).run()
-    assert "503" in excinfo.value.message and "run the same command again" in (excinfo.value.hint or "")
+    assert "503" in excinfo.value.message and "run the same command again" in (excinfo.value.fix or "")
     manifest = read_manifest(dest)
     assert manifest is not None and not manifest.complete and name not in manifest.verified
     assert not (dest / name).exists(), "a half-written file must never sit where the checkpoint is loaded"
@@ -192,10 +192,10 @@ def test_missing_repo_wrong_revision_and_network_down(make_checkpoint: MakeCkpt,
     serve_hub({REPO: make_checkpoint()})
     with pytest.raises(HubError, match="not found") as excinfo:
         Downloader("org/nope", "main", tmp_path / "a").run()
-    assert "model.repo" in (excinfo.value.hint or "")
+    assert "model.repo" in (excinfo.value.fix or "")
     with pytest.raises(HubError, match="revision 'v9' does not exist") as excinfo:
         Downloader(REPO, "v9", tmp_path / "b").run()
-    assert "model.revision" in (excinfo.value.hint or "")
+    assert "model.revision" in (excinfo.value.fix or "")
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(HubError, match="cannot reach the Hugging Face hub"):
         Downloader(REPO, "main", tmp_path / "c").run()
@@ -209,7 +209,7 @@ def test_gated_repo_401_without_token_403_without_access_and_a_bad_token(
                     tokens={TOKEN: {REPO}, other: {"org/something-else"}})
     with pytest.raises(HubError) as excinfo:
         downloader(tmp_path / "a").run()
-    assert "is gated" in excinfo.value.message and "HF_TOKEN" in (excinfo.value.hint or "")
+    assert "is gated" in excinfo.value.message and "HF_TOKEN" in (excinfo.value.fix or "")
     assert not any("/resolve/" in r.path for r in hub.requests), "refused before any file request"
     with pytest.raises(HubError) as excinfo:
         downloader(tmp_path / "b", token=other).run()

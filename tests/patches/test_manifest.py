@@ -33,7 +33,7 @@ def test_shipped_manifest_loads_with_a_diff_for_each_pinned_vllm() -> None:
 def test_unknown_id_names_the_known_ids() -> None:
     with pytest.raises(ManifestError) as info:
         load_manifest().get("no-such-fix")
-    assert "no-such-fix" in info.value.message and "mtp-draft-hf-config-path" in (info.value.hint or "")
+    assert "no-such-fix" in info.value.message and "mtp-draft-hf-config-path" in (info.value.fix or "")
 
 
 def _rewrite(synth: Synth, edit) -> Path:  # type: ignore[no-untyped-def]

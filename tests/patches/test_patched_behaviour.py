@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-from dsv4setup.patches import apply_patches, find_target, load_manifest
+from dsv4setup.patches.apply import apply_patches
+from dsv4setup.patches.manifest import load_manifest
+from dsv4setup.patches.target import find_target
 
 SPECULATIVE = "vllm/config/speculative.py"
 PROBE = Path(__file__).with_name("draft_config_probe.py")

@@ -17,7 +17,8 @@ import pytest
 
 from dsv4setup.cli import main
 from dsv4setup.core.resources import package_file
-from dsv4setup.patches import find_target, load_manifest
+from dsv4setup.patches.manifest import load_manifest
+from dsv4setup.patches.target import find_target
 from tests.patches.helpers import extract_wheel, manifest_paths, snapshot, wheel_bytes
 
 pytestmark = pytest.mark.slow
@@ -88,7 +89,7 @@ def test_foreign_modified_target_is_a_conflict_with_no_change(real: tuple[Path, 
     assert code == 1 and statuses(doc)["mtp-draft-hf-config-path"] == "conflict"
     code, doc = dsv(capsys, "patches", "apply", "--target", str(site))
     assert code == 1 and doc["error"] == "PatchConflictError" and str(path) in doc["message"]
-    assert "reinstall vLLM" in doc["hint"]
+    assert "reinstall vLLM" in doc["fix"]
     assert snapshot(site) == before and not (site / ".dsv4setup-backup").exists()
 
 

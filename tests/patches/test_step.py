@@ -58,7 +58,7 @@ def test_unknown_patch_id_names_it_and_the_known_ids(workdir: Workdir, profile: 
     ctx = RunContext(workdir, _profile(profile, ["alpha-fix", "typo-fix"]), State())
     with pytest.raises(StepError) as info:
         profile_patches(ctx, step.manifest())
-    assert "typo-fix" in info.value.message and "alpha-fix, beta-fix" in (info.value.hint or "")
+    assert "typo-fix" in info.value.message and "alpha-fix, beta-fix" in (info.value.fix or "")
     result = Runbook([step], workdir, ctx.profile).up(Selection())
     assert not result.ok and result.error is not None and "typo-fix" in result.error.message
 
@@ -72,7 +72,7 @@ def test_conflict_fails_the_step_with_the_reinstall_hint_and_changes_nothing(wor
     result = Runbook([PatchesStep(synth.manifest)], workdir, _profile(profile, ["alpha-fix", "beta-fix"])).up(
         Selection())
     assert not result.ok and result.error is not None
-    assert "beta.py" in result.error.message and "--force-reinstall" in (result.error.hint or "")
+    assert "beta.py" in result.error.message and "--force-reinstall" in (result.error.fix or "")
     assert snapshot(_site(workdir)) == before
 
 

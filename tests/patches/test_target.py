@@ -81,6 +81,6 @@ def test_no_vllm_and_no_directory_are_usage_errors(tmp_path: Path) -> None:
 def test_default_target_is_the_serving_venv(workdir: Workdir) -> None:
     with pytest.raises(DsvError, match="no serving venv") as info:
         default_target(workdir)
-    assert "dsv4setup up --until vllm" in (info.value.hint or "")
+    assert "dsv4setup up --until vllm" in (info.value.fix or "")
     site = make_site_packages(workdir.venv_dir / "lib" / "python3.11" / "site-packages", {})
     assert default_target(workdir).root == site

@@ -14,7 +14,9 @@ from dsv4setup.core.resources import package_file
 from dsv4setup.profiles.model import Profile
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SNAPSHOT_FIXTURES = sorted(FIXTURES.glob("*.json"))
+REAL_PREFIX = "real-"  # snapshots captured on a GPU machine by scripts/gpu-check (scrubbed)
+SNAPSHOT_FIXTURES = sorted(p for p in FIXTURES.glob("*.json") if not p.name.startswith(REAL_PREFIX))
+REAL_FIXTURES = sorted(FIXTURES.glob(f"{REAL_PREFIX}*.json"))
 
 
 def load_fixture(name: str) -> dict[str, Any]:

@@ -36,8 +36,8 @@ def test_json_for_a_passing_snapshot(capsys: pytest.CaptureFixture[str], tmp_pat
                             "--workdir", str(tmp_path))
     assert code == 0
     assert list(doctor_validator().iter_errors(doc)) == []
-    assert set(doc) == {"schema", "ok", "checks", "recommendation", "snapshot"}
-    assert doc["schema"] == "dsv4setup.doctor/1" and doc["ok"] is True
+    assert set(doc) == {"schema", "ok", "demo", "notice", "checks", "recommendation", "snapshot"}
+    assert doc["schema"] == "dsv4setup.doctor/2" and doc["ok"] is True
     rec = doc["recommendation"]
     assert rec["profile"] == "rtx-pro-6000-maxq-x2" and rec["tensor_parallel_size"] == 2
     assert "--disable-custom-all-reduce" in rec["serve_args"] and rec["env"]["NCCL_P2P_DISABLE"] == "1"
@@ -100,7 +100,7 @@ def test_bad_snapshot_file_exits_2_naming_file_and_problem(capsys: pytest.Captur
     assert out == ""
     code, out, _ = run_cli(capsys, "--snapshot", str(path), "--workdir", str(tmp_path), "--json")
     error = json.loads(out)
-    assert code == 2 and error["schema"] == "dsv4setup.error/1" and error["exit_code"] == 2
+    assert code == 2 and error["schema"] == "dsv4setup.error/2" and error["exit_code"] == 2
     assert str(path) in error["message"] and problem in error["message"]
 
 
@@ -119,19 +119,67 @@ def test_human_table_puts_failures_first_with_their_fix(capsys: pytest.CaptureFi
     assert "1 check(s) failed" in err
 
 
-def test_this_machine_with_the_cpu_demo_passes_and_saves_a_snapshot(capsys: pytest.CaptureFixture[str],
+def test_this_machine_fails_without_a_profile_and_passes_as_the_demo(capsys: pytest.CaptureFixture[str],
                                                                     tmp_path: Path) -> None:
-    """The real probe on this machine (no GPU): the CPU demo profile is picked and every check passes."""
+    """The real probe on this machine (no GPU): no profile is usable until --profile cpu-tiny names the demo."""
     saved = tmp_path / "out" / "snap.json"
-    code, doc = doctor_json(capsys, "--workdir", str(tmp_path / "wd"), "--save-snapshot", str(saved))
+    code, doc = doctor_json(capsys, "--workdir", str(tmp_path / "wd"))
+    if doc["snapshot"]["gpus"]:
+        pytest.skip("this machine has NVIDIA GPUs")
+    assert code == 1 and doc["ok"] is False and doc["recommendation"] is None
+    assert checks_of(doc)["host.profile"] == "fail"
+    code, doc = doctor_json(capsys, "--workdir", str(tmp_path / "wd"), "--profile", "cpu-tiny",
+                            "--save-snapshot", str(saved))
     assert code == 0, [c for c in doc["checks"] if c["status"] == "fail"]
-    assert doc["recommendation"]["profile"] == "cpu-tiny"
+    assert doc["demo"] is True and "not DeepSeek-V4-Flash" in doc["notice"]
+    assert doc["recommendation"]["profile"] == "cpu-tiny" and doc["recommendation"]["demo"] is True
     assert checks_of(doc)["gpu.memory"] == "skip"
     on_disk = json.loads(saved.read_text())
     assert list(hardware_validator().iter_errors(on_disk)) == []
     assert on_disk["host"] == doc["snapshot"]["host"]
-    code, again = doctor_json(capsys, "--snapshot", str(saved), "--workdir", str(tmp_path / "wd"))
+    code, again = doctor_json(capsys, "--snapshot", str(saved), "--workdir", str(tmp_path / "wd"), "--profile",
+                              "cpu-tiny")
     assert code == 0 and checks_of(again) == checks_of(doc)
+
+
+def _doctor_process(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DSV4SETUP_WORKDIR": str(tmp_path), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "dsv4setup", "doctor", *args], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+
+
+def test_no_gpu_no_driver_fails_without_a_profile_and_runs_the_demo_with_one(tmp_path: Path) -> None:
+    """Real CLI subprocesses on a snapshot of a box without NVIDIA GPU or driver."""
+    snap = str(FIXTURES / "cpu-only.json")
+    proc = _doctor_process(tmp_path, "--snapshot", snap, "--json")
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert list(doctor_validator().iter_errors(doc)) == []
+    failed = {c["id"]: c for c in doc["checks"] if c["status"] == "fail"}
+    assert set(failed) == {"driver.present", "host.profile"} and doc["recommendation"] is None
+    fix = failed["driver.present"]["fix"]
+    assert "lspci | grep -i nvidia" in fix and "R580" in fix and "--profile cpu-tiny" in fix
+    human = _doctor_process(tmp_path, "--snapshot", snap)
+    assert human.returncode == 1 and "lspci | grep -i nvidia" in human.stdout
+    demo = _doctor_process(tmp_path, "--snapshot", snap, "--profile", "cpu-tiny", "--json")
+    assert demo.returncode == 0, demo.stdout
+    doc = json.loads(demo.stdout)
+    assert doc["ok"] is True and doc["demo"] is True and "tiny generated DeepSeek-V3 + MTP" in doc["notice"]
+    human = _doctor_process(tmp_path, "--snapshot", snap, "--profile", "cpu-tiny")
+    assert human.returncode == 0 and "not DeepSeek-V4-Flash" in human.stdout + human.stderr
+
+
+def test_apple_silicon_is_out_of_scope_with_the_reason(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    doc = json.loads((FIXTURES / "cpu-only.json").read_text())
+    doc["host"].update(arch="arm64", os="Darwin 24.1.0", kernel="24.1.0", nvidia_pci_gpus=None)
+    path = tmp_path / "mac.json"
+    path.write_text(json.dumps(doc))
+    code, out = doctor_json(capsys, "--snapshot", str(path), "--workdir", str(tmp_path))
+    failed = {c["id"]: c for c in out["checks"] if c["status"] == "fail"}
+    assert code == 1 and {"host.platform", "host.profile", "driver.present"} <= set(failed)
+    for check in failed.values():
+        assert "out of scope" in check["summary"] + check["fix"]
+    assert "MLX" in failed["host.platform"]["summary"]
 
 
 def test_save_snapshot_to_an_unwritable_place_is_a_usage_error(capsys: pytest.CaptureFixture[str],

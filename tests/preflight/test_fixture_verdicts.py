@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from dsv4setup.preflight.report import build_report
+from dsv4setup.preflight.report import DoctorReport, build_report
 from dsv4setup.preflight.schemalite import Validator
+from dsv4setup.preflight.select import select_profile
 from dsv4setup.preflight.snapshot import hardware_schema
 from dsv4setup.profiles.model import Profile
 from tests.preflight.conftest import SNAPSHOT_FIXTURES, doctor_validator, hardware_validator, load_fixture
@@ -18,7 +19,7 @@ from tests.preflight.conftest import SNAPSHOT_FIXTURES, doctor_validator, hardwa
 @dataclass
 class Expect:
     fixture: str
-    profile: str | None  # an in-test profile (conftest.profiles), None: no profile
+    profile: str | None  # an in-test profile (conftest.profiles); None: no profile; DERIVED: as `doctor` chooses
     ok: bool
     statuses: dict[str, str]
     tp: int | None = None  # None: no recommendation expected
@@ -31,6 +32,7 @@ class Expect:
 SM12X_ENV = {"VLLM_USE_FLASHINFER_SAMPLER": "0", "TORCH_CUDA_ARCH_LIST": "12.0a"}
 GONE_IN_033 = "VLLM_TRITON_MLA_SPARSE_HEAD_BLOCK_SIZE"  # vllm/envs.py of 0.33.0 no longer has it
 CAR = "--disable-custom-all-reduce"
+DERIVED = "(chosen as doctor does)"
 
 CASES = [
     Expect("rtx-pro-6000-maxq-x2", "maxq-x2", True,
@@ -48,22 +50,35 @@ CASES = [
            {"gpu.count": "pass", "gpu.memory": "pass", "topology.interconnect": "pass", "topology.p2p": "pass",
             "host.profile": "pass"},
            tp=2, k=1, args=[], env={}),
-    Expect("h200-x1", None, False, {"gpu.memory": "fail", "gpu.architecture": "pass", "host.profile": "skip"},
-           tp=1, k=1),
+    Expect("h200-x1", None, False, {"gpu.memory": "fail", "gpu.architecture": "pass", "host.profile": "fail"}),
+    Expect("h200-x1", DERIVED, False, {"gpu.memory": "fail", "host.profile": "pass"}, tp=1, k=1),
     Expect("h200-x1", "h200-tp2", False, {"gpu.count": "fail", "host.profile": "warn"}, tp=2, k=1),
     Expect("gh200-x2", "gh200-x2", True,
            {"topology.p2p": "warn", "vllm.speculative_tokens": "warn", "gpu.memory": "pass", "host.platform": "pass"},
            tp=2, k=1, args=[CAR], env={"NCCL_P2P_DISABLE": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0"}),
     Expect("gb10-x1", None, False, {"gpu.memory": "fail", "gpu.architecture": "pass", "gpu.pcie_link": "skip"},
-           tp=1, k=1, env={"VLLM_USE_FLASHINFER_SAMPLER": "0", "TORCH_CUDA_ARCH_LIST": "12.1a"}),
+           env={"VLLM_USE_FLASHINFER_SAMPLER": "0", "TORCH_CUDA_ARCH_LIST": "12.1a"}),
     Expect("gb10-x1", "gb10-x2", False, {"gpu.memory": "fail", "topology.interconnect": "skip"}, tp=2, k=1),
     Expect("b200-x2", "b200-x2", True, {"gpu.architecture": "pass", "topology.interconnect": "pass",
                                         "vllm.speculative_tokens": "pass"}, tp=2, k=2, args=[], env={}),
-    Expect("l40s-x1", None, False, {"gpu.architecture": "fail", "driver.version": "fail"}, tp=1, k=1),
-    Expect("a100-x2", None, False, {"gpu.architecture": "fail", "driver.version": "fail"}, tp=2, k=1),
-    Expect("no-driver", None, False, {"driver.present": "fail", "driver.version": "skip", "gpu.present": "skip",
-                                      "host.shm": "pass"}),
-    Expect("no-driver", "h200-tp2", False, {"driver.present": "fail", "gpu.memory": "skip"}),
+    Expect("l40s-x1", DERIVED, False, {"gpu.architecture": "fail", "driver.version": "fail", "host.profile": "fail"}),
+    Expect("a100-x2", DERIVED, False, {"gpu.architecture": "fail", "driver.version": "fail", "host.profile": "fail"}),
+    Expect("no-driver", DERIVED, False, {"driver.present": "fail", "driver.version": "skip", "gpu.present": "skip",
+                                         "host.shm": "pass", "host.profile": "fail"}),
+    Expect("cpu-only", DERIVED, False, {"driver.present": "fail", "host.profile": "fail", "host.ram": "pass"}),
+    Expect("cpu-only", "cpu-demo", True, {"driver.present": "skip", "host.profile": "warn", "gpu.present": "skip"},
+           tp=1, k=1),
+    Expect("h100-pcie-x4", DERIVED, True,
+           {"host.profile": "pass", "gpu.memory": "pass", "gpu.count": "pass", "topology.interconnect": "pass",
+            "toolkit.arch": "pass", "vllm.speculative_tokens": "pass"},
+           tp=4, k=1, env_absent=("NCCL_P2P_DISABLE",)),
+    Expect("b300-x2", DERIVED, True,
+           {"host.profile": "pass", "gpu.memory": "pass", "toolkit.arch": "pass", "gpu.architecture": "pass"},
+           tp=1, k=1),
+    Expect("h20-x8", DERIVED, True,
+           {"host.profile": "pass", "gpu.memory": "pass", "topology.interconnect": "pass", "gpu.count": "pass"},
+           tp=2, k=1),
+    Expect("no-driver", "h200-tp2", False, {"driver.present": "fail", "gpu.memory": "skip"}, tp=2, k=1),
     Expect("no-driver", "cpu-demo", True, {"driver.present": "skip", "host.profile": "warn", "host.ram": "pass"},
            tp=1, k=1, args=[], env={}),
     Expect("container-small-shm", "rtx6000-x2", False,
@@ -72,26 +87,36 @@ CASES = [
 ]
 
 
+def judge(snap: dict[str, Any], profile: str | None, profiles: dict[str, Profile]) -> DoctorReport:
+    if profile == DERIVED:
+        return build_report(snap, select_profile(snap, None, use_workdir=False).judged())
+    return build_report(snap, profiles[profile] if profile else None)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.fixture}+{c.profile}")
 def test_fixture_verdicts(case: Expect, profiles: dict[str, Profile]) -> None:
     snap = load_fixture(case.fixture)
-    report = build_report(snap, profiles[case.profile] if case.profile else None)
+    report = judge(snap, case.profile, profiles)
     got = {r.id: r.status for r in report.checks}
     assert {k: got[k] for k in case.statuses} == case.statuses, [r for r in report.checks if r.id in case.statuses]
     assert report.ok is case.ok, report.failures
     for r in report.checks:
         assert r.summary
         assert (r.fix is not None) == (r.status in ("warn", "fail")), r
+    found = report.findings
+    assert found["serve_args"] == case.args
+    assert {k: found["env"].get(k) for k in case.env} == case.env
+    assert not set(case.env_absent) & set(found["env"])
     rec = report.recommendation
     if case.tp is None:
         assert rec is None
     else:
         assert rec is not None
         assert (rec["tensor_parallel_size"], rec["num_speculative_tokens"]) == (case.tp, case.k)
-        assert rec["profile"] == case.profile
-        assert rec["serve_args"] == case.args
+        assert rec["profile"] == (report.profile.name if case.profile == DERIVED and report.profile else case.profile)
+        assert set(case.args) <= set(rec["serve_args"])  # the serve command: the profile plus the findings
         assert {k: rec["env"].get(k) for k in case.env} == case.env
-        assert not set(case.env_absent) & set(rec["env"])
+        assert report.profile is not None and not set(case.env_absent) & (set(rec["env"]) - set(report.profile.env))
     assert list(doctor_validator().iter_errors(report.to_doc())) == []
 
 
@@ -272,7 +297,25 @@ def test_a_snapshot_with_only_the_contract_fields_is_judged() -> None:
                     for x in doc["links"]]
     doc["python_env"] = {"vllm": None, "torch": None, "torch_cuda": None}
     assert Validator(hardware_schema()).errors(doc) == []
-    report = build_report(doc)
+    report = build_report(doc, select_profile(doc, None, use_workdir=False).judged())
     assert report.ok and report.recommendation is not None
     assert report.recommendation["env"]["NCCL_P2P_DISABLE"] == "1"
     assert {r.id: r.status for r in report.checks}["host.disk_hf_cache"] == "skip"
+
+
+def test_disk_need_leaves_out_the_toolkit_when_a_suitable_nvcc_is_there(profiles: dict[str, Profile]) -> None:
+    """The toolkit step's automatic route takes a machine nvcc of the same major release, minor >= wanted."""
+    snap = load_fixture("rtx-pro-6000-maxq-x2")
+
+    def disk() -> str:
+        return {r.id: r for r in build_report(snap, profiles["maxq-x2"]).checks}["host.disk_workdir"].summary
+
+    assert "CUDA toolkit 6 GB" in disk()
+    snap["toolchain"]["nvcc"] = {"path": "/usr/local/cuda-13.0/bin/nvcc", "version": "13.0.88", "release": "13.0"}
+    assert "CUDA toolkit" not in disk()
+    snap["toolchain"]["nvcc"].update(version="12.8.93", release="12.8")  # older than the profile's 13.0.2
+    assert "CUDA toolkit 6 GB" in disk()
+    forced = profiles["maxq-x2"].model_copy(update={"toolkit": profiles["maxq-x2"].toolkit.model_copy(
+        update={"route": "pip"})})
+    snap["toolchain"]["nvcc"].update(version="13.0.88", release="13.0")
+    assert "CUDA toolkit 6 GB" in {r.id: r for r in build_report(snap, forced).checks}["host.disk_workdir"].summary

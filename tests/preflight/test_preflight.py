@@ -11,7 +11,8 @@ from dsv4setup.core.engine import Runbook, Selection
 from dsv4setup.core.state import StepStatus, load_state
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.preflight.rules import load_rules
-from dsv4setup.preflight.step import REPORT_FILE, SNAPSHOT_FILE, PreflightStep
+from dsv4setup.preflight.snapshot import SNAPSHOT_FILE
+from dsv4setup.preflight.step import REPORT_FILE, PreflightStep
 from tests.preflight.conftest import doctor_validator, hardware_validator, make_profile
 from tests.preflight.fake_nvml import load_fake
 
@@ -54,7 +55,7 @@ def test_gpu_profile_without_a_driver_fails_the_step(tmp_path: Path) -> None:
     result = Runbook([step], wd, MAXQ_PROFILE).up(Selection())
     assert not result.ok and result.failed_step == "preflight"
     assert result.error is not None and "driver.present" in result.error.message
-    assert "R580" in (result.error.hint or "")
+    assert "R580" in (result.error.fix or "")
     record = load_state(wd.state_file).steps["preflight"]
     assert record.status == StepStatus.FAILED
     report = json.loads((wd.root / REPORT_FILE).read_text())
@@ -68,8 +69,10 @@ def test_gpu_profile_with_fake_nvml_passes_and_hands_the_arch_on(tmp_path: Path)
     assert result.ok, result.error
     outputs = load_state(wd.state_file).steps["preflight"].outputs
     assert outputs["toolkit_arch"] == "sm_120a"
-    rec = outputs["recommendation"]
-    assert rec["serve_args"] == ["--disable-custom-all-reduce"] and rec["tensor_parallel_size"] == 2
+    assert outputs["findings"]["serve_args"] == ["--disable-custom-all-reduce"]  # read by the serve step
+    rec = outputs["recommendation"]  # what the serve step will run: the profile plus the findings
+    assert "--disable-custom-all-reduce" in rec["serve_args"] and rec["tensor_parallel_size"] == 2
+    assert rec["env"]["VLLM_CACHE_ROOT"] == str(wd.root / "cache" / "vllm")
     assert "topology.interconnect" in outputs["warnings"]
 
 

@@ -12,7 +12,9 @@ import jsonschema
 import pytest
 
 from dsv4setup.cli import main
+from dsv4setup.core.outputs import StepOutputs
 from dsv4setup.core.resources import package_file
+from dsv4setup.core.state import State, StepRecord, StepStatus
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -47,3 +49,8 @@ def schema(name: str) -> dict[str, Any]:
 
 def assert_valid(doc: dict[str, Any], name: str) -> None:
     jsonschema.Draft202012Validator(schema(name)).validate(doc)
+
+
+def done_state(outputs: StepOutputs) -> State:
+    """A state in which the step of `outputs` finished with them."""
+    return State(steps={outputs.step: StepRecord(status=StepStatus.DONE, outputs=outputs.model_dump(mode="json"))})

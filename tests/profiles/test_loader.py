@@ -193,7 +193,7 @@ def test_a_broken_profile_in_the_cli_gives_exit_2_not_a_traceback(tmp_path: Path
     assert result.code == EXIT_USAGE
     assert f"{bad}:6: spec.num_speculative_tokens: expected an integer, got 'many'" in result.stderr
     as_json = cli("profile", "show", str(bad), "--workdir", str(tmp_path / "wd"), "--json")
-    assert as_json.code == EXIT_USAGE and as_json.json()["schema"] == "dsv4setup.error/1"
+    assert as_json.code == EXIT_USAGE and as_json.json()["schema"] == "dsv4setup.error/2"
 
 
 def test_list_cli_json(cli, tmp_path: Path) -> None:

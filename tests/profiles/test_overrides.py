@@ -161,7 +161,7 @@ def test_without_name_state_or_matcher_the_user_is_told_what_to_do(workdir: Work
     with pytest.raises(UsageError) as failed:
         resolve_profile(workdir, None, [])
     assert failed.value.message.startswith("no profile chosen")
-    assert "dsv4setup doctor" in (failed.value.hint or "") and "--profile NAME" in (failed.value.hint or "")
+    assert "dsv4setup doctor" in (failed.value.fix or "") and "--profile NAME" in (failed.value.fix or "")
 
 
 def test_write_override_keeps_comments_and_other_keys(workdir: Workdir) -> None:
@@ -233,13 +233,19 @@ def test_a_stale_name_in_state_says_where_it_came_from(workdir: Workdir) -> None
     with pytest.raises(UsageError) as failed:
         resolve_profile(workdir, None, [])
     assert f"(the name comes from state:{workdir.state_file})" in failed.value.message
-    assert "--profile NAME" in (failed.value.hint or "")
+    assert "--profile NAME" in (failed.value.fix or "")
 
 
-def test_auto_pick_with_the_real_probe_and_matcher(workdir: Workdir) -> None:
+def test_auto_pick_never_picks_the_cpu_demo_with_the_real_probe(workdir: Workdir) -> None:
+    """Without a GPU or driver `up` refuses to choose: the CPU demo takes an explicit --profile cpu-tiny."""
     from dsv4setup.preflight.snapshot import take_snapshot
+    from dsv4setup.profiles.resolve import NoProfileError
 
     if take_snapshot(workdir)["gpus"]:
         pytest.skip("this machine has NVIDIA GPUs: the pick depends on which")
-    resolved = resolve_profile(workdir, None, [])
-    assert (resolved.profile.name, resolved.selected_by) == ("cpu-tiny", "auto")
+    with pytest.raises(NoProfileError) as refused:
+        resolve_profile(workdir, None, [])
+    assert refused.value.exit_code == 1 and "none is usable here: no NVIDIA GPU visible" in refused.value.message
+    assert "lspci | grep -i nvidia" in (refused.value.fix or "") and "R580" in (refused.value.fix or "")
+    assert "--profile cpu-tiny" in (refused.value.fix or "")
+    assert resolve_profile(workdir, "cpu-tiny", []).profile.demo

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from dsv4setup.checkpoint.outputs import CheckpointOutputs
 from dsv4setup.core.engine import Runbook, Selection
-from dsv4setup.core.state import State, StepRecord, StepStatus, save_state
+from dsv4setup.core.state import save_state
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.resolve import resolve_profile
 from dsv4setup.serve.command import render_plan
 from tests.core import steps_for_tests
-from tests.profiles.conftest import assert_valid
+from tests.profiles.conftest import assert_valid, done_state
 
 
 @pytest.fixture
@@ -25,8 +26,9 @@ def marker_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_plan_document_takes_outputs_from_state(workdir: Workdir, marker_steps: None) -> None:
-    state = State(profile="cpu-tiny", steps={"checkpoint": StepRecord(status=StepStatus.DONE,
-                                                                      outputs={"hf_config_path": "/cfg"})})
+    linted = CheckpointOutputs(path="/m", vllm_version="0.32.0", ok=True, counts={"pass": 9}, warnings=[], mtp=None,
+                               hf_config_path="/cfg", stats={})
+    state = done_state(linted).model_copy(update={"profile": "cpu-tiny"})
     save_state(workdir.state_file, state)
     resolved = resolve_profile(workdir, None, ["spec.num_speculative_tokens=2"])
     runbook = Runbook(steps_for_tests.steps(), workdir, resolved.profile)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dsv4setup.core.errors import EXIT_USAGE, UsageError
+from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.loader import load_profile_file
 from dsv4setup.profiles.recipe import import_recipe
@@ -32,7 +33,7 @@ def test_hopper_generation_overrides_apply(workdir: Workdir) -> None:
     sections = [a.section for a in result.applied]
     assert "features.spec_decoding.modes.mtp.hardware_overrides.hopper.args" in sections
     assert "hardware_overrides.blackwell.extra_args" not in sections
-    argv = render_serve(p, workdir, {}).argv
+    argv = render_serve(p, workdir, State()).argv
     assert json.loads(argv[argv.index("--speculative-config") + 1])["num_speculative_tokens"] == 1
 
 

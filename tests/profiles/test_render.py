@@ -7,12 +7,16 @@ import shlex
 
 import pytest
 
+from dsv4setup.checkpoint.outputs import CheckpointOutputs
+from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.profiles.loader import load_all_profiles
 from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.profiles.resolve import resolve_profile
 from dsv4setup.serve.command import API_SERVER_MODULE, render_nodes, render_serve
+from tests.profiles.conftest import done_state
 
 PROFILES = {p.name: p for p in load_all_profiles()}
 
@@ -25,7 +29,7 @@ def flag_value(argv: list[str], flag: str) -> str:
 @pytest.mark.parametrize("name", sorted(PROFILES))
 def test_every_shipped_profile_renders_an_exec_ready_argv(name: str, workdir: Workdir) -> None:
     profile = PROFILES[name]
-    command = render_serve(profile, workdir, {})
+    command = render_serve(profile, workdir, State())
     argv = command.argv
     assert argv[:3] == [str(workdir.venv_python), "-m", API_SERVER_MODULE]  # never the `vllm` script
     assert all(isinstance(a, str) for a in argv)
@@ -40,7 +44,7 @@ def test_every_shipped_profile_renders_an_exec_ready_argv(name: str, workdir: Wo
 
 
 def test_max_q_renders_tp2_no_custom_all_reduce_and_mtp(workdir: Workdir) -> None:
-    argv = render_serve(PROFILES["rtx-pro-6000-maxq-x2"], workdir, {}).argv
+    argv = render_serve(PROFILES["rtx-pro-6000-maxq-x2"], workdir, State()).argv
     assert flag_value(argv, "--tensor-parallel-size") == "2"
     assert "--disable-custom-all-reduce" in argv
     assert json.loads(flag_value(argv, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 1}
@@ -54,7 +58,7 @@ def test_max_q_renders_tp2_no_custom_all_reduce_and_mtp(workdir: Workdir) -> Non
 
 def test_zero_speculative_tokens_drops_the_speculative_config(workdir: Workdir) -> None:
     resolved = resolve_profile(workdir, "rtx-pro-6000-maxq-x2", ["spec.num_speculative_tokens=0"])
-    argv = render_serve(resolved.profile, workdir, {}).argv
+    argv = render_serve(resolved.profile, workdir, State()).argv
     assert "--speculative-config" not in argv
     assert not any("mtp" in a for a in argv)
 
@@ -62,12 +66,12 @@ def test_zero_speculative_tokens_drops_the_speculative_config(workdir: Workdir) 
 def test_speculative_config_is_real_json_for_every_k(workdir: Workdir) -> None:
     for k in range(1, 5):
         resolved = resolve_profile(workdir, "gh200-x2", [f"spec.num_speculative_tokens={k}"])
-        config = flag_value(render_serve(resolved.profile, workdir, {}).argv, "--speculative-config")
+        config = flag_value(render_serve(resolved.profile, workdir, State()).argv, "--speculative-config")
         assert json.loads(config) == {"method": "mtp", "num_speculative_tokens": k}
 
 
 def test_cpu_tiny_renders_the_cpu_flags(workdir: Workdir) -> None:
-    command = render_serve(PROFILES["cpu-tiny"], workdir, {})
+    command = render_serve(PROFILES["cpu-tiny"], workdir, State())
     argv = command.argv
     assert flag_value(argv, "--model") == str(workdir.models_dir / "tiny-deepseek-v3-mtp")
     assert [flag_value(argv, f) for f in ("--dtype", "--max-model-len", "--gpu-memory-utilization", "--port")] \
@@ -81,9 +85,11 @@ def test_cpu_tiny_renders_the_cpu_flags(workdir: Workdir) -> None:
 
 
 def test_preflight_findings_add_flags_and_env_where_the_profile_is_silent(workdir: Workdir) -> None:
-    outputs = {"preflight": {"recommendation": {
-        "serve_args": ["--disable-custom-all-reduce"],
-        "env": {"NCCL_P2P_DISABLE": "1", "VLLM_USE_FLASHINFER_SAMPLER": "1"}}}}
+    outputs = done_state(PreflightOutputs(snapshot="/w/run/hardware.json", report="/w/run/doctor.json", warnings=[],
+                                          recommendation=None,
+                                          findings={"serve_args": ["--disable-custom-all-reduce"],
+                                                    "env": {"NCCL_P2P_DISABLE": "1",
+                                                            "VLLM_USE_FLASHINFER_SAMPLER": "1"}}))
     command = render_serve(PROFILES["h200-tp2"], workdir, outputs)
     assert command.argv.count("--disable-custom-all-reduce") == 1
     assert command.env["NCCL_P2P_DISABLE"] == "1"
@@ -93,16 +99,18 @@ def test_preflight_findings_add_flags_and_env_where_the_profile_is_silent(workdi
 
 
 def test_checkpoint_output_adds_hf_config_path(workdir: Workdir) -> None:
-    outputs = {"checkpoint": {"hf_config_path": "/models/fixed-config"}}
-    argv = render_serve(PROFILES["rtx-pro-6000-x2"], workdir, outputs).argv
+    linted = CheckpointOutputs(path="/models/m", vllm_version="0.33.0", ok=True, counts={"pass": 1}, warnings=[],
+                               mtp=None, hf_config_path="/models/fixed-config", stats={})
+    argv = render_serve(PROFILES["rtx-pro-6000-x2"], workdir, done_state(linted)).argv
     assert flag_value(argv, "--hf-config-path") == "/models/fixed-config"
-    assert "--hf-config-path" not in render_serve(PROFILES["rtx-pro-6000-x2"], workdir, {"checkpoint": {}}).argv
+    unfixed = done_state(linted.model_copy(update={"hf_config_path": None}))
+    assert "--hf-config-path" not in render_serve(PROFILES["rtx-pro-6000-x2"], workdir, unfixed).argv
 
 
 def test_values_with_spaces_and_quotes_survive_unquoted_in_argv(workdir: Workdir) -> None:
     resolved = resolve_profile(workdir, "cpu-tiny", ["serve.served_model_name=tiny 'mtp' $HOME",
                                                       "serve.extra_args=[--chat-template, '/a b/t.jinja']"])
-    command = render_serve(resolved.profile, workdir, {})
+    command = render_serve(resolved.profile, workdir, State())
     assert flag_value(command.argv, "--served-model-name") == "tiny 'mtp' $HOME"
     assert flag_value(command.argv, "--chat-template") == "/a b/t.jinja"
     assert shlex.split(command.shell())[-len(command.argv):] == command.argv
@@ -110,13 +118,13 @@ def test_values_with_spaces_and_quotes_survive_unquoted_in_argv(workdir: Workdir
 
 def test_single_node_profiles_render_no_nodes(workdir: Workdir) -> None:
     profile = PROFILES["h200-tp2"]
-    assert render_nodes(profile, workdir, render_serve(profile, workdir, {})) == []
-    assert "--distributed-executor-backend" not in render_serve(profile, workdir, {}).argv
+    assert render_nodes(profile, workdir, render_serve(profile, workdir, State())) == []
+    assert "--distributed-executor-backend" not in render_serve(profile, workdir, State()).argv
 
 
 def _spark(workdir: Workdir, *sets: str) -> tuple[Profile, list[dict]]:
     profile = resolve_profile(workdir, "dgx-spark-gb10-x2", list(sets)).profile
-    return profile, render_nodes(profile, workdir, render_serve(profile, workdir, {}))
+    return profile, render_nodes(profile, workdir, render_serve(profile, workdir, State()))
 
 
 def test_two_sparks_render_ray_head_worker_then_serve(workdir: Workdir) -> None:
@@ -130,7 +138,7 @@ def test_two_sparks_render_ray_head_worker_then_serve(workdir: Workdir) -> None:
     assert worker["commands"][0]["argv"] == [ray, "start", "--address", "192.168.100.10:6379",
                                              "--node-ip-address", "192.168.100.11", "--num-gpus", "1"]
     serve = head["commands"][-1]["argv"]
-    assert serve == render_serve(profile, workdir, {}).argv
+    assert serve == render_serve(profile, workdir, State()).argv
     assert flag_value(serve, "--distributed-executor-backend") == "ray"
     assert flag_value(serve, "--tensor-parallel-size") == "2"
     order = sorted((c["order"], n["name"], c["argv"][1]) for n in nodes for c in n["commands"])

@@ -41,4 +41,4 @@ def test_smoke_without_a_served_model_is_a_usage_error_naming_the_missing_step(w
     result = dsv4setup("smoke", "--workdir", str(workdir.root), "--profile", "cpu-tiny", "--json")
     assert result.returncode == 2, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["schema"] == "dsv4setup.error/1" and "needs step serve" in doc["message"]
+    assert doc["schema"] == "dsv4setup.error/2" and "needs step serve" in doc["message"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import sys
 import time
@@ -17,7 +19,9 @@ from dsv4setup.serve.process import (
     check_port_free,
     is_ours,
     read_record,
+    remember_segments,
     start_server,
+    stop_orphans,
     stop_server,
     write_record,
 )
@@ -75,7 +79,7 @@ def test_stall_is_reported_as_a_probable_hang_with_p2p_advice_with_fake_server_p
     assert 1.4 <= time.monotonic() - started < 10
     assert exc.value.known_failure == "serve-stall"
     assert "probably hung" in exc.value.message and "loading weights" in exc.value.message
-    assert "NCCL_P2P_DISABLE=1" in exc.value.hint and "--disable-custom-all-reduce" in exc.value.hint
+    assert "NCCL_P2P_DISABLE=1" in exc.value.fix and "--disable-custom-all-reduce" in exc.value.fix
     stop_server(workdir, record, grace_s=5)
     assert processes_with_id(record.serve_id) == []
 
@@ -105,7 +109,7 @@ def test_known_signature_in_the_log_is_reported_with_cause_and_fix_with_fake_ser
         _wait(record, proc)
     assert exc.value.known_failure == "custom-allreduce-invalid-argument"
     assert "custom all-reduce" in exc.value.message and "custom_all_reduce.cuh:455" in exc.value.message
-    assert "--disable-custom-all-reduce" in exc.value.hint
+    assert "--disable-custom-all-reduce" in exc.value.fix
     assert proc.poll() is None  # still running: the caller (the step) stops it
     stop_server(workdir, record, grace_s=5)
 
@@ -116,7 +120,7 @@ def test_process_exit_during_startup_with_fake_server_process(workdir: Workdir, 
         _wait(record, proc)
     assert "exited with code 3" in exc.value.message and exc.value.known_failure is None
     assert exc.value.message.endswith(": RuntimeError: something broke")
-    assert "logs serve" in exc.value.hint
+    assert "logs serve" in exc.value.fix
     report = stop_server(workdir, record, grace_s=5)  # what the step does: nothing runs, the leftovers go
     assert not report.was_running and report.removed == [record.tmpdir] and read_record(workdir) is None
 
@@ -134,7 +138,7 @@ def test_ready_timeout_with_fake_server_process(workdir: Workdir, reaper, port: 
     limits = ReadyLimits(ready_timeout_s=1.5, stall_timeout_s=30, poll_s=0.1, heartbeat_s=1, health_timeout_s=0.2)
     with pytest.raises(StepError) as exc:
         _wait(record, proc, limits)
-    assert exc.value.known_failure == "serve-ready-timeout" and "ready_timeout_s" in exc.value.hint
+    assert exc.value.known_failure == "serve-ready-timeout" and "ready_timeout_s" in exc.value.fix
     stop_server(workdir, record, grace_s=5)
 
 
@@ -164,7 +168,7 @@ def test_port_in_use_is_a_clear_error_naming_the_holder(port: int) -> None:
         with pytest.raises(StepError) as exc:
             check_port_free("127.0.0.1", port)
     assert f"port {port} on 127.0.0.1 is already in use" in exc.value.message
-    assert "pid" in exc.value.message and "serve.port" in exc.value.hint
+    assert "pid" in exc.value.message and "serve.port" in exc.value.fix
 
 
 def test_an_address_of_another_machine_cannot_be_bound(port: int) -> None:
@@ -176,7 +180,23 @@ def test_a_missing_interpreter_is_a_step_error(workdir: Workdir, port: int) -> N
     with pytest.raises(StepError, match="cannot start the server") as exc:
         start_server(["/nonexistent/venv/bin/python", "-m", "x"], {}, host="127.0.0.1", port=port,
                      log_path=workdir.log_file("serve"), cwd=workdir.root)
-    assert "--redo vllm" in exc.value.hint
+    assert "--redo vllm" in exc.value.fix
+
+
+def test_a_server_no_record_knows_is_stopped_as_an_orphan_with_fake_server_process(
+        workdir: Workdir, reaper, port: int) -> None:
+    """What a run killed between starting the server and recording it leaves behind."""
+    log = workdir.log_file("serve")
+    record, proc = start_server(fake_argv("ready", port, "--child"), {}, host="127.0.0.1", port=port, log_path=log,
+                                cwd=workdir.root)
+    reaper.append(record)
+    deadline = time.monotonic() + 20
+    while len(processes_with_id(record.serve_id)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stop_orphans(workdir, record.serve_id) == [] and len(processes_with_id(record.serve_id)) == 2  # known
+    assert stop_orphans(workdir, None, grace_s=5) == []
+    assert processes_with_id(record.serve_id) == []
+    proc.wait(timeout=10)
 
 
 SHM_HOLDER = """
@@ -215,6 +235,7 @@ def test_stop_removes_the_shared_memory_segments_its_processes_and_ranks_mapped_
     try:
         ray = _mapping(workdir, reaper, [rank], RAY_RECORD)
         record = _mapping(workdir, reaper, ours, "serve")
+        assert stop_orphans(workdir, record.serve_id) == [] and processes_with_id(ray.serve_id)  # recorded: kept
         report = stop_server(workdir, record, grace_s=5)
         assert sorted(s for s in report.removed if s.startswith("/dev/shm/")) == sorted([*ours, rank])
         assert not any(Path(s).exists() for s in [*ours, rank]) and other.exists()
@@ -223,3 +244,20 @@ def test_stop_removes_the_shared_memory_segments_its_processes_and_ranks_mapped_
         other.unlink(missing_ok=True)
         for s in [*ours, rank]:
             Path(s).unlink(missing_ok=True)
+
+
+def test_segments_recorded_once_ready_are_removed_even_after_the_server_died_on_its_own(
+        workdir: Workdir, reaper: list[ServerRecord]) -> None:
+    """Multi-node: a rank on another node dies and takes the server down; `down` still removes its segments."""
+    segment = f"/dev/shm/psm_dsv4test{time.time_ns()}"
+    try:
+        record = remember_segments(workdir, _mapping(workdir, reaper, [segment], "serve"))
+        assert record.segments == [segment] and (read_record(workdir) or record).segments == [segment]
+        os.killpg(record.pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while processes_with_id(record.serve_id) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        report = stop_server(workdir, record, grace_s=5)
+        assert not report.was_running and segment in report.removed and not Path(segment).exists()
+    finally:
+        Path(segment).unlink(missing_ok=True)

@@ -31,7 +31,8 @@ from dsv4setup.serve.process import SERVE_ID_ENV, check_port_free, read_record
 from dsv4setup.serve.readiness import base_url
 from dsv4setup.serve.step import ServeStep
 from dsv4setup.smoke.probe import SmokeRequest, run_smoke
-from dsv4setup.smoke.step import SmokeStep, report_file
+from dsv4setup.smoke.report import report_file
+from dsv4setup.smoke.step import SmokeStep
 from dsv4setup.tinymodel import generate_tiny_checkpoint
 
 from .conftest import free_port, processes_with_id, validate
@@ -177,7 +178,7 @@ def test_drafts_made_but_never_accepted_fail_the_smoke_step(tmp_path: Path, vllm
     record = read_record(workdir)
     try:
         assert not result.ok and result.failed_step == "smoke"
-        assert "smoke check acceptance failed" in result.error.message and "MTP head" in result.error.hint
+        assert "smoke check smoke.acceptance failed" in result.error.message and "MTP head" in result.error.fix
         report = json.loads(report_file(workdir).read_text())
         validate(report, "smoke")
         assert report["mtp"]["drafts"] > 0 and report["mtp"]["accepted"] == 0
@@ -201,7 +202,8 @@ def test_without_speculative_decoding_the_mtp_proof_is_skipped_or_fails_as_inact
                                            model="tiny-mtp", prompt="Hi", expect=None, max_tokens=8,
                                            num_speculative_tokens=1, min_acceptance=0.5, metrics_settle_s=0.5))
         failure = expecting.first_failure()
-        assert failure["name"] == "spec-decode-active" and "--speculative-config" in failure["hint"]
+        assert failure is not None and failure.id == "smoke.spec-decode-active"
+        assert "--speculative-config" in (failure.fix or "")
     finally:
         down(workdir)
     assert_nothing_left(record.serve_id, record.pid, profile.serve.port, record.tmpdir)
@@ -226,7 +228,7 @@ def test_a_real_startup_failure_is_reported_with_its_cause_not_a_hang(
     assert not result.ok
     error = load_state(workdir.state_file).steps["serve"].error
     assert error.known_failure == known, (error, result.log_tail)
-    assert error.hint and ("--set" in error.hint or "serve.extra_args" in error.hint)
+    assert error.fix and ("--set" in error.fix or "serve.extra_args" in error.fix)
     assert read_record(workdir) is None  # stopped and cleaned up
     assert servers_started_in(workdir) == []
 

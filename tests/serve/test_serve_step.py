@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-import dsv4setup.serve.step as serve_module
+import dsv4setup.serve.launch as launch_module
 from dsv4setup.core.engine import Runbook, RunContext, Selection
 from dsv4setup.core.state import StepStatus, load_state, save_state
 from dsv4setup.core.workdir import Workdir
@@ -41,7 +41,7 @@ def fake_render(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     def render(ctx, profile: Profile) -> tuple[list[str], dict[str, str]]:
         return fake_argv(spec["mode"][0], profile.serve.port, *spec["extra"]), dict(ENV)
 
-    monkeypatch.setattr(serve_module, "render_command", render)
+    monkeypatch.setattr(launch_module, "render_command", render)
     return spec
 
 
@@ -85,7 +85,7 @@ def test_serve_records_verifies_skips_refuses_a_second_and_down_cleans_with_fake
     running = read_record(workdir)
 
     moved = RunContext(workdir, _profile(port + 1), load_state(workdir.state_file))
-    assert "another command line" in ServeStep().is_done(moved).detail  # healthy, but not the planned server
+    assert "another command line" in ServeStep().is_done(moved).summary  # healthy, but not the planned server
     other = _up(workdir, _profile(port + 1))  # the plan changed (port): the step runs again
     assert other.ok and other.decisions[0].action == "run"
     replaced = read_record(workdir)  # our own server was replaced: never two for one workdir
@@ -104,7 +104,7 @@ def test_known_failure_is_recorded_in_the_state_and_the_server_stopped_with_fake
     assert not result.ok
     error = load_state(workdir.state_file).steps["serve"].error
     assert error.known_failure == "mtp-weights-missing" and "no MTP tensors" in error.message
-    assert "MTP checkpoint" in error.hint or "MTP layer" in error.hint
+    assert "MTP checkpoint" in error.fix or "MTP layer" in error.fix
     assert read_record(workdir) is None  # stopped and cleaned
     assert "stopped the server" in workdir.log_file("serve").read_text()
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(port) in (p.info["cmdline"] or [])

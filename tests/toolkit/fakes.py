@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from dsv4setup.toolkit.nvcc import RUN_PROBE_OK
+
 _FAKE_NVCC = '''#!{python}
 import json, pathlib, sys
 RELEASE, ARCHES, RECORD = {release!r}, {arches!r}, {record!r}
@@ -27,7 +29,12 @@ print(f"#$ _HERE_={{pathlib.Path(__file__).parent}}")
 if arch not in ARCHES:
     print(f"nvcc fatal   : Unsupported gpu architecture '{{arch}}'", file=sys.stderr)
     sys.exit(1)
-pathlib.Path(args[args.index("-o") + 1]).write_bytes(b"fake object")
+out = pathlib.Path(args[args.index("-o") + 1])
+if "-c" in args:
+    out.write_bytes(b"fake object")
+else:  # a program: the GPU probe of a machine whose preflight saw a GPU; it "runs" fine
+    out.write_text("#!/bin/sh\\necho {ok} 64 values\\n")
+    out.chmod(0o755)
 '''
 
 _FAKE_CONDA = '''#!{python}
@@ -60,11 +67,12 @@ def _write(path: Path, text: str) -> Path:
 def fake_nvcc_text(release: str = "13.0", arches: tuple[str, ...] = ("sm_120a", "sm_121a", "sm_90a", "sm_100a"),
                    record: Path | None = None) -> str:
     return _FAKE_NVCC.format(python=sys.executable, release=release, arches=list(arches),
-                             record=str(record) if record else "")
+                             record=str(record) if record else "", ok=RUN_PROBE_OK)
 
 
 def write_fake_nvcc(path: Path, **kwargs: object) -> Path:
-    """A fake nvcc: reports `release`, 'compiles' (writes -o) only for `arches`, prints its _HERE_."""
+    """A fake nvcc: reports `release`, 'compiles' (writes -o) only for `arches`, prints its _HERE_;
+    a program it 'builds' (no -c: the GPU probe) prints the probe's success line."""
     return _write(path, fake_nvcc_text(**kwargs))  # type: ignore[arg-type]
 
 

@@ -12,7 +12,7 @@ from dsv4setup.toolkit.arch import (
     arch_table,
     arches_from_preflight,
     parse_release,
-    support_hint,
+    support_fix,
     torch_arch_list,
 )
 from dsv4setup.toolkit.install import choose_route, conda_create_argv, pip_requirement, requested_route
@@ -58,11 +58,11 @@ def test_arches_from_preflight_reads_any_layout(outputs: dict[str, object], arch
 
 
 def test_support_hints_name_the_needed_release() -> None:
-    assert "sm_121a needs CUDA >= 12.9 but this nvcc is 12.8" in support_hint("sm_121a", (12, 8))
-    assert "sm_120a needs CUDA >= 12.8 but this nvcc is 12.6" in support_hint("sm_120a", (12, 6))
-    assert "dropped after CUDA 12.9" in support_hint("sm_70", (13, 0))
-    assert "not a known nvcc target" in support_hint("sm_999a", (13, 0))
-    assert "should support sm_90a" in support_hint("sm_90a", (13, 0))
+    assert "sm_121a needs CUDA >= 12.9 but this nvcc is 12.8" in support_fix("sm_121a", (12, 8))
+    assert "sm_120a needs CUDA >= 12.8 but this nvcc is 12.6" in support_fix("sm_120a", (12, 6))
+    assert "dropped after CUDA 12.9" in support_fix("sm_70", (13, 0))
+    assert "not a known nvcc target" in support_fix("sm_999a", (13, 0))
+    assert "should support sm_90a" in support_fix("sm_90a", (13, 0))
 
 
 def test_arch_table_is_consistent() -> None:

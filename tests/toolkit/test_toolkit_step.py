@@ -15,10 +15,12 @@ import pytest
 from dsv4setup.core.engine import Runbook, Selection, Step
 from dsv4setup.core.state import StepStatus, load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.profiles.model import ModelSpec, Profile, ToolkitSpec
 from dsv4setup.toolkit.nvcc import HostTools
 from dsv4setup.toolkit.step import ToolkitStep
 from tests.core.steps_for_tests import StandInStep
+from tests.toolkit.condachannel import build_channel
 from tests.toolkit.fakes import calls, fake_nvcc_text, write_fake_nvcc, write_recording_fake_conda
 
 
@@ -40,9 +42,15 @@ def record(tmp_path: Path) -> Path:
     return tmp_path / "calls.jsonl"
 
 
+def judged(toolkit_arch: str | None) -> PreflightOutputs:
+    """The preflight step's outputs on a machine whose GPUs are `toolkit_arch` (None: no GPU found)."""
+    return PreflightOutputs(snapshot="/w/run/hardware.json", report="/w/run/doctor.json", recommendation={},
+                            findings={}, warnings=[], toolkit_arch=toolkit_arch)
+
+
 def up(workdir: Workdir, profile: Profile, host: HostTools, options: dict[str, Any] | None = None,
-       preflight: dict[str, Any] | None = None) -> Any:
-    steps: list[Step] = [StandInStep("preflight", preflight)] if preflight is not None else []
+       preflight: PreflightOutputs | None = None) -> Any:
+    steps: list[Step] = [StandInStep(preflight)] if preflight is not None else []
     return Runbook([*steps, ToolkitStep(host)], workdir, profile, options).up(Selection())
 
 
@@ -124,11 +132,15 @@ def test_forced_route_installs_even_with_a_suitable_system_nvcc_with_recording_f
     assert len(calls(record)) == 2
 
 
-def test_forced_conda_without_conda_fails_with_hint(workdir: Workdir, bin_dir: Path) -> None:
-    result = up(workdir, make_profile(route="conda"), HostTools(path=str(bin_dir)))
+def test_forced_conda_without_conda_binary_goes_to_real_rattler_empty_local_standin_channel_fails_with_hint(
+        workdir: Workdir, bin_dir: Path, tmp_path: Path) -> None:
+    empty = build_channel(tmp_path / "empty-channel", [])
+    result = up(workdir, make_profile(route="conda"), HostTools(path=str(bin_dir)),
+                {"toolkit_conda_channel": str(empty)})
     assert not result.ok and result.error is not None
-    assert "no conda, mamba or micromamba" in result.error.message
-    assert "--toolkit pip" in (result.error.hint or "")
+    assert f"py-rattler could not install CUDA 13.0.2 from {empty}" in result.error.message
+    assert "cuda-nvcc" in result.error.message  # rattler's own words: nothing provides it
+    assert "--toolkit pip" in (result.error.fix or "")
 
 
 def test_no_nvcc_after_install_with_recording_fake_conda(workdir: Workdir, bin_dir: Path, record: Path) -> None:
@@ -136,7 +148,7 @@ def test_no_nvcc_after_install_with_recording_fake_conda(workdir: Workdir, bin_d
     result = up(workdir, make_profile(), HostTools(path=str(bin_dir)))
     assert not result.ok and result.error is not None
     assert result.error.message.startswith("no nvcc found after the conda install of CUDA 13.0.2")
-    assert "--toolkit pip" in (result.error.hint or "")
+    assert "--toolkit pip" in (result.error.fix or "")
     assert load_state(workdir.state_file).steps["toolkit"].status == StepStatus.FAILED
 
 
@@ -148,24 +160,23 @@ def test_toolkit_too_old_for_arch_names_the_needed_version_with_fake_conda_nvcc(
     assert not result.ok and result.error is not None
     assert "cannot compile for sm_121a" in result.error.message
     assert "Unsupported gpu architecture 'sm_121a'" in result.error.message
-    assert result.error.hint is not None and "sm_121a needs CUDA >= 12.9 but this nvcc is 12.8" in result.error.hint
+    assert result.error.fix is not None and "sm_121a needs CUDA >= 12.9 but this nvcc is 12.8" in result.error.fix
 
 
 def test_arch_comes_from_preflight_outputs_with_recording_fake_conda(workdir: Workdir, bin_dir: Path,
                                                                      record: Path) -> None:
     write_recording_fake_conda(bin_dir, record)
-    preflight = {"snapshot": {"gpus": [{"name": "NVIDIA GB10", "compute_capability": "12.1"}]}}
-    result = up(workdir, make_profile(arch=None), HostTools(path=str(bin_dir)), preflight=preflight)
+    result = up(workdir, make_profile(arch=None), HostTools(path=str(bin_dir)), preflight=judged("sm_121a"))
     assert result.ok, result.error
     assert outputs(workdir)["arch"] == "sm_121a"
 
 
 def test_no_arch_anywhere_fails_with_hint(workdir: Workdir, bin_dir: Path, record: Path) -> None:
     write_recording_fake_conda(bin_dir, record)
-    result = up(workdir, make_profile(arch=None), HostTools(path=str(bin_dir)), preflight={"gpus": []})
+    result = up(workdir, make_profile(arch=None), HostTools(path=str(bin_dir)), preflight=judged(None))
     assert not result.ok and result.error is not None
     assert "no target GPU architecture" in result.error.message
-    assert "--set toolkit.arch=sm_120a" in (result.error.hint or "")
+    assert "--set toolkit.arch=sm_120a" in (result.error.fix or "")
     assert calls(record) == []
 
 
@@ -196,3 +207,22 @@ def test_changed_version_reruns_with_recording_fake_conda(workdir: Workdir, bin_
     result = up(workdir, make_profile(version="13.0.1"), host)
     assert result.ok and result.decisions[0].reason == "inputs changed: version"
     assert calls(record)[-1][-2:] == ["cuda-toolkit=13.0.1", "cuda-version=13.0"]
+
+
+def test_nvcc_proof_is_kept_per_binary_and_a_changed_nvcc_is_compiled_with_again_with_fake_nvcc(
+        workdir: Workdir, bin_dir: Path, record: Path, tmp_path: Path) -> None:
+    nvcc_calls = tmp_path / "nvcc-calls.jsonl"
+    system = write_fake_nvcc(tmp_path / "cuda" / "bin" / "nvcc", release="13.1", record=nvcc_calls)
+    host = HostTools(path=str(bin_dir), nvcc_dirs=(system.parent,))
+    assert up(workdir, make_profile(), host).ok
+
+    def compiles() -> int:
+        return sum(1 for call in calls(nvcc_calls) if "-arch=sm_120a" in call)
+
+    assert compiles() == 1
+    again = up(workdir, make_profile(), host)
+    assert again.decisions[0].action == "skip" and compiles() == 1  # proven by the nvcc's sha256, not compiled
+    # another nvcc binary at the same path (here: one that lost sm_120a) is compiled with again, and fails
+    write_fake_nvcc(system, release="13.1", arches=("sm_90a",), record=nvcc_calls)
+    plan = Runbook([ToolkitStep(host)], workdir, make_profile()).plan(Selection())
+    assert plan[0].action == "run" and plan[0].reason.startswith("drift: no nvcc of CUDA 13.0.2") and compiles() == 2

