@@ -8,6 +8,7 @@ the applied patches touch. The head refuses to serve when any node differs from 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from dsv4setup.core.engine import RunContext
 from dsv4setup.download.verify import read_manifest, sha256_file
 from dsv4setup.patches.manifest import load_manifest
 from dsv4setup.patches.outputs import PatchesOutputs
+from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.toolkit.outputs import ToolkitOutputs
 from dsv4setup.vllm.outputs import VllmOutputs
@@ -51,7 +53,19 @@ def local_fingerprint(ctx: RunContext) -> dict[str, Any]:
     return {"vllm": {"package": vllm.package if vllm else ctx.profile.vllm.package,
                      "version": vllm.version if vllm else None},
             "patches": applied, "patched_files": patched_files(applied),
-            "toolkit": toolkit.version if toolkit else None, "checkpoint": checkpoint_hashes(ctx)}
+            "toolkit": toolkit.version if toolkit else None, "checkpoint": checkpoint_hashes(ctx),
+            "gpus": gpus(ctx)}
+
+
+def gpus(ctx: RunContext) -> list[dict[str, Any]]:
+    """This node's GPUs as preflight measured them (NVML name and memory; the head compares them)."""
+    preflight = ctx.outputs(PreflightOutputs)
+    try:
+        snapshot = json.loads(Path(preflight.snapshot).read_text(encoding="utf-8")) if preflight else {}
+    except (OSError, ValueError):
+        return []
+    return [{"name": g.get("name"), "memory_total_bytes": g.get("memory_total_bytes")}
+            for g in snapshot.get("gpus") or [] if isinstance(g, dict)]
 
 
 def differences(head: dict[str, Any], node: dict[str, Any]) -> list[str]:

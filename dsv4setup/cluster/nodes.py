@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from typing import Any
 
@@ -46,13 +45,6 @@ def find_node(profile: Profile, requested: str | None, recorded: str | None = No
     raise UsageError(f"which node of {profile.name} is this machine? none of the nodes' addresses is one of "
                      f"this machine's", fix=f"say it: `dsv4setup up --node NAME` (nodes: {names}), or set the "
                      "node's address (--set multinode.nodes.N.address=IP)")
-
-
-def is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 # vLLM's ranks run as Ray workers, which Ray starts at niceness 15: any other load on the node then

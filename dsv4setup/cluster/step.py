@@ -14,6 +14,7 @@ step then runs again and waits for that node, naming it when it does not come ba
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Any
 
@@ -22,7 +23,6 @@ from dsv4setup.cluster.nodes import (
     NODE_OPTION,
     describe,
     find_node,
-    is_loopback,
     local_addresses,
     node_env,
     node_index,
@@ -30,6 +30,7 @@ from dsv4setup.cluster.nodes import (
 )
 from dsv4setup.cluster.outputs import ClusterOutputs
 from dsv4setup.cluster.raynode import RAY_MODULE, alive_now, probe, ray_alive, ray_record
+from dsv4setup.cluster.rules import head_port, link, same_gpus
 from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
@@ -40,6 +41,7 @@ from dsv4setup.serve.process import RAY_RECORD, ServerRecord, new_tmpdir, start_
 
 POLL_S = 1.0
 HEARTBEAT_S = 10.0
+HEAD_WAIT_S = 60.0  # a worker started with its head: how long a refused connection is retried
 STALL_S = 120.0  # the probe reports every second; this long without a word: the cluster is hung
 
 
@@ -59,22 +61,25 @@ def _address(multi: MultiNode, node: NodeSpec) -> str:
     return node.address
 
 
+def connect_error(host: str, port: int, wait_s: float) -> str | None:
+    """Why a TCP connection to host:port fails (None: it connects); a refusal is retried for wait_s
+    (the head may be starting its Ray right now)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=5):
+                return None
+        except OSError as exc:
+            if not isinstance(exc, ConnectionRefusedError) or time.monotonic() >= deadline:
+                return exc.strerror or str(exc)
+        time.sleep(POLL_S)
+
+
 def check_interface(multi: MultiNode, node: NodeSpec) -> None:
     """The node's interface exists on this machine and carries its address (else Gloo/NCCL pick another link)."""
-    address, index, interface = _address(multi, node), node_index(multi, node), multi.interface(node)
-    if is_loopback(address):
-        raise StepError(f"node {node.name}'s address {address} is a loopback address: the other nodes cannot "
-                        "reach it", fix=f"--set multinode.nodes.{index}.address=IP with its address on the "
-                                         "inter-node link (`ip -br addr`)")
-    found = local_addresses()
-    carrier = next((name for name, addrs in found.items() if address in addrs), None)
-    if carrier is None:
-        raise StepError(f"{address} (node {node.name}) is not an address of this machine",
-                        fix=f"run this on {node.name}, or correct it: --set multinode.nodes.{index}.address=IP "
-                             f"(this machine has: {', '.join(a for addrs in found.values() for a in addrs)})")
-    if interface != carrier:
-        raise StepError(f"node {node.name}: interface {interface!r} does not carry {address} (it is on {carrier})",
-                        fix=f"--set multinode.nodes.{index}.interface={carrier}")
+    finding = link(multi, node, local_addresses())
+    if not finding.ok:
+        raise StepError(finding.summary, fix=finding.fix)
 
 
 class ClusterStep(Step):
@@ -110,6 +115,10 @@ class ClusterStep(Step):
         multi, node = this_node(ctx)
         address, head_address = _address(multi, node), _address(multi, multi.head)
         check_interface(multi, node)
+        if node.role == "worker":
+            reach = head_port(multi, connect_error(head_address, multi.ray_port, HEAD_WAIT_S))
+            if not reach.ok:
+                raise StepError(reach.summary, fix=reach.fix, known_failure="cluster-head-unreachable")
         fingerprint = local_fingerprint(ctx)
         atomic_write_json(fingerprint_file(ctx), fingerprint)
         env = self._env(ctx, multi, node)
@@ -208,7 +217,10 @@ class ClusterStep(Step):
         problems = [f"{names[a].name}: {doc['error']}" for a, doc in docs.items() if "error" in doc]
         problems += [f"node {names[a].name} ({a}) differs from the head {multi.head.name}: {'; '.join(diff)}"
                      for a, doc in docs.items() if "error" not in doc and (diff := differences(head_doc, doc))]
-        if problems:
+        gpus = same_gpus(multi, {names[a].name: doc.get("gpus", []) for a, doc in docs.items() if "error" not in doc})
+        if problems or not gpus.ok:
+            if not gpus.ok:
+                problems.append(f"{gpus.summary} ({gpus.fix})")
             raise StepError("refusing to serve: " + " | ".join(problems),
                             fix="every node needs the same profile, overrides and patches: run the same "
                                  "`dsv4setup up --node NAME` (same --profile and --set) on that node, then here again",

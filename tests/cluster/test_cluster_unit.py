@@ -3,6 +3,7 @@ head-only steps on a worker, the rendered server and per-node environment of cpu
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from dsv4setup.cluster.fingerprint import differences, local_fingerprint
 from dsv4setup.cluster.nodes import find_node, local_addresses, on_worker
 from dsv4setup.cluster.outputs import ClusterNode, ClusterOutputs
-from dsv4setup.cluster.step import ClusterStep, check_interface
+from dsv4setup.cluster.step import ClusterStep, check_interface, connect_error
 from dsv4setup.core.engine import RunContext
 from dsv4setup.core.errors import StepError, UsageError
 from dsv4setup.core.state import State, StepRecord, StepStatus
@@ -77,7 +78,7 @@ def test_the_interface_must_carry_the_node_address_which_is_not_loopback(workdir
     check_interface(right.multinode, right.multinode.nodes[1])  # no traffic: only this machine's addresses
     wrong = x2(workdir, f"multinode.nodes.1.address={address}").multinode
     assert wrong is not None
-    with pytest.raises(StepError, match=f"interface 'dsv0' does not carry {address}") as info:
+    with pytest.raises(StepError, match="this machine has no interface 'dsv0'") as info:
         check_interface(wrong, wrong.nodes[1])
     assert info.value.fix == f"--set multinode.nodes.1.interface={interface}"
     absent = x2(workdir).multinode
@@ -145,3 +146,23 @@ def test_the_local_fingerprint_hashes_the_checkpoint_and_lists_patched_files(tmp
     again = generate_tiny_checkpoint(tmp_path / "ckpt2")
     other = x2(workdir, f"model.local_path={again}", "model.generate=null")
     assert local_fingerprint(RunContext(workdir, other, state))["checkpoint"] == doc["checkpoint"]  # same bytes
+
+
+def test_the_head_refuses_a_node_with_other_gpus_naming_it(workdir: Workdir) -> None:
+    multi = x2(workdir).multinode
+    assert multi is not None
+    names = {str(n.address): n for n in multi.nodes}
+    h200 = {**HEAD, "gpus": [{"name": "NVIDIA H200", "memory_total_bytes": 141 * 2**30}]}
+    docs = {"10.200.0.1": h200, "10.200.0.2": {**h200, "gpus": [{"name": "NVIDIA H100", "memory_total_bytes": None}]}}
+    with pytest.raises(StepError, match="node node2 has 1 x NVIDIA H100 .head node1: 1 x NVIDIA H200 .141 GiB.."):
+        ClusterStep._compare(multi, names, {}, docs)
+    assert set(ClusterStep._compare(multi, names, {}, {a: h200 for a in names})) == {"node1", "node2"}
+
+
+def test_a_worker_finds_out_whether_the_head_port_answers() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert connect_error("127.0.0.1", port, 0) is None
+    assert connect_error("127.0.0.1", port, 0) == "Connection refused"  # closed now: refused at once
