@@ -93,7 +93,8 @@ class ClusterStep(Step):
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         multi, node = this_node(ctx)
-        return {"node": describe(multi, node), "multinode": multi.model_dump(mode="json"),
+        # how long the head waits changes nothing it makes: a rerun with another timeout re-checks, not redoes
+        return {"node": describe(multi, node), "multinode": multi.model_dump(mode="json", exclude={"join_timeout_s"}),
                 "fingerprint": local_fingerprint(ctx)}
 
     def is_done(self, ctx: RunContext) -> Finding:

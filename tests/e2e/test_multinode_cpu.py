@@ -223,7 +223,7 @@ def test_two_nodes_serve_tp2_with_mtp_rank1_on_the_second_node_then_down_leaves_
     assert ip("netns", "identify", str(rank1)).stdout.split() == [cluster.namespaces["node2"]]  # ... on node2
     assert psutil.Process(rank1).nice() == 0  # not Ray's default 15: other load would starve it
     nexts = json_of(cluster.run("node2", "next", "--json", timeout=120))
-    assert nexts["action"] == "wait" and "node node2 is a worker" in nexts["why"]
+    assert nexts["action"] == "wait" and "node node2 is a worker" in nexts["why"], nexts
 
     ids = cluster.ids()
     segments = shm_segments(ours(ids))
