@@ -228,7 +228,7 @@ def run_bench(argv: list[str], env: Mapping[str, str], log: StepLog, server: Ser
     if code != 0:
         known, line = matched_line(server.log.window + "\n" + "\n".join(watch.tail))
         raise BenchRunError(f"vllm bench serve exited with code {code}: {_last_error(watch.tail)}",
-                            fix=known.failure.fix if known else f"the output is in {log.path}", known=known,
+                            fix=known.failure.finding.fix if known else f"the output is in {log.path}", known=known,
                             excerpt=line, tail=list(watch.tail))
 
 
@@ -247,8 +247,9 @@ def _watch(proc: subprocess.Popen[str], server: ServerProbe, watch: Watch, seen:
             server.log.read_server_lines()
             known, line = matched_line(server.log.window)
             what = "the server failed" if known else "the server died"
-            raise BenchRunError(f"{what} during the benchmark" + (f": {known.failure.cause}" if known else ""),
-                                fix=known.failure.fix if known else f"read the end of {server.log.path}",
+            said = f": {known.failure.finding.summary}" if known else ""
+            raise BenchRunError(f"{what} during the benchmark{said}",
+                                fix=known.failure.finding.fix if known else f"read the end of {server.log.path}",
                                 known=known, excerpt=line, tail=list(watch.tail), server_died=True)
         if time.monotonic() - seen[0] >= watch.stall_timeout_s:
             _kill_group(proc)

@@ -6,6 +6,7 @@ chart writing only (with the Agg canvas: no display, no global pyplot state).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -146,6 +147,15 @@ def write_document(path: Path, doc: dict[str, Any]) -> None:
     """The bench document as JSON, secrets redacted (like every document dsv4setup writes)."""
     atomic_write_text(path, redact_json(doc, indent=2) + "\n", mode=SHARED_MODE)
 
+
+
+def read_run_document(bench_dir: Path, run_id: str) -> dict[str, Any] | None:
+    """The `dsv4setup.bench` document of run `run_id` (None: that run failed before writing one)."""
+    try:
+        doc = json.loads((bench_dir / DOCUMENT_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("run_id") == run_id else None
 
 def write_chart(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
     """PNG: per shape, output tok/s vs k (left) and acceptance rate vs k (right), a line per concurrency.

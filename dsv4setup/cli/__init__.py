@@ -130,7 +130,7 @@ def report_error(exc: DsvError, as_json: bool) -> None:
     if as_json:
         from dsv4setup.cli.output import emit_json
 
-        emit_json({"schema": "dsv4setup.error/2", "ok": False, **exc.to_dict()})
+        emit_json(exc.to_doc())
         return
     err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
     if exc.fix:

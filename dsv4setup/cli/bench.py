@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Any
@@ -15,7 +14,7 @@ from rich.text import Text
 
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, err, out, workdir_from
-from dsv4setup.cli.output import emit_json
+from dsv4setup.cli.output import Document, emit
 from dsv4setup.core.errors import EXIT_FAILED, DsvError
 
 TABLE_WIDTH = 140
@@ -95,6 +94,7 @@ def bench(
     if ctx.invoked_subcommand is not None:
         return
     from dsv4setup.bench.matrix import plan_matrix
+    from dsv4setup.bench.report import read_run_document
     from dsv4setup.bench.runner import NoProgress, new_run_id
     from dsv4setup.core.engine import Selection
     from dsv4setup.runbook import RunbookRequest, build_runbook
@@ -109,14 +109,11 @@ def bench(
                             "bench_source_file": resolved.source_file})
     with display:
         result = runbook.up(Selection(only=("bench",), redo=("bench",)))
-    doc = _document(wd.bench_dir, run_id)
+    doc = read_run_document(wd.bench_dir, run_id)
     if doc is None:  # it failed before measuring anything (no vLLM, lock, needs)
         error = result.error
         raise DsvError(error.message if error else "the bench wrote no result", fix=error.fix if error else None)
-    if json_:
-        emit_json(doc)
-    else:
-        _print_run(doc)
+    emit(doc, json_, _print_run)
     if not result.ok:
         if not json_ and result.error:
             err.print(f"[bold red]error:[/] {result.error.message}", highlight=False)
@@ -125,22 +122,12 @@ def bench(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _document(bench_dir: Path, run_id: str) -> dict[str, Any] | None:
-    from dsv4setup.bench.report import DOCUMENT_NAME
-
-    try:
-        doc = json.loads((bench_dir / DOCUMENT_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) and doc.get("run_id") == run_id else None
-
-
 def _tables() -> Console:
     """stdout for tables; written to a file or pipe they keep their columns (rich would assume 80)."""
     return out if out.is_terminal else Console(file=out.file, width=max(out.width, TABLE_WIDTH), highlight=False)
 
 
-def _print_run(doc: dict[str, Any]) -> None:
+def _print_run(doc: Document) -> None:
     from dsv4setup.bench.report import fmt, fmt_positions, fmt_rate
 
     shapes = {s["name"]: s for s in doc["matrix"]["shapes"]}
@@ -183,14 +170,10 @@ def compare_cmd(
     from dsv4setup.bench.compare import compare
     from dsv4setup.bench.rows import read_rows
 
-    doc = compare(read_rows(a), read_rows(b), a, b)
-    if json_:
-        emit_json(doc)
-        return
-    _print_compare(doc)
+    emit(compare(read_rows(a), read_rows(b), a, b), json_, _print_compare)
 
 
-def _print_compare(doc: dict[str, Any]) -> None:
+def _print_compare(doc: Document) -> None:
     from dsv4setup.bench.report import fmt_rate
 
     table = Table(title=f"A: {doc['a']}\nB: {doc['b']}", title_justify="left")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -20,11 +20,11 @@ from dsv4setup.cli.output import Document, emit, emit_json
 from dsv4setup.core.errors import EXIT_FAILED, EXIT_USAGE, UsageError
 from dsv4setup.core.workdir import Workdir
 
+if TYPE_CHECKING:
+    from dsv4setup.profiles.recipe import ImportedProfile
+
 profile_app = typer.Typer(name="profile", no_args_is_help=True, help="Hardware profiles: list, show, validate, import.")
 app.add_typer(profile_app, name="profile")
-
-VALIDATE_SCHEMA = "dsv4setup.profile-validate/1"
-
 
 def _hardware_text(match: dict[str, Any]) -> str:
     if match["cpu_only"]:
@@ -159,24 +159,6 @@ def _short_origin(origin: str) -> str:
     return f"{kind}:{Path(where).name}" if kind == "profile" else origin
 
 
-def _validate_one(path: Path, named: bool) -> dict[str, Any]:
-    """One file: a profile (named: its name must match the file), or a workdir's dsv4setup.yaml."""
-    from dsv4setup.profiles.loader import ProfileError, load_named_file, load_profile_file
-    from dsv4setup.profiles.resolve import resolve_profile
-
-    try:
-        if path.name == Workdir(path.parent).overrides_file.name:
-            name = resolve_profile(Workdir(path.parent.absolute()), None, []).profile.name
-        else:
-            name = (load_named_file(path) if named else load_profile_file(path)).name
-    except ProfileError as exc:
-        return {"file": str(path), "name": None, "ok": False, "issues": [i.to_dict() for i in exc.issues]}
-    except UsageError as exc:
-        return {"file": str(path), "name": None, "ok": False,
-                "issues": [{"where": str(path), "key": "", "message": exc.message}]}
-    return {"file": str(path), "name": name, "ok": True, "issues": []}
-
-
 @profile_app.command("validate")
 def validate(
     files: Annotated[list[Path] | None, typer.Argument(
@@ -185,35 +167,29 @@ def validate(
     json_: JsonOpt = False,
 ) -> None:
     """Check profiles against the schema; each problem is reported as file:line: key: what was expected."""
-    from dsv4setup.profiles.loader import shipped_profile_files, user_profiles_dir
+    from dsv4setup.profiles.validate import validate_doc
 
-    wd = workdir_from(workdir)
-    paths = list(files or [*shipped_profile_files(), *sorted(user_profiles_dir(wd).glob("*.yaml"))])
-    if not files and wd.overrides_file.exists():
-        paths.append(wd.overrides_file)
-    results = [_validate_one(p, named=not files) for p in paths]
-    ok = all(r["ok"] for r in results)
-    if json_:
-        emit_json({"schema": VALIDATE_SCHEMA, "ok": ok, "results": results})
-    else:
-        for r in results:
-            err.print(f"[green]ok[/] {r['file']} ({r['name']})" if r["ok"] else f"[bold red]invalid[/] {r['file']}",
-                      highlight=False)
-            for issue in r["issues"]:
-                err.print(f"  {issue['where']}: {issue['key'] or '(top level)'}: {issue['message']}",
-                          markup=False, highlight=False)
-    if not ok:
+    doc = validate_doc(workdir_from(workdir), files)
+    emit(doc, json_, _print_validate)
+    if not doc["ok"]:
         raise typer.Exit(EXIT_USAGE)
+
+
+def _print_validate(doc: Document) -> None:
+    for r in doc["results"]:
+        err.print(f"[green]ok[/] {r['file']} ({r['name']})" if r["ok"] else f"[bold red]invalid[/] {r['file']}",
+                  highlight=False)
+        for issue in r["issues"]:
+            err.print(f"  {issue['where']}: {issue['key'] or '(top level)'}: {issue['message']}",
+                      markup=False, highlight=False)
 
 
 @profile_app.command("schema")
 def schema() -> None:
     """Print the JSON Schema of profile files (point your editor's YAML plugin at it)."""
-    import json
-
     from dsv4setup.profiles.model import json_schema
 
-    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+    emit_json(json_schema())
 
 
 @profile_app.command("import-recipe")
@@ -230,24 +206,17 @@ def import_recipe_cmd(
     json_: JsonOpt = False,
 ) -> None:
     """Write a profile from a vllm-project/recipes model file, applying its overrides for one hardware key."""
-    from dsv4setup.core.fsutil import atomic_write_text
-    from dsv4setup.profiles.loader import shipped_profile_files, user_profiles_dir
-    from dsv4setup.profiles.recipe import IMPORT_SCHEMA, import_recipe
+    from dsv4setup.profiles.recipe import import_recipe_to
 
     wd = workdir_from(workdir)
-    result = import_recipe(file, hardware, name=name, tp=tp, strategy=strategy)
-    profile = result.profile
-    if profile.name in {p.stem for p in shipped_profile_files()}:
-        raise UsageError(f"profile name {profile.name!r} is taken by a shipped profile", fix="pass --name NEW")
-    target = None if out_ == "-" else Path(out_) if out_ else user_profiles_dir(wd) / f"{profile.name}.yaml"
-    if target is not None:
-        if target.exists() and not force:
-            raise UsageError(f"{target} exists", fix="pass --force to overwrite it, or --out another file")
-        atomic_write_text(target, result.yaml_text)
-    if json_:
-        emit_json({"schema": IMPORT_SCHEMA, "ok": True, "name": profile.name,
-                   "out": str(target) if target else None, "profile": profile.document(), **result.to_dict()})
-        return
+    imported = import_recipe_to(wd, file, hardware, out=out_, name=name, tp=tp, strategy=strategy, force=force)
+    emit(imported.to_doc(), json_, lambda _doc: _print_import(imported, hardware, wd))
+
+
+def _print_import(imported: ImportedProfile, hardware: str, wd: Workdir) -> None:
+    from dsv4setup.profiles.loader import user_profiles_dir
+
+    result, target = imported.result, imported.target
     if target is None:
         sys.stdout.write(result.yaml_text)
     for part in result.applied:
@@ -259,7 +228,7 @@ def import_recipe_cmd(
     for note in result.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
     if target is not None:
-        use = f"--profile {profile.name}" if target.parent == user_profiles_dir(wd) else f"--profile {target}"
+        use = f"--profile {result.profile.name}" if target.parent == user_profiles_dir(wd) else f"--profile {target}"
         err.print(f"wrote {target}; use it with `dsv4setup plan {use}`", highlight=False)
 
 
@@ -271,16 +240,12 @@ def set_(
     json_: JsonOpt = False,
 ) -> None:
     """Keep overrides for this workdir: write them into its dsv4setup.yaml (checked first)."""
-    from dsv4setup.profiles.resolve import persist_sets
+    from dsv4setup.profiles.resolve import persist_sets, profile_set_doc
 
     wd = workdir_from(workdir)
-    resolved = persist_sets(wd, profile, items)
     keys = [item.partition("=")[0] for item in items]
-    if json_:
-        emit_json({"schema": "dsv4setup.profile-set/1", "ok": True, "file": str(wd.overrides_file),
-                   "profile": resolved.profile.name, "set": {k: resolved.origins.get(k) for k in keys}})
-    else:
-        err.print(f"wrote {', '.join(keys)} to {wd.overrides_file}; `dsv4setup plan` shows the result")
+    emit(profile_set_doc(wd, persist_sets(wd, profile, items), keys), json_,
+         lambda doc: err.print(f"wrote {', '.join(keys)} to {doc['file']}; `dsv4setup plan` shows the result"))
 
 
 @profile_app.command("unset")
@@ -291,12 +256,8 @@ def unset(
     json_: JsonOpt = False,
 ) -> None:
     """Remove overrides kept by `profile set`: the profile's own value applies again."""
-    from dsv4setup.profiles.resolve import persist_unset
+    from dsv4setup.profiles.resolve import persist_unset, profile_set_doc
 
     wd = workdir_from(workdir)
-    resolved = persist_unset(wd, profile, keys)
-    if json_:
-        emit_json({"schema": "dsv4setup.profile-set/1", "ok": True, "file": str(wd.overrides_file),
-                   "profile": resolved.profile.name, "set": {k: resolved.origins.get(k) for k in keys}})
-    else:
-        err.print(f"removed {', '.join(keys)} from {wd.overrides_file}; `dsv4setup plan` shows the result")
+    emit(profile_set_doc(wd, persist_unset(wd, profile, keys), keys), json_,
+         lambda doc: err.print(f"removed {', '.join(keys)} from {doc['file']}; `dsv4setup plan` shows the result"))

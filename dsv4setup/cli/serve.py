@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -74,16 +73,17 @@ def smoke(
     json_: JsonOpt = False,
 ) -> None:
     """Smoke-test the running server: a chat completion, and MTP drafts made and accepted (from /metrics)."""
-    from dsv4setup.smoke.report import report_file
+    from dsv4setup.smoke.report import read_report, report_file
 
     wd = workdir_from(workdir)
     result = _run_step(wd, "smoke", profile, set_, {}, True, json_)
     path = report_file(wd)
-    if not path.exists():  # it failed before generating (no server): a plain error
+    doc = read_report(path)
+    if not doc:  # it failed before generating (no server): a plain error
         error = result.error
         raise StepError(error.message if error else f"the smoke step wrote no report at {path}",
                         fix=error.fix if error else None)
-    emit(json.loads(path.read_text(encoding="utf-8")), json_, _print_smoke)
+    emit(doc, json_, _print_smoke)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
 

@@ -17,6 +17,7 @@ EXIT_LOCKED = 3
 EXIT_WAIT_DONE = 10
 EXIT_WAIT_FAILED = 11
 EXIT_WAIT_RUNNING = 12
+ERROR_SCHEMA = "dsv4setup.error/2"
 
 
 class DsvError(Exception):
@@ -42,6 +43,10 @@ class DsvError(Exception):
     def to_dict(self) -> dict[str, str | int | None]:
         return {"error": type(self).__name__, "reference": self.reference, "message": self.message,
                 "fix": self.fix, "command": self.command, "exit_code": self.exit_code}
+
+    def to_doc(self) -> dict[str, str | int | bool | None]:
+        """The `dsv4setup.error/2` document a command prints with --json when it fails."""
+        return {"schema": ERROR_SCHEMA, "ok": False, **self.to_dict()}
 
 
 class UsageError(DsvError):

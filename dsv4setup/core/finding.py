@@ -1,7 +1,8 @@
 """One finding: the verdict of a check, a lint rule, a smoke check or a step's postcondition.
 
-Doctor, preflight, the checkpoint lint (local and remote), the smoke test and every step's
-`is_done` speak this one type; a known failure becomes one through `KnownFailure.finding`.
+Doctor, preflight, the checkpoint lint (local and remote), the smoke test, every step's
+`is_done`, each known failure (`serve.signatures.KnownFailure.finding`) and each patch's status
+(`patches.status.PatchReport.finding`) speak this one type.
 """
 
 from __future__ import annotations

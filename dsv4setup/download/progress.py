@@ -6,7 +6,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from dsv4setup.download.disk import human
 
@@ -74,29 +73,6 @@ class ByteProgress:
         if rate > 0 and self.total > self.done:
             text += f", ETA {_duration((self.total - self.done) / rate)}"
         return text
-
-    def bar_class(self) -> Callable[..., FileBar]:
-        """What huggingface_hub's http_get instantiates (as `tqdm_class(**kwargs)`) per transfer."""
-        return lambda **_kwargs: FileBar(self)
-
-
-class FileBar:
-    """The tqdm-like object http_get updates with each chunk it writes."""
-
-    def __init__(self, progress: ByteProgress) -> None:
-        self._progress = progress
-
-    def update(self, n: int | float | None = 1) -> None:
-        self._progress.add(int(n or 0))
-
-    def __enter__(self) -> FileBar:
-        return self
-
-    def __exit__(self, *_exc: Any) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
 
 
 def _duration(seconds: float) -> str:

@@ -2,11 +2,12 @@
 
 Two modes:
 
-- workdir (default): files go straight into the checkpoint directory. Each file is fetched by
-  huggingface_hub's `http_get` into a partial file named after its content hash, which
-  survives a killed process: the next run asks for the rest with an HTTP Range request (and
-  `http_get` itself resumes on a dropped connection). The file is hashed against the hub's
-  LFS sha256 (git sha1 for small files) before it is moved into place.
+- workdir (default): files go straight into the checkpoint directory. Each file is fetched with
+  huggingface_hub's public HTTP client (`get_session`, `build_hf_headers`, `hf_raise_for_status`)
+  into a partial file named after its content hash, which survives a killed process: the next
+  run asks for the rest with an HTTP Range request (as does a dropped connection, at once). The
+  file is hashed against the hub's LFS sha256 (git sha1 for small files), fsynced, and only then
+  renamed into place. The token goes to the hub only, never to a CDN of another origin.
 - hf-cache (`DSV4SETUP_HF_CACHE=1`, or a path): `snapshot_download` into the Hugging Face
   cache (shared with other tools; Xet-accelerated when the hub offers it; resumes per file),
   then the same verification, and the checkpoint directory becomes a link to the snapshot.
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 from urllib.parse import urlsplit
 
 from dsv4setup.core.errors import DsvError
@@ -44,6 +45,8 @@ from dsv4setup.hub.access import HubError, explain, gated_error, hub_api, hub_en
 ENV_HF_CACHE = "DSV4SETUP_HF_CACHE"
 ENV_WORKERS = "DSV4SETUP_DOWNLOAD_WORKERS"
 DEFAULT_WORKERS = 8
+WRITE_CHUNK = 10 * 1024 * 1024  # a killed transfer keeps whole chunks in its partial file
+RESUME_TRIES = 5  # reconnections in a row without a new byte before a transfer gives up
 Mode = Literal["workdir", "hf-cache"]
 Report = Callable[[str], None]
 
@@ -301,8 +304,14 @@ class Downloader:
         progress.file_done()
 
     def _transfer(self, f: RemoteFile, part: Path, progress: ByteProgress) -> None:
+        """Append the rest of `f` to its partial file: one ranged GET from where the partial ends.
+
+        huggingface_hub's public client (`get_session`) does the HTTP; the partial file is ours, so
+        it survives a kill (hf_hub_download's own temporary file is per process and deleted on
+        failure, so it cannot resume after one). A connection dropped mid-file is resumed here up
+        to RESUME_TRIES times in a row without new bytes.
+        """
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
-        from huggingface_hub.file_download import http_get
         from huggingface_hub.utils import build_hf_headers
 
         url = hf_hub_url(self.repo, f.path, revision=self._commit, endpoint=hub_endpoint())
@@ -313,12 +322,18 @@ class Downloader:
         if part.is_file() and part.stat().st_size > f.size:
             part.unlink()
         with part.open("ab") as fh:
-            resume = fh.tell()
-            if resume:
-                self.report(f"{f.path}: resuming at {human(resume)} of {human(f.size)}")
-            if resume < f.size:
-                http_get(meta.location, fh, resume_size=resume, headers=headers, expected_size=f.size,
-                         displayed_filename=f.path, tqdm_class=progress.bar_class())  # type: ignore[arg-type]
+            if fh.tell():
+                self.report(f"{f.path}: resuming at {human(fh.tell())} of {human(f.size)}")
+            tries = 0
+            while fh.tell() < f.size:
+                start = fh.tell()
+                try:
+                    _get_rest(meta.location, headers, fh, f, progress)
+                except _transport_errors():
+                    tries = 0 if fh.tell() > start else tries + 1
+                    if tries >= RESUME_TRIES:
+                        raise
+                    self.report(f"{f.path}: the connection dropped at {human(fh.tell())}, resuming")
 
     def _as_error(self, exc: BaseException) -> BaseException:
         """The user-facing error for a failed transfer (the exception itself when it is a bug)."""
@@ -329,9 +344,6 @@ class Downloader:
                             fix="free space and run again: finished files are kept and partial ones resume")
         if isinstance(exc, hub_exceptions()):
             return explain(exc, self.repo, self.revision, self.token)
-        if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
-            return DsvError(f"a transfer from the hub ended early: {exc}",
-                            fix="run again: the partial file resumes where it stopped")
         return exc
 
     # --- hf-cache mode ---------------------------------------------------------------------
@@ -383,6 +395,39 @@ class Downloader:
             manifest.verified[f.path] = record
         return refetched
 
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """A connection that broke mid-transfer (resumable), as opposed to an HTTP error answer."""
+    import httpx2
+
+    return (httpx2.TransportError,)
+
+
+def _get_rest(url: str, headers: dict[str, str], fh: BinaryIO, f: RemoteFile, progress: ByteProgress) -> None:
+    """One GET of bytes fh.tell().. of `url` appended to `fh` in WRITE_CHUNK pieces (a kill keeps whole ones)."""
+    from huggingface_hub import constants, get_session
+    from huggingface_hub.utils import hf_raise_for_status
+
+    start = fh.tell()
+    ask = dict(headers, Range=f"bytes={start}-") if start else headers
+    got = 0
+    with get_session().stream("GET", url, headers=ask, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
+        hf_raise_for_status(response)
+        if start and response.status_code == 200:  # the server ignored the Range: start over
+            fh.seek(0)
+            fh.truncate()
+        for chunk in response.iter_bytes(WRITE_CHUNK):
+            if fh.tell() + len(chunk) > f.size:
+                raise DsvError(f"the hub sends more of {f.path} than the {human(f.size)} its file list says",
+                               fix="run the same command again; if it repeats, pin another revision "
+                                   "(--set model.revision=SHA)")
+            fh.write(chunk)
+            got += len(chunk)
+            progress.add(len(chunk))
+    fh.flush()
+    if not got and fh.tell() < f.size:
+        raise DsvError(f"the hub ended the transfer of {f.path} at {human(fh.tell())} of {human(f.size)}",
+                       fix="run the same command again: the partial file resumes where it stopped")
 
 def _verified_kinds(manifest: Manifest) -> str:
     """How the files were checked: 'sha256', 'git-sha1' (small non-LFS files), 'size' (no hash known)."""

@@ -27,6 +27,7 @@ from dsv4setup.patches import backups as backup_mod
 from dsv4setup.patches.backups import Backups
 from dsv4setup.patches.manifest import Manifest, Patch
 from dsv4setup.patches.status import PatchReport, check_patch, check_patches, evaluate_probe
+from dsv4setup.patches.status import reinstall_fix as reinstall_fix  # public here too: step.py imports it from apply
 from dsv4setup.patches.target import Target, sha256_bytes
 
 Log = Callable[[str], None]
@@ -50,19 +51,6 @@ class Change:
 class ActionResult:
     reports: list[PatchReport]  # statuses after the action
     changed: list[str]  # patch ids applied or reverted by this call
-
-
-def reinstall_fix(target: Target) -> str:
-    """How to get pristine vLLM files back: a forced reinstall (a plain `pip install` of the same
-    version keeps the modified files), or a checkout in a source tree."""
-    if target.kind == "source-tree":
-        return (f"restore the original files in {target.root} (e.g. `git -C {target.root} checkout -- vllm`), "
-                f"then run `dsv4setup up` again")
-    spec = f"{target.distribution}=={target.version}" if target.distribution and target.version else "vllm"
-    python = target.root.parents[2] / "bin" / "python" if len(target.root.parents) > 2 else None
-    pip = f"{python} -m pip" if python is not None and python.exists() else "pip"
-    return (f"reinstall vLLM into the environment of {target.root} to get pristine files: "
-            f"`{pip} install --force-reinstall --no-deps {spec}`, then `dsv4setup up` (it re-applies the patches)")
 
 
 def _raise_conflicts(reports: Sequence[PatchReport], target: Target) -> None:

@@ -1,5 +1,9 @@
 """The status of each patch on a target: applied, applicable, upstream, not-applicable or conflict.
 
+Each report is also a `Finding` (`PatchReport.finding`): applied and upstream pass, applicable
+warns (with the command that applies it), not-applicable is skipped, a conflict fails (with the
+reinstall that brings the pristine files back).
+
 A file is pristine when its sha256 equals the wheel's RECORD, patched when reversing our diff
 gives back exactly the RECORD hash, and foreign-modified otherwise. Without a RECORD (a source
 tree) the diff itself decides: it applies forward (needed) or in reverse (applied).
@@ -8,10 +12,12 @@ tree) the diff itself decides: it applies forward (needed) or in reverse (applie
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from dsv4setup.core.finding import Finding, Status
 from dsv4setup.patches.backups import Backups
 from dsv4setup.patches.difftool import run_diff
 from dsv4setup.patches.manifest import DiffFile, Patch, Probe
@@ -19,6 +25,8 @@ from dsv4setup.patches.target import Target, sha256_bytes
 
 PatchStatus = Literal["applied", "applicable", "upstream", "not-applicable", "conflict"]
 STATUSES: tuple[PatchStatus, ...] = ("applied", "applicable", "upstream", "not-applicable", "conflict")
+FINDING_STATUS: dict[PatchStatus, Status] = {"applied": "pass", "upstream": "pass", "applicable": "warn",
+                                              "not-applicable": "skip", "conflict": "fail"}
 ProbeState = Literal["fixed", "needed", "unrelated", "absent"]
 Reader = Callable[[str], bytes | None]
 
@@ -38,10 +46,17 @@ class PatchReport:
     diff: DiffFile | None = None
     staged: dict[str, bytes] = field(default_factory=dict, repr=False)  # post-patch bytes (applicable)
     originals: dict[str, bytes] = field(default_factory=dict, repr=False)  # pre-patch bytes (applied)
+    fix: str | None = None  # what to do about it (applicable, conflict)
+    command: str | None = None  # the dsv4setup command that does it
 
     @property
     def id(self) -> str:
         return self.patch.id
+
+    @property
+    def finding(self) -> Finding:
+        """This report as the one verdict type: the patch id, its status as pass/warn/skip/fail, the detail."""
+        return Finding(self.id, FINDING_STATUS[self.status], self.detail, self.fix, self.command)
 
     @property
     def satisfied(self) -> bool:
@@ -175,8 +190,32 @@ def _check_diff(patch: Patch, target: Target) -> PatchReport:
     return _check_without_record(patch, target, diff, contents)
 
 
+def reinstall_fix(target: Target) -> str:
+    """How to get pristine vLLM files back: a forced reinstall (a plain `pip install` of the same
+    version keeps the modified files), or a checkout in a source tree."""
+    if target.kind == "source-tree":
+        return (f"restore the original files in {target.root} (e.g. `git -C {target.root} checkout -- vllm`), "
+                f"then run `dsv4setup up` again")
+    spec = f"{target.distribution}=={target.version}" if target.distribution and target.version else "vllm"
+    python = target.root.parents[2] / "bin" / "python" if len(target.root.parents) > 2 else None
+    pip = f"{python} -m pip" if python is not None and python.exists() else "pip"
+    return (f"reinstall vLLM into the environment of {target.root} to get pristine files: "
+            f"`{pip} install --force-reinstall --no-deps {spec}`, then `dsv4setup up` (it re-applies the patches)")
+
+
+def _with_fix(report: PatchReport, target: Target) -> PatchReport:
+    if report.status == "conflict":
+        return replace(report, fix=reinstall_fix(target))
+    if report.status == "applicable":
+        command = shlex.join(["dsv4setup", "patches", "apply", report.id, "--target", str(target.root)])
+        return replace(report, command=command,
+                       fix=f"apply it with `{command}`, or run `dsv4setup up` (it applies every patch that fits)")
+    return report
+
+
 def check_patch(patch: Patch, target: Target) -> PatchReport:
-    return _check_diff(patch, target) if patch.is_diff else _check_upstream(patch, target)
+    report = _check_diff(patch, target) if patch.is_diff else _check_upstream(patch, target)
+    return _with_fix(report, target)
 
 
 def check_patches(patches: list[Patch], target: Target) -> list[PatchReport]:

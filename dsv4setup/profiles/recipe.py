@@ -24,8 +24,16 @@ from pydantic import ValidationError
 
 from dsv4setup.core.errors import UsageError
 from dsv4setup.core.resources import package_file
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles import flags
-from dsv4setup.profiles.loader import ProfileError, dotted, read_yaml, validation_issues
+from dsv4setup.profiles.loader import (
+    ProfileError,
+    dotted,
+    read_yaml,
+    shipped_profile_files,
+    user_profiles_dir,
+    validation_issues,
+)
 from dsv4setup.profiles.model import NAME_RE, Profile, VllmSpec
 
 IMPORT_SCHEMA = "dsv4setup.profile-import/1"
@@ -53,6 +61,40 @@ class RecipeImport:
         return {"applied": [vars(a) for a in self.applied], "dropped": self.dropped, "added": self.added,
                 "notes": self.notes}
 
+
+
+@dataclass
+class ImportedProfile:
+    """`profile import-recipe`: the profile built, and the file it was written to (None: printed)."""
+
+    result: RecipeImport
+    target: Path | None
+
+    def to_doc(self) -> dict[str, Any]:
+        """The `dsv4setup.profile-import/1` document."""
+        profile = self.result.profile
+        return {"schema": IMPORT_SCHEMA, "ok": True, "name": profile.name,
+                "out": str(self.target) if self.target else None, "profile": profile.document(),
+                **self.result.to_dict()}
+
+
+def import_recipe_to(workdir: Workdir, path: Path, hardware_key: str, *, out: str | None = None,
+                     name: str | None = None, tp: int | None = None, strategy: str | None = None,
+                     force: bool = False) -> ImportedProfile:
+    """Build the profile and write it: to `out` ('-': nowhere, the caller prints it), by default into
+    the workdir's profiles/NAME.yaml. A shipped profile's name and an existing file (without force) are refused."""
+    from dsv4setup.core.fsutil import atomic_write_text
+
+    result = import_recipe(path, hardware_key, name=name, tp=tp, strategy=strategy)
+    profile = result.profile
+    if profile.name in {p.stem for p in shipped_profile_files()}:
+        raise UsageError(f"profile name {profile.name!r} is taken by a shipped profile", fix="pass --name NEW")
+    target = None if out == "-" else Path(out) if out else user_profiles_dir(workdir) / f"{profile.name}.yaml"
+    if target is not None:
+        if target.exists() and not force:
+            raise UsageError(f"{target} exists", fix="pass --force to overwrite it, or --out another file")
+        atomic_write_text(target, result.yaml_text)
+    return ImportedProfile(result, target)
 
 def hardware_table() -> dict[str, Any]:
     table: dict[str, Any] = yaml.safe_load(package_file("profiles", "recipe_hardware.yaml").read_text(encoding="utf-8"))

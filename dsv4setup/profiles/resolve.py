@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from dsv4setup.profiles.derive import Derivation
 
 Snapshot = dict[str, Any]
+PROFILE_SET_SCHEMA = "dsv4setup.profile-set/1"
 
 
 class NoProfileError(DsvError):
@@ -175,6 +176,12 @@ def resolve_profile(workdir: Workdir, name: str | None, sets: list[str],
     return ResolvedProfile(profile=profile, origins=origins_of(profile, layers), source_file=path,
                            selected_by=selected_by, preset=profile.preset,
                            overrides=merge_layers(layers[2 if preset else 1:]))
+
+
+def profile_set_doc(workdir: Workdir, resolved: ResolvedProfile, keys: list[str]) -> dict[str, Any]:
+    """The `dsv4setup.profile-set/1` document of `profile set`/`unset`: each key's origin now (None: unset)."""
+    return {"schema": PROFILE_SET_SCHEMA, "ok": True, "file": str(workdir.overrides_file),
+            "profile": resolved.profile.name, "set": {k: resolved.origins.get(k) for k in keys}}
 
 
 def persist_sets(workdir: Workdir, name: str | None, sets: list[str]) -> ResolvedProfile:

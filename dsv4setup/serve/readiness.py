@@ -149,12 +149,13 @@ def _last_error_line(text: str) -> str | None:
 
 
 def _known(match: FailureMatch, log: Path, when: str, host: str, port: int) -> StepError:
-    message = f"{match.failure.cause} ({when}; {log} says: {match.excerpt!r})"
+    known = match.failure.finding
+    message = f"{known.summary} ({when}; {log} says: {match.excerpt!r})"
     if match.failure.id == "port-in-use":  # its fix names a free port, found now
         from dsv4setup.serve.process import port_in_use_error
 
         return port_in_use_error(host, port, message)
-    return StepError(message, fix=match.failure.fix, known_failure=match.failure.id, command=match.failure.command())
+    return StepError(message, fix=known.fix, known_failure=known.id, command=known.command)
 
 
 def wait_ready(watch: ServerWatch, host: str, port: int, follower: LogFollower, limits: ReadyLimits,

@@ -1,15 +1,21 @@
-"""Known failures: signatures in vLLM's output (data in dsv4setup/known_failures.yaml)."""
+"""Known failures: signatures in vLLM's output (data in dsv4setup/known_failures.yaml).
+
+Each is a `Finding` (status fail: `summary` says what it means, `fix` what to do, `command` the
+dsv4setup command that applies the fix) plus the pattern that recognises it.
+"""
 
 from __future__ import annotations
 
 import itertools
 import re
+import shlex
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
+from dsv4setup.core.finding import Finding
 from dsv4setup.core.resources import package_file
 
 KNOWN_FAILURES_FILE = package_file("known_failures.yaml")
@@ -17,22 +23,25 @@ KNOWN_FAILURES_FILE = package_file("known_failures.yaml")
 
 @dataclass(frozen=True)
 class KnownFailure:
-    id: str
+    finding: Finding  # what the failure means and its fix; its command applies the fix (the engine adds --workdir)
     pattern: re.Pattern[str]
-    cause: str
-    fix: str
     min_count: int = 1
     example: str | None = None
     sets: tuple[str, ...] = ()  # KEY=VALUE overrides that apply the fix
     redo: str | None = None  # or a step to re-run
 
-    def command(self) -> list[str] | None:
-        """The argv that applies the fix (the engine adds --workdir), when the fix is a command."""
-        if self.sets:
-            return profile_set_command(*self.sets)
-        if self.redo:
-            return ["dsv4setup", "up", "--redo", self.redo, "--yes"]
-        return None
+    @property
+    def id(self) -> str:
+        return self.finding.id
+
+
+def fix_command(sets: tuple[str, ...], redo: str | None) -> str | None:
+    """The command that applies a known failure's fix, when its fix is a command."""
+    if sets:
+        return shlex.join(profile_set_command(*sets))
+    if redo:
+        return shlex.join(["dsv4setup", "up", "--redo", redo, "--yes"])
+    return None
 
 
 def profile_set_command(*items: str) -> list[str]:
@@ -51,10 +60,11 @@ def load_known_failures(path: Path = KNOWN_FAILURES_FILE) -> tuple[KnownFailure,
     failures = []
     for i, entry in enumerate(entries):
         try:
-            failures.append(KnownFailure(
-                id=entry["id"], pattern=re.compile(entry["pattern"], re.MULTILINE), cause=entry["cause"],
-                fix=entry["fix"], min_count=int(entry.get("min_count", 1)), example=entry.get("example"),
-                sets=tuple(entry.get("set") or ()), redo=entry.get("redo")))
+            sets, redo = tuple(entry.get("set") or ()), entry.get("redo")
+            finding = Finding(entry["id"], "fail", entry["summary"], entry["fix"], fix_command(sets, redo))
+            failures.append(KnownFailure(finding, re.compile(entry["pattern"], re.MULTILINE),
+                                         min_count=int(entry.get("min_count", 1)), example=entry.get("example"),
+                                         sets=sets, redo=redo))
         except (KeyError, TypeError, re.error) as exc:
             raise ValueError(f"{path}: entry {i + 1} is invalid: {exc}") from None
     ids = [f.id for f in failures]

@@ -79,7 +79,7 @@ def test_a_k_whose_server_crashes_is_recorded_with_its_known_failure_and_the_mat
     crashed = cells[(2, 1)]
     assert crashed["status"] == "failed" and crashed["metrics"] is None
     assert crashed["error"]["known_failure"] == "deepgemm-next-n" and crashed["error"]["phase"] == "serve"
-    assert crashed["error"]["fix"] == {f.id: f.fix for f in known_failures()}["deepgemm-next-n"]
+    assert crashed["error"]["fix"] == {f.id: f.finding.fix for f in known_failures()}["deepgemm-next-n"]
     assert crashed["error"]["excerpt"].startswith("Assertion error (") and "next_n == 1" in crashed["error"]["excerpt"]
     assert cells[(0, 1)]["status"] == "ok" and cells[(0, 1)]["metrics"]["acceptance_rate"] is None
     assert cells[(1, 1)]["status"] == "ok" and cells[(1, 1)]["metrics"]["acceptance_rate"] == 0.75

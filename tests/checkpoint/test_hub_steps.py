@@ -14,7 +14,9 @@ from dsv4setup.checkpoint.step import CheckpointStep, config_copy_dir
 from dsv4setup.core.engine import Runbook, Selection
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.download.disk import human
 from dsv4setup.download.step import DownloadStep
+from dsv4setup.download.transfer import WRITE_CHUNK
 from dsv4setup.profiles.model import ModelSpec, Profile, SpecConfig, VllmSpec
 from dsv4setup.profiles.paths import checkpoint_dir
 from tests.checkpoint.conftest import REPO, TOKEN
@@ -185,8 +187,9 @@ def test_hf_cache_mode_through_the_step(make_checkpoint: MakeCkpt, serve_hub: Se
     assert outputs(workdir, "checkpoint")["ok"]
 
 
-def test_huggingface_hub_retry_messages_go_to_the_step_log(make_checkpoint: MakeCkpt, serve_hub: ServeHub,
-                                                          workdir: Workdir, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_dropped_connection_is_resumed_and_said_in_the_step_log(make_checkpoint: MakeCkpt, serve_hub: ServeHub,
+                                                                 workdir: Workdir,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     src = make_checkpoint(pad_bytes=12 * 1024 * 1024)
     big = max(src.glob("*.safetensors"), key=lambda p: p.stat().st_size).name
     hub = serve_hub({REPO: src})
@@ -194,6 +197,6 @@ def test_huggingface_hub_retry_messages_go_to_the_step_log(make_checkpoint: Make
     result = runbook(workdir, make_profile(repo=REPO)).up(Selection(only=("download",)))
     assert result.ok, result.error
     log = workdir.log_file("download").read_text()
-    assert "huggingface_hub: Error while downloading" in log and "Trying to resume download" in log
+    assert f"{big}: the connection dropped at {human(WRITE_CHUNK)}, resuming" in log
     assert "download: " in log and "/s," in log  # byte progress with a rate
-    assert "Trying to resume" not in capsys.readouterr().err
+    assert "resuming" not in capsys.readouterr().err

@@ -76,8 +76,8 @@ def with_workdir(command: list[str] | None, workdir: Workdir) -> list[str] | Non
 @pytest.mark.parametrize("failure", known_failures(), ids=lambda f: f.id)
 def test_every_known_failure_next_command_parses(workdir: Workdir, failure: Any) -> None:
     command = command_after(workdir, "serve", StepErrorInfo(
-        message=failure.cause, fix=failure.fix, known_failure=failure.id,
-        command=with_workdir(failure.command(), workdir)))
+        message=failure.finding.summary, fix=failure.finding.fix, known_failure=failure.id,
+        command=with_workdir(shlex.split(failure.finding.command) if failure.finding.command else None, workdir)))
     name, params = parse_with_real_cli(command)
     assert str(params["workdir"]) == str(workdir.root)
     if failure.sets:

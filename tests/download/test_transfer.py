@@ -16,7 +16,7 @@ import pytest
 from dsv4setup.core.errors import DsvError
 from dsv4setup.download.disk import DiskSpaceError, check_disk
 from dsv4setup.download.progress import ByteProgress, Cancelled
-from dsv4setup.download.transfer import Downloader
+from dsv4setup.download.transfer import WRITE_CHUNK, Downloader
 from dsv4setup.download.verify import cheap_problems, read_manifest
 from dsv4setup.hub.access import HubError
 from tests.checkpoint.conftest import REPO, TOKEN
@@ -25,8 +25,8 @@ from tests.checkpoint.hubserver import HubServer, RepoSpec, free_port
 MakeCkpt = Callable[..., Path]
 ServeHub = Callable[..., HubServer]
 MB = 1024 * 1024
-BIG = 24 * MB  # > 2 x huggingface_hub's 10 MB write chunk, so a break mid-file leaves a partial to resume
-CHUNK = 10 * MB
+CHUNK = WRITE_CHUNK
+BIG = 24 * MB  # > 2 x the downloader's write chunk, so a break mid-file leaves a partial to resume
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -47,12 +47,15 @@ def test_status_apply_revert_json(shipped_as: Synth, capsys: pytest.CaptureFixtu
     doc = doc_of(out)
     assert code == 0 and doc["ok"] and doc["action"] == "status" and doc["changed"] == []
     assert doc["target"] == {"path": site, "kind": "site-packages", "distribution": "vllm", "version": "0.33.0"}
-    assert [(p["id"], p["status"], p["files"]) for p in doc["patches"]] == [
-        ("alpha-fix", "applicable", ["vllm/alpha.py"]), ("beta-fix", "applicable", ["vllm/beta.py"])]
+    assert [(p["id"], p["state"], p["status"], p["files"]) for p in doc["patches"]] == [
+        ("alpha-fix", "applicable", "warn", ["vllm/alpha.py"]), ("beta-fix", "applicable", "warn", ["vllm/beta.py"])]
+    assert doc["patches"][1]["command"] == f"dsv4setup patches apply beta-fix --target {site}"
+    assert doc["patches"][1]["command"] in doc["patches"][1]["fix"]
     code, out, _ = run(capsys, "patches", "apply", "beta-fix", "--target", site, "--json")
     doc = doc_of(out)
     assert code == 0 and doc["changed"] == ["beta-fix"]
-    assert {p["id"]: p["status"] for p in doc["patches"]} == {"beta-fix": "applied"}
+    assert {p["id"]: (p["state"], p["status"], p["fix"]) for p in doc["patches"]} == {
+        "beta-fix": ("applied", "pass", None)}
     code, out, _ = run(capsys, "patches", "revert", "--target", site, "--json")
     assert code == 0 and doc_of(out)["changed"] == ["beta-fix"]
 
@@ -69,7 +72,9 @@ def test_conflict_status_exits_1_and_apply_changes_nothing(shipped_as: Synth,
     before = snapshot(shipped_as.site)
     code, out, _ = run(capsys, "patches", "status", "--target", str(shipped_as.site), "--json")
     doc = doc_of(out)
-    assert code == 1 and not doc["ok"] and doc["patches"][0]["status"] == "conflict"
+    conflict = doc["patches"][0]
+    assert code == 1 and not doc["ok"] and (conflict["state"], conflict["status"]) == ("conflict", "fail")
+    assert "install --force-reinstall --no-deps vllm==0.33.0" in conflict["fix"] and "alpha.py" in conflict["summary"]
     code, out, _ = run(capsys, "patches", "apply", "--target", str(shipped_as.site), "--json")
     error = json.loads(out)
     assert code == 1 and error["schema"] == "dsv4setup.error/2" and "vllm/alpha.py" in error["message"]

