@@ -121,8 +121,18 @@ def _from_plan(workdir: Workdir, state: State) -> NextAction:
     except DsvError as exc:
         return NextAction("fix", _up(workdir), exc.message, fix=exc.fix)
     pending = next((d for d in decisions if d.action == "run"), None)
+    cluster = state.steps.get("cluster")
+    node = (cluster.outputs.get("node") if cluster else None) or {}
     if pending is not None:
-        return NextAction("run", _up(workdir), f"{pending.step}: {pending.reason}", step=pending.step)
+        why = f"{pending.step}: {pending.reason}"
+        if pending.step == "cluster" and node.get("role") == "worker":
+            why += f"; this joins node {node.get('name')} to the head's Ray cluster (start the head first)"
+        return NextAction("run", _up(workdir), why, step=pending.step)
+    if node.get("role") == "worker":
+        return NextAction("wait", ["dsv4setup", "status", "--workdir", str(workdir.root), "--json"],
+                          f"node {node.get('name')} is a worker and has joined the Ray cluster at "
+                          f"{cluster.outputs.get('ray_address') if cluster else '?'}; the head serves: wait for the "
+                          "head's `dsv4setup up --node ...` (its status shows every node)", step="cluster")
     return NextAction("done", ["dsv4setup", "smoke", "--workdir", str(workdir.root), "--json"],
                       f"every step of {state.profile} is done and verified; the server is up "
                       "(re-run the smoke test any time with the command)")

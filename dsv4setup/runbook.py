@@ -30,7 +30,7 @@ DOWNLOAD_SCHEMA = "dsv4setup.download/2"
 # The runbook's steps, in order. Each step is the package of the same name; its `step` module
 # holds the Step (`STEP`), imported only when the runbook is built.
 STEP_ORDER: tuple[str, ...] = (
-    "preflight", "toolkit", "vllm", "patches", "download", "checkpoint", "serve", "smoke",
+    "preflight", "toolkit", "vllm", "patches", "download", "checkpoint", "cluster", "serve", "smoke",
 )
 OPTIONAL_STEPS: tuple[str, ...] = ("bench",)
 

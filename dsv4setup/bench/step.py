@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from dsv4setup.bench.outputs import BenchOutputs
+from dsv4setup.cluster.nodes import on_worker
 from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import DsvError, StepError
 from dsv4setup.core.finding import Finding, postcondition
@@ -42,6 +43,9 @@ class BenchStep(Step):
     description = "measure tok/s and MTP acceptance per k with vllm bench serve; report and chart"
     needs = ("smoke",)
     Outputs = BenchOutputs
+
+    def not_applicable(self, ctx: RunContext) -> str | None:
+        return on_worker(ctx)
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         from dsv4setup.bench.fingerprint import serve_args

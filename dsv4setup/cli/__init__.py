@@ -40,7 +40,7 @@ class CommandInfo:
 # imports no command module; an unknown word imports them all (for click's suggestions).
 COMMANDS: tuple[CommandInfo, ...] = (
     CommandInfo("up", "runbook", "Run the runbook: preflight → toolkit → vllm → patches → download → checkpoint "
-                                 "→ serve → smoke."),
+                                 "→ cluster → serve → smoke."),
     CommandInfo("wait", "runbook", "Wait (at most --timeout seconds) for the run of this workdir; exit 10 done, 11 "
                                    "failed, 12 still running."),
     CommandInfo("status", "runbook", "Show each step's status from the state file (no lock needed)."),

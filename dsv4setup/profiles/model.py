@@ -197,6 +197,7 @@ class NodeSpec(Strict):
     name: str
     role: Literal["head", "worker"]
     address: str | None = None  # reachable IP of the node; the user fills it in (override)
+    interface: str | None = None  # its inter-node interface; unset: multinode.nccl_socket_ifname
     gpus: int = 1
 
 
@@ -204,6 +205,7 @@ class MultiNode(Strict):
     nodes: list[NodeSpec]
     nccl_socket_ifname: str | None = None  # NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME
     ray_port: int = Field(default=6379, ge=1, le=65535)
+    join_timeout_s: int = Field(default=600, ge=5)  # the head waits this long for every node to join
 
     @field_validator("nodes")
     @classmethod
@@ -219,6 +221,10 @@ class MultiNode(Strict):
     @property
     def head(self) -> NodeSpec:
         return next(n for n in self.nodes if n.role == "head")
+
+    def interface(self, node: NodeSpec) -> str | None:
+        """The node's inter-node interface (its own, else the cluster-wide one)."""
+        return node.interface or self.nccl_socket_ifname
 
 
 class Profile(Strict):

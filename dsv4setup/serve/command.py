@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dsv4setup.checkpoint.outputs import CheckpointOutputs
+from dsv4setup.cluster.nodes import node_env, ray_start_args
 from dsv4setup.core.decision import Decision
 from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir
@@ -103,13 +104,13 @@ def _doctor_findings(found: Mapping[str, Any]) -> tuple[list[str], dict[str, str
 
 
 def _link_env(profile: Profile) -> dict[str, str]:
-    """Multi-node: the interface NCCL and Gloo must use, and the head's own address."""
+    """Multi-node: the interface NCCL and Gloo must use, the head's own address and its Ray."""
     multi = profile.multinode
     if multi is None:
         return {}
-    env = {"NCCL_SOCKET_IFNAME": multi.nccl_socket_ifname,
-           "GLOO_SOCKET_IFNAME": multi.nccl_socket_ifname} if multi.nccl_socket_ifname else {}
-    return {**env, "VLLM_HOST_IP": multi.head.address} if multi.head.address else env
+    env = node_env(multi, multi.head)
+    head = multi.head.address
+    return {**env, "VLLM_HOST_IP": head, "RAY_ADDRESS": f"{head}:{multi.ray_port}"} if head else env
 
 
 def _node_address(node: NodeSpec, index: int, missing: list[str]) -> str:
@@ -133,14 +134,14 @@ def render_nodes(profile: Profile, workdir: Workdir, serve: ServeCommand) -> lis
     ray = str(workdir.venv_dir / "bin" / "ray")
     addresses = [_node_address(n, i, missing) for i, n in enumerate(multi.nodes)]
     head_address = addresses[multi.nodes.index(multi.head)]
-    if not multi.nccl_socket_ifname:
-        missing.append("set multinode.nccl_socket_ifname to the inter-node interface (`ip -br addr`)")
+    for index, node in enumerate(multi.nodes):
+        if not multi.interface(node):
+            missing.append(f"set multinode.nodes.{index}.interface (or multinode.nccl_socket_ifname) to "
+                           f"{node.name}'s inter-node interface (`ip -br addr`)")
     nodes: list[dict[str, Any]] = []
     for node, address in zip(multi.nodes, addresses, strict=True):
-        env = {**serve.env, "VLLM_HOST_IP": address}
-        start = ([ray, "start", "--head", "--port", str(multi.ray_port)] if node.role == "head"
-                 else [ray, "start", "--address", f"{head_address}:{multi.ray_port}"])
-        start += ["--node-ip-address", address, "--num-gpus", str(node.gpus)]
+        env = {**serve.env, **node_env(multi, node), "VLLM_HOST_IP": address}
+        start = [ray, "start", *ray_start_args(multi, node, address, head_address)]
         commands = [_command(start, env, 1 if node.role == "head" else 2,
                              "join the Ray cluster" if node.role == "worker" else "start the Ray head")]
         if node.role == "head":
@@ -148,8 +149,10 @@ def render_nodes(profile: Profile, workdir: Workdir, serve: ServeCommand) -> lis
             commands.append(_command(serve.argv, env, 4, "start the server (the serve step runs exactly this)"))
         nodes.append({"name": node.name, "role": node.role, "address": node.address, "gpus": node.gpus,
                       "commands": commands})
-    notes = [*missing, "every node needs the same workdir path, serving venv and checkpoint "
-             "(run `dsv4setup up --until checkpoint` on each)", "stop with `ray stop` on every node"]
+    notes = [*missing, "or let dsv4setup do all of it: `dsv4setup up --node NAME` on every node (workers "
+             "join, the head waits for them, checks that every node has the same vLLM, patches, checkpoint "
+             "and toolkit, then serves)", "stop with `dsv4setup down` on every node (never `ray stop`: it "
+             "kills every Ray process of the host)"]
     for entry in nodes:
         entry["notes"] = notes
     return nodes

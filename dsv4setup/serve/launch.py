@@ -20,6 +20,7 @@ from dsv4setup.serve.process import (
     command_fingerprint,
     is_ours,
     read_record,
+    remember_segments,
     start_server,
     stop_orphans,
     stop_server,
@@ -89,6 +90,7 @@ def launch(ctx: RunContext) -> dict[str, Any]:
         log.line(f"stopped the server (pids {report.pids}, {report.elapsed_s}s"
                  + (", SIGKILL needed)" if report.forced else ")"))
         raise
+    record = remember_segments(ctx.workdir, record)
     return {"pid": record.pid, "host": host, "port": port, "base_url": base_url(host, port),
             "log": record.log, "started_at": record.started_at, "ready_s": round(ready_s, 1),
             "served_model_name": profile.serve.served_model_name, "auth": key is not None,

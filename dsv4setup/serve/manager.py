@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dsv4setup.cluster.raynode import stop_ray
 from dsv4setup.core.errors import DsvError
 from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.workdir import Workdir
@@ -50,7 +51,7 @@ def serve_doc(workdir: Workdir, state: ServerState, ok: bool, error: dict[str, A
 
 
 def down(workdir: Workdir, grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
-    """Stop this workdir's server and clean up. Nothing running is a clean no-op.
+    """Stop this workdir's server, then this node's Ray (multi-node), and clean up. Nothing running is a no-op.
 
     Holds the workdir lock: a `down` never stops the server under a running `up` or bench
     (LockHeldError, exit 3, names that run's pid)."""
@@ -60,18 +61,29 @@ def down(workdir: Workdir, grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
 
 def _down(workdir: Workdir, grace_s: float) -> dict[str, Any]:
     record = read_record(workdir)
-    if record is None:
-        return {"schema": DOWN_SCHEMA, "ok": True, "workdir": str(workdir.root), "was_running": False,
-                "message": "no server is running for this workdir", "pids": [], "forced": False,
-                "elapsed_s": 0.0, "removed": []}
-    report: StopReport = stop_server(workdir, record, grace_s)
+    messages, reports = [], []
+    if record is not None:
+        report = _stopped(stop_server(workdir, record, grace_s), "the server")
+        reports.append(report)
+        messages.append(f"stopped the server (pid {record.pid}, port {record.port}) in {report.elapsed_s:.1f}s"
+                        + (" (SIGKILL was needed)" if report.forced else "")
+                        if report.was_running else "the recorded server was not running; cleaned up its records")
+    ray = stop_ray(workdir, grace_s)
+    if ray is not None:
+        reports.append(_stopped(ray, "this node's Ray"))
+        messages.append(f"stopped this node's Ray (pids {ray.pids})" if ray.was_running
+                        else "this node's recorded Ray was not running; cleaned up its records")
+    return {"schema": DOWN_SCHEMA, "ok": True, "workdir": str(workdir.root),
+            "was_running": any(r.was_running for r in reports),
+            "message": "; ".join(messages) or "no server is running for this workdir",
+            "pids": sorted(p for r in reports for p in r.pids), "forced": any(r.forced for r in reports),
+            "elapsed_s": round(sum(r.elapsed_s for r in reports), 2),
+            "removed": [x for r in reports for x in r.removed]}
+
+
+def _stopped(report: StopReport, what: str) -> StopReport:
     if report.survivors:
-        raise DsvError(f"processes {report.survivors} of the server would not stop, even with SIGKILL",
+        raise DsvError(f"processes {report.survivors} of {what} would not stop, even with SIGKILL",
                        fix="they are probably stuck in the kernel (D state, e.g. a hung GPU driver); "
                             "check `ps -o pid,stat,cmd -p " + ",".join(map(str, report.survivors)) + "`")
-    message = (f"stopped the server (pid {record.pid}, port {record.port}) in {report.elapsed_s:.1f}s"
-               + (" (SIGKILL was needed)" if report.forced else "")
-               if report.was_running else "the recorded server was not running; cleaned up its records")
-    return {"schema": DOWN_SCHEMA, "ok": True, "workdir": str(workdir.root), "was_running": report.was_running,
-            "message": message, "pids": report.pids, "forced": report.forced, "elapsed_s": report.elapsed_s,
-            "removed": report.removed}
+    return report

@@ -30,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -45,6 +45,9 @@ from dsv4setup.service.systemd import read_installed, systemctl
 
 SERVE_ID_ENV = "DSV4SETUP_SERVE_ID"
 TMP_PREFIX = "dsv4setup-serve-"
+RAY_RECORD = "ray"  # run/ray.json: this node's Ray, started by the cluster step (multi-node profiles)
+SHM_DIR = "/dev/shm/"
+SHM_MARKERS = ("psm_", "-cpushm")  # torch's shared-memory segments, vLLM-CPU's TP all-reduce segments
 NOT_FINGERPRINTED_ENV = ("VLLM_API_KEY",)  # a key change must not look like a new command line
 
 
@@ -62,6 +65,9 @@ class ServerRecord:
     tmpdir: str | None
     started_at: str = field(default_factory=now_iso)
     unit: str | None = None  # the systemd unit that runs it (dsv4setup service), None when started by `up`
+    # the shared-memory segments it (and its ranks in this node's Ray) mapped once ready: removed when it
+    # stops, even when its processes are gone by then (multi-node: a rank on another node died and took it down)
+    segments: list[str] = field(default_factory=list)
 
     @property
     def pgid(self) -> int:
@@ -73,12 +79,13 @@ def command_fingerprint(argv: Sequence[str], env: Mapping[str, str]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def record_file(workdir: Workdir) -> Path:
-    return workdir.run_dir / "serve.json"
+def record_file(workdir: Workdir, name: str = "serve") -> Path:
+    """`run/<name>.json`: the server's record ("serve"), or another process we started (the cluster's "ray")."""
+    return workdir.run_dir / f"{name}.json"
 
 
-def read_record(workdir: Workdir) -> ServerRecord | None:
-    path = record_file(workdir)
+def read_record(workdir: Workdir, name: str = "serve") -> ServerRecord | None:
+    path = record_file(workdir, name)
     try:
         return ServerRecord(**json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
@@ -87,14 +94,14 @@ def read_record(workdir: Workdir) -> ServerRecord | None:
         return None  # unreadable: treated as no record; a live server is still found by its port
 
 
-def write_record(workdir: Workdir, record: ServerRecord) -> None:
-    atomic_write_json(record_file(workdir), asdict(record))
-    atomic_write_text(workdir.serve_pid_file, f"{record.pid}\n")
+def write_record(workdir: Workdir, record: ServerRecord, name: str = "serve") -> None:
+    atomic_write_json(record_file(workdir, name), asdict(record))
+    atomic_write_text(workdir.run_dir / f"{name}.pid", f"{record.pid}\n")
 
 
-def clear_record(workdir: Workdir) -> None:
-    record_file(workdir).unlink(missing_ok=True)
-    workdir.serve_pid_file.unlink(missing_ok=True)
+def clear_record(workdir: Workdir, name: str = "serve") -> None:
+    record_file(workdir, name).unlink(missing_ok=True)
+    (workdir.run_dir / f"{name}.pid").unlink(missing_ok=True)
 
 
 def _alive(proc: psutil.Process) -> bool:
@@ -209,13 +216,21 @@ def check_port_free(host: str, port: int) -> None:
     raise StepError(f"cannot bind {host}:{port}: {exc.strerror}")
 
 
+def new_tmpdir() -> str:
+    """A fresh, short temp dir (Unix socket paths inside it must stay under 108 bytes)."""
+    return tempfile.mkdtemp(prefix=TMP_PREFIX)
+
+
 def start_server(argv: Sequence[str], env: Mapping[str, str], *, host: str, port: int, log_path: Path,
-                 cwd: Path, tee: bool = False) -> tuple[ServerRecord, subprocess.Popen[bytes]]:
+                 cwd: Path, tee: bool = False,
+                 tmpdir: str | None = None) -> tuple[ServerRecord, subprocess.Popen[bytes]]:
     """Start argv (no shell) detached in its own session; its stdout+stderr go through the log pump
     (dsv4setup.serve.logpump: appended to log_path, rotated by size, every known secret redacted - the
-    server's own output may echo the API key; also to our stdout with tee)."""
+    server's own output may echo the API key; also to our stdout with tee).
+
+    `tmpdir` (from `new_tmpdir()`, when argv must name it) becomes its TMPDIR, removed when it stops."""
     serve_id = uuid.uuid4().hex
-    tmpdir = tempfile.mkdtemp(prefix=TMP_PREFIX)
+    tmpdir = tmpdir or new_tmpdir()
     full_env = {**os.environ, "TMPDIR": tmpdir, **env, SERVE_ID_ENV: serve_id}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     offset = log_path.stat().st_size if log_path.exists() else 0
@@ -290,15 +305,41 @@ def _wait_gone(record: ServerRecord, procs: list[psutil.Process], deadline: floa
         time.sleep(0.2)
 
 
+def shm_segments(procs: list[psutil.Process]) -> set[str]:
+    """The /dev/shm segments of torch and vLLM-CPU these processes map (left behind after SIGTERM)."""
+    found: set[str] = set()
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, OSError):
+            found.update(m.path for m in proc.memory_maps()
+                         if m.path.startswith(SHM_DIR) and any(k in m.path for k in SHM_MARKERS))
+    return found
+
+
+def _ranks(workdir: Workdir, name: str) -> list[psutil.Process]:
+    """Multi-node: the server's vLLM ranks run in this node's Ray (they die with the server, unsignalled by us)."""
+    ray = read_record(workdir, RAY_RECORD) if name == "serve" else None
+    return server_processes(ray) if ray is not None else []
+
+
+def remember_segments(workdir: Workdir, record: ServerRecord) -> ServerRecord:
+    """Record the shared-memory segments the ready server and its ranks map (see ServerRecord.segments)."""
+    found = shm_segments(server_processes(record) + _ranks(workdir, "serve"))
+    remembered = replace(record, segments=sorted(found))
+    write_record(workdir, remembered)
+    return remembered
+
+
 def stop_orphans(workdir: Workdir, known_id: str | None, grace_s: float = 15.0) -> list[int]:
     """Stop servers started in this workdir that no record knows (a run killed between starting a
     server and recording it leaves one): our id in their environment, the workdir their cwd.
     Returns the pids that would not stop (empty when all did)."""
+    ray = read_record(workdir, RAY_RECORD)
+    known = {known_id, ray.serve_id if ray else None}  # this node's Ray (multi-node) is recorded, not an orphan
     orphans = []
     for proc in psutil.process_iter():
         try:
             serve_id = proc.environ().get(SERVE_ID_ENV)
-            if serve_id and serve_id != known_id and proc.cwd() == str(workdir.root) and _alive(proc):
+            if serve_id and serve_id not in known and proc.cwd() == str(workdir.root) and _alive(proc):
                 orphans.append(proc)
         except psutil.Error:
             continue
@@ -312,15 +353,18 @@ def stop_orphans(workdir: Workdir, known_id: str | None, grace_s: float = 15.0) 
     return sorted(p.pid for p in orphans) if orphans else []
 
 
-def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0, *,
+def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0, *, name: str = "serve",
                 via_systemd: bool = True) -> StopReport:
-    """SIGTERM to the server's group (and any straggler with our id), SIGKILL after grace_s, clean up.
+    """SIGTERM to the server's group (and any straggler with our id), SIGKILL after grace_s, clean up:
+    its temp dir and the shared-memory segments its processes (and its ranks in this node's Ray) mapped.
 
     A server run by a systemd unit is stopped with `systemctl stop` (its runner then does the
     above), so that systemd does not restart it: never two servers, never one fought over.
     """
     started = time.monotonic()
     procs = server_processes(record)
+    # read before they go (Ray ends the ranks on its own), with those recorded once it was ready
+    segments = shm_segments(procs + _ranks(workdir, name)) | set(record.segments)
     pids = sorted(p.pid for p in procs)
     if via_systemd and record.unit:
         unit = read_installed(workdir)
@@ -345,7 +389,11 @@ def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0, *
         shutil.rmtree(record.tmpdir, ignore_errors=True)
         removed.append(record.tmpdir)
     if not left:
-        clear_record(workdir)
+        for segment in sorted(segments):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(segment)
+                removed.append(segment)
+        clear_record(workdir, name)
     return StopReport(was_running=bool(procs), pids=pids, forced=forced,
                       elapsed_s=round(time.monotonic() - started, 2), survivors=sorted(p.pid for p in left),
                       removed=removed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dsv4setup.cluster.nodes import on_worker
 from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.serve import launch
@@ -24,6 +25,9 @@ class ServeStep(Step):
     description = "start vLLM in the background and wait until /health answers"
     needs = ("vllm", "checkpoint")
     Outputs = ServeOutputs
+
+    def not_applicable(self, ctx: RunContext) -> str | None:
+        return on_worker(ctx)
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         argv, env = launch.render_command(ctx, launch.effective_profile(ctx))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dsv4setup.cluster.nodes import on_worker
 from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.serve.apikey import client_api_key
@@ -24,6 +25,9 @@ class SmokeStep(Step):
     description = "chat completion via the openai client; prove MTP drafts are made and accepted"
     needs = ("serve",)
     Outputs = SmokeOutputs
+
+    def not_applicable(self, ctx: RunContext) -> str | None:
+        return on_worker(ctx)
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         spec = ctx.profile.spec.num_speculative_tokens

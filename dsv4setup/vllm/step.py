@@ -42,6 +42,7 @@ from dsv4setup.vllm.routes import check_precompiled_wheel, checkout, git_source,
 from dsv4setup.vllm.verify import PROOF_FILE, freeze_drift, record_drift
 
 CONSTRAINTS_FILE = "dsv4setup-constraints.txt"  # inside the venv: it belongs to that install
+CLUSTER_PACKAGES = ["ray"]  # multi-node profiles serve through Ray (vLLM does not depend on it)
 
 
 def source_dir(ctx: RunContext) -> Path:
@@ -62,6 +63,10 @@ def toolkit_build_inputs(ctx: RunContext, spec: VllmSpec) -> tuple[Path, Path, s
             raise StepError(f"no TORCH_CUDA_ARCH_LIST: the toolkit step's arch is {toolkit.arch!r}",
                             fix="set vllm.torch_arch_list (e.g. 12.0a) or toolkit.arch (e.g. sm_120a)") from None
     return Path(toolkit.cuda_home), Path(toolkit.nvcc), arch_list
+
+
+def cluster_packages(ctx: RunContext) -> list[str]:
+    return CLUSTER_PACKAGES if ctx.profile.multinode is not None else []
 
 
 class VllmStep(Step):
@@ -88,6 +93,8 @@ class VllmStep(Step):
             backend = None
         if backend is not None and spec.torch_backend is None:
             doc["torch_backend"] = backend
+        if cluster_packages(ctx):  # absent for single-node profiles: their fingerprint stays as it was
+            doc["cluster_packages"] = cluster_packages(ctx)
         if spec.source == "source":
             toolkit = ctx.outputs(ToolkitOutputs)
             doc["toolkit"] = {k: getattr(toolkit, k) if toolkit else None for k in ("cuda_home", "arch", "version")}
@@ -97,9 +104,13 @@ class VllmStep(Step):
         """Versions from the dist-info names, the freeze file, vLLM's files against RECORD: no import."""
         spec = ctx.profile.vllm
         venv = ctx.workdir.venv_dir
-        probe = static_probe(venv, probe_names(spec)) or probe_install(ctx.workdir.venv_python, probe_names(spec))
+        names = [*probe_names(spec), *cluster_packages(ctx)]
+        probe = static_probe(venv, names) or probe_install(ctx.workdir.venv_python, names)
         if isinstance(probe, str):
             return postcondition(False, probe)
+        missing = [n for n in cluster_packages(ctx) if probe.versions.get(n) is None]
+        if missing:
+            return postcondition(False, f"{', '.join(missing)} not installed (a multi-node profile serves through Ray)")
         ok, detail = judge_install(probe, spec)
         site = Path(probe.site_packages)
         drift = (freeze_drift(site, venv / FREEZE_FILE) or record_drift(site, spec.package, venv / PROOF_FILE)) \
@@ -144,6 +155,9 @@ class VllmStep(Step):
                 ctx.progress(f"installing {source.ref} on the precompiled binaries of {wheel}")
                 install_editable(installer, python, source_dir(ctx), constraints, precompiled_env(str(wheel)), log,
                                  report=ctx.progress)
+        if cluster_packages(ctx):
+            ctx.progress(f"installing {', '.join(cluster_packages(ctx))} (multi-node: vLLM serves through Ray)")
+            installer.install(python, cluster_packages(ctx), constraints, log, report=ctx.progress)
         if spec.remove_after_install:
             ctx.progress(f"removing {', '.join(spec.remove_after_install)}")
             installer.uninstall(python, spec.remove_after_install, log)

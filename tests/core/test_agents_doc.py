@@ -77,6 +77,8 @@ def test_every_known_failure_id_has_a_row() -> None:
     ids = {e["id"] for e in entries}
     readiness = REPO_ROOT / "dsv4setup" / "serve" / "readiness.py"
     ids |= ids_in([readiness], r'"(serve-stall|serve-ready-timeout|engine-dead)"')
+    ids |= ids_in([REPO_ROOT / "dsv4setup" / "cluster" / "step.py"], r'known_failure="([a-z-]+)"')
+    assert {"cluster-node-missing", "cluster-node-mismatch"} <= ids
     assert len(ids) >= 20
     agents = (REPO_ROOT / "AGENTS.md").read_text()
     assert [i for i in sorted(ids) if f"`{i}`" not in agents] == []

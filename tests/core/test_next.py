@@ -111,3 +111,16 @@ def test_status_reset_and_error_documents_follow_their_schemas(capsys: pytest.Ca
     code, error = run_cli(capsys, "up", "--workdir", str(workdir.root), "--profile", "no-such-profile", "--json")
     assert code == 2
     validate_document(error)
+
+
+def test_a_joined_worker_says_wait_for_the_head(capsys: pytest.CaptureFixture[str], workdir: Workdir) -> None:
+    code, _up = run_cli(capsys, "up", "--workdir", str(workdir.root), "--profile", "cpu-tiny", "--json")
+    assert code == 0
+    state = load_state(workdir.state_file)
+    cluster = state.step("cluster")  # as the cluster step records it on a worker
+    cluster.status = StepStatus.DONE
+    cluster.outputs = {"node": {"name": "node2", "role": "worker"}, "ray_address": "10.200.0.1:6379"}
+    save_state(workdir.state_file, state)
+    doc = next_doc(capsys, workdir)
+    assert doc["action"] == "wait" and doc["step"] == "cluster" and doc["command"][:2] == ["dsv4setup", "status"]
+    assert "node node2 is a worker" in doc["why"] and "10.200.0.1:6379" in doc["why"]

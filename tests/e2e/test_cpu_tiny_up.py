@@ -107,7 +107,8 @@ def test_up_from_empty_workdir_serves_with_mtp_accepted(env: dict[str, str]) -> 
     again = dsv(env, "up", "--yes", "--json", timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     decisions = json_of(again)["decisions"]
-    assert [d["action"] for d in decisions] == ["skip"] * len(STEPS)  # a verified no-op
+    # a verified no-op (and cluster, not applicable to a single-node profile)
+    assert [d["action"] for d in decisions] == ["skip"] * (len(STEPS) + 1)
 
     port = rows["serve"]["outputs"]["port"]
     assert len({p.pid for p in server_processes(port)}) >= 1

