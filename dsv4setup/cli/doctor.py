@@ -6,7 +6,7 @@ Imports of the core stay inside the command: the CLI imports every command modul
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -67,7 +67,7 @@ def doctor(
     # Checks computed elsewhere (the checkpoint lint for --model) count toward `ok` and appear
     # in the table and JSON like the built-in ones.
     judged = choice.judged()
-    extra = [*_cluster_checks(judged.profile, measured=snapshot is None), *_model_checks(model, json_)]
+    extra = [*_cluster_checks(judged.profile, snap, measured=snapshot is None), *_model_checks(model, json_)]
     report = build_report(snap, judged, extra_checks=extra, workdir=wd,
                           state=workdir_state(wd) if snapshot is None else None)
     source = str(snapshot) if snapshot else "this machine"
@@ -76,14 +76,15 @@ def doctor(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _cluster_checks(profile: Profile | None, measured: bool) -> list[Finding]:
+def _cluster_checks(profile: Profile | None, snap: dict[str, Any], measured: bool) -> list[Finding]:
     """A multi-node profile's rules (topology.cluster_*): this machine's interfaces when judging it."""
     if profile is None or profile.multinode is None:
         return []
     from dsv4setup.cluster.nodes import local_addresses
     from dsv4setup.cluster.rules import doctor_findings
+    from dsv4setup.preflight.facts import visible_gpus
 
-    return doctor_findings(profile, local_addresses() if measured else None)
+    return doctor_findings(profile, local_addresses() if measured else None, len(visible_gpus(snap)))
 
 
 def _model_checks(model: str | None, quiet: bool) -> list[Finding]:

@@ -5,7 +5,7 @@ The cluster step applies them where each fact is measured: a node's link before 
 the head's Ray port on a worker before it joins, the GPUs of every node on the head once their
 fingerprints are in. `doctor` applies what one machine can know before any of that
 (`doctor_findings`): every node's address, this machine's node's link, TP x PP against the nodes'
-GPUs. The ids live in doctor's `topology` area (the interconnect).
+GPUs, this machine's GPUs against its node's. The ids live in doctor's `topology` area (the interconnect).
 """
 
 from __future__ import annotations
@@ -99,20 +99,41 @@ def node_addresses(multi: MultiNode) -> Finding:
     return passed(id_, "nodes: " + ", ".join(f"{n.name} ({n.role}) {n.address}" for n in multi.nodes))
 
 
+def _this_node(multi: MultiNode, addresses: dict[str, list[str]]) -> NodeSpec | None:
+    mine = {a for found in addresses.values() for a in found}
+    return next((n for n in multi.nodes if n.address and n.address in mine), None)
+
+
 def this_link(multi: MultiNode, addresses: dict[str, list[str]] | None) -> Finding:
     """The link of the node this machine is (found by its addresses); `addresses` None: not measured
     (a saved snapshot carries no interfaces)."""
     id_ = "topology.cluster_link"
     if addresses is None:
         return skipped(id_, "a saved snapshot carries no network interfaces: run `dsv4setup doctor` on each node")
-    mine = {a for found in addresses.values() for a in found}
-    node = next((n for n in multi.nodes if n.address and n.address in mine), None)
+    node = _this_node(multi, addresses)
     if node is None:
         listed = ", ".join(f"{n.name} {n.address}" for n in multi.nodes)
         return warned(id_, f"this machine carries none of the nodes' addresses ({listed})",
                       "run doctor on the nodes themselves, or set this node's address on the inter-node link: "
                       "--set multinode.nodes.N.address=IP (`ip -br addr` shows them)")
     return link(multi, node, addresses)
+
+
+def node_gpus(profile: Profile, addresses: dict[str, list[str]] | None, visible: int) -> Finding:
+    """This machine's node lists as many GPUs as the machine shows (`visible`: the snapshot's, after
+    CUDA_VISIBLE_DEVICES); its Ray offers that many to the ranks."""
+    id_, multi = "topology.cluster_node_gpus", profile.multinode
+    assert multi is not None
+    if profile.match.cpu_only:
+        return skipped(id_, "CPU nodes: each node's Ray offers its listed gpus to the ranks (--num-gpus)")
+    node = _this_node(multi, addresses) if addresses is not None else None
+    if node is None:
+        return skipped(id_, "not known which node this machine is (see topology.cluster_link)")
+    if visible != node.gpus:
+        return failed(id_, f"node {node.name} lists {node.gpus} GPUs, this machine shows {visible}",
+                      f"make them visible (CUDA_VISIBLE_DEVICES), or --set multinode.nodes.{multi.nodes.index(node)}"
+                      f".gpus={visible} with serve.tensor_parallel_size set to the nodes' new total")
+    return passed(id_, f"node {node.name}: {visible} GPUs, as listed")
 
 
 def pipeline_size(extra_args: list[str]) -> int:
@@ -140,9 +161,10 @@ def parallel(profile: Profile) -> Finding:
     return passed(id_, what)
 
 
-def doctor_findings(profile: Profile, addresses: dict[str, list[str]] | None) -> list[Finding]:
+def doctor_findings(profile: Profile, addresses: dict[str, list[str]] | None, visible: int) -> list[Finding]:
     """What doctor judges of a multi-node profile on one machine (`addresses`: its interfaces, None when
-    judging a saved snapshot); nothing for a single-node profile."""
+    judging a saved snapshot; `visible`: the snapshot's GPUs); nothing for a single-node profile."""
     if profile.multinode is None:
         return []
-    return [node_addresses(profile.multinode), this_link(profile.multinode, addresses), parallel(profile)]
+    return [node_addresses(profile.multinode), this_link(profile.multinode, addresses),
+            node_gpus(profile, addresses, visible), parallel(profile)]

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from dsv4setup.cli import main
-from dsv4setup.cluster.rules import doctor_findings, gpu_kind, head_port, link, pipeline_size, same_gpus, this_link
+from dsv4setup.cluster.rules import (
+    doctor_findings,
+    gpu_kind,
+    head_port,
+    link,
+    node_gpus,
+    pipeline_size,
+    same_gpus,
+    this_link,
+)
 from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import MultiNode, NodeSpec
@@ -76,17 +85,17 @@ def test_every_node_needs_the_heads_gpu_model_and_memory() -> None:
 def test_doctor_judges_every_nodes_address_this_machines_link_and_tp_x_pp(workdir: Workdir) -> None:
     x2 = resolve_profile(workdir, "cpu-tiny-x2", []).profile
     here = {"lo": ["127.0.0.1"], "eth9": ["10.200.0.2"]}  # node2's address, not on the profile's dsv0
-    found = {f.id: f for f in doctor_findings(x2, here)}
-    assert [f.status for f in found.values()] == ["pass", "fail", "pass"]
+    found = {f.id: f for f in doctor_findings(x2, here, 0)}
+    assert [f.status for f in found.values()] == ["pass", "fail", "skip", "pass"]  # CPU nodes: no GPU count
     assert found["topology.cluster_link"].fix == "--set multinode.nodes.1.interface=eth9"
     assert found["topology.cluster_parallel"].summary == "TP 2 x PP 1 = 2 ranks; the nodes hold 2 GPUs"
-    assert doctor_findings(resolve_profile(workdir, "cpu-tiny", []).profile, here) == []
+    assert doctor_findings(resolve_profile(workdir, "cpu-tiny", []).profile, here, 0) == []
 
 
 def test_doctor_without_the_machine_skips_the_link_and_still_judges_the_profile(workdir: Workdir) -> None:
     x2 = resolve_profile(workdir, "cpu-tiny-x2", ["multinode.nodes.1.address=127.0.0.2",
                                                   "serve.extra_args=[\"--pipeline-parallel-size\", \"2\"]"]).profile
-    found = {f.id: f for f in doctor_findings(x2, None)}
+    found = {f.id: f for f in doctor_findings(x2, None, 0)}
     assert found["topology.cluster_link"].status == "skip"
     assert found["topology.cluster_addresses"].status == "fail"
     assert "node node2's address 127.0.0.2 is a loopback address" in found["topology.cluster_addresses"].summary
@@ -110,4 +119,19 @@ def test_doctor_json_carries_the_cluster_findings_in_its_schema(tmp_path: Path,
     doc = json.loads(capsys.readouterr().out)
     validate_document(doc)
     assert {c["id"]: c["status"] for c in doc["checks"] if "cluster" in c["id"]} == {
-        "topology.cluster_addresses": "pass", "topology.cluster_link": "skip", "topology.cluster_parallel": "pass"}
+        "topology.cluster_addresses": "pass", "topology.cluster_link": "skip", "topology.cluster_node_gpus": "skip",
+        "topology.cluster_parallel": "pass"}
+
+
+def test_this_machines_gpus_must_be_the_ones_its_node_lists(workdir: Workdir) -> None:
+    sparks = resolve_profile(workdir, "dgx-spark-gb10-x2", ["multinode.nodes.0.address=192.168.100.10",
+                                                            "multinode.nodes.1.address=192.168.100.11"]).profile
+    assert sparks.multinode is not None
+    head = sparks.multinode.head
+    here = {"lo": ["127.0.0.1"], str(sparks.multinode.interface(head)): [str(head.address)]}
+    index = sparks.multinode.nodes.index(head)
+    assert node_gpus(sparks, here, head.gpus).status == "pass"
+    fewer = node_gpus(sparks, here, 0)
+    assert fewer.status == "fail" and fewer.summary == f"node {head.name} lists {head.gpus} GPUs, this machine shows 0"
+    assert f"--set multinode.nodes.{index}.gpus=0" in (fewer.fix or "")
+    assert node_gpus(sparks, None, 0).status == "skip"
