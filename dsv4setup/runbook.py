@@ -123,11 +123,14 @@ def reset_workdir(workdir: Workdir, steps: list[str], everything: bool) -> dict[
         return {"schema": RESET_SCHEMA, "ok": True, "backup": None, "steps": steps}
 
 
-def status_document(workdir: Workdir) -> dict[str, Any]:
-    """`dsv4setup status`: each step from the state file, the workdir, and the systemd unit when one is installed."""
+def status_document(workdir: Workdir, live: bool = False) -> dict[str, Any]:
+    """`dsv4setup status`: each step from the state file, the workdir, the systemd unit when one is installed,
+    and on a multi-node profile every node (`live`: also ask this node's Ray cluster, bounded, who is alive now)."""
+    from dsv4setup.cluster.view import cluster_status
     from dsv4setup.core.state import load_state
     from dsv4setup.core.status import status_doc
     from dsv4setup.service.systemd import status_summary
 
-    return {**status_doc(load_state(workdir.state_file), step_names()), "workdir": str(workdir.root),
-            "service": status_summary(workdir)}
+    state = load_state(workdir.state_file)
+    return {**status_doc(state, step_names()), "workdir": str(workdir.root), "service": status_summary(workdir),
+            "cluster": cluster_status(workdir, state, live)}

@@ -6,7 +6,7 @@ Imports of the core stay inside the command: the CLI imports every command modul
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from dsv4setup.core.finding import Finding
     from dsv4setup.preflight.report import DoctorReport
+    from dsv4setup.profiles.model import Profile
 
 SnapshotOpt = Annotated[Path | None, typer.Option(
     "--snapshot", help="Judge a saved hardware snapshot (JSON) instead of this machine.", show_default=False,
@@ -65,12 +66,25 @@ def doctor(
     choice = select_profile(snap, wd, profile, use_workdir=snapshot is None)
     # Checks computed elsewhere (the checkpoint lint for --model) count toward `ok` and appear
     # in the table and JSON like the built-in ones.
-    report = build_report(snap, choice.judged(), extra_checks=_model_checks(model, json_), workdir=wd,
+    judged = choice.judged()
+    extra = [*_cluster_checks(judged.profile, snap, measured=snapshot is None), *_model_checks(model, json_)]
+    report = build_report(snap, judged, extra_checks=extra, workdir=wd,
                           state=workdir_state(wd) if snapshot is None else None)
     source = str(snapshot) if snapshot else "this machine"
     emit(report.to_doc(), json_, lambda _doc: _render(report, source=source, how=choice.how))
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _cluster_checks(profile: Profile | None, snap: dict[str, Any], measured: bool) -> list[Finding]:
+    """A multi-node profile's rules (topology.cluster_*): this machine's interfaces when judging it."""
+    if profile is None or profile.multinode is None:
+        return []
+    from dsv4setup.cluster.nodes import local_addresses
+    from dsv4setup.cluster.rules import doctor_findings
+    from dsv4setup.preflight.facts import visible_gpus
+
+    return doctor_findings(profile, local_addresses() if measured else None, len(visible_gpus(snap)))
 
 
 def _model_checks(model: str | None, quiet: bool) -> list[Finding]:

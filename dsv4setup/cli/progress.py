@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 from rich.text import Text
@@ -144,6 +145,34 @@ def status_table(doc: Document, header: str) -> Table:
         table.add_row(row["step"], f"[{STATUS_STYLE.get(row['status'], '')}]{row['status']}[/]",
                       str(row["attempts"]), row["finished_at"] or "-", _progress_text(row["progress"])
                       or err.get("message") or "")
+    return table
+
+
+def cluster_table(cluster: Document) -> Table:
+    """Every node of a multi-node profile: `status` on the head shows them all, on a worker its join state."""
+    ray = cluster["ray"]
+    joined = "[green]joined[/]" if cluster["joined"] else "[red]not joined[/]"
+    state = "runs" if ray["running"] else "[red]not running[/]"
+    ray_text = f"Ray pid {ray['pid']} {state}" if ray["pid"] else "no Ray"
+    checked = f"last check {cluster['checked_at'] or '-'}: {cluster['outcome']}"
+    table = Table(title=f"cluster {cluster['ray_address']}: node {cluster['node']} ({cluster['role']}) {joined}, "
+                        f"{ray_text}; {checked}", title_justify="left",
+                  caption=escape(cluster["message"] or "") + ("" if cluster["live"] == "answered" else
+                                                        f"\nalive now: Ray {cluster['live']}"),
+                  caption_justify="left")
+    for col in ("node", "role", "address", "interface", "alive"):
+        table.add_column(col)
+    table.add_column("fingerprint", overflow="fold")
+    for node in cluster["nodes"]:
+        alive = node["alive"] if node["alive"] is not None else node["alive_at_check"]
+        when = "" if node["alive"] is not None else " (at check)" if alive is not None else ""
+        alive_text = "-" if alive is None else ("[green]yes[/]" if alive else "[red]no[/]") + when
+        fp = node["fingerprint"]
+        agree = {None: "", True: "[green]matches the head[/]: ", False: "[red]differs[/]: "}[node["agrees"]]
+        detail = "; ".join(node["differences"]) if node["differences"] else (
+            f"{fp['vllm']}, {len(fp['patches'])} patches, {fp['checkpoint_files']} checkpoint files" if fp else "-")
+        table.add_row(node["name"] or "-", node["role"] or "-", node["address"] or "-", node["interface"] or "-",
+                      alive_text, agree + escape(detail))
     return table
 
 

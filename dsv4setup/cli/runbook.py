@@ -12,7 +12,14 @@ import typer
 from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, YesOpt, err, out, workdir_from
 from dsv4setup.cli.output import Document, emit
-from dsv4setup.cli.progress import RichObserver, decisions_table, print_serve_plan, profile_note, status_table
+from dsv4setup.cli.progress import (
+    RichObserver,
+    cluster_table,
+    decisions_table,
+    print_serve_plan,
+    profile_note,
+    status_table,
+)
 from dsv4setup.core.engine import Selection
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
 from dsv4setup.core.proc import existing_step_log
@@ -150,13 +157,15 @@ def status(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
 
     def show(doc: Document) -> None:
         out.print(status_table(doc, wd.header))
+        if doc["cluster"]:
+            out.print(cluster_table(doc["cluster"]))
         if doc["service"]:
             unit = doc["service"]
             out.print(f"systemd unit {unit['unit']} ({unit['scope']}): {unit['active']} ({unit['sub']}), "
                       f"{unit['enabled']} at boot; `dsv4setup service status` for more", highlight=False,
                       markup=False)
 
-    emit(status_document(wd), json_, show)
+    emit(status_document(wd, live=True), json_, show)
 
 
 @app.command()

@@ -3,7 +3,9 @@ connection attempt, every node's GPUs), each a Finding whose fix is the concrete
 
 The cluster step applies them where each fact is measured: a node's link before its Ray starts,
 the head's Ray port on a worker before it joins, the GPUs of every node on the head once their
-fingerprints are in. (TP x nodes' GPUs is a profile rule: profiles/model.py refuses a mismatch.)
+fingerprints are in. `doctor` applies what one machine can know before any of that
+(`doctor_findings`): every node's address, this machine's node's link, TP x PP against the nodes'
+GPUs, this machine's GPUs against its node's. The ids live in doctor's `topology` area (the interconnect).
 """
 
 from __future__ import annotations
@@ -11,24 +13,34 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from dsv4setup.core.finding import Finding, failed, passed
-from dsv4setup.profiles.model import MultiNode, NodeSpec
+from dsv4setup.core.finding import Finding, failed, passed, skipped, warned
+from dsv4setup.profiles.model import MultiNode, NodeSpec, Profile
 from dsv4setup.serve.readiness import is_loopback
+
+PP_FLAGS = ("--pipeline-parallel-size", "-pp")
+
+
+def _address_problem(id_: str, multi: MultiNode, node: NodeSpec) -> Finding | None:
+    """The node's address is unset or loopback (the other nodes could not reach it); None: usable."""
+    index = multi.nodes.index(node)
+    if not node.address:
+        return failed(id_, f"node {node.name} has no address on the inter-node link",
+                      f"set it: --set multinode.nodes.{index}.address=IP (`ip -br addr` shows them)")
+    if is_loopback(node.address):
+        return failed(id_, f"node {node.name}'s address {node.address} is a loopback address: the other nodes "
+                           "cannot reach it", f"--set multinode.nodes.{index}.address=IP with its address on "
+                                              "the inter-node link (`ip -br addr`)")
+    return None
 
 
 def link(multi: MultiNode, node: NodeSpec, addresses: dict[str, list[str]]) -> Finding:
     """The node's address is set, not loopback, one of this machine's, on the node's interface.
 
     `addresses`: this machine's addresses by interface (`ip -br addr`)."""
-    id_, index = "cluster.link", multi.nodes.index(node)
+    id_, index = "topology.cluster_link", multi.nodes.index(node)
     address, interface = node.address, multi.interface(node)
-    if not address:
-        return failed(id_, f"node {node.name} has no address on the inter-node link",
-                      f"set it: --set multinode.nodes.{index}.address=IP (`ip -br addr` shows them)")
-    if is_loopback(address):
-        return failed(id_, f"node {node.name}'s address {address} is a loopback address: the other nodes cannot "
-                           "reach it", f"--set multinode.nodes.{index}.address=IP with its address on the "
-                                       "inter-node link (`ip -br addr`)")
+    if (problem := _address_problem(id_, multi, node)) is not None:
+        return problem
     carrier = next((name for name, found in addresses.items() if address in found), None)
     if carrier is None:
         mine = ", ".join(a for found in addresses.values() for a in found)
@@ -51,8 +63,8 @@ def head_port(multi: MultiNode, error: str | None) -> Finding:
     """A worker reaches the head's Ray port (`error`: why a TCP connection to it failed, None: it connected)."""
     where = f"{multi.head.address}:{multi.ray_port}"
     if error is None:
-        return passed("cluster.head_port", f"the head's Ray port {where} answers")
-    return failed("cluster.head_port", f"the head's Ray port {where} cannot be reached: {error}",
+        return passed("topology.cluster_head_port", f"the head's Ray port {where} answers")
+    return failed("topology.cluster_head_port", f"the head's Ray port {where} cannot be reached: {error}",
                   f"start the head first (`dsv4setup up --node {multi.head.name}` there); check the link and "
                   f"any firewall between the nodes for TCP port {multi.ray_port}; or correct the head's address: "
                   f"--set multinode.nodes.{multi.nodes.index(multi.head)}.address=IP")
@@ -71,8 +83,88 @@ def same_gpus(multi: MultiNode, gpus: dict[str, list[dict[str, Any]]]) -> Findin
     others = {n.name: gpu_kind(gpus.get(n.name, [])) for n in multi.nodes if n is not multi.head}
     differ = {name: kind for name, kind in others.items() if kind != head}
     if differ:
-        return failed("cluster.gpus", "; ".join(f"node {name} has {kind} (head {multi.head.name}: {head})"
+        return failed("topology.cluster_gpus", "; ".join(f"node {name} has {kind} (head {multi.head.name}: {head})"
                                                 for name, kind in differ.items()),
                       "one TP group needs the same GPU model and memory on every node: serve with the nodes "
                       "that match (remove the others from multinode.nodes and lower serve.tensor_parallel_size)")
-    return passed("cluster.gpus", f"every node: {head}")
+    return passed("topology.cluster_gpus", f"every node: {head}")
+
+
+def node_addresses(multi: MultiNode) -> Finding:
+    """Every node has an address on the inter-node link, none of them loopback (judged from the profile)."""
+    id_ = "topology.cluster_addresses"
+    problems = [p for n in multi.nodes if (p := _address_problem(id_, multi, n)) is not None]
+    if problems:
+        return failed(id_, "; ".join(p.summary for p in problems), problems[0].fix or "")
+    return passed(id_, "nodes: " + ", ".join(f"{n.name} ({n.role}) {n.address}" for n in multi.nodes))
+
+
+def _this_node(multi: MultiNode, addresses: dict[str, list[str]]) -> NodeSpec | None:
+    mine = {a for found in addresses.values() for a in found}
+    return next((n for n in multi.nodes if n.address and n.address in mine), None)
+
+
+def this_link(multi: MultiNode, addresses: dict[str, list[str]] | None) -> Finding:
+    """The link of the node this machine is (found by its addresses); `addresses` None: not measured
+    (a saved snapshot carries no interfaces)."""
+    id_ = "topology.cluster_link"
+    if addresses is None:
+        return skipped(id_, "a saved snapshot carries no network interfaces: run `dsv4setup doctor` on each node")
+    node = _this_node(multi, addresses)
+    if node is None:
+        listed = ", ".join(f"{n.name} {n.address}" for n in multi.nodes)
+        return warned(id_, f"this machine carries none of the nodes' addresses ({listed})",
+                      "run doctor on the nodes themselves, or set this node's address on the inter-node link: "
+                      "--set multinode.nodes.N.address=IP (`ip -br addr` shows them)")
+    return link(multi, node, addresses)
+
+
+def node_gpus(profile: Profile, addresses: dict[str, list[str]] | None, visible: int) -> Finding:
+    """This machine's node lists as many GPUs as the machine shows (`visible`: the snapshot's, after
+    CUDA_VISIBLE_DEVICES); its Ray offers that many to the ranks."""
+    id_, multi = "topology.cluster_node_gpus", profile.multinode
+    assert multi is not None
+    if profile.match.cpu_only:
+        return skipped(id_, "CPU nodes: each node's Ray offers its listed gpus to the ranks (--num-gpus)")
+    node = _this_node(multi, addresses) if addresses is not None else None
+    if node is None:
+        return skipped(id_, "not known which node this machine is (see topology.cluster_link)")
+    if visible != node.gpus:
+        return failed(id_, f"node {node.name} lists {node.gpus} GPUs, this machine shows {visible}",
+                      f"make them visible (CUDA_VISIBLE_DEVICES), or --set multinode.nodes.{multi.nodes.index(node)}"
+                      f".gpus={visible} with serve.tensor_parallel_size set to the nodes' new total")
+    return passed(id_, f"node {node.name}: {visible} GPUs, as listed")
+
+
+def pipeline_size(extra_args: list[str]) -> int:
+    """The pipeline-parallel size in serve.extra_args (`--pipeline-parallel-size N`, `-pp=N`); 1 without."""
+    for i, arg in enumerate(extra_args):
+        flag, eq, value = arg.partition("=")
+        if flag in PP_FLAGS:
+            value = value if eq else (extra_args[i + 1] if i + 1 < len(extra_args) else "")
+            return int(value) if value.isdigit() else 1
+    return 1
+
+
+def parallel(profile: Profile) -> Finding:
+    """TP x PP equals the GPUs the nodes hold: vLLM's Ray route places one rank on every GPU."""
+    id_ = "topology.cluster_parallel"
+    multi = profile.multinode
+    assert multi is not None
+    tp, pp = profile.serve.tensor_parallel_size, pipeline_size(profile.serve.extra_args)
+    total = sum(n.gpus for n in multi.nodes)
+    what = f"TP {tp} x PP {pp} = {tp * pp} ranks; the nodes hold {total} GPUs"
+    if tp * pp != total:
+        return failed(id_, what, f"make them equal: --set serve.tensor_parallel_size={total // pp or 1}, or drop "
+                                 "--pipeline-parallel-size from serve.extra_args, or correct each node's gpus "
+                                 "(--set multinode.nodes.N.gpus=COUNT)")
+    return passed(id_, what)
+
+
+def doctor_findings(profile: Profile, addresses: dict[str, list[str]] | None, visible: int) -> list[Finding]:
+    """What doctor judges of a multi-node profile on one machine (`addresses`: its interfaces, None when
+    judging a saved snapshot; `visible`: the snapshot's GPUs); nothing for a single-node profile."""
+    if profile.multinode is None:
+        return []
+    return [node_addresses(profile.multinode), this_link(profile.multinode, addresses),
+            node_gpus(profile, addresses, visible), parallel(profile)]

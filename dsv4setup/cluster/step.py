@@ -9,6 +9,8 @@ and refuses to go on when any node differs from the head, naming the node and th
 On the head the postcondition also asks Ray which nodes are alive: vLLM's ranks run on every node,
 so a worker gone while serving (its Ray stopped, its machine down) took the server with it; the
 step then runs again and waits for that node, naming it when it does not come back.
+
+Each run records what it saw, whatever the outcome (cluster/view.py): `status` shows every node from it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dsv4setup.cluster.nodes import (
 from dsv4setup.cluster.outputs import ClusterOutputs
 from dsv4setup.cluster.raynode import RAY_MODULE, alive_now, probe, ray_alive, ray_record
 from dsv4setup.cluster.rules import head_port, link, same_gpus
+from dsv4setup.cluster.view import OK, ClusterCheck, record_check
 from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
@@ -113,7 +116,18 @@ class ClusterStep(Step):
                                    f"joined to {multi.head.address}:{multi.ray_port}")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
+        """Join or form the cluster; what it saw is recorded for `status` whatever the outcome."""
         multi, node = this_node(ctx)
+        check = ClusterCheck(multi, node)
+        try:
+            outputs = self._form(ctx, multi, node, check)
+        except StepError as exc:
+            record_check(ctx.workdir, check, exc.known_failure or "failed", exc.message)
+            raise
+        record_check(ctx.workdir, check, OK, None)
+        return outputs
+
+    def _form(self, ctx: RunContext, multi: MultiNode, node: NodeSpec, check: ClusterCheck) -> dict[str, Any]:
         address, head_address = _address(multi, node), _address(multi, multi.head)
         check_interface(multi, node)
         if node.role == "worker":
@@ -125,7 +139,7 @@ class ClusterStep(Step):
         env = self._env(ctx, multi, node)
         record = self._start(ctx, multi, node, env)
         try:
-            seen = self._wait(ctx, multi, node, record, env)
+            seen = self._wait(ctx, multi, node, record, env, check)
         except (StepError, KeyboardInterrupt):
             report = stop_server(ctx.workdir, record, name=RAY_RECORD)
             ctx.require_log().line(f"stopped this node's Ray (pids {report.pids})")
@@ -159,7 +173,7 @@ class ClusterStep(Step):
         return record
 
     def _wait(self, ctx: RunContext, multi: MultiNode, node: NodeSpec, record: ServerRecord,
-              env: dict[str, str]) -> dict[str, Any]:
+              env: dict[str, str], check: ClusterCheck) -> dict[str, Any]:
         """Until every expected node is alive (the head: all; a worker: itself); the head then compares."""
         head = node.role == "head"
         expected = [n for n in multi.nodes if head or n is node]
@@ -174,8 +188,9 @@ class ClusterStep(Step):
                 now = time.monotonic()
                 if line is not None:
                     last_word = now
-                    alive = line.alive if line.alive is not None else alive
+                    alive = check.alive = line.alive if line.alive is not None else alive
                     if line.fingerprints is not None:
+                        check.fingerprints = line.fingerprints
                         return self._compare(multi, names, alive, line.fingerprints)
                 missing = [n for a, n in names.items() if a not in alive]
                 if not head and not missing:

@@ -28,7 +28,7 @@ from dsv4setup.core.state import now_iso
 from dsv4setup.core.workdir import Workdir
 
 DETACH_SCHEMA = "dsv4setup.detach/1"
-WAIT_SCHEMA = "dsv4setup.wait/2"  # /2: embeds status/3
+WAIT_SCHEMA = "dsv4setup.wait/3"  # /2: embeds status/3; /3: status/4
 Outcome = Literal["done", "failed", "running"]
 EXIT_OF: dict[Outcome, int] = {"done": EXIT_WAIT_DONE, "failed": EXIT_WAIT_FAILED, "running": EXIT_WAIT_RUNNING}
 

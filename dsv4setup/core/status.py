@@ -12,7 +12,7 @@ from typing import Any
 
 from dsv4setup.core.state import State, StepRecord, StepStatus
 
-STATUS_SCHEMA = "dsv4setup.status/3"  # /3: each step's `timings`
+STATUS_SCHEMA = "dsv4setup.status/4"  # /3: each step's `timings`; /4: `cluster` (runbook.status_document)
 BROKEN = ("failed", "interrupted")
 
 

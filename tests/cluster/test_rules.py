@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
-from dsv4setup.cluster.rules import gpu_kind, head_port, link, same_gpus
+import json
+from pathlib import Path
+
+import pytest
+
+from dsv4setup.cli import main
+from dsv4setup.cluster.rules import (
+    doctor_findings,
+    gpu_kind,
+    head_port,
+    link,
+    node_gpus,
+    pipeline_size,
+    same_gpus,
+    this_link,
+)
+from dsv4setup.core.jsonschemas import validate_document
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import MultiNode, NodeSpec
+from dsv4setup.profiles.resolve import resolve_profile
+from tests.conftest import REPO_ROOT
+
+SNAPSHOT = REPO_ROOT / "tests" / "preflight" / "fixtures" / "h200-x8-nvlink.json"
 
 SPARKS = MultiNode(nccl_socket_ifname="enp1s0f1np1", nodes=[
     NodeSpec(name="spark-1", role="head", address="192.168.100.10"),
@@ -59,3 +80,58 @@ def test_every_node_needs_the_heads_gpu_model_and_memory() -> None:
     assert other.summary == "node spark-2 has 1 x NVIDIA H200 (141 GiB) (head spark-1: 1 x NVIDIA GB10)"
     smaller = same_gpus(SPARKS, {"spark-1": [h200], "spark-2": [{**h200, "memory_total_bytes": 80 * 2**30}]})
     assert smaller.status == "fail" and "80 GiB" in smaller.summary
+
+
+def test_doctor_judges_every_nodes_address_this_machines_link_and_tp_x_pp(workdir: Workdir) -> None:
+    x2 = resolve_profile(workdir, "cpu-tiny-x2", []).profile
+    here = {"lo": ["127.0.0.1"], "eth9": ["10.200.0.2"]}  # node2's address, not on the profile's dsv0
+    found = {f.id: f for f in doctor_findings(x2, here, 0)}
+    assert [f.status for f in found.values()] == ["pass", "fail", "skip", "pass"]  # CPU nodes: no GPU count
+    assert found["topology.cluster_link"].fix == "--set multinode.nodes.1.interface=eth9"
+    assert found["topology.cluster_parallel"].summary == "TP 2 x PP 1 = 2 ranks; the nodes hold 2 GPUs"
+    assert doctor_findings(resolve_profile(workdir, "cpu-tiny", []).profile, here, 0) == []
+
+
+def test_doctor_without_the_machine_skips_the_link_and_still_judges_the_profile(workdir: Workdir) -> None:
+    x2 = resolve_profile(workdir, "cpu-tiny-x2", ["multinode.nodes.1.address=127.0.0.2",
+                                                  "serve.extra_args=[\"--pipeline-parallel-size\", \"2\"]"]).profile
+    found = {f.id: f for f in doctor_findings(x2, None, 0)}
+    assert found["topology.cluster_link"].status == "skip"
+    assert found["topology.cluster_addresses"].status == "fail"
+    assert "node node2's address 127.0.0.2 is a loopback address" in found["topology.cluster_addresses"].summary
+    assert (found["topology.cluster_addresses"].fix or "").startswith("--set multinode.nodes.1.address=IP")
+    assert found["topology.cluster_parallel"].status == "fail"
+    assert found["topology.cluster_parallel"].summary == "TP 2 x PP 2 = 4 ranks; the nodes hold 2 GPUs"
+    assert pipeline_size(["-pp=3"]) == 3 and pipeline_size(["--max-num-seqs", "4"]) == 1
+
+
+def test_this_machine_being_none_of_the_nodes_is_a_warning_naming_them() -> None:
+    finding = this_link(SPARKS, {"lo": ["127.0.0.1"], "eth0": ["10.0.0.9"]})
+    assert finding.status == "warn" and "spark-1 192.168.100.10, spark-2 192.168.100.11" in finding.summary
+    assert this_link(SPARKS, ADDRESSES).summary == "node spark-2: 192.168.100.11 on enp1s0f1np1"
+
+
+def test_doctor_json_carries_the_cluster_findings_in_its_schema(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["doctor", "--snapshot", str(SNAPSHOT), "--profile", "cpu-tiny-x2", "--workdir", str(tmp_path),
+              "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    validate_document(doc)
+    assert {c["id"]: c["status"] for c in doc["checks"] if "cluster" in c["id"]} == {
+        "topology.cluster_addresses": "pass", "topology.cluster_link": "skip", "topology.cluster_node_gpus": "skip",
+        "topology.cluster_parallel": "pass"}
+
+
+def test_this_machines_gpus_must_be_the_ones_its_node_lists(workdir: Workdir) -> None:
+    sparks = resolve_profile(workdir, "dgx-spark-gb10-x2", ["multinode.nodes.0.address=192.168.100.10",
+                                                            "multinode.nodes.1.address=192.168.100.11"]).profile
+    assert sparks.multinode is not None
+    head = sparks.multinode.head
+    here = {"lo": ["127.0.0.1"], str(sparks.multinode.interface(head)): [str(head.address)]}
+    index = sparks.multinode.nodes.index(head)
+    assert node_gpus(sparks, here, head.gpus).status == "pass"
+    fewer = node_gpus(sparks, here, 0)
+    assert fewer.status == "fail" and fewer.summary == f"node {head.name} lists {head.gpus} GPUs, this machine shows 0"
+    assert f"--set multinode.nodes.{index}.gpus=0" in (fewer.fix or "")
+    assert node_gpus(sparks, None, 0).status == "skip"

@@ -1,4 +1,4 @@
-"""`status --json` (dsv4setup.status/3): what each step's last run and its postcondition check cost."""
+"""`status --json` (dsv4setup.status/3, /4): what each step's last run and its postcondition check cost."""
 
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ def steps_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _timings(workdir: Workdir) -> dict[str, dict[str, object]]:
     doc = {**status_doc(load_state(workdir.state_file), ["alpha", "beta"]), "workdir": str(workdir.root),
-           "service": None}
+           "service": None, "cluster": None}
     validate_document(doc)
-    assert doc["schema"] == STATUS_SCHEMA == "dsv4setup.status/3"
+    assert doc["schema"] == STATUS_SCHEMA == "dsv4setup.status/4"
     return {row["step"]: row["timings"] for row in doc["steps"]}
 
 

@@ -224,6 +224,11 @@ def test_two_nodes_serve_tp2_with_mtp_rank1_on_the_second_node_then_down_leaves_
     assert psutil.Process(rank1).nice() == 0  # not Ray's default 15: other load would starve it
     nexts = json_of(cluster.run("node2", "next", "--json", timeout=120))
     assert nexts["action"] == "wait" and "node node2 is a worker" in nexts["why"], nexts
+    state = json_of(cluster.run("node1", "status", "--json", timeout=120))["cluster"]  # every node, from the head
+    assert state["joined"] and state["outcome"] == "ok", state
+    assert [(n["name"], n["agrees"], n["alive_at_check"]) for n in state["nodes"]] == [
+        ("node1", True, True), ("node2", True, True)], state
+    assert state["live"] == "no-answer" or all(n["alive"] for n in state["nodes"]), state  # Ray asked for 10 s at most
 
     ids = cluster.ids()
     segments = shm_segments(ours(ids))
