@@ -10,6 +10,7 @@ GPUs, this machine's GPUs against its node's. The ids live in doctor's `topology
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from typing import Any
 
@@ -48,14 +49,14 @@ def link(multi: MultiNode, node: NodeSpec, addresses: dict[str, list[str]]) -> F
                       f"run this on {node.name}, or correct it: --set multinode.nodes.{index}.address=IP "
                       f"(this machine has: {mine})")
     if not interface:
-        return failed(id_, f"node {node.name}: no inter-node interface is set (Gloo and NCCL would pick one)",
-                      f"--set multinode.nodes.{index}.interface={carrier}")
+        return _set_interface(id_, f"node {node.name}: no inter-node interface is set (Gloo and NCCL would pick one)",
+                              index, carrier)
     if interface not in addresses:
-        return failed(id_, f"node {node.name}: this machine has no interface {interface!r} ({address} is on {carrier})",
-                      f"--set multinode.nodes.{index}.interface={carrier}")
+        return _set_interface(id_, f"node {node.name}: this machine has no interface {interface!r} "
+                                   f"({address} is on {carrier})", index, carrier)
     if interface != carrier:
-        return failed(id_, f"node {node.name}: interface {interface!r} does not carry {address} (it is on {carrier})",
-                      f"--set multinode.nodes.{index}.interface={carrier}")
+        return _set_interface(id_, f"node {node.name}: interface {interface!r} does not carry {address} "
+                                   f"(it is on {carrier})", index, carrier)
     return passed(id_, f"node {node.name}: {address} on {interface}")
 
 
@@ -168,3 +169,10 @@ def doctor_findings(profile: Profile, addresses: dict[str, list[str]] | None, vi
         return []
     return [node_addresses(profile.multinode), this_link(profile.multinode, addresses),
             node_gpus(profile, addresses, visible), parallel(profile)]
+
+
+def _set_interface(id_: str, summary: str, index: int, carrier: str) -> Finding:
+    """The fix for a node's interface: once with --set, or kept in the workdir by the command."""
+    item = f"multinode.nodes.{index}.interface={carrier}"
+    return Finding(id_, "fail", summary, f"--set {item}, or keep it: dsv4setup profile set {item}",
+                   shlex.join(["dsv4setup", "profile", "set", item]))

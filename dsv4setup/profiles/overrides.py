@@ -108,13 +108,7 @@ def parse_set(item: str) -> tuple[Loc, Any]:
     parts = key.split(".")
     if any(not p for p in parts):
         raise UsageError(f"--set {item}: empty key segment in {key!r}")
-    path: list[keys.Segment] = []
-    annotation: Any = Profile
-    for part in parts:
-        segment: keys.Segment = int(part) if annotation is not None and keys.is_list(annotation) and part.isdigit() \
-            else part
-        path.append(segment)
-        annotation = keys.child(annotation, segment) if annotation is not None else None
+    path, annotation = typed_path(parts)
     try:
         value = _typed_value(raw, annotation, in_env=parts[0] == "env")
     except yaml.YAMLError as exc:
@@ -122,6 +116,19 @@ def parse_set(item: str) -> tuple[Loc, Any]:
                          fix="quote it for the shell and in YAML, e.g. --set 'serve.extra_args=[\"--a\", \"b\"]'") \
             from None
     return tuple(path), value
+
+
+def typed_path(parts: Sequence[str]) -> tuple[list[keys.Segment], Any]:
+    """A dotted key's segments, digits made list indexes where the profile has a list (`multinode.nodes.1`),
+    and the type found at its end (None when the key does not exist)."""
+    path: list[keys.Segment] = []
+    annotation: Any = Profile
+    for part in parts:
+        segment: keys.Segment = int(part) if annotation is not None and keys.is_list(annotation) and part.isdigit() \
+            else part
+        path.append(segment)
+        annotation = keys.child(annotation, segment) if annotation is not None else None
+    return path, annotation
 
 
 def nest(path: Sequence[keys.Segment], value: Any) -> dict[Any, Any]:
@@ -238,8 +245,7 @@ def write_override(workdir: Workdir, dotted_key: str, value: Any, evidence: dict
     file says why a tool chose the value. The key and value are checked against the profile
     model first; a file that does not parse is refused, never overwritten.
     """
-    path = tuple(dotted_key.split("."))
-    annotation = keys.at(path)
+    path, annotation = typed_path(dotted_key.split("."))
     if annotation is None or path[0] in NOT_OVERRIDABLE:
         raise UsageError(f"cannot write override {dotted_key!r}: no such profile key",
                          fix="`dsv4setup profile show --json` lists the keys")
@@ -252,7 +258,7 @@ def write_override(workdir: Workdir, dotted_key: str, value: Any, evidence: dict
     text = file.read_text(encoding="utf-8") if file.exists() else OVERRIDES_HEADER
     if not isinstance(parse_yaml(text, file).data, dict | None):  # never touch a file that does not parse
         raise UsageError(f"{file}: expected a mapping of profile keys", fix="fix or remove the file")
-    text = set_in_yaml_text(text, list(path), plain)
+    text = set_in_yaml_text(text, path, plain)
     if evidence is not None:
         text = set_in_yaml_text(text, [EVIDENCE_KEY, dotted_key], {**evidence, "written_at": now_iso()})
     atomic_write_text(file, redact(text))
@@ -299,7 +305,7 @@ def _replace_value(text: str, key_node: yaml.Node, value_node: yaml.Node, value:
     return text[:start] + ": " + _inline(value) + text[end:]
 
 
-def _edit(text: str, path: list[str], value: Any) -> str:
+def _edit(text: str, path: Sequence[keys.Segment], value: Any) -> str:
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is None:
         return text + ("" if not text or text.endswith("\n") else "\n") + _dump_block(nest(path, value), 0)
@@ -307,7 +313,8 @@ def _edit(text: str, path: list[str], value: Any) -> str:
     for i, segment in enumerate(path):
         if not isinstance(node, yaml.MappingNode) or node.flow_style:
             raise _CannotEdit
-        pair = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == segment), None)
+        pair = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(segment)),
+                    None)
         if pair is None:
             indent = node.value[0][0].start_mark.column if node.value else 0
             text, at = _after_line(text, _content_end(node)) if node.value else (text, len(text))
@@ -315,24 +322,42 @@ def _edit(text: str, path: list[str], value: Any) -> str:
         key_node, value_node = pair
         if i == len(path) - 1:
             return _replace_value(text, key_node, value_node, value)
+        if isinstance(value_node, yaml.SequenceNode):
+            raise _CannotEdit  # an index into a list the file holds: the re-dump keeps its other items
         if not isinstance(value_node, yaml.MappingNode):
             return _replace_value(text, key_node, value_node, nest(path[i + 1:], value))
         node = value_node
     raise _CannotEdit
 
 
-def _set_in(data: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+def _set_in(data: dict[Any, Any], path: Sequence[keys.Segment], value: Any) -> dict[Any, Any]:
+    """`data` with `value` at `path`; an int segment indexes a list the data holds (or keys an index patch)."""
     out = copy.deepcopy(data)
-    cursor = out
-    for segment in path[:-1]:
-        if not isinstance(cursor.get(segment), dict):
-            cursor[segment] = {}
-        cursor = cursor[segment]
+    cursor: Any = out
+    for segment, following in zip(path[:-1], path[1:], strict=True):
+        inner = _item(cursor, segment)
+        if isinstance(following, int) and isinstance(inner, list) and following < len(inner):
+            cursor = inner
+            continue
+        if not isinstance(inner, dict):
+            inner = {}
+            cursor[segment] = inner
+        cursor = inner
+    _item(cursor, path[-1])  # an index past the end of a list is refused, not an IndexError
     cursor[path[-1]] = value
     return out
 
 
-def set_in_yaml_text(text: str, path: list[str], value: Any) -> str:
+def _item(container: Any, segment: keys.Segment) -> Any:
+    if isinstance(container, list) and not (isinstance(segment, int) and segment < len(container)):
+        raise UsageError(f"cannot set item {segment}: the list there in the overrides file has "
+                         f"{len(container)} item(s)", fix="edit the list in dsv4setup.yaml by hand")
+    if isinstance(container, list):
+        return container[segment] if isinstance(segment, int) and segment < len(container) else None
+    return container.get(segment)
+
+
+def set_in_yaml_text(text: str, path: Sequence[keys.Segment], value: Any) -> str:
     """Set one nested key in YAML text, editing only its lines; re-dump the file if that is not possible."""
     before = yaml.safe_load(text) or {}
     expected = _set_in(before, path, value)

@@ -248,9 +248,10 @@ def persist_unset(workdir: Workdir, name: str | None, dotted_keys: list[str]) ->
             raise
 
 
-def _drop(data: dict[str, Any], path: list[str]) -> None:
-    """Delete path from nested mappings, pruning mappings left empty."""
-    head, rest = path[0], path[1:]
+def _drop(data: dict[Any, Any], path: list[str]) -> None:
+    """Delete path from nested mappings, pruning mappings left empty (`nodes.1` matches a list index key 1)."""
+    rest = path[1:]
+    head = next((key for key in data if str(key) == path[0]), path[0])
     if rest and isinstance(data.get(head), dict):
         child = dict(data[head])
         _drop(child, rest)

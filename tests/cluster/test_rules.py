@@ -87,7 +87,8 @@ def test_doctor_judges_every_nodes_address_this_machines_link_and_tp_x_pp(workdi
     here = {"lo": ["127.0.0.1"], "eth9": ["10.200.0.2"]}  # node2's address, not on the profile's dsv0
     found = {f.id: f for f in doctor_findings(x2, here, 0)}
     assert [f.status for f in found.values()] == ["pass", "fail", "skip", "pass"]  # CPU nodes: no GPU count
-    assert found["topology.cluster_link"].fix == "--set multinode.nodes.1.interface=eth9"
+    assert found["topology.cluster_link"].fix.startswith("--set multinode.nodes.1.interface=eth9")
+    assert found["topology.cluster_link"].command == "dsv4setup profile set multinode.nodes.1.interface=eth9"
     assert found["topology.cluster_parallel"].summary == "TP 2 x PP 1 = 2 ranks; the nodes hold 2 GPUs"
     assert doctor_findings(resolve_profile(workdir, "cpu-tiny", []).profile, here, 0) == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from dsv4setup.cli import main
 from dsv4setup.core.jsonschemas import validate_document
@@ -42,3 +43,33 @@ def test_profile_set_bad_value_exit_2_and_file_unchanged(capsys: pytest.CaptureF
     code, _, err = run(capsys, "profile", "set", "--workdir", str(workdir.root), "--profile", "h200-tp2",
                        "serve.no_such_key=1")
     assert code == 2 and workdir.overrides_file.read_text() == before
+
+
+def test_profile_set_on_a_list_item_patches_that_node_only(capsys: pytest.CaptureFixture[str],
+                                                           workdir: Workdir) -> None:
+    """The doctor's cluster fixes name list items (multinode.nodes.1.interface): `profile set` keeps them."""
+    before = resolve_profile(workdir, "cpu-tiny-x2", []).profile.multinode
+    assert before is not None
+    code, _, err = run(capsys, "profile", "set", "--workdir", str(workdir.root), "--profile", "cpu-tiny-x2",
+                       "multinode.nodes.1.interface=enp1s0f1np1")
+    assert code == 0, err
+    after = resolve_profile(workdir, "cpu-tiny-x2", []).profile.multinode
+    assert after is not None and after.nodes[1].interface == "enp1s0f1np1"
+    assert after.nodes[0] == before.nodes[0] and len(after.nodes) == len(before.nodes)
+    assert run(capsys, "profile", "unset", "--workdir", str(workdir.root), "--profile", "cpu-tiny-x2",
+               "multinode.nodes.1.interface")[0] == 0
+    assert resolve_profile(workdir, "cpu-tiny-x2", []).profile.multinode == before
+
+
+def test_profile_set_indexes_a_list_the_overrides_file_holds_keeping_its_other_items(
+        capsys: pytest.CaptureFixture[str], workdir: Workdir) -> None:
+    nodes = [n.model_dump(mode="json") for n in resolve_profile(workdir, "cpu-tiny-x2", []).profile.multinode.nodes]
+    workdir.overrides_file.write_text(yaml.safe_dump({"multinode": {"nodes": nodes}}))
+    code, _, err = run(capsys, "profile", "set", "--workdir", str(workdir.root), "--profile", "cpu-tiny-x2",
+                       "multinode.nodes.1.interface=eth9")
+    assert code == 0, err
+    written = yaml.safe_load(workdir.overrides_file.read_text())["multinode"]["nodes"]
+    assert written[0] == nodes[0] and written[1] == {**nodes[1], "interface": "eth9"}
+    code, _, err = run(capsys, "profile", "set", "--workdir", str(workdir.root), "--profile", "cpu-tiny-x2",
+                       "multinode.nodes.5.interface=eth9")
+    assert code == 2 and "multinode.nodes" in err and "Traceback" not in err
