@@ -9,7 +9,8 @@ from pathlib import Path
 import dsv4setup
 
 PACKAGE = Path(dsv4setup.__file__).parent
-STEP_PACKAGES = ("preflight", "toolkit", "vllm", "patches", "download", "checkpoint", "serve", "smoke", "bench")
+STEP_PACKAGES = ("preflight", "toolkit", "vllm", "patches", "download", "checkpoint", "cluster", "serve", "smoke",
+                 "bench")
 
 
 def imported_modules(path: Path) -> set[str]:

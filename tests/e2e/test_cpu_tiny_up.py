@@ -141,26 +141,26 @@ def test_sigkill_during_serve_then_resume_to_done(env: dict[str, str]) -> None:
     port = rows["serve"]["outputs"]["port"]
     leaders = [p for p in server_processes(port) if p.pid == os.getpgid(p.pid)]
     assert [p.pid for p in leaders] == [rows["serve"]["outputs"]["pid"]]  # one server, no orphan from the kill
-    assert dsv(env, "down").returncode == 0
-    time.sleep(1)
-    assert server_processes(port) == []
 
 
 def test_smoke_bench_and_down_through_the_shipped_runbook_as_a_user_runs_them(env: dict[str, str]) -> None:
     """No DSV4SETUP_RUNBOOK: the runbook every user gets, patches step included (issue #20: a recorded
-    patch set once broke every bench row's fingerprint, and the bench exited 1 with `ok: true`)."""
-    up = dsv(env, "up", "--yes", "--json", timeout=UP_TIMEOUT_S)  # the last test stopped the server
+    patch set once broke every bench row's fingerprint, and the bench exited 1 with `ok: true`).
+    k=1 is the configured k, measured on the running server; the matrix with restarts (k=0, 2), the
+    best k applied and the server restored run in tests/bench/test_bench_e2e.py."""
+    up = dsv(env, "up", "--yes", "--json", timeout=UP_TIMEOUT_S)  # serves when run alone; else verifies
     assert up.returncode == 0 and json_of(up)["ok"], up.stdout[-4000:] + up.stderr[-4000:]
     smoke = dsv(env, "smoke", "--json")
     assert smoke.returncode == 0 and json_of(smoke)["ok"], smoke.stdout[-3000:] + smoke.stderr[-3000:]
 
-    bench = dsv(env, "bench", "--k", "0,1", "--shape", "short", "--json", timeout=1200)
+    bench = dsv(env, "bench", "--k", "1", "--shape", "short", "--json", timeout=1200)
     doc = json_of(bench)
     assert bench.returncode == 0 and doc["ok"], bench.stdout[-4000:] + bench.stderr[-4000:]
     rows = statuses(env)
     assert {s: rows[s]["status"] for s in [*STEPS, "bench"]} == {s: "done" for s in [*STEPS, "bench"]}
     results = read_rows(Path(env["DSV4SETUP_WORKDIR"]) / "bench" / "results.jsonl")
-    assert sorted(r["k"] for r in results) == [0, 1] and all(r["status"] == "ok" for r in results)
+    assert [r["k"] for r in results] == [1] and all(r["status"] == "ok" for r in results)
+    assert results[0]["metrics"]["acceptance_rate"] > 0
     applied = rows["patches"]["outputs"]["applied"]
     assert applied == ["mtp-draft-hf-config-path"]
     for row in results:

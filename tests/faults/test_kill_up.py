@@ -123,7 +123,8 @@ def test_kill_9_at_every_step_boundary_and_mid_step_then_resume(tiny: TinyWorkdi
     record("kill -9", "resume after the last kill", survived=ok,
            data_lost=any(steps[n]["finished_at"] != at for n, at in finished.items()))
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
-    assert [d["action"] for d in doc["decisions"]] == ["skip"] * (STEPS.index("smoke")) + ["run"]
+    actions = {d["step"]: d["action"] for d in doc["decisions"]}  # the runbook's steps (cluster too: skipped)
+    assert actions.pop("smoke") == "run" and set(actions.values()) == {"skip"}, doc["decisions"]
     assert all(steps[n]["finished_at"] == at for n, at in finished.items())  # each step finished exactly once
     smoke = steps["smoke"]["outputs"]
     assert smoke["mtp_checked"] and smoke["drafts"] > 0 and smoke["acceptance_rate"] > 0
