@@ -429,6 +429,7 @@ def _get_rest(url: str, headers: dict[str, str], fh: BinaryIO, f: RemoteFile, pr
         raise DsvError(f"the hub ended the transfer of {f.path} at {human(fh.tell())} of {human(f.size)}",
                        fix="run the same command again: the partial file resumes where it stopped")
 
+
 def _verified_kinds(manifest: Manifest) -> str:
     """How the files were checked: 'sha256', 'git-sha1' (small non-LFS files), 'size' (no hash known)."""
     return "+".join(sorted({r.verified for r in manifest.verified.values()}))

@@ -20,15 +20,7 @@ from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import Profile
 from tests.core import steps_for_tests as ts
 
-
-@pytest.fixture(autouse=True)
-def steps_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "markers"
-    path.mkdir()
-    monkeypatch.setenv("TEST_STEPS_DIR", str(path))
-    for var in ("TEST_STEPS_FAIL", "TEST_STEPS_SLOW", "TEST_STEPS_INPUT"):
-        monkeypatch.delenv(var, raising=False)
-    return path
+pytestmark = pytest.mark.usefixtures("steps_dir")  # every test: markers in its tmp_path
 
 
 def make(workdir: Workdir, profile: Profile) -> Runbook:

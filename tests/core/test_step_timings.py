@@ -21,6 +21,8 @@ from dsv4setup.profiles.model import Profile
 from tests.conftest import REPO_ROOT
 from tests.core import steps_for_tests as ts
 
+pytestmark = pytest.mark.usefixtures("steps_dir")  # every test: markers in its tmp_path
+
 CHECK_S = 0.05
 
 
@@ -31,15 +33,6 @@ class SlowCheckStep(ts.MarkerStep):
         time.sleep(CHECK_S)
         return super().is_done(ctx)
 
-
-@pytest.fixture(autouse=True)
-def steps_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "markers"
-    path.mkdir()
-    monkeypatch.setenv("TEST_STEPS_DIR", str(path))
-    for var in ("TEST_STEPS_FAIL", "TEST_STEPS_SLOW", "TEST_STEPS_INPUT"):
-        monkeypatch.delenv(var, raising=False)
-    return path
 
 
 def _timings(workdir: Workdir) -> dict[str, dict[str, object]]:
