@@ -17,6 +17,7 @@ from typing import Any
 from dsv4setup.core.finding import Finding, failed, passed, skipped, warned
 from dsv4setup.profiles.model import MultiNode, NodeSpec, Profile
 from dsv4setup.serve.readiness import is_loopback
+from dsv4setup.serve.signatures import profile_set_command
 
 PP_FLAGS = ("--pipeline-parallel-size", "-pp")
 
@@ -175,4 +176,4 @@ def _set_interface(id_: str, summary: str, index: int, carrier: str) -> Finding:
     """The fix for a node's interface: once with --set, or kept in the workdir by the command."""
     item = f"multinode.nodes.{index}.interface={carrier}"
     return Finding(id_, "fail", summary, f"--set {item}, or keep it: dsv4setup profile set {item}",
-                   shlex.join(["dsv4setup", "profile", "set", item]))
+                   shlex.join(profile_set_command(item)))
