@@ -51,13 +51,18 @@ def find_node(profile: Profile, requested: str | None, recorded: str | None = No
 # starves them (measured: the first request stuck for minutes in vLLM's "No available shared memory
 # broadcast block" while the ranks compiled their CPU kernels behind other processes).
 RAY_WORKER_ENV = {"RAY_worker_niceness": "0"}
+# Ray's driver (the server) folds log lines that differ only in numbers, such as vLLM's "TP rank 0"
+# and "TP rank 1", into one "[repeated 2x across cluster]": serve.log would not say which rank on
+# which node said what, and which of them is printed depends on which came first. Keep every line.
+RAY_LOG_ENV = {"RAY_DEDUP_LOGS": "0"}
 
 
 def node_env(multi: MultiNode, node: NodeSpec) -> dict[str, str]:
-    """The environment of a node's processes: Gloo and NCCL on the inter-node link, Ray's workers at normal priority."""
+    """The environment of a node's processes: Gloo and NCCL on the inter-node link, Ray's workers at
+    normal priority, every rank's log lines kept."""
     interface = multi.interface(node)
     link = {"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface} if interface else {}
-    return {**link, **RAY_WORKER_ENV}
+    return {**link, **RAY_WORKER_ENV, **RAY_LOG_ENV}
 
 
 def describe(multi: MultiNode, node: NodeSpec) -> dict[str, Any]:

@@ -119,6 +119,7 @@ def test_the_server_uses_ray_and_the_link_interface(workdir: Workdir) -> None:
     assert serve.argv[serve.argv.index("--tensor-parallel-size") + 1] == "2"
     assert {k: serve.env[k] for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "RAY_ADDRESS")} == {
         "GLOO_SOCKET_IFNAME": "dsv0", "NCCL_SOCKET_IFNAME": "dsv0", "RAY_ADDRESS": "10.200.0.1:6379"}
+    assert serve.env["RAY_DEDUP_LOGS"] == "0"  # serve.log keeps "TP rank 1" beside "TP rank 0"
     per_node = x2(workdir, "multinode.nodes.1.interface=eth1")
     worker = render_nodes(per_node, workdir, render_serve(per_node, workdir, State()))[1]
     assert worker["commands"][0]["env"]["GLOO_SOCKET_IFNAME"] == "eth1"

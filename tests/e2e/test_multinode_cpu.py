@@ -174,10 +174,15 @@ def cluster(namespaces: dict[str, str], test_cache: Path,
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "DSV4SETUP_RUNBOOK", "DSV4SETUP_WORKDIR")}
     env.update({"NO_COLOR": "1", "HF_HOME": str(root / "hf-home"),
                 "DSV4SETUP_RUNBOOK": "tests.e2e.runbook_multinode:steps", "PYTHONPATH": str(Path.cwd())})
-    made = Cluster(namespaces, workdirs, env)
-    yield made
-    for node in NODES:  # a failed test must not leave its server or Ray behind
-        made.run(node, "down", "--json", timeout=120)
+    yield Cluster(namespaces, workdirs, env)
+
+
+@pytest.fixture(autouse=True)
+def nodes_down_after(cluster: Cluster) -> Iterator[None]:
+    """A failed test must not leave its server or Ray to the next one (which would find them serving)."""
+    yield
+    for node in NODES:
+        cluster.run(node, "down", "--json", timeout=120)
 
 
 def wait_for_log(path: Path, text: str, head: subprocess.Popen[str], timeout_s: float = UP_TIMEOUT_S) -> None:
