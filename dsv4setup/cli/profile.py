@@ -96,17 +96,18 @@ def _show_derived(wd: Workdir, name: str | None, snapshot: Path | None, json_: b
         raise UsageError("--derived prints the profile derived for the machine: it takes no profile name",
                          fix="drop NAME, or drop --derived to show that profile")
     derivation = derive_for(load_snapshot(snapshot) if snapshot is not None else take_snapshot(wd))
-    if json_:
-        emit_json(derived_doc(derivation))
-    elif derivation.profile is not None:
-        sys.stdout.write(derived_yaml(derivation))
-    if derivation.profile is None:
-        if not json_:
+
+    def human(_doc: Document) -> None:
+        """The profile file on stdout (to save and edit); why there is none, or why it does not fit, on stderr."""
+        if derivation.profile is None:
             err.print(f"nothing to derive: {derivation.why_not}", highlight=False)
-        raise typer.Exit(EXIT_FAILED)
-    if not derivation.fits:
-        if not json_:
+            return
+        sys.stdout.write(derived_yaml(derivation))
+        if not derivation.fits:
             err.print(f"[bold red]{derivation.profile.name} does not fit:[/] {derivation.notes[-1]}", highlight=False)
+
+    emit(derived_doc(derivation), json_, human)
+    if derivation.profile is None or not derivation.fits:
         raise typer.Exit(EXIT_FAILED)
 
 
