@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from dsv4setup.core.engine import Selection
 from dsv4setup.core.errors import DsvError
 from dsv4setup.core.lock import current_holder
 from dsv4setup.core.state import State, StepStatus, load_state
 from dsv4setup.core.workdir import Workdir
+
+if TYPE_CHECKING:
+    from dsv4setup.profiles.model import Profile
 
 NEXT_SCHEMA = "dsv4setup.next/2"
 Action = Literal["run", "fix", "wait", "done"]
@@ -107,9 +110,24 @@ def _first_run(workdir: Workdir) -> NextAction:
         return NextAction("fix", ["dsv4setup", "doctor", "--workdir", str(workdir.root), "--json"],
                           exc.message, fix=exc.fix)
     name = resolved.profile.name
+    if resolved.profile.multinode is not None:
+        return _first_run_on_a_node(workdir, resolved.profile)
     return NextAction("run", _up(workdir, name),
                       f"nothing has run here yet; profile {name} was chosen ({resolved.selected_by}); "
                       "`up` starts with preflight, the same checks as `dsv4setup doctor`", step="preflight")
+
+
+def _first_run_on_a_node(workdir: Workdir, profile: Profile) -> NextAction:
+    """A multi-node profile: `up` names this machine's node, found by its address, or asks which it is."""
+    from dsv4setup.cluster.nodes import find_node
+
+    try:
+        node = find_node(profile, None)
+    except DsvError as exc:
+        return NextAction("fix", _up(workdir, profile.name), exc.message, fix=exc.fix)
+    return NextAction("run", [*_up(workdir, profile.name), "--node", node.name],
+                      f"nothing has run here yet; profile {profile.name} is multi-node and this machine is its "
+                      f"node {node.name} ({node.role}, {node.address}); run the same on every node", step="preflight")
 
 
 def _from_plan(workdir: Workdir, state: State) -> NextAction:

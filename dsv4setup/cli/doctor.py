@@ -186,5 +186,8 @@ def _render(report: DoctorReport, source: str, how: str) -> None:
                   f"above, then run `dsv4setup doctor` again", highlight=False)
     else:
         nxt = f"dsv4setup up --profile {rec['profile']}" if rec else "dsv4setup up"
+        multi = report.profile.multinode if report.profile is not None else None
+        if multi is not None:
+            nxt += f" --node NAME, on every node (NAME: {', '.join(n.name for n in multi.nodes)})"
         err.print(f"[bold green]no check failed[/] ({len(warnings)} warning(s)); next: [bold]{escape(nxt)}[/]",
                   highlight=False)

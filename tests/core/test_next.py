@@ -124,3 +124,23 @@ def test_a_joined_worker_says_wait_for_the_head(capsys: pytest.CaptureFixture[st
     doc = next_doc(capsys, workdir)
     assert doc["action"] == "wait" and doc["step"] == "cluster" and doc["command"][:2] == ["dsv4setup", "status"]
     assert "node node2 is a worker" in doc["why"] and "10.200.0.1:6379" in doc["why"]
+
+
+def test_fresh_multi_node_workdir_names_this_machines_node(capsys: pytest.CaptureFixture[str],
+                                                           workdir: Workdir) -> None:
+    """node2's address set to 127.0.0.1, an address of every machine: `next` finds this machine is node2."""
+    workdir.overrides_file.write_text("profile: cpu-tiny-x2\nmultinode:\n  nodes:\n"
+                                      "    - {name: node1, role: head, address: 10.200.0.1, gpus: 1}\n"
+                                      "    - {name: node2, role: worker, address: 127.0.0.1, gpus: 1}\n")
+    doc = next_doc(capsys, workdir)
+    assert doc["action"] == "run" and doc["command"][-2:] == ["--node", "node2"], doc
+    assert "node node2 (worker, 127.0.0.1)" in doc["why"] and "on every node" in doc["why"]
+
+
+def test_fresh_multi_node_workdir_on_no_nodes_address_says_which_node(capsys: pytest.CaptureFixture[str],
+                                                                       workdir: Workdir) -> None:
+    """10.200.0.x exist only inside the e2e test's namespaces: the fix asks for --node, the command has no placeholder."""
+    workdir.overrides_file.write_text("profile: cpu-tiny-x2\n")
+    doc = next_doc(capsys, workdir)
+    assert doc["action"] == "fix" and "--node" not in doc["command"], doc
+    assert "which node of cpu-tiny-x2" in doc["why"] and "--node NAME" in doc["fix"] and "node1, node2" in doc["fix"]

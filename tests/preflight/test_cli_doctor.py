@@ -223,3 +223,12 @@ def test_the_workdir_picks_the_profile_and_its_overrides_apply(tmp_path: Path) -
     wd.state_file.write_text("{corrupt")
     choice = select_profile(snap, wd)
     assert choice.how == "best match" and choice.profile is not None and choice.profile.name == "h200-tp2"
+
+
+def test_a_multi_node_profiles_next_names_the_node_option_and_the_nodes(capsys: pytest.CaptureFixture[str],
+                                                                         tmp_path: Path) -> None:
+    code, _out, err = run_cli(capsys, "--snapshot", str(FIXTURES / "cpu-only.json"), "--workdir", str(tmp_path),
+                              "--profile", "cpu-tiny-x2")
+    assert code == 0
+    assert "next: dsv4setup up --profile cpu-tiny-x2 --node NAME, on every node (NAME: node1, node2)" in " ".join(
+        err.split())
