@@ -20,7 +20,7 @@ from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.process import read_record
 from dsv4setup.tinymodel import generate_tiny_checkpoint
-from tests.serve.vllm_cpu import ensure_vllm_cpu_venv
+from tests.serve.vllm_cpu import ensure_vllm_cpu_venv, share_vllm_cache
 
 from .conftest import cli_env, free_port, servers_of
 
@@ -50,6 +50,7 @@ def test_cpu_tiny_matrix_with_real_vllm_bench_serve_then_apply_best_and_the_serv
         tmp_path: Path, vllm_cpu_venv: Path) -> None:
     workdir = Workdir(tmp_path / "wd").ensure()
     workdir.venv_dir.symlink_to(vllm_cpu_venv, target_is_directory=True)
+    share_vllm_cache(workdir.root, vllm_cpu_venv)
     generate_tiny_checkpoint(workdir.models_dir / "tiny-deepseek-v3-mtp")
     workdir.overrides_file.write_text(yaml.safe_dump({
         "profile": "cpu-tiny", "serve": {"port": free_port()},

