@@ -248,6 +248,15 @@ def test_hf_cache_mode_links_the_verified_snapshot(make_checkpoint: MakeCkpt, se
     assert same_files(src, dest)
 
 
+def test_the_hub_client_of_this_test_process_trusts_no_local_server_as_the_hub() -> None:
+    """huggingface_hub reads HF_ENDPOINT once, at import, and follows redirects to that origin: tests/conftest.py
+    imports it before any test points HF_ENDPOINT at a local hub, or a later CDN on a reused port would pass for
+    the Hub (CI saw the HF-cache download read a file's metadata from the CDN, without X-Repo-Commit)."""
+    from huggingface_hub import constants
+
+    assert constants.ENDPOINT == "https://huggingface.co"
+
+
 def test_a_directory_in_the_way_of_the_hf_cache_link_is_not_replaced(make_checkpoint: MakeCkpt,
                                                                      serve_hub: ServeHub, tmp_path: Path) -> None:
     serve_hub({REPO: make_checkpoint()})
