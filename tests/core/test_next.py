@@ -139,7 +139,7 @@ def test_fresh_multi_node_workdir_names_this_machines_node(capsys: pytest.Captur
 
 def test_fresh_multi_node_workdir_on_no_nodes_address_says_which_node(capsys: pytest.CaptureFixture[str],
                                                                        workdir: Workdir) -> None:
-    """10.200.0.x exist only inside the e2e test's namespaces: the fix asks for --node, the command has no placeholder."""
+    """10.200.0.x exist only in the e2e test's namespaces: the fix asks for --node, the command has no placeholder."""
     workdir.overrides_file.write_text("profile: cpu-tiny-x2\n")
     doc = next_doc(capsys, workdir)
     assert doc["action"] == "fix" and "--node" not in doc["command"], doc
