@@ -10,17 +10,20 @@ from pathlib import Path
 import pytest
 
 from dsv4setup.core.errors import StepError
+from dsv4setup.core.proc import StepLog
 from dsv4setup.core.secrets import redact
 from dsv4setup.profiles.loader import load_all_profiles
 from dsv4setup.profiles.model import ModelSpec, Profile, ToolkitSpec, VllmSpec
 from dsv4setup.vllm.installer import (
     Installer,
+    PipConfig,
     find_uv,
     pip_config_values,
     read_pip_config,
     torch_backend,
     translate_pip_config,
 )
+from tests.vllm.helpers import build_wheel
 
 
 def test_pip_config_precedence_env_over_install_over_global() -> None:
@@ -111,3 +114,22 @@ def test_index_credentials_in_pip_settings_never_reach_the_report() -> None:
     shown = " ".join([*config.carried, *config.not_carried])
     assert "s3cr3t-token" not in shown and "t0ken-as-user" not in shown and "***@pypi.example" in shown
     assert "s3cr3t-token" not in redact("$ uv pip install --extra-index-url https://ci:s3cr3t-token@pypi.example")
+
+
+@pytest.mark.parametrize(("pip_settings", "compiled"), [({}, True), ({"no-compile": "1"}, False)])
+def test_uv_writes_bytecode_at_install_as_pip_does_unless_pips_no_compile_says_not(
+        tmp_path: Path, pip_settings: dict[str, str], compiled: bool) -> None:
+    """Real uv into a real venv: the .pyc files are there after the install, so vLLM's processes import them
+    instead of compiling the sources (and under PYTHONDONTWRITEBYTECODE, again in every process)."""
+    wheel = build_wheel(tmp_path / "wheels", "tinymod", "1.0", files={"tinymod/__init__.py": "VALUE = 1\n"})
+    uv, _version = find_uv()
+    config = translate_pip_config(pip_settings)
+    assert config.compile_bytecode is compiled and PipConfig().compile_bytecode
+    installer = Installer("uv", "test", uv, config)
+    log = StepLog(tmp_path / "install.log")
+    python = installer.create_venv(Path(sys.executable), tmp_path / "venv", log)
+    installer.install(python, [str(wheel)], None, log)
+    site = next((tmp_path / "venv" / "lib").glob("python3.*/site-packages"))
+    assert (site / "tinymod" / "__init__.py").is_file()
+    assert bool(list((site / "tinymod" / "__pycache__").glob("__init__.*.pyc"))) is compiled
+    assert ("--compile-bytecode" in log.path.read_text()) is compiled
