@@ -13,6 +13,7 @@ and passed to uv as options; every setting is reported as carried over or not.
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -64,11 +65,7 @@ class PipConfig:
     env: Mapping[str, str] = field(default_factory=dict)
     carried: tuple[str, ...] = ()
     not_carried: tuple[str, ...] = ()
-    # pip writes the .pyc files at install time unless told `no-compile`; uv only with --compile-bytecode.
-    # Without them every vLLM process compiles vLLM's, torch's and transformers' sources again, and
-    # writes nothing back where PYTHONDONTWRITEBYTECODE is set (containers): measured, an import of
-    # vLLM's API server took 22 s instead of 11 s, in the server, its engine core and the bench client.
-    compile_bytecode: bool = True
+    compile_bytecode: bool = True  # pip's default; False: pip's `no-compile` is set
 
 
 def pip_config_values(lines: Sequence[str]) -> dict[str, str]:
@@ -100,7 +97,7 @@ def translate_pip_config(values: Mapping[str, str]) -> PipConfig:
         if key == "no-compile":
             compile_bytecode = value.strip().lower() not in _TRUE
             if not compile_bytecode:
-                carried.append(f"{key} -> no --compile-bytecode")
+                carried.append(f"{key} -> uv writes no bytecode at install")
         elif key in _CARRIED:
             option, variable = _CARRIED[key]
             if option is not None:
@@ -184,6 +181,18 @@ def torch_backend(profile: Profile) -> str | None:
     return f"cu{major}{minor}"
 
 
+def uv_compiles_bytecode(config: PipConfig, environ: Mapping[str, str]) -> bool:
+    """Whether uv writes the .pyc files at install: where Python will not write them at run time.
+
+    pip always writes them at install (unless `no-compile`); uv only with --compile-bytecode, which
+    costs about 50 s for the cpu-tiny venv. Where PYTHONDONTWRITEBYTECODE is set (many containers)
+    Python never keeps bytecode, so without them every vLLM process (server, engine core, bench client)
+    compiles vLLM's, torch's and transformers' sources again: measured, an import of vLLM's API server
+    took 22 s instead of 11 s. Elsewhere the first start writes them, and the install stays fast.
+    """
+    return config.compile_bytecode and bool(environ.get("PYTHONDONTWRITEBYTECODE"))
+
+
 def requested_installer(option: str | None, profile_value: str) -> str:
     """`--installer` (checked by the CLI) wins over the profile's vllm.installer (checked by its model)."""
     return option or profile_value
@@ -208,6 +217,7 @@ class Installer:
     uv: Path | None = None
     config: PipConfig = field(default_factory=PipConfig)
     torch_backend: str | None = None
+    compile_bytecode: bool = False
 
     @classmethod
     def choose(cls, requested: str, base_python: Path, backend: str | None = None) -> Installer:
@@ -219,7 +229,8 @@ class Installer:
                 raise StepError(f"the installer uv is asked for but cannot run: {version}",
                                 fix="reinstall dsv4setup (`pip install -e .` brings uv), or use `--installer pip`")
             return cls("pip", f"pip, because uv cannot run: {version}")
-        return cls("uv", f"{version} at {uv}", uv, read_pip_config(base_python), backend)
+        config = read_pip_config(base_python)
+        return cls("uv", f"{version} at {uv}", uv, config, backend, uv_compiles_bytecode(config, os.environ))
 
     def report(self, log: StepLog, progress: Callable[[str], None]) -> None:
         """The choice, and which of pip's settings uv does (not) see, in the log and on screen."""
@@ -228,8 +239,9 @@ class Installer:
             if self.torch_backend is None:
                 log.line("pip has no torch backend selection: torch comes from pip's own indexes")
             return
-        if self.config.compile_bytecode:
-            log.line("uv writes bytecode at install (--compile-bytecode), as pip does")
+        if self.compile_bytecode:
+            log.line("PYTHONDONTWRITEBYTECODE is set: Python will not keep bytecode when vLLM runs, so uv writes "
+                     "it now (--compile-bytecode)")
         for item in self.config.carried:
             log.line(f"pip setting carried over to uv: {item}")
         if self.config.carried:
@@ -273,7 +285,7 @@ class Installer:
                 report=report)
             return
         backend = ["--torch-backend", self.torch_backend] if self.torch_backend else []
-        compile_ = ["--compile-bytecode"] if self.config.compile_bytecode else []
+        compile_ = ["--compile-bytecode"] if self.compile_bytecode else []
 
         def seen(line: str) -> None:
             if on_line is not None:

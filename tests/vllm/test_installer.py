@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from dsv4setup.vllm.installer import (
     read_pip_config,
     torch_backend,
     translate_pip_config,
+    uv_compiles_bytecode,
 )
 from tests.vllm.helpers import build_wheel
 
@@ -116,20 +118,32 @@ def test_index_credentials_in_pip_settings_never_reach_the_report() -> None:
     assert "s3cr3t-token" not in redact("$ uv pip install --extra-index-url https://ci:s3cr3t-token@pypi.example")
 
 
-@pytest.mark.parametrize(("pip_settings", "compiled"), [({}, True), ({"no-compile": "1"}, False)])
-def test_uv_writes_bytecode_at_install_as_pip_does_unless_pips_no_compile_says_not(
-        tmp_path: Path, pip_settings: dict[str, str], compiled: bool) -> None:
-    """Real uv into a real venv: the .pyc files are there after the install, so vLLM's processes import them
-    instead of compiling the sources (and under PYTHONDONTWRITEBYTECODE, again in every process)."""
+@pytest.mark.parametrize(("dont_write", "pip_settings", "compiled"), [
+    ("1", {}, True), ("", {}, False), ("1", {"no-compile": "1"}, False)])
+def test_uv_writes_bytecode_at_install_where_python_will_not_at_run_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dont_write: str, pip_settings: dict[str, str],
+        compiled: bool) -> None:
+    """Real uv into a real venv. Under PYTHONDONTWRITEBYTECODE the .pyc files are there after the install, so
+    vLLM's processes import them instead of compiling the sources every time; elsewhere the first start writes
+    them and the install stays fast; pip's `no-compile` is honoured."""
     wheel = build_wheel(tmp_path / "wheels", "tinymod", "1.0", files={"tinymod/__init__.py": "VALUE = 1\n"})
-    uv, _version = find_uv()
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", dont_write)
     config = translate_pip_config(pip_settings)
-    assert config.compile_bytecode is compiled and PipConfig().compile_bytecode
-    installer = Installer("uv", "test", uv, config)
+    assert uv_compiles_bytecode(config, os.environ) is compiled and PipConfig().compile_bytecode
+    installer = replace(Installer.choose("uv", Path(sys.executable)), config=config,
+                        compile_bytecode=uv_compiles_bytecode(config, os.environ))
     log = StepLog(tmp_path / "install.log")
+    installer.report(log, lambda _line: None)
     python = installer.create_venv(Path(sys.executable), tmp_path / "venv", log)
     installer.install(python, [str(wheel)], None, log)
     site = next((tmp_path / "venv" / "lib").glob("python3.*/site-packages"))
     assert (site / "tinymod" / "__init__.py").is_file()
     assert bool(list((site / "tinymod" / "__pycache__").glob("__init__.*.pyc"))) is compiled
     assert ("--compile-bytecode" in log.path.read_text()) is compiled
+
+
+def test_the_installer_chosen_under_pythondontwritebytecode_compiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    assert Installer.choose("uv", Path(sys.executable)).compile_bytecode
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE")
+    assert not Installer.choose("uv", Path(sys.executable)).compile_bytecode
