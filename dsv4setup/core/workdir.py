@@ -109,6 +109,11 @@ class Workdir:
         return self.venv_dir / "bin" / "python"
 
     @property
+    def vllm_cache_dir(self) -> Path:
+        """vLLM's VLLM_CACHE_ROOT for the server: model-class inspections, compile caches."""
+        return self.root / "cache" / "vllm"
+
+    @property
     def toolkit_dir(self) -> Path:
         return self.root / "toolkit"
 

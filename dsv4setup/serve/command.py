@@ -92,7 +92,7 @@ def render_serve(profile: Profile, workdir: Workdir, state: State,
         findings = preflight.findings if preflight else {}
     found_args, found_env = _doctor_findings(findings)
     argv += [flag for flag in found_args if flag not in argv]
-    env = {**BASE_ENV, "VLLM_CACHE_ROOT": str(workdir.root / "cache" / "vllm"), **found_env, **profile.env,
+    env = {**BASE_ENV, "VLLM_CACHE_ROOT": str(workdir.vllm_cache_dir), **found_env, **profile.env,
            **_link_env(profile)}
     return ServeCommand(argv=argv, env=env)
 

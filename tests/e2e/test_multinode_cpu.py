@@ -34,6 +34,7 @@ import yaml
 
 from dsv4setup.cluster.fingerprint import FINGERPRINT_ENV, FINGERPRINT_FILE
 from dsv4setup.core.jsonschemas import validate_document
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.metrics import parse_spec_decode
 from dsv4setup.serve.process import SERVE_ID_ENV, shm_segments
 from dsv4setup.tinymodel import generate_tiny_checkpoint
@@ -168,7 +169,7 @@ def cluster(namespaces: dict[str, str], test_cache: Path,
         workdir = root / node
         workdir.mkdir()
         (workdir / "venv").symlink_to(venv, target_is_directory=True)
-        share_vllm_cache(workdir, cached)
+        share_vllm_cache(Workdir(workdir), cached)
         overrides = {"profile": "cpu-tiny-x2", "model": {"generate": None, "local_path": str(checkpoint)}}
         (workdir / "dsv4setup.yaml").write_text(yaml.safe_dump(overrides))
         workdirs[node] = workdir

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.tinymodel import generate_tiny_checkpoint
 from tests.checkpoint.hubserver import HubServer
 from tests.serve.vllm_cpu import ensure_vllm_cpu_venv, share_vllm_cache
@@ -50,7 +51,7 @@ def tiny(test_cache: Path) -> Iterator[TinyWorkdir]:
     root = base / "wd"
     root.mkdir()
     subprocess.run(["cp", "-al", str(venv), str(root / "venv")], check=True)
-    share_vllm_cache(root, venv)
+    share_vllm_cache(Workdir(root), venv)
     checkpoint = generate_tiny_checkpoint(base / "src" / "ckpt")
     with HubServer({REPO_ID: {"main": checkpoint}}) as hub:
         # a loaded 2-core CI machine can take minutes to load even the tiny model

@@ -62,7 +62,7 @@ def cpu_tiny(workdir: Workdir, *, k: int = 1, extra_args: list[str] | None = Non
                         stall_timeout_s=300),
         spec=SpecConfig(num_speculative_tokens=k),
         env={"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
-             "VLLM_CACHE_ROOT": str(workdir.root / "cache" / "vllm")},
+             "VLLM_CACHE_ROOT": str(workdir.vllm_cache_dir)},
         smoke=SmokeSpec(prompt="What is 2 + 3?", expect="ok", max_tokens=32, min_acceptance=0.5))
 
 
@@ -70,7 +70,7 @@ def prepared_workdir(tmp_path: Path, venv: Path, profile_factory=cpu_tiny, **kw)
     """A workdir whose venv is the cached vllm-cpu venv, with the generated checkpoint in place."""
     workdir = Workdir(tmp_path / "wd").ensure()
     workdir.venv_dir.symlink_to(venv, target_is_directory=True)
-    share_vllm_cache(workdir.root, venv)
+    share_vllm_cache(workdir, venv)
     profile = profile_factory(workdir, **kw)
     generate_tiny_checkpoint(checkpoint_dir(profile, workdir))
     return workdir, profile

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from dsv4setup.core.proc import StepLog
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.vllm.installer import Installer
 
 VENV_NAME = "vllm-cpu-venv"
@@ -65,8 +66,8 @@ def shared_vllm_cache(venv: Path) -> Path:
     return shared
 
 
-def share_vllm_cache(workdir_root: Path, venv: Path) -> None:
-    """Make <workdir>/cache/vllm, the serve step's VLLM_CACHE_ROOT, a link to the shared cache."""
-    link = workdir_root / "cache" / "vllm"
+def share_vllm_cache(workdir: Workdir, venv: Path) -> None:
+    """Make the workdir's vLLM cache, the serve step's VLLM_CACHE_ROOT, a link to the shared cache."""
+    link = workdir.vllm_cache_dir
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(shared_vllm_cache(venv), target_is_directory=True)
