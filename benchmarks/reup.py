@@ -3,7 +3,8 @@
 `up` re-verifies every step on the machine (each postcondition) before it skips it; `status`
 only reads the state file. Both run alternately (load hits them alike); the ratio of the
 medians is printed with its target (within 2x), then what each postcondition costs, measured
-in-process, so a slow one is named.
+in-process, so a slow one is named. The result goes to benchmarks/results/reup.json (and
+docs/performance.md).
 
     python benchmarks/reup.py [--workdir DIR] [--runs 5]
 
@@ -26,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.cputiny import dsv, finished_workdir  # noqa: E402
+from benchmarks.results import Figure, Ratio, start  # noqa: E402
 from dsv4setup.core.state import load_state  # noqa: E402
 from dsv4setup.core.workdir import Workdir  # noqa: E402
 from dsv4setup.runbook import RunbookRequest, build_runbook  # noqa: E402
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    run = start("reup")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dsv4setup-bench-reup-")) / "wd"
     print(f"finishing cpu-tiny in {workdir} ...", flush=True)
     print(f"up --profile cpu-tiny: {finished_workdir(workdir):.1f} s (0 when it was finished already: verify only)")
@@ -79,14 +82,24 @@ def main() -> None:
         samples["up"].append((wall, cpu))
         wall, cpu, _ = timed(workdir, "status", "--json")
         samples["status"].append((wall, cpu))
-    for name, rows in samples.items():
-        print(f"{name:6}  median {statistics.median(w for w, _ in rows):6.2f} s wall, "
-              f"{statistics.median(c for _, c in rows):5.2f} CPU-s  ({args.runs} runs)")
-    ratio = statistics.median(w for w, _ in samples["up"]) / statistics.median(w for w, _ in samples["status"])
+    median_wall = {name: statistics.median(w for w, _ in rows) for name, rows in samples.items()}
+    median_cpu = {name: statistics.median(c for _, c in rows) for name, rows in samples.items()}
+    for name in samples:
+        print(f"{name:6}  median {median_wall[name]:6.2f} s wall, {median_cpu[name]:5.2f} CPU-s  ({args.runs} runs)")
+    ratio = median_wall["up"] / median_wall["status"]
     print(f"\nno-op up / status: {ratio:.2f}x (target within {TARGET}x: {'met' if ratio <= TARGET else 'NOT met'})")
     print("\neach postcondition (inputs + is_done, in-process):")
-    for step, ms, ok, detail in postcondition_costs(workdir):
+    costs = postcondition_costs(workdir)
+    for step, ms, ok, detail in costs:
         print(f"  {step:10} {ms:8.1f} ms  {'ok ' if ok else 'NOT'}  {detail[:90]}")
+    run.finish(
+        "no-op `up` on a finished cpu-tiny workdir vs `status`",
+        [Figure(name, round(median, 2), unit) for name in samples
+         for median, unit in ((median_wall[name], "s wall"), (median_cpu[name], "CPU-s"))],
+        [Ratio("wall", round(ratio, 2), target=f"within {TARGET:g}x", met=ratio <= TARGET),
+         Ratio("CPU", round(median_cpu["up"] / median_cpu["status"], 2))],
+        note=f"Medians of {args.runs} alternating runs. Each postcondition in-process: "
+             + ", ".join(f"{step} {ms:.0f} ms" for step, ms, _ok, _detail in costs) + ".")
     if args.workdir is None:
         dsv(workdir, "down")
 

@@ -1,4 +1,4 @@
-"""AGENTS.md (and README.md) stay true: every command line they show exists, every check and
+"""AGENTS.md (and README.md, docs/*.md) stay true: every command line they show exists, every check and
 known-failure id has a row, every schema version they name is published."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dsv4setup.cli import main
 from dsv4setup.core.jsonschemas import schemas_by_id
 from tests.conftest import REPO_ROOT
 
-DOCS = [REPO_ROOT / "AGENTS.md", REPO_ROOT / "README.md"]
+DOCS = [REPO_ROOT / "AGENTS.md", REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 PLACEHOLDER = re.compile(r"[\[\]{}<>|\\]|\.\.\.")
 
 
@@ -22,7 +22,7 @@ def documented_commands() -> list[tuple[str, str]]:
     found = []
     for doc in DOCS:
         for snippet in re.findall(r"`(dsv4setup [^`]+)`", doc.read_text()):
-            found.append((doc.name, snippet))
+            found.append((doc.relative_to(REPO_ROOT).as_posix(), snippet))
     return sorted(set(found))
 
 

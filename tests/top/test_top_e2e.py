@@ -3,7 +3,7 @@
 One server: `top --once --json` during the load (acceptance and generation rate > 0), the live
 screen in a real tmux terminal (what a person reads), and `top --once --json` after the load
 (rates back to 0). With DSV4SETUP_TOP_SCREENSHOT=<file.svg> the screen of the loaded server is
-also exported as SVG (the README's screenshot is made from it).
+also exported as SVG (docs/service-and-top.md's screenshot is made from it).
 """
 
 from __future__ import annotations
