@@ -10,11 +10,11 @@ import shlex
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
-from dsv4setup.core.engine import Selection
 from dsv4setup.core.errors import DsvError
 from dsv4setup.core.lock import current_holder
 from dsv4setup.core.state import State, StepStatus, load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Selection
 
 if TYPE_CHECKING:
     from dsv4setup.profiles.model import Profile
@@ -102,10 +102,11 @@ def _already_set(workdir: Workdir, command: list[str]) -> bool:
 
 def _first_run(workdir: Workdir) -> NextAction:
     """Nothing ran yet: `up` with the profile that best matches this machine (or the workdir's choice)."""
+    from dsv4setup.preflight.snapshot import take_snapshot
     from dsv4setup.profiles.resolve import resolve_profile
 
     try:
-        resolved = resolve_profile(workdir, None, [])
+        resolved = resolve_profile(workdir, None, [], probe=take_snapshot)
     except DsvError as exc:
         return NextAction("fix", ["dsv4setup", "doctor", "--workdir", str(workdir.root), "--json"],
                           exc.message, fix=exc.fix)

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from dsv4setup.core.decision import Decision
-from dsv4setup.core.engine import Runbook, Step, UpResult
 from dsv4setup.core.errors import UsageError
 from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.state import backup_state, load_state, reset_steps
 from dsv4setup.core.status import step_rows
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, Step, UpResult
+from dsv4setup.preflight.snapshot import take_snapshot
 from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.resolve import ResolvedProfile, resolve_profile
 
@@ -75,7 +76,7 @@ def step_names(with_bench: bool = True) -> list[str]:
 
 
 def build_runbook(request: RunbookRequest) -> tuple[Runbook, ResolvedProfile]:
-    resolved = resolve_profile(request.workdir, request.profile, request.sets)
+    resolved = resolve_profile(request.workdir, request.profile, request.sets, probe=take_snapshot)
     spec = os.environ.get(ENV_RUNBOOK)
     steps = _custom_steps(spec) if spec else runbook_steps(with_bench=request.with_bench)
     return Runbook(steps, request.workdir, resolved.profile, request.options), resolved

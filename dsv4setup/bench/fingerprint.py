@@ -171,7 +171,7 @@ def probe_hardware(nvml: ModuleType | None = None) -> dict[str, Any]:
 
 def hardware_part(snapshot: Mapping[str, Any], tensor_parallel_size: int) -> dict[str, Any]:
     """GPU names and SM of the serving group, how they are linked, and the host (from a hardware snapshot)."""
-    from dsv4setup.preflight.facts import cc_str, gpu_label, interconnect, tp_group, visible_gpus
+    from dsv4setup.hardware.facts import cc_str, gpu_label, interconnect, tp_group, visible_gpus
 
     snap = dict(snapshot)
     group = tp_group(snap, tensor_parallel_size)

@@ -51,12 +51,12 @@ from dsv4setup.bench.fingerprint import (
 )
 from dsv4setup.bench.matrix import Cell, MatrixPlan, execution_order
 from dsv4setup.bench.rows import CellFailure, append_rows, build_row, judge_metrics, metrics_from_result
-from dsv4setup.core.engine import RunContext
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.loopback import no_proxy_env
 from dsv4setup.core.proc import StepLog
 from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import RunContext
 from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.serve.apikey import client_api_key

@@ -20,9 +20,9 @@ from typing import Any
 
 from dsv4setup.bench.outputs import BenchOutputs
 from dsv4setup.cluster.nodes import on_worker
-from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import DsvError, StepError
 from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.engine import RunContext, Step
 
 
 def _plan(ctx: RunContext) -> Any:

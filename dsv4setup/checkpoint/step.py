@@ -17,11 +17,11 @@ from typing import Any
 from dsv4setup.checkpoint.fix import CONFIG_DIR_NAME, local_reader, read_fix_note, write_config_copy
 from dsv4setup.checkpoint.outputs import CheckpointOutputs
 from dsv4setup.checkpoint.service import LintOutcome, Target, run_lint
-from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.download.outputs import DownloadOutputs
+from dsv4setup.engine import RunContext, Step
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.vllm.outputs import VllmOutputs
 

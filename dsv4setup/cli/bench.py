@@ -96,7 +96,7 @@ def bench(
     from dsv4setup.bench.matrix import plan_matrix
     from dsv4setup.bench.report import read_run_document
     from dsv4setup.bench.runner import NoProgress, new_run_id
-    from dsv4setup.core.engine import Selection
+    from dsv4setup.engine import Selection
     from dsv4setup.runbook import RunbookRequest, build_runbook
 
     wd = workdir_from(workdir)

@@ -40,7 +40,7 @@ def download(
     and never printed. DSV4SETUP_HF_CACHE=1 downloads into the Hugging Face cache instead.
     """
     from dsv4setup.cli.progress import RichObserver
-    from dsv4setup.core.engine import Selection
+    from dsv4setup.engine import Selection
     from dsv4setup.runbook import RunbookRequest, build_runbook, download_doc
 
     wd = workdir_from(workdir)

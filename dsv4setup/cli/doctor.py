@@ -82,7 +82,7 @@ def _cluster_checks(profile: Profile | None, snap: dict[str, Any], measured: boo
         return []
     from dsv4setup.cluster.nodes import local_addresses
     from dsv4setup.cluster.rules import doctor_findings
-    from dsv4setup.preflight.facts import visible_gpus
+    from dsv4setup.hardware.facts import visible_gpus
 
     return doctor_findings(profile, local_addresses() if measured else None, len(visible_gpus(snap)))
 

@@ -76,6 +76,7 @@ def show(
 ) -> None:
     """Show a profile as this workdir would run it: every value with its origin, and the serve command."""
     from dsv4setup.core.state import load_state
+    from dsv4setup.preflight.snapshot import take_snapshot
     from dsv4setup.profiles.resolve import resolve_profile
     from dsv4setup.serve.command import render_profile_show
 
@@ -83,7 +84,8 @@ def show(
     if derived or snapshot is not None:
         _show_derived(wd, name, snapshot, json_)
         return
-    doc = render_profile_show(resolve_profile(wd, name, set_ or []), wd, load_state(wd.state_file))
+    doc = render_profile_show(resolve_profile(wd, name, set_ or [], probe=take_snapshot), wd,
+                              load_state(wd.state_file))
     emit(doc, json_, lambda d: _print_show(d, all_))
 
 
@@ -168,9 +170,10 @@ def validate(
     json_: JsonOpt = False,
 ) -> None:
     """Check profiles against the schema; each problem is reported as file:line: key: what was expected."""
+    from dsv4setup.preflight.snapshot import take_snapshot
     from dsv4setup.profiles.validate import validate_doc
 
-    doc = validate_doc(workdir_from(workdir), files)
+    doc = validate_doc(workdir_from(workdir), files, probe=take_snapshot)
     emit(doc, json_, _print_validate)
     if not doc["ok"]:
         raise typer.Exit(EXIT_USAGE)
@@ -241,11 +244,12 @@ def set_(
     json_: JsonOpt = False,
 ) -> None:
     """Keep overrides for this workdir: write them into its dsv4setup.yaml (checked first)."""
+    from dsv4setup.preflight.snapshot import take_snapshot
     from dsv4setup.profiles.resolve import persist_sets, profile_set_doc
 
     wd = workdir_from(workdir)
     keys = [item.partition("=")[0] for item in items]
-    emit(profile_set_doc(wd, persist_sets(wd, profile, items), keys), json_,
+    emit(profile_set_doc(wd, persist_sets(wd, profile, items, probe=take_snapshot), keys), json_,
          lambda doc: err.print(f"wrote {', '.join(keys)} to {doc['file']}; `dsv4setup plan` shows the result"))
 
 
@@ -257,8 +261,9 @@ def unset(
     json_: JsonOpt = False,
 ) -> None:
     """Remove overrides kept by `profile set`: the profile's own value applies again."""
+    from dsv4setup.preflight.snapshot import take_snapshot
     from dsv4setup.profiles.resolve import persist_unset, profile_set_doc
 
     wd = workdir_from(workdir)
-    emit(profile_set_doc(wd, persist_unset(wd, profile, keys), keys), json_,
+    emit(profile_set_doc(wd, persist_unset(wd, profile, keys, probe=take_snapshot), keys), json_,
          lambda doc: err.print(f"removed {', '.join(keys)} from {doc['file']}; `dsv4setup plan` shows the result"))

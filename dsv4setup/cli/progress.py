@@ -14,8 +14,8 @@ from rich.text import Text
 
 from dsv4setup.cli.output import Document
 from dsv4setup.core.decision import Decision
-from dsv4setup.core.engine import Observer, Step
 from dsv4setup.core.state import StepErrorInfo, StepStatus
+from dsv4setup.engine import Observer, Step
 
 STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red", "running": "yellow",
                 "interrupted": "magenta", "pending": "dim", "stale": "dim yellow"}

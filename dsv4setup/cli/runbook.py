@@ -20,12 +20,12 @@ from dsv4setup.cli.progress import (
     profile_note,
     status_table,
 )
-from dsv4setup.core.engine import Selection
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
 from dsv4setup.core.proc import existing_step_log
 from dsv4setup.core.secrets import redact
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir, remember
+from dsv4setup.engine import Selection
 from dsv4setup.runbook import (
     RunbookRequest,
     build_runbook,

@@ -11,9 +11,9 @@ from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, err, out, workdir_from
 from dsv4setup.cli.output import Document, emit
 from dsv4setup.cli.progress import RichObserver
-from dsv4setup.core.engine import Selection, UpResult
 from dsv4setup.core.errors import EXIT_FAILED, StepError
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Selection, UpResult
 from dsv4setup.runbook import RunbookRequest, build_runbook
 
 HostOpt = Annotated[str | None, typer.Option(

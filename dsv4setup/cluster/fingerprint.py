@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import RunContext
 from dsv4setup.download.verify import read_manifest, sha256_file
+from dsv4setup.engine import RunContext
 from dsv4setup.patches.manifest import load_manifest
 from dsv4setup.patches.outputs import PatchesOutputs
 from dsv4setup.preflight.outputs import PreflightOutputs

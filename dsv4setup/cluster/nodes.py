@@ -8,8 +8,8 @@ from typing import Any
 import psutil
 
 from dsv4setup.cluster.outputs import ClusterOutputs
-from dsv4setup.core.engine import RunContext
 from dsv4setup.core.errors import UsageError
+from dsv4setup.engine import RunContext
 from dsv4setup.profiles.model import MultiNode, NodeSpec, Profile
 
 NODE_OPTION = "node"

@@ -34,10 +34,10 @@ from dsv4setup.cluster.outputs import ClusterOutputs
 from dsv4setup.cluster.raynode import RAY_MODULE, alive_now, probe, ray_alive, ray_record
 from dsv4setup.cluster.rules import head_port, link, same_gpus
 from dsv4setup.cluster.view import OK, ClusterCheck, record_check
-from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.fsutil import atomic_write_json
+from dsv4setup.engine import RunContext, Step
 from dsv4setup.profiles.model import MultiNode, NodeSpec
 from dsv4setup.serve.command import render_serve
 from dsv4setup.serve.process import RAY_RECORD, ServerRecord, new_tmpdir, start_server, stop_server, write_record

@@ -13,10 +13,10 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
-from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.download.outputs import DownloadOutputs
+from dsv4setup.engine import RunContext, Step
 from dsv4setup.profiles.paths import checkpoint_dir
 
 Route = Literal["repo", "local", "generate"]

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import DsvError, StepError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.fsutil import stat_key
+from dsv4setup.engine import RunContext, Step
 from dsv4setup.patches.apply import PatchConflictError, apply_patches
 from dsv4setup.patches.manifest import Manifest, load_manifest
 from dsv4setup.patches.outputs import PatchesOutputs

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from dsv4setup.core.finding import Finding, failed, passed, skipped, warned
-from dsv4setup.preflight.facts import (
+from dsv4setup.hardware.facts import (
     Gpu,
-    Snapshot,
     cc_str,
     gpu_label,
     group_links,
@@ -17,10 +16,11 @@ from dsv4setup.preflight.facts import (
     plural,
     visible_gpus,
 )
+from dsv4setup.hardware.memory import kv_gb, need_gb, usable_gb
+from dsv4setup.hardware.rules import GB, vtuple
 from dsv4setup.preflight.implied import p2p_problems
-from dsv4setup.preflight.rules import GB, Rules, vtuple
-from dsv4setup.preflight.target import Ctx, kv_gb, need_gb, usable_gb
-from dsv4setup.profiles.model import DEMO_NOTICE
+from dsv4setup.preflight.target import Ctx
+from dsv4setup.profiles.match import no_gpu_fix
 
 CPU_ONLY = "CPU-only profile {}: no GPU needed"
 
@@ -52,24 +52,6 @@ def _skip_gpu(c: Ctx, id_: str) -> Finding | None:
     if not c.group:
         return skipped(id_, "no GPU visible (see gpu.present)")
     return None
-
-
-def no_gpu_fix(snap: Snapshot, rules: Rules) -> str:
-    """Both roads for a machine without a usable NVIDIA GPU: the driver, else the runbook demo."""
-    host = snap.get("host") or {}
-    out_of_scope = rules.out_of_scope(host)
-    if out_of_scope:
-        return f"{out_of_scope}: use a Linux machine with NVIDIA GPUs (SM 9.0, 10.x or 12.x)"
-    on_bus = host.get("nvidia_pci_gpus")
-    found = f" (it found {on_bus})" if isinstance(on_bus, int) and on_bus else ""
-    gpu_road = (f"if `lspci | grep -i nvidia` lists NVIDIA GPUs{found}: {rules.driver_install_hint} "
-                f"(in a container: --gpus all with the NVIDIA Container Toolkit)")
-    arch = host.get("arch")
-    if arch in rules.demo_arches:
-        return (f"{gpu_road}; otherwise run the runbook demo: `dsv4setup up --profile {rules.demo_profile}` "
-                f"({DEMO_NOTICE})")
-    return (f"{gpu_road}; otherwise this {arch} machine is out of scope: the CPU demo "
-            f"(--profile {rules.demo_profile}) runs on {', '.join(rules.demo_arches)} only")
 
 
 def gpu_present(c: Ctx) -> Finding:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dsv4setup.core.finding import Finding, failed, passed, skipped, warned
-from dsv4setup.preflight.facts import cc_str
-from dsv4setup.preflight.rules import GB, vtuple
+from dsv4setup.hardware.facts import cc_str
+from dsv4setup.hardware.rules import GB, vtuple
 from dsv4setup.preflight.target import Ctx
 
 SHM_FIX = ("containers: run with --shm-size=16g --ipc=host (docker/podman); bare metal: "
@@ -64,8 +64,8 @@ def host_shm(c: Ctx) -> Finding:
 def _toolkit_to_install(c: Ctx) -> bool:
     """Will the toolkit step install a toolkit? Not when the profile needs none, nor when its automatic route
     takes the machine's nvcc (same major release, minor >= wanted, able to target the GPU: toolkit/step.py)."""
+    from dsv4setup.hardware.arch import arch_table, parse_release
     from dsv4setup.profiles.model import ToolkitSpec
-    from dsv4setup.toolkit.arch import arch_table, parse_release
 
     profile = c.target.profile
     wanted = (profile.toolkit if profile is not None else ToolkitSpec()).version
@@ -138,13 +138,13 @@ def host_disk_hf_cache(c: Ctx) -> Finding:
 
 
 def _target_arch(c: Ctx) -> str | None:
-    from dsv4setup.toolkit.arch import arch_from_capability
+    from dsv4setup.hardware.arch import arch_from_capability
 
     return arch_from_capability(c.cc) if c.cc else None
 
 
 def toolkit_nvcc(c: Ctx) -> Finding:
-    from dsv4setup.toolkit.arch import arch_table, fmt, parse_release
+    from dsv4setup.hardware.arch import arch_table, fmt, parse_release
 
     id_ = "toolkit.nvcc"
     if c.target.cpu_only:
@@ -192,7 +192,7 @@ def toolkit_arch(c: Ctx) -> Finding:
         return skipped(id_, "CPU-only profile: no GPU architecture to build for")
     if not c.group or not c.cc:
         return skipped(id_, "no GPU architecture known (see gpu.present)")
-    from dsv4setup.toolkit.arch import arch_from_capability, torch_arch_list
+    from dsv4setup.hardware.arch import arch_from_capability, torch_arch_list
 
     want = arch_from_capability(c.cc)
     profile = c.target.profile

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dsv4setup.preflight.facts import group_links, interconnect
+from dsv4setup.hardware.arch import arch_from_capability, torch_arch_list
+from dsv4setup.hardware.facts import group_links, interconnect
 from dsv4setup.preflight.target import Ctx
-from dsv4setup.toolkit.arch import arch_from_capability, torch_arch_list
 
 P2P_BAD = ("not_supported", "disabled")
 

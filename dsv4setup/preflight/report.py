@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 from dsv4setup.core.finding import AREAS, Finding, failed, passed, rank, warned
 from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.hardware.facts import visible_gpus
+from dsv4setup.hardware.rules import Rules, load_rules
 from dsv4setup.preflight import gpu_checks as gpu
 from dsv4setup.preflight import host_checks as host
-from dsv4setup.preflight.facts import visible_gpus
 from dsv4setup.preflight.implied import findings, recommended_k
-from dsv4setup.preflight.rules import Rules, load_rules
 from dsv4setup.preflight.target import Ctx, make_ctx
+from dsv4setup.profiles.match import no_gpu_fix
 from dsv4setup.profiles.model import DEMO_NOTICE
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def _no_profile(c: Ctx, matches: Sequence[ProfileMatch], why: str | None) -> Fin
     """No usable profile: the doctor never answers ok without one."""
     if c.rules.out_of_scope(c.host):
         return failed("host.profile", f"no usable profile: {c.rules.out_of_scope(c.host)}",
-                      gpu.no_gpu_fix(c.snap, c.rules))
+                      no_gpu_fix(c.snap, c.rules))
     if not visible_gpus(c.snap):
         return failed("host.profile", f"no usable profile: {why or 'no NVIDIA GPU visible'}",
                       "see driver.present / gpu.present: their fix names both roads (the driver, or the CPU demo)")

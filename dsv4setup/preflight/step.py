@@ -11,15 +11,15 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.engine import RunContext, Step
 from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.preflight.snapshot import SNAPSHOT_FILE
 
 if TYPE_CHECKING:
+    from dsv4setup.hardware.rules import Rules
     from dsv4setup.preflight.report import DoctorReport
-    from dsv4setup.preflight.rules import Rules
 
 REPORT_FILE = "doctor.json"
 
@@ -38,7 +38,7 @@ class PreflightStep(Step):
         self.rules = rules  # None: rules.yaml
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
-        from dsv4setup.preflight.rules import rules_digest
+        from dsv4setup.hardware.rules import rules_digest
 
         # outputs: the layout of this step's outputs (the serve step reads `findings`)
         return {"profile": ctx.profile.document(), "rules": rules_digest(), "outputs": 2}
@@ -87,9 +87,9 @@ class PreflightStep(Step):
 
     def _toolkit_arch(self, report: DoctorReport, ctx: RunContext) -> str | None:
         """The nvcc target of the TP group's GPUs (they are identical, or a check failed)."""
-        from dsv4setup.preflight.rules import load_rules
+        from dsv4setup.hardware.arch import arch_from_capability
+        from dsv4setup.hardware.rules import load_rules
         from dsv4setup.preflight.target import make_ctx
-        from dsv4setup.toolkit.arch import arch_from_capability
 
         c = make_ctx(report.snapshot, ctx.profile, self.rules or load_rules())
         return arch_from_capability(c.cc) if c.cc else None

@@ -22,9 +22,9 @@ from typing import Any
 import yaml
 
 from dsv4setup.core.yamlfast import safe_load
-from dsv4setup.preflight.facts import Gpu, Snapshot, cc_str, interconnect, memory_bytes, visible_gpus
-from dsv4setup.preflight.rules import GB, Rules
-from dsv4setup.preflight.target import need_gb, usable_gb
+from dsv4setup.hardware.facts import Gpu, Snapshot, cc_str, interconnect, memory_bytes, visible_gpus
+from dsv4setup.hardware.memory import need_gb, usable_gb
+from dsv4setup.hardware.rules import GB, Rules
 from dsv4setup.profiles.model import Profile
 
 DATA_FILE = Path(__file__).with_name("derive.yaml")
@@ -178,7 +178,7 @@ def _notes(snap: Snapshot, gpus: list[Gpu], fam: Family, fit: Fit, checkpoint_gb
 
 def _document(snap: Snapshot, gpus: list[Gpu], base: dict[str, Any], fam: Family, fit: Fit, k: int,
               utilization: float, data: DeriveData, notes: list[str], arches: tuple[str, ...]) -> dict[str, Any]:
-    from dsv4setup.toolkit.arch import arch_from_capability, torch_arch_list
+    from dsv4setup.hardware.arch import arch_from_capability, torch_arch_list
 
     name = str(gpus[0].get("name") or "")
     cc = cc_str(gpus[0])
@@ -222,7 +222,7 @@ def base_documents() -> dict[str, dict[str, Any]]:
 
 def derive_for(snap: Snapshot) -> Derivation:
     """derive_profile with the shipped base profiles and rules.yaml."""
-    from dsv4setup.preflight.rules import load_rules
+    from dsv4setup.hardware.rules import load_rules
 
     return derive_profile(snap, base_documents(), load_rules())
 

@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from dsv4setup.preflight.facts import cc_str, gpu_label, interconnect, plural, visible_gpus
-from dsv4setup.profiles.model import Profile
+from dsv4setup.hardware.facts import Snapshot, cc_str, gpu_label, interconnect, plural, visible_gpus
+from dsv4setup.hardware.rules import Rules
+from dsv4setup.profiles.model import DEMO_NOTICE, Profile
 
 # Weight of each satisfied constraint; ties are broken by verified, then name.
 WEIGHTS = {"cpu_only": 4.0, "compute_capability": 3.0, "gpu_name": 2.0, "gpu_count": 2.0, "min_gpu_count": 1.0,
@@ -135,3 +136,21 @@ def best_profile(snapshot: dict[str, Any], profiles: list[Profile]) -> ProfileMa
     """The best matching profile (with its reasons), or None when no profile matches."""
     ranked = rank_profiles(snapshot, profiles)
     return ranked[0] if ranked and ranked[0].matched else None
+
+
+def no_gpu_fix(snap: Snapshot, rules: Rules) -> str:
+    """Both roads for a machine without a usable NVIDIA GPU: the driver, else the runbook demo."""
+    host = snap.get("host") or {}
+    out_of_scope = rules.out_of_scope(host)
+    if out_of_scope:
+        return f"{out_of_scope}: use a Linux machine with NVIDIA GPUs (SM 9.0, 10.x or 12.x)"
+    on_bus = host.get("nvidia_pci_gpus")
+    found = f" (it found {on_bus})" if isinstance(on_bus, int) and on_bus else ""
+    gpu_road = (f"if `lspci | grep -i nvidia` lists NVIDIA GPUs{found}: {rules.driver_install_hint} "
+                f"(in a container: --gpus all with the NVIDIA Container Toolkit)")
+    arch = host.get("arch")
+    if arch in rules.demo_arches:
+        return (f"{gpu_road}; otherwise run the runbook demo: `dsv4setup up --profile {rules.demo_profile}` "
+                f"({DEMO_NOTICE})")
+    return (f"{gpu_road}; otherwise this {arch} machine is out of scope: the CPU demo "
+            f"(--profile {rules.demo_profile}) runs on {', '.join(rules.demo_arches)} only")

@@ -3,7 +3,9 @@
 Name: `--profile NAME` (or a path to a profile file), else `profile:` in the workdir's
 dsv4setup.yaml, else the profile recorded in state.json, else the best match for this
 machine, else the profile derived for its GPUs (profiles/derive.py; never the CPU demo: that
-takes `--profile cpu-tiny`). A derived profile has no file: its name (`derived-...`) is derived
+takes `--profile cpu-tiny`). The machine is looked at only through the snapshot or the probe
+(`preflight.snapshot.take_snapshot`) the caller passes in: the profiles never reach up into the
+step packages. A derived profile has no file: its name (`derived-...`) is derived
 again from the machine each time, and refused when the machine now derives another.
 Values, lowest first: the profile file, its context preset (serve.max_model_len,
 max_num_seqs, gpu_memory_utilization), dsv4setup.yaml, then each `--set` in order.
@@ -12,6 +14,7 @@ An explicit serve key therefore beats the preset wherever it is written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
     from dsv4setup.profiles.derive import Derivation
 
 Snapshot = dict[str, Any]
+Probe = Callable[[Workdir], Snapshot]  # reads this machine's hardware snapshot (preflight.snapshot.take_snapshot)
 PROFILE_SET_SCHEMA = "dsv4setup.profile-set/1"
 
 
@@ -63,21 +67,25 @@ class ResolvedProfile:
     overrides: dict[str, Any] = field(default_factory=dict)  # workdir + --set, merged (bench fingerprints)
 
 
-def _auto_pick(workdir: Workdir, snapshot: Snapshot | None) -> str:
+def _machine(workdir: Workdir, snapshot: Snapshot | None, probe: Probe | None) -> Snapshot:
+    """This machine's snapshot: the one given, else the probe's; neither: the caller cannot pick by hardware."""
+    if snapshot is not None:
+        return snapshot
+    if probe is None:
+        raise UsageError("no profile chosen, and none can be picked for this machine here",
+                         fix="pass --profile NAME (`dsv4setup doctor` recommends one)")
+    return probe(workdir)
+
+
+def _auto_pick(workdir: Workdir, snapshot: Snapshot | None, probe: Probe | None) -> str:
     """The best shipped profile for this machine, else the one derived for its GPUs; the demo never."""
     fix = "run `dsv4setup doctor` to see the recommended profile, then pass --profile NAME"
-    try:
-        from dsv4setup.preflight.gpu_checks import no_gpu_fix
-        from dsv4setup.preflight.rules import load_rules
-        from dsv4setup.preflight.snapshot import take_snapshot
-        from dsv4setup.profiles.derive import derive_for
-        from dsv4setup.profiles.match import rank_profiles
-    except ImportError as exc:
-        raise UsageError(f"no profile chosen, and this dsv4setup cannot pick one by itself ({exc})",
-                         fix=fix) from None
+    from dsv4setup.hardware.rules import load_rules
+    from dsv4setup.profiles.derive import derive_for
     from dsv4setup.profiles.loader import load_all_profiles
+    from dsv4setup.profiles.match import no_gpu_fix, rank_profiles
 
-    snap = snapshot if snapshot is not None else take_snapshot(workdir)
+    snap = _machine(workdir, snapshot, probe)
     best = next((m for m in rank_profiles(snap, load_all_profiles()) if m.matched and not m.profile.demo), None)
     if best is not None:
         return best.name
@@ -93,7 +101,7 @@ def _auto_pick(workdir: Workdir, snapshot: Snapshot | None) -> str:
 
 
 def _choose_name(workdir: Workdir, name: str | None, overrides: WorkdirOverrides | None,
-                 snapshot: Snapshot | None) -> tuple[str, str]:
+                 snapshot: Snapshot | None, probe: Probe | None) -> tuple[str, str]:
     if name:
         return name, "--profile"
     if overrides is not None and overrides.profile:
@@ -101,7 +109,7 @@ def _choose_name(workdir: Workdir, name: str | None, overrides: WorkdirOverrides
     recorded = load_state(workdir.state_file).profile
     if recorded:
         return recorded, f"state:{workdir.state_file}"
-    return _auto_pick(workdir, snapshot), "auto"
+    return _auto_pick(workdir, snapshot, probe), "auto"
 
 
 def derived_named(name: str, derivation: Derivation) -> Profile:
@@ -115,14 +123,12 @@ def derived_named(name: str, derivation: Derivation) -> Profile:
 
 
 def _base_layer(chosen: str, selected_by: str, workdir: Workdir,
-                snapshot: Snapshot | None) -> tuple[Layer, Path | None]:
+                snapshot: Snapshot | None, probe: Probe | None) -> tuple[Layer, Path | None]:
     """The profile itself as the lowest layer: its file, or the document derived for this machine."""
     from dsv4setup.profiles.derive import derive_for, is_derived_name
 
     if is_derived_name(chosen) and not is_path(chosen) and chosen not in profile_index(workdir):
-        from dsv4setup.preflight.snapshot import take_snapshot
-
-        derivation = derive_for(snapshot if snapshot is not None else take_snapshot(workdir))
+        derivation = derive_for(_machine(workdir, snapshot, probe))
         derived_named(chosen, derivation)
         return Layer(f"profile:{chosen} (derived for this machine)", derivation.document or {},
                      lambda _loc: f"the profile derived for this machine ({chosen})"), None
@@ -156,15 +162,16 @@ def _profile_file(chosen: str, selected_by: str, workdir: Workdir) -> Path:
 
 
 def resolve_profile(workdir: Workdir, name: str | None, sets: list[str],
-                    snapshot: Snapshot | None = None) -> ResolvedProfile:
+                    snapshot: Snapshot | None = None, probe: Probe | None = None) -> ResolvedProfile:
     """The profile to run, merged with dsv4setup.yaml and --set, validated; see the module docstring.
 
-    `snapshot`: the machine's hardware snapshot when the caller has one (else probed when needed).
+    `snapshot`: the machine's hardware snapshot when the caller has one, else `probe` reads it when no
+    profile is named (neither: a profile must be named somewhere).
     """
     overrides = read_workdir_overrides(workdir)
     set_layers = [set_layer(item) for item in sets]
-    chosen, selected_by = _choose_name(workdir, name, overrides, snapshot)
-    base, path = _base_layer(chosen, selected_by, workdir, snapshot)
+    chosen, selected_by = _choose_name(workdir, name, overrides, snapshot, probe)
+    base, path = _base_layer(chosen, selected_by, workdir, snapshot, probe)
     layers = [base]
     layers += [overrides.layer] if overrides else []
     layers += set_layers
@@ -184,7 +191,7 @@ def profile_set_doc(workdir: Workdir, resolved: ResolvedProfile, keys: list[str]
             "profile": resolved.profile.name, "set": {k: resolved.origins.get(k) for k in keys}}
 
 
-def persist_sets(workdir: Workdir, name: str | None, sets: list[str]) -> ResolvedProfile:
+def persist_sets(workdir: Workdir, name: str | None, sets: list[str], probe: Probe | None = None) -> ResolvedProfile:
     """Write `KEY=VALUE` overrides into the workdir's dsv4setup.yaml, so every later run keeps them.
 
     Each item is checked like `--set`; the merged profile must still validate, else the file
@@ -195,7 +202,7 @@ def persist_sets(workdir: Workdir, name: str | None, sets: list[str]) -> Resolve
     from dsv4setup.core.lock import workdir_lock
     from dsv4setup.profiles.overrides import parse_set, write_override
 
-    resolve_profile(workdir, name, sets)  # the same values as --set must resolve first
+    resolve_profile(workdir, name, sets, probe=probe)  # the same values as --set must resolve first
     file = workdir.overrides_file
     with workdir_lock(workdir.lock_file, "profile set"):
         before = file.read_text(encoding="utf-8") if file.exists() else None
@@ -203,7 +210,7 @@ def persist_sets(workdir: Workdir, name: str | None, sets: list[str]) -> Resolve
             for item in sets:
                 path, value = parse_set(item)
                 write_override(workdir, ".".join(str(p) for p in path), value)
-            return resolve_profile(workdir, name, [])
+            return resolve_profile(workdir, name, [], probe=probe)
         except UsageError:
             if before is None:
                 file.unlink(missing_ok=True)
@@ -212,7 +219,8 @@ def persist_sets(workdir: Workdir, name: str | None, sets: list[str]) -> Resolve
             raise
 
 
-def persist_unset(workdir: Workdir, name: str | None, dotted_keys: list[str]) -> ResolvedProfile:
+def persist_unset(workdir: Workdir, name: str | None, dotted_keys: list[str],
+                  probe: Probe | None = None) -> ResolvedProfile:
     """Remove kept overrides (`profile unset KEY`): the profile's own value applies again.
 
     Refuses a key the workdir's dsv4setup.yaml does not set (the message lists those it does);
@@ -242,7 +250,7 @@ def persist_unset(workdir: Workdir, name: str | None, dotted_keys: list[str]) ->
         before = file.read_text(encoding="utf-8")
         atomic_write_text(file, OVERRIDES_HEADER + (yaml.safe_dump(doc, sort_keys=False) if doc else ""))
         try:
-            return resolve_profile(workdir, name, [])
+            return resolve_profile(workdir, name, [], probe=probe)
         except UsageError:
             atomic_write_text(file, before)
             raise

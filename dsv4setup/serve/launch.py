@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import RunContext
 from dsv4setup.core.errors import DsvError, StepError
+from dsv4setup.engine import RunContext
 from dsv4setup.profiles.model import Profile
 from dsv4setup.serve.apikey import USER_KEY_ENV, api_key_file, server_api_key
 from dsv4setup.serve.command import render_serve

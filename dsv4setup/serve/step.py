@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from dsv4setup.cluster.nodes import on_worker
-from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.engine import RunContext, Step
 from dsv4setup.serve import launch
 from dsv4setup.serve.manager import server_state
 from dsv4setup.serve.outputs import ServeOutputs

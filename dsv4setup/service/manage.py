@@ -18,7 +18,8 @@ from dsv4setup.core.errors import DsvError
 from dsv4setup.core.fsutil import atomic_write_text
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
-from dsv4setup.runbook import RunbookRequest, build_runbook
+from dsv4setup.preflight.snapshot import take_snapshot
+from dsv4setup.profiles.resolve import resolve_profile
 from dsv4setup.serve.apikey import server_api_key
 from dsv4setup.serve.command import render_serve
 from dsv4setup.serve.manager import server_state
@@ -102,7 +103,7 @@ def _doc(workdir: Workdir, action: str, unit: InstalledUnit | None, *, installed
 
 
 def install(workdir: Workdir, profile: str | None, sets: list[str], scope: Scope) -> dict[str, Any]:
-    _runbook, resolved = build_runbook(RunbookRequest(workdir, profile, sets))
+    resolved = resolve_profile(workdir, profile, sets, probe=take_snapshot)
     prof = resolved.profile
     if prof.multinode is not None:
         raise DsvError("a multi-node deployment cannot run as one systemd unit (it needs a Ray cluster first)",

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import RunContext
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.fsutil import atomic_write_json
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import RunContext
 from dsv4setup.serve.apikey import client_api_key
 from dsv4setup.serve.manager import server_state
 from dsv4setup.serve.readiness import base_url

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from dsv4setup.cluster.nodes import on_worker
-from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.finding import Finding, postcondition
+from dsv4setup.engine import RunContext, Step
 from dsv4setup.serve.apikey import client_api_key
 from dsv4setup.serve.manager import server_state
 from dsv4setup.serve.metrics import fetch_metrics, parse_spec_decode

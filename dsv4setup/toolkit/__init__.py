@@ -1,1 +1,1 @@
-"""The CUDA toolkit without sudo: arch names, nvcc probes, the conda and pip install routes."""
+"""The CUDA toolkit without sudo: nvcc probes, the conda and pip install routes (arch names: `hardware.arch`)."""

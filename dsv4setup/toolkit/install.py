@@ -16,7 +16,7 @@ from typing import Literal
 
 from dsv4setup.core.errors import UsageError
 from dsv4setup.core.proc import StepLog, run_logged
-from dsv4setup.toolkit.arch import parse_release
+from dsv4setup.hardware.arch import parse_release
 from dsv4setup.toolkit.nvcc import HostTools
 from dsv4setup.vllm.installer import Installer
 

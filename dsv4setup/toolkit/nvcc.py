@@ -21,7 +21,7 @@ from typing import Any
 
 from dsv4setup.core.fsutil import atomic_write_text, stat_key
 from dsv4setup.download.verify import sha256_file
-from dsv4setup.toolkit.arch import Release
+from dsv4setup.hardware.arch import Release
 
 PROBE_KERNEL = "__global__ void dsv4setup_probe(float *x) { x[threadIdx.x] *= 2.0f; }\n"
 RUN_PROBE_OK = "dsv4setup-probe-ok"

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError, UsageError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.proc import StepLog
+from dsv4setup.engine import RunContext, Step
+from dsv4setup.hardware.arch import Release, arches_from_preflight, fmt, is_arch, parse_release, support_fix
 from dsv4setup.preflight.outputs import PreflightOutputs
-from dsv4setup.toolkit.arch import Release, arches_from_preflight, fmt, is_arch, parse_release, support_fix
 from dsv4setup.toolkit.install import (
     CondaChannel,
     Route,

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.proc import StepLog, run_logged
 from dsv4setup.core.secrets import redact, register_secret
+from dsv4setup.hardware.arch import parse_release
 from dsv4setup.profiles.model import Profile
-from dsv4setup.toolkit.arch import parse_release
 from dsv4setup.vllm.build import normalize, pinned
 from dsv4setup.vllm.venv import classify_pip_failure, create_venv, pip, python_version
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.fsutil import atomic_write_text
+from dsv4setup.engine import RunContext, Step
+from dsv4setup.hardware.arch import torch_arch_list
 from dsv4setup.profiles.model import VllmSpec
-from dsv4setup.toolkit.arch import torch_arch_list
 from dsv4setup.toolkit.outputs import ToolkitOutputs
 from dsv4setup.vllm.build import (
     BuildMachine,

@@ -17,11 +17,11 @@ from dsv4setup.bench.execute import execute
 from dsv4setup.bench.matrix import plan_matrix
 from dsv4setup.bench.rows import read_rows
 from dsv4setup.bench.runner import BenchSession
-from dsv4setup.core.engine import Runbook, RunContext, Selection
 from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.core.proc import StepLog
 from dsv4setup.core.state import State, load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, RunContext, Selection
 from dsv4setup.profiles.model import Profile
 from dsv4setup.serve.manager import down
 from dsv4setup.serve.process import ServerRecord, read_record

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from dsv4setup.checkpoint.step import CheckpointStep, config_copy_dir
-from dsv4setup.core.engine import Runbook, Selection
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.download.disk import human
 from dsv4setup.download.step import DownloadStep
 from dsv4setup.download.transfer import WRITE_CHUNK
+from dsv4setup.engine import Runbook, Selection
 from dsv4setup.profiles.model import ModelSpec, Profile, SpecConfig, VllmSpec
 from dsv4setup.profiles.paths import checkpoint_dir
 from tests.checkpoint.conftest import REPO, TOKEN

@@ -12,10 +12,10 @@ from dsv4setup.cluster.fingerprint import differences, local_fingerprint
 from dsv4setup.cluster.nodes import find_node, local_addresses, on_worker
 from dsv4setup.cluster.outputs import ClusterNode, ClusterOutputs
 from dsv4setup.cluster.step import ClusterStep, check_interface, connect_error
-from dsv4setup.core.engine import RunContext
 from dsv4setup.core.errors import StepError, UsageError
 from dsv4setup.core.state import State, StepRecord, StepStatus
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import RunContext
 from dsv4setup.patches.outputs import PatchesOutputs
 from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.resolve import resolve_profile

@@ -17,11 +17,11 @@ from dsv4setup.cluster import view
 from dsv4setup.cluster.outputs import ClusterNode, ClusterOutputs
 from dsv4setup.cluster.step import ClusterStep
 from dsv4setup.cluster.view import ClusterCheck, check_file, record_check
-from dsv4setup.core.engine import RunContext
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.core.state import State, StepRecord, StepStatus, save_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import RunContext
 from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.resolve import resolve_profile
 from dsv4setup.runbook import status_document

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.outputs import StepOutputs
+from dsv4setup.engine import RunContext, Step
 
 NAMES = ("alpha", "beta", "gamma", "delta")
 

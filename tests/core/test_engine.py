@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from dsv4setup.core.engine import Runbook, RunContext, Selection, Step
 from dsv4setup.core.errors import LockHeldError, StateError, UsageError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.lock import workdir_lock
@@ -17,6 +16,7 @@ from dsv4setup.core.outputs import StepOutputs
 from dsv4setup.core.state import STATE_SCHEMA, StepStatus, backup_state, load_state, reset_steps, save_state
 from dsv4setup.core.status import status_doc
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, RunContext, Selection, Step
 from dsv4setup.profiles.model import Profile
 from tests.core import steps_for_tests as ts
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from dsv4setup.cli.output import emit_json
-from dsv4setup.core.engine import Runbook, RunContext, Selection, Step
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.outputs import StepOutputs
 from dsv4setup.core.secrets import hf_token, redact, register_secret
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, RunContext, Selection, Step
 from dsv4setup.profiles.model import Profile
 
 TOKEN = "hf_SeCrEtToKeN1234567890"

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from dsv4setup.core.engine import Runbook, RunContext, Selection, Step
 from dsv4setup.core.errors import StateError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.outputs import StepOutputs
 from dsv4setup.core.state import StepStatus, load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, RunContext, Selection, Step
 from dsv4setup.profiles.model import Profile
 from dsv4setup.runbook import OPTIONAL_STEPS, STEP_ORDER, load_step
 from dsv4setup.toolkit.outputs import ToolkitOutputs

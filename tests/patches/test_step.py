@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dsv4setup.core.engine import Runbook, RunContext, Selection
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.state import State, load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, RunContext, Selection
 from dsv4setup.patches.step import PatchesStep, profile_patches
 from dsv4setup.profiles.model import Profile
 from tests.patches.conftest import build_synth

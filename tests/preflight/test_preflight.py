@@ -7,10 +7,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from dsv4setup.core.engine import Runbook, Selection
 from dsv4setup.core.state import StepStatus, load_state
 from dsv4setup.core.workdir import Workdir
-from dsv4setup.preflight.rules import load_rules
+from dsv4setup.engine import Runbook, Selection
+from dsv4setup.hardware.rules import load_rules
 from dsv4setup.preflight.snapshot import SNAPSHOT_FILE
 from dsv4setup.preflight.step import REPORT_FILE, PreflightStep
 from tests.preflight.conftest import doctor_validator, hardware_validator, make_profile

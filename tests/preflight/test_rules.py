@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dsv4setup.preflight.rules import load_rules, parse_rules, vtuple
+from dsv4setup.hardware.arch import arch_from_capability, arch_table
+from dsv4setup.hardware.rules import load_rules, parse_rules, vtuple
 from dsv4setup.profiles.model import VllmSpec
-from dsv4setup.toolkit.arch import arch_from_capability, arch_table
 
 
 def test_rules_load_with_every_finding_the_checks_use() -> None:
@@ -48,8 +48,8 @@ def test_thresholds_are_data_not_code() -> None:
     """The same snapshot is judged differently when only the data changes."""
     import yaml
 
+    from dsv4setup.hardware.rules import RULES_FILE
     from dsv4setup.preflight.report import build_report
-    from dsv4setup.preflight.rules import RULES_FILE
     from tests.preflight.conftest import load_fixture
 
     snap = load_fixture("b200-x2")  # Python 3.12.3

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from dsv4setup.core.engine import Runbook, Selection
 from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, Selection
 from dsv4setup.preflight.report import build_report
 from dsv4setup.preflight.select import select_profile
 from dsv4setup.profiles.derive import derive_for

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -155,9 +154,8 @@ def test_a_profile_file_path_can_be_given(workdir: Workdir, tmp_path: Path) -> N
     assert resolved.profile.name == "mine" and resolved.origins["model.repo"] == f"profile:{mine}"
 
 
-def test_without_name_state_or_matcher_the_user_is_told_what_to_do(workdir: Workdir,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "dsv4setup.profiles.match", None)  # the matcher cannot be imported
+def test_without_name_state_or_probe_the_user_is_told_what_to_do(workdir: Workdir) -> None:
+    """The profiles never look at the machine themselves: a caller that passes no probe gets told to name one."""
     with pytest.raises(UsageError) as failed:
         resolve_profile(workdir, None, [])
     assert failed.value.message.startswith("no profile chosen")
@@ -244,7 +242,7 @@ def test_auto_pick_never_picks_the_cpu_demo_with_the_real_probe(workdir: Workdir
     if take_snapshot(workdir)["gpus"]:
         pytest.skip("this machine has NVIDIA GPUs: the pick depends on which")
     with pytest.raises(NoProfileError) as refused:
-        resolve_profile(workdir, None, [])
+        resolve_profile(workdir, None, [], probe=take_snapshot)
     assert refused.value.exit_code == 1 and "none is usable here: no NVIDIA GPU visible" in refused.value.message
     assert "lspci | grep -i nvidia" in (refused.value.fix or "") and "R580" in (refused.value.fix or "")
     assert "--profile cpu-tiny" in (refused.value.fix or "")

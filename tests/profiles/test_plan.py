@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from dsv4setup.checkpoint.outputs import CheckpointOutputs
-from dsv4setup.core.engine import Runbook, Selection
 from dsv4setup.core.state import save_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, Selection
 from dsv4setup.profiles.resolve import resolve_profile
 from dsv4setup.serve.command import render_plan
 from tests.core import steps_for_tests

@@ -6,7 +6,7 @@ is the lead's e2e test.
 
 from __future__ import annotations
 
-from dsv4setup.core.engine import Step
+from dsv4setup.engine import Step
 from dsv4setup.serve.step import ServeStep
 from dsv4setup.smoke.step import SmokeStep
 

@@ -20,9 +20,9 @@ import psutil
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from dsv4setup.core.engine import Runbook, Selection, UpResult
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, Selection, UpResult
 from dsv4setup.profiles.model import ModelSpec, Profile, ServeSpec, SmokeSpec, SpecConfig, VllmSpec
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.serve.manager import down

@@ -14,9 +14,9 @@ import psutil
 import pytest
 
 import dsv4setup.serve.launch as launch_module
-from dsv4setup.core.engine import Runbook, RunContext, Selection
 from dsv4setup.core.state import StepStatus, load_state, save_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, RunContext, Selection
 from dsv4setup.profiles.model import ModelSpec, Profile, ServeSpec
 from dsv4setup.serve.apikey import api_key_file
 from dsv4setup.serve.manager import down, server_state

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dsv4setup.core.errors import UsageError
-from dsv4setup.toolkit.arch import (
+from dsv4setup.hardware.arch import (
     arch_from_capability,
     arch_table,
     arches_from_preflight,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dsv4setup.core.engine import Runbook, Selection
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, Selection
 from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.profiles.model import ModelSpec, Profile, ToolkitSpec
 from dsv4setup.toolkit.nvcc import HostTools, compile_probe, nvcc_release

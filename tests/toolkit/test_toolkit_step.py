@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from dsv4setup.core.engine import Runbook, Selection, Step
 from dsv4setup.core.state import StepStatus, load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, Selection, Step
 from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.profiles.model import ModelSpec, Profile, ToolkitSpec
 from dsv4setup.toolkit.nvcc import HostTools

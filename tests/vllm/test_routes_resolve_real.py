@@ -27,9 +27,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from dsv4setup.hardware.arch import parse_release
 from dsv4setup.profiles.loader import load_profile_file, shipped_profile_files
 from dsv4setup.profiles.model import Profile
-from dsv4setup.toolkit.arch import parse_release
 from dsv4setup.toolkit.install import pip_requirement
 from dsv4setup.vllm.build import constraints_text
 from dsv4setup.vllm.pip_target import pip_argv, target_args

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dsv4setup.core.engine import Runbook, Selection
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Runbook, Selection
 from dsv4setup.profiles.model import ModelSpec, Profile, VllmSpec
 from dsv4setup.vllm.step import VllmStep
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from uv import find_uv_bin
 
-from dsv4setup.core.engine import Observer, Runbook, Selection, Step, UpResult
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.engine import Observer, Runbook, Selection, Step, UpResult
 from dsv4setup.profiles.model import ModelSpec, Profile, VllmSpec
 from dsv4setup.toolkit.outputs import ToolkitOutputs
 from dsv4setup.vllm.build import BuildMachine
