@@ -1,6 +1,6 @@
 """Run the fault suite and write benchmarks/faults.md from its tally (never typed by hand).
 
-    python -m tests.faults.report                      # runs pytest tests/faults, then writes the page
+    python -m tests.faults.report                      # runs tests/faults and the security tests, writes the page
     python -m tests.faults.report --tally FILE         # writes the page from a tally an earlier run left
 """
 
@@ -21,13 +21,19 @@ PAGE = ROOT / "benchmarks" / "faults.md"
 
 
 def run_suite(tally: Path) -> tuple[int, float]:
+    """The fault suite, then every test marked `security` (the attacks live beside the code they attack)."""
     started = time.monotonic()
-    code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/faults"], cwd=ROOT,
-                          env={**os.environ, "DSV4SETUP_FAULT_TALLY": str(tally)}, check=False).returncode
-    return code, time.monotonic() - started
+    env = {**os.environ, "DSV4SETUP_FAULT_TALLY": str(tally)}
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    codes = [subprocess.run([*pytest, "tests/faults"], cwd=ROOT, env=env, check=False).returncode,
+             subprocess.run([*pytest, "-m", "security", "tests", "--ignore", "tests/faults"], cwd=ROOT, env=env,
+                            check=False).returncode]
+    return max(codes), time.monotonic() - started
 
 
 def render(rows: list[dict[str, object]], note: str) -> str:
+    attacks = [r for r in rows if r["kind"] == "attack"]
+    rows = [r for r in rows if r["kind"] != "attack"]
     kinds: dict[str, list[dict[str, object]]] = defaultdict(list)
     for row in rows:
         kinds[str(row["kind"])].append(row)
@@ -44,7 +50,20 @@ def render(rows: list[dict[str, object]], note: str) -> str:
     lines += ["", "Each fault (bad-input rows are one per fuzzed example):", ""]
     lines += [f"- {r['kind']}: {r['fault']}: {'survived' if r['survived'] else 'NOT survived'}"
               + (", DATA LOST" if r["data_lost"] else "") for r in rows if r["kind"] != "bad input"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + render_attacks(attacks)) + "\n"
+
+
+def render_attacks(attacks: list[dict[str, object]]) -> list[str]:
+    """The security table: each attack the `security` tests tried, what it got, and whether it reached anything."""
+    reached = sum(not r["survived"] for r in attacks)
+    lines = ["", "## Security: attacks tried", "",
+             f"Each row is one attack a `security` test makes for real (a namespace on the cluster link, a "
+             f"request without the key, a hostile value in a unit, a record naming a file): {len(attacks)} tried, "
+             f"**{reached} reached anything**.", "",
+             "| route | attack | what it got | reached |", "|---|---|---|---|"]
+    lines += [f"| {r['route']} | {r['fault']} | {r['got']} | {'**YES**' if not r['survived'] else 'no'} |"
+              for r in attacks]
+    return lines
 
 
 def main() -> int:
