@@ -2,8 +2,10 @@
 
 The detached run is an ordinary `dsv4setup up --json` in a new session (setsid), stdin from
 /dev/null, its progress lines in `logs/up.log` and its final JSON document in
-`run/up-result.json`. It takes the workdir lock itself and writes the same state and step logs
-as a run in the foreground, so it survives the shell (or agent) that started it being killed.
+`run/up-result.json`. It writes the same state and step logs as a run in the foreground, so it
+survives the shell (or agent) that started it being killed. The workdir lock is taken before
+anything is touched and handed to the run (core.lock), which keeps it until it exits: of two
+`up --detach` at once, the second is refused (exit 3) with nothing of the first's overwritten.
 `run/up-detached.json` records its pid and start time: `wait` tells a live run from a dead one
 by both (a reused pid is not ours).
 """
@@ -11,6 +13,7 @@ by both (a reused pid is not ours).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +26,7 @@ import psutil
 
 from dsv4setup.core.errors import EXIT_WAIT_DONE, EXIT_WAIT_FAILED, EXIT_WAIT_RUNNING, LockHeldError, UsageError
 from dsv4setup.core.fsutil import atomic_write_json
-from dsv4setup.core.lock import current_holder
+from dsv4setup.core.lock import LOCK_FD_ENV, current_holder, record_holder, take_lock
 from dsv4setup.core.state import now_iso
 from dsv4setup.core.workdir import Workdir
 
@@ -63,26 +66,29 @@ def wait_command(workdir: Workdir) -> list[str]:
 
 
 def start_detached(workdir: Workdir, up_args: list[str]) -> DetachedRun:
-    """Start `dsv4setup up UP_ARGS --json` in its own session; refuse at once when the lock is held."""
-    earlier = read_detached(workdir)
-    holder = current_holder(workdir.lock_file)
-    if holder is None and earlier is not None and earlier.alive():  # started, not yet holding the lock
-        holder = {"pid": earlier.pid, "command": "up --detach"}
-    if holder is not None:
-        raise LockHeldError(f"another dsv4setup run holds {workdir.lock_file} (pid {holder.get('pid', '?')}, "
-                            f"{holder.get('command', '?')})", fix="follow it with `dsv4setup wait`",
-                            command=wait_command(workdir))
-    workdir.ensure()
-    argv = [sys.executable, "-m", "dsv4setup", "up", *up_args, "--workdir", str(workdir.root), "--json"]
-    log, result = workdir.log_file("up"), result_file(workdir)
-    result.unlink(missing_ok=True)
-    with log.open("ab") as log_fh, result.open("wb") as result_fh:
-        log_fh.write(f"===== {now_iso()} detached: {' '.join(argv[1:])}\n".encode())
-        log_fh.flush()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=result_fh, stderr=log_fh,
-                                start_new_session=True, close_fds=True, cwd=workdir.root)
-    run = DetachedRun(proc.pid, psutil.Process(proc.pid).create_time(), now_iso(), argv[1:], str(log), str(result))
-    atomic_write_json(record_file(workdir), asdict(run))
+    """Start `dsv4setup up UP_ARGS --json` in its own session, holding the workdir lock from before
+    anything is touched until the run exits; refuse at once (exit 3) when another run holds it."""
+    try:
+        lock = take_lock(workdir.lock_file, "up --detach")
+    except LockHeldError as exc:
+        raise LockHeldError(exc.message, fix="follow it with `dsv4setup wait`", command=wait_command(workdir)) from None
+    try:
+        workdir.ensure()
+        argv = [sys.executable, "-m", "dsv4setup", "up", *up_args, "--workdir", str(workdir.root), "--json"]
+        log, result = workdir.log_file("up"), result_file(workdir)
+        result.unlink(missing_ok=True)
+        with log.open("ab") as log_fh, result.open("wb") as result_fh:
+            log_fh.write(f"===== {now_iso()} detached: {' '.join(argv[1:])}\n".encode())
+            log_fh.flush()
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=result_fh, stderr=log_fh,
+                                    start_new_session=True, close_fds=True, pass_fds=(lock,), cwd=workdir.root,
+                                    env={**os.environ, LOCK_FD_ENV: str(lock)})
+        record_holder(lock, "up --detach", proc.pid)  # the run holds it now, whatever happens to this process
+        run = DetachedRun(proc.pid, psutil.Process(proc.pid).create_time(), now_iso(), argv[1:], str(log),
+                          str(result))
+        atomic_write_json(record_file(workdir), asdict(run))
+    finally:
+        os.close(lock)
     return run
 
 

@@ -11,10 +11,13 @@ reach a guarded flag (a server bound to 0.0.0.0 without an API key, behind the p
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import yaml
+
+from dsv4setup.core.fsutil import atomic_write_text
 
 # flag -> (dotted profile key that renders it, how its value is read: int, float, str, bool, spec)
 FIELD_FLAGS: dict[str, tuple[str, str]] = {
@@ -132,25 +135,40 @@ def conflict(token: str) -> str | None:
     return found[1] if found else None
 
 
-def _config_conflicts(path_text: str | None) -> list[str]:
-    """What a `--config FILE` would set that extra_args may not: vLLM turns each key into `--key`."""
+def _checked_config(path_text: str | None) -> tuple[bytes, list[str]]:
+    """A `--config FILE`'s bytes, read once, and what they would set that extra_args may not (vLLM turns
+    each key into `--key`); the bytes are only to be used when there is no problem."""
     if path_text is None:
-        return ["--config needs a file"]
+        return b"", ["--config needs a file"]
     path = Path(path_text)
     if not path.is_absolute():
-        return [f"--config {path_text}: give an absolute path (vLLM reads it from its own working directory)"]
+        return b"", [f"--config {path_text}: give an absolute path (vLLM reads it from its own working directory)"]
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        doc = yaml.safe_load(data.decode("utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        return [f"--config {path_text} cannot be read as YAML ({exc}); it must be readable when the profile is loaded"]
+        return b"", [f"--config {path_text} cannot be read as YAML ({exc}); it must be readable when the profile "
+                     "is loaded"]
     if not isinstance(doc, dict):
-        return [f"--config {path_text} is not a YAML mapping of flag names to values"]
+        return b"", [f"--config {path_text} is not a YAML mapping of flag names to values"]
     problems = []
     for key, value in doc.items():
         why = conflict(f"--no-{key}" if value is False else f"--{key}")
         if why:
             problems.append(f"--config {path_text} sets {key!r}: {why}")
-    return problems
+    return data, problems
+
+
+def _config_file(args: Sequence[str], i: int) -> tuple[int, bool, str | None] | None:
+    """When args[i] resolves to `--config`: (index of the token holding its file, whether that is args[i]
+    itself as `--config=FILE`, the file: None when there is none)."""
+    token = args[i]
+    name = option_name(token)
+    if name is None or not CONFIG_FLAG.startswith(name) or len(name) <= 2 or _resolve(name) is not None:
+        return None
+    if "=" in token:
+        return i, True, token.split("=", 1)[1]
+    return i + 1, False, args[i + 1] if i + 1 < len(args) else None
 
 
 def conflicts(args: Sequence[str]) -> list[str]:
@@ -161,12 +179,34 @@ def conflicts(args: Sequence[str]) -> list[str]:
     """
     problems: list[str] = []
     for i, token in enumerate(args):
-        name = option_name(token)
-        if name is None:
-            continue
-        if CONFIG_FLAG.startswith(name) and len(name) > 2 and _resolve(name) is None:
-            value = token.split("=", 1)[1] if "=" in token else (args[i + 1] if i + 1 < len(args) else None)
-            problems += _config_conflicts(value)
-        elif why := conflict(token):
+        if (config := _config_file(args, i)) is not None:
+            problems += _checked_config(config[2])[1]
+        elif option_name(token) is not None and (why := conflict(token)):
             problems.append(why)
     return problems
+
+
+def pin_config_files(args: Sequence[str], dest: Path) -> list[str]:
+    """extra_args with each `--config FILE` naming a copy in `dest` of the bytes checked now, named by their
+    sha256 (`vllm-config.<sha256>.yaml`: the serve command, the plan and the command fingerprint carry it).
+
+    vLLM reads the file when it starts, minutes or days after the profile was checked: it reads the copy,
+    so what it gets is what was checked. A change of the user's file reaches the server only through the
+    next check (the next `up`), with a new name, so the serve command (and its fingerprint) changes too.
+    Raises ValueError when the file, read now, is not acceptable."""
+    pinned = list(args)
+    for i in range(len(args)):
+        config = _config_file(args, i)
+        if config is None:
+            continue
+        index, inline, path_text = config
+        data, problems = _checked_config(path_text)
+        if problems or path_text is None:
+            raise ValueError("; ".join(problems))
+        digest = hashlib.sha256(data).hexdigest()
+        copy = dest / f"vllm-config.{digest}.yaml"
+        if copy.is_symlink() or not copy.is_file() or hashlib.sha256(copy.read_bytes()).hexdigest() != digest:
+            dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic_write_text(copy, data.decode("utf-8"), 0o600)
+        pinned[index] = f"{args[i].split('=', 1)[0]}={copy}" if inline else str(copy)
+    return pinned

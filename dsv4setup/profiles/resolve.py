@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from dsv4setup.core.errors import DsvError, UsageError
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
+from dsv4setup.profiles.flags import pin_config_files
 from dsv4setup.profiles.loader import (
     find_profile_file,
     is_path,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 Snapshot = dict[str, Any]
 Probe = Callable[[Workdir], Snapshot]  # reads this machine's hardware snapshot (preflight.snapshot.take_snapshot)
 PROFILE_SET_SCHEMA = "dsv4setup.profile-set/1"
+CONFIG_COPIES_DIR = "config"  # <workdir>/config/vllm-config.<sha256>.yaml: the --config files as checked
 
 
 class NoProfileError(DsvError):
@@ -180,9 +182,22 @@ def resolve_profile(workdir: Workdir, name: str | None, sets: list[str],
     if preset is not None:
         layers.insert(1, preset)
         profile = validate_layers(layers)
-    return ResolvedProfile(profile=profile, origins=origins_of(profile, layers), source_file=path,
-                           selected_by=selected_by, preset=profile.preset,
+    return ResolvedProfile(profile=_with_pinned_config(profile, workdir), origins=origins_of(profile, layers),
+                           source_file=path, selected_by=selected_by, preset=profile.preset,
                            overrides=merge_layers(layers[2 if preset else 1:]))
+
+
+def _with_pinned_config(profile: Profile, workdir: Workdir) -> Profile:
+    """The profile serving the copy of each `--config FILE` in serve.extra_args checked just now (flags.py's
+    pin_config_files: vLLM reads the file at start, so a later change of the user's file must not reach it)."""
+    try:
+        pinned = pin_config_files(profile.serve.extra_args, workdir.root / CONFIG_COPIES_DIR)
+    except ValueError as exc:
+        raise UsageError(f"serve.extra_args: {exc}", fix="correct the --config file, or drop it from "
+                         "serve.extra_args (`dsv4setup profile show` says where it is set)") from None
+    if pinned == profile.serve.extra_args:
+        return profile
+    return profile.model_copy(update={"serve": profile.serve.model_copy(update={"extra_args": pinned})})
 
 
 def profile_set_doc(workdir: Workdir, resolved: ResolvedProfile, keys: list[str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dsv4setup.serve.process import ServerRecord, StopReport, is_ours, read_reco
 from dsv4setup.serve.readiness import base_url, health_status
 
 SERVE_SCHEMA = "dsv4setup.serve/2"
-DOWN_SCHEMA = "dsv4setup.down/1"
+DOWN_SCHEMA = "dsv4setup.down/2"
 DEFAULT_GRACE_S = 15.0
 
 
@@ -73,12 +73,17 @@ def _down(workdir: Workdir, grace_s: float) -> dict[str, Any]:
         reports.append(_stopped(ray, "this node's Ray"))
         messages.append(f"stopped this node's Ray (pids {ray.pids})" if ray.was_running
                         else "this node's recorded Ray was not running; cleaned up its records")
+    refused = [x for r in reports for x in r.refused]
+    if refused:
+        messages.append(f"left alone {len(refused)} leftover(s) the records name but that are not provably ours: "
+                        + "; ".join(f"{x.path} ({x.reason})" for x in refused))
     return {"schema": DOWN_SCHEMA, "ok": True, "workdir": str(workdir.root),
             "was_running": any(r.was_running for r in reports),
             "message": "; ".join(messages) or "no server is running for this workdir",
             "pids": sorted(p for r in reports for p in r.pids), "forced": any(r.forced for r in reports),
             "elapsed_s": round(sum(r.elapsed_s for r in reports), 2),
-            "removed": [x for r in reports for x in r.removed]}
+            "removed": [x for r in reports for x in r.removed],
+            "refused": [{"path": x.path, "reason": x.reason} for x in refused]}
 
 
 def _stopped(report: StopReport, what: str) -> StopReport:

@@ -11,6 +11,12 @@ directory, and SIGTERM does not remove them. The server gets its own TMPDIR (a f
 `dsv4setup-serve-*` directory under the system temp dir, short enough for Unix socket paths),
 recorded with the server and removed with it, so only what is clearly ours is deleted.
 
+Only what is provably ours is unlinked, never a path a record merely names (run/serve.json is a file
+anyone with the workdir can edit, and `down` may run as root): a shared-memory segment must sit
+directly in /dev/shm, carry one of our segment names, be a regular file and belong to the effective
+uid; the temp dir must carry our prefix, be a real directory and belong to the effective uid.
+Anything else is refused and reported (StopReport.refused), and left alone.
+
 Records: `<workdir>/run/serve.json` (the record) and `<workdir>/run/serve.pid` (the pid, for
 people and scripts).
 """
@@ -25,6 +31,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -262,6 +269,13 @@ def start_server(argv: Sequence[str], env: Mapping[str, str], *, host: str, port
     return record, proc
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A leftover we would not remove: the path as its record or the process maps named it, and why."""
+    path: str
+    reason: str
+
+
 @dataclass
 class StopReport:
     was_running: bool
@@ -269,7 +283,8 @@ class StopReport:
     forced: bool  # SIGKILL was needed
     elapsed_s: float
     survivors: list[int]  # processes that would not die (D state): reported, never ignored
-    removed: list[str]  # leftovers removed (the server's temp dir)
+    removed: list[str]  # leftovers removed (the server's temp dir, its shared-memory segments)
+    refused: list[Refusal] = field(default_factory=list)  # named leftovers not provably ours: left alone
 
 
 def _reap(pid: int) -> None:
@@ -310,15 +325,93 @@ def shm_segments(procs: list[psutil.Process]) -> set[str]:
     found: set[str] = set()
     for proc in procs:
         with contextlib.suppress(psutil.Error, OSError):
-            found.update(m.path for m in proc.memory_maps()
-                         if m.path.startswith(SHM_DIR) and any(k in m.path for k in SHM_MARKERS))
+            found.update(m.path for m in proc.memory_maps() if segment_refusal(m.path) is None)
     return found
+
+
+def segment_refusal(path: str) -> str | None:
+    """Why `path` is not one of our shared-memory segments by place and name (None: it may be)."""
+    if not path.startswith(SHM_DIR):
+        return f"not in {SHM_DIR}"
+    name = path[len(SHM_DIR):]
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        return f"not an entry directly in {SHM_DIR}"
+    if not any(marker in name for marker in SHM_MARKERS):
+        return "its name is not one of our segments' (*psm_*, *-cpushm*)"
+    return None
+
+
+def owner_refusal(mode: int, uid: int, euid: int, *, directory: bool = False) -> str | None:
+    """Why a leftover with this lstat mode and owner is not ours to remove (None: it is)."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if directory and not stat.S_ISDIR(mode):
+        return "not a directory"
+    if not directory and not stat.S_ISREG(mode):
+        return "not a regular file"
+    if uid != euid:
+        return f"owned by uid {uid}, not by this user (uid {euid})"
+    return None
+
+
+def remove_segments(paths: Sequence[str]) -> tuple[list[str], list[Refusal]]:
+    """Unlink the segments that are provably ours (see segment_refusal, owner_refusal); refuse the rest.
+    Each entry is looked at and unlinked by name inside /dev/shm, opened once, so no link or `..` reaches
+    another directory; a segment already gone is neither removed nor refused."""
+    removed: list[str] = []
+    refused: list[Refusal] = []
+    try:
+        shm = os.open(SHM_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        return [], [Refusal(p, f"cannot open {SHM_DIR}: {exc.strerror}") for p in paths]
+    try:
+        for path in sorted(paths):
+            reason = segment_refusal(path)
+            if reason is not None:
+                refused.append(Refusal(path, reason))
+                continue
+            name = path[len(SHM_DIR):]
+            try:
+                info = os.stat(name, dir_fd=shm, follow_symlinks=False)
+                reason = owner_refusal(info.st_mode, info.st_uid, os.geteuid())
+                if reason is None:
+                    os.unlink(name, dir_fd=shm)
+                    removed.append(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                reason = f"cannot remove it: {exc.strerror}"
+            if reason is not None:
+                refused.append(Refusal(path, reason))
+    finally:
+        os.close(shm)
+    return removed, refused
+
+
+def tmpdir_refusal(path: str) -> str | None:
+    """Why the recorded temp dir is not ours to delete (None: it is, or it is gone already)."""
+    if not Path(path).name.startswith(TMP_PREFIX) or not os.path.isabs(path):
+        return f"not a temp dir of ours (an absolute path named {TMP_PREFIX}*)"
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror}"
+    return owner_refusal(info.st_mode, info.st_uid, os.geteuid(), directory=True)
 
 
 def _ranks(workdir: Workdir, name: str) -> list[psutil.Process]:
     """Multi-node: the server's vLLM ranks run in this node's Ray (they die with the server, unsignalled by us)."""
     ray = read_record(workdir, RAY_RECORD) if name == "serve" else None
     return server_processes(ray) if ray is not None else []
+
+
+def _recorded(segments: object) -> list[str]:
+    """The record's segments as a list whatever the file held (each item is judged by remove_segments)."""
+    if isinstance(segments, list):
+        return [s if isinstance(s, str) else json.dumps(s) for s in segments]
+    return [] if segments is None else [json.dumps(segments)]
 
 
 def remember_segments(workdir: Workdir, record: ServerRecord) -> ServerRecord:
@@ -364,7 +457,7 @@ def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0, *
     started = time.monotonic()
     procs = server_processes(record)
     # read before they go (Ray ends the ranks on its own), with those recorded once it was ready
-    segments = shm_segments(procs + _ranks(workdir, name)) | set(record.segments)
+    segments = {*shm_segments(procs + _ranks(workdir, name)), *_recorded(record.segments)}
     pids = sorted(p.pid for p in procs)
     if via_systemd and record.unit:
         unit = read_installed(workdir)
@@ -384,16 +477,20 @@ def stop_server(workdir: Workdir, record: ServerRecord, grace_s: float = 15.0, *
             _signal_all(record, left, signal.SIGKILL)
             left = _wait_gone(record, left, time.monotonic() + 5.0)
     _reap(record.pid)
-    removed = []
-    if record.tmpdir and Path(record.tmpdir).name.startswith(TMP_PREFIX) and Path(record.tmpdir).is_dir():
-        shutil.rmtree(record.tmpdir, ignore_errors=True)
-        removed.append(record.tmpdir)
+    removed: list[str] = []
+    refused: list[Refusal] = []
+    if record.tmpdir:
+        reason = tmpdir_refusal(str(record.tmpdir))
+        if reason is not None:
+            refused.append(Refusal(str(record.tmpdir), reason))
+        elif Path(record.tmpdir).is_dir():
+            shutil.rmtree(record.tmpdir, ignore_errors=True)
+            removed.append(record.tmpdir)
     if not left:
-        for segment in sorted(segments):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(segment)
-                removed.append(segment)
+        unlinked, refused_segments = remove_segments(list(segments))
+        removed += unlinked
+        refused += refused_segments
         clear_record(workdir, name)
     return StopReport(was_running=bool(procs), pids=pids, forced=forced,
                       elapsed_s=round(time.monotonic() - started, 2), survivors=sorted(p.pid for p in left),
-                      removed=removed)
+                      removed=removed, refused=refused)

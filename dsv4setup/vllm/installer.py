@@ -7,7 +7,9 @@ requirements and constraints and write into the same step log.
 
 uv does not read pip's configuration. The settings that decide where packages come from
 (find-links, extra indexes, a global constraints file, ...) are read with `pip config list`
-and passed to uv as options; every setting is reported as carried over or not.
+and passed to uv as options; every setting is reported as carried over or not. The index and
+find-links locations go through uv's environment (UV_INDEX_URL, UV_EXTRA_INDEX_URL, UV_FIND_LINKS),
+never its argv: they may carry `user:token@`, and any local user reads argv in /proc/PID/cmdline.
 """
 
 from __future__ import annotations
@@ -36,11 +38,14 @@ INSTALLER_CHOICES = ("auto", "uv", "pip")
 FREEZE_FILE = "dsv4setup-freeze.txt"  # inside the venv: the resolved versions of its install
 _CONFIG_LINE_RE = re.compile(r"^(?P<section>[^.]*)\.(?P<key>[A-Za-z0-9_-]+)=(?P<value>.*)$")
 _SECTION_RANK = {"global": 0, "install": 1, ":env:": 2}  # pip: env beats [install] beats [global]
+# pip option whose values are locations that may carry credentials -> (uv's variable, its separator)
+_LOCATIONS: dict[str, tuple[str, str]] = {
+    "index-url": ("UV_INDEX_URL", ""),  # one URL
+    "extra-index-url": ("UV_EXTRA_INDEX_URL", " "),
+    "find-links": ("UV_FIND_LINKS", ","),
+}
 # pip option -> (uv option or None, environment variable or None)
 _CARRIED: dict[str, tuple[str | None, str | None]] = {
-    "index-url": ("--index-url", None),
-    "extra-index-url": ("--extra-index-url", None),
-    "find-links": ("--find-links", None),
     "constraint": ("--constraint", None),
     "trusted-host": ("--allow-insecure-host", None),
     "no-binary": ("--no-binary", None),
@@ -98,6 +103,13 @@ def translate_pip_config(values: Mapping[str, str]) -> PipConfig:
             compile_bytecode = value.strip().lower() not in _TRUE
             if not compile_bytecode:
                 carried.append(f"{key} -> uv writes no bytecode at install")
+        elif key in _LOCATIONS:
+            uv_variable, joined, said = _location(key, value)
+            if joined is None:
+                not_carried.append(said)
+            else:
+                env[uv_variable] = joined
+                carried.append(said)
         elif key in _CARRIED:
             option, variable = _CARRIED[key]
             if option is not None:
@@ -119,6 +131,18 @@ def translate_pip_config(values: Mapping[str, str]) -> PipConfig:
         carried.append("several indexes -> --index-strategy unsafe-best-match (pip's behaviour)")
     return PipConfig(tuple(args), env, tuple(redact(c) for c in carried), tuple(redact(n) for n in not_carried),
                      compile_bytecode)
+
+
+def _location(key: str, value: str) -> tuple[str, str | None, str]:
+    """pip's index or find-links setting as (uv's variable, its value, what the report says); the value is
+    None when uv's variable cannot hold it (a find-links item with a comma, UV_FIND_LINKS's separator)."""
+    variable, separator = _LOCATIONS[key]
+    items = value.split()
+    unfit = any(separator in item for item in items) if separator else len(items) != 1
+    if unfit:
+        why = f"{separator!r} separates the locations" if separator else "it takes one location"
+        return variable, None, f"{key}={value} (uv reads it from {variable}, where {why})"
+    return variable, separator.join(items), f"{key}={value} -> {variable}"
 
 
 def _register_credentials(value: str) -> None:

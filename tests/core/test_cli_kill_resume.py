@@ -6,6 +6,7 @@ lock and CLI are the real ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -190,3 +191,59 @@ def test_a_detached_run_that_cannot_start_is_failed_with_its_error(env: dict[str
     validate_document(doc)
     assert failed.returncode == 11 and doc["result"]["schema"] == "dsv4setup.error/2"
     assert "no-such-profile" in doc["result"]["message"]
+
+
+def _full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is full: a process writing to its write end blocks until the read end is drained."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 4096)
+    os.set_blocking(write_end, True)
+    return read_end, write_end
+
+
+def _blocked_on_a_pipe(pid: int) -> bool:
+    return Path(f"/proc/{pid}/wchan").read_text().endswith("pipe_write")
+
+
+def test_two_concurrent_detached_ups_one_runs_the_other_is_refused_before_it_touches_anything(
+        env: dict[str, str]) -> None:
+    """Issue 24: two `up --detach` at once both passed the holder check (the lock was taken only by the
+    detached run, a second later) and the second overwrote up-result.json. Both real CLIs are lined up at
+    their first write to stderr (their header, before any check), then let go together: exactly one
+    starts a run, the other exits 3 naming the holder, and the run's record and result stay its own."""
+    slow = {**env, "TEST_STEPS_SLOW": "beta", "TEST_STEPS_SLEEP": "3"}
+    read_end, write_end = _full_pipe()
+    argv = [sys.executable, "-m", "dsv4setup", "up", "--profile", "cpu-tiny", "--detach", "--json"]
+    ups = [subprocess.Popen(argv, env=slow, stdout=subprocess.PIPE, stderr=write_end, stdin=subprocess.DEVNULL,
+                            text=True) for _ in range(2)]
+    os.close(write_end)
+    try:
+        deadline = time.monotonic() + 120
+        while not all(_blocked_on_a_pipe(up.pid) for up in ups):
+            assert all(up.poll() is None for up in ups) and time.monotonic() < deadline, "never reached stderr"
+            time.sleep(0.05)
+        with os.fdopen(read_end, "rb") as stderr:  # let both go at once; read all they print
+            stderr.read()
+        outputs = [up.communicate(timeout=120)[0] for up in ups]
+    finally:
+        for up in ups:
+            up.kill()
+    assert sorted(up.returncode for up in ups) == [0, 3], outputs
+    winner = [up.returncode for up in ups].index(0)
+    started, refused = json.loads(outputs[winner]), json.loads(outputs[1 - winner])
+    validate_document(started)
+    validate_document(refused)
+    assert refused["reference"] == "workdir-locked" and refused["command"].startswith("dsv4setup wait")
+    holder = refused["message"]  # the winner, or the run it started (it records the run's pid once started)
+    assert f"(pid {ups[winner].pid}, up --detach" in holder or f"(pid {started['pid']}, up" in holder, holder
+    workdir = Path(env["DSV4SETUP_WORKDIR"])
+    assert json.loads((workdir / "run" / "up-detached.json").read_text())["pid"] == started["pid"]
+    done = dsv(env, "wait", "--timeout", "60", "--json")
+    assert done.returncode == 10, done.stdout + done.stderr
+    waited = json.loads(done.stdout)
+    assert waited["pid"] == started["pid"] and waited["result"]["ok"]
+    assert ts.journal(Path(env["TEST_STEPS_DIR"])) == list(ts.NAMES)  # one run: every step once
+    assert (workdir / "logs" / "up.log").read_text().count("detached: ") == 1

@@ -81,11 +81,12 @@ def test_wheel_route_installs_with_uv_constraints_then_removes_for_real(workdir:
     assert out["python"] == str(workdir.venv_python) and out["package"] == "tinyvllm" and out["version"] == "0.1.0"
     assert out["route"] == "wheel" and out["vllm_dir"] == str(site / "vllm") and site.is_relative_to(workdir.venv_dir)
     assert out["installer"]["name"] == "uv" and out["installer"]["torch_backend"] == "cu130"  # toolkit.version 13.0.2
-    assert f"find-links={offline_pip} -> --find-links" in out["installer"]["pip_config_carried"]
+    assert f"find-links={offline_pip} -> UV_FIND_LINKS" in out["installer"]["pip_config_carried"]
     assert (workdir.venv_dir / CONSTRAINTS_FILE).read_text() == "tinyvision==1.0\n"
     log = workdir.log_file("vllm").read_text()
     assert f" pip install --python {workdir.venv_python} " in log and "--no-index" in log
-    assert f"--find-links {offline_pip}" in log  # pip's PIP_FIND_LINKS reached uv
+    assert f"pip setting carried over to uv: find-links={offline_pip} -> UV_FIND_LINKS" in log
+    assert "--find-links" not in log  # a location reaches uv through its environment (it may carry a credential)
     assert f"--torch-backend cu130 -c {workdir.venv_dir / CONSTRAINTS_FILE} tinyvllm==0.1.0" in log
     assert "+ tinyvision==1.0" in log  # the constraint chose 1.0 over 2.0
     assert f" pip uninstall --python {workdir.venv_python} tinyvision" in log
