@@ -21,6 +21,7 @@ from dsv4setup.serve.readiness import is_loopback
 GUARD_MODULE = "dsv4setup_keyguard"
 GUARD_MIDDLEWARE = f"{GUARD_MODULE}.KeyGuard"
 SOURCE = "keyguard.py"
+GUARD_DIR_NAME = "keyguard"
 
 
 def guarded(host: str) -> bool:
@@ -29,7 +30,12 @@ def guarded(host: str) -> bool:
 
 
 def guard_dir(workdir: Workdir) -> Path:
-    return workdir.run_dir / "keyguard"
+    return workdir.run_dir / GUARD_DIR_NAME
+
+
+def is_guard_dir(path: str) -> bool:
+    """Whether a PYTHONPATH entry is some workdir's guard directory (what the bench leaves out of its fingerprint)."""
+    return Path(path).parts[-2:] == (Workdir(Path("/")).run_dir.name, GUARD_DIR_NAME)
 
 
 def guard_file(workdir: Workdir) -> Path:
