@@ -214,3 +214,14 @@ def test_a_loopback_server_has_no_guard(host: str, workdir: Workdir) -> None:
     profile = profile.model_copy(update={"serve": profile.serve.model_copy(update={"host": host})})
     command = render_serve(profile, workdir, State())
     assert "--middleware" not in command.argv and "PYTHONPATH" not in command.env
+
+
+def test_a_multinode_heads_server_gets_the_same_guard(workdir: Workdir) -> None:
+    from dsv4setup.serve.command import render_nodes
+
+    profile = PROFILES["cpu-tiny-x2"]
+    profile = profile.model_copy(update={"serve": profile.serve.model_copy(update={"host": "0.0.0.0"})})
+    serve = render_serve(profile, workdir, State())
+    head = next(n for n in render_nodes(profile, workdir, serve) if n["role"] == "head")
+    start = next(c for c in head["commands"] if c["argv"] == serve.argv)
+    assert GUARD_MIDDLEWARE in start["argv"] and start["env"]["PYTHONPATH"] == str(guard_dir(workdir))
