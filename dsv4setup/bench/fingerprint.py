@@ -22,6 +22,7 @@ from dsv4setup.bench.client import VllmInfo
 from dsv4setup.bench.matrix import DATASET, TEMPERATURE, Shape
 from dsv4setup.core.errors import DsvError
 from dsv4setup.profiles.model import Profile
+from dsv4setup.serve.guard import GUARD_MIDDLEWARE, is_guard_dir
 
 WHERE_AND_WHEN = ("hardware", "driver", "date")  # the keys compare.py does not hold against a match
 # values that do not change what is measured: where the server listens, and k (the row's own key)
@@ -121,9 +122,10 @@ def _derived_base(name: str, workdir: Any) -> Profile | None:
 
 
 def serve_args(argv: list[str]) -> list[str]:
-    """The server's arguments that shape the measurement: no interpreter, paths, address, or k."""
+    """The server's arguments that shape the measurement: no interpreter, paths, address, key guard, or k."""
     args, skip = [], False
-    for arg in argv[3:]:  # python -m module
+    rest = argv[3:]  # python -m module
+    for index, arg in enumerate(rest):
         if skip:
             skip = False
             continue
@@ -131,8 +133,29 @@ def serve_args(argv: list[str]) -> list[str]:
         if name in NOT_MEASURED_FLAGS:
             skip = "=" not in arg
             continue
+        if _is_guard(rest, index):  # it follows the address (serve/guard.py)
+            skip = arg == "--middleware"
+            continue
         args.append(arg)
     return args
+
+
+def _is_guard(args: list[str], index: int) -> bool:
+    arg = args[index]
+    return arg == f"--middleware={GUARD_MIDDLEWARE}" or (
+        arg == "--middleware" and index + 1 < len(args) and args[index + 1] == GUARD_MIDDLEWARE)
+
+
+def measured_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The server's environment without the key, the cache path and the key guard's directory on PYTHONPATH."""
+    kept = {k: v for k, v in sorted(env.items()) if k not in ("VLLM_API_KEY", "VLLM_CACHE_ROOT")}
+    path = [p for p in kept.get("PYTHONPATH", "").split(":") if p and not is_guard_dir(p)]
+    if "PYTHONPATH" in kept:
+        if path:
+            kept["PYTHONPATH"] = ":".join(path)
+        else:
+            del kept["PYTHONPATH"]
+    return kept
 
 
 def profile_part(profile: Profile, base: Profile | None, argv: list[str], env: Mapping[str, str]) -> dict[str, Any]:
@@ -140,7 +163,7 @@ def profile_part(profile: Profile, base: Profile | None, argv: list[str], env: M
     return {"name": profile.name, "derived": profile.derived, "verified": profile.verified, "overrides": overrides,
             "overrides_known": overrides is not None,
             "serve_args": serve_args(argv),
-            "env": {k: v for k, v in sorted(env.items()) if k not in ("VLLM_API_KEY", "VLLM_CACHE_ROOT")}}
+            "env": measured_env(env)}
 
 
 def workload_part(shape: Shape, seed: int) -> dict[str, Any]:

@@ -8,8 +8,17 @@ does what main() does for `bench serve` (vLLM's CLI environment setup, the CPU-p
 fallback for bench, then the very subcommand class main() dispatches to, with vLLM's own
 parser): the load and the measurement are vLLM's; nothing is re-implemented here.
 It runs under `if __name__ == "__main__":` because vLLM may spawn processes.
+
+The key. vLLM's bench sends OPENAI_API_KEY with its requests to the endpoint, but not with its
+other calls to the same server: /tokenize and /detokenize (which align the prompts to the server's
+tokenizer; on a failure it only warns and lets the prompt lengths drift) and /metrics (the MTP
+counters). Behind dsv4setup's key guard those get 401. So before the bench runs, every aiohttp
+request to the bench's own server (same scheme, host and port) carries `Authorization: Bearer
+$OPENAI_API_KEY` unless it sets one itself; requests elsewhere are untouched, and aiohttp drops
+the header on a redirect to another origin.
 """
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -38,6 +47,34 @@ def build() -> tuple[Any, Any]:
     return BenchmarkServingSubcommand(), parser
 
 
+def server_url(args: Any) -> str:
+    """The base URL the bench talks to, as vLLM's bench computes it."""
+    if args.base_url:
+        return str(args.base_url)
+    host = str(args.host)
+    return f"http://[{host}]:{args.port}" if ":" in host else f"http://{host}:{args.port}"
+
+
+def send_key_to(base_url: str, key: str) -> None:
+    """Every aiohttp request to base_url's origin carries the key (unless it sends an Authorization itself)."""
+    aiohttp = importlib.import_module("aiohttp")  # vLLM's bench client; only in the serving venv
+    multidict = importlib.import_module("multidict")
+    url_type = importlib.import_module("yarl").URL
+    origin = url_type(base_url).origin()
+    original = aiohttp.ClientSession._request
+
+    async def _request(self: Any, method: str, str_or_url: Any, **kwargs: Any) -> Any:
+        url = str_or_url if isinstance(str_or_url, url_type) else url_type(str(str_or_url))
+        if url.is_absolute() and url.origin() == origin:
+            headers = multidict.CIMultiDict(kwargs.get("headers") or {})
+            if "Authorization" not in headers:
+                headers["Authorization"] = f"Bearer {key}"
+            kwargs["headers"] = headers
+        return await original(self, method, str_or_url, **kwargs)
+
+    aiohttp.ClientSession._request = _request
+
+
 def main(argv: list[str]) -> int:
     _cli_env_setup()
     from vllm import platforms
@@ -48,6 +85,9 @@ def main(argv: list[str]) -> int:
         platforms.current_platform = CpuPlatform()
     command, parser = build()
     args = parser.parse_args(argv)
+    key = os.environ.get("OPENAI_API_KEY")
+    if key and key != "EMPTY":
+        send_key_to(server_url(args), key)
     command.validate(args)
     command.cmd(args)
     return 0

@@ -1,7 +1,10 @@
 """The API key of a server bound beyond loopback: the user's, or one generated and kept 0600.
 
 The key reaches vLLM through VLLM_API_KEY in its environment (never argv), and every value is
-registered with dsv4setup.core.secrets so that logs, state and JSON show *** instead.
+registered with dsv4setup.core.secrets so that logs, state and JSON show *** instead. Off loopback
+the key guard (serve/guard.py) enforces it on every route; the guard's module is put in place
+together with the key, so every caller that prepares a server's key (the serve step, the systemd
+unit) also has the module its command line names.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 from dsv4setup.core.fsutil import atomic_write_text
 from dsv4setup.core.secrets import register_secret
 from dsv4setup.core.workdir import Workdir
-from dsv4setup.serve.readiness import is_loopback
+from dsv4setup.serve.guard import guarded, install_guard
 
 USER_KEY_ENV = "DSV4SETUP_API_KEY"
 
@@ -33,9 +36,13 @@ def _read_key(path: Path) -> str | None:
 
 
 def server_api_key(workdir: Workdir, host: str) -> str | None:
-    """The key the server must require: the user's if set, else (off loopback only) the stored or a new one."""
+    """The key the server must require: the user's if set, else (off loopback only) the stored or a new one.
+
+    Off loopback it also installs the key guard module the server's command line names."""
+    if guarded(host):
+        install_guard(workdir)
     key = os.environ.get(USER_KEY_ENV) or None
-    if key is None and not is_loopback(host):
+    if key is None and guarded(host):
         path = api_key_file(workdir)
         key = _read_key(path)
         if key is None:

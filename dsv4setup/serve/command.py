@@ -4,7 +4,9 @@ The argv is a list executed without a shell, so no value needs quoting; `command
 plan is the same argv joined with `shlex.join` for people who copy it into a terminal.
 The API key never appears here: when the server binds a non-loopback address, the serve
 step puts VLLM_API_KEY into the environment at exec time (vLLM reads it like --api-key),
-so it reaches neither argv, plan, state nor logs.
+so it reaches neither argv, plan, state nor logs. Such a server also runs the key guard
+(`--middleware dsv4setup_keyguard.KeyGuard`, its directory on PYTHONPATH: serve/guard.py), which
+puts every route but /health behind that key; the plan shows both as they run.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.profiles.model import NodeSpec, Profile
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.profiles.resolve import ResolvedProfile
+from dsv4setup.serve.guard import guard_args, guard_env, guarded
 
 PLAN_SCHEMA = "dsv4setup.plan/2"
 PROFILE_SHOW_SCHEMA = "dsv4setup.profile-show/2"
@@ -71,8 +74,9 @@ def render_serve(profile: Profile, workdir: Workdir, state: State,
     argv = [str(workdir.venv_python), "-m", API_SERVER_MODULE,
             "--model", str(checkpoint_dir(profile, workdir)),
             "--served-model-name", serve.served_model_name,
-            "--host", serve.host, "--port", str(serve.port),
-            "--tensor-parallel-size", str(serve.tensor_parallel_size)]
+            "--host", serve.host, "--port", str(serve.port)]
+    argv += guard_args() if guarded(serve.host) else []
+    argv += ["--tensor-parallel-size", str(serve.tensor_parallel_size)]
     argv += _optional("--dtype", serve.dtype)
     argv += _optional("--kv-cache-dtype", serve.kv_cache_dtype)
     argv += _optional("--block-size", serve.block_size)
@@ -94,6 +98,8 @@ def render_serve(profile: Profile, workdir: Workdir, state: State,
     argv += [flag for flag in found_args if flag not in argv]
     env = {**BASE_ENV, "VLLM_CACHE_ROOT": str(workdir.vllm_cache_dir), **found_env, **profile.env,
            **_link_env(profile)}
+    if guarded(serve.host):
+        env.update(guard_env(workdir, env))
     return ServeCommand(argv=argv, env=env)
 
 

@@ -179,3 +179,22 @@ def test_the_patches_fingerprint_holds_the_one_diff_in_effect_per_applied_patch(
     assert part["diff_sha256"] == {"mtp-draft-hf-config-path": "c" * 64}
     before_this_field = patches_part(profile, {"applied": ["mtp-draft-hf-config-path"], "upstream": []})
     assert before_this_field["diff_sha256"] == {"mtp-draft-hf-config-path": None} and before_this_field["recorded"]
+
+
+def test_the_key_guard_follows_the_address_and_is_not_part_of_the_fingerprint(tmp_path: Path) -> None:
+    """An exposed server and a loopback one measure the same thing: the guard's flag and PYTHONPATH entry differ."""
+    from dsv4setup.bench.fingerprint import profile_part
+    from dsv4setup.core.state import State
+    from dsv4setup.core.workdir import Workdir
+    from dsv4setup.serve.command import render_serve
+
+    profile = load_named_file(find_profile_file("cpu-tiny"))
+    exposed = profile.model_copy(update={"serve": profile.serve.model_copy(update={"host": "0.0.0.0"}),
+                                         "env": {**profile.env, "PYTHONPATH": "/opt/plugins"}})
+    parts = []
+    for one, root in ((profile.model_copy(update={"env": exposed.env}), "a"), (exposed, "b")):
+        command = render_serve(one, Workdir(tmp_path / root), State())
+        parts.append(profile_part(one, None, command.argv, command.env))
+    assert "--middleware" in render_serve(exposed, Workdir(tmp_path), State()).argv
+    assert parts[0]["serve_args"] == parts[1]["serve_args"] and "--middleware" not in parts[1]["serve_args"]
+    assert parts[0]["env"] == parts[1]["env"] and parts[1]["env"]["PYTHONPATH"] == "/opt/plugins"

