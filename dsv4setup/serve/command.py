@@ -25,6 +25,7 @@ from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.profiles.model import NodeSpec, Profile
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.profiles.resolve import ResolvedProfile
+from dsv4setup.serve.apikey import auth_summary
 
 PLAN_SCHEMA = "dsv4setup.plan/2"
 PROFILE_SHOW_SCHEMA = "dsv4setup.profile-show/2"
@@ -180,6 +181,7 @@ def render_plan(resolved: ResolvedProfile, workdir: Workdir, state: State,
         "workdir": str(workdir.root),
         "steps": [d.to_dict() for d in decisions],
         "serve": serve.to_dict(),
+        "auth": auth_summary(workdir, profile.serve.host),
         "origins": resolved.origins,
         "overridden": {k: v for k, v in resolved.origins.items() if not v.startswith(("profile:", "default"))},
         "nodes": render_nodes(profile, workdir, serve),
