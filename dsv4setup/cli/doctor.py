@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from dsv4setup.core.finding import Finding
+    from dsv4setup.core.workdir import Workdir
     from dsv4setup.preflight.report import DoctorReport
     from dsv4setup.profiles.model import Profile
 
@@ -50,10 +51,12 @@ def doctor(
     Exit 0 when no check failed (warnings included), 1 when one did, 2 for a bad --snapshot file.
     """
     from dsv4setup.preflight.report import build_report
-    from dsv4setup.preflight.select import select_profile, workdir_state
+    from dsv4setup.preflight.select import choice_fields, select_profile, workdir_state
     from dsv4setup.preflight.snapshot import load_snapshot, take_snapshot
 
     wd = workdir_from(workdir)
+    if not json_ and snapshot is None:
+        err.print(wd.header, highlight=False)
     if snapshot is not None:
         snap = load_snapshot(snapshot)
     elif json_:
@@ -71,9 +74,22 @@ def doctor(
     report = build_report(snap, judged, extra_checks=extra, workdir=wd,
                           state=workdir_state(wd) if snapshot is None else None)
     source = str(snapshot) if snapshot else "this machine"
-    emit(report.to_doc(), json_, lambda _doc: _render(report, source=source, how=choice.how))
+    doc = {**report.to_doc(), **choice_fields(wd, choice, judged_here=snapshot is None)}
+    emit(doc, json_, lambda _doc: _render(report, source=source, how=choice.how))
+    if snapshot is None and not json_:
+        _point_at_drift(wd)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _point_at_drift(wd: Workdir) -> None:
+    """A workdir whose done steps no longer hold (a stopped server, a reinstalled vLLM): say so, and where to look."""
+    from dsv4setup.status_check import drifted_steps
+
+    drifted = drifted_steps(wd)
+    if drifted:
+        err.print(f"[bold yellow]the workdir {wd.root} has drifted[/]: {', '.join(drifted)} recorded done but no "
+                  f"longer holding; see `dsv4setup status --workdir {wd.root}`", highlight=False)
 
 
 def _cluster_checks(profile: Profile | None, snap: dict[str, Any], measured: bool) -> list[Finding]:

@@ -156,6 +156,7 @@ def test_detached_up_survives_its_caller_and_wait_reports_running_then_done(env:
     doc = json.loads(started.stdout)
     validate_document(doc)
     assert doc["follow"][:2] == ["dsv4setup", "wait"] and Path(doc["log"]).name == "up.log"
+    assert doc["follow"][-3:] == ["--timeout", "100", "--json"]  # below a 120 s agent shell
     assert os.getsid(doc["pid"]) == doc["pid"]  # its own session: the caller's death does not reach it
 
     again = dsv(env, "up", "--profile", "cpu-tiny", "--detach", "--json")  # one run at a time
