@@ -129,6 +129,16 @@ def _after_failure(workdir: Workdir, state: State, failed: str) -> NextAction:
                       "command", step=failed, known_failure=error.known_failure, fix=error.fix)
 
 
+def _literal_fix(workdir: Workdir, exc: DsvError) -> NextAction | None:
+    """A profile error whose fix is known to the letter (profiles/fixes.py): its commands, then `next` again."""
+    commands: list[list[str]] = getattr(exc, "commands", None) or []
+    if not commands:
+        return None
+    again = ["dsv4setup", "next", "--workdir", str(workdir.root), "--json"]
+    return NextAction("fix", commands[0], f"{exc.message}; the commands carry the value over to the key meant",
+                      fix=exc.fix, then=[*commands[1:], again])
+
+
 def _already_set(workdir: Workdir, command: list[str]) -> bool:
     """True when `command` is `dsv4setup profile set K=V...` and the workdir's overrides hold every K=V."""
     if command[1:3] != ["profile", "set"]:
@@ -152,8 +162,8 @@ def _first_run(workdir: Workdir) -> NextAction:
     try:
         resolved = resolve_profile(workdir, None, [])
     except DsvError as exc:
-        return NextAction("fix", ["dsv4setup", "doctor", "--workdir", str(workdir.root), "--json"],
-                          exc.message, fix=exc.fix)
+        return _literal_fix(workdir, exc) or NextAction(
+            "fix", ["dsv4setup", "doctor", "--workdir", str(workdir.root), "--json"], exc.message, fix=exc.fix)
     from dsv4setup.runbook import step_names
 
     name = resolved.profile.name
@@ -186,7 +196,7 @@ def _from_plan(workdir: Workdir, state: State) -> NextAction:
         runbook, _ = build_runbook(RunbookRequest(workdir, state.profile))
         decisions = runbook.plan(Selection())
     except DsvError as exc:
-        return NextAction("fix", _up(workdir), exc.message, fix=exc.fix)
+        return _literal_fix(workdir, exc) or NextAction("fix", _up(workdir), exc.message, fix=exc.fix)
     pending = next((d for d in decisions if d.action == "run"), None)
     cluster = state.steps.get("cluster")
     node = (cluster.outputs.get("node") if cluster else None) or {}

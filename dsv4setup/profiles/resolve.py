@@ -168,14 +168,25 @@ def resolve_profile(workdir: Workdir, name: str | None, sets: list[str],
     layers = [base]
     layers += [overrides.layer] if overrides else []
     layers += set_layers
-    profile = validate_layers(layers)
+    profile = _validated(layers, workdir)
     preset = _preset_layer(profile, layers)
     if preset is not None:
         layers.insert(1, preset)
-        profile = validate_layers(layers)
+        profile = _validated(layers, workdir)
     return ResolvedProfile(profile=profile, origins=origins_of(profile, layers), source_file=path,
                            selected_by=selected_by, preset=profile.preset,
                            overrides=merge_layers(layers[2 if preset else 1:]))
+
+
+def _validated(layers: list[Layer], workdir: Workdir) -> Profile:
+    """validate_layers, its errors naming each value and, where known, the literal fix (profiles/fixes.py)."""
+    from dsv4setup.profiles.fixes import with_values
+    from dsv4setup.profiles.loader import ProfileError
+
+    try:
+        return validate_layers(layers)
+    except ProfileError as exc:
+        raise with_values(exc, merge_layers(layers), workdir.root, workdir.overrides_file) from None
 
 
 def profile_set_doc(workdir: Workdir, resolved: ResolvedProfile, keys: list[str]) -> dict[str, Any]:
