@@ -42,11 +42,10 @@ class ProfileChoice:
                       d.notes if derived and d is not None else ())
 
 
-def choice_fields(workdir: Workdir, choice: ProfileChoice, judged_here: bool) -> dict[str, Any]:
-    """What the doctor document says of where it looked: the workdir (path, why that one) and how the profile
-    was chosen (a workdir's choice or last run names the workdir's path)."""
-    return {"workdir": str(workdir.root) if judged_here else None,
-            "workdir_chosen_by": workdir.chosen_by if judged_here else None, "profile_chosen_by": choice.how}
+def choice_fields(workdir: Workdir, choice: ProfileChoice) -> dict[str, Any]:
+    """What the doctor document says of where it looked: the workdir its plan is for (path, why that one; on
+    a --snapshot, the other machine's) and how the profile was chosen (a workdir's choice names its path)."""
+    return {"workdir": str(workdir.root), "workdir_chosen_by": workdir.chosen_by, "profile_chosen_by": choice.how}
 
 
 def known_profiles(workdir: Workdir | None) -> list[Profile]:

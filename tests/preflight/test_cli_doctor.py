@@ -38,7 +38,7 @@ def test_json_for_a_passing_snapshot(capsys: pytest.CaptureFixture[str], tmp_pat
     assert list(doctor_validator().iter_errors(doc)) == []
     assert set(doc) == {"schema", "ok", "demo", "notice", "checks", "recommendation", "snapshot", "workdir",
                         "workdir_chosen_by", "profile_chosen_by"}
-    assert doc["workdir"] is None and doc["profile_chosen_by"] == "best match"  # a snapshot: no workdir here
+    assert doc["profile_chosen_by"] == "best match"
     assert doc["schema"] == "dsv4setup.doctor/2" and doc["ok"] is True
     rec = doc["recommendation"]
     assert rec["profile"] == "rtx-pro-6000-maxq-x2" and rec["tensor_parallel_size"] == 2
