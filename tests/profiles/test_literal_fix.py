@@ -66,7 +66,8 @@ def test_a_reserved_flag_in_the_workdir_file_gets_unset_then_set_with_the_value_
         assert run_cli(capsys, *command[1:], "--json")[0] == 0, command
     code, shown = run_cli(capsys, "profile", "show", "--workdir", root, "--json")
     serve = shown["profile"]["serve"]
-    assert code == 0 and serve["host"] == "0.0.0.0" and serve["extra_args"] == []
+    assert code == 0 and serve["host"] == "0.0.0.0" and "--hos" not in serve["extra_args"]
+    assert shown["origins"]["serve.extra_args"].startswith("profile:")  # the profile's own list again
     assert run_cli(capsys, "next", "--workdir", root, "--json")[1]["action"] == "run"
 
 
