@@ -135,3 +135,30 @@ def test_plan_says_when_the_server_needs_its_key(capsys: pytest.CaptureFixture[s
     _, text = human(capsys, *wide)
     assert "auth: required (key in secrets/api_key)" in text
     assert not (done.root / "secrets").exists()  # planning generates no key
+
+
+def test_a_workdir_found_as_the_last_one_used_is_named_with_its_path(
+        capsys: pytest.CaptureFixture[str], done: Workdir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another checkout, no --workdir: the header and the JSON say which workdir and why, its path included;
+    doctor says its profile is the one last used in that workdir (path included)."""
+    from dsv4setup.core.workdir import last_used_file, remember
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("DSV4SETUP_WORKDIR", raising=False)
+    elsewhere = tmp_path / "fresh-clone"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    remember(done.root)
+    done.overrides_file.unlink()  # the profile comes from the state: the one `up` last ran with
+    why = f"the last one used (recorded in {last_used_file()})"
+    _, doc = run_cli(capsys, "status", "--json")
+    assert doc["workdir"] == str(done.root) and doc["workdir_chosen_by"] == why
+    _, plan = run_cli(capsys, "plan", "--json")
+    assert plan["workdir"] == str(done.root) and plan["workdir_chosen_by"] == why
+    _, text = human(capsys, "status")
+    assert f"workdir {done.root} ({why})" in text
+    _, doctor = run_cli(capsys, "doctor", "--json")
+    assert doctor["workdir"] == str(done.root) and doctor["workdir_chosen_by"] == why
+    assert doctor["profile_chosen_by"] == f"last used in the workdir {done.root} (its state.json)"
+    _, text = human(capsys, "doctor")
+    assert f"workdir {done.root} ({why})" in text and f"last used in the workdir {done.root}" in text
