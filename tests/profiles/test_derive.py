@@ -114,7 +114,8 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _same_plan(doc: dict[str, Any]) -> dict[str, Any]:
     """A plan without what says where the profile came from (file, selection, origins)."""
-    return {k: v for k, v in doc.items() if k not in ("profile_file", "selected_by", "origins", "overridden")}
+    return {k: v for k, v in doc.items() if k not in ("profile_file", "selected_by", "workdir_chosen_by", "origins",
+                                                        "overridden")}
 
 
 @pytest.mark.parametrize("fixture", sorted(EXPECTED))
