@@ -22,6 +22,7 @@ from dsv4setup.core.decision import Decision
 from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.preflight.outputs import PreflightOutputs
+from dsv4setup.profiles.flags import pairs
 from dsv4setup.profiles.model import NodeSpec, Profile
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.profiles.resolve import ResolvedProfile
@@ -50,7 +51,20 @@ class ServeCommand:
 def speculative_config(profile: Profile) -> str | None:
     """The --speculative-config JSON (always from a JSON encoder), None when k is 0."""
     k = profile.spec.num_speculative_tokens
-    return json.dumps({"method": profile.spec.method, "num_speculative_tokens": k}) if k > 0 else None
+    if k <= 0:
+        return None
+    backend = _attention_backend(profile.serve.extra_args)
+    return json.dumps({"method": profile.spec.method, "num_speculative_tokens": k,
+                       **({"attention_backend": backend} if backend else {})})
+
+
+def _attention_backend(extra_args: list[str]) -> str | None:
+    """The attention backend serve.extra_args names, which the MTP draft must share: vLLM otherwise picks the
+    draft's own (AMX MLA on a CPU with AMX tiles, which refuses cpu-tiny's float32 weights)."""
+    try:
+        return next((value for flag, value, _ in pairs(extra_args) if flag == "--attention-backend" and value), None)
+    except ValueError:
+        return None
 
 
 def _optional(flag: str, value: object | None) -> list[str]:
