@@ -1,7 +1,8 @@
 """A no-op `dsv4setup up` on a finished cpu-tiny workdir against `dsv4setup status`, side by side.
 
 `up` re-verifies every step on the machine (each postcondition) before it skips it; `status`
-only reads the state file. Both run alternately (load hits them alike); the ratio of the
+checks the same postconditions (status/5) plus one probe of the server, and must be no slower
+(`status --no-verify` only reads the state file). Both run alternately (load hits them alike); the ratio of the
 medians is printed with its target (within 2x), then what each postcondition costs, measured
 in-process, so a slow one is named. The result goes to benchmarks/results/reup.json (and
 docs/performance.md).

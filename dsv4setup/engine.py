@@ -70,6 +70,7 @@ class Step(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     needs: ClassVar[tuple[str, ...]] = ()
+    proves: ClassVar[tuple[str, ...]] = ()  # steps whose outcome this step proves: when one runs, so does this
     Outputs: ClassVar[type[StepOutputs]]  # what run returns; validated before it is saved
 
     def not_applicable(self, ctx: RunContext) -> str | None:
@@ -87,6 +88,9 @@ class Step(ABC):
     @abstractmethod
     def run(self, ctx: RunContext) -> dict[str, Any]:
         """Do the work; return outputs (as declared by `Outputs`) for later steps; raise StepError with a fix."""
+
+
+INPUTS_CHANGED = "inputs-changed"  # verify_done's finding id when a done step's inputs differ from its record
 
 
 def _seconds_since(start: float) -> float:
@@ -213,19 +217,28 @@ class Runbook:
             why = {"pending": self._never_recorded(step), "failed": "failed last time"}.get(
                 record.status.value, record.status.value)
             return Decision(step.name, "run", why, step.description)
+        post = self.verify_done(step, state)
+        if post.id == INPUTS_CHANGED:
+            return Decision(step.name, "run", post.summary, step.description)
+        if not post.ok:
+            return Decision(step.name, "run", f"drift: {post.summary}", step.description)
+        return Decision(step.name, "skip", f"done, verified: {post.summary}", step.description)
+
+    def verify_done(self, step: Step, state: State) -> Finding:
+        """A done step's proof, as checked before every skip: its inputs unchanged (else a failed finding
+        `INPUTS_CHANGED` naming them), then its postcondition on the machine. `status` shows the same."""
+        ctx = self.context(state)
+        record = state.step(step.name)
         started = time.perf_counter()
         inputs = step.inputs(ctx)
         if fingerprint(inputs) != record.fingerprint:
             changed = sorted(k for k in set(inputs) | set(record.fingerprint_inputs)
                              if json.dumps(inputs.get(k), sort_keys=True, default=str)
                              != json.dumps(record.fingerprint_inputs.get(k), sort_keys=True, default=str))
-            return Decision(step.name, "run", f"inputs changed: {', '.join(changed) or 'fingerprint'}",
-                            step.description)
+            return Finding(INPUTS_CHANGED, "fail", f"inputs changed: {', '.join(changed) or 'fingerprint'}")
         post = step.is_done(ctx)
         _timed_check(record, started)
-        if not post.ok:
-            return Decision(step.name, "run", f"drift: {post.summary}", step.description)
-        return Decision(step.name, "skip", f"done, verified: {post.summary}", step.description)
+        return post
 
     def _never_recorded(self, step: Step) -> str:
         """A pending step whose log exists ran before its record was reset: its outputs may still be there."""
@@ -248,7 +261,15 @@ class Runbook:
         """What `up` would do now (dry run). Reads state; never writes."""
         state = load_state(self.workdir.state_file)
         self.check_needs(state, selection)
-        return [self.decide(step, state, selection) for step in self.steps]
+        decisions: list[Decision] = []
+        for step in self.steps:
+            decision = self.decide(step, state, selection)
+            voided = [d.step for d in decisions if d.action == "run" and d.step in step.proves]
+            if decision.action == "skip" and voided and step.not_applicable(self.context(state)) is None:
+                decision = Decision(step.name, "run", f"after {', '.join(voided)} runs: its proof is for what "
+                                    f"{', '.join(voided)} leaves behind", step.description)
+            decisions.append(decision)
+        return decisions
 
     def up(self, selection: Selection, observer: Observer | None = None) -> UpResult:
         obs = observer or Observer()

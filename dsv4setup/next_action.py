@@ -7,7 +7,7 @@ machine, so drift (a reinstalled vLLM, a stopped server) shows up as the next th
 from __future__ import annotations
 
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from dsv4setup.core.errors import DsvError
@@ -19,8 +19,9 @@ from dsv4setup.engine import Selection
 if TYPE_CHECKING:
     from dsv4setup.profiles.model import Profile
 
-NEXT_SCHEMA = "dsv4setup.next/2"
+NEXT_SCHEMA = "dsv4setup.next/3"  # /3: `then` (commands after `command`, in order) and `expected_s`
 Action = Literal["run", "fix", "wait", "done"]
+FOREGROUND_MAX_S = 60  # a run expected to take longer is handed out detached, with its `wait`
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,38 @@ class NextAction:
     step: str | None = None
     known_failure: str | None = None
     fix: str | None = None
+    then: list[list[str]] | None = None  # run after `command`, in order (a detached run: its wait, then next)
+    expected_s: int | None = None  # what the run of `command` usually takes (the profile's expected_s)
 
     def to_doc(self) -> dict[str, object]:
         return {"schema": NEXT_SCHEMA, **asdict(self)}
+
+    def fitted(self, workdir: Workdir, expected_s: int | None) -> NextAction:
+        """An `up` command fitted to a short call: detached, with its `wait` and `next`, when the run may take
+        over FOREGROUND_MAX_S seconds (or nobody knows how long); else in the foreground as it is."""
+        if self.command[:2] != ["dsv4setup", "up"] or "--detach" in self.command:
+            return self
+        if expected_s is not None and expected_s <= FOREGROUND_MAX_S:
+            return replace(self, expected_s=expected_s)
+        from dsv4setup.core.detach import wait_command
+
+        detached = [a for a in self.command if a != "--json"] + ["--detach", "--json"]
+        return replace(self, command=detached, expected_s=expected_s,
+                       then=[wait_command(workdir), ["dsv4setup", "next", "--workdir", str(workdir.root), "--json"]],
+                       why=f"{self.why} (expected {_seconds(expected_s)}: it runs detached; repeat the `wait` while "
+                           "it exits 12, then ask `next`)")
+
+
+def _seconds(expected_s: int | None) -> str:
+    return f"~{expected_s} s" if expected_s is not None else "an unknown time"
+
+
+def expected_run_s(profile: Profile | None, steps: list[str]) -> int | None:
+    """The usual seconds of these steps on this profile's hardware class; None when one is not known."""
+    if profile is None:
+        return None
+    known = [profile.expected_s.get(step) for step in steps]
+    return None if any(v is None for v in known) else sum(v for v in known if v is not None)
 
 
 def _up(workdir: Workdir, profile: str | None = None) -> list[str]:
@@ -62,8 +92,23 @@ def next_action(workdir: Workdir) -> NextAction:
         return _first_run(workdir)
     failed = _failed_step(state)
     if failed is not None:
-        return _after_failure(workdir, state, failed)
+        action = _after_failure(workdir, state, failed)
+        return action.fitted(workdir, _expected_after_failure(workdir, state, failed))
     return _from_plan(workdir, state)
+
+
+def _expected_after_failure(workdir: Workdir, state: State, failed: str) -> int | None:
+    """What `up` will run again: the failed step and every later step not recorded done."""
+    from dsv4setup.profiles.resolve import resolve_profile
+    from dsv4setup.runbook import step_names
+
+    try:
+        profile = resolve_profile(workdir, state.profile, []).profile
+    except DsvError:
+        return None
+    names = step_names(with_bench=False)
+    later = names[names.index(failed):] if failed in names else [failed]
+    return expected_run_s(profile, [n for n in later if n == failed or state.step(n).status != StepStatus.DONE])
 
 
 def _after_failure(workdir: Workdir, state: State, failed: str) -> NextAction:
@@ -82,6 +127,16 @@ def _after_failure(workdir: Workdir, state: State, failed: str) -> NextAction:
                           known_failure=error.known_failure)
     return NextAction("fix", _up(workdir), f"step {failed} failed: {error.message}; apply the hint, then run the "
                       "command", step=failed, known_failure=error.known_failure, fix=error.fix)
+
+
+def _literal_fix(workdir: Workdir, exc: DsvError) -> NextAction | None:
+    """A profile error whose fix is known to the letter (profiles/fixes.py): its commands, then `next` again."""
+    commands: list[list[str]] = getattr(exc, "commands", None) or []
+    if not commands:
+        return None
+    again = ["dsv4setup", "next", "--workdir", str(workdir.root), "--json"]
+    return NextAction("fix", commands[0], f"{exc.message}; the commands carry the value over to the key meant",
+                      fix=exc.fix, then=[*commands[1:], again])
 
 
 def _already_set(workdir: Workdir, command: list[str]) -> bool:
@@ -108,14 +163,18 @@ def _first_run(workdir: Workdir) -> NextAction:
     try:
         resolved = resolve_profile(workdir, None, [], probe=take_snapshot)
     except DsvError as exc:
-        return NextAction("fix", ["dsv4setup", "doctor", "--workdir", str(workdir.root), "--json"],
-                          exc.message, fix=exc.fix)
+        return _literal_fix(workdir, exc) or NextAction(
+            "fix", ["dsv4setup", "doctor", "--workdir", str(workdir.root), "--json"], exc.message, fix=exc.fix)
+    from dsv4setup.runbook import step_names
+
     name = resolved.profile.name
+    expected = expected_run_s(resolved.profile, step_names(with_bench=False))
     if resolved.profile.multinode is not None:
-        return _first_run_on_a_node(workdir, resolved.profile)
+        return _first_run_on_a_node(workdir, resolved.profile).fitted(workdir, expected)
     return NextAction("run", _up(workdir, name),
                       f"nothing has run here yet; profile {name} was chosen ({resolved.selected_by}); "
-                      "`up` starts with preflight, the same checks as `dsv4setup doctor`", step="preflight")
+                      "`up` starts with preflight, the same checks as `dsv4setup doctor`",
+                      step="preflight").fitted(workdir, expected)
 
 
 def _first_run_on_a_node(workdir: Workdir, profile: Profile) -> NextAction:
@@ -138,7 +197,7 @@ def _from_plan(workdir: Workdir, state: State) -> NextAction:
         runbook, _ = build_runbook(RunbookRequest(workdir, state.profile))
         decisions = runbook.plan(Selection())
     except DsvError as exc:
-        return NextAction("fix", _up(workdir), exc.message, fix=exc.fix)
+        return _literal_fix(workdir, exc) or NextAction("fix", _up(workdir), exc.message, fix=exc.fix)
     pending = next((d for d in decisions if d.action == "run"), None)
     cluster = state.steps.get("cluster")
     node = (cluster.outputs.get("node") if cluster else None) or {}
@@ -146,7 +205,8 @@ def _from_plan(workdir: Workdir, state: State) -> NextAction:
         why = f"{pending.step}: {pending.reason}"
         if pending.step == "cluster" and node.get("role") == "worker":
             why += f"; this joins node {node.get('name')} to the head's Ray cluster (start the head first)"
-        return NextAction("run", _up(workdir), why, step=pending.step)
+        expected = expected_run_s(runbook.profile, [d.step for d in decisions if d.action == "run"])
+        return NextAction("run", _up(workdir), why, step=pending.step).fitted(workdir, expected)
     if node.get("role") == "worker":
         return NextAction("wait", ["dsv4setup", "status", "--workdir", str(workdir.root), "--json"],
                           f"node {node.get('name')} is a worker and has joined the Ray cluster at "

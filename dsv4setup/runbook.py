@@ -124,14 +124,20 @@ def reset_workdir(workdir: Workdir, steps: list[str], everything: bool) -> dict[
         return {"schema": RESET_SCHEMA, "ok": True, "backup": None, "steps": steps}
 
 
-def status_document(workdir: Workdir, live: bool = False) -> dict[str, Any]:
+def status_document(workdir: Workdir, live: bool = False, verify: bool = False) -> dict[str, Any]:
     """`dsv4setup status`: each step from the state file, the workdir, the systemd unit when one is installed,
-    and on a multi-node profile every node (`live`: also ask this node's Ray cluster, bounded, who is alive now)."""
+    and on a multi-node profile every node (`live`: also ask this node's Ray cluster, bounded, who is alive now).
+    `verify`: each done step's proof checked as a no-op `up` checks it, and one probe of the server
+    (status_check.py); else the record alone."""
     from dsv4setup.cluster.view import cluster_status
     from dsv4setup.core.state import load_state
     from dsv4setup.core.status import status_doc
     from dsv4setup.service.systemd import status_summary
+    from dsv4setup.status_check import record_only, server_liveness, verify_rows
 
     state = load_state(workdir.state_file)
-    return {**status_doc(state, step_names()), "workdir": str(workdir.root), "service": status_summary(workdir),
-            "cluster": cluster_status(workdir, state, live)}
+    doc = status_doc(state, step_names())
+    checked = verify_rows(workdir, state, doc["steps"]) if verify else record_only(doc["steps"])
+    return {**doc, "workdir": str(workdir.root), "workdir_chosen_by": workdir.chosen_by,
+            "verification": checked, "server": server_liveness(workdir) if verify else None,
+            "service": status_summary(workdir), "cluster": cluster_status(workdir, state, live)}

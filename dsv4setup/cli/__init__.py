@@ -43,7 +43,8 @@ COMMANDS: tuple[CommandInfo, ...] = (
                                  "→ cluster → serve → smoke."),
     CommandInfo("wait", "runbook", "Wait (at most --timeout seconds) for the run of this workdir; exit 10 done, 11 "
                                    "failed, 12 still running."),
-    CommandInfo("status", "runbook", "Show each step's status from the state file (no lock needed)."),
+    CommandInfo("status", "runbook", "Show each step's status, each done step checked on the machine as a no-op "
+                                     "`up` checks it (no lock needed)."),
     CommandInfo("plan", "runbook", "Show what `up` would do, and the exact `vllm serve` command line and environment."),
     CommandInfo("logs", "runbook", "Print (or follow) a step's log, secrets redacted."),
     CommandInfo("reset", "runbook", "Forget a step's record (it runs again), or move the whole state aside. "

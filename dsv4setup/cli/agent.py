@@ -22,3 +22,5 @@ def _print_next(doc: Document, header: str) -> None:
     if doc["fix"]:
         out.print(f"[bold]fix:[/] {doc['fix']}")
     out.print("  " + " ".join(doc["command"]), markup=False)
+    for command in doc["then"] or []:
+        out.print("  then: " + " ".join(command), markup=False)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from dsv4setup.core.finding import Finding
+    from dsv4setup.core.workdir import Workdir
     from dsv4setup.preflight.report import DoctorReport
     from dsv4setup.profiles.model import Profile
 
@@ -28,6 +29,10 @@ SnapshotOpt = Annotated[Path | None, typer.Option(
 SaveSnapshotOpt = Annotated[Path | None, typer.Option(
     "--save-snapshot", help="Also write the hardware snapshot to FILE (attach it to bug reports).",
     show_default=False, dir_okay=False)]
+
+TargetWorkdirOpt = Annotated[Path | None, typer.Option(
+    "--target-workdir", help="With --snapshot: the workdir on that machine (default: the one the snapshot was "
+                             "taken for); the serve command and the disk check are for it.", show_default=False)]
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="Also lint a hub checkpoint ORG/NAME[@REV] from its metadata (a few MB) before downloading.",
@@ -43,6 +48,7 @@ def doctor(
     snapshot: SnapshotOpt = None,
     save_snapshot: SaveSnapshotOpt = None,
     model: ModelOpt = None,
+    target_workdir: TargetWorkdirOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Check GPUs, interconnect, driver, host and toolchain; recommend a profile, TP size, MTP k, serve args, env.
@@ -50,10 +56,15 @@ def doctor(
     Exit 0 when no check failed (warnings included), 1 when one did, 2 for a bad --snapshot file.
     """
     from dsv4setup.preflight.report import build_report
-    from dsv4setup.preflight.select import select_profile, workdir_state
+    from dsv4setup.preflight.select import choice_fields, select_profile, workdir_state
     from dsv4setup.preflight.snapshot import load_snapshot, take_snapshot
 
     wd = workdir_from(workdir)
+    if not json_ and snapshot is None:
+        err.print(wd.header, highlight=False)
+    if target_workdir is not None and snapshot is None:
+        raise UsageError("--target-workdir goes with --snapshot (a plan for another machine)",
+                         fix="here, pass --workdir DIR instead")
     if snapshot is not None:
         snap = load_snapshot(snapshot)
     elif json_:
@@ -63,17 +74,37 @@ def doctor(
             snap = take_snapshot(wd)
     if save_snapshot is not None:
         _save(save_snapshot, snap, quiet=json_)
+    target = wd
+    if snapshot is not None:
+        from dsv4setup.preflight.other_box import aim_at_target
+
+        snap, target = aim_at_target(snap, target_workdir)
+        if not json_:
+            err.print(f"plan for the other machine's {target.header}", highlight=False)
     choice = select_profile(snap, wd, profile, use_workdir=snapshot is None)
     # Checks computed elsewhere (the checkpoint lint for --model) count toward `ok` and appear
     # in the table and JSON like the built-in ones.
     judged = choice.judged()
     extra = [*_cluster_checks(judged.profile, snap, measured=snapshot is None), *_model_checks(model, json_)]
-    report = build_report(snap, judged, extra_checks=extra, workdir=wd,
+    report = build_report(snap, judged, extra_checks=extra, workdir=target,
                           state=workdir_state(wd) if snapshot is None else None)
     source = str(snapshot) if snapshot else "this machine"
-    emit(report.to_doc(), json_, lambda _doc: _render(report, source=source, how=choice.how))
+    doc = {**report.to_doc(), **choice_fields(target, choice)}
+    emit(doc, json_, lambda _doc: _render(report, source=source, how=choice.how))
+    if snapshot is None and not json_:
+        _point_at_drift(wd)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _point_at_drift(wd: Workdir) -> None:
+    """A workdir whose done steps no longer hold (a stopped server, a reinstalled vLLM): say so, and where to look."""
+    from dsv4setup.status_check import drifted_steps
+
+    drifted = drifted_steps(wd)
+    if drifted:
+        err.print(f"[bold yellow]the workdir {wd.root} has drifted[/]: {', '.join(drifted)} recorded done but no "
+                  f"longer holding; see `dsv4setup status --workdir {wd.root}`", highlight=False)
 
 
 def _cluster_checks(profile: Profile | None, snap: dict[str, Any], measured: bool) -> list[Finding]:

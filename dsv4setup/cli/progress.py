@@ -18,7 +18,7 @@ from dsv4setup.core.state import StepErrorInfo, StepStatus
 from dsv4setup.engine import Observer, Step
 
 STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red", "running": "yellow",
-                "interrupted": "magenta", "pending": "dim", "stale": "dim yellow"}
+                "interrupted": "magenta", "pending": "dim", "stale": "dim yellow", "drifted": "bold yellow"}
 
 
 class _Clock:
@@ -144,8 +144,22 @@ def status_table(doc: Document, header: str) -> Table:
         err = row["error"] or {}
         table.add_row(row["step"], f"[{STATUS_STYLE.get(row['status'], '')}]{row['status']}[/]",
                       str(row["attempts"]), row["finished_at"] or "-", _progress_text(row["progress"])
-                      or err.get("message") or "")
+                      or err.get("message") or escape(row.get("drift") or ""))
     return table
+
+
+def print_verification(console: Console, doc: Document) -> None:
+    """Under the status table: what was checked, the server's probe, and what to run when something drifted."""
+    checked = doc.get("verification") or {}
+    if not checked.get("checked"):
+        console.print(f"not checked on the machine: {checked.get('skipped_because')}", markup=False, highlight=False)
+    server = doc.get("server")
+    if server is not None:
+        auth = f", auth required (key in {server['key_file']})" if server["auth"] else ""
+        console.print(f"server {server['base_url']}: {server['detail']}{auth}", markup=False, highlight=False)
+    if checked.get("drifted"):
+        console.print(f"[bold yellow]drifted[/]: {', '.join(checked['drifted'])} no longer hold on this machine; "
+                      f"`dsv4setup next --workdir {doc['workdir']}` says what to run", highlight=False)
 
 
 def cluster_table(cluster: Document) -> Table:
@@ -191,6 +205,8 @@ def print_serve_plan(console: Console, doc: Document) -> None:
     serve = doc.get("serve") or {}
     console.print("[bold]serve command[/] (exec'd as argv, without a shell; quoted here for copying):")
     console.print("  " + serve.get("command", " ".join(serve.get("argv", []))), markup=False, highlight=False)
+    if doc.get("auth"):
+        console.print(f"auth: {doc['auth']['text']}", markup=False, highlight=False)
     if serve.get("env"):
         console.print("[bold]environment[/]:")
         for key, value in serve["env"].items():

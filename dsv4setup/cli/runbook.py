@@ -17,6 +17,7 @@ from dsv4setup.cli.progress import (
     cluster_table,
     decisions_table,
     print_serve_plan,
+    print_verification,
     profile_note,
     status_table,
 )
@@ -130,7 +131,8 @@ def _print_detached(doc: Document) -> None:
 @app.command("wait")
 def wait_(
     workdir: WorkdirOpt = None,
-    timeout: Annotated[float, typer.Option(help="Return after this many seconds even if the run goes on.")] = 300,
+    timeout: Annotated[float, typer.Option(help="Return after this many seconds even if the run goes on "
+                                           "(choose one below your shell's time limit).")] = 100,
     json_: JsonOpt = False,
 ) -> None:
     """Wait (at most --timeout seconds) for the run of this workdir; exit 10 done, 11 failed, 12 still running."""
@@ -151,12 +153,18 @@ def wait_(
 
 
 @app.command()
-def status(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
-    """Show each step's status from the state file (no lock needed)."""
+def status(
+    workdir: WorkdirOpt = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="The record alone: check no step on the machine "
+                                            "and do not probe the server.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Show each step's status, each done step checked on the machine as a no-op `up` checks it (no lock needed)."""
     wd = workdir_from(workdir)
 
     def show(doc: Document) -> None:
         out.print(status_table(doc, wd.header))
+        print_verification(out, doc)
         if doc["cluster"]:
             out.print(cluster_table(doc["cluster"]))
         if doc["service"]:
@@ -165,7 +173,7 @@ def status(workdir: WorkdirOpt = None, json_: JsonOpt = False) -> None:
                       f"{unit['enabled']} at boot; `dsv4setup service status` for more", highlight=False,
                       markup=False)
 
-    emit(status_document(wd, live=True), json_, show)
+    emit(status_document(wd, live=True, verify=not no_verify), json_, show)
 
 
 @app.command()

@@ -31,8 +31,9 @@ from dsv4setup.core.state import now_iso
 from dsv4setup.core.workdir import Workdir
 
 DETACH_SCHEMA = "dsv4setup.detach/1"
-WAIT_SCHEMA = "dsv4setup.wait/3"  # /2: embeds status/3; /3: status/4
+WAIT_SCHEMA = "dsv4setup.wait/4"  # /2: embeds status/3; /3: status/4; /4: status/5, default timeout 100 s
 Outcome = Literal["done", "failed", "running"]
+WAIT_TIMEOUT_S = 100  # below the 120 s many agent shells allow one call
 EXIT_OF: dict[Outcome, int] = {"done": EXIT_WAIT_DONE, "failed": EXIT_WAIT_FAILED, "running": EXIT_WAIT_RUNNING}
 
 
@@ -62,7 +63,7 @@ def result_file(workdir: Workdir) -> Path:
 
 
 def wait_command(workdir: Workdir) -> list[str]:
-    return ["dsv4setup", "wait", "--workdir", str(workdir.root), "--timeout", "300", "--json"]
+    return ["dsv4setup", "wait", "--workdir", str(workdir.root), "--timeout", str(WAIT_TIMEOUT_S), "--json"]
 
 
 def start_detached(workdir: Workdir, up_args: list[str]) -> DetachedRun:

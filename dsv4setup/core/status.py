@@ -12,7 +12,8 @@ from typing import Any
 
 from dsv4setup.core.state import State, StepRecord, StepStatus
 
-STATUS_SCHEMA = "dsv4setup.status/4"  # /3: each step's `timings`; /4: `cluster` (runbook.status_document)
+STATUS_SCHEMA = "dsv4setup.status/5"  # /3: each step's `timings`; /4: `cluster` (runbook.status_document);
+# /5: `verification`, `server`, each step's `drift` and the status `drifted` (status_check.py)
 BROKEN = ("failed", "interrupted")
 
 

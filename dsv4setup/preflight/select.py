@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 class ProfileChoice:
     profile: Profile | None
     matches: list[ProfileMatch]  # every known profile, best first
-    how: str  # "named", "chosen in the workdir", "last used in the workdir", "best match", "derived", "none usable"
+    how: str  # "named", "chosen in the workdir: <file>", "last used in the workdir <path> ...", "best match",
+    # "derived for this machine", "none usable"
     derivation: Derivation | None = None  # when derived, or tried and nothing could be derived
 
     def judged(self) -> Judged:
@@ -39,6 +40,12 @@ class ProfileChoice:
             and d.profile.name == self.profile.name
         return Judged(self.profile, self.matches, d.why_not if d is not None else None,
                       d.notes if derived and d is not None else ())
+
+
+def choice_fields(workdir: Workdir, choice: ProfileChoice) -> dict[str, Any]:
+    """What the doctor document says of where it looked: the workdir its plan is for (path, why that one; on
+    a --snapshot, the other machine's) and how the profile was chosen (a workdir's choice names its path)."""
+    return {"workdir": str(workdir.root), "workdir_chosen_by": workdir.chosen_by, "profile_chosen_by": choice.how}
 
 
 def known_profiles(workdir: Workdir | None) -> list[Profile]:
@@ -82,8 +89,8 @@ def _workdir_choice(workdir: Workdir) -> tuple[str | None, str]:
 
     overrides = read_workdir_overrides(workdir)
     if overrides is not None and overrides.profile:
-        return overrides.profile, "chosen in the workdir"
-    return last_used_profile(workdir), "last used in the workdir"
+        return overrides.profile, f"chosen in the workdir: {overrides.path}"
+    return last_used_profile(workdir), f"last used in the workdir {workdir.root} (its state.json)"
 
 
 def select_profile(snapshot: dict[str, Any], workdir: Workdir | None, name: str | None = None,

@@ -45,10 +45,12 @@ class Issue:
 class ProfileError(UsageError):
     """Invalid profile or override input; `issues` lists every problem found."""
 
-    def __init__(self, issues: list[Issue], fix: str | None = None) -> None:
+    def __init__(self, issues: list[Issue], fix: str | None = None, commands: list[list[str]] | None = None) -> None:
         self.issues = issues
+        self.commands = commands or []  # a literal fix, in order (profiles/fixes.py); `command` is the first
         super().__init__("\n".join(str(i) for i in issues),
-                         fix=fix or "fix the keys above; `dsv4setup profile show NAME` prints a valid profile")
+                         fix=fix or "fix the keys above; `dsv4setup profile show NAME` prints a valid profile",
+                         command=self.commands[0] if self.commands else None)
 
 
 @dataclass

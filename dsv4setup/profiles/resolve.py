@@ -177,11 +177,11 @@ def resolve_profile(workdir: Workdir, name: str | None, sets: list[str],
     layers = [base]
     layers += [overrides.layer] if overrides else []
     layers += set_layers
-    profile = validate_layers(layers)
+    profile = _validated(layers, workdir)
     preset = _preset_layer(profile, layers)
     if preset is not None:
         layers.insert(1, preset)
-        profile = validate_layers(layers)
+        profile = _validated(layers, workdir)
     return ResolvedProfile(profile=_with_pinned_config(profile, workdir), origins=origins_of(profile, layers),
                            source_file=path, selected_by=selected_by, preset=profile.preset,
                            overrides=merge_layers(layers[2 if preset else 1:]))
@@ -198,6 +198,17 @@ def _with_pinned_config(profile: Profile, workdir: Workdir) -> Profile:
     if pinned == profile.serve.extra_args:
         return profile
     return profile.model_copy(update={"serve": profile.serve.model_copy(update={"extra_args": pinned})})
+
+
+def _validated(layers: list[Layer], workdir: Workdir) -> Profile:
+    """validate_layers, its errors naming each value and, where known, the literal fix (profiles/fixes.py)."""
+    from dsv4setup.profiles.fixes import with_values
+    from dsv4setup.profiles.loader import ProfileError
+
+    try:
+        return validate_layers(layers)
+    except ProfileError as exc:
+        raise with_values(exc, merge_layers(layers), workdir.root, workdir.overrides_file) from None
 
 
 def profile_set_doc(workdir: Workdir, resolved: ResolvedProfile, keys: list[str]) -> dict[str, Any]:

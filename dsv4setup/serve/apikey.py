@@ -59,3 +59,12 @@ def client_api_key(workdir: Workdir) -> str:
     key = os.environ.get(USER_KEY_ENV) or _read_key(api_key_file(workdir)) or os.environ.get("VLLM_API_KEY")
     register_secret(key)
     return key or "EMPTY"
+
+
+def auth_summary(workdir: Workdir, host: str) -> dict[str, object]:
+    """Whether a server on `host` requires the API key, and where the key is (for `plan`; the key itself never)."""
+    user = bool(os.environ.get(USER_KEY_ENV))
+    required = user or guarded(host)
+    where = f"${USER_KEY_ENV}" if user else str(api_key_file(workdir).relative_to(workdir.root)) if required else None
+    text = f"required (key in {where})" if required else "none (loopback only)"
+    return {"required": required, "key": where, "text": text}

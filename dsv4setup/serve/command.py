@@ -24,9 +24,11 @@ from dsv4setup.core.decision import Decision
 from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.preflight.outputs import PreflightOutputs
+from dsv4setup.profiles.flags import pairs
 from dsv4setup.profiles.model import NodeSpec, Profile
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.profiles.resolve import ResolvedProfile
+from dsv4setup.serve.apikey import auth_summary
 from dsv4setup.serve.guard import guard_args, guard_env, guarded
 
 PLAN_SCHEMA = "dsv4setup.plan/2"
@@ -52,7 +54,20 @@ class ServeCommand:
 def speculative_config(profile: Profile) -> str | None:
     """The --speculative-config JSON (always from a JSON encoder), None when k is 0."""
     k = profile.spec.num_speculative_tokens
-    return json.dumps({"method": profile.spec.method, "num_speculative_tokens": k}) if k > 0 else None
+    if k <= 0:
+        return None
+    backend = _attention_backend(profile.serve.extra_args)
+    return json.dumps({"method": profile.spec.method, "num_speculative_tokens": k,
+                       **({"attention_backend": backend} if backend else {})})
+
+
+def _attention_backend(extra_args: list[str]) -> str | None:
+    """The attention backend serve.extra_args names, which the MTP draft must share: vLLM otherwise picks the
+    draft's own (AMX MLA on a CPU with AMX tiles, which refuses cpu-tiny's float32 weights)."""
+    try:
+        return next((value for flag, value, _ in pairs(extra_args) if flag == "--attention-backend" and value), None)
+    except ValueError:
+        return None
 
 
 def _optional(flag: str, value: object | None) -> list[str]:
@@ -184,8 +199,10 @@ def render_plan(resolved: ResolvedProfile, workdir: Workdir, state: State,
         "selected_by": resolved.selected_by,
         "preset": resolved.preset,
         "workdir": str(workdir.root),
+        "workdir_chosen_by": workdir.chosen_by,
         "steps": [d.to_dict() for d in decisions],
         "serve": serve.to_dict(),
+        "auth": auth_summary(workdir, profile.serve.host),
         "origins": resolved.origins,
         "overridden": {k: v for k, v in resolved.origins.items() if not v.startswith(("profile:", "default"))},
         "nodes": render_nodes(profile, workdir, serve),

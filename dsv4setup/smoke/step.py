@@ -24,6 +24,7 @@ class SmokeStep(Step):
     name = "smoke"
     description = "chat completion via the openai client; prove MTP drafts are made and accepted"
     needs = ("serve",)
+    proves = ("serve",)  # a passed smoke test of the server running now: a restarted server needs its own
     Outputs = SmokeOutputs
 
     def not_applicable(self, ctx: RunContext) -> str | None:

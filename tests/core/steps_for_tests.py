@@ -88,3 +88,17 @@ class StandInStep(Step):
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         return self._outputs.model_dump(mode="json")
+
+
+class ProvingMarkerStep(MarkerStep):
+    """A marker step whose proof is void once the steps it `proves` run (as smoke proves serve)."""
+
+    def __init__(self, name: str, needs: tuple[str, ...], proves: tuple[str, ...]) -> None:
+        super().__init__(name, needs)
+        self.proves = proves  # type: ignore[misc]
+
+
+def serving_steps() -> list[Step]:
+    """Marker steps named as the real download, serve and smoke (the profile's expected_s apply); smoke proves serve."""
+    return [MarkerStep("download", ()), MarkerStep("serve", ("download",)),
+            ProvingMarkerStep("smoke", ("serve",), ("serve",))]

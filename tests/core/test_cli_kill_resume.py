@@ -55,7 +55,7 @@ def status(env: dict[str, str]) -> dict[str, str]:
     result = dsv(env, "status", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["schema"] == "dsv4setup.status/4"
+    assert doc["schema"] == "dsv4setup.status/5"
     return {row["step"]: row["status"] for row in doc["steps"]}
 
 
@@ -157,6 +157,7 @@ def test_detached_up_survives_its_caller_and_wait_reports_running_then_done(env:
     doc = json.loads(started.stdout)
     validate_document(doc)
     assert doc["follow"][:2] == ["dsv4setup", "wait"] and Path(doc["log"]).name == "up.log"
+    assert doc["follow"][-3:] == ["--timeout", "100", "--json"]  # below a 120 s agent shell
     assert os.getsid(doc["pid"]) == doc["pid"]  # its own session: the caller's death does not reach it
 
     again = dsv(env, "up", "--profile", "cpu-tiny", "--detach", "--json")  # one run at a time

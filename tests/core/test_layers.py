@@ -145,7 +145,7 @@ def test_serve_command_does_not_import_the_engine() -> None:
      "dsv4setup.core.x", "dsv4setup.profiles.model"),
     ("from ..profiles import model", "dsv4setup.core.x", "dsv4setup.profiles.model"),
     ("from ..profiles.model import Profile", "dsv4setup.core.x", "dsv4setup.profiles.model"),
-    ("from . import engine", "dsv4setup.core.x", "dsv4setup.core.engine"),
+    ("from . import engine", "dsv4setup.core.x", "dsv4setup.engine"),
     ("from .. import runbook", "dsv4setup.core", "dsv4setup.runbook"),
 ])
 def test_every_import_form_is_seen(source: str, module: str, want: str) -> None:

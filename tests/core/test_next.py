@@ -133,7 +133,8 @@ def test_fresh_multi_node_workdir_names_this_machines_node(capsys: pytest.Captur
                                       "    - {name: node1, role: head, address: 10.200.0.1, gpus: 1}\n"
                                       "    - {name: node2, role: worker, address: 127.0.0.1, gpus: 1}\n")
     doc = next_doc(capsys, workdir)
-    assert doc["action"] == "run" and doc["command"][-2:] == ["--node", "node2"], doc
+    assert doc["action"] == "run" and doc["command"][-4:] == ["--node", "node2", "--detach", "--json"], doc
+    assert doc["then"][0][:2] == ["dsv4setup", "wait"] and doc["then"][1][:2] == ["dsv4setup", "next"]
     assert "node node2 (worker, 127.0.0.1)" in doc["why"] and "on every node" in doc["why"]
 
 

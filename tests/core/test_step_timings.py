@@ -18,6 +18,7 @@ from dsv4setup.core.status import STATUS_SCHEMA, status_doc
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.engine import Runbook, RunContext, Selection
 from dsv4setup.profiles.model import Profile
+from dsv4setup.status_check import record_only
 from tests.conftest import REPO_ROOT
 from tests.core import steps_for_tests as ts
 
@@ -36,10 +37,11 @@ class SlowCheckStep(ts.MarkerStep):
 
 
 def _timings(workdir: Workdir) -> dict[str, dict[str, object]]:
-    doc = {**status_doc(load_state(workdir.state_file), ["alpha", "beta"]), "workdir": str(workdir.root),
-           "service": None, "cluster": None}
+    doc = status_doc(load_state(workdir.state_file), ["alpha", "beta"])
+    doc |= {"workdir": str(workdir.root), "workdir_chosen_by": workdir.chosen_by,
+            "verification": record_only(doc["steps"]), "server": None, "service": None, "cluster": None}
     validate_document(doc)
-    assert doc["schema"] == STATUS_SCHEMA == "dsv4setup.status/4"
+    assert doc["schema"] == STATUS_SCHEMA == "dsv4setup.status/5"
     return {row["step"]: row["timings"] for row in doc["steps"]}
 
 

@@ -36,7 +36,9 @@ def test_json_for_a_passing_snapshot(capsys: pytest.CaptureFixture[str], tmp_pat
                             "--workdir", str(tmp_path))
     assert code == 0
     assert list(doctor_validator().iter_errors(doc)) == []
-    assert set(doc) == {"schema", "ok", "demo", "notice", "checks", "recommendation", "snapshot"}
+    assert set(doc) == {"schema", "ok", "demo", "notice", "checks", "recommendation", "snapshot", "workdir",
+                        "workdir_chosen_by", "profile_chosen_by"}
+    assert doc["profile_chosen_by"] == "best match"
     assert doc["schema"] == "dsv4setup.doctor/2" and doc["ok"] is True
     rec = doc["recommendation"]
     assert rec["profile"] == "rtx-pro-6000-maxq-x2" and rec["tensor_parallel_size"] == 2
@@ -213,11 +215,12 @@ def test_the_workdir_picks_the_profile_and_its_overrides_apply(tmp_path: Path) -
     snap = json.loads((FIXTURES / "h200-x8-nvlink.json").read_text())
     save_state(wd.state_file, State(profile="cpu-tiny"))
     choice = select_profile(snap, wd)
-    assert choice.profile is not None and choice.profile.name == "cpu-tiny" and choice.how == "last used in the workdir"
+    assert choice.profile is not None and choice.profile.name == "cpu-tiny" and choice.how == (
+        f"last used in the workdir {wd.root} (its state.json)")
     assert select_profile(snap, wd, use_workdir=False).profile.name == "h200-tp2"  # type: ignore[union-attr]
     wd.overrides_file.write_text("profile: h200-tp2\nserve:\n  max_model_len: 65536\n")
     choice = select_profile(snap, wd)
-    assert choice.how == "chosen in the workdir" and choice.profile is not None
+    assert choice.how == f"chosen in the workdir: {wd.overrides_file}" and choice.profile is not None
     assert choice.profile.name == "h200-tp2" and choice.profile.serve.max_model_len == 65536
     wd.overrides_file.unlink()
     wd.state_file.write_text("{corrupt")

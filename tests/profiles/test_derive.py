@@ -114,7 +114,8 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _same_plan(doc: dict[str, Any]) -> dict[str, Any]:
     """A plan without what says where the profile came from (file, selection, origins)."""
-    return {k: v for k, v in doc.items() if k not in ("profile_file", "selected_by", "origins", "overridden")}
+    return {k: v for k, v in doc.items() if k not in ("profile_file", "selected_by", "workdir_chosen_by", "origins",
+                                                        "overridden")}
 
 
 @pytest.mark.parametrize("fixture", sorted(EXPECTED))
@@ -171,7 +172,11 @@ def test_status_says_derived_and_verified_as_the_preflight_step_recorded() -> No
     report = build_report(snap, select_profile(snap, None, use_workdir=False).judged())
     state = State(profile="derived-h20-tp2", steps={"preflight": StepRecord(
         status=StepStatus.DONE, outputs={"recommendation": report.recommendation, "findings": report.findings})})
-    doc = {**status_doc(state, ["preflight"]), "workdir": "/data/dsv4", "cluster": None}  # as status_document adds
+    from dsv4setup.status_check import record_only
+
+    doc = status_doc(state, ["preflight"])
+    doc |= {"workdir": "/data/dsv4", "workdir_chosen_by": "--workdir", "verification": record_only(doc["steps"]),
+            "server": None, "cluster": None}  # as status_document adds
     validate_document(doc)
     assert (doc["derived"], doc["verified"], doc["demo"]) == (True, False, False)
     fresh = status_doc(State(), ["preflight"])

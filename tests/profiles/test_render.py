@@ -167,3 +167,11 @@ def test_multinode_tp_must_span_all_node_gpus(workdir: Workdir) -> None:
 
     with pytest.raises(ProfileError, match="the nodes hold 2 GPUs but serve.tensor_parallel_size is 4"):
         resolve_profile(workdir, "dgx-spark-gb10-x2", ["serve.tensor_parallel_size=4"])
+
+
+def test_the_mtp_draft_shares_the_attention_backend_extra_args_names(workdir: Workdir) -> None:
+    """cpu-tiny picks vLLM's reference CPU MLA backend; without it in the draft's config vLLM gives the draft
+    AMX MLA on a CPU with AMX tiles, which refuses float32 weights (the server dies loading them)."""
+    argv = render_serve(PROFILES["cpu-tiny"], workdir, State()).argv
+    assert flag_value(argv, "--attention-backend") == "CPU_MLA"
+    assert json.loads(flag_value(argv, "--speculative-config"))["attention_backend"] == "CPU_MLA"
