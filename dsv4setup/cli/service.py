@@ -17,6 +17,8 @@ app.add_typer(service_app, name="service")
 UserOpt = Annotated[bool, typer.Option("--user", help="A user unit (systemctl --user); the default.")]
 SystemOpt = Annotated[bool, typer.Option("--system", help="A system unit: written into the workdir with the "
                                                           "root commands to install it (never sudo).")]
+AllowRootOpt = Annotated[bool, typer.Option("--allow-root", help="--system run by root: let the unit run the server "
+                                                                  "as root (User=root); refused without it.")]
 
 
 def _print(doc: Document) -> None:
@@ -51,6 +53,7 @@ def install(
     set_: SetOpt = None,
     user: UserOpt = False,
     system: SystemOpt = False,
+    allow_root: AllowRootOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Install the plan's server as a unit and (--user) start it; up/down/serve/bench then use systemctl."""
@@ -58,7 +61,8 @@ def install(
 
     if user and system:
         raise UsageError("choose one of --user and --system")
-    _emit(do_install(workdir_from(workdir), profile, set_ or [], "system" if system else "user"), json_)
+    _emit(do_install(workdir_from(workdir), profile, set_ or [], "system" if system else "user",
+                     allow_root=allow_root), json_)
 
 
 @service_app.command("status")

@@ -3,22 +3,30 @@
 Install renders the plan's exact serve command (as `dsv4setup plan` shows it) into a unit. With
 --user it hands the running server over: a server started by `up` is stopped first, then the
 unit is enabled and started (systemctl returns once /health answers). With --system nothing is
-run as root: the unit is written into <workdir>/run/ and the root commands are returned.
-Remove stops and deletes the unit; the deployment (venv, model, state, logs) stays.
+run as root: the unit is written into <workdir>/run/ and the root commands are returned, every
+path in them shell-quoted; root copies the unit into a file of its own, checks that copy's sha256
+against the unit dsv4setup wrote and installs that copy, so nothing the user changes later reaches
+/etc. A system unit runs as the invoking user (User= from the password database), never as root
+unless `--allow-root` asks for it. Remove stops and deletes only the unit path it computes itself;
+the deployment (venv, model, state, logs) stays.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.core.errors import DsvError
+from dsv4setup.core.errors import DsvError, UsageError
 from dsv4setup.core.fsutil import atomic_write_text
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.preflight.snapshot import take_snapshot
+from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.resolve import resolve_profile
 from dsv4setup.serve.apikey import server_api_key
 from dsv4setup.serve.command import render_serve
@@ -26,6 +34,7 @@ from dsv4setup.serve.manager import server_state
 from dsv4setup.serve.process import command_fingerprint, read_record, stop_server
 from dsv4setup.serve.readiness import base_url
 from dsv4setup.service.systemd import (
+    SYSTEM_UNIT_DIR,
     InstalledUnit,
     Scope,
     as_int,
@@ -38,35 +47,57 @@ from dsv4setup.service.systemd import (
     require_user_manager,
     systemctl,
     unit_name,
+    unit_path,
     unit_state,
-    user_unit_dir,
     write_installed,
 )
-from dsv4setup.service.unit import UnitSpec, render_unit
+from dsv4setup.service.unit import UnitSpec, UnsafeUnitValue, render_unit
 
 SERVICE_SCHEMA = "dsv4setup.service/1"
-KEY_ENV_FILE = "service.env"
+KEY_FILE = "service.key"  # the API key alone; the unit's runner reads it as the unit's user
+OLD_KEY_FILE = "service.env"  # the EnvironmentFile= with the key that units read before the runner did
+
+
+def _remove_own(path: Path) -> None:
+    """Unlink `path` (a name we chose in a folder of ours), never through a folder that is a symlink."""
+    if not path.parent.is_symlink():
+        path.unlink(missing_ok=True)
 
 
 def _key_file(workdir: Workdir, key: str | None) -> Path | None:
-    """The 0600 EnvironmentFile with the API key (removed when the server needs none)."""
-    path = workdir.secrets_dir / KEY_ENV_FILE
+    """The 0600 file with the API key the unit's runner reads (removed when the server needs none)."""
+    path = workdir.secrets_dir / KEY_FILE
+    _remove_own(workdir.secrets_dir / OLD_KEY_FILE)
     if key is None:
-        path.unlink(missing_ok=True)
+        _remove_own(path)
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.parent.chmod(0o700)
-    atomic_write_text(path, f"VLLM_API_KEY={key}\n", mode=0o600)
+    atomic_write_text(path, key + "\n", mode=0o600)
     return path
 
 
-def _root_commands(unit: InstalledUnit, workdir: Workdir, action: str) -> list[str]:
-    target = f"/etc/systemd/system/{unit.name}"
+def root_install_command(source: Path, text: str, target: Path) -> str:
+    """One shell line for root: copy `source` into a root-owned temp file (no symlink followed, at most the
+    unit's size), check that copy's sha256 against `text`'s, and install that very copy at `target`."""
+    data = text.encode("utf-8")
+    digest = hashlib.sha256(data).hexdigest()
+    copy = (f'dd {shlex.quote(f"if={source}")} of="$t" bs={len(data)} count=1 '
+            "iflag=fullblock,nofollow,nonblock status=none")
+    check = f"printf '%s  %s\\n' {digest} \"$t\" | sha256sum --check --quiet"
+    return (f't=$(mktemp) && {{ {copy} && {check} && install -m 0644 "$t" {shlex.quote(str(target))}; '
+            'r=$?; rm -f "$t"; test "$r" -eq 0; }')
+
+
+def _root_commands(unit: InstalledUnit, workdir: Workdir, action: str, text: str = "") -> list[str]:
+    target = SYSTEM_UNIT_DIR / unit.name
+    name = shlex.quote(unit.name)
     if action == "install":
-        return [f"dsv4setup down --workdir {workdir.root}  # as {current_user()}: the server started by `up`",
-                f"install -m 0644 {unit.unit_file} {target}", "systemctl daemon-reload",
-                f"systemctl enable --now {unit.name}"]
-    return [f"systemctl disable --now {unit.name}", f"rm {target}", "systemctl daemon-reload"]
+        return [f"{shlex.join(['dsv4setup', 'down', '--workdir', str(workdir.root)])}"
+                f"  # as {shlex.quote(current_user())}: the server started by `up`",
+                root_install_command(Path(unit.unit_file), text, target), "systemctl daemon-reload",
+                f"systemctl enable --now {name}"]
+    return [f"systemctl disable --now {name}", f"rm -f {shlex.quote(str(target))}", "systemctl daemon-reload"]
 
 
 def _linger(scope: Scope) -> dict[str, Any] | None:
@@ -102,7 +133,31 @@ def _doc(workdir: Workdir, action: str, unit: InstalledUnit | None, *, installed
             "root_commands": root_commands or [], "message": message}
 
 
-def install(workdir: Workdir, profile: str | None, sets: list[str], scope: Scope) -> dict[str, Any]:
+def _profile_values(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """Every string in a profile section with its key as --set names it: ("serve.extra_args[3]", "...")."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _profile_values(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _profile_values(item, f"{where}[{index}]")
+    elif isinstance(value, str):
+        yield where, value
+
+
+def _named(exc: UnsafeUnitValue, profile: Profile) -> UnsafeUnitValue:
+    """An argv item's refusal naming the profile key it came from (serve.extra_args[3]), where one holds it."""
+    if not exc.where.startswith("argv["):
+        return exc
+    dumped = profile.model_dump(mode="json")
+    for where, value in [*_profile_values(dumped["serve"], "serve"), *_profile_values(dumped["env"], "env")]:
+        if value == exc.text or (value in exc.text and any(c in value for c in "\n\r\0")):
+            return exc.named(where)
+    return exc
+
+
+def install(workdir: Workdir, profile: str | None, sets: list[str], scope: Scope,
+            allow_root: bool = False) -> dict[str, Any]:
     resolved = resolve_profile(workdir, profile, sets, probe=take_snapshot)
     prof = resolved.profile
     if prof.multinode is not None:
@@ -110,12 +165,14 @@ def install(workdir: Workdir, profile: str | None, sets: list[str], scope: Scope
                        fix="run `dsv4setup plan` for the per-node commands")
     command = render_serve(prof, workdir, load_state(workdir.state_file))
     argv = [str(a) for a in command.argv]
-    if not Path(argv[0]).exists():
-        raise DsvError(f"the serving interpreter {argv[0]} does not exist: nothing to run yet",
-                       fix=f"set the deployment up first: `dsv4setup up --workdir {workdir.root}`")
+    served = ServedCommand(argv, dict(command.env), prof.serve.host, prof.serve.port, prof.serve.ready_timeout_s,
+                           None, f"profile {prof.name}")
+    try:
+        render_unit(_spec(workdir, scope, served, None))
+    except UnsafeUnitValue as exc:
+        raise _named(exc, prof) from None
     key = server_api_key(workdir, prof.serve.host)
-    return install_command(workdir, scope, ServedCommand(argv, dict(command.env), prof.serve.host, prof.serve.port,
-                                                         prof.serve.ready_timeout_s, key, f"profile {prof.name}"))
+    return install_command(workdir, scope, replace(served, api_key=key), allow_root=allow_root)
 
 
 @dataclass(frozen=True)
@@ -131,26 +188,48 @@ class ServedCommand:
     what: str
 
 
-def install_command(workdir: Workdir, scope: Scope, command: ServedCommand) -> dict[str, Any]:
-    """Write the unit of `command`; --user: hand the running server over to it and start it."""
+def _refuse_root(scope: Scope, allow_root: bool) -> None:
+    """A system unit runs as the real uid (User=); as root only when asked for (--allow-root)."""
+    if scope == "system" and os.getuid() == 0 and not allow_root:
+        raise UsageError("a system unit installed by root would run the server as root (User=root): the serving "
+                         "venv, the model and everything the server loads would run with root's rights",
+                         fix="run `dsv4setup service install --system` as the user who owns the workdir (root then "
+                             "only installs the unit), or add --allow-root to run the server as root on purpose",
+                         reference="service-user-root")
+
+
+def _spec(workdir: Workdir, scope: Scope, command: ServedCommand, api_key_file: Path | None) -> UnitSpec:
+    return UnitSpec(scope=scope, workdir=workdir.root, argv=command.argv, env=command.env, host=command.host,
+                    port=command.port, ready_timeout_s=command.ready_timeout_s, api_key_file=api_key_file,
+                    user=current_user() if scope == "system" else None, description=f"vLLM server, {command.what}")
+
+
+def install_command(workdir: Workdir, scope: Scope, command: ServedCommand, *,
+                    allow_root: bool = False) -> dict[str, Any]:
+    """Write the unit of `command`; --user: hand the running server over to it and start it.
+
+    Every value is checked before anything is written (UnsafeUnitValue, exit 2)."""
     name = unit_name(workdir)
+    path = unit_path(workdir, scope)
+    render_unit(_spec(workdir, scope, command, None))  # refuse what cannot be written before judging the rest
+    _refuse_root(scope, allow_root)
+    if not Path(command.argv[0]).exists():
+        raise DsvError(f"the serving interpreter {command.argv[0]} does not exist: nothing to run yet",
+                       fix=f"set the deployment up first: `dsv4setup up --workdir {workdir.root}`")
     if scope == "user":
         require_user_manager()
-    path = (user_unit_dir() if scope == "user" else workdir.run_dir) / name
-    spec = UnitSpec(scope=scope, workdir=workdir.root, argv=command.argv, env=command.env, host=command.host,
-                    port=command.port, ready_timeout_s=command.ready_timeout_s,
-                    key_file=_key_file(workdir, command.api_key), user=current_user() if scope == "system" else None,
-                    description=f"vLLM server, {command.what}")
+    text = render_unit(_spec(workdir, scope, command, _key_file(workdir, command.api_key)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, render_unit(spec), mode=0o644)
+    atomic_write_text(path, text, mode=0o644)
     unit = InstalledUnit(scope=scope, name=name, unit_file=str(path),
                          command_fingerprint=command_fingerprint(command.argv, command.env), host=command.host,
                          port=command.port)
     write_installed(workdir, unit)
     if scope == "system":
         return _doc(workdir, "install", unit, installed=read_installed(workdir) is not None,
-                    message=f"wrote {path}; run the root commands to install and start it (dsv4setup never uses sudo)",
-                    root_commands=_root_commands(unit, workdir, "install"))
+                    message=f"wrote {path}; run the root commands to install and start it (dsv4setup never uses "
+                            "sudo): they install a copy whose sha256 matches the unit written now",
+                    root_commands=_root_commands(unit, workdir, "install", text))
     systemctl(unit, "daemon-reload")
     record = read_record(workdir)
     if record is not None and not record.unit:  # hand-over: the server `up` started goes; never two servers
@@ -174,6 +253,7 @@ def status(workdir: Workdir) -> dict[str, Any]:
 
 
 def remove(workdir: Workdir) -> dict[str, Any]:
+    """Stop and delete the workdir's unit: only the paths computed here (a record naming others is refused)."""
     unit = read_installed(workdir)
     recorded = unit or read_recorded(workdir)
     if recorded is None:
@@ -182,12 +262,18 @@ def remove(workdir: Workdir) -> dict[str, Any]:
         return _doc(workdir, "remove", unit, installed=True,
                     message=f"{unit.name} is a system unit: run the root commands, then `dsv4setup service remove` "
                             "again to forget it", root_commands=_root_commands(unit, workdir, "remove"))
+    name = unit_name(workdir)
+    written = unit_path(workdir, recorded.scope)
     if unit is not None:
-        systemctl(unit, "disable", "--now", unit.name, timeout_s=180)
-        Path(unit.loaded_file).unlink(missing_ok=True)
+        systemctl(unit, "disable", "--now", name, timeout_s=180)
+        if recorded.scope == "system":
+            (SYSTEM_UNIT_DIR / name).unlink(missing_ok=True)
         systemctl(unit, "daemon-reload")
-    Path(recorded.unit_file).unlink(missing_ok=True)
-    record_path(workdir).unlink(missing_ok=True)
+    if recorded.scope == "user":
+        written.unlink(missing_ok=True)  # the user's own unit directory, removed as the user
+    else:
+        _remove_own(written)
+    _remove_own(record_path(workdir))
     _key_file(workdir, None)
     return _doc(workdir, "remove", None, installed=False,
-                message=f"stopped and removed {recorded.name}; the deployment is intact (`dsv4setup up` serves again)")
+                message=f"stopped and removed {name}; the deployment is intact (`dsv4setup up` serves again)")

@@ -8,22 +8,23 @@ Knows nothing of vLLM or profiles (the serve package calls it for the hand-over)
 - `--system`: dsv4setup never uses sudo; it writes the unit into `<workdir>/run/` and the
   user copies it to /etc/systemd/system as root (the commands are printed).
 - `<workdir>/run/service.json` records which unit was installed, and the fingerprint of the
-  command line it runs.
+  command line it runs. A record is only believed when its unit is the one computed here (name,
+  scope, file): dsv4setup never stops, starts or deletes a unit or file a record merely names.
 """
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import os
+import pwd
 import re
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from dsv4setup.core.errors import DsvError
+from dsv4setup.core.errors import DsvError, StateError
 from dsv4setup.core.fsutil import atomic_write_json
 from dsv4setup.core.workdir import Workdir
 
@@ -47,6 +48,11 @@ def record_path(workdir: Workdir) -> Path:
     return workdir.run_dir / "service.json"
 
 
+def unit_path(workdir: Workdir, scope: Scope) -> Path:
+    """Where `service install` writes the workdir's unit: the user's unit directory, or <workdir>/run/ for root."""
+    return (user_unit_dir() if scope == "user" else workdir.run_dir) / unit_name(workdir)
+
+
 @dataclass(frozen=True)
 class InstalledUnit:
     scope: Scope
@@ -66,11 +72,23 @@ class InstalledUnit:
 
 
 def read_recorded(workdir: Workdir) -> InstalledUnit | None:
-    """The unit `service install` recorded for the workdir (its file may be gone, or not yet copied by root)."""
+    """The unit `service install` recorded for the workdir (its file may be gone, or not yet copied by root).
+
+    StateError when the record names another unit or file than the one computed for this workdir."""
     try:
-        return InstalledUnit(**json.loads(record_path(workdir).read_text(encoding="utf-8")))
+        unit = InstalledUnit(**json.loads(record_path(workdir).read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return None
+    scope: Scope = unit.scope if unit.scope in ("user", "system") else "user"
+    expected = unit_path(workdir, scope)
+    if unit.scope != scope or unit.name != expected.name or unit.unit_file != str(expected):
+        raise StateError(f"{record_path(workdir)} names the unit {unit.name!r} ({unit.scope}) at {unit.unit_file!r}, "
+                         f"not this workdir's {scope} unit {expected}: dsv4setup acts only on the unit it computes "
+                         "itself, and leaves the file that record names alone",
+                         fix=f"if you did not write that record, delete it (`rm {record_path(workdir)}`) and run "
+                             "`dsv4setup service install` again; if XDG_CONFIG_HOME differs from the one at "
+                             "install time, set it back", reference="service-record-foreign")
+    return unit
 
 
 def read_installed(workdir: Workdir) -> InstalledUnit | None:
@@ -137,7 +155,11 @@ def as_int(text: str) -> int | None:
 
 
 def current_user() -> str:
-    return getpass.getuser()
+    """The name of the real uid, from the password database: never $LOGNAME or $USER, which anyone sets."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())  # no passwd entry: User= and loginctl take the number too
 
 
 def linger_enabled(user: str) -> bool:

@@ -25,7 +25,7 @@ RANKS: dict[str, int] = {
     "profiles": 2,
     "engine": 3,
     **dict.fromkeys(STEP_PACKAGES, 4), "service": 4, "top": 4,
-    "runbook": 5, "next_action": 5, "tinymodel": 5,
+    "runbook": 5, "next_action": 5, "status_check": 5, "tinymodel": 5,
     "cli": 6,
     "__main__": 7,
 }
@@ -145,7 +145,7 @@ def test_serve_command_does_not_import_the_engine() -> None:
      "dsv4setup.core.x", "dsv4setup.profiles.model"),
     ("from ..profiles import model", "dsv4setup.core.x", "dsv4setup.profiles.model"),
     ("from ..profiles.model import Profile", "dsv4setup.core.x", "dsv4setup.profiles.model"),
-    ("from . import engine", "dsv4setup.core.x", "dsv4setup.engine"),
+    ("from . import engine", "dsv4setup.core.x", "dsv4setup.core.engine"),
     ("from .. import runbook", "dsv4setup.core", "dsv4setup.runbook"),
 ])
 def test_every_import_form_is_seen(source: str, module: str, want: str) -> None:

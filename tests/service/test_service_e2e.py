@@ -4,6 +4,8 @@ install --user (the unit starts the server, ready once /health answers) -> statu
 (through systemctl: the unit is inactive, not restarted) -> up (the serve step starts the unit,
 the smoke step passes) -> SIGKILL of the server (systemd restarts it) -> service remove
 (stopped, unit gone, deployment intact). Three server starts, all through systemd.
+The server requires an API key (DSV4SETUP_API_KEY): the unit's runner reads it from the workdir's
+secrets as the unit's user, and it is nowhere in the unit.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,6 +30,16 @@ from tests.serve.test_serve_e2e import prepared_workdir, vllm_cpu_venv  # noqa: 
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
+KEY = "e2e-unit-key-7f3a9c1d"
+
+
+def models_status(base_url: str, key: str | None) -> int:
+    request = urllib.request.Request(f"{base_url}/v1/models", headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_service_install_down_up_kill_status_remove_on_cpu_tiny(
@@ -33,7 +47,7 @@ def test_service_install_down_up_kill_status_remove_on_cpu_tiny(
     workdir, profile = prepared_workdir(tmp_path, vllm_cpu_venv)
     profile_file = tmp_path / f"{profile.name}.yaml"
     profile_file.write_text(json.dumps(profile.model_dump(mode="json", by_alias=True)))
-    env = {**os.environ, "DSV4SETUP_RUNBOOK": "tests.serve.runbook_serve_smoke:steps",
+    env = {**os.environ, "DSV4SETUP_RUNBOOK": "tests.serve.runbook_serve_smoke:steps", "DSV4SETUP_API_KEY": KEY,
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
     def cli(*args: str) -> dict:
@@ -51,6 +65,9 @@ def test_service_install_down_up_kill_status_remove_on_cpu_tiny(
         first = read_record(workdir)
         assert "--speculative-config" in first.argv and first.unit == installed["unit"]
         assert "Application startup complete" in workdir.log_file("serve").read_text()
+        assert KEY not in Path(installed["unit_file"]).read_text() and KEY not in json.dumps(installed)
+        base = installed["server"]["base_url"]
+        assert models_status(base, None) == 401 and models_status(base, KEY) == 200
         assert cli("status")["service"]["active"] == "active"
 
         stopped = cli("down")

@@ -29,13 +29,14 @@ from dsv4setup.service.systemd import current_user, read_installed, unit_state
 from dsv4setup.service.unit import UnitSpec, render_unit
 from tests.serve.conftest import fake_argv, free_port, processes_with_id
 
-ODD_ARG = '{"method": "mtp", "num_speculative_tokens": 1} 100% $HOME \\ "q"'
-ODD_ENV = {"DSV4SETUP_TEST_ODD": 'a b 50% $HOME "q" \\', "VLLM_NO_USAGE_STATS": "1"}
+# what systemd could take as structure, specifier, variable or escape, and must give back as is
+ODD_ARG = '{"method": "mtp", "num_speculative_tokens": 1} 100% %n $HOME ${HOME} $$ \\ "q" \'s\' ; \t é ✓ \x01 end\\'
+ODD_ENV = {"DSV4SETUP_TEST_ODD": 'a b 50% %i $HOME ${HOME} "q" \'s\' \\ \t é \x01 end\\', "VLLM_NO_USAGE_STATS": "1"}
 
 
 def spec(scope: str, workdir: Path, key_file: Path | None) -> UnitSpec:
     return UnitSpec(scope=scope, workdir=workdir, argv=fake_argv("ready", 8000, "--line", ODD_ARG), env=ODD_ENV,
-                    host="127.0.0.1", port=8000, ready_timeout_s=600, key_file=key_file,
+                    host="127.0.0.1", port=8000, ready_timeout_s=600, api_key_file=key_file,
                     user=current_user() if scope == "system" else None)
 
 
@@ -45,7 +46,7 @@ def spec(scope: str, workdir: Path, key_file: Path | None) -> UnitSpec:
 def test_generated_units_pass_systemd_analyze_verify(tmp_path: Path, scope: str) -> None:
     workdir = tmp_path / "a workdir with 100% odd name"
     unit = tmp_path / f"dsv4setup-test-{scope}.service"
-    unit.write_text(render_unit(spec(scope, workdir, workdir / "secrets" / "service.env")))
+    unit.write_text(render_unit(spec(scope, workdir, workdir / "secrets" / "service.key")))
     done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     text = unit.read_text()
@@ -86,7 +87,7 @@ def test_a_user_unit_runs_the_exact_command_restarts_after_a_kill_and_stops_via_
     environ = server.environ()
     assert environ["DSV4SETUP_TEST_ODD"] == ODD_ENV["DSV4SETUP_TEST_ODD"] and environ["VLLM_API_KEY"] == "k3y-s3cret-x"
     assert "k3y-s3cret-x" not in Path(doc["unit_file"]).read_text()
-    key_file = workdir.secrets_dir / "service.env"
+    key_file = workdir.secrets_dir / "service.key"
     assert key_file.stat().st_mode & 0o777 == 0o600
     # the unit's server output reaches logs/serve.log through the log pump (after the first server's)
     _wait(lambda: workdir.log_file("serve").read_text().count("Application startup complete") >= 2)
@@ -125,12 +126,12 @@ def test_service_status_without_a_unit_and_system_install_prints_root_commands(t
     validate_document(shown)
     assert not shown["installed"] and "service install --user" in shown["message"]
     doc = install_command(workdir, "system", ServedCommand([sys.executable, "-V"], {}, "127.0.0.1", 8000, 60, None,
-                                                           "test"))
+                                                           "test"), allow_root=True)  # CI may run as root
     validate_document(doc)
     assert not doc["installed"] and Path(doc["unit_file"]).parent == workdir.run_dir
     name = doc["unit"]
-    assert doc["root_commands"][1:] == [f"install -m 0644 {doc['unit_file']} /etc/systemd/system/{name}",
-                                        "systemctl daemon-reload", f"systemctl enable --now {name}"]
+    assert doc["root_commands"][1].startswith("t=$(mktemp) && ")  # the sha256-checked copy: test_root_commands.py
+    assert doc["root_commands"][2:] == ["systemctl daemon-reload", f"systemctl enable --now {name}"]
     assert all("sudo" not in c for c in doc["root_commands"])
     out = subprocess.run([sys.executable, "-m", "dsv4setup", "service", "status", "--workdir", str(workdir.root),
                           "--json"], capture_output=True, text=True, timeout=60)
