@@ -58,7 +58,8 @@ COMMANDS: tuple[CommandInfo, ...] = (
                                  "--grace) and clean up."),
     CommandInfo("smoke", "serve", "Smoke-test the running server: a chat completion, and MTP drafts made and "
                                   "accepted (from /metrics)."),
-    CommandInfo("tiny-model", "serve", "Write the tiny DeepSeek-V3 + MTP checkpoint that the cpu-tiny profile serves."),
+    CommandInfo("tiny-model", "serve",
+                "Write a tiny DeepSeek-V3 + MTP checkpoint (the easy one is what the cpu-tiny profile serves)."),
     CommandInfo("next", "agent", "The single next action: run, fix, wait or done, with the exact command."),
     CommandInfo("profile", "profile", "Hardware profiles: list, show, validate, import."),
     CommandInfo("patches", "patches", "Status, apply and revert of dsv4setup's vLLM patches."),
