@@ -10,7 +10,7 @@ from typing import Any
 import psutil
 
 from dsv4setup.cluster.outputs import ClusterOutputs
-from dsv4setup.cluster.token import ray_auth_env
+from dsv4setup.cluster.raytoken import ray_auth_env
 from dsv4setup.core.engine import RunContext
 from dsv4setup.core.errors import UsageError
 from dsv4setup.core.workdir import Workdir
@@ -102,7 +102,7 @@ RAY_LOG_ENV = {"RAY_DEDUP_LOGS": "0"}
 
 def node_env(multi: MultiNode, node: NodeSpec, workdir: Workdir) -> dict[str, str]:
     """The environment of a node's processes: Gloo and NCCL on the inter-node link, Ray's workers at
-    normal priority, every rank's log lines kept, Ray's token by path (cluster/token.py)."""
+    normal priority, every rank's log lines kept, Ray's token by path (cluster/raytoken.py)."""
     interface = multi.interface(node)
     link = {"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface} if interface else {}
     return {**link, **RAY_WORKER_ENV, **RAY_LOG_ENV, **ray_auth_env(workdir)}

@@ -33,8 +33,8 @@ from dsv4setup.cluster.nodes import (
 )
 from dsv4setup.cluster.outputs import ClusterOutputs
 from dsv4setup.cluster.raynode import RAY_MODULE, alive_now, probe, ray_alive, ray_record
+from dsv4setup.cluster.raytoken import ensure_head_token, token_file, token_fix, token_problem, token_rejected
 from dsv4setup.cluster.rules import head_port, link, same_gpus
-from dsv4setup.cluster.token import ensure_head_token, token_file, token_fix, token_problem, token_rejected
 from dsv4setup.cluster.view import OK, ClusterCheck, record_check
 from dsv4setup.core.engine import RunContext, Step
 from dsv4setup.core.errors import StepError
@@ -145,9 +145,11 @@ class ClusterStep(Step):
                             known_failure="cluster-ray-version")
         atomic_write_json(fingerprint_file(ctx), fingerprint)
         env = self._env(ctx, multi, node)
+        log = ctx.require_log().path
+        since = log.stat().st_size if log.exists() else 0  # what Ray writes from here on is this start's
         record = self._start(ctx, multi, node, env)
         try:
-            seen = self._wait(ctx, multi, node, record, env, check)
+            seen = self._wait(ctx, multi, node, record, env, check, since)
         except (StepError, KeyboardInterrupt):
             report = stop_server(ctx.workdir, record, name=RAY_RECORD)
             ctx.require_log().line(f"stopped this node's Ray (pids {report.pids})")
@@ -197,7 +199,7 @@ class ClusterStep(Step):
         return record
 
     def _wait(self, ctx: RunContext, multi: MultiNode, node: NodeSpec, record: ServerRecord,
-              env: dict[str, str], check: ClusterCheck) -> dict[str, Any]:
+              env: dict[str, str], check: ClusterCheck, since: int) -> dict[str, Any]:
         """Until every expected node is alive (the head: all; a worker: itself); the head then compares."""
         head = node.role == "head"
         expected = [n for n in multi.nodes if head or n is node]
@@ -220,7 +222,7 @@ class ClusterStep(Step):
                 if not head and not missing:
                     return self._joined(node, alive)
                 if not ray_alive(record):
-                    if not head and token_rejected(ctx.require_log().path):
+                    if not head and token_rejected(ctx.require_log().path, since, wait_s=3.0):
                         raise StepError(f"the head at {multi.head.address}:{multi.ray_port} refused node {node.name}'s "
                                         "Ray token: it is not the head's", fix=token_fix(multi, ctx.workdir, node),
                                         known_failure="cluster-token-rejected")

@@ -18,7 +18,7 @@ from typing import Any
 from dsv4setup.cluster.fingerprint import differences
 from dsv4setup.cluster.nodes import describe
 from dsv4setup.cluster.raynode import alive_now, ray_alive, ray_record
-from dsv4setup.cluster.token import ray_auth_env
+from dsv4setup.cluster.raytoken import ray_auth_env
 from dsv4setup.core.fsutil import atomic_write_json
 from dsv4setup.core.state import State, now_iso
 from dsv4setup.core.workdir import Workdir

@@ -18,7 +18,7 @@ from typing import Any
 
 from dsv4setup.checkpoint.outputs import CheckpointOutputs
 from dsv4setup.cluster.nodes import node_env, ray_start_args
-from dsv4setup.cluster.token import token_note
+from dsv4setup.cluster.raytoken import token_note
 from dsv4setup.core.decision import Decision
 from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir

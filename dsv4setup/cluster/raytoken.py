@@ -9,6 +9,9 @@ and turns auth on or off by what it finds there, and `ray.init(address=...)` nev
 The head writes `<workdir>/secrets/ray-auth-token` (0600, 256 random bits) when it has none. A worker
 never generates one: it needs the head's, so its cluster step stops with `cluster-token-missing`, whose
 fix is the exact command that copies the file over (the token itself never reaches argv, logs or JSON).
+
+Not named token.py: ray_probe.py runs as a script from this directory, where a token.py would
+shadow the standard library's `token` module.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import secrets
 import shlex
 import stat
+import time
 from pathlib import Path
 
 from dsv4setup.core.fsutil import atomic_write_text
@@ -99,15 +103,22 @@ def token_fix(multi: MultiNode, workdir: Workdir, node: NodeSpec) -> str:
             f"`dsv4setup up --node {multi.head.name}` and must be the same file on every node")
 
 
-def token_rejected(log: Path) -> bool:
-    """Did Ray write, in the step log, that the head refused this node's token?"""
-    try:
-        with log.open("rb") as fh:
-            fh.seek(max(0, log.stat().st_size - TAIL_BYTES))
-            tail = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return False
-    return REJECTED in tail
+def token_rejected(log: Path, since: int = 0, wait_s: float = 0.0) -> bool:
+    """Did Ray write, in the step log after offset `since`, that the head refused this node's token?
+    `wait_s`: how long to look again (Ray's last lines reach the log through the log pump, a moment
+    after Ray exits)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with log.open("rb") as fh:
+                fh.seek(max(since, log.stat().st_size - TAIL_BYTES))
+                if REJECTED in fh.read().decode("utf-8", errors="replace"):
+                    return True
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 def token_note(multi: MultiNode, workdir: Workdir) -> str:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from dsv4setup.cluster.step import ClusterStep
-from dsv4setup.cluster.token import (
+from dsv4setup.cluster.raynode import PROBE_SCRIPT
+from dsv4setup.cluster.raytoken import (
     copy_command,
     ensure_head_token,
     ray_auth_env,
@@ -20,6 +21,7 @@ from dsv4setup.cluster.token import (
     token_problem,
     token_rejected,
 )
+from dsv4setup.cluster.step import ClusterStep
 from dsv4setup.core.engine import RunContext
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.secrets import redact
@@ -99,6 +101,7 @@ def test_a_refused_token_is_recognised_in_rays_output(tmp_path: Path) -> None:
     log.write_text("ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token is "
                    "missing or incorrect.\n")  # Ray 2.60's `ray start --address` against a head with another token
     assert token_rejected(log)
+    assert not token_rejected(log, since=log.stat().st_size)  # an earlier run's line is not this start's
     log.write_text("ConnectionError: could not reach the head\n")
     assert not token_rejected(log) and not token_rejected(tmp_path / "absent.log")
 
@@ -117,3 +120,10 @@ def test_the_server_and_every_plan_command_get_the_token_by_path_never_the_token
     note = next(n for n in nodes[1]["notes"] if "token authentication" in n)
     assert "scp" in note and "umask 077" in note
     assert token not in repr(nodes) + repr(serve.to_dict())
+
+
+def test_no_module_beside_the_probe_shadows_the_standard_library() -> None:
+    """ray_probe.py runs as a script from dsv4setup/cluster/, first on sys.path there: a `token.py` beside it
+    broke `import ray` in the probe (tokenize imports token), and the head waited for an answer that never came."""
+    names = {p.stem for p in Path(PROBE_SCRIPT).parent.glob("*.py")}
+    assert names & set(sys.stdlib_module_names) == set()
