@@ -111,11 +111,12 @@ def _cluster_checks(profile: Profile | None, snap: dict[str, Any], measured: boo
     """A multi-node profile's rules (topology.cluster_*): this machine's interfaces when judging it."""
     if profile is None or profile.multinode is None:
         return []
-    from dsv4setup.cluster.nodes import local_addresses
-    from dsv4setup.cluster.rules import doctor_findings
+    from dsv4setup.cluster.nodes import default_route_interfaces, local_addresses, local_networks
+    from dsv4setup.cluster.rules import Networks, doctor_findings
     from dsv4setup.hardware.facts import visible_gpus
 
-    return doctor_findings(profile, local_addresses() if measured else None, len(visible_gpus(snap)))
+    networks = Networks(local_networks(), default_route_interfaces()) if measured else None
+    return doctor_findings(profile, local_addresses() if measured else None, len(visible_gpus(snap)), networks)
 
 
 def _model_checks(model: str | None, quiet: bool) -> list[Finding]:

@@ -2,7 +2,7 @@
 
 Each node's `cluster` step writes its own (`run/node-fingerprint.json`) from what its earlier
 steps verified; the head then reads every node's file through a Ray task on that node, which
-also re-measures what it can there: the installed vLLM version and the sha256 of every file
+also re-measures what it can there: the installed vLLM and Ray versions and the sha256 of every file
 the applied patches touch. The head refuses to serve when any node differs from its own.
 """
 
@@ -20,6 +20,7 @@ from dsv4setup.preflight.outputs import PreflightOutputs
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.toolkit.outputs import ToolkitOutputs
 from dsv4setup.vllm.outputs import VllmOutputs
+from dsv4setup.vllm.probe import dist_infos, site_packages
 
 FINGERPRINT_FILE = "node-fingerprint.json"
 FINGERPRINT_ENV = "DSV4SETUP_NODE_FINGERPRINT"  # set on the node's Ray processes: where its file is
@@ -51,10 +52,16 @@ def local_fingerprint(ctx: RunContext) -> dict[str, Any]:
     vllm, patches, toolkit = ctx.outputs(VllmOutputs), ctx.outputs(PatchesOutputs), ctx.outputs(ToolkitOutputs)
     applied = sorted(patches.applied) if patches else []
     return {"vllm": {"package": vllm.package if vllm else ctx.profile.vllm.package,
-                     "version": vllm.version if vllm else None},
+                     "version": vllm.version if vllm else None}, "ray": ray_version(ctx.workdir.venv_dir),
             "patches": applied, "patched_files": patched_files(applied),
             "toolkit": toolkit.version if toolkit else None, "checkpoint": checkpoint_hashes(ctx),
             "gpus": gpus(ctx)}
+
+
+def ray_version(venv: Path) -> str | None:
+    """The Ray installed in the serving venv (from its dist-info; None: none)."""
+    site = site_packages(venv)
+    return dist_infos(site).get("ray", (None, None))[0] if site is not None else None
 
 
 def gpus(ctx: RunContext) -> list[dict[str, Any]]:
@@ -73,6 +80,8 @@ def differences(head: dict[str, Any], node: dict[str, Any]) -> list[str]:
     found = []
     if head.get("vllm") != node.get("vllm"):
         found.append(f"vLLM {_vllm(node)} (head: {_vllm(head)})")
+    if head.get("ray") != node.get("ray"):
+        found.append(f"Ray {node.get('ray')} (head: {head.get('ray')})")
     head_patches, node_patches = set(head.get("patches", [])), set(node.get("patches", []))
     if missing := sorted(head_patches - node_patches):
         found.append(f"patch {', '.join(missing)} not applied (the head has it)")

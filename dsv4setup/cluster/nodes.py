@@ -2,23 +2,66 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+from pathlib import Path
 from typing import Any
 
 import psutil
 
 from dsv4setup.cluster.outputs import ClusterOutputs
+from dsv4setup.cluster.raytoken import ray_auth_env
 from dsv4setup.core.errors import UsageError
+from dsv4setup.core.workdir import Workdir
 from dsv4setup.engine import RunContext
 from dsv4setup.profiles.model import MultiNode, NodeSpec, Profile
 
 NODE_OPTION = "node"
+# The one Ray every node runs (installed by the vllm step for a multi-node profile, part of each node's
+# fingerprint). Ray's token authentication exists since 2.52; from 2.61 Ray turns it on by itself for every
+# cluster, so what an unpinned install brings would change how the nodes authenticate under us.
+RAY_VERSION = "2.60.0"
 
 
 def local_addresses() -> dict[str, list[str]]:
     """This machine's IPv4/IPv6 addresses by interface (in its network namespace)."""
     return {name: [a.address.split("%")[0] for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)]
             for name, addrs in psutil.net_if_addrs().items()}
+
+
+def local_networks() -> dict[str, list[str]]:
+    """This machine's addresses with their prefix length by interface (`10.200.0.2/24`)."""
+    found: dict[str, list[str]] = {}
+    for name, addrs in psutil.net_if_addrs().items():
+        for a in addrs:
+            if a.family not in (socket.AF_INET, socket.AF_INET6) or not a.netmask:
+                continue
+            try:
+                mask = int(ipaddress.ip_address(a.netmask.split("/")[0]))
+                found.setdefault(name, []).append(f"{a.address.split('%')[0]}/{bin(mask).count('1')}")
+            except ValueError:
+                continue
+    return found
+
+
+def default_route_interfaces(proc: Path = Path("/proc/net")) -> list[str]:
+    """The interfaces that carry a default route (IPv4 or IPv6), read from the kernel's tables."""
+    found = set()
+    try:
+        for line in (proc / "route").read_text().splitlines()[1:]:
+            cols = line.split()
+            if len(cols) > 7 and cols[1] == "00000000" and cols[7] == "00000000":
+                found.add(cols[0])
+    except OSError:
+        pass
+    try:
+        for line in (proc / "ipv6_route").read_text().splitlines():
+            cols = line.split()
+            if len(cols) == 10 and cols[1] == "00" and set(cols[0]) == {"0"} and cols[9] != "lo":
+                found.add(cols[9])
+    except OSError:
+        pass
+    return sorted(found)
 
 
 def node_index(multi: MultiNode, node: NodeSpec) -> int:
@@ -57,12 +100,12 @@ RAY_WORKER_ENV = {"RAY_worker_niceness": "0"}
 RAY_LOG_ENV = {"RAY_DEDUP_LOGS": "0"}
 
 
-def node_env(multi: MultiNode, node: NodeSpec) -> dict[str, str]:
+def node_env(multi: MultiNode, node: NodeSpec, workdir: Workdir) -> dict[str, str]:
     """The environment of a node's processes: Gloo and NCCL on the inter-node link, Ray's workers at
-    normal priority, every rank's log lines kept."""
+    normal priority, every rank's log lines kept, Ray's token by path (cluster/raytoken.py)."""
     interface = multi.interface(node)
     link = {"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface} if interface else {}
-    return {**link, **RAY_WORKER_ENV, **RAY_LOG_ENV}
+    return {**link, **RAY_WORKER_ENV, **RAY_LOG_ENV, **ray_auth_env(workdir)}
 
 
 def describe(multi: MultiNode, node: NodeSpec) -> dict[str, Any]:

@@ -7,7 +7,7 @@ Connects to the Ray cluster at ADDRESS and prints one JSON line per second,
 it exits, whoever is alive). With --fingerprints it then
 runs a task pinned to each of those nodes that reads the node's fingerprint file (the path in
 DSV4SETUP_NODE_FINGERPRINT, set on that node's Ray) and re-measures the installed vLLM version
-and the sha256 of the patched files there; it prints `{"fingerprints": {address: doc}}`.
+and Ray versions and the sha256 of the patched files there; it prints `{"fingerprints": {address: doc}}`.
 The caller enforces the timeout (it kills this process).
 """
 
@@ -40,6 +40,10 @@ def measure() -> dict[str, Any]:
         doc["vllm"] = {"package": package, "version": metadata.version(package)}
     except metadata.PackageNotFoundError:
         doc["vllm"] = {"package": package, "version": None}
+    try:
+        doc["ray"] = metadata.version("ray")  # the Ray this very task runs on
+    except metadata.PackageNotFoundError:
+        doc["ray"] = None
     spec = util.find_spec("vllm")
     root = Path(spec.origin).parent.parent if spec and spec.origin else None
     doc["patched_hashes"] = {

@@ -10,8 +10,10 @@ GPUs, this machine's GPUs against its node's. The ids live in doctor's `topology
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from dsv4setup.core.finding import Finding, failed, passed, skipped, warned
@@ -163,13 +165,118 @@ def parallel(profile: Profile) -> Finding:
     return passed(id_, what)
 
 
-def doctor_findings(profile: Profile, addresses: dict[str, list[str]] | None, visible: int) -> list[Finding]:
+@dataclass(frozen=True)
+class Networks:
+    """This machine's networks as the isolation rule needs them (cluster/nodes.py measures them)."""
+
+    interfaces: dict[str, list[str]]  # interface -> its addresses with prefix length, `10.200.0.2/24`
+    default_route: list[str]  # the interfaces that carry a default route
+
+
+PRIVATE_RANGES = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                                    "fc00::/7", "169.254.0.0/16", "fe80::/10")]
+FIREWALL_TABLE = "dsv4setup_cluster"
+ISOLATION_WHY = ("Ray's token protects Ray only; vLLM's own inter-node traffic (Gloo/NCCL and a ZMQ broadcast "
+                 "whose messages are unpickled) has no authentication at all, so only an isolated link protects it")
+
+
+def _range(address: str) -> str:
+    """`private`, `public` (globally routed) or `other` (e.g. 100.64.0.0/10, shared by a provider)."""
+    ip = ipaddress.ip_address(address)
+    if any(ip in net for net in PRIVATE_RANGES if net.version == ip.version):
+        return "private"
+    return "public" if ip.is_global else "other"
+
+
+def firewall_rules(interface: str, peers: list[str]) -> tuple[list[str], list[str]]:
+    """Input rules for one node's cluster interface that accept only its peers (nft, iptables forms).
+    Printed for the user, never applied: they are root's to decide."""
+    v4 = [p for p in peers if ipaddress.ip_address(p).version == 4]
+    v6 = [p for p in peers if ipaddress.ip_address(p).version == 6]
+    t = ["inet", FIREWALL_TABLE]
+    nft = [shlex.join(["nft", "add", "table", *t]),
+           shlex.join(["nft", "add", "chain", *t, "input", "{ type filter hook input priority 0 ; policy accept ; }"]),
+           shlex.join(["nft", "add", "rule", *t, "input", "iifname", interface, "ct", "state", "established,related",
+                       "accept"])]
+    nft += [shlex.join(["nft", "add", "rule", *t, "input", "iifname", interface, family, "saddr",
+                        "{ " + ", ".join(found) + " }", "accept"]) for family, found in (("ip", v4), ("ip6", v6))
+            if found]
+    nft.append(shlex.join(["nft", "add", "rule", *t, "input", "iifname", interface, "drop"]))
+    iptables = []
+    for tool, found in (("iptables", v4), ("ip6tables", v6)):  # both: the link drops what is not a peer's
+        iptables += [shlex.join([tool, "-A", "INPUT", "-i", interface, "-m", "conntrack", "--ctstate",
+                                 "ESTABLISHED,RELATED", "-j", "ACCEPT"]),
+                     *([shlex.join([tool, "-A", "INPUT", "-i", interface, "-s", ",".join(found), "-j", "ACCEPT"])]
+                       if found else []),
+                     shlex.join([tool, "-A", "INPUT", "-i", interface, "-j", "DROP"])]
+    return nft, iptables
+
+
+def _isolation_fix(multi: MultiNode, node: NodeSpec | None) -> str:
+    """Firewall rules for this machine's node (else the head's), limited to the other nodes' addresses."""
+    node = node or multi.head
+    interface = multi.interface(node)
+    peers = [str(n.address) for n in multi.nodes if n is not node and n.address]
+    if not interface or not peers:
+        return (f"{ISOLATION_WHY}. Use a dedicated link between the nodes only; set each node's interface "
+                "(--set multinode.nodes.N.interface=IFACE) to get firewall rules for it")
+    nft, iptables = firewall_rules(interface, peers)
+    return (f"{ISOLATION_WHY}. Keep the nodes on a dedicated link that nothing else reaches, and let only the "
+            f"peers in on node {node.name}'s {interface} (as root, not applied by dsv4setup; the same on every node "
+            f"with its own peers). nft: {' && '.join(nft)}  iptables: {' && '.join(iptables)}")
+
+
+def isolation(multi: MultiNode, networks: Networks | None) -> Finding:
+    """The inter-node link is a private network of the nodes only: every address in a private range
+    (RFC 1918, ULA or link-local); measured here, every node on this node's subnet and that interface
+    not the one of the default route (a general LAN, routed beyond). A public address fails: vLLM's
+    unauthenticated traffic would be open to whoever routes to it. A routed or shared private network
+    warns: a firewall may make it safe, which this machine cannot see."""
+    id_ = "topology.cluster_isolation"
+    addressed = [n for n in multi.nodes if n.address]
+    try:
+        ranges = {n.name: _range(str(n.address)) for n in addressed}
+    except ValueError:
+        return skipped(id_, "a node's address is not an IP address (see topology.cluster_addresses)")
+    node = _this_node(multi, networks_addresses(networks)) if networks is not None else None
+    fix = _isolation_fix(multi, node)
+    public = [f"{n.name} {n.address}" for n in addressed if ranges[n.name] == "public"]
+    if public:
+        return failed(id_, f"node address on a public, routed network: {', '.join(public)}", fix)
+    other = [f"{n.name} {n.address}" for n in addressed if ranges[n.name] == "other"]
+    if other:
+        return warned(id_, f"node address outside the private ranges (RFC 1918, ULA): {', '.join(other)}", fix)
+    if networks is None or node is None:
+        return Finding(id_, "pass", "every node address is private (RFC 1918/ULA); run doctor on each node to "
+                                    "check its link. " + ISOLATION_WHY, fix)
+    subnet = next((ipaddress.ip_interface(a).network for found in networks.interfaces.values() for a in found
+                   if a.split("/")[0] == node.address), None)
+    outside = [f"{n.name} {n.address}" for n in addressed if subnet is not None
+               and ipaddress.ip_address(str(n.address)) not in subnet]
+    if outside:
+        return warned(id_, f"nodes outside node {node.name}'s subnet {subnet}: {', '.join(outside)} (the traffic "
+                           "crosses a router)", fix)
+    interface = multi.interface(node)
+    if interface in networks.default_route:
+        return warned(id_, f"node {node.name}'s link {interface} carries this machine's default route: a general "
+                           "network, not one of the nodes only", fix)
+    return Finding(id_, "pass", f"node {node.name}: {interface} ({subnet}) is private, holds every node and no "
+                                f"default route. {ISOLATION_WHY}", fix)  # the rules still: defence in depth
+
+
+def networks_addresses(networks: Networks) -> dict[str, list[str]]:
+    return {name: [a.split("/")[0] for a in found] for name, found in networks.interfaces.items()}
+
+
+def doctor_findings(profile: Profile, addresses: dict[str, list[str]] | None, visible: int,
+                    networks: Networks | None = None) -> list[Finding]:
     """What doctor judges of a multi-node profile on one machine (`addresses`: its interfaces, None when
-    judging a saved snapshot; `visible`: the snapshot's GPUs); nothing for a single-node profile."""
+    judging a saved snapshot; `visible`: the snapshot's GPUs; `networks`: its subnets and default route,
+    None when not measured); nothing for a single-node profile."""
     if profile.multinode is None:
         return []
     return [node_addresses(profile.multinode), this_link(profile.multinode, addresses),
-            node_gpus(profile, addresses, visible), parallel(profile)]
+            isolation(profile.multinode, networks), node_gpus(profile, addresses, visible), parallel(profile)]
 
 
 def _set_interface(id_: str, summary: str, index: int, carrier: str) -> Finding:

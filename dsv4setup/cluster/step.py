@@ -23,6 +23,7 @@ from typing import Any
 from dsv4setup.cluster.fingerprint import FINGERPRINT_ENV, differences, fingerprint_file, local_fingerprint
 from dsv4setup.cluster.nodes import (
     NODE_OPTION,
+    RAY_VERSION,
     describe,
     find_node,
     local_addresses,
@@ -32,6 +33,7 @@ from dsv4setup.cluster.nodes import (
 )
 from dsv4setup.cluster.outputs import ClusterOutputs
 from dsv4setup.cluster.raynode import RAY_MODULE, alive_now, probe, ray_alive, ray_record
+from dsv4setup.cluster.raytoken import ensure_head_token, token_file, token_fix, token_problem, token_rejected
 from dsv4setup.cluster.rules import head_port, link, same_gpus
 from dsv4setup.cluster.view import OK, ClusterCheck, record_check
 from dsv4setup.core.errors import StepError
@@ -130,16 +132,24 @@ class ClusterStep(Step):
     def _form(self, ctx: RunContext, multi: MultiNode, node: NodeSpec, check: ClusterCheck) -> dict[str, Any]:
         address, head_address = _address(multi, node), _address(multi, multi.head)
         check_interface(multi, node)
+        self._token(ctx, multi, node)
         if node.role == "worker":
             reach = head_port(multi, connect_error(head_address, multi.ray_port, HEAD_WAIT_S))
             if not reach.ok:
                 raise StepError(reach.summary, fix=reach.fix, known_failure="cluster-head-unreachable")
         fingerprint = local_fingerprint(ctx)
+        if fingerprint["ray"] != RAY_VERSION:
+            raise StepError(f"node {node.name}'s serving venv has Ray {fingerprint['ray'] or 'not installed'}: every "
+                            f"node runs ray=={RAY_VERSION}, the version dsv4setup pins",
+                            fix=f"reinstall the serving venv: `dsv4setup up --node {node.name} --redo vllm`",
+                            known_failure="cluster-ray-version")
         atomic_write_json(fingerprint_file(ctx), fingerprint)
         env = self._env(ctx, multi, node)
+        log = ctx.require_log().path
+        since = log.stat().st_size if log.exists() else 0  # what Ray writes from here on is this start's
         record = self._start(ctx, multi, node, env)
         try:
-            seen = self._wait(ctx, multi, node, record, env, check)
+            seen = self._wait(ctx, multi, node, record, env, check, since)
         except (StepError, KeyboardInterrupt):
             report = stop_server(ctx.workdir, record, name=RAY_RECORD)
             ctx.require_log().line(f"stopped this node's Ray (pids {report.pids})")
@@ -148,10 +158,26 @@ class ClusterStep(Step):
                 "address": address, "nodes": seen, "fingerprint": fingerprint}
 
     @staticmethod
+    def _token(ctx: RunContext, multi: MultiNode, node: NodeSpec) -> None:
+        """The head makes the cluster's Ray token when it has none; a worker must have the head's copy."""
+        path = token_file(ctx.workdir)
+        if node.role == "head" and ensure_head_token(ctx.workdir):
+            ctx.progress(f"made this cluster's Ray token: {path} (0600); every worker needs a copy of it")
+        problem = token_problem(path)
+        if problem is None:
+            return
+        if node.role == "head":
+            raise StepError(f"this cluster's Ray token is not usable: {problem}",
+                            fix=f"correct it, or remove it and run `dsv4setup up --node {node.name}` again to make a "
+                                 "new one (then copy it to every worker again)", known_failure="cluster-token-unusable")
+        raise StepError(f"node {node.name} has no usable copy of the head's Ray token: {problem}",
+                        fix=token_fix(multi, ctx.workdir, node), known_failure="cluster-token-missing")
+
+    @staticmethod
     def _env(ctx: RunContext, multi: MultiNode, node: NodeSpec) -> dict[str, str]:
         """The node's Ray runs with the server's environment (its workers load the model alike)."""
         serve_env = render_serve(ctx.profile, ctx.workdir, ctx.state).env
-        return {**serve_env, **node_env(multi, node), "VLLM_HOST_IP": str(node.address),
+        return {**serve_env, **node_env(multi, node, ctx.workdir), "VLLM_HOST_IP": str(node.address),
                 FINGERPRINT_ENV: str(fingerprint_file(ctx))}
 
     def _start(self, ctx: RunContext, multi: MultiNode, node: NodeSpec, env: dict[str, str]) -> ServerRecord:
@@ -173,7 +199,7 @@ class ClusterStep(Step):
         return record
 
     def _wait(self, ctx: RunContext, multi: MultiNode, node: NodeSpec, record: ServerRecord,
-              env: dict[str, str], check: ClusterCheck) -> dict[str, Any]:
+              env: dict[str, str], check: ClusterCheck, since: int) -> dict[str, Any]:
         """Until every expected node is alive (the head: all; a worker: itself); the head then compares."""
         head = node.role == "head"
         expected = [n for n in multi.nodes if head or n is node]
@@ -196,6 +222,10 @@ class ClusterStep(Step):
                 if not head and not missing:
                     return self._joined(node, alive)
                 if not ray_alive(record):
+                    if not head and token_rejected(ctx.require_log().path, since, wait_s=3.0):
+                        raise StepError(f"the head at {multi.head.address}:{multi.ray_port} refused node {node.name}'s "
+                                        "Ray token: it is not the head's", fix=token_fix(multi, ctx.workdir, node),
+                                        known_failure="cluster-token-rejected")
                     raise StepError(f"Ray on {node.name} exited" + (
                         "" if head else f": it could not join the head at {multi.head.address}:{multi.ray_port}"),
                         fix=("start the head first (`dsv4setup up --node " + multi.head.name + "` there), check "

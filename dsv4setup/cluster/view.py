@@ -18,6 +18,7 @@ from typing import Any
 from dsv4setup.cluster.fingerprint import differences
 from dsv4setup.cluster.nodes import describe
 from dsv4setup.cluster.raynode import alive_now, ray_alive, ray_record
+from dsv4setup.cluster.raytoken import ray_auth_env
 from dsv4setup.core.fsutil import atomic_write_json
 from dsv4setup.core.state import State, now_iso
 from dsv4setup.core.workdir import Workdir
@@ -114,7 +115,8 @@ def cluster_status(workdir: Workdir, state: State, live: bool) -> dict[str, Any]
         return None
     ray = ray_record(workdir)
     running = ray is not None and ray_alive(ray)
-    answer = (alive_now(workdir.venv_python, str(check["ray_address"]), dict(os.environ), LIVE_TIMEOUT_S)
+    env = {**os.environ, **ray_auth_env(workdir)}
+    answer = (alive_now(workdir.venv_python, str(check["ray_address"]), env, LIVE_TIMEOUT_S)
               if live and running and check.get("ray_address") else None)
     nodes = [{**{k: n.get(k) for k in ("name", "role", "address", "interface", "gpus")},
               "alive": None if answer is None else str(n.get("address")) in answer,

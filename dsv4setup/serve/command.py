@@ -20,6 +20,7 @@ from typing import Any
 
 from dsv4setup.checkpoint.outputs import CheckpointOutputs
 from dsv4setup.cluster.nodes import node_env, ray_start_args
+from dsv4setup.cluster.raytoken import token_note
 from dsv4setup.core.decision import Decision
 from dsv4setup.core.state import State
 from dsv4setup.core.workdir import Workdir
@@ -112,7 +113,7 @@ def render_serve(profile: Profile, workdir: Workdir, state: State,
     found_args, found_env = _doctor_findings(findings)
     argv += [flag for flag in found_args if flag not in argv]
     env = {**BASE_ENV, "VLLM_CACHE_ROOT": str(workdir.vllm_cache_dir), **found_env, **profile.env,
-           **_link_env(profile)}
+           **_link_env(profile, workdir)}
     if guarded(serve.host):
         env.update(guard_env(workdir, env))
     return ServeCommand(argv=argv, env=env)
@@ -124,12 +125,12 @@ def _doctor_findings(found: Mapping[str, Any]) -> tuple[list[str], dict[str, str
     return flags, {str(k): str(v) for k, v in (found.get("env") or {}).items()}
 
 
-def _link_env(profile: Profile) -> dict[str, str]:
-    """Multi-node: the interface NCCL and Gloo must use, the head's own address and its Ray."""
+def _link_env(profile: Profile, workdir: Workdir) -> dict[str, str]:
+    """Multi-node: the interface NCCL and Gloo must use, the head's own address and its Ray (with its token)."""
     multi = profile.multinode
     if multi is None:
         return {}
-    env = node_env(multi, multi.head)
+    env = node_env(multi, multi.head, workdir)
     head = multi.head.address
     return {**env, "VLLM_HOST_IP": head, "RAY_ADDRESS": f"{head}:{multi.ray_port}"} if head else env
 
@@ -161,7 +162,7 @@ def render_nodes(profile: Profile, workdir: Workdir, serve: ServeCommand) -> lis
                            f"{node.name}'s inter-node interface (`ip -br addr`)")
     nodes: list[dict[str, Any]] = []
     for node, address in zip(multi.nodes, addresses, strict=True):
-        env = {**serve.env, **node_env(multi, node), "VLLM_HOST_IP": address}
+        env = {**serve.env, **node_env(multi, node, workdir), "VLLM_HOST_IP": address}
         start = [ray, "start", *ray_start_args(multi, node, address, head_address)]
         commands = [_command(start, env, 1 if node.role == "head" else 2,
                              "join the Ray cluster" if node.role == "worker" else "start the Ray head")]
@@ -174,6 +175,7 @@ def render_nodes(profile: Profile, workdir: Workdir, serve: ServeCommand) -> lis
              "join, the head waits for them, checks that every node has the same vLLM, patches, checkpoint "
              "and toolkit, then serves)", "stop with `dsv4setup down` on every node (never `ray stop`: it "
              "kills every Ray process of the host)"]
+    notes.insert(len(missing), token_note(multi, workdir))
     for entry in nodes:
         entry["notes"] = notes
     return nodes

