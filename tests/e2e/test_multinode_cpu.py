@@ -43,6 +43,7 @@ from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.metrics import parse_spec_decode
 from dsv4setup.serve.process import SERVE_ID_ENV, shm_segments
 from dsv4setup.tinymodel import generate_tiny_checkpoint
+from tests.faults.tally import attack
 from tests.serve.vllm_cpu import ensure_ray, ensure_vllm_cpu_venv, share_vllm_cache
 
 pytestmark = pytest.mark.e2e
@@ -278,6 +279,7 @@ def rank_pid(log: str, address: str, rank: int) -> int:
     return int(found.group(1))
 
 
+@pytest.mark.security
 def test_two_nodes_serve_tp2_with_mtp_rank1_on_the_second_node_then_down_leaves_nothing(cluster: Cluster) -> None:
     head = cluster.start("node1", *cluster.up("node1"))  # the head first: it waits for the late worker
     wait_for_log(cluster.workdirs["node1"] / "logs" / "cluster.log", "waiting for node2", head)
@@ -293,6 +295,8 @@ def test_two_nodes_serve_tp2_with_mtp_rank1_on_the_second_node_then_down_leaves_
     cluster.share_token("0" * 64)
     wrong = cluster.run("node2", *cluster.up("node2"))
     doc = json_of(wrong)
+    attack("cluster", "a worker with a token that is not the head's joining", got=f"exit {wrong.returncode} "
+           f"({(doc.get('error') or {}).get('known_failure')})", reached=wrong.returncode == 0)
     assert wrong.returncode == 1 and doc["error"]["known_failure"] == "cluster-token-rejected", wrong.stdout[-3000:]
     cluster.share_token()
     worker = cluster.run("node2", *cluster.up("node2"))
@@ -333,8 +337,13 @@ def test_two_nodes_serve_tp2_with_mtp_rank1_on_the_second_node_then_down_leaves_
     assert any(port == 10001 for _, port, _ in listening) and any(port == 6379 for _, port, _ in listening)
     # ... so the token must cover them: the intruder on the same link gets nothing
     attempts = cluster.intrude()
+    said = {"join": "`ray start --address head:6379` (join)", "client": "`ray.init('ray://head:10001')` (Ray client)",
+            "driver": "`ray.init('head:6379')` + a task (driver)"}
     for what, result in attempts.items():
         print(f"intruder {what}: rc {result.returncode}: {result.stdout[-600:]}")
+        refusal = "InvalidAuthToken" if "InvalidAuthToken" in result.stdout else f"exit {result.returncode}"
+        attack("cluster", f"a third host on the link, no token: {said[what]}", got=refusal,
+               reached=result.returncode == 0 or "INTRUDED" in result.stdout)
         assert result.returncode not in (0, 124, 137) and "INTRUDED" not in result.stdout, (what, result.stdout[-3000:])
     assert "InvalidAuthToken" in attempts["join"].stdout  # refused for its token, not for something else
 

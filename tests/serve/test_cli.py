@@ -10,8 +10,11 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.process import ServerRecord, owner_refusal, read_record, segment_refusal, write_record
+from tests.faults.tally import attack
 
 from .conftest import validate
 
@@ -73,6 +76,7 @@ def _record_naming(workdir: Workdir, segments: list[str], tmpdir: str | None) ->
     write_record(workdir, record)
 
 
+@pytest.mark.security
 def test_down_removes_only_segments_provably_ours_and_refuses_what_the_record_merely_names(
         workdir: Workdir, tmp_path: Path) -> None:
     """Issue 24: run/serve.json is a file anyone with the workdir edits, and `down` may run as root. A
@@ -107,8 +111,12 @@ def test_down_removes_only_segments_provably_ours_and_refuses_what_the_record_me
         assert result.returncode == 0, result.stderr
         doc = json.loads(result.stdout)
         validate(doc, "down")
-        assert doc["removed"] == [str(ours)] and not ours.exists()
         reasons = {x["path"]: x["reason"] for x in doc["refused"]}
+        for path in [*named, *([tmpdir] if tmpdir else [])]:
+            shown = path.replace(str(tmp_path), "<tmp>").replace(tag, "<tag>")
+            attack("files", f"run/serve.json naming {shown} for `down`",
+                   got=f"refused: {reasons.get(path, 'not refused')}", reached=path in doc["removed"])
+        assert doc["removed"] == [str(ours)] and not ours.exists()
         assert set(reasons) == set(named) | ({tmpdir} if tmpdir else set())
         for path, why in named.items():
             assert why in reasons[path], (path, reasons[path])

@@ -32,9 +32,10 @@ from dsv4setup.serve.apikey import api_key_file
 from dsv4setup.serve.guard import GUARD_MIDDLEWARE
 from dsv4setup.serve.process import read_record
 from dsv4setup.tinymodel import generate_tiny_checkpoint
+from tests.faults.tally import attack
 from tests.serve.vllm_cpu import ensure_vllm_cpu_venv, share_vllm_cache
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.security]
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("http_probe.py")
@@ -164,8 +165,13 @@ def test_the_plan_shows_the_guard_and_the_server_runs_it(exposed: Exposed) -> No
 def test_a_neighbour_without_the_key_gets_401_on_every_route_but_health(exposed: Exposed) -> None:
     """Issue 24's repro: without a key /invocations returned a completion, /tokenize, /metrics, /version 200."""
     requests = [*GUARDED, ("WS", "/v1/realtime", None), ("GET", "/health", None)]
-    assert exposed.probe(requests, key=None) == [401] * (len(GUARDED) + 1) + [200]
-    assert exposed.probe(requests[:-2], key="not-the-key") == [401] * len(GUARDED)
+    without, wrong = exposed.probe(requests, key=None), exposed.probe(requests[:-2], key="not-the-key")
+    for (method, path, _), got in zip(requests[:-1], without, strict=True):
+        attack("server", f"{method} {path} from the LAN, no key", got=str(got), reached=got != 401)
+    for (method, path, _), got in zip(requests[:-2], wrong, strict=True):
+        attack("server", f"{method} {path} from the LAN, a wrong key", got=str(got), reached=got != 401)
+    assert without == [401] * (len(GUARDED) + 1) + [200]
+    assert wrong == [401] * len(GUARDED)
 
 
 def test_a_neighbour_with_the_key_gets_every_route(exposed: Exposed) -> None:
@@ -197,8 +203,11 @@ def test_top_does_not_send_the_key_to_another_url(exposed: Exposed, tmp_path: Pa
         recorder.kill()
         recorder.wait()
     lines = [json.loads(line) for line in seen.read_text().splitlines()]
+    leaked = [auth for _, auth in lines if auth]
+    attack("client", "`top --url` at a listener on the LAN", got=f"{len(lines)} requests, {len(leaked)} with a key",
+           reached=bool(leaked))
     assert {path for path, _ in lines} >= {"/health", "/metrics"}
-    assert [auth for _, auth in lines if auth] == []
+    assert leaked == []
 
 
 def _answers(exposed: Exposed, url: str) -> bool:

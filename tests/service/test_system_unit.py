@@ -28,6 +28,7 @@ from dsv4setup.core.errors import UsageError
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.service.manage import ServedCommand, _root_commands, install_command
 from dsv4setup.service.systemd import InstalledUnit, record_path, unit_name
+from tests.faults.tally import attack
 from tests.service import unit_syntax
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +56,7 @@ def run_as_root(command: str, sandbox: Path, target: Path, name: str) -> subproc
                           env={**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"})
 
 
+@pytest.mark.security
 def test_root_commands_run_nothing_from_a_hostile_workdir_name_and_install_the_checked_copy(tmp_path: Path) -> None:
     sandbox = tmp_path / "sandbox"
     sandbox.mkdir()
@@ -70,7 +72,10 @@ def test_root_commands_run_nothing_from_a_hostile_workdir_name_and_install_the_c
     for command in doc["root_commands"]:
         done = run_as_root(command, sandbox, target, name)
         assert done.returncode == 0, (command, done.stderr)
-    assert not (sandbox / "pwned").exists() and not list(tmp_path.rglob("pwned"))  # `id` never ran
+    pwned = (sandbox / "pwned").exists() or bool(list(tmp_path.rglob("pwned")))
+    attack("unit", "a workdir named `a b;id>pwned;`, root pasting the printed commands", got="`id` never ran"
+           if not pwned else "`id` ran", reached=pwned)
+    assert not pwned  # `id` never ran
     assert target.read_bytes() == unit_file.read_bytes() and target.stat().st_mode & 0o777 == 0o644
     calls = (sandbox / "calls").read_text().splitlines()
     assert calls == ["dsv4setup", "down", "--workdir", str(workdir.root), "systemctl", "daemon-reload",
@@ -78,6 +83,7 @@ def test_root_commands_run_nothing_from_a_hostile_workdir_name_and_install_the_c
 
 
 @pytest.mark.parametrize("swap", ["edited", "symlinked"])
+@pytest.mark.security
 def test_root_refuses_a_unit_changed_after_install_printed_its_commands(tmp_path: Path, swap: str) -> None:
     sandbox = tmp_path / "sandbox"
     sandbox.mkdir()
@@ -94,6 +100,8 @@ def test_root_refuses_a_unit_changed_after_install_printed_its_commands(tmp_path
         unit_file.symlink_to(copy)
     target = sandbox / name
     done = run_as_root(doc["root_commands"][1], sandbox, target, name)
+    attack("unit", f"the unit {swap} after `install` printed root's commands", got=f"root's install exit "
+           f"{done.returncode}", reached=target.exists())
     assert done.returncode != 0 and not target.exists(), done.stderr
     said = done.stdout + done.stderr
     assert ("did NOT match" in said) if swap == "edited" else ("Too many levels of symbolic links" in said)
@@ -132,6 +140,7 @@ def _in_child_as(uid: int, work: object) -> str:
 
 
 @as_root
+@pytest.mark.security
 def test_user_is_the_real_uid_from_the_password_database_not_logname(tmp_path: Path) -> None:
     """The issue's repro: uid 65534 with LOGNAME=root got `User=root`; root then ran the user's venv."""
     try:
@@ -151,6 +160,8 @@ def test_user_is_the_real_uid_from_the_password_database_not_logname(tmp_path: P
         text = _in_child_as(65534, install_as_nobody)
         assert not text.startswith("error:"), text
         users = [d.value for d in unit_syntax.directives(text) if d.key == "User"]
+        attack("unit", "uid 65534 with LOGNAME=root installing a system unit", got=f"User={','.join(users)}",
+               reached="root" in users)
         assert users == [nobody]
     finally:
         shutil.rmtree(base)
@@ -176,6 +187,7 @@ def test_root_gets_a_root_unit_only_with_allow_root(tmp_path: Path) -> None:
     assert [d.value for d in unit_syntax.directives(text) if d.key == "User"] == ["root"]
 
 
+@pytest.mark.security
 @pytest.mark.parametrize("scope", ["system", "user"])
 def test_remove_refuses_a_record_naming_another_file_and_leaves_that_file(
         tmp_path: Path, scope: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,6 +202,8 @@ def test_remove_refuses_a_record_naming_another_file_and_leaves_that_file(
     done = subprocess.run([sys.executable, "-m", "dsv4setup", "service", "remove", "--workdir", str(workdir.root),
                            "--json"], capture_output=True, text=True, timeout=120, cwd=REPO)
     doc = json.loads(done.stdout)
+    attack("files", f"run/service.json naming another file ({scope} scope), `service remove`",
+           got=f"exit {done.returncode} ({doc.get('reference')})", reached=not victim.exists())
     assert done.returncode == 2 and doc["reference"] == "service-record-foreign", doc
     assert str(victim) in doc["message"] and "leaves the file that record names alone" in doc["message"]
     assert victim.read_text() == "keep me\n" and record_path(workdir).exists()

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.service.manage import KEY_FILE, ServedCommand, install_command
 from dsv4setup.service.unit import UnitSpec, UnsafeUnitValue, render_unit
+from tests.faults.tally import attack
 from tests.service import unit_syntax
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,6 +183,7 @@ def _cli(*args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
     ('serve.extra_args=["--enable-auto-tool-choice", "--tool-call-parser", "a\\nExecStartPre=+/bin/true"]',
      "serve.extra_args[2]"),
 ])
+@pytest.mark.security
 def test_cli_refuses_a_line_break_from_the_profile_naming_its_key(tmp_path: Path, override: str, where: str) -> None:
     """The issue's repro: `--set env.FOO=<a newline>ExecStartPre=+cmd` must not become a directive of a root unit."""
     workdir = Workdir(tmp_path / "wd").ensure()
@@ -189,6 +191,9 @@ def test_cli_refuses_a_line_break_from_the_profile_naming_its_key(tmp_path: Path
     workdir.venv_python.symlink_to(sys.executable)  # the serving interpreter only has to exist to render a unit
     code, doc = _cli("service", "install", "--system", "--profile", "cpu-tiny", "--workdir", str(workdir.root),
                      "--set", override)
+    written = list(workdir.run_dir.glob("*.service"))
+    attack("unit", f"a newline + `ExecStartPre=+cmd` in {where}", got=f"exit {code} ({doc.get('reference')})",
+           reached=any("ExecStartPre" in f.read_text() for f in written))
     assert code == 2 and doc["reference"] == "unit-unsafe-value", doc
     assert doc["message"].startswith(f"{where} cannot be written into a systemd unit"), doc["message"]
     assert not list(workdir.run_dir.glob("*.service")) and not (workdir.run_dir / "service.json").exists()

@@ -22,6 +22,7 @@ from dsv4setup.serve.apikey import api_key_file
 from dsv4setup.serve.metrics import fetch_metrics
 from dsv4setup.serve.process import ServerRecord, write_record
 from dsv4setup.top.watch import key_for
+from tests.faults.tally import attack
 
 from .test_model import FIXTURES
 
@@ -92,9 +93,12 @@ def record(workdir: Workdir, host: str, port: int) -> None:
                                        command_fingerprint="", log="", log_offset=0, tmpdir="", started_at=""))
 
 
+@pytest.mark.security
 def test_top_does_not_follow_a_redirect_with_the_key(keyed_workdir: Workdir, redirecting) -> None:
     url, origin_seen, target_seen = redirecting
     done = top(keyed_workdir, url)
+    attack("client", "a 302 from the server to another origin, `top` following", got=f"exit {done.returncode}, "
+           f"{len(target_seen)} requests at the other origin", reached=any(auth for _, auth in target_seen))
     assert done.returncode == 1  # a 302 is not /metrics: top says so, it does not chase it
     assert "answered HTTP 302" in json.dumps(json.loads(done.stdout))
     assert origin_seen and all(auth == f"Bearer {KEY}" for _, auth in origin_seen)  # loopback: the key goes

@@ -29,6 +29,7 @@ from dsv4setup.vllm.installer import (
     translate_pip_config,
     uv_compiles_bytecode,
 )
+from tests.faults.tally import attack
 from tests.vllm.helpers import build_wheel
 
 
@@ -198,6 +199,7 @@ class _AuthIndex(BaseHTTPRequestHandler):
         return
 
 
+@pytest.mark.security
 def test_index_credentials_reach_the_real_uv_through_its_environment_never_its_argv_or_log(
         tmp_path: Path) -> None:
     """Issue 24: pip's index-url, extra-index-url and find-links may carry `user:token@`, and uv's argv is
@@ -238,9 +240,12 @@ def test_index_credentials_reach_the_real_uv_through_its_environment_never_its_a
     assert any(path.startswith("/files/") and ok for path, ok in handler.seen)  # served to uv with the credential
     calls = record.read_text()
     argv = [line for line in calls.splitlines() if line.startswith("argv:")]
+    logged = log.path.read_text()
+    leaked = [line for line in argv if secret in line] + ([log.path.name] if secret in logged else [])
+    attack("files", "an index token from pip's settings, read from uv's argv (/proc/PID/cmdline) or the step log",
+           got=f"{len(leaked)} places with the token", reached=bool(leaked))
     assert argv and not [line for line in argv if secret in line or "127.0.0.1" in line]
     assert f"UV_INDEX_URL={base}/main/simple" in calls and f"UV_EXTRA_INDEX_URL={base}/extra/simple" in calls
-    logged = log.path.read_text()
     assert secret not in logged
     assert "pip setting carried over to uv: extra-index-url=http://ci:***@127.0.0.1" in logged
     assert "-> UV_EXTRA_INDEX_URL" in logged and "-> UV_FIND_LINKS" in logged and "-> UV_INDEX_URL" in logged
