@@ -5,25 +5,14 @@ when the server needs its key; `doctor` points at `status` when the workdir drif
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from dsv4setup.cli import main
-from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.workdir import Workdir
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out = capsys.readouterr().out
-    doc = json.loads(out) if out.strip() else {}
-    if doc:
-        validate_document(doc)
-    return int(info.value.code or 0), doc
+from tests.cli_docs import run_cli
 
 
 def human(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

@@ -29,6 +29,7 @@ from dsv4setup.bench.rows import read_rows
 from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.tinymodel import generate_tiny_checkpoint
 from tests.checkpoint.hubserver import HubServer, free_port
+from tests.cli_docs import json_of
 
 pytestmark = pytest.mark.e2e
 
@@ -66,10 +67,6 @@ def dsv(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Com
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def json_of(result: subprocess.CompletedProcess[str]) -> dict:
-    doc = json.loads(result.stdout)
-    validate_document(doc)
-    return doc
 
 
 def statuses(env: dict[str, str]) -> dict[str, dict]:

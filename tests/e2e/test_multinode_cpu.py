@@ -38,11 +38,11 @@ import yaml
 
 from dsv4setup.cluster.fingerprint import FINGERPRINT_ENV, FINGERPRINT_FILE
 from dsv4setup.cluster.raytoken import TOKEN_FILE
-from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.metrics import parse_spec_decode
 from dsv4setup.serve.process import SERVE_ID_ENV, shm_segments
 from dsv4setup.tinymodel import generate_tiny_checkpoint
+from tests.cli_docs import json_of
 from tests.faults.tally import attack
 from tests.serve.vllm_cpu import ensure_ray, ensure_vllm_cpu_venv, share_vllm_cache
 
@@ -187,11 +187,6 @@ def ours(ids: set[str]) -> list[psutil.Process]:
     return [p for p in live() if environ(p).get(SERVE_ID_ENV) in ids]
 
 
-def json_of(result: subprocess.CompletedProcess[str]) -> dict:
-    assert result.stdout.strip(), result.stderr[-3000:]
-    doc = json.loads(result.stdout)
-    validate_document(doc)
-    return doc
 
 
 @pytest.fixture(scope="module")

