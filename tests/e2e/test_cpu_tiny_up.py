@@ -69,8 +69,10 @@ def dsv(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Com
 
 
 
-def statuses(env: dict[str, str]) -> dict[str, dict]:
-    return {row["step"]: row for row in json_of(dsv(env, "status", "--json"))["steps"]}
+def statuses(env: dict[str, str], *, verify: bool = False) -> dict[str, dict]:
+    """Each step's row of `status`: the record alone, or (verify) each done step checked on the machine."""
+    args = ["status", "--json"] if verify else ["status", "--no-verify", "--json"]
+    return {row["step"]: row for row in json_of(dsv(env, *args))["steps"]}
 
 
 def server_processes(port: int) -> list[psutil.Process]:
@@ -118,6 +120,7 @@ def test_up_from_empty_workdir_serves_with_mtp_accepted(env: dict[str, str]) -> 
 
 def test_sigkill_during_serve_then_resume_to_done(env: dict[str, str]) -> None:
     assert statuses(env)["smoke"]["status"] == "done", "needs the first test's workdir"
+    assert statuses(env, verify=True)["serve"]["status"] == "drifted"  # the first test stopped the server
     up = subprocess.Popen([sys.executable, "-m", "dsv4setup", "up", "--yes"], env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
