@@ -14,6 +14,7 @@ from typing import Any
 
 from dsv4setup.bench import COMPARE_SCHEMA
 from dsv4setup.bench.fingerprint import WHERE_AND_WHEN, flatten, matched_part
+from dsv4setup.core.errors import UsageError
 
 Key = tuple[str, int, int]  # shape, concurrency, k
 
@@ -53,10 +54,33 @@ def _order(keys: set[Key], rows_a: Sequence[dict[str, Any]], rows_b: Sequence[di
     return sorted(keys, key=lambda key: (shapes.index(key[0]), key[1], key[2]))
 
 
+def prompts_of(row: dict[str, Any]) -> tuple[str, str | None]:
+    workload = row["fingerprint"]["workload"]
+    return workload["dataset"], workload["dataset_sha256"]
+
+
+def _prompt_name(prompts: tuple[str, str | None]) -> str:
+    return prompts[0] + (f" (sha256 {prompts[1][:12]})" if prompts[1] else "")
+
+
+def _check_same_prompts(cells_a: dict[Key, dict[str, Any]], cells_b: dict[Key, dict[str, Any]], file_a: Path,
+                        file_b: Path) -> None:
+    """Refuse cells measured on different prompts: their acceptance and speed answer different questions."""
+    for key in sorted(set(cells_a) & set(cells_b)):
+        a, b = prompts_of(cells_a[key]), prompts_of(cells_b[key])
+        if a != b:
+            raise UsageError(f"{file_a} and {file_b} measured shape {key[0]} c={key[1]} k={key[2]} on different "
+                             f"prompts: A {_prompt_name(a)}, B {_prompt_name(b)}",
+                             fix="bench both machines with the same --dataset, or pass --allow-different-prompts "
+                                 "to line them up anyway (flagged as differing)")
+
+
 def compare(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], file_a: Path,
-            file_b: Path) -> dict[str, Any]:
-    """The `dsv4setup.bench-compare/1` document."""
+            file_b: Path, *, allow_different_prompts: bool = False) -> dict[str, Any]:
+    """The `dsv4setup.bench-compare/1` document; UsageError for different prompts unless allowed."""
     cells_a, cells_b = latest_by_cell(rows_a), latest_by_cell(rows_b)
+    if not allow_different_prompts:
+        _check_same_prompts(cells_a, cells_b, file_a, file_b)
     entries: list[dict[str, Any]] = []
     for key in _order(set(cells_a) | set(cells_b), rows_a, rows_b):
         a, b = cells_a.get(key), cells_b.get(key)

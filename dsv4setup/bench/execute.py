@@ -43,7 +43,7 @@ def _apply(session: BenchSession, run: MatrixRun, choices: dict[str, Choice]) ->
 
 
 def execute(session: BenchSession, apply: bool = False) -> dict[str, Any]:
-    """Run the matrix and everything after it; returns the `dsv4setup.bench/2` document (also written to disk)."""
+    """Run the matrix and everything after it; returns the `dsv4setup.bench/3` document (also written to disk)."""
     run = run_matrix(session)
     choices = choose_best(run.rows)
     applied, not_applied = (None, "")

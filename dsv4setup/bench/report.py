@@ -85,8 +85,24 @@ def describe_setup(fingerprint: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _shape_heading(shape: str, w: dict[str, Any], dataset: dict[str, Any]) -> list[str]:
+    sampling = f"seed {w['seed']}, temperature {w['temperature']}, EOS ignored."
+    if w["dataset"] == "random":
+        return [f"## Shape `{shape}`: {w['input_len']} tokens in, {w['output_len']} out, {w['num_prompts']} prompts",
+                "", f"Random dataset, {sampling}", ""]
+    categories = ", ".join(f"{name} {n}" for name, n in (dataset.get("categories") or {}).items())
+    notes = [f"{dataset['left_out']} prompts of the mix left out: too long for this context"
+             if dataset.get("left_out") else "",
+             f"{dataset['turns_not_sent']} later turns not sent (first user turn only)"
+             if dataset.get("turns_not_sent") else ""]
+    return [f"## Shape `{shape}`: dataset `{w['dataset']}`, {w['num_prompts']} prompts, {w['output_len']} out", "",
+            f"Prompt set `{w['dataset']}` ({dataset.get('format', '?')}, sha256 `{(w['dataset_sha256'] or '')[:12]}`; "
+            f"{categories}), sent as written (no chat template), {sampling}"
+            + "".join(f" {n}." for n in notes if n), ""]
+
+
 def markdown(doc: dict[str, Any]) -> str:
-    """The Markdown report of one bench run (the `dsv4setup.bench/2` document)."""
+    """The Markdown report of one bench run (the `dsv4setup.bench/3` document)."""
     rows = doc["rows"]
     out = [f"# dsv4setup bench: {doc['profile']}", "",
            f"Run `{doc['run_id']}`, {doc['started_at']} to {doc['finished_at']}; "
@@ -98,8 +114,7 @@ def markdown(doc: dict[str, Any]) -> str:
     workloads = {r["shape"]: r["fingerprint"]["workload"] for r in rows}
     lines = doc["summary"]
     for shape, w in workloads.items():
-        out += [f"## Shape `{shape}`: {w['input_len']} tokens in, {w['output_len']} out, {w['num_prompts']} prompts",
-                "", f"Random dataset, seed {w['seed']}, temperature {w['temperature']}, EOS ignored.", "",
+        out += [*_shape_heading(shape, w, doc["matrix"].get("dataset") or {}),
                 "| k | concurrency | output tok/s | speedup vs k=0 | mean TPOT ms | p99 TPOT ms | mean TTFT ms "
                 "| acceptance | acceptance length | per position | status |",
                 "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]

@@ -137,6 +137,14 @@ class BenchSession:
     def raw_dir(self) -> Path:
         return self.workdir.bench_dir / "raw" / self.run_id
 
+    def prompts_file(self) -> Path | None:
+        """The run's prompt set as vLLM's `custom` dataset (kept beside the raw results), or None: random."""
+        prompts = self.plan.prompts
+        if prompts is None:
+            return None
+        path = self.raw_dir / "prompts.jsonl"
+        return path if path.exists() else prompts.write_custom(path)
+
     def context(self, profile: Profile, log: StepLog | None = None, label: str = "") -> RunContext:
         options = {"host": self.host} if self.host else {}
         prefix = f"{label}: " if label else ""
@@ -186,8 +194,8 @@ def setup_fingerprint(profile: Profile, state: State, base: Profile | None, argv
             "driver": driver_part(hardware_snapshot)}
 
 
-def row_fingerprint(base_fp: dict[str, Any], cell: Cell, seed: int, date: str) -> dict[str, Any]:
-    return {**base_fp, "workload": workload_part(cell.shape, seed), "date": date}
+def row_fingerprint(base_fp: dict[str, Any], cell: Cell, plan: MatrixPlan, date: str) -> dict[str, Any]:
+    return {**base_fp, "workload": workload_part(cell.shape, plan.seed, plan.prompts), "date": date}
 
 
 def _stop_if_other(session: BenchSession, fingerprint: str) -> None:
@@ -276,13 +284,15 @@ def _run_cell(session: BenchSession, info: VllmInfo, cell: Cell, server: ServerU
                          str(checkpoint_dir(profile, session.workdir)), tokenizer_mode(profile.serve.extra_args),
                          profile.serve.trust_remote_code)
     result_file = f"k{cell.k}-{cell.shape.name}-c{cell.concurrency}.json"
-    flags = bench_flags(cell, target, session.plan.seed, session.raw_dir, result_file, session.run_id)
+    prompts = session.prompts_file()
+    flags = bench_flags(cell, target, session.plan.seed, session.raw_dir, result_file, session.run_id, prompts,
+                        session.plan.num_prompts(cell.shape))
     bench_env = {**env, **no_proxy_env(server.record.host)}  # the key never goes to a proxy
     if server.auth:  # vLLM's bench client reads the key from OPENAI_API_KEY (never argv)
         bench_env["OPENAI_API_KEY"] = client_api_key(session.workdir)
     log_path = Path(server.record.log)
     follower = LogFollower(log_path, log_path.stat().st_size if log_path.exists() else 0)
-    fingerprint = row_fingerprint(base_fp, cell, session.plan.seed, started_at)
+    fingerprint = row_fingerprint(base_fp, cell, session.plan, started_at)
     metrics, failure, died, raw = None, None, False, None
     session.log.section(f"{cell.label}: vllm bench serve")
     try:
@@ -314,6 +324,8 @@ def run_matrix(session: BenchSession) -> MatrixRun:
     """Every cell of the plan, one server per k; rows are in results.jsonl as soon as they exist."""
     started_at = now_utc()
     info = probe_vllm(session.workdir.venv_python)
+    if session.plan.prompts is not None:
+        info = info.for_prompt_sets()
     if info.error or not info.version:
         raise StepError(f"no usable vLLM in the serving venv: {info.error or 'vllm is not installed there'}",
                         fix="install it: `dsv4setup up --until vllm`")
@@ -372,7 +384,7 @@ def _run_k(session: BenchSession, info: VllmInfo, k: int, env: dict[str, str], b
 
 def _unmeasured(session: BenchSession, cell: Cell, base_fp: dict[str, Any], why: CellFailure) -> dict[str, Any]:
     now = now_utc()
-    fingerprint = row_fingerprint(base_fp, cell, session.plan.seed, now)
+    fingerprint = row_fingerprint(base_fp, cell, session.plan, now)
     return build_row(run_id=session.run_id, cell=cell, fingerprint=fingerprint, started_at=now, elapsed_s=0.0,
                      failure=why)
 

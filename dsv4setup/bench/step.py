@@ -9,7 +9,7 @@ Postcondition: results.jsonl holds a row for every cell of the matrix, measured 
 setup this workdir has now (same fingerprint but the date): upgrading vLLM, changing a
 patch, the checkpoint revision or an override makes the bench due again.
 
-Options (from `dsv4setup bench`): bench_k, bench_shape, bench_concurrency (comma lists),
+Options (from `dsv4setup bench`): bench_k, bench_shape, bench_concurrency (comma lists), bench_dataset,
 apply_best, bench_run_id, bench_display (a progress display), bench_source_file.
 """
 
@@ -29,7 +29,8 @@ def _plan(ctx: RunContext) -> Any:
     from dsv4setup.bench.matrix import plan_matrix
 
     opts = ctx.options
-    return plan_matrix(ctx.profile, opts.get("bench_k"), opts.get("bench_shape"), opts.get("bench_concurrency"))
+    return plan_matrix(ctx.profile, opts.get("bench_k"), opts.get("bench_shape"), opts.get("bench_concurrency"),
+                       opts.get("bench_dataset"))
 
 
 def _base(ctx: RunContext) -> Any:
@@ -70,7 +71,7 @@ class BenchStep(Step):
         argv, env = render_command(ctx, effective_profile(ctx))
         base = setup_fingerprint(ctx.profile, ctx.state, _base(ctx), argv, env,
                                  probe_vllm(ctx.workdir.venv_python), probe_hardware())
-        expected = {s.name: json.loads(json.dumps({**base, "workload": workload_part(s, plan.seed)}))
+        expected = {s.name: json.loads(json.dumps({**base, "workload": workload_part(s, plan.seed, plan.prompts)}))
                     for s in plan.shapes}
         measured = {(r["k"], r["shape"], r["concurrency"]) for r in rows
                     if {k: v for k, v in r["fingerprint"].items() if k != "date"} == expected.get(r["shape"])}

@@ -1,4 +1,4 @@
-"""`dsv4setup bench [--k ..] [--shape ..] [--concurrency ..] [--apply-best]` and `bench compare A B`."""
+"""`dsv4setup bench [--k ..] [--shape ..] [--concurrency ..] [--dataset ..] [--apply-best]` and `bench compare A B`."""
 
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ ShapeOpt = Annotated[str | None, typer.Option(
 ConcurrencyOpt = Annotated[str | None, typer.Option(
     "--concurrency", help="Concurrent requests (vllm bench serve --max-concurrency), comma-separated. "
                           "Default: the profile's bench.concurrency.", show_default=False)]
+DatasetOpt = Annotated[str, typer.Option(
+    "--dataset", help="The prompts: random (vLLM's random token ids at the shape's lengths), mix (dsv4setup's own "
+                      "prompt mix, the part that fits the profile's context), or FILE: JSONL with `prompt` "
+                      "(optional `category`), ShareGPT JSON, or SpecBench's question.jsonl. With a prompt set the "
+                      "shape gives the output length and every prompt is sent once.")]
 ApplyOpt = Annotated[bool, typer.Option(
     "--apply-best", help="Write the winning k into the workdir overrides (dsv4setup.yaml) with the evidence; "
                          "the server is left running at that k and the next `up` serves it.")]
@@ -84,6 +89,7 @@ def bench(
     k: KOpt = None,
     shape: ShapeOpt = None,
     concurrency: ConcurrencyOpt = None,
+    dataset: DatasetOpt = "random",
     apply_best: ApplyOpt = False,
     workdir: WorkdirOpt = None,
     profile: ProfileOpt = None,
@@ -101,10 +107,11 @@ def bench(
 
     wd = workdir_from(workdir)
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], with_bench=True))
-    plan_matrix(resolved.profile, k, shape, concurrency)  # bad --k/--shape/--concurrency: exit 2 before anything
+    plan_matrix(resolved.profile, k, shape, concurrency, dataset)  # bad input: exit 2 before anything
     run_id = new_run_id()
     display = NoProgress() if json_ else BarDisplay(err)  # --json: nothing on the terminal
     runbook.options.update({"bench_k": k, "bench_shape": shape, "bench_concurrency": concurrency,
+                            "bench_dataset": dataset,
                             "apply_best": apply_best, "bench_run_id": run_id, "bench_display": display,
                             "bench_source_file": resolved.source_file})
     with display:
@@ -132,8 +139,11 @@ def _print_run(doc: Document) -> None:
 
     shapes = {s["name"]: s for s in doc["matrix"]["shapes"]}
     for name, shape in shapes.items():
-        table = Table(title=f"{doc['profile']}, shape {name}: {shape['input_len']} in / {shape['output_len']} out, "
-                            f"{shape['num_prompts']} prompts (run {doc['run_id']})", title_justify="left",
+        dataset = doc["matrix"]["dataset"]
+        prompts = (f"{shape['input_len']} in / {shape['output_len']} out, {shape['num_prompts']} prompts"
+                   if dataset["name"] == "random" else
+                   f"dataset {dataset['name']}, {dataset['num_prompts']} prompts, {shape['output_len']} out")
+        table = Table(title=f"{doc['profile']}, shape {name}: {prompts} (run {doc['run_id']})", title_justify="left",
                       box=box.SIMPLE_HEAD)
         for col in ("c", "k", "tok/s", "vs k=0", "TPOT ms", "p99 TPOT", "TTFT ms", "accept", "length",
                     "per position", "status"):
@@ -164,13 +174,17 @@ def _print_run(doc: Document) -> None:
 def compare_cmd(
     a: Annotated[Path, typer.Argument(help="results.jsonl of machine A.", show_default=False)],
     b: Annotated[Path, typer.Argument(help="results.jsonl of machine B.", show_default=False)],
+    allow_different_prompts: Annotated[bool, typer.Option(
+        "--allow-different-prompts", help="Line up cells measured on different prompt sets (flagged as differing) "
+                                          "instead of refusing.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Line up two machines' matrices by (shape, concurrency, k); flag cells measured with different setups."""
     from dsv4setup.bench.compare import compare
     from dsv4setup.bench.rows import read_rows
 
-    emit(compare(read_rows(a), read_rows(b), a, b), json_, _print_compare)
+    emit(compare(read_rows(a), read_rows(b), a, b, allow_different_prompts=allow_different_prompts), json_,
+         _print_compare)
 
 
 def _print_compare(doc: Document) -> None:

