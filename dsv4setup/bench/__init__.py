@@ -26,4 +26,4 @@ ROW_SCHEMA = "dsv4setup.bench-row/3"
 ROW_SCHEMA_V2 = "dsv4setup.bench-row/2"  # random prompts only: no `workload.dataset_sha256` (read, upgraded)
 ROW_SCHEMA_V1 = "dsv4setup.bench-row/1"  # first release: `failure.hint` (read, upgraded)
 BENCH_SCHEMA = "dsv4setup.bench/3"
-COMPARE_SCHEMA = "dsv4setup.bench-compare/1"
+COMPARE_SCHEMA = "dsv4setup.bench-compare/2"

@@ -1,8 +1,9 @@
 """The winning k per shape, and writing it into the workdir overrides with the evidence.
 
-A k wins a shape by output throughput (tokens/s). With several concurrency levels its score
-is the geometric mean over them, and only a k that succeeded at every level may win (a k
-that crashes under load is no choice). Equal scores (to 0.01 tok/s) go to the lower k:
+A k wins a shape by output throughput (tokens/s). With several concurrency levels, or a prompt
+set's categories (each measured on its own), its score is the geometric mean over them, and
+only a k that succeeded at every level and category may win (a k that crashes under load is
+no choice). Equal scores (to 0.01 tok/s) go to the lower k:
 fewer speculative tokens cost less when the workload shifts.
 """
 
@@ -46,11 +47,11 @@ def choose_best(rows: Iterable[dict[str, Any]]) -> dict[str, Choice]:
         by_shape.setdefault(row["shape"], []).append(row)
     choices: dict[str, Choice] = {}
     for shape, shape_rows in by_shape.items():
-        levels = sorted({r["concurrency"] for r in shape_rows})
+        levels = list(dict.fromkeys((r["concurrency"], r["category"]) for r in shape_rows))
         scores: dict[int, float | None] = {}
         acceptance: dict[int, float | None] = {}
         for k in sorted({r["k"] for r in shape_rows}):
-            ok = {r["concurrency"]: r for r in shape_rows if r["k"] == k and r["status"] == "ok"}
+            ok = {(r["concurrency"], r["category"]): r for r in shape_rows if r["k"] == k and r["status"] == "ok"}
             if set(ok) != set(levels):
                 scores[k] = None
                 continue
@@ -62,7 +63,8 @@ def choose_best(rows: Iterable[dict[str, Any]]) -> dict[str, Choice]:
             continue
         _, neg_k = max(eligible)
         best_k = -neg_k
-        choices[shape] = Choice(shape, best_k, scores[best_k] or 0.0, levels, scores, acceptance)
+        concurrency = sorted({c for c, _ in levels})
+        choices[shape] = Choice(shape, best_k, scores[best_k] or 0.0, concurrency, scores, acceptance)
     return choices
 
 

@@ -67,6 +67,10 @@ class PromptSet:
     def categories(self) -> dict[str, int]:
         return dict(Counter(p.category for p in self.prompts))
 
+    def only(self, category: str) -> PromptSet:
+        """The prompts of one category (measured on their own: acceptance per category)."""
+        return PromptSet(self.name, self.format, tuple(p for p in self.prompts if p.category == category))
+
     def custom_jsonl(self) -> str:
         """vLLM's `custom` dataset: one `{"prompt": ...}` per line, in order."""
         return "".join(json.dumps({"prompt": p.text}, ensure_ascii=False) + "\n" for p in self.prompts)

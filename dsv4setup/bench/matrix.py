@@ -34,10 +34,15 @@ class Cell:
     k: int
     shape: Shape
     concurrency: int
+    category: str | None = None  # a prompt set's category, measured on its own; None: random prompts
 
     @property
     def label(self) -> str:
-        return f"k={self.k} {self.shape.name} c={self.concurrency}"
+        return f"k={self.k} {self.shape.name} c={self.concurrency}" + (f" {self.category}" if self.category else "")
+
+    @property
+    def key(self) -> tuple[int, str, int, str | None]:
+        return self.k, self.shape.name, self.concurrency, self.category
 
 
 @dataclass(frozen=True)
@@ -52,17 +57,24 @@ class MatrixPlan:
     def dataset(self) -> str:
         return self.prompts.name if self.prompts else RANDOM
 
-    def num_prompts(self, shape: Shape) -> int:
-        """Requests per cell: every prompt of the set once, else the shape's count."""
-        return len(self.prompts.prompts) if self.prompts else shape.num_prompts
+    def num_prompts(self, cell: Cell) -> int:
+        """Requests per cell: every prompt of its category once, else the shape's count."""
+        if self.prompts is None or cell.category is None:
+            return cell.shape.num_prompts
+        return self.prompts.categories()[cell.category]
+
+    @property
+    def categories(self) -> list[str | None]:
+        """A prompt set's categories in file order, each measured on its own; [None] for random prompts."""
+        return list(self.prompts.categories()) if self.prompts else [None]
 
     def cells(self, k: int) -> list[Cell]:
-        """The cells measured against one server (one k), shapes first, then concurrency."""
-        return [Cell(k, shape, c) for shape in self.shapes for c in self.concurrency]
+        """The cells measured against one server (one k), shapes first, then concurrency, then category."""
+        return [Cell(k, shape, c, cat) for shape in self.shapes for c in self.concurrency for cat in self.categories]
 
     @property
     def size(self) -> int:
-        return len(self.ks) * len(self.shapes) * len(self.concurrency)
+        return len(self.ks) * len(self.shapes) * len(self.concurrency) * len(self.categories)
 
     def to_dict(self) -> dict[str, Any]:
         return {"k": list(self.ks), "shapes": [asdict(s) for s in self.shapes],

@@ -91,7 +91,8 @@ def build_row(*, run_id: str, cell: Cell, fingerprint: dict[str, Any], started_a
               raw_result: str | None = None) -> dict[str, Any]:
     """One result row; failed when `failure` is given (metrics, if any, are kept for the record)."""
     return {"schema": ROW_SCHEMA, "run_id": run_id, "k": cell.k, "shape": cell.shape.name,
-            "concurrency": cell.concurrency, "status": "failed" if failure else "ok", "metrics": metrics,
+            "concurrency": cell.concurrency, "category": cell.category, "status": "failed" if failure else "ok",
+            "metrics": metrics,
             "error": failure.to_dict() if failure else None, "raw_result": raw_result, "started_at": started_at,
             "elapsed_s": round(elapsed_s, 2), "fingerprint": fingerprint}
 
@@ -111,7 +112,7 @@ def upgrade_row(row: Any) -> Any:
 
     bench-row/1 (first release): `error.hint` is `error.fix`, and the per-patch list of every diff hash
     (bug #20) is read as its single hash, or null when it held several (which one ran is unknown).
-    bench-row/2: random prompts only, so `workload.dataset_sha256` is null (as for random rows now).
+    bench-row/2: random prompts only, so `workload.dataset_sha256` and `category` are null (as for random rows now).
     """
     if isinstance(row, dict) and row.get("schema") == ROW_SCHEMA_V1:
         row = _upgrade_v1(row)
@@ -121,7 +122,7 @@ def upgrade_row(row: Any) -> Any:
     if isinstance(fingerprint, dict) and isinstance(fingerprint.get("workload"), dict):
         workload = {**fingerprint["workload"], "dataset_sha256": None}
         row = {**row, "fingerprint": {**fingerprint, "workload": workload}}
-    return {**row, "schema": ROW_SCHEMA}
+    return {**row, "schema": ROW_SCHEMA, "category": None}
 
 
 def _upgrade_v1(row: dict[str, Any]) -> dict[str, Any]:

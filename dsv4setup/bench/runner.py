@@ -137,13 +137,13 @@ class BenchSession:
     def raw_dir(self) -> Path:
         return self.workdir.bench_dir / "raw" / self.run_id
 
-    def prompts_file(self) -> Path | None:
-        """The run's prompt set as vLLM's `custom` dataset (kept beside the raw results), or None: random."""
+    def prompts_file(self, category: str | None) -> Path | None:
+        """One category of the prompt set as vLLM's `custom` dataset (kept beside the raw results); None: random."""
         prompts = self.plan.prompts
-        if prompts is None:
+        if prompts is None or category is None:
             return None
-        path = self.raw_dir / "prompts.jsonl"
-        return path if path.exists() else prompts.write_custom(path)
+        path = self.raw_dir / f"prompts-{category}.jsonl"  # category names are checked to be file names
+        return path if path.exists() else prompts.only(category).write_custom(path)
 
     def context(self, profile: Profile, log: StepLog | None = None, label: str = "") -> RunContext:
         options = {"host": self.host} if self.host else {}
@@ -283,10 +283,11 @@ def _run_cell(session: BenchSession, info: VllmInfo, cell: Cell, server: ServerU
     target = BenchTarget(base_url(server.record.host, server.record.port), profile.serve.served_model_name,
                          str(checkpoint_dir(profile, session.workdir)), tokenizer_mode(profile.serve.extra_args),
                          profile.serve.trust_remote_code)
-    result_file = f"k{cell.k}-{cell.shape.name}-c{cell.concurrency}.json"
-    prompts = session.prompts_file()
+    result_file = f"k{cell.k}-{cell.shape.name}-c{cell.concurrency}" + (
+        f"-{cell.category}" if cell.category else "") + ".json"
+    prompts = session.prompts_file(cell.category)
     flags = bench_flags(cell, target, session.plan.seed, session.raw_dir, result_file, session.run_id, prompts,
-                        session.plan.num_prompts(cell.shape))
+                        session.plan.num_prompts(cell))
     bench_env = {**env, **no_proxy_env(server.record.host)}  # the key never goes to a proxy
     if server.auth:  # vLLM's bench client reads the key from OPENAI_API_KEY (never argv)
         bench_env["OPENAI_API_KEY"] = client_api_key(session.workdir)
@@ -317,7 +318,8 @@ def _record(session: BenchSession, rows: list[dict[str, Any]], row: dict[str, An
     error = row["error"]
     what = (f"{row['metrics']['output_throughput']:.1f} tok/s" if row["status"] == "ok"
             else f"FAILED: {error['message']}" + (f" [{error['known_failure']}]" if error["known_failure"] else ""))
-    session.log.line(f"row k={row['k']} {row['shape']} c={row['concurrency']}: {what}")
+    session.log.line(f"row k={row['k']} {row['shape']} c={row['concurrency']}"
+                     + (f" {row['category']}" if row["category"] else "") + f": {what}")
 
 
 def run_matrix(session: BenchSession) -> MatrixRun:
@@ -369,7 +371,7 @@ def _run_k(session: BenchSession, info: VllmInfo, k: int, env: dict[str, str], b
         if dead is not None:
             _record(session, rows, _unmeasured(session, cell, base_fp, dead))
             continue
-        session.tell(f"{cell.label}: vllm bench serve ({cell.shape.num_prompts} prompts)")
+        session.tell(f"{cell.label}: vllm bench serve ({session.plan.num_prompts(cell)} prompts)")
         row, died = _run_cell(session, info, cell, up, env, base_fp)
         _record(session, rows, row)
         if died:

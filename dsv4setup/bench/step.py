@@ -73,10 +73,10 @@ class BenchStep(Step):
                                  probe_vllm(ctx.workdir.venv_python), probe_hardware())
         expected = {s.name: json.loads(json.dumps({**base, "workload": workload_part(s, plan.seed, plan.prompts)}))
                     for s in plan.shapes}
-        measured = {(r["k"], r["shape"], r["concurrency"]) for r in rows
+        measured = {(r["k"], r["shape"], r["concurrency"], r["category"]) for r in rows
                     if {k: v for k, v in r["fingerprint"].items() if k != "date"} == expected.get(r["shape"])}
         cells = [c for k in plan.ks for c in plan.cells(k)]
-        missing = [c.label for c in cells if (c.k, c.shape.name, c.concurrency) not in measured]
+        missing = [c.label for c in cells if c.key not in measured]
         if missing:
             return postcondition(False, f"not measured with this setup yet: {', '.join(missing[:6])}"
                                         + (f" and {len(missing) - 6} more" if len(missing) > 6 else ""))

@@ -70,7 +70,8 @@ class BarDisplay:
 
     def advance(self, row: dict[str, Any]) -> None:
         self.progress.advance(self.task)
-        where = f"k={row['k']} {row['shape']} c={row['concurrency']}"
+        where = f"k={row['k']} {row['shape']} c={row['concurrency']}" + (
+            f" {row['category']}" if row["category"] else "")
         if row["status"] == "ok":
             m = row["metrics"]
             rate = m.get("acceptance_rate")
@@ -145,12 +146,14 @@ def _print_run(doc: Document) -> None:
                    f"dataset {dataset['name']}, {dataset['num_prompts']} prompts, {shape['output_len']} out")
         table = Table(title=f"{doc['profile']}, shape {name}: {prompts} (run {doc['run_id']})", title_justify="left",
                       box=box.SIMPLE_HEAD)
-        for col in ("c", "k", "tok/s", "vs k=0", "TPOT ms", "p99 TPOT", "TTFT ms", "accept", "length",
-                    "per position", "status"):
-            table.add_column(col, justify="left" if col in ("per position", "status") else "right")
+        categories = dataset["name"] != "random"
+        for col in ("c", *(["category"] if categories else []), "k", "tok/s", "vs k=0", "TPOT ms", "p99 TPOT",
+                    "TTFT ms", "accept", "length", "per position", "status"):
+            table.add_column(col, justify="left" if col in ("category", "per position", "status") else "right")
         for line in (x for x in doc["summary"] if x["shape"] == name):
             status = "[green]ok[/]" if line["status"] == "ok" else f"[bold red]failed[/] {line['known_failure'] or ''}"
-            table.add_row(str(line["concurrency"]), str(line["k"]), fmt(line["output_throughput"]),
+            table.add_row(str(line["concurrency"]), *([line["category"]] if categories else []),
+                          str(line["k"]), fmt(line["output_throughput"]),
                           f"{line['speedup']:.2f}x" if line["speedup"] else "-", fmt(line["mean_tpot_ms"], ".2f"),
                           fmt(line["p99_tpot_ms"], ".2f"), fmt(line["mean_ttft_ms"], ".1f"),
                           fmt_rate(line["acceptance_rate"]), fmt(line["acceptance_length"], ".2f"),
@@ -191,8 +194,8 @@ def _print_compare(doc: Document) -> None:
     from dsv4setup.bench.report import fmt_rate
 
     table = Table(title=f"A: {doc['a']}\nB: {doc['b']}", title_justify="left")
-    for col in ("shape", "c", "k", "A tok/s", "B tok/s", "B/A", "A acc.", "B acc.", "setup"):
-        table.add_column(col, justify="left" if col in ("shape", "setup") else "right")
+    for col in ("shape", "c", "category", "k", "A tok/s", "B tok/s", "B/A", "A acc.", "B acc.", "setup"):
+        table.add_column(col, justify="left" if col in ("shape", "category", "setup") else "right")
     for cell in doc["cells"]:
         a, b = cell["a"] or {}, cell["b"] or {}
         if not cell["a"] or not cell["b"]:
@@ -202,7 +205,8 @@ def _print_compare(doc: Document) -> None:
         else:
             setup = "[bold red]differs:[/] " + ", ".join(d["key"] for d in cell["differences"][:3]) + (
                 " …" if len(cell["differences"]) > 3 else "")
-        table.add_row(cell["shape"], str(cell["concurrency"]), str(cell["k"]), _tps(a), _tps(b),
+        table.add_row(cell["shape"], str(cell["concurrency"]), cell["category"] or "-", str(cell["k"]), _tps(a),
+                      _tps(b),
                       f"{cell['ratio']:.2f}" if cell["ratio"] else "-", fmt_rate(a.get("acceptance_rate")),
                       fmt_rate(b.get("acceptance_rate")), setup)
     _tables().print(table)

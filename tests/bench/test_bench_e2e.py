@@ -100,21 +100,24 @@ def check_matrix(workdir: Workdir, doc: dict) -> None:
 
 
 def check_mix(workdir: Workdir, doc: dict) -> None:
-    """The shipped mix through vLLM's custom dataset: every prompt that fits cpu-tiny sent once per k."""
+    """The shipped mix through vLLM's custom dataset: every prompt that fits cpu-tiny sent once per k, each
+    category on its own against the same server, with vLLM's spec-decode counters per category."""
     dataset = doc["matrix"]["dataset"]
     assert dataset["name"] == "mix" and dataset["left_out"] > 0 and len(dataset["categories"]) >= 8
     rows = doc["rows"]
-    assert sorted(r["k"] for r in rows) == [0, 1, 2] and all(r["status"] == "ok" for r in rows), rows
+    assert [(r["k"], r["category"]) for r in rows] == [(k, c) for k in doc["order"] for c in dataset["categories"]]
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
     for row in rows:
         m, workload = row["metrics"], row["fingerprint"]["workload"]
+        count = dataset["categories"][row["category"]]
         assert (workload["dataset"], workload["dataset_sha256"]) == ("mix", dataset["sha256"])
-        assert m["completed"] == dataset["num_prompts"] and m["failed_requests"] == 0
-        assert m["total_output_tokens"] == 32 * dataset["num_prompts"]
+        assert m["completed"] == count and m["failed_requests"] == 0 and m["total_output_tokens"] == 32 * count
         assert row["fingerprint"]["vllm"]["bench_runner"] == "dsv4setup launcher of vllm bench serve"
         if row["k"]:
             assert m["acceptance_rate"] > 0 and len(m["per_position_acceptance"]) == row["k"]
-    assert len(read_rows(workdir.bench_dir / "results.jsonl")) == 6  # the random run's 3 rows, then these
-    assert "dataset `mix`" in Path(doc["files"]["markdown"]).read_text()
+    assert len(read_rows(workdir.bench_dir / "results.jsonl")) == 3 + len(rows)  # the random run's 3, then these
+    markdown = Path(doc["files"]["markdown"]).read_text()
+    assert "dataset `mix`" in markdown and "Acceptance by category" in markdown
 
 
 def check_applied_and_restored(workdir: Workdir, doc: dict) -> None:

@@ -59,12 +59,19 @@ def test_bench_on_the_shipped_mix_sends_the_converted_prompts_and_a_bad_file_exi
     validate_document(doc)
     dataset = doc["matrix"]["dataset"]
     assert dataset["name"] == "mix" and dataset["format"] == "spec_bench" and len(dataset["categories"]) >= 8
-    sent = (Path(doc["files"]["raw_dir"]) / "prompts.jsonl").read_text().splitlines()  # what the stand-in read
-    assert len(sent) == dataset["num_prompts"] and all(json.loads(line)["prompt"] for line in sent)
+    raw = Path(doc["files"]["raw_dir"])
+    for category, count in dataset["categories"].items():  # each category its own custom dataset (stand-in read it)
+        sent = (raw / f"prompts-{category}.jsonl").read_text().splitlines()
+        assert len(sent) == count and all(json.loads(line)["prompt"] for line in sent)
+    assert [(r["k"], r["category"]) for r in doc["rows"]] == [
+        (k, c) for k in doc["order"] for c in dataset["categories"]]  # one after another against each server
     for row in doc["rows"]:
         workload = row["fingerprint"]["workload"]
         assert row["status"] == "ok" and (workload["dataset"], workload["dataset_sha256"]) == ("mix", dataset["sha256"])
-    assert "dataset `mix`" in Path(doc["files"]["markdown"]).read_text()
+        assert row["metrics"]["completed"] == dataset["categories"][row["category"]]
+    markdown = Path(doc["files"]["markdown"]).read_text()
+    assert "dataset `mix`" in markdown and "Acceptance by category (rate, mean acceptance length):" in markdown
+    assert "| coding | 1 | 75.0%, 1.75 |" in markdown
     bad = tmp_path / "prompts.txt"
     bad.write_text("not a prompt file\n")
     refused = dsv("bench", "--workdir", wd, "--profile", str(profile), "--dataset", str(bad), "--json")

@@ -134,13 +134,18 @@ def test_the_dataset_goes_into_the_flags_the_fingerprint_and_the_matrix(tmp_path
     assert plan.prompts is not None
     shape = plan.shapes[0]
     target = BenchTarget("http://127.0.0.1:8011", "tiny-mtp", "/wd/models/x")
-    prompts_file = plan.prompts.write_custom(tmp_path / "prompts.jsonl")
-    flags = bench_flags(Cell(1, shape, 1), target, 0, tmp_path, "r.json", "r1", prompts_file, plan.num_prompts(shape))
+    coding = plan.prompts.only("coding")
+    prompts_file = coding.write_custom(tmp_path / "prompts-coding.jsonl")
+    cell = Cell(1, shape, 1, "coding")
+    flags = bench_flags(cell, target, 0, tmp_path, "r.json", "r1", prompts_file, plan.num_prompts(cell))
     pairs = dict(zip(flags, [*flags[1:], None], strict=True))
     assert pairs["--dataset-name"] == "custom" and pairs["--dataset-path"] == str(prompts_file)
-    assert pairs["--custom-output-len"] == "32" and pairs["--num-prompts"] == str(len(plan.prompts.prompts))
+    assert pairs["--custom-output-len"] == "32" and pairs["--num-prompts"] == str(len(coding.prompts)) == "8"
     assert "--skip-chat-template" in flags and "--disable-shuffle" in flags and "--random-input-len" not in flags
-    assert len(prompts_file.read_text().splitlines()) == len(plan.prompts.prompts)
+    assert [json.loads(line)["prompt"] for line in prompts_file.read_text().splitlines()] == [
+        p.text for p in plan.prompts.prompts if p.category == "coding"]
+    cells = plan.cells(1)  # each category its own cell, one after another against the server of this k
+    assert [c.category for c in cells] == list(plan.prompts.categories()) and plan.size == 2 * len(cells)
     workload = workload_part(shape, plan.seed, plan.prompts)
     assert workload["dataset"] == "mix" and workload["dataset_sha256"] == plan.prompts.sha256
     assert workload["input_len"] is None and workload["num_prompts"] == len(plan.prompts.prompts)
