@@ -142,7 +142,7 @@ def bench_flags(cell: Cell, target: BenchTarget, seed: int, result_dir: Path, re
              "--temperature", str(TEMPERATURE), "--percentile-metrics", PERCENTILE_METRICS,
              "--metric-percentiles", METRIC_PERCENTILES, "--disable-tqdm", "--label", "dsv4setup",
              "--metadata", f"dsv4setup_run={run_id}", f"k={cell.k}", f"shape={shape.name}",
-             "--save-result", "--result-dir", str(result_dir), "--result-filename", result_file]
+             "--save-result", "--save-detailed", "--result-dir", str(result_dir), "--result-filename", result_file]
     if target.tokenizer_mode:
         flags += ["--tokenizer-mode", target.tokenizer_mode]
     if target.trust_remote_code:

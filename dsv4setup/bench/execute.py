@@ -10,6 +10,7 @@ from typing import Any
 from dsv4setup.bench import BENCH_SCHEMA
 from dsv4setup.bench.best import Choice, apply_best, choose_best, pick_for_profile
 from dsv4setup.bench.fingerprint import now_utc
+from dsv4setup.bench.lossless import generated_texts, lossless, totals
 from dsv4setup.bench.report import (
     CHART_NAME,
     DOCUMENT_NAME,
@@ -42,6 +43,20 @@ def _apply(session: BenchSession, run: MatrixRun, choices: dict[str, Choice]) ->
             "file": str(file)}, ""
 
 
+def lossless_part(session: BenchSession, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Greedy output of each k>0 cell against k=0's (see lossless.py), from the texts vLLM saved."""
+    bench_dir, prompts = session.workdir.bench_dir, session.plan.prompts
+
+    def texts_of(row: dict[str, Any]) -> list[str | None] | None:
+        return generated_texts(bench_dir / row["raw_result"]) if row["raw_result"] else None
+
+    def prompts_of(category: str | None) -> list[str] | None:
+        return [p.text for p in prompts.only(category).prompts] if prompts and category else None
+
+    entries = lossless(rows, texts_of, prompts_of)
+    return {"by_k": totals(entries), "cells": entries}
+
+
 def execute(session: BenchSession, apply: bool = False) -> dict[str, Any]:
     """Run the matrix and everything after it; returns the `dsv4setup.bench/3` document (also written to disk)."""
     run = run_matrix(session)
@@ -64,7 +79,8 @@ def execute(session: BenchSession, apply: bool = False) -> dict[str, Any]:
            "profile": session.profile.name, "run_id": run.run_id, "started_at": run.started_at,
            "finished_at": now_utc(), "matrix": session.plan.to_dict(), "order": run.order,
            "servers": run.servers, "counts": counts, "rows": run.rows, "summary": summary(run.rows),
-           "best": {shape: c.to_dict() for shape, c in choices.items()}, "applied": applied, "restore": restored,
+           "best": {shape: c.to_dict() for shape, c in choices.items()}, "lossless": lossless_part(session, run.rows),
+           "applied": applied, "restore": restored,
            "files": {"results": str(session.results_file), "markdown": str(bench_dir / MARKDOWN_NAME),
                      "chart": str(bench_dir / CHART_NAME), "document": str(bench_dir / DOCUMENT_NAME),
                      "raw_dir": str(session.raw_dir)}}

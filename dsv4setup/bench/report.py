@@ -125,6 +125,22 @@ def acceptance_by_category(lines: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
+def lossless_lines(part: dict[str, Any]) -> list[str]:
+    """Markdown: `lossless: N/M` per k, and each differing prompt with where it parts and both excerpts."""
+    if not part.get("by_k"):
+        return []
+    out = ["## Lossless: greedy output with MTP against k=0", ""]
+    out += [f"- k={k}: lossless {t['identical']}/{t['total']}" for k, t in part["by_k"].items()]
+    for cell in part["cells"]:
+        for d in cell["differing"]:
+            where = f"`{cell['shape']}` c={cell['concurrency']}" + (f" {cell['category']}" if cell["category"] else "")
+            prompt = f" ({json.dumps(d['prompt'], ensure_ascii=False)})" if d["prompt"] else ""
+            out.append(f"  - k={cell['k']} {where}, prompt #{d['index']}{prompt}: first difference at character "
+                       f"{d['position']}: k=0 {json.dumps(d['reference'], ensure_ascii=False)}, "
+                       f"k={cell['k']} {json.dumps(d['candidate'], ensure_ascii=False)}")
+    return [*out, ""]
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The Markdown report of one bench run (the `dsv4setup.bench/3` document)."""
     rows = doc["rows"]
@@ -160,6 +176,7 @@ def markdown(doc: dict[str, Any]) -> str:
         out += ["", f"**Best k for `{shape}`: {best['k']}** ({best['output_throughput']} output tok/s"
                     + (f", geometric mean over concurrency {best['concurrency']}" if len(best["concurrency"]) > 1
                        else "") + ")." if best else f"No k succeeded for `{shape}`.", ""]
+    out += lossless_lines(doc.get("lossless") or {})
     failures = [r for r in rows if r["status"] == "failed"]
     if failures:
         out += ["## Failures", ""]

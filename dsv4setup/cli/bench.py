@@ -159,6 +159,9 @@ def _print_run(doc: Document) -> None:
                           fmt_rate(line["acceptance_rate"]), fmt(line["acceptance_length"], ".2f"),
                           fmt_positions(line["per_position_acceptance"]), status)
         _tables().print(table)
+    for k_value, total in doc["lossless"]["by_k"].items():
+        out.print(f"lossless k={k_value}: {total['identical']}/{total['total']} prompts gave the same greedy text "
+                  "as k=0", highlight=False)
     for shape, best in doc["best"].items():
         out.print(f"best k for {shape}: [bold]{best['k']}[/] ({best['output_throughput']} tok/s)", highlight=False)
     applied = doc["applied"]

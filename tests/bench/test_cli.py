@@ -51,7 +51,7 @@ def test_bench_json_runs_the_matrix_and_prints_one_valid_document(standin_workdi
 
 def test_bench_on_the_shipped_mix_sends_the_converted_prompts_and_a_bad_file_exits_2(
         standin_workdir: Workdir, tmp_path: Path) -> None:
-    profile = profile_file(tmp_path, k=1)
+    profile = profile_file(tmp_path, k=1, env={"STANDIN_FLIP_K": "1"})  # k=1 changes each category's 2nd text
     wd = str(standin_workdir.root)
     run = dsv("bench", "--workdir", wd, "--profile", str(profile), "--k", "0,1", "--dataset", "mix", "--json")
     assert run.returncode == 0, run.stderr
@@ -72,11 +72,23 @@ def test_bench_on_the_shipped_mix_sends_the_converted_prompts_and_a_bad_file_exi
     markdown = Path(doc["files"]["markdown"]).read_text()
     assert "dataset `mix`" in markdown and "Acceptance by category (rate, mean acceptance length):" in markdown
     assert "| coding | 1 | 75.0%, 1.75 |" in markdown
+    flipped = sum(n > 1 for n in dataset["categories"].values())
+    assert doc["lossless"]["by_k"] == {"1": {"identical": dataset["num_prompts"] - flipped,
+                                             "total": dataset["num_prompts"]}}
+    coding = next(c for c in doc["lossless"]["cells"] if c["category"] == "coding")
+    second = sent_prompts(raw, "coding")[1]
+    assert coding["differing"] == [{"index": 1, "prompt": second[:60], "position": 20,  # standin: 2 chars at 20
+                                    "reference": "…answer 1: ok ok ok ok", "candidate": "…answer 1: oknok ok ok"}]
+    assert f"- k=1: lossless {dataset['num_prompts'] - flipped}/{dataset['num_prompts']}" in markdown
     bad = tmp_path / "prompts.txt"
     bad.write_text("not a prompt file\n")
     refused = dsv("bench", "--workdir", wd, "--profile", str(profile), "--dataset", str(bad), "--json")
     assert refused.returncode == EXIT_USAGE
     assert "--dataset prompts.txt: not ShareGPT JSON" in json.loads(refused.stdout)["message"]
+
+
+def sent_prompts(raw: Path, category: str) -> list[str]:
+    return [json.loads(line)["prompt"] for line in (raw / f"prompts-{category}.jsonl").read_text().splitlines()]
 
 
 def test_bench_prints_a_table_and_apply_best_changes_the_plan(standin_workdir: Workdir, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ def document(rows: list[dict[str, Any]], tmp_path: Path) -> dict[str, Any]:
                        "dataset": {"name": "random"},
                        "shapes": [{"name": "short", "input_len": 16, "output_len": 32, "num_prompts": 4}]},
             "order": [r["k"] for r in rows], "servers": [], "counts": counts, "rows": rows, "summary": summary(rows),
-            "best": {s: c.to_dict() for s, c in choose_best(rows).items()},
+            "best": {s: c.to_dict() for s, c in choose_best(rows).items()}, "lossless": {"by_k": {}, "cells": []},
             "applied": {"k": 2, "shape": "short", "previous_k": 1, "file": str(tmp_path / "dsv4setup.yaml")},
             "restore": {"ok": True, "server": "running", "k": 2, "pid": 4242, "smoke": "passed",
                         "message": "the server runs at k=2 again (pid 4242)"},
