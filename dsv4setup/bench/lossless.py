@@ -87,6 +87,13 @@ def lossless(rows: Sequence[dict[str, Any]], texts_of: Callable[[dict[str, Any]]
     return entries
 
 
+def beyond_tolerance(by_k: dict[str, dict[str, int]], tolerance: float | None) -> list[int]:
+    """The k values whose share of differing prompts exceeds the profile's tolerance (none when unmeasured)."""
+    if tolerance is None:
+        return []
+    return [int(k) for k, t in by_k.items() if t["total"] and (t["total"] - t["identical"]) / t["total"] > tolerance]
+
+
 def totals(entries: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Per k: identical prompts out of all compared (`lossless: N/M`)."""
     out: dict[str, dict[str, int]] = {}

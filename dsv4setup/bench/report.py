@@ -129,8 +129,13 @@ def lossless_lines(part: dict[str, Any]) -> list[str]:
     """Markdown: `lossless: N/M` per k, and each differing prompt with where it parts and both excerpts."""
     if not part.get("by_k"):
         return []
-    out = ["## Lossless: greedy output with MTP against k=0", ""]
-    out += [f"- k={k}: lossless {t['identical']}/{t['total']}" for k, t in part["by_k"].items()]
+    tolerance = part.get("tolerance")
+    out = ["## Lossless: greedy output with MTP against k=0", "",
+           "Tolerance (share of prompts that may differ): " + (
+               f"{tolerance:.0%} (bench.lossless_tolerance)" if tolerance is not None
+               else "unmeasured for this profile (reported, never failed)"), ""]
+    out += [f"- k={k}: lossless {t['identical']}/{t['total']}" + (
+        " — **beyond the tolerance**" if int(k) in part.get("beyond", []) else "") for k, t in part["by_k"].items()]
     for cell in part["cells"]:
         for d in cell["differing"]:
             where = f"`{cell['shape']}` c={cell['concurrency']}" + (f" {cell['category']}" if cell["category"] else "")

@@ -115,6 +115,9 @@ def check_mix(workdir: Workdir, doc: dict) -> None:
         assert row["fingerprint"]["vllm"]["bench_runner"] == "dsv4setup launcher of vllm bench serve"
         if row["k"]:
             assert m["acceptance_rate"] > 0 and len(m["per_position_acceptance"]) == row["k"]
+    total = dataset["num_prompts"]  # cpu-tiny's checkpoint answers " ok ..." whatever the k: nothing may differ
+    assert doc["lossless"]["by_k"] == {"1": {"identical": total, "total": total},
+                                       "2": {"identical": total, "total": total}}, doc["lossless"]["cells"]
     assert len(read_rows(workdir.bench_dir / "results.jsonl")) == 3 + len(rows)  # the random run's 3, then these
     markdown = Path(doc["files"]["markdown"]).read_text()
     assert "dataset `mix`" in markdown and "Acceptance by category" in markdown

@@ -80,6 +80,13 @@ def test_bench_on_the_shipped_mix_sends_the_converted_prompts_and_a_bad_file_exi
     assert coding["differing"] == [{"index": 1, "prompt": second[:60], "position": 20,  # standin: 2 chars at 20
                                     "reference": "…answer 1: ok ok ok ok", "candidate": "…answer 1: oknok ok ok"}]
     assert f"- k=1: lossless {dataset['num_prompts'] - flipped}/{dataset['num_prompts']}" in markdown
+    assert doc["lossless"]["tolerance"] is None and doc["lossless"]["beyond"] == []  # unmeasured: reported only
+    strict = dsv("bench", "--workdir", wd, "--profile", str(profile), "--k", "0,1", "--dataset", "mix", "--set",
+                 "bench.lossless_tolerance=0", "--json")
+    assert strict.returncode == EXIT_FAILED, strict.stderr
+    failed = json.loads(strict.stdout)
+    assert failed["ok"] is False and failed["lossless"]["beyond"] == [1]
+    assert any(p.startswith(f"k=1 changed the greedy output of {flipped} of ") for p in failed["problems"])
     bad = tmp_path / "prompts.txt"
     bad.write_text("not a prompt file\n")
     refused = dsv("bench", "--workdir", wd, "--profile", str(profile), "--dataset", str(bad), "--json")

@@ -6,7 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dsv4setup.bench.lossless import compare_texts, excerpt, first_difference, generated_texts, lossless, totals
+from dsv4setup.bench.lossless import (
+    beyond_tolerance,
+    compare_texts,
+    excerpt,
+    first_difference,
+    generated_texts,
+    lossless,
+    totals,
+)
 from dsv4setup.bench.report import lossless_lines
 
 REFERENCE = ["def add(a, b):\n    return a + b\n", "The capital of Australia is Canberra.", "ok ok ok"]
@@ -51,3 +59,14 @@ def test_cells_are_compared_with_k0_of_the_same_category_and_the_report_names_th
     assert "- k=1: lossless 2/3" in lines
     assert '  - k=1 `short` c=1 code, prompt #1 ("b"): first difference at character 4: k=0 "y = 2", k=1 "y = 3"' \
         in lines
+
+
+def test_a_k_beyond_the_profiles_tolerance_is_named_and_an_unmeasured_tolerance_fails_nothing() -> None:
+    by_k = {"1": {"identical": 50, "total": 50}, "2": {"identical": 48, "total": 50}}
+    assert beyond_tolerance(by_k, 0.0) == [2] and beyond_tolerance(by_k, 0.04) == []
+    assert beyond_tolerance(by_k, None) == []
+    lines = lossless_lines({"by_k": by_k, "tolerance": 0.0, "beyond": [2], "cells": []})
+    assert "- k=2: lossless 48/50 — **beyond the tolerance**" in lines and "Tolerance (share of prompts that may " \
+        "differ): 0% (bench.lossless_tolerance)" in lines
+    assert "unmeasured for this profile" in lossless_lines({"by_k": by_k, "tolerance": None, "beyond": [],
+                                                           "cells": []})[2]
