@@ -58,10 +58,10 @@ def lossless_part(session: BenchSession, rows: list[dict[str, Any]]) -> dict[str
     return {"by_k": by_k, "tolerance": tolerance, "beyond": beyond_tolerance(by_k, tolerance), "cells": entries}
 
 
-def execute(session: BenchSession, apply: bool = False) -> dict[str, Any]:
+def execute(session: BenchSession, apply: bool = False, weights: dict[str, float] | None = None) -> dict[str, Any]:
     """Run the matrix and everything after it; returns the `dsv4setup.bench/3` document (also written to disk)."""
     run = run_matrix(session)
-    choices = choose_best(run.rows)
+    choices = choose_best(run.rows, weights)
     applied, not_applied = (None, "")
     target: Profile = session.profile
     if apply:

@@ -181,6 +181,12 @@ def markdown(doc: dict[str, Any]) -> str:
         out += ["", f"**Best k for `{shape}`: {best['k']}** ({best['output_throughput']} output tok/s"
                     + (f", geometric mean over concurrency {best['concurrency']}" if len(best["concurrency"]) > 1
                        else "") + ")." if best else f"No k succeeded for `{shape}`.", ""]
+        if best and best["weights"]:
+            out += ["Category weights: " + ", ".join(f"{c}={w:g}" for c, w in best["weights"].items())
+                    + " (others 1).", ""]
+        if best and best["other_k"]:
+            out += ["Categories that would have picked another k on their own: " + ", ".join(
+                f"{c} (k={k})" for c, k in best["other_k"].items()) + ".", ""]
     out += lossless_lines(doc.get("lossless") or {})
     failures = [r for r in rows if r["status"] == "failed"]
     if failures:

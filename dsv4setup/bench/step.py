@@ -9,7 +9,7 @@ Postcondition: results.jsonl holds a row for every cell of the matrix, measured 
 setup this workdir has now (same fingerprint but the date): upgrading vLLM, changing a
 patch, the checkpoint revision or an override makes the bench due again.
 
-Options (from `dsv4setup bench`): bench_k, bench_shape, bench_concurrency (comma lists), bench_dataset,
+Options (from `dsv4setup bench`): bench_k, bench_shape, bench_concurrency (comma lists), bench_dataset, bench_weights,
 apply_best, bench_run_id, bench_display (a progress display), bench_source_file.
 """
 
@@ -83,14 +83,17 @@ class BenchStep(Step):
         return postcondition(True, f"all {plan.size} cells measured with this setup ({results})")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
+        from dsv4setup.bench.best import parse_weights
         from dsv4setup.bench.execute import execute
         from dsv4setup.bench.runner import BenchSession, NoProgress, new_run_id
 
+        plan = _plan(ctx)
+        weights = parse_weights(ctx.options.get("bench_weights"), plan.categories)
         session = BenchSession(workdir=ctx.workdir, profile=ctx.profile, state=ctx.state, log=ctx.require_log(),
-                               plan=_plan(ctx), base_profile=_base(ctx), host=ctx.options.get("host"),
+                               plan=plan, base_profile=_base(ctx), host=ctx.options.get("host"),
                                say=ctx.progress, display=ctx.options.get("bench_display") or NoProgress(),
                                run_id=ctx.options.get("bench_run_id") or new_run_id())
-        doc = execute(session, apply=bool(ctx.options.get("apply_best")))
+        doc = execute(session, apply=bool(ctx.options.get("apply_best")), weights=weights)
         if not doc["ok"]:
             fix = doc["restore"].get("fix") or f"see {doc['files']['markdown']} and `dsv4setup logs bench`"
             raise StepError("bench: " + "; ".join(doc["problems"]), fix=fix)

@@ -38,6 +38,9 @@ DatasetOpt = Annotated[str, typer.Option(
                       "prompt mix, the part that fits the profile's context), or FILE: JSONL with `prompt` "
                       "(optional `category`), ShareGPT JSON, or SpecBench's question.jsonl. With a prompt set the "
                       "shape gives the output length and every prompt is sent once.")]
+WeightsOpt = Annotated[str | None, typer.Option(
+    "--weights", help="With a prompt set: weigh its categories in the choice of the best k, e.g. coding=3,qa=1 "
+                      "(a category not named weighs 1).", show_default=False)]
 ApplyOpt = Annotated[bool, typer.Option(
     "--apply-best", help="Write the winning k into the workdir overrides (dsv4setup.yaml) with the evidence; "
                          "the server is left running at that k and the next `up` serves it.")]
@@ -91,6 +94,7 @@ def bench(
     shape: ShapeOpt = None,
     concurrency: ConcurrencyOpt = None,
     dataset: DatasetOpt = "random",
+    weights: WeightsOpt = None,
     apply_best: ApplyOpt = False,
     workdir: WorkdirOpt = None,
     profile: ProfileOpt = None,
@@ -100,6 +104,7 @@ def bench(
     """Run the benchmark matrix (the bench step) and report it; the server is put back as it was."""
     if ctx.invoked_subcommand is not None:
         return
+    from dsv4setup.bench.best import parse_weights
     from dsv4setup.bench.matrix import plan_matrix
     from dsv4setup.bench.report import read_run_document
     from dsv4setup.bench.runner import NoProgress, new_run_id
@@ -108,11 +113,12 @@ def bench(
 
     wd = workdir_from(workdir)
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], with_bench=True))
-    plan_matrix(resolved.profile, k, shape, concurrency, dataset)  # bad input: exit 2 before anything
+    plan = plan_matrix(resolved.profile, k, shape, concurrency, dataset)  # bad input: exit 2 before anything
+    parse_weights(weights, plan.categories)
     run_id = new_run_id()
     display = NoProgress() if json_ else BarDisplay(err)  # --json: nothing on the terminal
     runbook.options.update({"bench_k": k, "bench_shape": shape, "bench_concurrency": concurrency,
-                            "bench_dataset": dataset,
+                            "bench_dataset": dataset, "bench_weights": weights,
                             "apply_best": apply_best, "bench_run_id": run_id, "bench_display": display,
                             "bench_source_file": resolved.source_file})
     with display:
@@ -164,6 +170,9 @@ def _print_run(doc: Document) -> None:
                   "as k=0", highlight=False)
     for shape, best in doc["best"].items():
         out.print(f"best k for {shape}: [bold]{best['k']}[/] ({best['output_throughput']} tok/s)", highlight=False)
+        if best["other_k"]:
+            out.print("  categories that would have picked another k: " + ", ".join(
+                f"{category} (k={k})" for category, k in best["other_k"].items()), highlight=False)
     applied = doc["applied"]
     if applied:
         was = "unchanged" if applied["k"] == applied["previous_k"] else f"was {applied['previous_k']}"

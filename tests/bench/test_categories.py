@@ -4,14 +4,16 @@ the chart and compare keep them apart (pure functions over rows shaped like a re
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dsv4setup.bench.best import choose_best
+from dsv4setup.bench.best import choose_best, parse_weights
 from dsv4setup.bench.compare import compare
 from dsv4setup.bench.report import acceptance_by_category, summary, write_chart
+from dsv4setup.core.errors import UsageError
 from dsv4setup.core.jsonschemas import validate_document
 
 from .conftest import load_rows
@@ -69,3 +71,25 @@ def test_compare_lines_up_categories_one_by_one(tmp_path: Path) -> None:
     validate_document(doc)
     assert doc["counts"] == {"cells": 6, "matched": 3, "mismatched": 0, "only_a": 3, "only_b": 0}
     assert {(c["category"], c["k"]) for c in doc["cells"] if c["matched"]} == {("code", 0), ("code", 1), ("code", 2)}
+
+
+def test_weights_move_the_choice_and_the_categories_that_would_pick_another_k_are_named() -> None:
+    plain = choose_best(category_rows())["short"]
+    assert plain.k == 1 and plain.by_category == {"code": 2, "chat": 1} and plain.other_k == {"code": 2}
+    code_heavy = choose_best(category_rows(), parse_weights("code=3", ["code", "chat"]))["short"]
+    assert code_heavy.k == 2 and code_heavy.other_k == {"chat": 1}
+    assert code_heavy.scores[2] == pytest.approx(math.exp((3 * math.log(170) + math.log(110)) / 4))
+    assert code_heavy.to_dict()["weights"] == {"code": 3.0}
+
+
+@pytest.mark.parametrize(("text", "categories", "said"), [
+    ("code=3", [None], "--weights needs a prompt set with categories"),
+    ("nope=1", ["code", "chat"], "the prompt set has no category 'nope' (it has: code, chat)"),
+    ("code=-1", ["code", "chat"], "'code=-1' is not CATEGORY=WEIGHT"),
+    ("code", ["code", "chat"], "'code' is not CATEGORY=WEIGHT"),
+    ("code=0,chat=0", ["code", "chat"], "every category weighs 0"),
+])
+def test_bad_weights_are_usage_errors(text: str, categories: list[str | None], said: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_weights(text, categories)
+    assert said in caught.value.message

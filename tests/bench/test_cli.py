@@ -87,6 +87,9 @@ def test_bench_on_the_shipped_mix_sends_the_converted_prompts_and_a_bad_file_exi
     failed = json.loads(strict.stdout)
     assert failed["ok"] is False and failed["lossless"]["beyond"] == [1]
     assert any(p.startswith(f"k=1 changed the greedy output of {flipped} of ") for p in failed["problems"])
+    weighed = dsv("bench", "--workdir", wd, "--profile", str(profile), "--k", "0,1", "--dataset", "mix",
+                  "--weights", "nope=2", "--json")
+    assert weighed.returncode == EXIT_USAGE and "no category 'nope'" in json.loads(weighed.stdout)["message"]
     bad = tmp_path / "prompts.txt"
     bad.write_text("not a prompt file\n")
     refused = dsv("bench", "--workdir", wd, "--profile", str(profile), "--dataset", str(bad), "--json")
