@@ -7,6 +7,7 @@ subprocesses); the runbook is the bench step alone (DSV4SETUP_RUNBOOK), so no se
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,12 @@ def test_bench_on_the_shipped_mix_sends_the_converted_prompts_and_a_bad_file_exi
     failed = json.loads(strict.stdout)
     assert failed["ok"] is False and failed["lossless"]["beyond"] == [1]
     assert any(p.startswith(f"k=1 changed the greedy output of {flipped} of ") for p in failed["problems"])
+    shared = dsv("bench", "report", "--share", "--workdir", wd)
+    assert shared.returncode == 0, shared.stderr
+    assert "| short | 1 | coding | 100.0 tok/s | 110.0 tok/s, accept 75.0%, length 1.75 |" in shared.stdout
+    assert wd not in shared.stdout and str(tmp_path) not in shared.stdout and "/" + "tmp/" not in shared.stdout
+    assert socket.gethostname() not in shared.stdout
+    assert dsv("bench", "report", "--workdir", wd).stdout == Path(doc["files"]["markdown"]).read_text()
     weighed = dsv("bench", "--workdir", wd, "--profile", str(profile), "--k", "0,1", "--dataset", "mix",
                   "--weights", "nope=2", "--json")
     assert weighed.returncode == EXIT_USAGE and "no category 'nope'" in json.loads(weighed.stdout)["message"]
