@@ -1,12 +1,13 @@
 """`dsv4setup bench`: the matched MTP benchmark matrix, a chosen k, and a report people can read.
 
 For each k the server is (re)started from the plan with that num_speculative_tokens, and
-vLLM's own `vllm bench serve` measures it (random dataset, fixed lengths and seed,
---ignore-eos). Every result row carries a fingerprint of what ran (vLLM, patches,
+vLLM's own `vllm bench serve` measures it (random dataset or a prompt set, fixed lengths and
+seed, --ignore-eos). Every result row carries a fingerprint of what ran (vLLM, patches,
 checkpoint, profile and overrides, hardware, driver, date), so matrices from two machines
 can be lined up and their differences named.
 
-- matrix.py: which k, shapes and concurrency levels, in which order, with which seed
+- matrix.py: which k, shapes and concurrency levels, in which order, with which seed and prompts
+- datasets.py: prompt sets (`--dataset mix|FILE`): read, checked against the context, converted
 - client.py: the `vllm bench serve` command line, running it, reading its result JSON
 - launcher.py: runs inside the serving venv when vLLM's CLI cannot start there by itself
 - fingerprint.py: what a row was measured with
@@ -21,7 +22,8 @@ Files in <workdir>/bench/: results.jsonl (every row of every run), report.md, ch
 last-run.json (the latest run), raw/<run_id>/ (vLLM's own result JSON per cell).
 """
 
-ROW_SCHEMA = "dsv4setup.bench-row/2"
+ROW_SCHEMA = "dsv4setup.bench-row/3"
+ROW_SCHEMA_V2 = "dsv4setup.bench-row/2"  # random prompts only: no `workload.dataset_sha256` (read, upgraded)
 ROW_SCHEMA_V1 = "dsv4setup.bench-row/1"  # first release: `failure.hint` (read, upgraded)
-BENCH_SCHEMA = "dsv4setup.bench/2"
-COMPARE_SCHEMA = "dsv4setup.bench-compare/1"
+BENCH_SCHEMA = "dsv4setup.bench/3"
+COMPARE_SCHEMA = "dsv4setup.bench-compare/2"

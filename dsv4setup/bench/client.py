@@ -1,7 +1,7 @@
 """vLLM's own `vllm bench serve`: which vLLM the serving venv holds, the command line, running it.
 
 The load generator and every figure come from vLLM's benchmark; this module only builds its
-command line (random dataset, fixed lengths and seed, --ignore-eos, greedy), runs it from
+command line (random dataset or a prompt set, fixed lengths and seed, --ignore-eos, greedy), runs it from
 the serving venv and reads the JSON it saves. While it runs, the server is watched: a
 server that dies or prints a known failure signature ends the run at once (recorded as a
 failed cell), and so does silence from both for the profile's stall timeout.
@@ -18,11 +18,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.bench.matrix import DATASET, TEMPERATURE, Cell
+from dsv4setup.bench.matrix import TEMPERATURE, Cell
 from dsv4setup.core.proc import StepLog
 from dsv4setup.serve.readiness import LogFollower
 from dsv4setup.serve.signatures import FailureMatch, match_failure
@@ -68,11 +68,17 @@ class VllmInfo:
     commit: str | None
     cli_metadata: bool  # `vllm.entrypoints.cli.main` can start (it needs metadata named "vllm")
     error: str | None = None
+    via_launcher: bool = False  # a prompt set is measured: the launcher reads it (see launcher.py)
 
     @property
     def runner(self) -> str:
         """How `vllm bench serve` is started: vLLM's CLI module, or our launcher of the same subcommand."""
-        return CLI_MODULE if self.cli_metadata else "dsv4setup launcher of vllm bench serve"
+        return CLI_MODULE if self.cli_metadata and not self.via_launcher else "dsv4setup launcher of vllm bench serve"
+
+    def for_prompt_sets(self) -> VllmInfo:
+        """Started by the launcher: vLLM's `custom` dataset needs pandas, which only vLLM's `bench` extra
+        installs; the launcher gives it a loader of the same JSONL without pandas where pandas is missing."""
+        return replace(self, via_launcher=True)
 
 
 def probe_vllm(python: Path, timeout_s: float = 60.0) -> VllmInfo:
@@ -112,20 +118,31 @@ def tokenizer_mode(extra_args: list[str]) -> str | None:
     return None
 
 
+def dataset_flags(cell: Cell, prompts_file: Path | None, num_prompts: int) -> list[str]:
+    """Which prompts: vLLM's random dataset at the shape's lengths, or our converted prompt set (datasets.py)
+    as vLLM's `custom` dataset, every prompt once, in order, sent as written (no chat template)."""
+    shape = cell.shape
+    if prompts_file is None:
+        return ["--dataset-name", "random", "--random-input-len", str(shape.input_len),
+                "--random-output-len", str(shape.output_len), "--random-range-ratio", "0.0",
+                "--num-prompts", str(num_prompts)]
+    return ["--dataset-name", "custom", "--dataset-path", str(prompts_file), "--custom-output-len",
+            str(shape.output_len), "--skip-chat-template", "--disable-shuffle", "--num-prompts", str(num_prompts)]
+
+
 def bench_flags(cell: Cell, target: BenchTarget, seed: int, result_dir: Path, result_file: str,
-                run_id: str) -> list[str]:
+                run_id: str, prompts_file: Path | None = None, num_prompts: int | None = None) -> list[str]:
     """The arguments of `vllm bench serve` for one cell (the same on every machine but for paths and URL)."""
     shape = cell.shape
     flags = ["--backend", "vllm", "--base-url", target.base_url, "--model", target.served_model_name,
              "--tokenizer", target.tokenizer,
-             "--dataset-name", DATASET, "--random-input-len", str(shape.input_len),
-             "--random-output-len", str(shape.output_len), "--random-range-ratio", "0.0",
-             "--num-prompts", str(shape.num_prompts), "--max-concurrency", str(cell.concurrency),
+             *dataset_flags(cell, prompts_file, shape.num_prompts if num_prompts is None else num_prompts),
+             "--max-concurrency", str(cell.concurrency),
              "--num-warmups", str(cell.concurrency), "--ignore-eos", "--seed", str(seed),
              "--temperature", str(TEMPERATURE), "--percentile-metrics", PERCENTILE_METRICS,
              "--metric-percentiles", METRIC_PERCENTILES, "--disable-tqdm", "--label", "dsv4setup",
              "--metadata", f"dsv4setup_run={run_id}", f"k={cell.k}", f"shape={shape.name}",
-             "--save-result", "--result-dir", str(result_dir), "--result-filename", result_file]
+             "--save-result", "--save-detailed", "--result-dir", str(result_dir), "--result-filename", result_file]
     if target.tokenizer_mode:
         flags += ["--tokenizer-mode", target.tokenizer_mode]
     if target.trust_remote_code:
@@ -138,7 +155,7 @@ def bench_argv(info: VllmInfo, flags: list[str]) -> list[str]:
 
     -P keeps the script's or current directory off sys.path (nothing there can shadow a module).
     """
-    if info.cli_metadata:
+    if info.runner == CLI_MODULE:
         return [info.python, "-P", "-m", CLI_MODULE, "bench", "serve", *flags]
     return [info.python, "-P", str(LAUNCHER), *flags]
 

@@ -1,4 +1,4 @@
-"""Two machines' matrices side by side, by (shape, concurrency, k), with unmatched setups named.
+"""Two machines' matrices side by side, by (shape, concurrency, k, category), with unmatched setups named.
 
 Each file may hold several runs: the last row of each (shape, concurrency, k) stands for it.
 A pair is "matched" when the fingerprints agree in everything but where and when
@@ -14,8 +14,9 @@ from typing import Any
 
 from dsv4setup.bench import COMPARE_SCHEMA
 from dsv4setup.bench.fingerprint import WHERE_AND_WHEN, flatten, matched_part
+from dsv4setup.core.errors import UsageError
 
-Key = tuple[str, int, int]  # shape, concurrency, k
+Key = tuple[str, int, int, str]  # shape, concurrency, k, category ("" for random prompts)
 
 
 def fingerprint_differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
@@ -34,7 +35,7 @@ def where_differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, An
 def latest_by_cell(rows: Sequence[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
     found: dict[Key, dict[str, Any]] = {}
     for row in rows:
-        found[(row["shape"], row["concurrency"], row["k"])] = row
+        found[(row["shape"], row["concurrency"], row["k"], row["category"] or "")] = row
     return found
 
 
@@ -50,13 +51,36 @@ def _side(row: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _order(keys: set[Key], rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]]) -> list[Key]:
     shapes = list(dict.fromkeys(r["shape"] for r in [*rows_a, *rows_b]))
-    return sorted(keys, key=lambda key: (shapes.index(key[0]), key[1], key[2]))
+    return sorted(keys, key=lambda key: (shapes.index(key[0]), key[1], key[3], key[2]))
+
+
+def prompts_of(row: dict[str, Any]) -> tuple[str, str | None]:
+    workload = row["fingerprint"]["workload"]
+    return workload["dataset"], workload["dataset_sha256"]
+
+
+def _prompt_name(prompts: tuple[str, str | None]) -> str:
+    return prompts[0] + (f" (sha256 {prompts[1][:12]})" if prompts[1] else "")
+
+
+def _check_same_prompts(cells_a: dict[Key, dict[str, Any]], cells_b: dict[Key, dict[str, Any]], file_a: Path,
+                        file_b: Path) -> None:
+    """Refuse cells measured on different prompts: their acceptance and speed answer different questions."""
+    for key in sorted(set(cells_a) & set(cells_b)):
+        a, b = prompts_of(cells_a[key]), prompts_of(cells_b[key])
+        if a != b:
+            raise UsageError(f"{file_a} and {file_b} measured shape {key[0]} c={key[1]} k={key[2]} on different "
+                             f"prompts: A {_prompt_name(a)}, B {_prompt_name(b)}",
+                             fix="bench both machines with the same --dataset, or pass --allow-different-prompts "
+                                 "to line them up anyway (flagged as differing)")
 
 
 def compare(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], file_a: Path,
-            file_b: Path) -> dict[str, Any]:
-    """The `dsv4setup.bench-compare/1` document."""
+            file_b: Path, *, allow_different_prompts: bool = False) -> dict[str, Any]:
+    """The `dsv4setup.bench-compare/2` document; UsageError for different prompts unless allowed."""
     cells_a, cells_b = latest_by_cell(rows_a), latest_by_cell(rows_b)
+    if not allow_different_prompts:
+        _check_same_prompts(cells_a, cells_b, file_a, file_b)
     entries: list[dict[str, Any]] = []
     for key in _order(set(cells_a) | set(cells_b), rows_a, rows_b):
         a, b = cells_a.get(key), cells_b.get(key)
@@ -65,7 +89,8 @@ def compare(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], 
         sa, sb = _side(a), _side(b)
         ta = sa["output_throughput"] if sa else None
         tb = sb["output_throughput"] if sb else None
-        entries.append({"shape": key[0], "concurrency": key[1], "k": key[2], "a": sa, "b": sb,
+        entries.append({"shape": key[0], "concurrency": key[1], "k": key[2], "category": key[3] or None,
+                        "a": sa, "b": sb,
                         "ratio": round(tb / ta, 3) if ta and tb else None,
                         "matched": bool(a and b) and not diffs, "differences": diffs,
                         "hardware_differences": where})

@@ -10,6 +10,7 @@ from typing import Any
 from dsv4setup.bench import BENCH_SCHEMA
 from dsv4setup.bench.best import Choice, apply_best, choose_best, pick_for_profile
 from dsv4setup.bench.fingerprint import now_utc
+from dsv4setup.bench.lossless import beyond_tolerance, generated_texts, lossless, totals
 from dsv4setup.bench.report import (
     CHART_NAME,
     DOCUMENT_NAME,
@@ -42,10 +43,25 @@ def _apply(session: BenchSession, run: MatrixRun, choices: dict[str, Choice]) ->
             "file": str(file)}, ""
 
 
-def execute(session: BenchSession, apply: bool = False) -> dict[str, Any]:
-    """Run the matrix and everything after it; returns the `dsv4setup.bench/2` document (also written to disk)."""
+def lossless_part(session: BenchSession, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Greedy output of each k>0 cell against k=0's (see lossless.py), from the texts vLLM saved."""
+    bench_dir, prompts = session.workdir.bench_dir, session.plan.prompts
+
+    def texts_of(row: dict[str, Any]) -> list[str | None] | None:
+        return generated_texts(bench_dir / row["raw_result"]) if row["raw_result"] else None
+
+    def prompts_of(category: str | None) -> list[str] | None:
+        return [p.text for p in prompts.only(category).prompts] if prompts and category else None
+
+    entries = lossless(rows, texts_of, prompts_of)
+    by_k, tolerance = totals(entries), session.profile.bench.lossless_tolerance
+    return {"by_k": by_k, "tolerance": tolerance, "beyond": beyond_tolerance(by_k, tolerance), "cells": entries}
+
+
+def execute(session: BenchSession, apply: bool = False, weights: dict[str, float] | None = None) -> dict[str, Any]:
+    """Run the matrix and everything after it; returns the `dsv4setup.bench/3` document (also written to disk)."""
     run = run_matrix(session)
-    choices = choose_best(run.rows)
+    choices = choose_best(run.rows, weights)
     applied, not_applied = (None, "")
     target: Profile = session.profile
     if apply:
@@ -54,17 +70,22 @@ def execute(session: BenchSession, apply: bool = False) -> dict[str, Any]:
             target = with_k(session.profile, applied["k"])
     restored = restore(session, target, run.was_running)
     bench_dir = session.workdir.bench_dir
+    same_text = lossless_part(session, run.rows)
     ok = sum(r["status"] == "ok" for r in run.rows)
     counts = {"ok": ok, "failed": len(run.rows) - ok}
     problems = [p for p in (
         "no cell of the matrix succeeded" if not counts["ok"] else "",
         not_applied if apply else "",
+        *(f"k={k} changed the greedy output of {t['total'] - t['identical']} of {t['total']} prompts, beyond the "
+          f"profile's lossless tolerance ({same_text['tolerance']:.0%}): the report's Lossless section names them"
+          for k, t in same_text["by_k"].items() if int(k) in same_text["beyond"]),
         restored["message"] if not restored["ok"] else "") if p]
     doc = {"schema": BENCH_SCHEMA, "ok": not problems, "problems": problems, "workdir": str(session.workdir.root),
            "profile": session.profile.name, "run_id": run.run_id, "started_at": run.started_at,
            "finished_at": now_utc(), "matrix": session.plan.to_dict(), "order": run.order,
            "servers": run.servers, "counts": counts, "rows": run.rows, "summary": summary(run.rows),
-           "best": {shape: c.to_dict() for shape, c in choices.items()}, "applied": applied, "restore": restored,
+           "best": {shape: c.to_dict() for shape, c in choices.items()}, "lossless": same_text,
+           "applied": applied, "restore": restored,
            "files": {"results": str(session.results_file), "markdown": str(bench_dir / MARKDOWN_NAME),
                      "chart": str(bench_dir / CHART_NAME), "document": str(bench_dir / DOCUMENT_NAME),
                      "raw_dir": str(session.raw_dir)}}

@@ -19,7 +19,8 @@ from types import ModuleType
 from typing import Any
 
 from dsv4setup.bench.client import VllmInfo
-from dsv4setup.bench.matrix import DATASET, TEMPERATURE, Shape
+from dsv4setup.bench.datasets import RANDOM, PromptSet
+from dsv4setup.bench.matrix import TEMPERATURE, Shape
 from dsv4setup.core.errors import DsvError
 from dsv4setup.profiles.model import Profile
 from dsv4setup.serve.guard import GUARD_MIDDLEWARE, is_guard_dir
@@ -166,9 +167,15 @@ def profile_part(profile: Profile, base: Profile | None, argv: list[str], env: M
             "env": measured_env(env)}
 
 
-def workload_part(shape: Shape, seed: int) -> dict[str, Any]:
-    return {"dataset": DATASET, "input_len": shape.input_len, "output_len": shape.output_len,
-            "num_prompts": shape.num_prompts, "seed": seed, "temperature": TEMPERATURE, "ignore_eos": True}
+def workload_part(shape: Shape, seed: int, prompts: PromptSet | None = None) -> dict[str, Any]:
+    """The prompts (random at the shape's lengths, or a prompt set by name and sha256), lengths and sampling."""
+    if prompts is None:
+        return {"dataset": RANDOM, "dataset_sha256": None, "input_len": shape.input_len,
+                "output_len": shape.output_len, "num_prompts": shape.num_prompts, "seed": seed,
+                "temperature": TEMPERATURE, "ignore_eos": True}
+    return {"dataset": prompts.name, "dataset_sha256": prompts.sha256, "input_len": None,
+            "output_len": shape.output_len, "num_prompts": len(prompts.prompts), "seed": seed,
+            "temperature": TEMPERATURE, "ignore_eos": True}
 
 
 def cpu_model() -> str | None:

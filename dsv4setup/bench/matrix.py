@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from dsv4setup.bench.datasets import RANDOM, PromptSet, load_dataset
 from dsv4setup.core.errors import UsageError
 from dsv4setup.profiles.model import Profile
 
 TEMPERATURE = 0.0  # greedy: the same prompts give the same tokens on every machine (matched runs)
-DATASET = "random"
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,15 @@ class Cell:
     k: int
     shape: Shape
     concurrency: int
+    category: str | None = None  # a prompt set's category, measured on its own; None: random prompts
 
     @property
     def label(self) -> str:
-        return f"k={self.k} {self.shape.name} c={self.concurrency}"
+        return f"k={self.k} {self.shape.name} c={self.concurrency}" + (f" {self.category}" if self.category else "")
+
+    @property
+    def key(self) -> tuple[int, str, int, str | None]:
+        return self.k, self.shape.name, self.concurrency, self.category
 
 
 @dataclass(frozen=True)
@@ -46,23 +51,35 @@ class MatrixPlan:
     shapes: tuple[Shape, ...]
     concurrency: tuple[int, ...]
     seed: int
+    prompts: PromptSet | None = None  # None: vLLM's random dataset with the shapes' lengths
+
+    @property
+    def dataset(self) -> str:
+        return self.prompts.name if self.prompts else RANDOM
+
+    def num_prompts(self, cell: Cell) -> int:
+        """Requests per cell: every prompt of its category once, else the shape's count."""
+        if self.prompts is None or cell.category is None:
+            return cell.shape.num_prompts
+        return self.prompts.categories()[cell.category]
+
+    @property
+    def categories(self) -> list[str | None]:
+        """A prompt set's categories in file order, each measured on its own; [None] for random prompts."""
+        return list(self.prompts.categories()) if self.prompts else [None]
 
     def cells(self, k: int) -> list[Cell]:
-        """The cells measured against one server (one k), shapes first, then concurrency."""
-        return [Cell(k, shape, c) for shape in self.shapes for c in self.concurrency]
+        """The cells measured against one server (one k), shapes first, then concurrency, then category."""
+        return [Cell(k, shape, c, cat) for shape in self.shapes for c in self.concurrency for cat in self.categories]
 
     @property
     def size(self) -> int:
-        return len(self.ks) * len(self.shapes) * len(self.concurrency)
+        return len(self.ks) * len(self.shapes) * len(self.concurrency) * len(self.categories)
 
     def to_dict(self) -> dict[str, Any]:
         return {"k": list(self.ks), "shapes": [asdict(s) for s in self.shapes],
-                "concurrency": list(self.concurrency), "seed": self.seed}
-
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> MatrixPlan:
-        return cls(tuple(doc["k"]), tuple(Shape(**s) for s in doc["shapes"]), tuple(doc["concurrency"]),
-                   int(doc["seed"]))
+                "concurrency": list(self.concurrency), "seed": self.seed,
+                "dataset": self.prompts.to_dict() if self.prompts else {"name": RANDOM}}
 
 
 def parse_int_list(text: str, flag: str, minimum: int, maximum: int | None = None) -> tuple[int, ...]:
@@ -83,8 +100,12 @@ def parse_int_list(text: str, flag: str, minimum: int, maximum: int | None = Non
 
 
 def plan_matrix(profile: Profile, ks: str | None = None, shapes: str | None = None,
-                concurrency: str | None = None) -> MatrixPlan:
-    """The matrix for this profile; None keeps the profile's bench setting."""
+                concurrency: str | None = None, dataset: str | None = None) -> MatrixPlan:
+    """The matrix for this profile; None keeps the profile's bench setting (and vLLM's random dataset).
+
+    With a prompt set the shapes give the output length only; its prompts must fit the context
+    with the longest output of the chosen shapes (see datasets.py).
+    """
     bench = profile.bench
     k_values = parse_int_list(ks, "--k", 0, 8) if ks else tuple(dict.fromkeys(bench.k_values))
     levels = parse_int_list(concurrency, "--concurrency", 1) if concurrency else tuple(
@@ -101,8 +122,11 @@ def plan_matrix(profile: Profile, ks: str | None = None, shapes: str | None = No
         chosen.append(Shape(name, spec.input_len, spec.output_len, spec.num_prompts))
     if not k_values or not levels or not chosen:
         raise UsageError("the bench matrix is empty: give at least one k, one shape and one concurrency level")
-    _check_fits(profile, chosen)
-    return MatrixPlan(k_values, tuple(chosen), levels, bench.seed)
+    if dataset is None or dataset == RANDOM:
+        _check_fits(profile, chosen)
+        return MatrixPlan(k_values, tuple(chosen), levels, bench.seed)
+    prompts = load_dataset(dataset, profile.serve.max_model_len, max(s.output_len for s in chosen))
+    return MatrixPlan(k_values, tuple(chosen), levels, bench.seed, prompts)
 
 
 def _check_fits(profile: Profile, shapes: list[Shape]) -> None:

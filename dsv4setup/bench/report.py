@@ -25,21 +25,25 @@ DOCUMENT_NAME = "last-run.json"
 
 def _ordered(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    return sorted(rows, key=lambda r: (shapes.index(r["shape"]), r["concurrency"], r["k"]))
+    categories = list(dict.fromkeys(r["category"] for r in rows))
+    return sorted(rows, key=lambda r: (shapes.index(r["shape"]), r["concurrency"], categories.index(r["category"]),
+                                       r["k"]))
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One line per cell, ordered by shape, concurrency, k, with the speedup against k=0 of the same cell."""
-    base = {(r["shape"], r["concurrency"]): r["metrics"]["output_throughput"]
+    """One line per cell, ordered by shape, concurrency, category, k, with the speedup against k=0 of the same
+    shape, concurrency and category."""
+    base = {(r["shape"], r["concurrency"], r["category"]): r["metrics"]["output_throughput"]
             for r in rows if r["k"] == 0 and r["status"] == "ok"}
     lines = []
     for row in _ordered(rows):
         m = row["metrics"] if row["status"] == "ok" else {}
         tps = m.get("output_throughput")
-        ref = base.get((row["shape"], row["concurrency"]))
+        ref = base.get((row["shape"], row["concurrency"], row["category"]))
         error = row["error"] or {}
         lines.append({
-            "shape": row["shape"], "concurrency": row["concurrency"], "k": row["k"], "status": row["status"],
+            "shape": row["shape"], "concurrency": row["concurrency"], "category": row["category"], "k": row["k"],
+            "status": row["status"],
             "output_throughput": tps, "speedup": round(tps / ref, 3) if tps and ref else None,
             "mean_tpot_ms": m.get("mean_tpot_ms"), "p99_tpot_ms": m.get("p99_tpot_ms"),
             "mean_ttft_ms": m.get("mean_ttft_ms"), "acceptance_rate": m.get("acceptance_rate"),
@@ -85,8 +89,65 @@ def describe_setup(fingerprint: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _shape_heading(shape: str, w: dict[str, Any], dataset: dict[str, Any]) -> list[str]:
+    sampling = f"seed {w['seed']}, temperature {w['temperature']}, EOS ignored."
+    if w["dataset"] == "random":
+        return [f"## Shape `{shape}`: {w['input_len']} tokens in, {w['output_len']} out, {w['num_prompts']} prompts",
+                "", f"Random dataset, {sampling}", ""]
+    categories = ", ".join(f"{name} {n}" for name, n in (dataset.get("categories") or {}).items())
+    notes = [f"{dataset['left_out']} prompts of the mix left out: too long for this context"
+             if dataset.get("left_out") else "",
+             f"{dataset['turns_not_sent']} later turns not sent (first user turn only)"
+             if dataset.get("turns_not_sent") else ""]
+    return [f"## Shape `{shape}`: dataset `{w['dataset']}`, {w['num_prompts']} prompts, {w['output_len']} out", "",
+            f"Prompt set `{w['dataset']}` ({dataset.get('format', '?')}, sha256 `{(w['dataset_sha256'] or '')[:12]}`; "
+            f"{categories}), sent as written (no chat template), {sampling}"
+            + "".join(f" {n}." for n in notes if n), ""]
+
+
+def acceptance_by_category(lines: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown: a row per (category, concurrency), a column per k>0: acceptance rate and mean acceptance length."""
+    ks = sorted({x["k"] for x in lines if x["k"] > 0})
+    if not ks:
+        return []
+    keys = list(dict.fromkeys((x["category"], x["concurrency"]) for x in lines))
+    cell = {(x["category"], x["concurrency"], x["k"]): x for x in lines}
+    out = ["Acceptance by category (rate, mean acceptance length):", "",
+           "| category | concurrency | " + " | ".join(f"k={k}" for k in ks) + " |",
+           "|---|---:|" + "---:|" * len(ks)]
+    for category, conc in keys:
+        values = []
+        for k in ks:
+            x = cell.get((category, conc, k))
+            values.append(f"{fmt_rate(x['acceptance_rate'])}, {fmt(x['acceptance_length'], '.2f')}"
+                          if x and x["status"] == "ok" else "failed" if x else "-")
+        out.append(f"| {category} | {conc} | " + " | ".join(values) + " |")
+    return out
+
+
+def lossless_lines(part: dict[str, Any]) -> list[str]:
+    """Markdown: `lossless: N/M` per k, and each differing prompt with where it parts and both excerpts."""
+    if not part.get("by_k"):
+        return []
+    tolerance = part.get("tolerance")
+    out = ["## Lossless: greedy output with MTP against k=0", "",
+           "Tolerance (share of prompts that may differ): " + (
+               f"{tolerance:.0%} (bench.lossless_tolerance)" if tolerance is not None
+               else "unmeasured for this profile (reported, never failed)"), ""]
+    out += [f"- k={k}: lossless {t['identical']}/{t['total']}" + (
+        " — **beyond the tolerance**" if int(k) in part.get("beyond", []) else "") for k, t in part["by_k"].items()]
+    for cell in part["cells"]:
+        for d in cell["differing"]:
+            where = f"`{cell['shape']}` c={cell['concurrency']}" + (f" {cell['category']}" if cell["category"] else "")
+            prompt = f" ({json.dumps(d['prompt'], ensure_ascii=False)})" if d["prompt"] else ""
+            out.append(f"  - k={cell['k']} {where}, prompt #{d['index']}{prompt}: first difference at character "
+                       f"{d['position']}: k=0 {json.dumps(d['reference'], ensure_ascii=False)}, "
+                       f"k={cell['k']} {json.dumps(d['candidate'], ensure_ascii=False)}")
+    return [*out, ""]
+
+
 def markdown(doc: dict[str, Any]) -> str:
-    """The Markdown report of one bench run (the `dsv4setup.bench/2` document)."""
+    """The Markdown report of one bench run (the `dsv4setup.bench/3` document)."""
     rows = doc["rows"]
     out = [f"# dsv4setup bench: {doc['profile']}", "",
            f"Run `{doc['run_id']}`, {doc['started_at']} to {doc['finished_at']}; "
@@ -98,24 +159,35 @@ def markdown(doc: dict[str, Any]) -> str:
     workloads = {r["shape"]: r["fingerprint"]["workload"] for r in rows}
     lines = doc["summary"]
     for shape, w in workloads.items():
-        out += [f"## Shape `{shape}`: {w['input_len']} tokens in, {w['output_len']} out, {w['num_prompts']} prompts",
-                "", f"Random dataset, seed {w['seed']}, temperature {w['temperature']}, EOS ignored.", "",
-                "| k | concurrency | output tok/s | speedup vs k=0 | mean TPOT ms | p99 TPOT ms | mean TTFT ms "
-                "| acceptance | acceptance length | per position | status |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+        by_category = w["dataset"] != "random"
+        out += [*_shape_heading(shape, w, doc["matrix"].get("dataset") or {}),
+                "| k | concurrency | " + ("category | " if by_category else "") + "output tok/s | speedup vs k=0 "
+                "| mean TPOT ms | p99 TPOT ms | mean TTFT ms | acceptance | acceptance length | per position "
+                "| status |",
+                "|---:|---:|" + ("---|" if by_category else "") + "---:|---:|---:|---:|---:|---:|---:|---|---|"]
         for line in (x for x in lines if x["shape"] == shape):
             status = "ok" if line["status"] == "ok" else (
                 f"**failed**: {line['known_failure'] or 'see below'}")
             speedup = f"{line['speedup']:.2f}x" if line["speedup"] else "-"
-            out.append(f"| {line['k']} | {line['concurrency']} | {fmt(line['output_throughput'])} | "
+            category = f"{line['category']} | " if by_category else ""
+            out.append(f"| {line['k']} | {line['concurrency']} | {category}{fmt(line['output_throughput'])} | "
                        f"{speedup} | {fmt(line['mean_tpot_ms'], '.2f')} | "
                        f"{fmt(line['p99_tpot_ms'], '.2f')} | {fmt(line['mean_ttft_ms'], '.1f')} | "
                        f"{fmt_rate(line['acceptance_rate'])} | {fmt(line['acceptance_length'], '.2f')} | "
                        f"{fmt_positions(line['per_position_acceptance'])} | {status} |")
+        if by_category:
+            out += ["", *acceptance_by_category([x for x in lines if x["shape"] == shape])]
         best = doc["best"].get(shape)
         out += ["", f"**Best k for `{shape}`: {best['k']}** ({best['output_throughput']} output tok/s"
                     + (f", geometric mean over concurrency {best['concurrency']}" if len(best["concurrency"]) > 1
                        else "") + ")." if best else f"No k succeeded for `{shape}`.", ""]
+        if best and best["weights"]:
+            out += ["Category weights: " + ", ".join(f"{c}={w:g}" for c, w in best["weights"].items())
+                    + " (others 1).", ""]
+        if best and best["other_k"]:
+            out += ["Categories that would have picked another k on their own: " + ", ".join(
+                f"{c} (k={k})" for c, k in best["other_k"].items()) + ".", ""]
+    out += lossless_lines(doc.get("lossless") or {})
     failures = [r for r in rows if r["status"] == "failed"]
     if failures:
         out += ["## Failures", ""]
@@ -158,7 +230,8 @@ def read_run_document(bench_dir: Path, run_id: str) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and doc.get("run_id") == run_id else None
 
 def write_chart(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
-    """PNG: per shape, output tok/s vs k (left) and acceptance rate vs k (right), a line per concurrency.
+    """PNG: per shape, output tok/s vs k (left) and acceptance rate vs k (right), a line per concurrency
+    (and per category of a prompt set: acceptance by category for each k).
 
     A failed cell is an x on the axis. Written atomically (temp file, rename).
     """
@@ -172,14 +245,16 @@ def write_chart(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
     ks = sorted({r["k"] for r in rows}) or [0]
     for (left, right), shape in zip(axes, shapes, strict=True):
         shape_rows = [r for r in rows if r["shape"] == shape]
-        for conc in sorted({r["concurrency"] for r in shape_rows}):
-            cells = sorted((r for r in shape_rows if r["concurrency"] == conc), key=lambda r: r["k"])
+        for conc, category in dict.fromkeys((r["concurrency"], r["category"]) for r in shape_rows):
+            cells = sorted((r for r in shape_rows if (r["concurrency"], r["category"]) == (conc, category)),
+                           key=lambda r: r["k"])
             ok = [r for r in cells if r["status"] == "ok"]
+            label = f"c={conc} {category}" if category else f"concurrency {conc}"
             left.plot([r["k"] for r in ok], [r["metrics"]["output_throughput"] for r in ok], marker="o",
-                      label=f"concurrency {conc}")
+                      label=label)
             spec = [r for r in ok if r["metrics"].get("acceptance_rate") is not None]
             right.plot([r["k"] for r in spec], [100 * r["metrics"]["acceptance_rate"] for r in spec], marker="o",
-                       label=f"concurrency {conc}")
+                       label=label)
             failed = [r["k"] for r in cells if r["status"] == "failed"]
             if failed:
                 left.scatter(failed, [0] * len(failed), marker="x", color="red", s=80, zorder=3,

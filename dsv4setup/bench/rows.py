@@ -1,4 +1,4 @@
-"""Result rows (`dsv4setup.bench-row/2`): one per (k, shape, concurrency) cell, appended to results.jsonl.
+"""Result rows (`dsv4setup.bench-row/3`): one per (k, shape, concurrency) cell, appended to results.jsonl.
 
 A row is "ok" with vLLM's figures, or "failed" with what went wrong, the known failure it
 matched (known_failures.yaml id) and the excerpt that matched. Both carry the fingerprint.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsv4setup.bench import ROW_SCHEMA, ROW_SCHEMA_V1
+from dsv4setup.bench import ROW_SCHEMA, ROW_SCHEMA_V1, ROW_SCHEMA_V2
 from dsv4setup.bench.matrix import Cell
 from dsv4setup.core.errors import UsageError
 from dsv4setup.core.secrets import redact_json
@@ -91,7 +91,8 @@ def build_row(*, run_id: str, cell: Cell, fingerprint: dict[str, Any], started_a
               raw_result: str | None = None) -> dict[str, Any]:
     """One result row; failed when `failure` is given (metrics, if any, are kept for the record)."""
     return {"schema": ROW_SCHEMA, "run_id": run_id, "k": cell.k, "shape": cell.shape.name,
-            "concurrency": cell.concurrency, "status": "failed" if failure else "ok", "metrics": metrics,
+            "concurrency": cell.concurrency, "category": cell.category, "status": "failed" if failure else "ok",
+            "metrics": metrics,
             "error": failure.to_dict() if failure else None, "raw_result": raw_result, "started_at": started_at,
             "elapsed_s": round(elapsed_s, 2), "fingerprint": fingerprint}
 
@@ -107,15 +108,28 @@ def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def upgrade_row(row: Any) -> Any:
-    """A row written by the first release (bench-row/1) as a bench-row/2 row: `error.fix` is `error.fix`, and
-    the per-patch list of every diff hash (bug #20) is read as its single hash, or null when it held several
-    (which one ran is unknown). The measurements are kept; nothing is guessed."""
-    if not isinstance(row, dict) or row.get("schema") != ROW_SCHEMA_V1:
+    """An older row as a bench-row/3 row; the measurements are kept and nothing is guessed.
+
+    bench-row/1 (first release): `error.hint` is `error.fix`, and the per-patch list of every diff hash
+    (bug #20) is read as its single hash, or null when it held several (which one ran is unknown).
+    bench-row/2: random prompts only, so `workload.dataset_sha256` and `category` are null (as for random rows now).
+    """
+    if isinstance(row, dict) and row.get("schema") == ROW_SCHEMA_V1:
+        row = _upgrade_v1(row)
+    if not isinstance(row, dict) or row.get("schema") != ROW_SCHEMA_V2:
         return row
+    fingerprint = row.get("fingerprint")
+    if isinstance(fingerprint, dict) and isinstance(fingerprint.get("workload"), dict):
+        workload = {**fingerprint["workload"], "dataset_sha256": None}
+        row = {**row, "fingerprint": {**fingerprint, "workload": workload}}
+    return {**row, "schema": ROW_SCHEMA, "category": None}
+
+
+def _upgrade_v1(row: dict[str, Any]) -> dict[str, Any]:
     error = row.get("error")
     if isinstance(error, dict):
         error = {("fix" if key == "hint" else key): value for key, value in error.items()}
-    upgraded = {**row, "schema": ROW_SCHEMA, "error": error}
+    upgraded = {**row, "schema": ROW_SCHEMA_V2, "error": error}
     patches = (row.get("fingerprint") or {}).get("patches")
     if isinstance(patches, dict) and isinstance(patches.get("diff_sha256"), dict):
         diffs = {pid: (v[0] if len(v) == 1 else None) if isinstance(v, list) else v

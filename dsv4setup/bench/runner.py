@@ -137,6 +137,14 @@ class BenchSession:
     def raw_dir(self) -> Path:
         return self.workdir.bench_dir / "raw" / self.run_id
 
+    def prompts_file(self, category: str | None) -> Path | None:
+        """One category of the prompt set as vLLM's `custom` dataset (kept beside the raw results); None: random."""
+        prompts = self.plan.prompts
+        if prompts is None or category is None:
+            return None
+        path = self.raw_dir / f"prompts-{category}.jsonl"  # category names are checked to be file names
+        return path if path.exists() else prompts.only(category).write_custom(path)
+
     def context(self, profile: Profile, log: StepLog | None = None, label: str = "") -> RunContext:
         options = {"host": self.host} if self.host else {}
         prefix = f"{label}: " if label else ""
@@ -186,8 +194,8 @@ def setup_fingerprint(profile: Profile, state: State, base: Profile | None, argv
             "driver": driver_part(hardware_snapshot)}
 
 
-def row_fingerprint(base_fp: dict[str, Any], cell: Cell, seed: int, date: str) -> dict[str, Any]:
-    return {**base_fp, "workload": workload_part(cell.shape, seed), "date": date}
+def row_fingerprint(base_fp: dict[str, Any], cell: Cell, plan: MatrixPlan, date: str) -> dict[str, Any]:
+    return {**base_fp, "workload": workload_part(cell.shape, plan.seed, plan.prompts), "date": date}
 
 
 def _stop_if_other(session: BenchSession, fingerprint: str) -> None:
@@ -275,14 +283,17 @@ def _run_cell(session: BenchSession, info: VllmInfo, cell: Cell, server: ServerU
     target = BenchTarget(base_url(server.record.host, server.record.port), profile.serve.served_model_name,
                          str(checkpoint_dir(profile, session.workdir)), tokenizer_mode(profile.serve.extra_args),
                          profile.serve.trust_remote_code)
-    result_file = f"k{cell.k}-{cell.shape.name}-c{cell.concurrency}.json"
-    flags = bench_flags(cell, target, session.plan.seed, session.raw_dir, result_file, session.run_id)
+    result_file = f"k{cell.k}-{cell.shape.name}-c{cell.concurrency}" + (
+        f"-{cell.category}" if cell.category else "") + ".json"
+    prompts = session.prompts_file(cell.category)
+    flags = bench_flags(cell, target, session.plan.seed, session.raw_dir, result_file, session.run_id, prompts,
+                        session.plan.num_prompts(cell))
     bench_env = {**env, **no_proxy_env(server.record.host)}  # the key never goes to a proxy
     if server.auth:  # vLLM's bench client reads the key from OPENAI_API_KEY (never argv)
         bench_env["OPENAI_API_KEY"] = client_api_key(session.workdir)
     log_path = Path(server.record.log)
     follower = LogFollower(log_path, log_path.stat().st_size if log_path.exists() else 0)
-    fingerprint = row_fingerprint(base_fp, cell, session.plan.seed, started_at)
+    fingerprint = row_fingerprint(base_fp, cell, session.plan, started_at)
     metrics, failure, died, raw = None, None, False, None
     session.log.section(f"{cell.label}: vllm bench serve")
     try:
@@ -307,13 +318,16 @@ def _record(session: BenchSession, rows: list[dict[str, Any]], row: dict[str, An
     error = row["error"]
     what = (f"{row['metrics']['output_throughput']:.1f} tok/s" if row["status"] == "ok"
             else f"FAILED: {error['message']}" + (f" [{error['known_failure']}]" if error["known_failure"] else ""))
-    session.log.line(f"row k={row['k']} {row['shape']} c={row['concurrency']}: {what}")
+    session.log.line(f"row k={row['k']} {row['shape']} c={row['concurrency']}"
+                     + (f" {row['category']}" if row["category"] else "") + f": {what}")
 
 
 def run_matrix(session: BenchSession) -> MatrixRun:
     """Every cell of the plan, one server per k; rows are in results.jsonl as soon as they exist."""
     started_at = now_utc()
     info = probe_vllm(session.workdir.venv_python)
+    if session.plan.prompts is not None:
+        info = info.for_prompt_sets()
     if info.error or not info.version:
         raise StepError(f"no usable vLLM in the serving venv: {info.error or 'vllm is not installed there'}",
                         fix="install it: `dsv4setup up --until vllm`")
@@ -357,7 +371,7 @@ def _run_k(session: BenchSession, info: VllmInfo, k: int, env: dict[str, str], b
         if dead is not None:
             _record(session, rows, _unmeasured(session, cell, base_fp, dead))
             continue
-        session.tell(f"{cell.label}: vllm bench serve ({cell.shape.num_prompts} prompts)")
+        session.tell(f"{cell.label}: vllm bench serve ({session.plan.num_prompts(cell)} prompts)")
         row, died = _run_cell(session, info, cell, up, env, base_fp)
         _record(session, rows, row)
         if died:
@@ -372,7 +386,7 @@ def _run_k(session: BenchSession, info: VllmInfo, k: int, env: dict[str, str], b
 
 def _unmeasured(session: BenchSession, cell: Cell, base_fp: dict[str, Any], why: CellFailure) -> dict[str, Any]:
     now = now_utc()
-    fingerprint = row_fingerprint(base_fp, cell, session.plan.seed, now)
+    fingerprint = row_fingerprint(base_fp, cell, session.plan, now)
     return build_row(run_id=session.run_id, cell=cell, fingerprint=fingerprint, started_at=now, elapsed_s=0.0,
                      failure=why)
 

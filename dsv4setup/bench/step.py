@@ -9,7 +9,7 @@ Postcondition: results.jsonl holds a row for every cell of the matrix, measured 
 setup this workdir has now (same fingerprint but the date): upgrading vLLM, changing a
 patch, the checkpoint revision or an override makes the bench due again.
 
-Options (from `dsv4setup bench`): bench_k, bench_shape, bench_concurrency (comma lists),
+Options (from `dsv4setup bench`): bench_k, bench_shape, bench_concurrency (comma lists), bench_dataset, bench_weights,
 apply_best, bench_run_id, bench_display (a progress display), bench_source_file.
 """
 
@@ -29,7 +29,8 @@ def _plan(ctx: RunContext) -> Any:
     from dsv4setup.bench.matrix import plan_matrix
 
     opts = ctx.options
-    return plan_matrix(ctx.profile, opts.get("bench_k"), opts.get("bench_shape"), opts.get("bench_concurrency"))
+    return plan_matrix(ctx.profile, opts.get("bench_k"), opts.get("bench_shape"), opts.get("bench_concurrency"),
+                       opts.get("bench_dataset"))
 
 
 def _base(ctx: RunContext) -> Any:
@@ -70,26 +71,29 @@ class BenchStep(Step):
         argv, env = render_command(ctx, effective_profile(ctx))
         base = setup_fingerprint(ctx.profile, ctx.state, _base(ctx), argv, env,
                                  probe_vllm(ctx.workdir.venv_python), probe_hardware())
-        expected = {s.name: json.loads(json.dumps({**base, "workload": workload_part(s, plan.seed)}))
+        expected = {s.name: json.loads(json.dumps({**base, "workload": workload_part(s, plan.seed, plan.prompts)}))
                     for s in plan.shapes}
-        measured = {(r["k"], r["shape"], r["concurrency"]) for r in rows
+        measured = {(r["k"], r["shape"], r["concurrency"], r["category"]) for r in rows
                     if {k: v for k, v in r["fingerprint"].items() if k != "date"} == expected.get(r["shape"])}
         cells = [c for k in plan.ks for c in plan.cells(k)]
-        missing = [c.label for c in cells if (c.k, c.shape.name, c.concurrency) not in measured]
+        missing = [c.label for c in cells if c.key not in measured]
         if missing:
             return postcondition(False, f"not measured with this setup yet: {', '.join(missing[:6])}"
                                         + (f" and {len(missing) - 6} more" if len(missing) > 6 else ""))
         return postcondition(True, f"all {plan.size} cells measured with this setup ({results})")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
+        from dsv4setup.bench.best import parse_weights
         from dsv4setup.bench.execute import execute
         from dsv4setup.bench.runner import BenchSession, NoProgress, new_run_id
 
+        plan = _plan(ctx)
+        weights = parse_weights(ctx.options.get("bench_weights"), plan.categories)
         session = BenchSession(workdir=ctx.workdir, profile=ctx.profile, state=ctx.state, log=ctx.require_log(),
-                               plan=_plan(ctx), base_profile=_base(ctx), host=ctx.options.get("host"),
+                               plan=plan, base_profile=_base(ctx), host=ctx.options.get("host"),
                                say=ctx.progress, display=ctx.options.get("bench_display") or NoProgress(),
                                run_id=ctx.options.get("bench_run_id") or new_run_id())
-        doc = execute(session, apply=bool(ctx.options.get("apply_best")))
+        doc = execute(session, apply=bool(ctx.options.get("apply_best")), weights=weights)
         if not doc["ok"]:
             fix = doc["restore"].get("fix") or f"see {doc['files']['markdown']} and `dsv4setup logs bench`"
             raise StepError("bench: " + "; ".join(doc["problems"]), fix=fix)

@@ -1,4 +1,4 @@
-"""`dsv4setup bench [--k ..] [--shape ..] [--concurrency ..] [--apply-best]` and `bench compare A B`."""
+"""`dsv4setup bench [--k ..] [--shape ..] [--concurrency ..] [--dataset ..] [--apply-best]` and `bench compare A B`."""
 
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ ShapeOpt = Annotated[str | None, typer.Option(
 ConcurrencyOpt = Annotated[str | None, typer.Option(
     "--concurrency", help="Concurrent requests (vllm bench serve --max-concurrency), comma-separated. "
                           "Default: the profile's bench.concurrency.", show_default=False)]
+DatasetOpt = Annotated[str, typer.Option(
+    "--dataset", help="The prompts: random (vLLM's random token ids at the shape's lengths), mix (dsv4setup's own "
+                      "prompt mix, the part that fits the profile's context), or FILE: JSONL with `prompt` "
+                      "(optional `category`), ShareGPT JSON, or SpecBench's question.jsonl. With a prompt set the "
+                      "shape gives the output length and every prompt is sent once.")]
+WeightsOpt = Annotated[str | None, typer.Option(
+    "--weights", help="With a prompt set: weigh its categories in the choice of the best k, e.g. coding=3,qa=1 "
+                      "(a category not named weighs 1).", show_default=False)]
 ApplyOpt = Annotated[bool, typer.Option(
     "--apply-best", help="Write the winning k into the workdir overrides (dsv4setup.yaml) with the evidence; "
                          "the server is left running at that k and the next `up` serves it.")]
@@ -65,7 +73,8 @@ class BarDisplay:
 
     def advance(self, row: dict[str, Any]) -> None:
         self.progress.advance(self.task)
-        where = f"k={row['k']} {row['shape']} c={row['concurrency']}"
+        where = f"k={row['k']} {row['shape']} c={row['concurrency']}" + (
+            f" {row['category']}" if row["category"] else "")
         if row["status"] == "ok":
             m = row["metrics"]
             rate = m.get("acceptance_rate")
@@ -84,6 +93,8 @@ def bench(
     k: KOpt = None,
     shape: ShapeOpt = None,
     concurrency: ConcurrencyOpt = None,
+    dataset: DatasetOpt = "random",
+    weights: WeightsOpt = None,
     apply_best: ApplyOpt = False,
     workdir: WorkdirOpt = None,
     profile: ProfileOpt = None,
@@ -93,6 +104,7 @@ def bench(
     """Run the benchmark matrix (the bench step) and report it; the server is put back as it was."""
     if ctx.invoked_subcommand is not None:
         return
+    from dsv4setup.bench.best import parse_weights
     from dsv4setup.bench.matrix import plan_matrix
     from dsv4setup.bench.report import read_run_document
     from dsv4setup.bench.runner import NoProgress, new_run_id
@@ -101,10 +113,12 @@ def bench(
 
     wd = workdir_from(workdir)
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], with_bench=True))
-    plan_matrix(resolved.profile, k, shape, concurrency)  # bad --k/--shape/--concurrency: exit 2 before anything
+    plan = plan_matrix(resolved.profile, k, shape, concurrency, dataset)  # bad input: exit 2 before anything
+    parse_weights(weights, plan.categories)
     run_id = new_run_id()
     display = NoProgress() if json_ else BarDisplay(err)  # --json: nothing on the terminal
     runbook.options.update({"bench_k": k, "bench_shape": shape, "bench_concurrency": concurrency,
+                            "bench_dataset": dataset, "bench_weights": weights,
                             "apply_best": apply_best, "bench_run_id": run_id, "bench_display": display,
                             "bench_source_file": resolved.source_file})
     with display:
@@ -132,22 +146,33 @@ def _print_run(doc: Document) -> None:
 
     shapes = {s["name"]: s for s in doc["matrix"]["shapes"]}
     for name, shape in shapes.items():
-        table = Table(title=f"{doc['profile']}, shape {name}: {shape['input_len']} in / {shape['output_len']} out, "
-                            f"{shape['num_prompts']} prompts (run {doc['run_id']})", title_justify="left",
+        dataset = doc["matrix"]["dataset"]
+        prompts = (f"{shape['input_len']} in / {shape['output_len']} out, {shape['num_prompts']} prompts"
+                   if dataset["name"] == "random" else
+                   f"dataset {dataset['name']}, {dataset['num_prompts']} prompts, {shape['output_len']} out")
+        table = Table(title=f"{doc['profile']}, shape {name}: {prompts} (run {doc['run_id']})", title_justify="left",
                       box=box.SIMPLE_HEAD)
-        for col in ("c", "k", "tok/s", "vs k=0", "TPOT ms", "p99 TPOT", "TTFT ms", "accept", "length",
-                    "per position", "status"):
-            table.add_column(col, justify="left" if col in ("per position", "status") else "right")
+        categories = dataset["name"] != "random"
+        for col in ("c", *(["category"] if categories else []), "k", "tok/s", "vs k=0", "TPOT ms", "p99 TPOT",
+                    "TTFT ms", "accept", "length", "per position", "status"):
+            table.add_column(col, justify="left" if col in ("category", "per position", "status") else "right")
         for line in (x for x in doc["summary"] if x["shape"] == name):
             status = "[green]ok[/]" if line["status"] == "ok" else f"[bold red]failed[/] {line['known_failure'] or ''}"
-            table.add_row(str(line["concurrency"]), str(line["k"]), fmt(line["output_throughput"]),
+            table.add_row(str(line["concurrency"]), *([line["category"]] if categories else []),
+                          str(line["k"]), fmt(line["output_throughput"]),
                           f"{line['speedup']:.2f}x" if line["speedup"] else "-", fmt(line["mean_tpot_ms"], ".2f"),
                           fmt(line["p99_tpot_ms"], ".2f"), fmt(line["mean_ttft_ms"], ".1f"),
                           fmt_rate(line["acceptance_rate"]), fmt(line["acceptance_length"], ".2f"),
                           fmt_positions(line["per_position_acceptance"]), status)
         _tables().print(table)
+    for k_value, total in doc["lossless"]["by_k"].items():
+        out.print(f"lossless k={k_value}: {total['identical']}/{total['total']} prompts gave the same greedy text "
+                  "as k=0", highlight=False)
     for shape, best in doc["best"].items():
         out.print(f"best k for {shape}: [bold]{best['k']}[/] ({best['output_throughput']} tok/s)", highlight=False)
+        if best["other_k"]:
+            out.print("  categories that would have picked another k: " + ", ".join(
+                f"{category} (k={k})" for category, k in best["other_k"].items()), highlight=False)
     applied = doc["applied"]
     if applied:
         was = "unchanged" if applied["k"] == applied["previous_k"] else f"was {applied['previous_k']}"
@@ -160,25 +185,58 @@ def _print_run(doc: Document) -> None:
     out.print(f"report: {files['markdown']}; chart: {files['chart']}; rows: {files['results']}", highlight=False)
 
 
+@bench_app.command("report")
+def report_cmd(
+    share: Annotated[bool, typer.Option(
+        "--share", help="Print a Markdown summary to post (hardware, profile, vLLM and patches, prompts, acceptance "
+                        "per category and k, lossless), scrubbed of host names, paths, keys and tokens.")] = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Print the last bench run's report (<workdir>/bench/report.md), or with --share a summary to post."""
+    import json
+
+    from dsv4setup.bench import BENCH_SCHEMA
+    from dsv4setup.bench.report import DOCUMENT_NAME, MARKDOWN_NAME
+    from dsv4setup.bench.share import shareable, workdir_secrets
+    from dsv4setup.core.errors import UsageError
+
+    wd = workdir_from(workdir)
+    source = wd.bench_dir / (DOCUMENT_NAME if share else MARKDOWN_NAME)
+    try:
+        text = source.read_text(encoding="utf-8")
+        doc = json.loads(text) if share else None
+    except (OSError, ValueError):
+        raise UsageError(f"no bench run to report: {source} is missing or unreadable",
+                         fix=f"run `dsv4setup bench --workdir {wd.root}` first") from None
+    if share and not (isinstance(doc, dict) and doc.get("schema") == BENCH_SCHEMA):
+        raise UsageError(f"{source} is not a {BENCH_SCHEMA} document (an older dsv4setup wrote it?)",
+                         fix=f"run `dsv4setup bench --workdir {wd.root}` again")
+    typer.echo(shareable(doc, workdir_secrets(wd)) if share and doc else text, nl=False)
+
+
 @bench_app.command("compare")
 def compare_cmd(
     a: Annotated[Path, typer.Argument(help="results.jsonl of machine A.", show_default=False)],
     b: Annotated[Path, typer.Argument(help="results.jsonl of machine B.", show_default=False)],
+    allow_different_prompts: Annotated[bool, typer.Option(
+        "--allow-different-prompts", help="Line up cells measured on different prompt sets (flagged as differing) "
+                                          "instead of refusing.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Line up two machines' matrices by (shape, concurrency, k); flag cells measured with different setups."""
     from dsv4setup.bench.compare import compare
     from dsv4setup.bench.rows import read_rows
 
-    emit(compare(read_rows(a), read_rows(b), a, b), json_, _print_compare)
+    emit(compare(read_rows(a), read_rows(b), a, b, allow_different_prompts=allow_different_prompts), json_,
+         _print_compare)
 
 
 def _print_compare(doc: Document) -> None:
     from dsv4setup.bench.report import fmt_rate
 
     table = Table(title=f"A: {doc['a']}\nB: {doc['b']}", title_justify="left")
-    for col in ("shape", "c", "k", "A tok/s", "B tok/s", "B/A", "A acc.", "B acc.", "setup"):
-        table.add_column(col, justify="left" if col in ("shape", "setup") else "right")
+    for col in ("shape", "c", "category", "k", "A tok/s", "B tok/s", "B/A", "A acc.", "B acc.", "setup"):
+        table.add_column(col, justify="left" if col in ("shape", "category", "setup") else "right")
     for cell in doc["cells"]:
         a, b = cell["a"] or {}, cell["b"] or {}
         if not cell["a"] or not cell["b"]:
@@ -188,7 +246,8 @@ def _print_compare(doc: Document) -> None:
         else:
             setup = "[bold red]differs:[/] " + ", ".join(d["key"] for d in cell["differences"][:3]) + (
                 " …" if len(cell["differences"]) > 3 else "")
-        table.add_row(cell["shape"], str(cell["concurrency"]), str(cell["k"]), _tps(a), _tps(b),
+        table.add_row(cell["shape"], str(cell["concurrency"]), cell["category"] or "-", str(cell["k"]), _tps(a),
+                      _tps(b),
                       f"{cell['ratio']:.2f}" if cell["ratio"] else "-", fmt_rate(a.get("acceptance_rate")),
                       fmt_rate(b.get("acceptance_rate")), setup)
     _tables().print(table)

@@ -181,6 +181,10 @@ class BenchSpec(Strict):
     })
     default_shape: str = "short"
     seed: int = 0
+    lossless_tolerance: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, description="Share of compared prompts whose greedy text may differ from k=0's before a bench "
+                                  "run fails (speculative decoding is lossless up to numerics); null: not measured "
+                                  "on this hardware yet (reported, never failed)")
 
     @field_validator("default_shape")
     @classmethod

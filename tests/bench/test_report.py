@@ -32,12 +32,14 @@ def with_failed_k3(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def document(rows: list[dict[str, Any]], tmp_path: Path) -> dict[str, Any]:
     """A bench document as execute() builds it, for the writers."""
     counts = {"ok": sum(r["status"] == "ok" for r in rows), "failed": sum(r["status"] == "failed" for r in rows)}
-    return {"schema": "dsv4setup.bench/2", "ok": True, "problems": [], "workdir": str(tmp_path), "profile": "cpu-tiny",
+    return {"schema": "dsv4setup.bench/3", "ok": True, "problems": [], "workdir": str(tmp_path), "profile": "cpu-tiny",
             "run_id": rows[0]["run_id"], "started_at": rows[0]["started_at"], "finished_at": rows[-1]["started_at"],
             "matrix": {"k": sorted({r["k"] for r in rows}), "concurrency": [1], "seed": 0,
+                       "dataset": {"name": "random"},
                        "shapes": [{"name": "short", "input_len": 16, "output_len": 32, "num_prompts": 4}]},
             "order": [r["k"] for r in rows], "servers": [], "counts": counts, "rows": rows, "summary": summary(rows),
             "best": {s: c.to_dict() for s, c in choose_best(rows).items()},
+            "lossless": {"by_k": {}, "tolerance": None, "beyond": [], "cells": []},
             "applied": {"k": 2, "shape": "short", "previous_k": 1, "file": str(tmp_path / "dsv4setup.yaml")},
             "restore": {"ok": True, "server": "running", "k": 2, "pid": 4242, "smoke": "passed",
                         "message": "the server runs at k=2 again (pid 4242)"},

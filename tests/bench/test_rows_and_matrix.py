@@ -136,7 +136,7 @@ def test_a_first_release_results_file_reads_with_fix_for_hint(tmp_path: Path) ->
     path = tmp_path / "results.jsonl"
     path.write_text(json.dumps(first) + "\n" + json.dumps(failed_row) + "\n")
     ok, failed = read_rows(path)
-    assert ok["schema"] == failed["schema"] == "dsv4setup.bench-row/2"
+    assert ok["schema"] == failed["schema"] == "dsv4setup.bench-row/3"
     assert failed["error"]["fix"] == "read `dsv4setup logs serve`" and "hint" not in failed["error"]
     assert ok["metrics"] == first["metrics"]
 
@@ -147,7 +147,7 @@ def test_a_bad_line_in_a_results_file_names_file_and_line(tmp_path: Path) -> Non
     with pytest.raises(UsageError) as caught:
         read_rows(path)
     assert f"{path}:2" in caught.value.message
-    path.write_text(json.dumps({"schema": "dsv4setup.bench-row/2", "k": 1}) + "\n")
+    path.write_text(json.dumps({"schema": "dsv4setup.bench-row/3", "k": 1}) + "\n")
     with pytest.raises(UsageError, match=r":1: not a bench result row"):
         read_rows(path)
 

@@ -90,8 +90,8 @@ def test_a_k_whose_server_crashes_is_recorded_with_its_known_failure_and_the_mat
     maxq = "NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition"
     assert [g["name"] for g in fp["hardware"]["gpus"]] == [maxq, maxq]
     assert fp["hardware"]["interconnect"] == "pcie" and fp["driver"]["version"]
-    assert fp["workload"] == {"dataset": "random", "input_len": 16, "output_len": 32, "num_prompts": 4, "seed": 0,
-                              "temperature": 0.0, "ignore_eos": True}
+    assert fp["workload"] == {"dataset": "random", "dataset_sha256": None, "input_len": 16, "output_len": 32,
+                              "num_prompts": 4, "seed": 0, "temperature": 0.0, "ignore_eos": True}
     assert doc["best"]["short"]["k"] == 1 and doc["best"]["short"]["scores"]["2"] is None
     assert doc["counts"] == {"ok": 2, "failed": 1} and doc["ok"]
     assert doc["restore"]["server"] == "stopped" and read_record(standin_workdir) is None  # none ran before

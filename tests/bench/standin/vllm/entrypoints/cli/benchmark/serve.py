@@ -19,6 +19,8 @@ class BenchmarkServingSubcommand:
             parser.add_argument(flag, required=True)
         parser.add_argument("--num-prompts", type=int, default=1)
         parser.add_argument("--random-output-len", type=int, default=1)
+        parser.add_argument("--dataset-path")  # the custom dataset: every prompt of it is one request
+        parser.add_argument("--save-detailed", action="store_true")
 
     def validate(self, args: argparse.Namespace) -> None:
         return None
@@ -32,6 +34,10 @@ class BenchmarkServingSubcommand:
                 urllib.request.urlopen(f"{args.base_url}/standin/die", timeout=10)
             time.sleep(600)  # a real bench would now wait on its requests
         prompts = args.num_prompts
+        if args.dataset_path:  # as vLLM's custom dataset reads it: a JSONL of {"prompt": ...}
+            lines = Path(args.dataset_path).read_text().splitlines()
+            if len(lines) != prompts or not all(json.loads(line)["prompt"] for line in lines):
+                raise SystemExit(f"standin: {args.dataset_path} holds {len(lines)} prompts, asked for {prompts}")
         result = {"date": "20260101-000000", "backend": "vllm", "duration": 1.0, "completed": prompts, "failed": 0,
                   "total_input_tokens": prompts * 16, "total_output_tokens": prompts * args.random_output_len,
                   "request_throughput": float(prompts), "output_throughput": 100.0 + 10 * k,
@@ -43,6 +49,11 @@ class BenchmarkServingSubcommand:
                            "spec_decode_num_drafts": 10, "spec_decode_draft_tokens": 10 * k,
                            "spec_decode_accepted_tokens": int(7.5 * k),
                            "spec_decode_per_position_acceptance_rates": [0.75] * k})
+        if args.save_detailed:  # greedy text per request; STANDIN_FLIP_K changes the second one at that k
+            texts = [f"standin answer {i}: ok ok ok ok" for i in range(prompts)]
+            if k == int(os.environ.get("STANDIN_FLIP_K") or -1) and prompts > 1:
+                texts[1] = texts[1][:20] + "no" + texts[1][22:]
+            result["generated_texts"] = texts
         out = Path(args.result_dir) / args.result_filename
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result))
