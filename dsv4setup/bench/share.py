@@ -8,12 +8,15 @@ like one), and every secret dsv4setup knows (API keys, tokens) become placeholde
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from collections.abc import Iterable
 from typing import Any
 
-from dsv4setup.bench.report import fmt, fmt_rate
+from dsv4setup.bench import BENCH_SCHEMA
+from dsv4setup.bench.report import DOCUMENT_NAME, MARKDOWN_NAME, fmt, fmt_rate
+from dsv4setup.core.errors import UsageError
 from dsv4setup.core.secrets import redact
 from dsv4setup.core.workdir import Workdir
 
@@ -106,3 +109,20 @@ def workdir_secrets(workdir: Workdir) -> list[str]:
 def shareable(doc: dict[str, Any], secrets: Iterable[str]) -> str:
     """share_markdown, scrubbed of the workdir and every other path, the host's names, keys and tokens."""
     return scrub(share_markdown(doc), [doc.get("workdir") or ""], host_names(), secrets)
+
+
+def report_text(workdir: Workdir, share: bool) -> str:
+    """What `bench report` prints: the last run's report.md, or (share) the scrubbed summary of its document."""
+    source = workdir.bench_dir / (DOCUMENT_NAME if share else MARKDOWN_NAME)
+    try:
+        text = source.read_text(encoding="utf-8")
+        doc = json.loads(text) if share else None
+    except (OSError, ValueError):
+        raise UsageError(f"no bench run to report: {source} is missing or unreadable",
+                         fix=f"run `dsv4setup bench --workdir {workdir.root}` first") from None
+    if not share:
+        return text
+    if not (isinstance(doc, dict) and doc.get("schema") == BENCH_SCHEMA):
+        raise UsageError(f"{source} is not a {BENCH_SCHEMA} document (an older dsv4setup wrote it?)",
+                         fix=f"run `dsv4setup bench --workdir {workdir.root}` again")
+    return shareable(doc, workdir_secrets(workdir))

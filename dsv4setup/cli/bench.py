@@ -193,25 +193,9 @@ def report_cmd(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Print the last bench run's report (<workdir>/bench/report.md), or with --share a summary to post."""
-    import json
+    from dsv4setup.bench.share import report_text
 
-    from dsv4setup.bench import BENCH_SCHEMA
-    from dsv4setup.bench.report import DOCUMENT_NAME, MARKDOWN_NAME
-    from dsv4setup.bench.share import shareable, workdir_secrets
-    from dsv4setup.core.errors import UsageError
-
-    wd = workdir_from(workdir)
-    source = wd.bench_dir / (DOCUMENT_NAME if share else MARKDOWN_NAME)
-    try:
-        text = source.read_text(encoding="utf-8")
-        doc = json.loads(text) if share else None
-    except (OSError, ValueError):
-        raise UsageError(f"no bench run to report: {source} is missing or unreadable",
-                         fix=f"run `dsv4setup bench --workdir {wd.root}` first") from None
-    if share and not (isinstance(doc, dict) and doc.get("schema") == BENCH_SCHEMA):
-        raise UsageError(f"{source} is not a {BENCH_SCHEMA} document (an older dsv4setup wrote it?)",
-                         fix=f"run `dsv4setup bench --workdir {wd.root}` again")
-    typer.echo(shareable(doc, workdir_secrets(wd)) if share and doc else text, nl=False)
+    typer.echo(report_text(workdir_from(workdir), share), nl=False)
 
 
 @bench_app.command("compare")
