@@ -23,7 +23,7 @@ import stat
 import time
 from pathlib import Path
 
-from dsv4setup.core.fsutil import atomic_write_text
+from dsv4setup.core.fsutil import write_secret_file
 from dsv4setup.core.secrets import register_secret
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.profiles.model import MultiNode, NodeSpec
@@ -77,11 +77,7 @@ def ensure_head_token(workdir: Workdir) -> bool:
     path = token_file(workdir)
     if path.exists() or path.is_symlink():
         return False
-    token = secrets.token_hex(TOKEN_BYTES)
-    register_secret(token)
-    workdir.secrets_dir.mkdir(parents=True, exist_ok=True)
-    workdir.secrets_dir.chmod(0o700)
-    atomic_write_text(path, token + "\n", mode=0o600)
+    write_secret_file(path, secrets.token_hex(TOKEN_BYTES))
     return True
 
 

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from dsv4setup.core.errors import DsvError
-from dsv4setup.core.secrets import redact_json
+from dsv4setup.core.secrets import redact_json, register_secret
 
 UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -114,3 +114,12 @@ def stat_key(path: str | Path) -> list[int] | None:
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def write_secret_file(path: Path, value: str) -> None:
+    """`value` as the one line of `path`, written atomically 0600 in a folder only its owner reads (0700),
+    and registered for redaction."""
+    register_secret(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    atomic_write_text(path, value + "\n", mode=0o600)

@@ -76,3 +76,4 @@ def _redact_in(obj: object, secrets: list[str]) -> object:
     if isinstance(obj, list | tuple):
         return [_redact_in(v, secrets) for v in obj]
     return obj
+

@@ -13,7 +13,7 @@ import os
 import secrets as pysecrets
 from pathlib import Path
 
-from dsv4setup.core.fsutil import atomic_write_text
+from dsv4setup.core.fsutil import write_secret_file
 from dsv4setup.core.secrets import register_secret
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.serve.guard import guarded, install_guard
@@ -47,9 +47,7 @@ def server_api_key(workdir: Workdir, host: str) -> str | None:
         key = _read_key(path)
         if key is None:
             key = pysecrets.token_urlsafe(32)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.parent.chmod(0o700)
-            atomic_write_text(path, key + "\n", mode=0o600)
+            write_secret_file(path, key)
     register_secret(key)
     return key
 

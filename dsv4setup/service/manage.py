@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dsv4setup.core.errors import DsvError, UsageError
-from dsv4setup.core.fsutil import atomic_write_text
+from dsv4setup.core.fsutil import atomic_write_text, write_secret_file
 from dsv4setup.core.state import load_state
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.preflight.snapshot import take_snapshot
@@ -71,9 +71,7 @@ def _key_file(workdir: Workdir, key: str | None) -> Path | None:
     if key is None:
         _remove_own(path)
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
-    atomic_write_text(path, key + "\n", mode=0o600)
+    write_secret_file(path, key)
     return path
 
 
