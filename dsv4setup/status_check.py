@@ -13,7 +13,6 @@ whatever credential the cluster package gives its Ray client); this module adds 
 
 from __future__ import annotations
 
-import http.client
 from typing import Any
 
 from dsv4setup.core.errors import DsvError
@@ -103,32 +102,18 @@ def server_liveness(workdir: Workdir) -> dict[str, Any] | None:
     """
     from dsv4setup.serve.apikey import api_key_file, client_api_key
     from dsv4setup.serve.process import is_ours, read_record
-    from dsv4setup.serve.readiness import base_url, is_loopback
+    from dsv4setup.serve.readiness import base_url, health_status, is_loopback
 
     record = read_record(workdir)
     if record is None:
         return None
     ours, detail = is_ours(record)
     auth = not is_loopback(record.host)
-    health = _health(record.host, record.port, client_api_key(workdir) if auth or api_key_file(workdir).exists()
-                     else None) if ours else None
+    key = client_api_key(workdir) if auth or api_key_file(workdir).exists() else None
+    health = health_status(record.host, record.port, HEALTH_TIMEOUT_S, key) if ours else None
     if ours:
         detail += f", /health {health if health is not None else 'does not answer'}"
     return {"pid": record.pid, "alive": ours, "health": health, "healthy": ours and health == 200,
             "base_url": base_url(record.host, record.port), "auth": auth,
             "key_file": str(api_key_file(workdir)) if auth else None, "detail": detail}
 
-
-def _health(host: str, port: int, key: str | None) -> int | None:
-    """HTTP status of GET /health within HEALTH_TIMEOUT_S, or None when nothing answers in time."""
-    from dsv4setup.serve.readiness import connect_host
-
-    conn = http.client.HTTPConnection(connect_host(host), port, timeout=HEALTH_TIMEOUT_S)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        conn.request("GET", "/health", headers=headers)
-        return conn.getresponse().status
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()

@@ -62,11 +62,11 @@ def base_url(host: str, port: int) -> str:
     return f"http://[{target}]:{port}" if ":" in target else f"http://{target}:{port}"
 
 
-def health_status(host: str, port: int, timeout_s: float = 2.0) -> int | None:
-    """HTTP status of GET /health, or None when nothing answers in time."""
+def health_status(host: str, port: int, timeout_s: float = 2.0, key: str | None = None) -> int | None:
+    """HTTP status of GET /health (with the API key when given), or None when nothing answers in time."""
     conn = http.client.HTTPConnection(connect_host(host), port, timeout=timeout_s)
     try:
-        conn.request("GET", "/health")
+        conn.request("GET", "/health", headers={"Authorization": f"Bearer {key}"} if key else {})
         return conn.getresponse().status
     except (OSError, http.client.HTTPException):
         return None

@@ -30,6 +30,7 @@ def server_url(workdir: Workdir, url: str | None) -> str:
                          fix="start it with `dsv4setup up` (or `dsv4setup serve`), or pass --url http://HOST:PORT")
     return base_url(record.host, record.port)
 
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
