@@ -1,5 +1,9 @@
 """The matrix on the machine: a server per k, `vllm bench serve` per cell, rows appended as they come.
 
+The cells of one server, shape and concurrency level (a prompt set's categories) are measured by one
+bench process, one after another (launcher.py), so each category's counters are its own while vLLM's
+bench starts once per k instead of once per category.
+
 Servers are started, adopted and stopped by the serve step's own code (ServeStep.run: same
 command rendering, API key, port check, readiness, known failures, stall detection); their
 output goes to `logs/serve.log` like any server of the workdir. A k whose server does not
