@@ -16,10 +16,12 @@ can be lined up and their differences named.
 - best.py: the winning k, and writing it into the workdir overrides
 - report.py: summary, Markdown report, PNG chart, the bench document
 - compare.py: two machines' matrices side by side
+- lossless.py: greedy texts with k>0 against k=0, prompt by prompt
+- reference.py: the k=0 texts a run on a prompt set keeps for `smoke --lossless`, with their fingerprint
 - execute.py: one run from matrix to report (what the bench step and `dsv4setup bench` call)
 
 Files in <workdir>/bench/: results.jsonl (every row of every run), report.md, chart.png and
-last-run.json (the latest run), raw/<run_id>/ (vLLM's own result JSON per cell).
+last-run.json (the latest run), raw/<run_id>/ (vLLM's own result JSON per cell), lossless-reference.json.
 """
 
 ROW_SCHEMA = "dsv4setup.bench-row/3"

@@ -160,6 +160,32 @@ def bench_argv(info: VllmInfo, flags: list[str]) -> list[str]:
     return [info.python, "-P", str(LAUNCHER), *flags]
 
 
+def launcher_argv(info: VllmInfo, runs: list[list[str]], progress: Path) -> list[str]:
+    """One launcher for several `vllm bench serve` runs against one server, one after another (see launcher.py);
+    each finished run gets a line in `progress`."""
+    argv = [info.python, "-P", str(LAUNCHER), "--dsv4setup-progress", str(progress)]
+    for index, flags in enumerate(runs):
+        argv += [*(["--dsv4setup-next"] if index else []), *flags]
+    return argv
+
+
+def read_progress(path: Path) -> dict[str, dict[str, Any]]:
+    """The launcher's record of its finished runs, by result file name (a line cut short by a kill is skipped)."""
+    done: dict[str, dict[str, Any]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return done
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("result"), str):
+            done[entry["result"]] = entry
+    return done
+
+
 class BenchRunError(Exception):
     """`vllm bench serve` did not produce a result: why, the server's known failure if any, the output tail."""
 

@@ -11,6 +11,7 @@ from dsv4setup.bench import BENCH_SCHEMA
 from dsv4setup.bench.best import Choice, apply_best, choose_best, pick_for_profile
 from dsv4setup.bench.fingerprint import now_utc
 from dsv4setup.bench.lossless import beyond_tolerance, generated_texts, lossless, totals
+from dsv4setup.bench.reference import CONCURRENCY, build_reference, setup_fingerprint, write_reference
 from dsv4setup.bench.report import (
     CHART_NAME,
     DOCUMENT_NAME,
@@ -20,7 +21,7 @@ from dsv4setup.bench.report import (
     write_document,
     write_markdown,
 )
-from dsv4setup.bench.runner import BenchSession, MatrixRun, restore, run_matrix, with_k
+from dsv4setup.bench.runner import BenchSession, MatrixRun, render_for, restore, run_matrix, with_k
 from dsv4setup.profiles.model import Profile
 
 
@@ -58,6 +59,37 @@ def lossless_part(session: BenchSession, rows: list[dict[str, Any]]) -> dict[str
     return {"by_k": by_k, "tolerance": tolerance, "beyond": beyond_tolerance(by_k, tolerance), "cells": entries}
 
 
+def store_reference(session: BenchSession, run: MatrixRun) -> str | None:
+    """Keep the k=0 texts of this run on a prompt set as the lossless reference of `smoke --lossless`
+    (bench/reference.py); the file written, or None (and why, in the log) when this run cannot make one."""
+    plan = session.plan
+    if plan.prompts is None or plan.dataset_source is None or 0 not in plan.ks:
+        return None
+    names = [s.name for s in plan.shapes]
+    shape = plan.shapes[names.index(session.profile.bench.default_shape)] \
+        if session.profile.bench.default_shape in names else plan.shapes[0]
+    texts: dict[str, list[str | None]] = {}
+    for row in run.rows:
+        if (row["k"], row["shape"], row["concurrency"], row["status"]) == (0, shape.name, CONCURRENCY, "ok") \
+                and row["raw_result"]:
+            saved = generated_texts(session.workdir.bench_dir / row["raw_result"])
+            if saved is not None and len(saved) == plan.prompts.categories().get(row["category"]):
+                texts[row["category"]] = saved
+    missing = [c for c in plan.prompts.categories() if c not in texts]
+    if missing:
+        session.log.line(f"no new lossless reference: k=0 at concurrency {CONCURRENCY} on shape {shape.name} has no "
+                         f"complete texts for {', '.join(missing)}")
+        return None
+    argv, env = render_for(session, with_k(session.profile, 0))
+    setup = setup_fingerprint(session.profile, session.state, session.workdir, run.vllm, argv, env)
+    doc = build_reference(run_id=run.run_id, setup=setup, prompts=plan.prompts, dataset_source=plan.dataset_source,
+                          shape=shape, seed=plan.seed, fit_output_len=max(s.output_len for s in plan.shapes),
+                          texts=texts)
+    path = write_reference(session.workdir, doc)
+    session.log.line(f"lossless reference: {len(doc['prompts'])} k=0 texts written to {path}")
+    return str(path)
+
+
 def execute(session: BenchSession, apply: bool = False, weights: dict[str, float] | None = None) -> dict[str, Any]:
     """Run the matrix and everything after it; returns the `dsv4setup.bench/3` document (also written to disk)."""
     run = run_matrix(session)
@@ -71,6 +103,7 @@ def execute(session: BenchSession, apply: bool = False, weights: dict[str, float
     restored = restore(session, target, run.was_running)
     bench_dir = session.workdir.bench_dir
     same_text = lossless_part(session, run.rows)
+    reference = store_reference(session, run)
     ok = sum(r["status"] == "ok" for r in run.rows)
     counts = {"ok": ok, "failed": len(run.rows) - ok}
     problems = [p for p in (
@@ -88,7 +121,7 @@ def execute(session: BenchSession, apply: bool = False, weights: dict[str, float
            "applied": applied, "restore": restored,
            "files": {"results": str(session.results_file), "markdown": str(bench_dir / MARKDOWN_NAME),
                      "chart": str(bench_dir / CHART_NAME), "document": str(bench_dir / DOCUMENT_NAME),
-                     "raw_dir": str(session.raw_dir)}}
+                     "raw_dir": str(session.raw_dir), "lossless_reference": reference}}
     session.tell("writing the report and chart")
     write_markdown(bench_dir / MARKDOWN_NAME, doc)
     write_chart(bench_dir / CHART_NAME, run.rows, f"{session.profile.name}: run {run.run_id}")

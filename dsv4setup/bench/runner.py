@@ -1,5 +1,9 @@
 """The matrix on the machine: a server per k, `vllm bench serve` per cell, rows appended as they come.
 
+The cells of one server, shape and concurrency level (a prompt set's categories) are measured by one
+bench process, one after another (launcher.py), so each category's counters are its own while vLLM's
+bench starts once per k instead of once per category.
+
 Servers are started, adopted and stopped by the serve step's own code (ServeStep.run: same
 command rendering, API key, port check, readiness, known failures, stall detection); their
 output goes to `logs/serve.log` like any server of the workdir. A k whose server does not
@@ -25,6 +29,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from dsv4setup.bench.client import (
+    CLI_MODULE,
     BenchRunError,
     BenchTarget,
     ServerProbe,
@@ -32,8 +37,10 @@ from dsv4setup.bench.client import (
     Watch,
     bench_argv,
     bench_flags,
+    launcher_argv,
     matched_line,
     probe_vllm,
+    read_progress,
     read_result,
     run_bench,
     tokenizer_mode,
@@ -275,40 +282,83 @@ def _server_alive(record: ServerRecord) -> Callable[[], bool]:
     return alive
 
 
-def _run_cell(session: BenchSession, info: VllmInfo, cell: Cell, server: ServerUp, env: dict[str, str],
-              base_fp: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """One `vllm bench serve`; returns the row and whether the server died."""
+def _result_file(cell: Cell) -> str:
+    return f"k{cell.k}-{cell.shape.name}-c{cell.concurrency}" + (f"-{cell.category}" if cell.category else "") + ".json"
+
+
+def _run_cells(session: BenchSession, info: VllmInfo, cells: list[Cell], server: ServerUp, env: dict[str, str],
+               base_fp: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """The cells of one shape and concurrency level (a prompt set's categories, or one random cell), measured one
+    after another by one `vllm bench serve` process; their rows and whether the server died.
+
+    Through the launcher (a prompt set) its progress file says which runs finished, when, and which failed.
+    """
     profile = session.profile
     started_at, t0 = now_utc(), time.monotonic()
     target = BenchTarget(base_url(server.record.host, server.record.port), profile.serve.served_model_name,
                          str(checkpoint_dir(profile, session.workdir)), tokenizer_mode(profile.serve.extra_args),
                          profile.serve.trust_remote_code)
-    result_file = f"k{cell.k}-{cell.shape.name}-c{cell.concurrency}" + (
-        f"-{cell.category}" if cell.category else "") + ".json"
-    prompts = session.prompts_file(cell.category)
-    flags = bench_flags(cell, target, session.plan.seed, session.raw_dir, result_file, session.run_id, prompts,
-                        session.plan.num_prompts(cell))
+    runs = [bench_flags(cell, target, session.plan.seed, session.raw_dir, _result_file(cell), session.run_id,
+                        session.prompts_file(cell.category), session.plan.num_prompts(cell)) for cell in cells]
+    first = cells[0]
+    progress = None if info.runner == CLI_MODULE else \
+        session.raw_dir / f"launcher-k{first.k}-{first.shape.name}-c{first.concurrency}.jsonl"
+    if progress is not None:
+        progress.parent.mkdir(parents=True, exist_ok=True)
+        progress.unlink(missing_ok=True)
+    argv = bench_argv(info, runs[0]) if progress is None else launcher_argv(info, runs, progress)
     bench_env = {**env, **no_proxy_env(server.record.host)}  # the key never goes to a proxy
     if server.auth:  # vLLM's bench client reads the key from OPENAI_API_KEY (never argv)
         bench_env["OPENAI_API_KEY"] = client_api_key(session.workdir)
     log_path = Path(server.record.log)
     follower = LogFollower(log_path, log_path.stat().st_size if log_path.exists() else 0)
-    fingerprint = row_fingerprint(base_fp, cell, session.plan, started_at)
-    metrics, failure, died, raw = None, None, False, None
-    session.log.section(f"{cell.label}: vllm bench serve")
+    session.log.section(f"{first.label}: vllm bench serve" + (f" ({len(cells)} categories, one process)"
+                                                              if len(cells) > 1 else ""))
+    error: BenchRunError | None = None
     try:
-        run_bench(bench_argv(info, flags), bench_env, session.log, ServerProbe(_server_alive(server.record), follower),
+        run_bench(argv, bench_env, session.log, ServerProbe(_server_alive(server.record), follower),
                   Watch(stall_timeout_s=float(profile.serve.stall_timeout_s)), session.workdir.root)
-        raw = str(Path("raw") / session.run_id / result_file)
-        metrics = metrics_from_result(read_result(session.raw_dir / result_file))
-        failure = judge_metrics(cell, metrics)
     except BenchRunError as exc:
-        known = exc.known
-        failure = CellFailure(exc.message, exc.fix, known.failure.id if known else None, exc.excerpt)
-        died = exc.server_died
-    row = build_row(run_id=session.run_id, cell=cell, fingerprint=fingerprint, started_at=started_at,
-                    elapsed_s=time.monotonic() - t0, metrics=metrics, failure=failure, raw_result=raw)
-    return row, died
+        error = exc
+    elapsed = time.monotonic() - t0
+    done = read_progress(progress) if progress is not None else {}
+    rows, stopped = [], False
+    for cell in cells:
+        entry = done.get(_result_file(cell))
+        measured = entry is not None and entry.get("error") is None if progress is not None else error is None
+        metrics, failure, raw = None, None, None
+        if measured:
+            try:
+                metrics = metrics_from_result(read_result(session.raw_dir / _result_file(cell)))
+                raw = str(Path("raw") / session.run_id / _result_file(cell))
+                failure = judge_metrics(cell, metrics)
+            except BenchRunError as exc:
+                failure = CellFailure(exc.message, exc.fix)
+        when, cell_s = (entry.get("started_at"), float(entry["elapsed_s"])) if entry else (None, 0.0)
+        if entry is None and not stopped:  # the cell the process was on when it ended (or a lone cell)
+            cell_s = elapsed - sum(float(e["elapsed_s"]) for e in done.values())
+        if not measured:
+            failure = _failure(entry, error, stopped)
+            stopped = stopped or entry is None
+        rows.append(build_row(run_id=session.run_id, cell=cell,
+                              fingerprint=row_fingerprint(base_fp, cell, session.plan, when or started_at),
+                              started_at=when or started_at, elapsed_s=max(cell_s, 0.0), metrics=metrics,
+                              failure=failure, raw_result=raw))
+    return rows, bool(error and error.server_died)
+
+
+def _failure(entry: dict[str, Any] | None, error: BenchRunError | None, stopped: bool) -> CellFailure:
+    """Why a cell has no result: its run failed (the launcher went on), or the process ended before it finished."""
+    known = error.known.failure.id if error is not None and error.known else None
+    fix, excerpt = (error.fix, error.excerpt) if error is not None else (None, None)
+    if entry is not None:
+        return CellFailure(f"vllm bench serve failed: {entry.get('error')}", fix, known, excerpt)
+    if error is None:
+        return CellFailure("vllm bench serve ended without measuring this cell", fix="see `dsv4setup logs bench`")
+    if stopped:
+        return CellFailure(f"not measured: the bench stopped in an earlier category ({error.message})", fix, known,
+                           excerpt)
+    return CellFailure(error.message, fix, known, excerpt)
 
 
 def _record(session: BenchSession, rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
@@ -367,21 +417,37 @@ def _run_k(session: BenchSession, info: VllmInfo, k: int, env: dict[str, str], b
         return
     servers.append({"k": k, "ok": True, "pid": up.record.pid, "reused": up.reused, "ready_s": round(up.ready_s, 1)})
     dead: CellFailure | None = None
-    for cell in cells:
+    for group in _by_shape_and_concurrency(cells):
         if dead is not None:
-            _record(session, rows, _unmeasured(session, cell, base_fp, dead))
+            for cell in group:
+                _record(session, rows, _unmeasured(session, cell, base_fp, dead))
             continue
-        session.tell(f"{cell.label}: vllm bench serve ({session.plan.num_prompts(cell)} prompts)")
-        row, died = _run_cell(session, info, cell, up, env, base_fp)
-        _record(session, rows, row)
-        if died:
-            error = row["error"]
+        prompts = sum(session.plan.num_prompts(cell) for cell in group)
+        session.tell(f"{group[0].label if len(group) == 1 else group[0].label.rsplit(' ', 1)[0]}: vllm bench serve "
+                     f"({prompts} prompts" + (f", {len(group)} categories one after another)" if len(group) > 1
+                                              else ")"))
+        measured, died = _run_cells(session, info, group, up, env, base_fp)
+        for row in measured:
+            _record(session, rows, row)
+        error = next((r["error"] for r in measured if r["status"] != "ok"), None)
+        if died and error is not None:
             dead = CellFailure(f"not measured: the server for k={k} died in an earlier cell ({error['message']})",
                                error["fix"], error["known_failure"], error["excerpt"], phase="bench")
     if dead is not None:  # leave nothing half-dead behind for the next k
         record = read_record(session.workdir)
         if record is not None:
             _stop(session, record)
+
+
+def _by_shape_and_concurrency(cells: list[Cell]) -> list[list[Cell]]:
+    """Consecutive cells of one shape and concurrency level: one bench process measures them (its categories)."""
+    groups: list[list[Cell]] = []
+    for cell in cells:
+        if groups and (groups[-1][0].shape, groups[-1][0].concurrency) == (cell.shape, cell.concurrency):
+            groups[-1].append(cell)
+        else:
+            groups.append([cell])
+    return groups
 
 
 def _unmeasured(session: BenchSession, cell: Cell, base_fp: dict[str, Any], why: CellFailure) -> dict[str, Any]:

@@ -70,19 +70,22 @@ def smoke(
     workdir: WorkdirOpt = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
+    lossless: Annotated[bool, typer.Option(
+        "--lossless", help="Also compare the server's greedy texts with the k=0 reference the last bench on a "
+                           "prompt set stored (without restarting the server); a stale reference is refused.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Smoke-test the running server: a chat completion, and MTP drafts made and accepted (from /metrics)."""
     from dsv4setup.smoke.report import read_report, report_file
 
     wd = workdir_from(workdir)
-    result = _run_step(wd, "smoke", profile, set_, {}, True, json_)
+    result = _run_step(wd, "smoke", profile, set_, {"smoke_lossless": True} if lossless else {}, True, json_)
     path = report_file(wd)
     doc = read_report(path)
-    if not doc:  # it failed before generating (no server): a plain error
+    if not doc:  # it failed before generating (no server, no usable lossless reference): a plain error
         error = result.error
         raise StepError(error.message if error else f"the smoke step wrote no report at {path}",
-                        fix=error.fix if error else None)
+                        fix=error.fix if error else None, command=error.command if error else None)
     emit(doc, json_, _print_smoke)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
@@ -99,6 +102,10 @@ def _print_smoke(doc: Document) -> None:
                   f"per position {mtp['per_position_rates']}", highlight=False)
     elif not mtp.get("checked"):
         out.print(f"MTP not checked: {mtp.get('skipped_reason')}", highlight=False)
+    for differing in (doc.get("lossless") or {}).get("differing", []):
+        out.print(f"lossless: prompt #{differing['index']} {differing['prompt']!r} differs at character "
+                  f"{differing['position']}: reference {differing['reference']!r}, now {differing['candidate']!r}",
+                  highlight=False, markup=False)
     for check in doc["checks"]:
         mark = "[bold red]FAIL[/]" if check["status"] == "fail" else "[green]ok[/]  "
         out.print(f"{mark} {check['id']}: {check['summary']}", highlight=False)

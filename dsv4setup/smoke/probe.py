@@ -8,13 +8,14 @@ proof is vLLM's own counters, read from /metrics before and after a short genera
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from dsv4setup.core.finding import Finding, failed, passed
 from dsv4setup.serve.metrics import SpecDecodeCounters, fetch_metrics, parse_spec_decode, spec_decode_delta
 
-SMOKE_SCHEMA = "dsv4setup.smoke/2"
+SMOKE_SCHEMA = "dsv4setup.smoke/3"
 
 FIXES = {
     "models": "the server does not list the model: check serve.served_model_name and `dsv4setup logs serve`",
@@ -32,6 +33,10 @@ FIXES = {
                   "context is "
                   "shorter than the target's (hf_config_path and --hf-overrides do not reach the draft)",
     "metrics": "the server's /metrics does not answer: is the server up (`dsv4setup serve --json`)?",
+    "lossless": "greedy output with MTP differs from the k=0 reference on more prompts than the profile's "
+                "bench.lossless_tolerance allows: `lossless.differing` names each prompt, where its text parts and "
+                "an excerpt of both; a bench of this k against k=0 (`dsv4setup bench --k 0,K --dataset DATASET`) "
+                "measures it again",
 }
 
 
@@ -60,6 +65,7 @@ class SmokeReport:
     completion_tokens: int | None = None
     elapsed_s: float | None = None
     mtp: dict[str, Any] = field(default_factory=dict)
+    lossless: dict[str, Any] | None = None  # smoke --lossless: the comparison with the k=0 reference
 
     def check(self, name: str, ok: bool, detail: str) -> bool:
         self.checks.append(passed(f"smoke.{name}", detail) if ok else failed(f"smoke.{name}", detail, FIXES[name]))
@@ -79,7 +85,7 @@ class SmokeReport:
         return {"schema": SMOKE_SCHEMA, "ok": self.ok, "base_url": req.base_url, "models": self.models,
                 "model": self.model, "prompt": req.prompt, "expect": req.expect, "content": self.content,
                 "reasoning": self.reasoning, "completion_tokens": self.completion_tokens,
-                "elapsed_s": self.elapsed_s, "tokens_per_s": tps, "mtp": self.mtp,
+                "elapsed_s": self.elapsed_s, "tokens_per_s": tps, "mtp": self.mtp, "lossless": self.lossless,
                 "checks": [c.to_dict() for c in self.checks]}
 
 
@@ -147,8 +153,12 @@ def _check_mtp(report: SmokeReport, before: SpecDecodeCounters | None, after: Sp
                  f"minimum {req.min_acceptance:.0%}; mean acceptance length {delta.mean_acceptance_length}")
 
 
-def run_smoke(req: SmokeRequest) -> SmokeReport:
-    """List models, generate deterministically, check the answer and (k > 0) the MTP counters."""
+Compare = Callable[[Any, str | None], dict[str, Any]]  # (openai client, model) -> smoke/lossless.py's result
+
+
+def run_smoke(req: SmokeRequest, lossless: Compare | None = None) -> SmokeReport:
+    """List models, generate deterministically, check the answer and (k > 0) the MTP counters; with `lossless`,
+    then compare greedy texts with the k=0 reference (only when everything before passed)."""
     import openai
 
     report = SmokeReport(req)
@@ -178,4 +188,9 @@ def run_smoke(req: SmokeRequest) -> SmokeReport:
                           "skipped_reason": "speculative decoding is off (spec.num_speculative_tokens = 0)"}
     except OSError as exc:
         report.check("metrics", False, f"cannot read {req.base_url}/metrics: {exc}")
+    if lossless is not None and report.ok:
+        from dsv4setup.smoke.lossless import lossless_summary
+
+        report.lossless = lossless(client, report.model)
+        report.check("lossless", report.lossless["ok"], lossless_summary(report.lossless))
     return report

@@ -66,6 +66,15 @@ def test_bench_on_the_shipped_mix_sends_the_converted_prompts_and_a_bad_file_exi
         assert len(sent) == count and all(json.loads(line)["prompt"] for line in sent)
     assert [(r["k"], r["category"]) for r in doc["rows"]] == [
         (k, c) for k in doc["order"] for c in dataset["categories"]]  # one after another against each server
+    bench_log = (standin_workdir.logs_dir / "bench.log").read_text()
+    assert bench_log.count("launcher.py --dsv4setup-progress") == 2  # one bench process per k for all categories
+    for k in (0, 1):
+        finished = [json.loads(line) for line in (raw / f"launcher-k{k}-short-c1.jsonl").read_text().splitlines()]
+        assert [e["result"] for e in finished] == [f"k{k}-short-c1-{c}.json" for c in dataset["categories"]]
+        assert all(e["error"] is None for e in finished)
+    reference = json.loads(Path(doc["files"]["lossless_reference"]).read_text())  # k=0's texts for smoke --lossless
+    validate_document(reference)
+    assert len(reference["prompts"]) == dataset["num_prompts"] and reference["run_id"] == doc["run_id"]
     for row in doc["rows"]:
         workload = row["fingerprint"]["workload"]
         assert row["status"] == "ok" and (workload["dataset"], workload["dataset_sha256"]) == ("mix", dataset["sha256"])
@@ -102,6 +111,21 @@ def test_bench_on_the_shipped_mix_sends_the_converted_prompts_and_a_bad_file_exi
     refused = dsv("bench", "--workdir", wd, "--profile", str(profile), "--dataset", str(bad), "--json")
     assert refused.returncode == EXIT_USAGE
     assert "--dataset prompts.txt: not ShareGPT JSON" in json.loads(refused.stdout)["message"]
+
+
+def test_one_category_that_fails_inside_the_shared_bench_process_fails_alone_and_the_others_are_measured(
+        standin_workdir: Workdir, tmp_path: Path) -> None:
+    profile = profile_file(tmp_path, k=1, env={"STANDIN_FAIL_RESULT": "k1-short-c1-coding.json"})
+    run = dsv("bench", "--workdir", str(standin_workdir.root), "--profile", str(profile), "--k", "1", "--dataset",
+              "mix", "--json")
+    assert run.returncode == 0, run.stderr  # the other categories succeeded
+    doc = json.loads(run.stdout)
+    validate_document(doc)
+    status = {r["category"]: r["status"] for r in doc["rows"]}
+    assert status.pop("coding") == "failed" and set(status.values()) == {"ok"} and len(status) >= 7
+    coding = next(r for r in doc["rows"] if r["category"] == "coding")
+    assert coding["error"]["message"] == "vllm bench serve failed: RuntimeError: standin: this run fails on purpose"
+    assert all(r["elapsed_s"] >= 0 and r["started_at"] for r in doc["rows"])
 
 
 def sent_prompts(raw: Path, category: str) -> list[str]:

@@ -33,6 +33,8 @@ class BenchmarkServingSubcommand:
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(f"{args.base_url}/standin/die", timeout=10)
             time.sleep(600)  # a real bench would now wait on its requests
+        if args.result_filename == os.environ.get("STANDIN_FAIL_RESULT"):
+            raise RuntimeError("standin: this run fails on purpose")
         prompts = args.num_prompts
         if args.dataset_path:  # as vLLM's custom dataset reads it: a JSONL of {"prompt": ...}
             lines = Path(args.dataset_path).read_text().splitlines()
