@@ -193,6 +193,7 @@ def plan(
 
     def show(doc: Document) -> None:
         out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.header}"))
+        out.print(doc["download"]["text"], markup=False, highlight=False)
         print_serve_plan(out, doc)
 
     emit(render_plan(resolved, wd, load_state(wd.state_file), decisions), json_, show)

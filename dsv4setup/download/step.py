@@ -11,25 +11,20 @@ import hashlib
 import importlib
 import importlib.util
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.download.outputs import DownloadOutputs
+from dsv4setup.download.route import Route, model_route
 from dsv4setup.engine import RunContext, Step
 from dsv4setup.profiles.paths import checkpoint_dir
 
-Route = Literal["repo", "local", "generate"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
 def route(ctx: RunContext) -> Route:
-    model = ctx.profile.model
-    if model.local_path:
-        return "local"
-    if model.generate:
-        return "generate"
-    return "repo"
+    return model_route(ctx.profile.model)
 
 
 def _generator_digest() -> str | None:

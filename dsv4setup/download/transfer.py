@@ -317,7 +317,7 @@ class Downloader:
         url = hf_hub_url(self.repo, f.path, revision=self._commit, endpoint=hub_endpoint())
         meta = get_hf_file_metadata(url, token=self.token or False, endpoint=hub_endpoint())
         headers = build_hf_headers(token=self.token or False)
-        if _origin(meta.location) != _origin(url):
+        if origin(meta.location) != origin(url):
             headers.pop("authorization", None)  # a signed CDN URL: the token stays with the hub
         if part.is_file() and part.stat().st_size > f.size:
             part.unlink()
@@ -435,7 +435,7 @@ def _verified_kinds(manifest: Manifest) -> str:
     return "+".join(sorted({r.verified for r in manifest.verified.values()}))
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
+def origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return parts.scheme, (parts.hostname or "").lower(), parts.port
 
