@@ -55,7 +55,7 @@ def status(env: dict[str, str]) -> dict[str, str]:
     result = dsv(env, "status", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["schema"] == "dsv4setup.status/5"
+    assert doc["schema"] == "dsv4setup.status/6"
     return {row["step"]: row["status"] for row in doc["steps"]}
 
 
