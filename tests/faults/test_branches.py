@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,8 +54,8 @@ def wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
         time.sleep(0.05)
 
 
-def state_steps(env: dict[str, str]) -> dict[str, dict[str, object]]:
-    steps: dict[str, dict[str, object]] = json.loads((Path(env["DSV4SETUP_WORKDIR"]) / "state.json").read_text())[
+def state_steps(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    steps: dict[str, dict[str, Any]] = json.loads((Path(env["DSV4SETUP_WORKDIR"]) / "state.json").read_text())[
         "steps"]
     return steps
 
@@ -129,3 +130,24 @@ def test_a_failure_in_one_branch_while_the_other_runs(env: dict[str, str], faili
     actions = resume_to_done({k: v for k, v in env.items() if k != "TEST_STEPS_MEET"})
     assert actions[other] == "skip" and actions[failing] == "run"
     assert ts.journal(markers).count(other) == 1
+
+
+def test_ctrl_c_while_both_branches_run_records_both_interrupted_then_resume(env: dict[str, str]) -> None:
+    """SIGINT to `up` (its steps sleep in-process, as the download's threads do): it exits 130 at once, both
+    running steps recorded `failed` with "interrupted by the user", and the next `up` finishes them."""
+    markers = Path(env["TEST_STEPS_DIR"])
+    proc = subprocess.Popen([sys.executable, "-m", "dsv4setup", "up", "--profile", "cpu-tiny", "--yes"],
+                            env={**env, "TEST_STEPS_SLOW": "build,fetch", "TEST_STEPS_SLEEP": "120"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
+    wait_for(markers / "build.started", proc)
+    wait_for(markers / "fetch.started", proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)  # not the 120 s the steps sleep: the interrupted steps are left behind
+    steps = state_steps(env)
+    interrupted = {n: (steps[n]["status"], steps[n]["error"]["message"]) for n in ("build", "fetch")}
+    record("interrupt", "Ctrl-C of up while both branches run",
+           survived=proc.returncode == 130 and set(interrupted.values()) == {("failed", "interrupted by the user")})
+    assert proc.returncode == 130
+    assert interrupted == dict.fromkeys(("build", "fetch"), ("failed", "interrupted by the user"))
+    assert resume_to_done(env)["root"] == "skip"
