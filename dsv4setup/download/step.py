@@ -84,6 +84,9 @@ def installs_to_come(ctx: RunContext) -> list[tuple[str, int, Path]]:
 class DownloadStep(Step):
     name = "download"
     description = "Fetch the checkpoint (pinned revision, resumable, sha256-verified) or prepare the local one"
+    # Needs no other step: `dsv4setup download` runs it alone. In `up` it waits for preflight (no 150 GB for
+    # a machine that fails its checks), then runs beside toolkit -> vllm -> patches.
+    after = ("preflight",)
     Outputs = DownloadOutputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
