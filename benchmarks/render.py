@@ -24,7 +24,7 @@ PAGE = REPO_ROOT / "docs" / "performance.md"
 BEGIN = "<!-- results:begin -->"
 NOTICE = "<!-- written by `python benchmarks/render.py` from benchmarks/results/*.json: edit those, not this -->"
 END = "<!-- results:end -->"
-ORDER = ["install", "reup", "readiness", "doctor_startup"]  # the rest follow by name
+ORDER = ["overlap", "install", "reup", "readiness", "doctor_startup"]  # the rest follow by name
 
 
 def number(value: float) -> str:

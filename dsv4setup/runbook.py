@@ -24,7 +24,7 @@ from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.resolve import ResolvedProfile, resolve_profile
 
 ENV_RUNBOOK = "DSV4SETUP_RUNBOOK"
-UP_SCHEMA = "dsv4setup.up/2"
+UP_SCHEMA = "dsv4setup.up/3"  # /3: the steps' `stale` follows their `needs` (status/6)
 RESET_SCHEMA = "dsv4setup.reset/1"
 DOWNLOAD_SCHEMA = "dsv4setup.download/2"
 
@@ -75,6 +75,13 @@ def step_names(with_bench: bool = True) -> list[str]:
     return list(STEP_ORDER + (OPTIONAL_STEPS if with_bench else ()))
 
 
+def step_needs(with_bench: bool = True) -> dict[str, tuple[str, ...]]:
+    """Each step's `needs`, without resolving a profile (`status`'s stale rule follows them)."""
+    spec = os.environ.get(ENV_RUNBOOK)
+    steps = _custom_steps(spec) if spec else runbook_steps(with_bench=with_bench)
+    return {s.name: tuple(s.needs) for s in steps}
+
+
 def build_runbook(request: RunbookRequest) -> tuple[Runbook, ResolvedProfile]:
     resolved = resolve_profile(request.workdir, request.profile, request.sets, probe=take_snapshot)
     spec = os.environ.get(ENV_RUNBOOK)
@@ -87,17 +94,17 @@ def resume_command(workdir: Path, profile: str) -> list[str]:
 
 
 def dry_run_doc(profile: Profile, workdir: Workdir, decisions: list[Decision]) -> dict[str, Any]:
-    """The `dsv4setup.up/2` document of `up --dry-run`: what each step would do, and why."""
+    """The `dsv4setup.up/3` document of `up --dry-run`: what each step would do, and why."""
     return {"schema": UP_SCHEMA, "ok": True, "dry_run": True, "profile": profile.name, **profile.marks(),
             "workdir": str(workdir.root), "steps": [d.to_dict() for d in decisions]}
 
 
 def up_doc(runbook: Runbook, profile: Profile, result: UpResult, elapsed_s: float) -> dict[str, Any]:
-    """The `dsv4setup.up/2` document of a finished `up`: each step's record, the decisions, the failure."""
+    """The `dsv4setup.up/3` document of a finished `up`: each step's record, the decisions, the failure."""
     workdir = runbook.workdir
     return {"schema": UP_SCHEMA, "ok": result.ok, "dry_run": False, "profile": profile.name, **profile.marks(),
             "workdir": str(workdir.root),
-            "steps": step_rows(load_state(workdir.state_file), runbook.names),
+            "steps": step_rows(load_state(workdir.state_file), runbook.names, runbook.needs),
             "decisions": [d.to_dict() for d in result.decisions], "failed_step": result.failed_step,
             "error": result.error.model_dump() if result.error else None, "log_tail": result.log_tail,
             "resume": None if result.ok else resume_command(workdir.root, profile.name),
@@ -136,7 +143,7 @@ def status_document(workdir: Workdir, live: bool = False, verify: bool = False) 
     from dsv4setup.status_check import record_only, server_liveness, verify_rows
 
     state = load_state(workdir.state_file)
-    doc = status_doc(state, step_names())
+    doc = status_doc(state, step_names(), step_needs())
     checked = verify_rows(workdir, state, doc["steps"]) if verify else record_only(doc["steps"])
     return {**doc, "workdir": str(workdir.root), "workdir_chosen_by": workdir.chosen_by,
             "verification": checked, "server": server_liveness(workdir) if verify else None,

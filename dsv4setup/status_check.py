@@ -83,7 +83,7 @@ def drifted_steps(workdir: Workdir) -> list[str]:
     """The done steps whose proof no longer holds (doctor's closing line); preflight left out: doctor is it."""
     from dsv4setup.core.state import load_state
     from dsv4setup.core.status import step_rows
-    from dsv4setup.runbook import step_names
+    from dsv4setup.runbook import step_names, step_needs
 
     if not workdir.state_file.exists():
         return []
@@ -91,7 +91,7 @@ def drifted_steps(workdir: Workdir) -> list[str]:
         state = load_state(workdir.state_file)
     except DsvError:
         return []
-    rows = step_rows(state, step_names())
+    rows = step_rows(state, step_names(), step_needs())
     return list(verify_rows(workdir, state, rows, skip=("preflight",))["drifted"])
 
 

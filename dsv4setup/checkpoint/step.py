@@ -52,7 +52,7 @@ def _expect_mtp(ctx: RunContext) -> bool:
 class CheckpointStep(Step):
     name = "checkpoint"
     description = "Lint the checkpoint: MTP block declared, present, head/embedding, dtypes, ignore list, shards"
-    needs = ("download",)
+    needs = ("download", "vllm")  # lints against the installed vLLM's version (VllmOutputs)
     Outputs = CheckpointOutputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:

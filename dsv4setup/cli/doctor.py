@@ -38,6 +38,14 @@ ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="Also lint a hub checkpoint ORG/NAME[@REV] from its metadata (a few MB) before downloading.",
     show_default=False)]
 
+BandwidthOpt = Annotated[bool, typer.Option(
+    "--bandwidth", help="Also time a ranged GET of the checkpoint's largest file from its repo (the profile's "
+                        "model.repo, or --model) through the download's client; the rate is kept in the workdir "
+                        "and `plan` uses it for the download's expected time.")]
+BandwidthMbOpt = Annotated[int | None, typer.Option(
+    "--bandwidth-mb", help="With --bandwidth: how many MB to fetch (default 256, at most the file's size).",
+    show_default=False, min=1)]
+
 STYLE = {"fail": ("✗", "bold red"), "warn": ("!", "yellow"), "pass": ("✓", "green"), "skip": ("-", "dim")}
 
 
@@ -49,6 +57,8 @@ def doctor(
     save_snapshot: SaveSnapshotOpt = None,
     model: ModelOpt = None,
     target_workdir: TargetWorkdirOpt = None,
+    bandwidth: BandwidthOpt = False,
+    bandwidth_mb: BandwidthMbOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Check GPUs, interconnect, driver, host and toolchain; recommend a profile, TP size, MTP k, serve args, env.
@@ -65,6 +75,11 @@ def doctor(
     if target_workdir is not None and snapshot is None:
         raise UsageError("--target-workdir goes with --snapshot (a plan for another machine)",
                          fix="here, pass --workdir DIR instead")
+    if bandwidth and snapshot is not None:
+        raise UsageError("--bandwidth measures this machine's link, --snapshot judges another machine",
+                         fix="run `dsv4setup doctor --bandwidth` on that machine")
+    if bandwidth_mb is not None and not bandwidth:
+        raise UsageError("--bandwidth-mb goes with --bandwidth", fix="add --bandwidth, or drop --bandwidth-mb")
     if snapshot is not None:
         snap = load_snapshot(snapshot)
     elif json_:
@@ -86,8 +101,13 @@ def doctor(
     # in the table and JSON like the built-in ones.
     judged = choice.judged()
     extra = [*_cluster_checks(judged.profile, snap, measured=snapshot is None), *_model_checks(model, json_)]
+    measured = None
+    if bandwidth:
+        link, measured = _bandwidth_check(judged.profile, model, bandwidth_mb, wd, json_)
+        extra.append(link)
     report = build_report(snap, judged, extra_checks=extra, workdir=target,
                           state=workdir_state(wd) if snapshot is None else None)
+    report.bandwidth = measured
     source = str(snapshot) if snapshot else "this machine"
     doc = {**report.to_doc(), **choice_fields(target, choice)}
     emit(doc, json_, lambda _doc: _render(report, source=source, how=choice.how))
@@ -132,6 +152,40 @@ def _model_checks(model: str | None, quiet: bool) -> list[Finding]:
         return remote_lint_checks(repo, revision or "main", area="model")
     with err.status(f"reading {repo} metadata from the hub"):
         return remote_lint_checks(repo, revision or "main", area="model")
+
+
+def _bandwidth_check(profile: Profile | None, model: str | None, megabytes: int | None, wd: Workdir,
+                     quiet: bool) -> tuple[Finding, dict[str, object] | None]:
+    """`host.bandwidth`: the measured rate (kept in the workdir), a hub failure as a failed check, or a skip
+    when there is no repo to measure; and the measurement for the document."""
+    from dsv4setup.core.finding import skipped
+    from dsv4setup.core.secrets import hf_token
+    from dsv4setup.download import bandwidth
+    from dsv4setup.hub.access import HubError
+    from dsv4setup.profiles.model import ModelSpec
+
+    spec = profile.model if profile is not None else ModelSpec()
+    repo, revision = (None, None) if spec.local_path or spec.generate else (spec.repo, spec.revision)
+    if model:
+        repo, _, rev = model.partition("@")
+        revision = rev or "main"
+    if not repo:
+        name = profile.name if profile is not None else "no profile"
+        return skipped(bandwidth.FINDING_ID, f"{name} downloads nothing from a hub: nothing to measure "
+                                             "(pass --model ORG/NAME to measure a repo)"), None
+    size = (megabytes or bandwidth.DEFAULT_PROBE_BYTES // 1_000_000) * 1_000_000
+    try:
+        if quiet:
+            result = bandwidth.measure(repo, revision or "main", spec.allow_patterns, hf_token(), size)
+        else:
+            with err.status(f"timing up to {size // 1_000_000} MB of {repo}'s largest file"):
+                result = bandwidth.measure(repo, revision or "main", spec.allow_patterns, hf_token(), size)
+    except HubError as exc:
+        return bandwidth.finding(exc), None
+    path = bandwidth.save(wd.ensure().root, result)
+    if not quiet:
+        err.print(f"measured rate kept in {path} (`dsv4setup plan` uses it)", highlight=False)
+    return bandwidth.finding(result), result.to_dict()
 
 
 def _save(path: Path, snap: dict[str, object], quiet: bool) -> None:

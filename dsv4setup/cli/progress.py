@@ -22,35 +22,67 @@ STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red", "runni
 
 
 class _Clock:
-    """The spinner's text, rendered afresh at each refresh: the elapsed seconds tick on their own."""
+    """A running step's line, rendered afresh at each refresh: the elapsed seconds tick on their own."""
 
     def __init__(self, step: str, attempt: int) -> None:
         self.step, self.attempt, self.started, self.message = step, attempt, time.monotonic(), ""
+        self.transfer: tuple[int, int, float] | None = None  # bytes done, total, B/s (a download)
+        self.printed = 0.0
 
     def line(self) -> str:
         text = f"{self.step} (attempt {self.attempt}) [{time.monotonic() - self.started:.0f}s]"
-        return f"{text}: {self.message}" if self.message else text
+        detail = self.message
+        if self.transfer is not None and "ETA" not in detail:  # the download's own messages carry all this
+            bytes_text = transfer_text(*self.transfer)
+            detail = f"{detail} ({bytes_text})" if detail else bytes_text
+        return f"{text}: {detail}" if detail else text
 
     def __rich__(self) -> Text:
         return Text(self.line())
 
 
-class RichObserver(Observer):
-    """A spinner per running step whose clock ticks every second, with the latest progress message.
+def transfer_text(done: int, total: int, rate: float) -> str:
+    """'1.2 GB / 3.4 GB (35 %), 48.0 MB/s, ETA 46s'."""
+    share = f" ({100 * done // total} %)" if total else ""
+    eta = f", ETA {(total - done) / rate:.0f}s" if rate > 0 and total >= done else ""
+    return f"{_size(done)} / {_size(total)}{share}, {_size(int(rate))}/s{eta}"
 
-    Without a terminal (a log file, a pipe, `up --detach`), plain lines instead: each new
-    message (at most one per `min_gap_s`) and a heartbeat at least every `heartbeat_s`.
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+class _Board:
+    """Every running step's line, one under the other (both branches of an `up` run at once)."""
+
+    def __init__(self, clocks: dict[str, _Clock]) -> None:
+        self.clocks = clocks
+
+    def __rich__(self) -> Text:
+        return Text("\n").join(Text(clock.line()) for clock in list(self.clocks.values()))
+
+
+class RichObserver(Observer):
+    """A spinner over one line per running step, each with a clock that ticks every second and the
+    step's latest progress message (the download: bytes, rate and ETA).
+
+    Without a terminal (a log file, a pipe, `up --detach`), plain lines instead: each step's new
+    message (at most one per `min_gap_s` per step) and a heartbeat per running step at least every
+    `heartbeat_s`. Thread-safe: the engine calls it from each running step's thread.
     """
 
     def __init__(self, console: Console, heartbeat_s: float = 30.0, min_gap_s: float = 5.0) -> None:
         self.console = console
         self.heartbeat_s, self.min_gap_s = heartbeat_s, min_gap_s
         self._status: Status | None = None
-        self._clock: _Clock | None = None
-        self._started = 0.0
-        self._printed = 0.0
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
+        self._clocks: dict[str, _Clock] = {}
+        self._lock = threading.RLock()
+        self._heart_stop: threading.Event | None = None
 
     def decided(self, decision: Decision) -> None:
         if decision.action == "skip":
@@ -60,59 +92,77 @@ class RichObserver(Observer):
                                highlight=False)
 
     def started(self, step: Step, attempt: int) -> None:
-        self._started = time.monotonic()
-        self._clock = _Clock(step.name, attempt)
-        if self.console.is_terminal:
-            self._status = self.console.status(self._clock, refresh_per_second=4)
-            self._status.start()
-            return
-        self._stopped.clear()
-        self._say(force=True)
-        threading.Thread(target=self._heartbeat, name="dsv4setup-heartbeat", daemon=True).start()
+        with self._lock:
+            clock = self._clocks[step.name] = _Clock(step.name, attempt)
+            if self.console.is_terminal:
+                if self._status is None:
+                    self._status = self.console.status(_Board(self._clocks), refresh_per_second=4)
+                    self._status.start()
+                return
+            self._say(clock, force=True)
+            if self._heart_stop is None:
+                self._heart_stop = threading.Event()
+                threading.Thread(target=self._heartbeat, args=(self._heart_stop,), name="dsv4setup-heartbeat",
+                                 daemon=True).start()
 
     def progress(self, step: Step, message: str) -> None:
-        if self._clock is None:
-            return
-        self._clock.message = message
-        if self._status is None:
-            self._say(force=False)
+        with self._lock:
+            clock = self._clocks.get(step.name)
+            if clock is None:
+                return
+            clock.message = message
+            if self._status is None:
+                self._say(clock, force=False)
 
-    def _say(self, force: bool) -> None:
+    def transfer(self, step: Step, done: int, total: int, rate: float) -> None:
+        with self._lock:
+            clock = self._clocks.get(step.name)
+            if clock is not None:
+                clock.transfer = (done, total, rate)
+
+    def _say(self, clock: _Clock, force: bool) -> None:
         with self._lock:
             now = time.monotonic()
-            if self._clock is None or not (force or now - self._printed >= self.min_gap_s):
+            if not (force or now - clock.printed >= self.min_gap_s):
                 return
-            self._printed = now
-            self.console.print(Text("  " + self._clock.line()))
+            clock.printed = now
+            self.console.print(Text("  " + clock.line()))
 
-    def _heartbeat(self) -> None:
-        while not self._stopped.wait(min(1.0, self.heartbeat_s / 4)):
-            if time.monotonic() - self._printed >= self.heartbeat_s:
-                self._say(force=True)
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(min(1.0, self.heartbeat_s / 4)):
+            with self._lock:
+                for clock in list(self._clocks.values()):
+                    if time.monotonic() - clock.printed >= self.heartbeat_s:
+                        self._say(clock, force=True)
 
-    def _stop(self) -> float:
-        self._stopped.set()
-        self._clock = None
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
-        return time.monotonic() - self._started
+    def _stop(self, step: Step) -> float:
+        with self._lock:
+            clock = self._clocks.pop(step.name, None)
+            if not self._clocks:
+                if self._heart_stop is not None:
+                    self._heart_stop.set()
+                    self._heart_stop = None
+                if self._status is not None:
+                    self._status.stop()
+                    self._status = None
+            return time.monotonic() - clock.started if clock is not None else 0.0
 
     def finished(self, step: Step, status: StepStatus, detail: str) -> None:
-        elapsed = self._stop()
+        elapsed = self._stop(step)
         self.console.print(f"[green]✓ {step.name}[/] {status.value} in {elapsed:.0f}s [dim]{detail}[/]",
                            highlight=False)
 
     def failed(self, step: Step, error: StepErrorInfo, log_tail: list[str]) -> None:
-        elapsed = self._stop()
-        self.console.print(f"[bold red]✗ {step.name}[/] failed after {elapsed:.0f}s: {error.message}",
-                           highlight=False)
-        if log_tail:
-            self.console.print(f"[dim]last lines of {error.log}:[/]")
-            for line in log_tail[-15:]:
-                self.console.print(Text("  " + line, style="dim"))
-        if error.fix:
-            self.console.print(f"[bold]fix:[/] {error.fix}", highlight=False)
+        elapsed = self._stop(step)
+        with self._lock:  # the failure's lines together, not interleaved with the other branch's
+            self.console.print(f"[bold red]✗ {step.name}[/] failed after {elapsed:.0f}s: {error.message}",
+                               highlight=False)
+            if log_tail:
+                self.console.print(f"[dim]last lines of {error.log}:[/]")
+                for line in log_tail[-15:]:
+                    self.console.print(Text("  " + line, style="dim"))
+            if error.fix:
+                self.console.print(f"[bold]fix:[/] {error.fix}", highlight=False)
 
 
 def decisions_table(decisions: list[Decision], title: str) -> Table:

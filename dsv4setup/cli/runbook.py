@@ -60,6 +60,9 @@ def up(
                                                   "one whose address this machine has).")] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Start the run in the background (own session) and "
                                          "return at once; follow it with `dsv4setup wait`.")] = False,
+    sequential: Annotated[bool, typer.Option("--sequential", help="One step at a time, in order (default: "
+                                             "independent steps at once, the download beside the installs).")
+                          ] = False,
     yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -75,7 +78,8 @@ def up(
             raise UsageError("--detach and --dry-run exclude each other", fix="drop one of them")
         args = [*_opt("--profile", profile), *_opts("--set", set_), *_opt("--from", from_), *_opt("--until", until),
                 *_opts("--only", only), *_opts("--redo", redo), *_opt("--toolkit", toolkit), *_opt("--host", host),
-                *_opt("--node", node), *_opt("--installer", installer), *(["--bench"] if bench else []), "--yes"]
+                *_opt("--node", node), *_opt("--installer", installer), *(["--bench"] if bench else []),
+                *(["--sequential"] if sequential else []), "--yes"]
         _detach(wd, args, json_)
         return
     options = {k: v for k, v in {"toolkit_route": toolkit, "installer": installer, "host": host,
@@ -93,7 +97,7 @@ def up(
         return
     started = time.monotonic()
     remember(wd.root)
-    result = runbook.up(selection, observer=RichObserver(err))  # --json too: progress lines on stderr
+    result = runbook.up(selection, observer=RichObserver(err), sequential=sequential)  # --json: progress on stderr
     emit(up_doc(runbook, profile_, result, time.monotonic() - started), json_, _print_up_end)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
@@ -193,6 +197,7 @@ def plan(
 
     def show(doc: Document) -> None:
         out.print(decisions_table(decisions, title=f"plan for {resolved.profile.name} in {wd.header}"))
+        out.print(doc["download"]["text"], markup=False, highlight=False)
         print_serve_plan(out, doc)
 
     emit(render_plan(resolved, wd, load_state(wd.state_file), decisions), json_, show)

@@ -90,7 +90,7 @@ def check_interface(multi: MultiNode, node: NodeSpec) -> None:
 class ClusterStep(Step):
     name = "cluster"
     description = "multi-node: join (worker) or form (head) the Ray cluster; every node must match the head"
-    needs = ("vllm", "patches", "checkpoint")
+    needs = ("preflight", "toolkit", "vllm", "patches", "download", "checkpoint")  # everything before it
     Outputs = ClusterOutputs
 
     def not_applicable(self, ctx: RunContext) -> str | None:

@@ -31,7 +31,7 @@ from dsv4setup.core.state import now_iso
 from dsv4setup.core.workdir import Workdir
 
 DETACH_SCHEMA = "dsv4setup.detach/1"
-WAIT_SCHEMA = "dsv4setup.wait/4"  # /2: embeds status/3; /3: status/4; /4: status/5, default timeout 100 s
+WAIT_SCHEMA = "dsv4setup.wait/5"  # /2: embeds status/3; /3: status/4; /4: status/5, default timeout 100 s; /5: status/6
 Outcome = Literal["done", "failed", "running"]
 WAIT_TIMEOUT_S = 100  # below the 120 s many agent shells allow one call
 EXIT_OF: dict[Outcome, int] = {"done": EXIT_WAIT_DONE, "failed": EXIT_WAIT_FAILED, "running": EXIT_WAIT_RUNNING}

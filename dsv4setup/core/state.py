@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from dsv4setup.core.errors import StateError
 from dsv4setup.core.fsutil import atomic_write_json
@@ -74,6 +75,10 @@ class StepRecord(BaseModel):
 
 
 class State(BaseModel):
+    """The whole state file in memory. One `up` shares it between the steps it runs at the same time:
+    every change to it and every save happens under `lock`, so a save never dumps a half-made change
+    and two steps that finish together both reach the file (the later save carries both)."""
+
     schema_: str = Field(default=STATE_SCHEMA, alias="schema")
     created_at: str = Field(default_factory=now_iso)
     updated_at: str = Field(default_factory=now_iso)
@@ -81,6 +86,12 @@ class State(BaseModel):
     steps: dict[str, StepRecord] = Field(default_factory=dict)
 
     model_config = {"populate_by_name": True}
+    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held for every read-modify-write of this state and every save of it (re-entrant)."""
+        return self._lock
 
     def step(self, name: str) -> StepRecord:
         return self.steps.setdefault(name, StepRecord())
@@ -176,8 +187,10 @@ def reset_steps(path: Path, names: list[str]) -> State:
 
 
 def save_state(path: Path, state: State) -> None:
-    state.updated_at = now_iso()
-    atomic_write_json(path, state.to_doc())
+    """Write the whole state atomically, under its lock (a concurrent step's change is never half-saved)."""
+    with state.lock:
+        state.updated_at = now_iso()
+        atomic_write_json(path, state.to_doc())
 
 
 def backup_state(path: Path) -> Path | None:

@@ -1,19 +1,24 @@
 """The status document: a pure view of the state file.
 
-Honest by construction: a step recorded done *after* a step that failed (or was interrupted)
-is shown `stale`, since the failed step runs again before it and `up` re-verifies it; a
-running step carries its live progress (phase, bytes, rate, elapsed and expected seconds).
+Honest by construction: a step recorded done that *needs* a step that failed (or was
+interrupted), directly or through the steps between, is shown `stale`, since the failed step
+runs again before it and `up` re-verifies it; a done step of the other branch (the download
+beside a failed vLLM install) stays `done`. Without the runbook's `needs` every step needs
+all before it. Every running step (both branches of one `up`) carries its live progress
+(phase, bytes, rate, elapsed and expected seconds), and `running` names them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from dsv4setup.core.state import State, StepRecord, StepStatus
 
-STATUS_SCHEMA = "dsv4setup.status/5"  # /3: each step's `timings`; /4: `cluster` (runbook.status_document);
-# /5: `verification`, `server`, each step's `drift` and the status `drifted` (status_check.py)
+STATUS_SCHEMA = "dsv4setup.status/6"  # /3: each step's `timings`; /4: `cluster` (runbook.status_document);
+# /5: `verification`, `server`, each step's `drift` and the status `drifted` (status_check.py);
+# /6: `stale` follows the steps' `needs` (steps run concurrently), `running` names every running step
 BROKEN = ("failed", "interrupted")
 
 
@@ -62,16 +67,27 @@ def profile_kind(state: State) -> dict[str, Any]:
     return {key: rec.get(key) for key in ("derived", "verified", "demo")}
 
 
-def step_rows(state: State, names: list[str]) -> list[dict[str, Any]]:
-    """Each step's view, in runbook order, then any other step the state records."""
+def step_rows(state: State, names: list[str],
+              needs: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+    """Each step's view, in runbook order, then any other step the state records.
+
+    `needs`: each step's needs (a step missing from it, or no map at all: it needs every step before
+    it). A step is tainted when it is broken or needs a tainted step; a done step that needs one is stale.
+    """
     extra = [n for n in state.steps if n not in names]
     rows: list[dict[str, Any]] = []
+    tainted: set[str] = set()
     for name in [*names, *extra]:
-        rows.append(step_view(name, state, after_broken=any(r["status"] in BROKEN for r in rows)))
+        earlier = [r["step"] for r in rows]
+        wants = needs[name] if needs is not None and name in needs else earlier
+        row = step_view(name, state, after_broken=any(n in tainted for n in wants))
+        if row["status"] in BROKEN or any(n in tainted for n in wants):
+            tainted.add(name)
+        rows.append(row)
     return rows
 
 
-def status_doc(state: State, names: list[str]) -> dict[str, Any]:
-    rows = [{**row, "timings": timings(state.steps.get(row["step"]))} for row in step_rows(state, names)]
+def status_doc(state: State, names: list[str], needs: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    rows = [{**row, "timings": timings(state.steps.get(row["step"]))} for row in step_rows(state, names, needs)]
     return {"schema": STATUS_SCHEMA, "profile": state.profile, **profile_kind(state), "updated_at": state.updated_at,
-            "steps": rows}
+            "running": [row["step"] for row in rows if row["status"] == StepStatus.RUNNING.value], "steps": rows}

@@ -11,25 +11,20 @@ import hashlib
 import importlib
 import importlib.util
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.download.outputs import DownloadOutputs
+from dsv4setup.download.route import Route, model_route
 from dsv4setup.engine import RunContext, Step
 from dsv4setup.profiles.paths import checkpoint_dir
 
-Route = Literal["repo", "local", "generate"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
 def route(ctx: RunContext) -> Route:
-    model = ctx.profile.model
-    if model.local_path:
-        return "local"
-    if model.generate:
-        return "generate"
-    return "repo"
+    return model_route(ctx.profile.model)
 
 
 def _generator_digest() -> str | None:
@@ -55,9 +50,43 @@ def _local_problem(path: Path) -> str | None:
     return None
 
 
+def installs_to_come(ctx: RunContext) -> list[tuple[str, int, Path]]:
+    """(name, bytes, where) of what the install steps not done yet still write: with the concurrent engine they
+    run beside the download, so its disk check counts them too. Each is net of what is there already; the
+    installer's cache counts where the installer keeps a copy (pip, or uv's cache on another filesystem than
+    the venv: uv links the venv's files to its cache where it can)."""
+    from dsv4setup.core.state import StepStatus
+    from dsv4setup.download.disk import filesystem_key, installer_cache_dir
+    from dsv4setup.hardware.rules import GB, load_rules
+    from dsv4setup.preflight.host_facts import tree_bytes
+
+    def pending(step: str) -> bool:
+        record = ctx.state.steps.get(step)
+        return record is None or record.status != StepStatus.DONE
+
+    limits = load_rules().host(ctx.profile.match.cpu_only)
+    wd, vllm = ctx.workdir, ctx.profile.vllm
+    parts: list[tuple[str, int, Path]] = []
+    if pending("vllm"):
+        parts.append(("serving venv", max(0, round(limits.disk_venv_gb * GB) - tree_bytes(wd.venv_dir)), wd.venv_dir))
+        cache = installer_cache_dir(vllm.installer)
+        if vllm.installer == "pip" or filesystem_key(cache) != filesystem_key(wd.venv_dir):
+            name = "pip cache" if vllm.installer == "pip" else "uv cache"
+            parts.append((name, round(limits.disk_install_cache_gb * GB), cache))
+        if vllm.source == "source":
+            parts.append(("vLLM source build", round(limits.disk_source_build_gb * GB), wd.root))
+    if pending("toolkit") and ctx.profile.toolkit.version:
+        parts.append(("CUDA toolkit", max(0, round(limits.disk_toolkit_gb * GB) - tree_bytes(wd.toolkit_dir)),
+                      wd.toolkit_dir))
+    return parts
+
+
 class DownloadStep(Step):
     name = "download"
     description = "Fetch the checkpoint (pinned revision, resumable, sha256-verified) or prepare the local one"
+    # Needs no other step: `dsv4setup download` runs it alone. In `up` it waits for preflight (no 150 GB for
+    # a machine that fails its checks), then runs beside toolkit -> vllm -> patches.
+    after = ("preflight",)
     Outputs = DownloadOutputs
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
@@ -145,7 +174,8 @@ class DownloadStep(Step):
 
         downloader = Downloader(model.repo, model.revision, path, allow_patterns=model.allow_patterns, token=token,
                                 workers=ctx.options.get("download_workers"), free_space=ctx.options.get("free_space"),
-                                report=report, hf_cache=hf_cache_setting(), measure=ctx.transfer)
+                                report=report, hf_cache=hf_cache_setting(), measure=ctx.transfer,
+                                beside=installs_to_come(ctx))
         with hub_logs_to(log.line):
             result = downloader.run(full_verify=bool(ctx.options.get("download_verify")))
         if result.refetched:

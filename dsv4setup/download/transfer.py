@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +127,8 @@ class Downloader:
     def __init__(self, repo: str, revision: str, dest: Path, *, allow_patterns: list[str] | None = None,
                  token: str | None = None, workers: int | None = None, free_space: FreeSpace | None = None,
                  report: Report = lambda _m: None, hf_cache: Path | None = None,
-                 measure: Measure = lambda _done, _total, _rate: None) -> None:
+                 measure: Measure = lambda _done, _total, _rate: None,
+                 beside: Sequence[tuple[str, int, Path]] = ()) -> None:
         self.repo, self.revision, self.dest = repo, revision, Path(dest).absolute()
         self.allow_patterns = list(allow_patterns or [])
         self.token = token
@@ -136,6 +137,7 @@ class Downloader:
         self.report = report
         self.measure = measure
         self.hf_cache = hf_cache
+        self.beside = list(beside)  # (name, bytes, where): what other steps write meanwhile (the disk check)
         self.partial_dir = self.dest.parent / f".{self.dest.name}.partial"
         self._manifest_lock = threading.Lock()
         self._commit = revision
@@ -163,7 +165,7 @@ class Downloader:
         todo, refetched = self._check_existing(plan, manifest, full_verify)
         partial = {f.path: self._partial(f).stat().st_size if self._partial(f).is_file() else 0 for f in todo}
         need = sum(max(f.size - partial[f.path], 0) for f in todo)
-        disk = check_disk(need, self.dest, self.free_space)
+        disk = check_disk(need, self.dest, self.free_space, self.beside)
         if todo:
             self.report(f"fetching {len(todo)} file(s): {disk.describe()}")
         self._probe_access(todo)
@@ -317,7 +319,7 @@ class Downloader:
         url = hf_hub_url(self.repo, f.path, revision=self._commit, endpoint=hub_endpoint())
         meta = get_hf_file_metadata(url, token=self.token or False, endpoint=hub_endpoint())
         headers = build_hf_headers(token=self.token or False)
-        if _origin(meta.location) != _origin(url):
+        if origin(meta.location) != origin(url):
             headers.pop("authorization", None)  # a signed CDN URL: the token stays with the hub
         if part.is_file() and part.stat().st_size > f.size:
             part.unlink()
@@ -354,7 +356,7 @@ class Downloader:
         repo_dir = self.hf_cache / f"models--{self.repo.replace('/', '--')}"
         snapshot = repo_dir / "snapshots" / plan.commit
         todo = [f for f in plan.files if not (snapshot / f.path).is_file()]
-        disk = check_disk(sum(f.size for f in todo), self.hf_cache, self.free_space)
+        disk = check_disk(sum(f.size for f in todo), self.hf_cache, self.free_space, self.beside)
         self.report(f"HF cache {self.hf_cache}: {disk.describe()}")
         manifest = self._start_manifest(plan, "hf-cache", snapshot)
         watcher = _BlobWatcher(repo_dir / "blobs", ByteProgress(plan.total_bytes, len(plan.files), self.report,
@@ -435,7 +437,7 @@ def _verified_kinds(manifest: Manifest) -> str:
     return "+".join(sorted({r.verified for r in manifest.verified.values()}))
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
+def origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return parts.scheme, (parts.hostname or "").lower(), parts.port
 

@@ -62,6 +62,7 @@ class HostLimits:
     disk_toolkit_gb: float
     disk_source_build_gb: float
     disk_margin_gb: float
+    disk_install_cache_gb: float
     hf_cache_warn_below_gb: float
     checkpoint_gb: float | None = None
 

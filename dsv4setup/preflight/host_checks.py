@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dsv4setup.core.finding import Finding, failed, passed, skipped, warned
+from dsv4setup.download.disk import DiskPart, judge_disk
 from dsv4setup.hardware.facts import cc_str
 from dsv4setup.hardware.rules import GB, vtuple
 from dsv4setup.preflight.target import Ctx
@@ -86,8 +89,10 @@ def _toolkit_to_install(c: Ctx) -> bool:
     return not (have[0] == want[0] and have >= want and have >= support.min_cuda)
 
 
-def _disk_need(c: Ctx) -> tuple[float, list[str]]:
-    """GB the workdir's filesystem still needs, and the parts, net of what is already there."""
+def _disk_parts(c: Ctx) -> list[tuple[str, float]]:
+    """(name, GB) of everything `up` still writes to the workdir's filesystem, net of what is there. With the
+    download running beside the installs it is all on disk at once: checkpoint, venv, toolkit, the installer's
+    cache (pip keeps its own copy of the wheels; uv links the venv to its cache, so it counts once) and a margin."""
     t = c.target
     limits = c.rules.host(t.cpu_only)
     contents = c.host.get("workdir_contents") or {}
@@ -95,15 +100,14 @@ def _disk_need(c: Ctx) -> tuple[float, list[str]]:
     parts: list[tuple[str, float]] = [("checkpoint", max(0.0, t.checkpoint_gb - have_model))]
     if not contents.get("venv"):
         parts.append(("venv", limits.disk_venv_gb))
+        if t.profile is not None and t.profile.vllm.installer == "pip":
+            parts.append(("pip cache", limits.disk_install_cache_gb))
     if _toolkit_to_install(c) and not contents.get("toolkit"):
         parts.append(("CUDA toolkit", limits.disk_toolkit_gb))
     if t.vllm_source == "source":
         parts.append(("vLLM source build", limits.disk_source_build_gb))
     parts.append(("margin", limits.disk_margin_gb))
-    words = [f"{name} {value:g} GB" for name, value in parts if value > 0]
-    if have_model:
-        words.append(f"{_gb(have_model)} of the checkpoint already there")
-    return sum(v for _, v in parts), words
+    return parts
 
 
 def host_disk_workdir(c: Ctx) -> Finding:
@@ -112,10 +116,16 @@ def host_disk_workdir(c: Ctx) -> Finding:
     free = (c.host.get("disk_free_bytes") or {}).get(workdir)
     if free is None:
         return warned(id_, f"free space at {workdir} unknown", f"check `df -h {workdir}`")
-    need, parts = _disk_need(c)
-    summary = f"{_gb(free / GB)} free at {workdir}, needs {_gb(need)} ({', '.join(parts)})"
-    if free / GB < need:
-        return failed(id_, summary, f"free {_gb(need - free / GB)} there, or use a workdir on a bigger disk "
+    parts = _disk_parts(c)
+    check = judge_disk([DiskPart(name, round(gb * GB), "workdir") for name, gb in parts], {"workdir": free},
+                       {"workdir": Path(workdir)})[0]
+    words = [f"{name} {gb:g} GB" for name, gb in parts if gb > 0]
+    have_model = ((c.host.get("workdir_contents") or {}).get("models_bytes") or 0) / GB
+    if have_model:
+        words.append(f"{_gb(have_model)} of the checkpoint already there")
+    summary = f"{_gb(free / GB)} free at {workdir}, needs {_gb(check.need / GB)} at once ({', '.join(words)})"
+    if not check.ok:
+        return failed(id_, summary, f"free {_gb((check.need - free) / GB)} there, or use a workdir on a bigger disk "
                                     f"(--workdir DIR or DSV4SETUP_WORKDIR)")
     return passed(id_, summary)
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from dsv4setup.profiles.match import ProfileMatch
     from dsv4setup.profiles.model import Profile
 
-DOCTOR_SCHEMA = "dsv4setup.doctor/2"
+DOCTOR_SCHEMA = "dsv4setup.doctor/3"  # /3: `bandwidth` (doctor --bandwidth)
 CheckFn = Callable[[Ctx], Finding]
 
 
@@ -78,6 +78,7 @@ class DoctorReport:
     profile: Profile | None = None
     matches: list[ProfileMatch] = field(default_factory=list)
     findings: dict[str, Any] = field(default_factory=dict)  # what the findings add to serve (preflight outputs)
+    bandwidth: dict[str, Any] | None = None  # the link measured by `doctor --bandwidth` (download/bandwidth.py)
 
     @property
     def demo(self) -> bool:
@@ -97,10 +98,10 @@ class DoctorReport:
         return [r for r in self.checks if r.status == "warn"]
 
     def to_doc(self) -> dict[str, Any]:
-        """The `dsv4setup.doctor/2` JSON document."""
+        """The `dsv4setup.doctor/3` JSON document."""
         return {"schema": DOCTOR_SCHEMA, "ok": self.ok, "demo": self.demo,
                 "notice": DEMO_NOTICE if self.demo else None, "checks": [r.to_dict() for r in self.checks],
-                "recommendation": self.recommendation, "snapshot": self.snapshot}
+                "recommendation": self.recommendation, "bandwidth": self.bandwidth, "snapshot": self.snapshot}
 
 
 @dataclass(frozen=True)

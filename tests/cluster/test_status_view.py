@@ -146,4 +146,4 @@ def test_the_wait_document_embeds_status_4(workdir: Workdir) -> None:
     save_state(workdir.state_file, State(profile="cpu-tiny-x2"))  # a run that ended
     doc = wait_for_run(workdir, 0, lambda: status_document(workdir))
     validate_document(doc)
-    assert doc["schema"] == "dsv4setup.wait/4" and doc["status"]["schema"] == "dsv4setup.status/5"
+    assert doc["schema"] == "dsv4setup.wait/5" and doc["status"]["schema"] == "dsv4setup.status/6"

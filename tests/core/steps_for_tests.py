@@ -2,14 +2,23 @@
 
 Used in-process and, through DSV4SETUP_RUNBOOK=steps_for_tests:steps, by `dsv4setup up` in a
 subprocess (the kill-and-resume test). Env knobs: TEST_STEPS_DIR (where markers and the run
-journal go), TEST_STEPS_SLOW (a step name that sleeps while "running"), TEST_STEPS_FAIL (a step
-that fails), TEST_STEPS_INPUT (an input value fingerprinted by every step).
+journal go), TEST_STEPS_SLOW (step names, comma-separated, that sleep while "running"),
+TEST_STEPS_FAIL (a step that fails), TEST_STEPS_INPUT (an input value fingerprinted by every step).
+
+For the concurrent engine (`branch_steps`, two branches as the runbook's): TEST_STEPS_MEET (steps
+that each wait until all of them have started: they only get past it when they run at the same
+time), TEST_STEPS_AFTER_FAILED (`a:b`: step a finishes only once the state file records step b
+failed), TEST_STEPS_CHILD (a step that runs a real child process, its pid in `<step>.child`, and
+fails when the child dies of a signal); TEST_STEPS_WAIT_S bounds each of these waits (default 60).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +43,11 @@ class MarkerOutputs(StepOutputs):
 class MarkerStep(Step):
     Outputs = MarkerOutputs
 
-    def __init__(self, name: str, needs: tuple[str, ...]) -> None:
+    def __init__(self, name: str, needs: tuple[str, ...], after: tuple[str, ...] = ()) -> None:
         self.name = name  # type: ignore[misc]
         self.description = f"test step {name}"  # type: ignore[misc]
         self.needs = needs  # type: ignore[misc]
+        self.after = after  # type: ignore[misc]
 
     @property
     def marker(self) -> Path:
@@ -53,13 +63,63 @@ class MarkerStep(Step):
         with (_dir() / "journal").open("a") as fh:  # one line per real execution
             fh.write(f"{self.name}\n")
         ctx.require_log().line(f"running {self.name}")
+        slow, meet = _names("TEST_STEPS_SLOW"), _names("TEST_STEPS_MEET")
+        if self.name in slow or self.name in meet:
+            (_dir() / f"{self.name}.started").touch()
+        if self.name in meet:
+            for other in meet:
+                started = _dir() / f"{other}.started"
+                _await(started.exists, f"{self.name}: {other} never ran beside it")
+        after = dict(pair.split(":") for pair in _names("TEST_STEPS_AFTER_FAILED"))
+        if self.name in after:
+            _await(lambda: _recorded_failed(ctx, after[self.name]), f"{self.name}: {after[self.name]} never failed")
         if os.environ.get("TEST_STEPS_FAIL") == self.name:
             raise StepError(f"{self.name} failed on purpose", fix="unset TEST_STEPS_FAIL")
-        if os.environ.get("TEST_STEPS_SLOW") == self.name:
-            (_dir() / f"{self.name}.started").touch()
+        if os.environ.get("TEST_STEPS_CHILD") == self.name:
+            self._run_child(ctx)
+        if self.name in slow:
             time.sleep(float(os.environ.get("TEST_STEPS_SLEEP", "30")))
         self.marker.touch()
         return {"marker": str(self.marker)}
+
+    def _run_child(self, ctx: RunContext) -> None:
+        child = subprocess.Popen(["sleep", os.environ.get("TEST_STEPS_SLEEP", "30")])
+        (_dir() / f"{self.name}.child").write_text(str(child.pid))
+        if child.wait() != 0:
+            ctx.require_log().line(f"child {child.pid} ended with {child.returncode}")
+            raise StepError(f"{self.name}: its child process died ({child.returncode})", fix="run it again")
+
+
+def _names(var: str) -> list[str]:
+    return [n for n in os.environ.get(var, "").split(",") if n]
+
+
+def _await(done: Callable[[], bool], failure: str) -> None:
+    deadline = time.monotonic() + float(os.environ.get("TEST_STEPS_WAIT_S", "60"))
+    while not done():
+        if time.monotonic() > deadline:
+            raise StepError(failure)
+        time.sleep(0.02)
+
+
+def _recorded_failed(ctx: RunContext, step: str) -> bool:
+    try:
+        doc = json.loads(ctx.workdir.state_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(doc["steps"].get(step, {}).get("status") == "failed")
+
+
+BRANCHES = ("root", "build", "patch", "fetch", "lint", "join")
+
+
+def branch_steps() -> list[Step]:
+    """Two branches after `root`, as the runbook's: build -> patch beside fetch (which comes after root, needing
+    nothing of it, as download after preflight); lint needs fetch and build (as checkpoint needs download and
+    vllm); join needs everything before it (as cluster and serve)."""
+    return [MarkerStep("root", ()), MarkerStep("build", ("root",)), MarkerStep("patch", ("build",)),
+            MarkerStep("fetch", (), after=("root",)), MarkerStep("lint", ("fetch", "build")),
+            MarkerStep("join", ("root", "build", "patch", "fetch", "lint"))]
 
 
 def steps() -> list[Step]:

@@ -55,7 +55,7 @@ def status(env: dict[str, str]) -> dict[str, str]:
     result = dsv(env, "status", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["schema"] == "dsv4setup.status/5"
+    assert doc["schema"] == "dsv4setup.status/6"
     return {row["step"]: row["status"] for row in doc["steps"]}
 
 
@@ -248,3 +248,20 @@ def test_two_concurrent_detached_ups_one_runs_the_other_is_refused_before_it_tou
     assert waited["pid"] == started["pid"] and waited["result"]["ok"]
     assert ts.journal(Path(env["TEST_STEPS_DIR"])) == list(ts.NAMES)  # one run: every step once
     assert (workdir / "logs" / "up.log").read_text().count("detached: ") == 1
+
+
+def test_cli_up_sequential_passes_through_detach_and_wait_reads_both_engines_alike(
+        env: dict[str, str]) -> None:
+    """`up --sequential --detach`: the detached run is sequential too (build waits for fetch in vain); then the
+    concurrent run of the same steps, detached, ends done: `wait` exits 11 and 10 as it always has."""
+    env = {**env, "DSV4SETUP_RUNBOOK": "tests.core.steps_for_tests:branch_steps", "TEST_STEPS_MEET": "build,fetch"}
+    one_by_one = {**env, "TEST_STEPS_WAIT_S": "0.5"}
+    assert dsv(one_by_one, "up", "--profile", "cpu-tiny", "--sequential", "--detach", "--json").returncode == 0
+    failed = dsv(env, "wait", "--timeout", "60", "--json")
+    doc = json.loads(failed.stdout)
+    assert failed.returncode == 11 and doc["result"]["failed_step"] == "build", failed.stdout + failed.stderr
+    assert "fetch never ran beside it" in doc["result"]["error"]["message"]
+    assert dsv(env, "up", "--profile", "cpu-tiny", "--detach", "--json").returncode == 0
+    done = dsv(env, "wait", "--timeout", "60", "--json")
+    assert done.returncode == 10, done.stdout + done.stderr
+    assert json.loads(done.stdout)["status"]["running"] == []

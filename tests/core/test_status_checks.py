@@ -44,7 +44,7 @@ def test_status_shows_a_step_whose_proof_is_gone_as_drifted_and_no_verify_the_re
     (steps_dir / "beta.done").unlink()
     before = done.state_file.read_bytes()
     code, doc = run_cli(capsys, "status", "--workdir", str(done.root), "--json")
-    assert code == 0 and doc["schema"] == "dsv4setup.status/5"
+    assert code == 0 and doc["schema"] == "dsv4setup.status/6"
     assert rows(doc)["beta"]["status"] == "drifted" and "beta.done" in rows(doc)["beta"]["drift"]
     assert [rows(doc)[n]["status"] for n in ("alpha", "gamma", "delta")] == ["done"] * 3
     assert rows(doc)["alpha"]["drift"] is None and doc["server"] is None  # no server recorded here

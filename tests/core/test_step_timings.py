@@ -41,7 +41,7 @@ def _timings(workdir: Workdir) -> dict[str, dict[str, object]]:
     doc |= {"workdir": str(workdir.root), "workdir_chosen_by": workdir.chosen_by,
             "verification": record_only(doc["steps"]), "server": None, "service": None, "cluster": None}
     validate_document(doc)
-    assert doc["schema"] == STATUS_SCHEMA == "dsv4setup.status/5"
+    assert doc["schema"] == STATUS_SCHEMA == "dsv4setup.status/6"
     return {row["step"]: row["timings"] for row in doc["steps"]}
 
 

@@ -181,7 +181,7 @@ def test_not_enough_disk_is_refused_before_any_byte(make_checkpoint: MakeCkpt, s
     with pytest.raises(DiskSpaceError) as excinfo:
         downloader(dest, free_space=small_disk).run()
     assert "not enough disk space" in excinfo.value.message and "nothing was downloaded" in excinfo.value.message
-    assert "1.1 GB margin" in excinfo.value.message
+    assert "+ margin 1.1 GB" in excinfo.value.message
     assert seen == [dest]
     assert [r.path.split("?")[0] for r in hub.requests] == [f"/api/models/{REPO}/revision/main"]
     assert not dest.exists() or not any(dest.iterdir())

@@ -97,9 +97,16 @@ def test_up_from_empty_workdir_serves_with_mtp_accepted(env: dict[str, str]) -> 
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     doc = json_of(first)
     assert doc["ok"] and doc["profile"] == "cpu-tiny"
-    rows = statuses(env)
+    status = json_of(dsv(env, "status", "--no-verify", "--json"))
+    rows = {row["step"]: row for row in status["steps"]}
     assert all(rows[s]["status"] == "done" for s in STEPS), {s: rows[s]["status"] for s in STEPS}
+    assert status["running"] == []  # both branches done
     assert rows["download"]["outputs"]["repo"] == REPO_ID
+    # the download ran beside the install branch: it overlapped toolkit and began before patches (one after
+    # another it starts only once patches has ended); ISO times to the second, and toolkit takes far longer
+    download, toolkit = rows["download"], rows["toolkit"]
+    assert max(download["started_at"], toolkit["started_at"]) <= min(download["finished_at"], toolkit["finished_at"])
+    assert download["started_at"] < rows["patches"]["started_at"]
     smoke = rows["smoke"]["outputs"]
     assert smoke["mtp_checked"] and smoke["drafts"] > 0 and smoke["acceptance_rate"] > 0
 

@@ -36,10 +36,11 @@ def test_json_for_a_passing_snapshot(capsys: pytest.CaptureFixture[str], tmp_pat
                             "--workdir", str(tmp_path))
     assert code == 0
     assert list(doctor_validator().iter_errors(doc)) == []
-    assert set(doc) == {"schema", "ok", "demo", "notice", "checks", "recommendation", "snapshot", "workdir",
-                        "workdir_chosen_by", "profile_chosen_by"}
+    assert set(doc) == {"schema", "ok", "demo", "notice", "checks", "recommendation", "bandwidth", "snapshot",
+                        "workdir", "workdir_chosen_by", "profile_chosen_by"}
+    assert doc["bandwidth"] is None  # measured only with --bandwidth
     assert doc["profile_chosen_by"] == "best match"
-    assert doc["schema"] == "dsv4setup.doctor/2" and doc["ok"] is True
+    assert doc["schema"] == "dsv4setup.doctor/3" and doc["ok"] is True
     rec = doc["recommendation"]
     assert rec["profile"] == "rtx-pro-6000-maxq-x2" and rec["tensor_parallel_size"] == 2
     assert "--disable-custom-all-reduce" in rec["serve_args"] and rec["env"]["NCCL_P2P_DISABLE"] == "1"
