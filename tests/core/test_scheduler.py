@@ -171,4 +171,3 @@ def test_concurrent_changes_and_saves_lose_nothing(tmp_path: Path) -> None:
     assert torn == []
     assert {n: r.attempts for n, r in load_state(path).steps.items()} == {f"s{i}": 40 for i in range(6)}
     assert datetime.fromisoformat(load_state(path).updated_at)
-
