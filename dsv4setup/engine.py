@@ -225,6 +225,11 @@ class Runbook:
     def needs(self) -> dict[str, tuple[str, ...]]:
         return {s.name: tuple(s.needs) for s in self.steps}
 
+    @property
+    def waits(self) -> dict[str, tuple[str, ...]]:
+        """What each step waits for in one `up`: its needs and the steps it comes after."""
+        return {s.name: (*s.needs, *s.after) for s in self.steps}
+
     def context(self, state: State) -> RunContext:
         return RunContext(self.workdir, self.profile, state, self.options)
 
