@@ -225,6 +225,11 @@ class Runbook:
     def needs(self) -> dict[str, tuple[str, ...]]:
         return {s.name: tuple(s.needs) for s in self.steps}
 
+    @property
+    def waits(self) -> dict[str, tuple[str, ...]]:
+        """What each step waits for in one `up`: its needs and the steps it comes after."""
+        return {s.name: (*s.needs, *s.after) for s in self.steps}
+
     def context(self, state: State) -> RunContext:
         return RunContext(self.workdir, self.profile, state, self.options)
 
@@ -437,6 +442,7 @@ class _Schedule:
         self.decisions: list[Decision] = []
         self.failure: Outcome | None = None
         self.outcomes: queue.Queue[Outcome] = queue.Queue()
+        self.raised: list[BaseException] = []  # what a step's thread raised past its record (a full disk)
         self.cancelled = threading.Event()
 
     def run(self) -> UpResult:
@@ -452,6 +458,8 @@ class _Schedule:
             while self.running:
                 self._ended(self.outcomes.get())
             raise
+        if self.raised:  # as the sequential engine does: out of `up`, once the other steps have ended
+            raise self.raised[0]
         order = self.runbook.names
         decisions = sorted(self.decisions, key=lambda d: order.index(d.step))
         if self.failure is not None:
@@ -498,11 +506,12 @@ class _Schedule:
                                      daemon=True).start()
 
     def _run_in_thread(self, step: Step) -> None:
-        outcome: Outcome = (step.name, StepErrorInfo(message=f"step {step.name}'s thread ended unexpectedly"), [])
         try:
-            outcome = (step.name, *self.runbook._run_step(step, self.state, self.obs, self.cancelled))
-        finally:  # whatever happens, the scheduler hears of it (it waits for every running step)
-            self.outcomes.put(outcome)
+            outcome: Outcome = (step.name, *self.runbook._run_step(step, self.state, self.obs, self.cancelled))
+        except BaseException as exc:  # noqa: BLE001 (the record could not be written: the scheduler raises it)
+            self.raised.append(exc)
+            outcome = (step.name, StepErrorInfo(message=f"step {step.name}: {type(exc).__name__}: {exc}"), [])
+        self.outcomes.put(outcome)  # whatever happened, the scheduler hears of it (it waits for every step)
 
     def _ended(self, outcome: Outcome) -> None:
         name, error, _ = outcome

@@ -7,6 +7,7 @@ machine, so drift (a reinstalled vLLM, a stopped server) shows up as the next th
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -58,12 +59,23 @@ def _seconds(expected_s: int | None) -> str:
     return f"~{expected_s} s" if expected_s is not None else "an unknown time"
 
 
-def expected_run_s(profile: Profile | None, steps: list[str]) -> int | None:
-    """The usual seconds of these steps on this profile's hardware class; None when one is not known."""
+def expected_run_s(profile: Profile | None, steps: list[str],
+                   waits: Mapping[str, Sequence[str]] | None = None) -> int | None:
+    """The usual seconds of these steps (in runbook order) on this profile's hardware class; None when one is
+    not known. With `waits` (what each step waits for in one `up`) as `up` runs them: the longest chain, the
+    download beside the installs; without, one after another."""
     if profile is None:
         return None
-    known = [profile.expected_s.get(step) for step in steps]
-    return None if any(v is None for v in known) else sum(v for v in known if v is not None)
+    known = {step: profile.expected_s.get(step) for step in steps}
+    seconds = {step: s for step, s in known.items() if s is not None}
+    if len(seconds) < len(known):
+        return None
+    if waits is None:
+        return sum(seconds.values())
+    ends: dict[str, int] = {}
+    for step in steps:
+        ends[step] = seconds[step] + max((ends[w] for w in waits.get(step, ()) if w in ends), default=0)
+    return max(ends.values(), default=0)
 
 
 def _up(workdir: Workdir, profile: str | None = None) -> list[str]:
@@ -100,7 +112,7 @@ def next_action(workdir: Workdir) -> NextAction:
 def _expected_after_failure(workdir: Workdir, state: State, failed: str) -> int | None:
     """What `up` will run again: the failed step and every later step not recorded done."""
     from dsv4setup.profiles.resolve import resolve_profile
-    from dsv4setup.runbook import step_names
+    from dsv4setup.runbook import step_names, step_waits
 
     try:
         profile = resolve_profile(workdir, state.profile, []).profile
@@ -108,7 +120,8 @@ def _expected_after_failure(workdir: Workdir, state: State, failed: str) -> int 
         return None
     names = step_names(with_bench=False)
     later = names[names.index(failed):] if failed in names else [failed]
-    return expected_run_s(profile, [n for n in later if n == failed or state.step(n).status != StepStatus.DONE])
+    return expected_run_s(profile, [n for n in later if n == failed or state.step(n).status != StepStatus.DONE],
+                          step_waits(with_bench=False))
 
 
 def _after_failure(workdir: Workdir, state: State, failed: str) -> NextAction:
@@ -165,10 +178,10 @@ def _first_run(workdir: Workdir) -> NextAction:
     except DsvError as exc:
         return _literal_fix(workdir, exc) or NextAction(
             "fix", ["dsv4setup", "doctor", "--workdir", str(workdir.root), "--json"], exc.message, fix=exc.fix)
-    from dsv4setup.runbook import step_names
+    from dsv4setup.runbook import step_names, step_waits
 
     name = resolved.profile.name
-    expected = expected_run_s(resolved.profile, step_names(with_bench=False))
+    expected = expected_run_s(resolved.profile, step_names(with_bench=False), step_waits(with_bench=False))
     if resolved.profile.multinode is not None:
         return _first_run_on_a_node(workdir, resolved.profile).fitted(workdir, expected)
     return NextAction("run", _up(workdir, name),
@@ -205,7 +218,7 @@ def _from_plan(workdir: Workdir, state: State) -> NextAction:
         why = f"{pending.step}: {pending.reason}"
         if pending.step == "cluster" and node.get("role") == "worker":
             why += f"; this joins node {node.get('name')} to the head's Ray cluster (start the head first)"
-        expected = expected_run_s(runbook.profile, [d.step for d in decisions if d.action == "run"])
+        expected = expected_run_s(runbook.profile, [d.step for d in decisions if d.action == "run"], runbook.waits)
         return NextAction("run", _up(workdir), why, step=pending.step).fitted(workdir, expected)
     if node.get("role") == "worker":
         return NextAction("wait", ["dsv4setup", "status", "--workdir", str(workdir.root), "--json"],

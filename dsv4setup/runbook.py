@@ -75,11 +75,19 @@ def step_names(with_bench: bool = True) -> list[str]:
     return list(STEP_ORDER + (OPTIONAL_STEPS if with_bench else ()))
 
 
+def _graph_steps(with_bench: bool) -> list[Step]:
+    spec = os.environ.get(ENV_RUNBOOK)
+    return _custom_steps(spec) if spec else runbook_steps(with_bench=with_bench)
+
+
 def step_needs(with_bench: bool = True) -> dict[str, tuple[str, ...]]:
     """Each step's `needs`, without resolving a profile (`status`'s stale rule follows them)."""
-    spec = os.environ.get(ENV_RUNBOOK)
-    steps = _custom_steps(spec) if spec else runbook_steps(with_bench=with_bench)
-    return {s.name: tuple(s.needs) for s in steps}
+    return {s.name: tuple(s.needs) for s in _graph_steps(with_bench)}
+
+
+def step_waits(with_bench: bool = True) -> dict[str, tuple[str, ...]]:
+    """What each step waits for in one `up` (needs and `after`), without resolving a profile (`next`)."""
+    return {s.name: (*s.needs, *s.after) for s in _graph_steps(with_bench)}
 
 
 def build_runbook(request: RunbookRequest) -> tuple[Runbook, ResolvedProfile]:

@@ -172,3 +172,15 @@ def test_concurrent_changes_and_saves_lose_nothing(tmp_path: Path) -> None:
     assert {n: r.attempts for n, r in load_state(path).steps.items()} == {f"s{i}": 40 for i in range(6)}
     assert datetime.fromisoformat(load_state(path).updated_at)
 
+
+def test_next_expects_the_longest_chain_of_an_overlapped_run_not_the_sum(workdir: Workdir, profile: Profile) -> None:
+    from dsv4setup.next_action import expected_run_s
+
+    timed = profile.model_copy(update={"expected_s": {"root": 5, "build": 100, "patch": 20, "fetch": 300, "lint": 10,
+                                                      "join": 30}})
+    waits = make(workdir, timed).waits
+    assert waits["fetch"] == ("root",) and waits["lint"] == ("fetch", "build")
+    assert expected_run_s(timed, list(ts.BRANCHES), waits) == 5 + 300 + 10 + 30  # fetch beside build -> patch
+    assert expected_run_s(timed, list(ts.BRANCHES)) == 465  # one after another (up --sequential)
+    assert expected_run_s(timed, ["build", "patch", "lint", "join"], waits) == 100 + 20 + 30  # fetch already done
+    assert expected_run_s(timed, ["build", "extra"], waits) is None  # a step with no usual time: unknown
