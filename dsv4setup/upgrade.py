@@ -56,7 +56,6 @@ from dsv4setup.core.proc import attempt_tail
 from dsv4setup.core.state import State, StepRecord, StepStatus, load_state, now_iso, save_state
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.engine import Observer, Runbook, Selection, UpResult, fingerprint
-from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.resolve import ResolvedProfile
 from dsv4setup.runbook import RunbookRequest, build_runbook, load_step
 
@@ -142,11 +141,15 @@ def _restore_records(state: State, records: dict[str, dict[str, Any]]) -> None:
             state.steps.pop(name, None)
 
 
-def _adopt(workdir: Workdir, name: str, state: State, profile: Profile) -> Marker:
+def _adopt(workdir: Workdir, name: str, state: State) -> Marker:
     """The current generation's marker with the records that built it (the legacy `venv/` gets its first one)."""
     path = generation_path(workdir.root, name)
-    marker = read_marker(path) or Marker(name=name, vllm_version=profile.vllm.version, package=profile.vllm.package,
-                                         created_at=now_iso(), uid=os.getuid(), complete=True)
+    vllm = state.steps["vllm"]
+    version = (vllm.fingerprint_inputs.get("vllm") or {}).get("version") or vllm.outputs.get("version")
+    marker = read_marker(path) or Marker(name=name, vllm_version=version,
+                                         package=vllm.outputs.get("package"),
+                                         created_at=vllm.finished_at or now_iso(), uid=os.getuid(), complete=True)
+    marker.inputs_fingerprint = marker.inputs_fingerprint or vllm.fingerprint
     patches = state.steps.get("patches")
     if patches is not None and patches.status == StepStatus.DONE:
         marker.patches = {k: list(patches.outputs.get(k) or []) for k in ("applied", "upstream")}
@@ -206,7 +209,8 @@ def recover(workdir: Workdir) -> str | None:
 
 
 def _build(request: SwitchRequest, new: Runbook, name: str, observer: Observer) -> tuple[UpResult, State]:
-    """The vllm and patches steps into `venvs/<name>`, with a build state of their own seeded from the main one."""
+    """The vllm and patches steps into `venvs/<name>`, with a build state of their own seeded from the main one
+    (and, for a generation built before, its own records: the engine verifies it and skips what still holds)."""
     wd = request.workdir
     target = generation_path(wd.root, name)
     if target.exists():
@@ -220,9 +224,12 @@ def _build(request: SwitchRequest, new: Runbook, name: str, observer: Observer) 
     seed.upgrade = None
     for step in BUILT_STEPS:
         seed.steps.pop(step, None)
+    earlier = read_marker(target) if target.exists() else None
+    if earlier is not None and earlier.complete:  # built before (then rolled back): verified, not rebuilt
+        _restore_records(seed, earlier.records)
     save_state(building.state_file, seed)
     runbook = Runbook([load_step(s) for s in BUILT_STEPS], building, new.profile, new.options)
-    result = runbook.up(Selection(only=BUILT_STEPS, redo=BUILT_STEPS), observer)
+    result = runbook.up(Selection(only=BUILT_STEPS), observer)
     return result, load_state(building.state_file)
 
 
@@ -251,6 +258,21 @@ def _mark_smoke(wd: Workdir, name: str, ok: bool) -> None:
         write_marker(path, marker)
 
 
+def _current_runbook(request: SwitchRequest, record: StepRecord) -> tuple[Runbook, ResolvedProfile]:
+    """The runbook of what serves now: the workdir's profile at the vLLM version the current generation was
+    built for (an `up --set vllm.version=V` leaves no override behind); refused when the current generation
+    was built from other vllm settings, since switching back would then rebuild instead of restart."""
+    version = (record.fingerprint_inputs.get("vllm") or {}).get("version")
+    sets = [f"vllm.version={version}"] if version else []
+    runbook, resolved = build_runbook(RunbookRequest(request.workdir, request.profile, sets, False, request.options))
+    if _vllm_inputs_fingerprint(runbook) != record.fingerprint:
+        raise UsageError("the current generation was built from other vllm settings than the workdir's now, so it "
+                         "could not be switched back to", fix="run `dsv4setup up` first (it brings the current "
+                         "generation in line), then the same command again",
+                         command=f"dsv4setup up --workdir {request.workdir.root} --yes")
+    return runbook, resolved
+
+
 def switch(request: SwitchRequest, observer: Observer | None = None,
            say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """`upgrade` (request.vllm set) or `rollback`: the `dsv4setup.upgrade/1` document. See the module's doc."""
@@ -260,14 +282,14 @@ def switch(request: SwitchRequest, observer: Observer | None = None,
     with held_across(wd.lock_file, kind):
         recover(wd)
         state = load_state(wd.state_file)
-        old_rb, old = build_runbook(RunbookRequest(wd, request.profile, [], False, request.options))
-        if state.steps.get("vllm") is None or state.steps["vllm"].status != StepStatus.DONE:
+        record = state.steps.get("vllm")
+        if record is None or record.status != StepStatus.DONE:
             raise UsageError(f"nothing to {kind} from: the vllm step of {wd.root} is not done",
                              fix="run `dsv4setup up` first", command=f"dsv4setup up --workdir {wd.root}")
         from_name = current_name(wd.root)
         assert from_name is not None
         before = read_pointer(wd.root) or Pointer(from_name)
-        from_marker = _adopt(wd, from_name, state, old.profile)
+        from_marker = _adopt(wd, from_name, state)
         if request.vllm is not None:
             sets = [*request.sets, f"vllm.version={request.vllm}"]
         else:
@@ -277,6 +299,7 @@ def switch(request: SwitchRequest, observer: Observer | None = None,
                 raise UsageError("no previous generation to roll back to" + (f" ({target} is not complete or "
                                  "not ours)" if target else ""), fix="`dsv4setup generations` lists them")
             sets = [*request.sets, f"vllm.version={marker.vllm_version}"]
+        old_rb, old = _current_runbook(request, record)
         new_rb, new = build_runbook(RunbookRequest(wd, request.profile, sets, request.bench, request.options))
         name = generation_name(new.profile.vllm.version, _vllm_inputs_fingerprint(new_rb))
         if kind == "rollback" and name != before.previous:
@@ -323,6 +346,7 @@ def switch(request: SwitchRequest, observer: Observer | None = None,
             write_marker(generation_path(wd.root, name), marker)
             generation_path(wd.root, name).parent.joinpath(f".{name}.build-state.json").unlink(missing_ok=True)
             doc["built"] = {"generation": name, "patches": marker.patches}
+            _journal(state, phase="built")
         records = read_marker(generation_path(wd.root, name))
         assert records is not None
 
@@ -360,11 +384,18 @@ def switch(request: SwitchRequest, observer: Observer | None = None,
 
 
 def generation_rows(workdir: Workdir) -> list[dict[str, Any]]:
+    """One row per generation; the current one's patches from the state when its marker has none yet (one the
+    vllm step of `up` made: the patches step runs after it)."""
+    state = load_state(workdir.state_file) if workdir.state_file.exists() else State()
+    record = state.steps.get("patches")
+    applied = ({k: list(record.outputs.get(k) or []) for k in ("applied", "upstream")}
+               if record is not None and record.status == StepStatus.DONE else {})
     rows = []
     for gen in list_generations(workdir.root):
         m = gen.marker
         rows.append({"name": gen.name, "path": str(gen.path), "vllm": m.vllm_version if m else None,
-                     "patches": m.patches if m else {}, "created_at": m.created_at if m else None,
+                     "patches": (m.patches or (applied if gen.current else {})) if m else {},
+                     "created_at": m.created_at if m else None,
                      "complete": m.complete if m else None,
                      "last_smoke": m.last_smoke.model_dump() if m and m.last_smoke else None,
                      "current": gen.current, "previous": gen.previous, "ours": m is not None})

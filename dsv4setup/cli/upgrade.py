@@ -14,6 +14,8 @@ from dsv4setup.core.errors import EXIT_FAILED, UsageError
 from dsv4setup.core.workdir import Workdir, remember
 from dsv4setup.upgrade import SwitchRequest, generations_doc, switch
 
+NodeOpt = Annotated[str | None, typer.Option(help="Multi-node profiles: this machine's node (workers first, the "
+                                               "head last).")]
 DetachOpt = Annotated[bool, typer.Option("--detach", help="Start it in the background (own session) and return at "
                                          "once; follow it with `dsv4setup wait`.")]
 
@@ -29,6 +31,10 @@ def _print_switch(doc: Document) -> None:
         err.print(f"  {line}", highlight=False, markup=False)
     err.print(f"log: {failed.get('log')}", highlight=False)
     err.print(f"serving: {doc['serving'] or 'nothing: run `dsv4setup up`'}", highlight=False)
+
+
+def _options(yes: bool, node: str | None) -> dict[str, object]:
+    return {"yes": yes, **({"node": node} if node else {})}
 
 
 def _run_switch(wd: Workdir, request: SwitchRequest, json_: bool) -> None:
@@ -55,6 +61,7 @@ def upgrade(
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     bench: Annotated[bool, typer.Option("--bench", help="Also run the bench step on the new generation.")] = False,
+    node: NodeOpt = None,
     detach: DetachOpt = False,
     yes: YesOpt = False,
     json_: JsonOpt = False,
@@ -67,16 +74,18 @@ def upgrade(
         raise UsageError("--vllm: expected a version, e.g. 0.33.0")
     if detach:
         args = ["--vllm", vllm, *(["--profile", profile] if profile else []),
-                *[a for s in set_ or [] for a in ("--set", s)], *(["--bench"] if bench else [])]
+                *[a for s in set_ or [] for a in ("--set", s)], *(["--bench"] if bench else []),
+                *(["--node", node] if node else [])]
         _detach(wd, "upgrade", args, json_)
         return
-    _run_switch(wd, SwitchRequest(wd, profile, set_ or [], vllm, bench, {"yes": yes}), json_)
+    _run_switch(wd, SwitchRequest(wd, profile, set_ or [], vllm, bench, _options(yes, node)), json_)
 
 
 @app.command()
 def rollback(
     workdir: WorkdirOpt = None,
     profile: ProfileOpt = None,
+    node: NodeOpt = None,
     detach: DetachOpt = False,
     yes: YesOpt = False,
     json_: JsonOpt = False,
@@ -85,9 +94,10 @@ def rollback(
     wd = workdir_from(workdir)
     err.print(wd.header, highlight=False)
     if detach:
-        _detach(wd, "rollback", ["--profile", profile] if profile else [], json_)
+        _detach(wd, "rollback", [*(["--profile", profile] if profile else []), *(["--node", node] if node else [])],
+                json_)
         return
-    _run_switch(wd, SwitchRequest(wd, profile, [], None, False, {"yes": yes}), json_)
+    _run_switch(wd, SwitchRequest(wd, profile, [], None, False, _options(yes, node)), json_)
 
 
 @app.command()

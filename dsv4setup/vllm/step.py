@@ -23,8 +23,11 @@ from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.fsutil import atomic_write_text
 from dsv4setup.core.generations import (
+    LEGACY_NAME,
     Marker,
+    current_name,
     generation_name,
+    generation_path,
     read_marker,
     switch_pointer,
     venvs_dir,
@@ -86,11 +89,25 @@ def cluster_packages(ctx: RunContext) -> list[str]:
 
 
 def target_venv(step: Step, ctx: RunContext) -> Path:
-    """Where this run installs: the generation being built (`upgrade`), else the generation of these inputs,
-    `venvs/<version>-<hash>` (the current one when the inputs did not change: a reinstall in place)."""
+    """Where this run installs: the generation being built (`upgrade`); else the current generation when it was
+    made from these same inputs (a reinstall in place, as `--redo vllm` or a repair); else the new generation
+    `venvs/<version>-<hash>` beside it. A plain `venv/` of an earlier release counts as made from these inputs
+    when the state's record of the vllm step says so, or when there is no record (a reset or a fresh state)."""
     if ctx.workdir.building is not None:
         return ctx.workdir.building
-    return venvs_dir(ctx.workdir.root) / generation_name(ctx.profile.vllm.version, fingerprint(step.inputs(ctx)))
+    inputs = fingerprint(step.inputs(ctx))
+    current = current_name(ctx.workdir.root)
+    if current is not None:
+        path = generation_path(ctx.workdir.root, current)
+        marker = read_marker(path)
+        record = ctx.state.steps.get(step.name)
+        if marker is not None and marker.inputs_fingerprint is not None:
+            same = marker.inputs_fingerprint == inputs
+        else:
+            same = current == LEGACY_NAME and (record is None or record.fingerprint in (None, inputs))
+        if same:
+            return path
+    return venvs_dir(ctx.workdir.root) / generation_name(ctx.profile.vllm.version, inputs)
 
 
 def mark_generation(venv: Path, ctx: RunContext, inputs_fingerprint: str, complete: bool) -> None:
