@@ -23,6 +23,7 @@ and names the command that node still needs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -141,7 +142,46 @@ def _restore_records(state: State, records: dict[str, dict[str, Any]]) -> None:
             state.steps.pop(name, None)
 
 
-def _adopt(workdir: Workdir, name: str, state: State) -> Marker:
+def _profile_value(resolved: ResolvedProfile, key: str) -> Any:
+    """The profile's own value of `vllm.KEY` (its file, else the model's default): what a kept override that
+    the generation being switched to did not have gives way to."""
+    import yaml
+
+    from dsv4setup.profiles.model import VllmSpec
+
+    source = resolved.source_file
+    try:
+        doc = yaml.safe_load(source.read_text(encoding="utf-8")) if isinstance(source, Path) else None
+    except (OSError, yaml.YAMLError):
+        doc = None
+    section = (doc or {}).get("vllm") if isinstance(doc, dict) else None
+    if isinstance(section, dict) and key in section:
+        return section[key]
+    field = VllmSpec.model_fields.get(key)
+    return field.default if field is not None else None
+
+
+def _vllm_keys(sets: list[str]) -> dict[str, Any]:
+    """The `vllm.*` items of `--set` (they make the generation, so they are kept with it), typed."""
+    from dsv4setup.profiles.overrides import parse_set
+
+    found: dict[str, Any] = {}
+    for item in sets:
+        path, value = parse_set(item)
+        if path[0] == "vllm" and len(path) == 2:
+            found[str(path[1])] = value
+    return found
+
+
+def _record_vllm_section(workdir: Workdir, name: str, section: dict[str, Any]) -> None:
+    path = generation_path(workdir.root, name)
+    marker = read_marker(path)
+    if marker is not None:
+        marker.vllm_overrides = section
+        write_marker(path, marker)
+
+
+def _adopt(workdir: Workdir, name: str, state: State, section: dict[str, Any]) -> Marker:
     """The current generation's marker with the records that built it (the legacy `venv/` gets its first one)."""
     path = generation_path(workdir.root, name)
     vllm = state.steps["vllm"]
@@ -150,6 +190,8 @@ def _adopt(workdir: Workdir, name: str, state: State) -> Marker:
                                          package=vllm.outputs.get("package"),
                                          created_at=vllm.finished_at or now_iso(), uid=os.getuid(), complete=True)
     marker.inputs_fingerprint = marker.inputs_fingerprint or vllm.fingerprint
+    if marker.vllm_overrides is None:
+        marker.vllm_overrides = section
     patches = state.steps.get("patches")
     if patches is not None and patches.status == StepStatus.DONE:
         marker.patches = {k: list(patches.outputs.get(k) or []) for k in ("applied", "upstream")}
@@ -164,24 +206,32 @@ def _journal(state: State, **changes: Any) -> UpgradeJournal:
     return state.upgrade
 
 
-def _set_version_override(workdir: Workdir, version: str | None) -> None:
-    """The workdir's `vllm.version` override: set (the version sticks), or removed (None: as before the upgrade)."""
+def vllm_section(workdir: Workdir) -> dict[str, Any]:
+    """The workdir's kept `vllm:` overrides (dsv4setup.yaml), e.g. {"version": "0.32.0"}."""
+    from dsv4setup.profiles.overrides import read_workdir_overrides
+
+    overrides = read_workdir_overrides(workdir)
+    section = overrides.layer.data.get("vllm") if overrides is not None else None
+    return dict(section) if isinstance(section, dict) else {}
+
+
+def vllm_sets(section: dict[str, Any]) -> list[str]:
+    """A `vllm:` section as `--set` items (a string as it is, as `--set` reads a string field; else JSON, which
+    is YAML). Pure."""
+    return [f"vllm.{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in section.items()]
+
+
+def _keep_vllm_section(workdir: Workdir, section: dict[str, Any]) -> None:
+    """Make the workdir's kept `vllm:` overrides exactly `section` (the generation that serves sticks)."""
     from dsv4setup.preflight.snapshot import take_snapshot
     from dsv4setup.profiles.overrides import write_override
     from dsv4setup.profiles.resolve import persist_unset
 
-    if version is not None:
-        write_override(workdir, "vllm.version", version)
-    elif _version_override(workdir) is not None:
-        persist_unset(workdir, None, ["vllm.version"], probe=take_snapshot)
-
-
-def _version_override(workdir: Workdir) -> str | None:
-    from dsv4setup.profiles.overrides import read_workdir_overrides
-
-    overrides = read_workdir_overrides(workdir)
-    value = (overrides.layer.data.get("vllm") or {}).get("version") if overrides is not None else None
-    return str(value) if value is not None else None
+    for key, value in section.items():
+        write_override(workdir, f"vllm.{key}", value)
+    gone = [f"vllm.{key}" for key in vllm_section(workdir) if key not in section]
+    if gone:
+        persist_unset(workdir, None, gone, probe=take_snapshot)
 
 
 def recover(workdir: Workdir) -> str | None:
@@ -199,7 +249,7 @@ def recover(workdir: Workdir) -> str | None:
             if source is not None and source.records:
                 _restore_records(state, source.records)
                 write_pointer(workdir.root, Pointer(journal.from_generation, journal.from_previous))
-                _set_version_override(workdir, journal.from_override)
+                _keep_vllm_section(workdir, journal.from_vllm)
         _journal(state, phase="interrupted",
                  error=f"the {journal.kind} was killed while {journal.phase}; {journal.from_generation} is current")
         save_state(workdir.state_file, state)
@@ -273,6 +323,22 @@ def _current_runbook(request: SwitchRequest, record: StepRecord) -> tuple[Runboo
     return runbook, resolved
 
 
+def _refuse_with_a_unit(workdir: Workdir, kind: str) -> None:
+    """A systemd unit runs a fixed interpreter path (the generation it was installed for): not switched here yet.
+    Refused before anything changes, with the order that works."""
+    from dsv4setup.service.systemd import read_installed
+
+    unit = read_installed(workdir)
+    if unit is None:
+        return
+    how = ("`dsv4setup service remove`, then the same command, then `dsv4setup service install --user`"
+           if unit.scope == "user" else "`dsv4setup service remove` and the root commands it prints, then the same "
+           "command, then `dsv4setup service install --system` and the root commands it prints")
+    raise UsageError(f"the server runs as the systemd unit {unit.name} ({unit.scope}), whose command names the "
+                     f"current generation's interpreter: a {kind} does not rewrite the unit; nothing was changed",
+                     fix=how)
+
+
 def switch(request: SwitchRequest, observer: Observer | None = None,
            say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """`upgrade` (request.vllm set) or `rollback`: the `dsv4setup.upgrade/1` document. See the module's doc."""
@@ -281,6 +347,7 @@ def switch(request: SwitchRequest, observer: Observer | None = None,
     kind = "upgrade" if request.vllm is not None else "rollback"
     with held_across(wd.lock_file, kind):
         recover(wd)
+        _refuse_with_a_unit(wd, kind)
         state = load_state(wd.state_file)
         record = state.steps.get("vllm")
         if record is None or record.status != StepStatus.DONE:
@@ -289,17 +356,21 @@ def switch(request: SwitchRequest, observer: Observer | None = None,
         from_name = current_name(wd.root)
         assert from_name is not None
         before = read_pointer(wd.root) or Pointer(from_name)
-        from_marker = _adopt(wd, from_name, state)
+        from_vllm = vllm_section(wd)
+        from_marker = _adopt(wd, from_name, state, from_vllm)
         if request.vllm is not None:
-            sets = [*request.sets, f"vllm.version={request.vllm}"]
+            kept = {**from_vllm, **_vllm_keys(request.sets), "version": request.vllm}
         else:
             target = before.previous
             marker = read_marker(generation_path(wd.root, target)) if target else None
             if target is None or marker is None or not marker.complete or not marker.records:
                 raise UsageError("no previous generation to roll back to" + (f" ({target} is not complete or "
                                  "not ours)" if target else ""), fix="`dsv4setup generations` lists them")
-            sets = [*request.sets, f"vllm.version={marker.vllm_version}"]
+            kept = marker.vllm_overrides if marker.vllm_overrides is not None else \
+                {**from_vllm, "version": marker.vllm_version}
         old_rb, old = _current_runbook(request, record)
+        dropped = {key: _profile_value(old, key) for key in from_vllm if key not in kept}  # as the profile has it
+        sets = [*[s for s in request.sets if not s.strip().startswith("vllm.")], *vllm_sets({**dropped, **kept})]
         new_rb, new = build_runbook(RunbookRequest(wd, request.profile, sets, request.bench, request.options))
         name = generation_name(new.profile.vllm.version, _vllm_inputs_fingerprint(new_rb))
         if kind == "rollback" and name != before.previous:
@@ -324,7 +395,7 @@ def switch(request: SwitchRequest, observer: Observer | None = None,
                                        started_at=now_iso(), updated_at=now_iso(),
                                        from_generation=from_name, to_generation=name,
                                        from_version=old.profile.vllm.version, to_version=new.profile.vllm.version,
-                                       from_previous=before.previous, from_override=_version_override(wd))
+                                       from_previous=before.previous, from_vllm=from_vllm)
         save_state(wd.state_file, state)
 
         if kind == "upgrade":
@@ -358,7 +429,8 @@ def switch(request: SwitchRequest, observer: Observer | None = None,
         result = _run(new_rb, obs)
         if result.ok:
             _mark_smoke(wd, name, True)
-            _set_version_override(wd, new.profile.vllm.version)
+            _keep_vllm_section(wd, kept)
+            _record_vllm_section(wd, name, kept)
             state = load_state(wd.state_file)
             _journal(state, phase="done")
             save_state(wd.state_file, state)

@@ -132,6 +132,7 @@ class Marker(BaseModel):
     patches: dict[str, list[str]] = Field(default_factory=dict)  # applied / upstream
     last_smoke: SmokeMark | None = None
     records: dict[str, dict[str, Any]] = Field(default_factory=dict)  # step name -> its StepRecord document
+    vllm_overrides: dict[str, Any] | None = None  # the workdir's `vllm:` overrides it was made from (rollback)
 
     model_config = {"populate_by_name": True}
 
@@ -233,7 +234,7 @@ class UpgradeJournal(BaseModel):
     from_version: str | None
     to_version: str | None
     from_previous: str | None = None  # the pointer's previous before, put back when the switch is undone
-    from_override: str | None = None  # the workdir's vllm.version override before (None: none)
+    from_vllm: dict[str, Any] = Field(default_factory=dict)  # the workdir's `vllm:` overrides before, put back
     error: str | None = None
     log: str | None = None
 

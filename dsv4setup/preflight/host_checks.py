@@ -95,6 +95,8 @@ def _disk_need(c: Ctx) -> tuple[float, list[str]]:
     parts: list[tuple[str, float]] = [("checkpoint", max(0.0, t.checkpoint_gb - have_model))]
     if not contents.get("venv"):
         parts.append(("venv", limits.disk_venv_gb))
+    else:  # the next `upgrade` builds a generation beside it
+        parts.append(("a next venv generation", limits.disk_generation_gb))
     if _toolkit_to_install(c) and not contents.get("toolkit"):
         parts.append(("CUDA toolkit", limits.disk_toolkit_gb))
     if t.vllm_source == "source":

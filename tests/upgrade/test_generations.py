@@ -224,3 +224,13 @@ def test_a_kill_while_switching_is_rolled_back_by_the_next_up(tmp_path: Path) ->
     assert Workdir(root).venv_dir == root / LEGACY_NAME
     assert "0.33.0" not in (root / "dsv4setup.yaml").read_text()  # no override before the upgrade: none after
     assert recover(Workdir(root)) is None  # closed: nothing more to do
+
+
+
+def test_a_vllm_section_becomes_set_items_that_resolve_back_to_it() -> None:
+    from dsv4setup.profiles.overrides import parse_set
+    from dsv4setup.upgrade import vllm_sets
+
+    section = {"version": "0.32.0", "pip_constraints": ["torch==2.13.0+cpu", "setuptools>=40"]}
+    items = vllm_sets(section)
+    assert {str(parse_set(i)[0][1]): parse_set(i)[1] for i in items} == section
