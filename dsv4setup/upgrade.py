@@ -366,8 +366,8 @@ def switch(request: SwitchRequest, observer: Observer | None = None,
             if target is None or marker is None or not marker.complete or not marker.records:
                 raise UsageError("no previous generation to roll back to" + (f" ({target} is not complete or "
                                  "not ours)" if target else ""), fix="`dsv4setup generations` lists them")
-            kept = marker.vllm_overrides if marker.vllm_overrides is not None else \
-                {**from_vllm, "version": marker.vllm_version}
+            # not known (a generation `up` made and switched away from): the profile's own values at its version
+            kept = marker.vllm_overrides if marker.vllm_overrides is not None else {"version": marker.vllm_version}
         old_rb, old = _current_runbook(request, record)
         dropped = {key: _profile_value(old, key) for key in from_vllm if key not in kept}  # as the profile has it
         sets = [*[s for s in request.sets if not s.strip().startswith("vllm.")], *vllm_sets({**dropped, **kept})]
