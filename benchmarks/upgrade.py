@@ -43,7 +43,7 @@ class Outage(threading.Thread):
 
     def __init__(self, port: int) -> None:
         super().__init__(daemon=True)
-        self.url, self.down_s, self._stop = f"http://127.0.0.1:{port}/health", 0.0, threading.Event()
+        self.url, self.down_s, self._done = f"http://127.0.0.1:{port}/health", 0.0, threading.Event()
 
     def healthy(self) -> bool:
         try:
@@ -54,7 +54,7 @@ class Outage(threading.Thread):
 
     def run(self) -> None:
         last = time.monotonic()
-        while not self._stop.is_set():
+        while not self._done.is_set():
             ok = self.healthy()
             now = time.monotonic()
             if not ok:
@@ -63,7 +63,7 @@ class Outage(threading.Thread):
             time.sleep(POLL_S)
 
     def stop(self) -> float:
-        self._stop.set()
+        self._done.set()
         self.join()
         return round(self.down_s, 1)
 
