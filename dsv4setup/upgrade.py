@@ -190,8 +190,8 @@ def _adopt(workdir: Workdir, name: str, state: State, section: dict[str, Any]) -
                                          package=vllm.outputs.get("package"),
                                          created_at=vllm.finished_at or now_iso(), uid=os.getuid(), complete=True)
     marker.inputs_fingerprint = marker.inputs_fingerprint or vllm.fingerprint
-    if marker.vllm_overrides is None:
-        marker.vllm_overrides = section
+    if marker.vllm_overrides is None:  # what the workdir keeps now, and the version it was built for (an `up
+        marker.vllm_overrides = {**section, "version": version}  # --set vllm.version=V` keeps none)
     patches = state.steps.get("patches")
     if patches is not None and patches.status == StepStatus.DONE:
         marker.patches = {k: list(patches.outputs.get(k) or []) for k in ("applied", "upstream")}
@@ -367,7 +367,7 @@ def switch(request: SwitchRequest, observer: Observer | None = None,
                 raise UsageError("no previous generation to roll back to" + (f" ({target} is not complete or "
                                  "not ours)" if target else ""), fix="`dsv4setup generations` lists them")
             # not known (a generation `up` made and switched away from): the profile's own values at its version
-            kept = marker.vllm_overrides if marker.vllm_overrides is not None else {"version": marker.vllm_version}
+            kept = {**(marker.vllm_overrides or {}), "version": marker.vllm_version}  # its version, always
         old_rb, old = _current_runbook(request, record)
         dropped = {key: _profile_value(old, key) for key in from_vllm if key not in kept}  # as the profile has it
         sets = [*[s for s in request.sets if not s.strip().startswith("vllm.")], *vllm_sets({**dropped, **kept})]
