@@ -269,13 +269,20 @@ def _build(request: SwitchRequest, new: Runbook, name: str, observer: Observer) 
             raise DsvError(f"{target} exists and is not provably a generation of ours ({refusal}); nothing was "
                            "changed", fix=f"move {target} away yourself, then run the same command again")
     target.parent.mkdir(parents=True, exist_ok=True)
+    earlier = read_marker(target) if target.exists() else None
+    if earlier is not None and not earlier.complete:
+        # a build killed before: its installer may still be writing there (a kill -9 leaves uv running), so the
+        # folder is renamed out of the way at once and removed as far as it goes
+        aside = target.with_name(f".removing-{target.name}-{os.getpid()}")
+        target.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        earlier = None
     building = Workdir(wd.root, wd.chosen_by, building=target)
     seed = load_state(wd.state_file)
     seed.upgrade = None
     for step in BUILT_STEPS:
         seed.steps.pop(step, None)
-    earlier = read_marker(target) if target.exists() else None
-    if earlier is not None and earlier.complete:  # built before (then rolled back): verified, not rebuilt
+    if earlier is not None:  # built before (then rolled back): verified, not rebuilt
         _restore_records(seed, earlier.records)
     save_state(building.state_file, seed)
     runbook = Runbook([load_step(s) for s in BUILT_STEPS], building, new.profile, new.options)
