@@ -23,6 +23,7 @@ and names the command that node still needs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -258,6 +259,26 @@ def recover(workdir: Workdir) -> str | None:
             "this run starts and smokes it")
 
 
+def _stop_installers_of(target: Path) -> list[int]:
+    """Stop this user's processes whose command line names the incomplete generation `target` (the `uv pip
+    install --python TARGET/bin/python` of a killed build: nothing else runs from a generation never completed)."""
+    found = []
+    for proc in psutil.process_iter(["uids", "cmdline"]):
+        try:
+            argv = proc.info["cmdline"] or []
+            uids = proc.info["uids"]
+            if proc.pid != os.getpid() and uids is not None and uids.real == os.getuid() and \
+                    any(arg == str(target) or arg.startswith(f"{target}/") for arg in argv):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    for proc in found:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(found, timeout=10)
+    return [p.pid for p in found]
+
+
 def _build(request: SwitchRequest, new: Runbook, name: str, observer: Observer) -> tuple[UpResult, State]:
     """The vllm and patches steps into `venvs/<name>`, with a build state of their own seeded from the main one
     (and, for a generation built before, its own records: the engine verifies it and skips what still holds)."""
@@ -271,8 +292,9 @@ def _build(request: SwitchRequest, new: Runbook, name: str, observer: Observer) 
     target.parent.mkdir(parents=True, exist_ok=True)
     earlier = read_marker(target) if target.exists() else None
     if earlier is not None and not earlier.complete:
-        # a build killed before: its installer may still be writing there (a kill -9 leaves uv running), so the
-        # folder is renamed out of the way at once and removed as far as it goes
+        # a build killed before: a kill -9 leaves its installer running, writing there by path; stop it, then
+        # rename the folder out of the way at once and remove it
+        _stop_installers_of(target)
         aside = target.with_name(f".removing-{target.name}-{os.getpid()}")
         target.rename(aside)
         shutil.rmtree(aside, ignore_errors=True)
