@@ -35,7 +35,7 @@ from dsv4setup.core.errors import DsvError, StepError, UsageError
 from dsv4setup.core.finding import Finding
 from dsv4setup.core.lock import workdir_lock
 from dsv4setup.core.outputs import StepOutputs
-from dsv4setup.core.proc import ATTEMPT_MARK, StepLog, attempt_tail
+from dsv4setup.core.proc import ATTEMPT_MARK, StepLog, attempt_tail, stop_left_child
 from dsv4setup.core.state import (
     OutputsT,
     State,
@@ -341,6 +341,8 @@ class Runbook:
         obs.started(step, record.attempts)
         with StepLog(log_path) as log:
             log.section(f"{step.name}: {ATTEMPT_MARK} {record.attempts} (pid {os.getpid()})")
+            for pid in stop_left_child(log_path):  # a killed attempt's installer, still writing where this one will
+                log.line(f"-- stopped pid {pid}, left running by an earlier attempt that was killed")
             ctx.log = log
 
             def progress(msg: str) -> None:

@@ -203,6 +203,10 @@ def _first_run_on_a_node(workdir: Workdir, profile: Profile) -> NextAction:
                       f"node {node.name} ({node.role}, {node.address}); run the same on every node", step="preflight")
 
 
+def _retry(kind: str, version: str | None) -> str:
+    return f"dsv4setup upgrade --vllm {version}" if kind == "upgrade" else "dsv4setup rollback"
+
+
 def _from_plan(workdir: Workdir, state: State) -> NextAction:
     from dsv4setup.runbook import RunbookRequest, build_runbook
 
@@ -225,6 +229,13 @@ def _from_plan(workdir: Workdir, state: State) -> NextAction:
                           f"node {node.get('name')} is a worker and has joined the Ray cluster at "
                           f"{cluster.outputs.get('ray_address') if cluster else '?'}; the head serves: wait for the "
                           "head's `dsv4setup up --node ...` (its status shows every node)", step="cluster")
+    upgrade = state.upgrade
+    if upgrade is not None and upgrade.phase == "failed":  # the old generation serves again: done, with why
+        return NextAction("done", ["dsv4setup", "generations", "--workdir", str(workdir.root), "--json"],
+                          f"the last {upgrade.kind} ({upgrade.from_generation} -> {upgrade.to_generation}) failed: "
+                          f"{upgrade.error}; {upgrade.from_generation} (vLLM {upgrade.from_version}) serves again and "
+                          "every step is verified", fix=f"read {upgrade.log or 'its log'}, correct the cause, then run "
+                          f"`{_retry(upgrade.kind, upgrade.to_version)}` again")
     return NextAction("done", ["dsv4setup", "smoke", "--workdir", str(workdir.root), "--json"],
                       f"every step of {state.profile} is done and verified; the server is up "
                       "(re-run the smoke test any time with the command)")

@@ -49,6 +49,13 @@ COMMANDS: tuple[CommandInfo, ...] = (
     CommandInfo("logs", "runbook", "Print (or follow) a step's log, secrets redacted."),
     CommandInfo("reset", "runbook", "Forget a step's record (it runs again), or move the whole state aside. "
                                     "Deletes nothing else."),
+    CommandInfo("upgrade", "upgrade", "Build a new serving venv generation beside the current one, switch the server "
+                                      "to it and smoke it; on any failure switch back (exit 1, the old server "
+                                      "serving)."),
+    CommandInfo("rollback", "upgrade", "Switch the server back to the previous generation (stop, start, smoke), and "
+                                       "keep its vLLM version."),
+    CommandInfo("generations", "upgrade", "List the serving venv's generations: vLLM version, patches, created, last "
+                                          "smoke, which is current."),
     CommandInfo("doctor", "doctor", "Check GPUs, interconnect, driver, host and toolchain; recommend a profile, TP "
                                     "size, MTP k, serve args, env."),
     CommandInfo("download", "checkpoint", "Download the profile's checkpoint (pinned revision, resumable, verified), "

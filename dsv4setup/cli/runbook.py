@@ -84,6 +84,12 @@ def up(
         return
     options = {k: v for k, v in {"toolkit_route": toolkit, "installer": installer, "host": host,
                                  "yes": yes, "node": node}.items() if v is not None}
+    if not dry_run:
+        from dsv4setup.upgrade import recover
+
+        finished = recover(wd)  # an upgrade killed while switching: back to the generation it came from
+        if finished:
+            err.print(finished, highlight=False)
     runbook, resolved = build_runbook(RunbookRequest(wd, profile, set_ or [], bench, options))
     selection = Selection(from_, until, tuple(only or ()), tuple(redo or ()))
     profile_ = resolved.profile

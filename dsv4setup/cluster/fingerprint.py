@@ -100,6 +100,18 @@ def differences(head: dict[str, Any], node: dict[str, Any]) -> list[str]:
     return found
 
 
+def version_commands(head_name: str, node_name: str, head: dict[str, Any], node: dict[str, Any]) -> list[str]:
+    """When a node's vLLM differs from the head's (an upgrade half done): the command each side still needs, in
+    words. Workers switch first, the head last; so either the node catches up with the head, or the head with
+    the node (or the node goes back). Pure; empty when the versions agree."""
+    have, want = (node.get("vllm") or {}).get("version"), (head.get("vllm") or {}).get("version")
+    if have == want or not have or not want:
+        return []
+    return [f"on node {node_name}: `dsv4setup upgrade --vllm {want} --node {node_name}` (to the head's {want})",
+            f"or on the head {head_name}: `dsv4setup upgrade --vllm {have} --node {head_name}` (to {node_name}'s "
+            f"{have}; `dsv4setup rollback --node {node_name}` there undoes {node_name}'s instead)"]
+
+
 def _vllm(doc: dict[str, Any]) -> str:
     vllm = doc.get("vllm") or {}
     return f"{vllm.get('package')}=={vllm.get('version')}"

@@ -20,7 +20,13 @@ import socket
 import time
 from typing import Any
 
-from dsv4setup.cluster.fingerprint import FINGERPRINT_ENV, differences, fingerprint_file, local_fingerprint
+from dsv4setup.cluster.fingerprint import (
+    FINGERPRINT_ENV,
+    differences,
+    fingerprint_file,
+    local_fingerprint,
+    version_commands,
+)
 from dsv4setup.cluster.nodes import (
     NODE_OPTION,
     RAY_VERSION,
@@ -262,6 +268,7 @@ class ClusterStep(Step):
         head_doc = docs[str(multi.head.address)]
         problems = [f"{names[a].name}: {doc['error']}" for a, doc in docs.items() if "error" in doc]
         problems += [f"node {names[a].name} ({a}) differs from the head {multi.head.name}: {'; '.join(diff)}"
+                     + "".join(f"; {c}" for c in version_commands(multi.head.name, names[a].name, head_doc, doc))
                      for a, doc in docs.items() if "error" not in doc and (diff := differences(head_doc, doc))]
         gpus = same_gpus(multi, {names[a].name: doc.get("gpus", []) for a, doc in docs.items() if "error" not in doc})
         if problems or not gpus.ok:

@@ -66,16 +66,17 @@ def wait_command(workdir: Workdir) -> list[str]:
     return ["dsv4setup", "wait", "--workdir", str(workdir.root), "--timeout", str(WAIT_TIMEOUT_S), "--json"]
 
 
-def start_detached(workdir: Workdir, up_args: list[str]) -> DetachedRun:
-    """Start `dsv4setup up UP_ARGS --json` in its own session, holding the workdir lock from before
-    anything is touched until the run exits; refuse at once (exit 3) when another run holds it."""
+def start_detached(workdir: Workdir, up_args: list[str], command: str = "up") -> DetachedRun:
+    """Start `dsv4setup COMMAND UP_ARGS --json` (`up`, `upgrade`, `rollback`) in its own session, holding the
+    workdir lock from before anything is touched until the run exits; refuse at once (exit 3) when another run
+    holds it."""
     try:
-        lock = take_lock(workdir.lock_file, "up --detach")
+        lock = take_lock(workdir.lock_file, f"{command} --detach")
     except LockHeldError as exc:
         raise LockHeldError(exc.message, fix="follow it with `dsv4setup wait`", command=wait_command(workdir)) from None
     try:
         workdir.ensure()
-        argv = [sys.executable, "-m", "dsv4setup", "up", *up_args, "--workdir", str(workdir.root), "--json"]
+        argv = [sys.executable, "-m", "dsv4setup", command, *up_args, "--workdir", str(workdir.root), "--json"]
         log, result = workdir.log_file("up"), result_file(workdir)
         result.unlink(missing_ok=True)
         with log.open("ab") as log_fh, result.open("wb") as result_fh:
@@ -84,7 +85,7 @@ def start_detached(workdir: Workdir, up_args: list[str]) -> DetachedRun:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=result_fh, stderr=log_fh,
                                     start_new_session=True, close_fds=True, pass_fds=(lock,), cwd=workdir.root,
                                     env={**os.environ, LOCK_FD_ENV: str(lock)})
-        record_holder(lock, "up --detach", proc.pid)  # the run holds it now, whatever happens to this process
+        record_holder(lock, f"{command} --detach", proc.pid)  # the run holds it now, whatever happens to this process
         run = DetachedRun(proc.pid, psutil.Process(proc.pid).create_time(), now_iso(), argv[1:], str(log),
                           str(result))
         atomic_write_json(record_file(workdir), asdict(run))

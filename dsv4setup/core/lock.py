@@ -133,3 +133,20 @@ def current_holder(lock_file: Path) -> dict[str, object] | None:
     finally:
         os.close(fd)
     return None
+
+
+@contextmanager
+def held_across(lock_file: Path, command: str) -> Iterator[None]:
+    """Hold the workdir lock over several runs in this process (`upgrade`: build, switch, rollback): each
+    `workdir_lock` taken inside reuses it, so no other run gets in between them."""
+    fd = take_lock(lock_file, command)
+    info = os.fstat(fd)
+    key = (info.st_dev, info.st_ino)
+    mine = key not in _handed
+    _handed.setdefault(key, fd)
+    try:
+        yield
+    finally:
+        if mine:
+            _handed.pop(key, None)
+            os.close(fd)

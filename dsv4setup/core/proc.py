@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
+
+import psutil
 
 from dsv4setup.core.errors import StepError, UsageError
 from dsv4setup.core.secrets import redact
@@ -105,11 +109,46 @@ def run_logged(
     except OSError as exc:
         raise StepError(f"{what or args[0]}: cannot start {args[0]}: {exc.strerror}", fix=fix) from None
     assert proc.stdout is not None
+    record = _record_child(log, proc.pid)
     for line in proc.stdout:
         log.write(line)
         if on_line is not None:
             on_line(line.rstrip("\n"))
     code = proc.wait()
+    record.unlink(missing_ok=True)
     log.line(f"[exit {code}]")
     if code != 0:
         raise StepError(f"{what or args[0]} failed with exit code {code} (see {log.path})", fix=fix)
+
+
+def child_record(log_path: Path) -> Path:
+    """Where run_logged keeps the pid of the child it is waiting on (beside the step's log)."""
+    return log_path.with_name(f"{log_path.stem}.child.json")
+
+
+def _record_child(log: StepLog, pid: int) -> Path:
+    path = child_record(log.path)
+    with contextlib.suppress(psutil.Error):
+        path.write_text(json.dumps({"pid": pid, "create_time": psutil.Process(pid).create_time()}),
+                        encoding="utf-8")
+    return path
+
+
+def stop_left_child(log_path: Path) -> list[int]:
+    """Kill what a killed run left running under this step: the child run_logged recorded, by its pid and only
+    while that pid is still the same process (its start time), with its descendants. A kill -9 of dsv4setup
+    leaves its installer running, still writing into the folder the next run wants to rebuild."""
+    path = child_record(log_path)
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        proc = psutil.Process(int(recorded["pid"]))
+        same = abs(proc.create_time() - float(recorded["create_time"])) < 0.01
+        victims = [*proc.children(recursive=True), proc] if same else []
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        victims = []
+    for victim in victims:
+        with contextlib.suppress(psutil.Error):
+            victim.kill()
+    psutil.wait_procs(victims, timeout=10)
+    path.unlink(missing_ok=True)
+    return [v.pid for v in victims]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from dsv4setup.core.errors import StateError
 from dsv4setup.core.fsutil import atomic_write_json
+from dsv4setup.core.generations import UpgradeJournal
 from dsv4setup.core.outputs import StepOutputs
 
 STATE_SCHEMA = "dsv4setup.state/2"
@@ -84,6 +85,7 @@ class State(BaseModel):
     updated_at: str = Field(default_factory=now_iso)
     profile: str | None = None
     steps: dict[str, StepRecord] = Field(default_factory=dict)
+    upgrade: UpgradeJournal | None = None  # the last upgrade or rollback (absent before generations existed)
 
     model_config = {"populate_by_name": True}
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
@@ -97,7 +99,8 @@ class State(BaseModel):
         return self.steps.setdefault(name, StepRecord())
 
     def to_doc(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
+        """The file's document; `upgrade` only once an upgrade ran (a state without one reads as before)."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"upgrade"} if self.upgrade is None else None)
 
     def outputs(self, model: type[OutputsT]) -> OutputsT | None:
         """The outputs `model.step` recorded when it last finished (None: not run, or not applicable)."""

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import platformdirs
 
+from dsv4setup.core.generations import current_venv
+
 ENV_WORKDIR = "DSV4SETUP_WORKDIR"
 MARKERS = ("state.json", "dsv4setup.yaml")  # what makes a directory a workdir
 
@@ -51,6 +53,8 @@ def _last_used() -> Path | None:
 class Workdir:
     root: Path
     chosen_by: str = field(default="given", compare=False)
+    # a generation being built beside the current one (`upgrade`): its venv and its own build state
+    building: Path | None = field(default=None, compare=False)
 
     @classmethod
     def resolve(cls, explicit: Path | None = None) -> Workdir:
@@ -78,6 +82,9 @@ class Workdir:
 
     @property
     def state_file(self) -> Path:
+        """The state file; while a generation is built beside the current one, that build's own."""
+        if self.building is not None:  # beside the venv, which the install clears
+            return self.building.parent / f".{self.building.name}.build-state.json"
         return self.root / "state.json"
 
     @property
@@ -101,8 +108,9 @@ class Workdir:
 
     @property
     def venv_dir(self) -> Path:
-        """The serving venv that holds vLLM (managed, never imported by dsv4setup)."""
-        return self.root / "venv"
+        """The serving venv that holds vLLM (managed, never imported by dsv4setup): the current generation
+        (core/generations.py), or the one being built. Every use of the serving venv goes through here."""
+        return self.building if self.building is not None else current_venv(self.root)
 
     @property
     def venv_python(self) -> Path:

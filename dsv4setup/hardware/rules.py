@@ -65,6 +65,7 @@ class HostLimits:
     disk_install_cache_gb: float
     hf_cache_warn_below_gb: float
     checkpoint_gb: float | None = None
+    disk_generation_gb: float = 0.0  # one more serving venv generation beside the current one (`upgrade`)
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,8 @@ def _disk_parts(c: Ctx) -> list[tuple[str, float]]:
         parts.append(("venv", limits.disk_venv_gb))
         if t.profile is not None and t.profile.vllm.installer == "pip":
             parts.append(("pip cache", limits.disk_install_cache_gb))
+    else:  # the next `upgrade` builds a generation beside it
+        parts.append(("a next venv generation", limits.disk_generation_gb))
     if _toolkit_to_install(c) and not contents.get("toolkit"):
         parts.append(("CUDA toolkit", limits.disk_toolkit_gb))
     if t.vllm_source == "source":

