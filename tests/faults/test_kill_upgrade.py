@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,9 +25,8 @@ import pytest
 import yaml
 
 from dsv4setup.core.workdir import Workdir
-from tests.faults.conftest import TinyWorkdir, free_port
+from tests.faults.conftest import TinyWorkdir, free_port, workdir_with_linked_venv
 from tests.faults.tally import record
-from tests.serve.vllm_cpu import ensure_vllm_cpu_venv, share_vllm_cache
 
 pytestmark = pytest.mark.e2e
 
@@ -37,13 +35,7 @@ KILL_WAIT_S = 900
 
 @pytest.fixture(scope="module")
 def legacy(test_cache: Path) -> Iterator[TinyWorkdir]:
-    venv = ensure_vllm_cpu_venv(test_cache)
-    (test_cache / "fault-workdirs").mkdir(exist_ok=True)
-    base = Path(tempfile.mkdtemp(dir=test_cache / "fault-workdirs"))  # the venv's filesystem: hard links work
-    root = base / "wd"
-    root.mkdir()
-    subprocess.run(["cp", "-al", str(venv), str(root / "venv")], check=True)
-    share_vllm_cache(Workdir(root), venv)
+    base, root = workdir_with_linked_venv(test_cache)
     overrides = {"profile": "cpu-tiny", "serve": {"port": free_port(), "ready_timeout_s": 1200}}
     (root / "dsv4setup.yaml").write_text(yaml.safe_dump(overrides))
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "DSV4SETUP_RUNBOOK")}
