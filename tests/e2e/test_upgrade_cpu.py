@@ -151,10 +151,14 @@ def test_upgrade_then_rollback_then_a_failed_upgrade_leave_a_serving_generation(
     assert {d["step"]: d["action"] for d in json_of(again)["decisions"]}["vllm"] == "skip"
     assert {d["action"] for d in json_of(again)["decisions"]} == {"skip"}
 
-    # rollback: the previous generation serves again, its version kept
-    back = dsv(envu, "rollback", "--json", timeout=UP_TIMEOUT_S)
-    assert back.returncode == 0, back.stdout[-4000:] + back.stderr[-4000:]
-    assert json_of(back)["serving"] == old_name and served_version(port) == OLD
+    # rollback, as an agent runs it (--detach, then wait): the previous generation serves again, its version kept
+    started = dsv(envu, "rollback", "--detach", "--json")
+    assert started.returncode == 0 and json_of(started)["ok"], started.stdout[-3000:] + started.stderr[-3000:]
+    waited = dsv(envu, "wait", "--timeout", str(UP_TIMEOUT_S), "--json", timeout=UP_TIMEOUT_S + 60)
+    assert waited.returncode == 10, waited.stdout[-4000:] + waited.stderr[-4000:]
+    back = json_of(waited)["result"]
+    assert back["schema"].startswith("dsv4setup.upgrade/") and back["ok"], back
+    assert back["serving"] == old_name and served_version(port) == OLD
     assert kept_version(envu) == OLD and generations(envu)["current"] == old_name
 
     # an upgrade whose server cannot start: exit 1, what failed and its log, the old generation serving
