@@ -366,13 +366,16 @@ def system_unit_refusal(unit: str, workdir: Path, kind: str, root_commands: list
 
 
 def _unit_to_switch(workdir: Workdir, kind: str) -> InstalledUnit | None:
-    """The installed `--user` unit the switch goes through (None: no unit); a `--system` one is refused."""
+    """The installed `--user` unit the switch goes through (None: no unit), its manager reachable now (else
+    DsvError before anything is built); a `--system` one is refused."""
     from dsv4setup.service.manage import root_commands_to_remove
-    from dsv4setup.service.systemd import read_installed
+    from dsv4setup.service.systemd import read_installed, require_user_manager
 
     unit = read_installed(workdir)
     if unit is not None and unit.scope == "system":
         raise system_unit_refusal(unit.name, workdir.root, kind, root_commands_to_remove(unit, workdir))
+    if unit is not None:
+        require_user_manager()
     return unit
 
 
