@@ -10,9 +10,16 @@ gate; `--bench` adds the bench step); (4) any failure there switches back the sa
 old pointer, `up`: the old server serves and is smoked again) and the upgrade exits 1 with what failed
 and its log.
 
+With a `--user` systemd unit installed (whose ExecStart names a generation's interpreter) the switch goes
+through systemctl: the unit stops the server, the unit is installed again for the new generation by the
+very code of `service install --user` (checks, file, daemon-reload, restart), the serve step finds it
+running that command and smoke is the gate; switching back installs it for the old generation the same
+way. A `--system` unit only root can change: refused before anything is built, with root's commands.
+
 Kill -9 at any point: the journal in the state file (`State.upgrade`) says the phase. Killed while
 building, the old generation is still current and serving; killed while switching, the next `up`
-restores the generation it came from (`recover`), and its runbook starts and smokes it. The new
+restores the generation it came from (`recover`; an installed `--user` unit is installed again for it
+where its command differs), and its runbook starts and smokes it. The new
 version is written to the workdir's overrides only once smoke passed, and before the journal says
 `done`, so the next `up` never reverts it nor runs a version no generation holds.
 
@@ -29,7 +36,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -54,11 +61,23 @@ from dsv4setup.core.generations import (
 )
 from dsv4setup.core.lock import held_across, workdir_lock
 from dsv4setup.core.proc import attempt_tail, stop_left_child
-from dsv4setup.core.state import State, StepRecord, StepStatus, load_state, now_iso, save_state
+from dsv4setup.core.state import (
+    State,
+    StepErrorInfo,
+    StepRecord,
+    StepStatus,
+    load_state,
+    now_iso,
+    save_state,
+)
 from dsv4setup.core.workdir import Workdir
 from dsv4setup.engine import Observer, Runbook, Selection, UpResult, fingerprint
+from dsv4setup.profiles.model import Profile
 from dsv4setup.profiles.resolve import ResolvedProfile
 from dsv4setup.runbook import RunbookRequest, build_runbook, load_step
+
+if TYPE_CHECKING:
+    from dsv4setup.service.systemd import InstalledUnit
 
 UPGRADE_SCHEMA = "dsv4setup.upgrade/1"
 GENERATIONS_SCHEMA = "dsv4setup.generations/1"
@@ -253,6 +272,10 @@ def recover(workdir: Workdir) -> str | None:
         _journal(state, phase="interrupted",
                  error=f"the {journal.kind} was killed while {journal.phase}; {journal.from_generation} is current")
         save_state(workdir.state_file, state)
+        if action == "roll-back":  # the unit may still run (or be written for) the generation switched to
+            restored = state.steps.get("vllm")
+            _point_unit_at_current(workdir, (restored.fingerprint_inputs.get("vllm") or {}).get("version")
+                                   if restored is not None else None)
     return (f"an interrupted {journal.kind} ({journal.phase}, pid {journal.pid}) was closed: generation "
             f"{journal.from_generation if action == 'roll-back' else current_name(workdir.root)} is current; "
             "this run starts and smokes it")
@@ -331,20 +354,84 @@ def _current_runbook(request: SwitchRequest, record: StepRecord) -> tuple[Runboo
     return runbook, resolved
 
 
-def _refuse_with_a_unit(workdir: Workdir, kind: str) -> None:
-    """A systemd unit runs a fixed interpreter path (the generation it was installed for): not switched here yet.
-    Refused before anything changes, with the order that works."""
+def system_unit_refusal(unit: str, workdir: Path, kind: str, root_commands: list[str]) -> UsageError:
+    """A `--system` unit runs the current generation's interpreter and only root can rewrite it: the refusal,
+    before anything is built, with the root commands as `service` prints them (pure)."""
+    shown = "\n".join(["run as root:", *(f"  {c}" for c in root_commands)])
+    return UsageError(f"the server runs as the system unit {unit}, whose command names the current generation's "
+                      f"interpreter, and only root can change it: the {kind} stopped before building anything",
+                      fix=f"{shown}\nthen `dsv4setup service remove --workdir {workdir}`, the same {kind}, and "
+                          "`dsv4setup service install --system` with the root commands it prints",
+                      reference="upgrade-system-unit")
+
+
+def _unit_to_switch(workdir: Workdir, kind: str) -> InstalledUnit | None:
+    """The installed `--user` unit the switch goes through (None: no unit), its manager reachable now (else
+    DsvError before anything is built); a `--system` one is refused."""
+    from dsv4setup.service.manage import root_commands_to_remove
+    from dsv4setup.service.systemd import read_installed, require_user_manager
+
+    unit = read_installed(workdir)
+    if unit is not None and unit.scope == "system":
+        raise system_unit_refusal(unit.name, workdir.root, kind, root_commands_to_remove(unit, workdir))
+    if unit is not None:
+        require_user_manager()
+    return unit
+
+
+def _unit_failure(workdir: Workdir, step: str, exc: DsvError) -> UpResult:
+    """A systemctl action that failed, as the engine reports a failed step (the server's log and its tail)."""
+    log = workdir.log_file("serve")
+    return UpResult(ok=False, decisions=[], failed_step=step,
+                    error=StepErrorInfo(message=exc.message, fix=exc.fix, log=str(log)), log_tail=attempt_tail(log))
+
+
+def _serve_through(unit: InstalledUnit | None, wd: Workdir, profile: Profile, runbook: Runbook,
+                   observer: Observer) -> UpResult:
+    """The runbook on the generation now current; with a unit, first point it there (the very `service install
+    --user`: checks, unit file, daemon-reload, restart), so the serve step starts it through systemctl and smoke
+    is the gate."""
+    if unit is not None:
+        from dsv4setup.service.manage import install_profile
+
+        try:
+            install_profile(wd, profile, "user")
+        except DsvError as exc:
+            return _unit_failure(wd, "serve", exc)
+    return _run(runbook, observer)
+
+
+def _stop_unit(wd: Workdir, unit: InstalledUnit | None) -> UpResult | None:
+    """Stop the server through its unit before the switch (a failure: the switch back starts it again)."""
+    if unit is None:
+        return None
+    from dsv4setup.service.systemd import systemctl
+
+    try:
+        systemctl(unit, "stop", unit.name, timeout_s=180)
+    except DsvError as exc:
+        return _unit_failure(wd, "serve", exc)
+    return None
+
+
+def _point_unit_at_current(workdir: Workdir, version: str | None) -> None:
+    """After a roll-back of a killed switch: the installed `--user` unit runs the now-current generation
+    (re-installed, and so started, only where its command differs from that generation's)."""
+    from dsv4setup.serve.process import command_fingerprint
+    from dsv4setup.service.manage import install_command, served_command
     from dsv4setup.service.systemd import read_installed
 
     unit = read_installed(workdir)
-    if unit is None:
+    if unit is None or unit.scope != "user":
         return
-    how = ("`dsv4setup service remove`, then the same command, then `dsv4setup service install --user`"
-           if unit.scope == "user" else "`dsv4setup service remove` and the root commands it prints, then the same "
-           "command, then `dsv4setup service install --system` and the root commands it prints")
-    raise UsageError(f"the server runs as the systemd unit {unit.name} ({unit.scope}), whose command names the "
-                     f"current generation's interpreter: a {kind} does not rewrite the unit; nothing was changed",
-                     fix=how)
+    from dsv4setup.preflight.snapshot import take_snapshot
+    from dsv4setup.profiles.resolve import resolve_profile
+
+    sets = [f"vllm.version={version}"] if version else []
+    profile = resolve_profile(workdir, None, sets, probe=take_snapshot).profile
+    served = served_command(workdir, profile, "user")
+    if unit.command_fingerprint != command_fingerprint(served.argv, served.env):
+        install_command(workdir, "user", served)
 
 
 def switch(request: SwitchRequest, observer: Observer | None = None,
@@ -355,7 +442,7 @@ def switch(request: SwitchRequest, observer: Observer | None = None,
     kind = "upgrade" if request.vllm is not None else "rollback"
     with held_across(wd.lock_file, kind):
         recover(wd)
-        _refuse_with_a_unit(wd, kind)
+        unit = _unit_to_switch(wd, kind)
         state = load_state(wd.state_file)
         record = state.steps.get("vllm")
         if record is None or record.status != StepStatus.DONE:
@@ -433,8 +520,10 @@ def switch(request: SwitchRequest, observer: Observer | None = None,
         save_state(wd.state_file, state)
         doc["phase"] = "switching"
         say(f"switching to {name}: the server restarts on it, then smoke")
-        _switch_to(wd, state, records.records, Pointer(name, from_name))
-        result = _run(new_rb, obs)
+        result = _stop_unit(wd, unit)
+        if result is None:
+            _switch_to(wd, state, records.records, Pointer(name, from_name))
+            result = _serve_through(unit, wd, new.profile, new_rb, obs)
         if result.ok:
             _mark_smoke(wd, name, True)
             _keep_vllm_section(wd, kept)
@@ -450,7 +539,7 @@ def switch(request: SwitchRequest, observer: Observer | None = None,
         say(f"{name} failed at {result.failed_step}: switching back to {from_name}")
         state = load_state(wd.state_file)
         _switch_to(wd, state, from_marker.records, before)
-        back = _run(old_rb, obs)
+        back = _serve_through(unit, wd, old.profile, old_rb, obs)
         state = load_state(wd.state_file)
         _journal(state, phase="failed", error=f"{name} failed at {result.failed_step}: {doc['failed']['message']}"
                  + ("" if back.ok else f"; switching back failed too, at {back.failed_step}"),

@@ -98,6 +98,11 @@ def _root_commands(unit: InstalledUnit, workdir: Workdir, action: str, text: str
     return [f"systemctl disable --now {name}", f"rm -f {shlex.quote(str(target))}", "systemctl daemon-reload"]
 
 
+def root_commands_to_remove(unit: InstalledUnit, workdir: Workdir) -> list[str]:
+    """What root runs to stop and delete a system unit (as `service remove` prints it)."""
+    return _root_commands(unit, workdir, "remove")
+
+
 def _linger(scope: Scope) -> dict[str, Any] | None:
     if scope != "user":
         return None
@@ -157,7 +162,12 @@ def _named(exc: UnsafeUnitValue, profile: Profile) -> UnsafeUnitValue:
 def install(workdir: Workdir, profile: str | None, sets: list[str], scope: Scope,
             allow_root: bool = False) -> dict[str, Any]:
     resolved = resolve_profile(workdir, profile, sets, probe=take_snapshot)
-    prof = resolved.profile
+    return install_profile(workdir, resolved.profile, scope, allow_root=allow_root)
+
+
+def served_command(workdir: Workdir, prof: Profile, scope: Scope) -> ServedCommand:
+    """The plan's serve command for `prof` as a unit would run it (the API key included), every value checked
+    for what a unit file cannot hold (UnsafeUnitValue naming the profile key, exit 2)."""
     if prof.multinode is not None:
         raise DsvError("a multi-node deployment cannot run as one systemd unit (it needs a Ray cluster first)",
                        fix="run `dsv4setup plan` for the per-node commands")
@@ -169,8 +179,12 @@ def install(workdir: Workdir, profile: str | None, sets: list[str], scope: Scope
         render_unit(_spec(workdir, scope, served, None))
     except UnsafeUnitValue as exc:
         raise _named(exc, prof) from None
-    key = server_api_key(workdir, prof.serve.host)
-    return install_command(workdir, scope, replace(served, api_key=key), allow_root=allow_root)
+    return replace(served, api_key=server_api_key(workdir, prof.serve.host))
+
+
+def install_profile(workdir: Workdir, prof: Profile, scope: Scope, *, allow_root: bool = False) -> dict[str, Any]:
+    """`service install` of a resolved profile (what `upgrade`/`rollback` use to point a unit at a generation)."""
+    return install_command(workdir, scope, served_command(workdir, prof, scope), allow_root=allow_root)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,12 @@ restarts on 0.32.0 and smoke passes; the version sticks (the next `up` is a veri
 puts 0.31.0 back, serving. An upgrade whose server cannot start (an unknown flag in serve.extra_args)
 exits 1 with the failing step and its log, and 0.31.0 serves again. Four server starts in all (and one
 that fails at once); the kill -9 cases are in tests/faults/test_kill_upgrade.py.
+
+Then, on the same workdir, the same switches with the server under a real `systemd --user` unit (skipped
+where none can run, see tests/service/conftest.py): `service install --user`, `rollback` (to the 0.32.0
+generation, through systemctl: the unit is stopped, installed again naming the new generation's interpreter,
+started, smoked), and an upgrade back to 0.31.0 whose server cannot start (its generation exists: verified,
+not rebuilt), which puts the unit back on 0.32.0, serving. Three more server starts and one that fails.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from tests.e2e.test_cpu_tiny_up import (  # noqa: F401 (hub: the module fixture)
     hub,
     statuses,
 )
+from tests.service.conftest import user_manager  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -177,3 +184,49 @@ def test_upgrade_then_rollback_then_a_failed_upgrade_leave_a_serving_generation(
     assert listed["current"] == old_name and listed["last_upgrade"]["phase"] == "failed"
     nxt = json_of(dsv(envu, "next", "--json"))
     assert nxt["action"] == "done" and "failed" in nxt["why"] and nxt["fix"]
+
+
+def exec_start(unit_file: str) -> str:
+    return next(line for line in Path(unit_file).read_text().splitlines() if line.startswith("ExecStart="))
+
+
+def test_rollback_and_a_failed_upgrade_go_through_a_user_unit(
+        envu: dict[str, str], user_manager: Path) -> None:  # noqa: F811
+    before = generations(envu)
+    if before["current"] is None or len(before["generations"]) < 2:
+        pytest.skip("continues the workdir of test_upgrade_then_rollback_then_a_failed_upgrade_leave_a_serving_"
+                    "generation (run the module)")
+    env = {**envu, "XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"], "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]}
+    port = statuses(env)["serve"]["outputs"]["port"]
+    listed = {g["name"]: g for g in before["generations"]}
+    old_name = before["current"]
+    new_name = next(name for name, g in listed.items() if g["previous"])
+    installed = dsv(env, "service", "install", "--user", "--json", timeout=UP_TIMEOUT_S)
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    unit_file = json_of(installed)["unit_file"]
+    try:
+        assert listed[old_name]["path"] in exec_start(unit_file)
+
+        back = dsv(env, "rollback", "--json", timeout=UP_TIMEOUT_S)
+        assert back.returncode == 0, back.stdout[-4000:] + back.stderr[-4000:]
+        assert json_of(back)["serving"] == new_name and served_version(port) == NEW
+        assert listed[new_name]["path"] in exec_start(unit_file)  # the unit names the generation now current
+        shown = json_of(dsv(env, "service", "status", "--json"))
+        assert shown["state"]["active"] == "active" and shown["server"]["managed_by_unit"]
+        assert shown["server"]["healthy"]
+
+        bad = dsv(env, "upgrade", "--vllm", OLD, "--set", 'serve.extra_args=["--no-such-flag-for-vllm"]',
+                  "--json", timeout=UP_TIMEOUT_S)
+        assert bad.returncode == 1, bad.stdout[-4000:] + bad.stderr[-4000:]
+        doc = json_of(bad)
+        assert not doc["ok"] and doc["rolled_back"] and doc["serving"] == new_name
+        assert doc["to"]["generation"] == old_name and doc["failed"]["step"] == "serve"
+        assert served_version(port) == NEW and kept_version(env) == NEW
+        assert listed[new_name]["path"] in exec_start(unit_file) and "no-such-flag" not in exec_start(unit_file)
+        shown = json_of(dsv(env, "service", "status", "--json"))
+        assert shown["state"]["active"] == "active" and shown["server"]["healthy"]
+        assert generations(env)["current"] == new_name
+    finally:
+        removed = dsv(env, "service", "remove", "--json", timeout=600)
+    assert removed.returncode == 0, removed.stderr[-3000:]
+    assert not Path(unit_file).exists()

@@ -136,3 +136,31 @@ def test_service_status_without_a_unit_and_system_install_prints_root_commands(t
     out = subprocess.run([sys.executable, "-m", "dsv4setup", "service", "status", "--workdir", str(workdir.root),
                           "--json"], capture_output=True, text=True, timeout=60)
     assert json.loads(out.stdout)["installed"] is False  # root has not copied it yet
+
+
+def test_the_readiness_check_gives_up_once_the_server_has_exited(tmp_path: Path) -> None:
+    """systemd waits for ExecStartPost even after the main process died: the check itself must stop then."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    done = subprocess.run([sys.executable, "-m", "dsv4setup.service.ready", "--host", "127.0.0.1", "--port",
+                           str(free_port()), "--timeout", "3600"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MAINPID": str(gone.pid)})
+    assert done.returncode == 1 and f"the server (pid {gone.pid}) exited before" in done.stderr
+
+
+def test_a_user_unit_whose_server_exits_fails_its_start_with_fake_server_process(
+        tmp_path: Path, user_manager: Path) -> None:
+    """A generation that cannot start (the upgrade's bad flag): `systemctl restart` fails, it does not wait out
+    the ready timeout, so the upgrade can switch back."""
+    from dsv4setup.core.errors import DsvError
+
+    workdir = Workdir(tmp_path / "wd").ensure()
+    port = free_port()
+    try:
+        with pytest.raises(DsvError) as failed:
+            install_command(workdir, "user", ServedCommand(fake_argv("exit", port), {}, "127.0.0.1", port, 600, None,
+                                                           "fake"))
+        assert "restart" in failed.value.message and "failed (exit" in failed.value.message
+    finally:
+        remove(workdir)
+    assert read_installed(workdir) is None

@@ -234,3 +234,18 @@ def test_a_vllm_section_becomes_set_items_that_resolve_back_to_it() -> None:
     section = {"version": "0.32.0", "pip_constraints": ["torch==2.13.0+cpu", "setuptools>=40"]}
     items = vllm_sets(section)
     assert {str(parse_set(i)[0][1]): parse_set(i)[1] for i in items} == section
+
+
+def test_a_system_unit_is_refused_with_roots_commands_as_service_prints_them() -> None:
+    from dsv4setup.core.errors import EXIT_USAGE
+    from dsv4setup.upgrade import system_unit_refusal
+
+    commands = ["systemctl disable --now dsv4setup-x.service", "rm -f /etc/systemd/system/dsv4setup-x.service",
+                "systemctl daemon-reload"]
+    refusal = system_unit_refusal("dsv4setup-x.service", Path("/srv/wd"), "upgrade", commands)
+    assert refusal.exit_code == EXIT_USAGE and refusal.reference == "upgrade-system-unit"
+    assert "stopped before building anything" in refusal.message and "dsv4setup-x.service" in refusal.message
+    assert refusal.fix is not None
+    lines = refusal.fix.splitlines()
+    assert lines[:4] == ["run as root:", *(f"  {c}" for c in commands)]  # as `service` prints root_commands
+    assert "dsv4setup service remove --workdir /srv/wd" in lines[4] and "service install --system" in lines[4]
