@@ -94,7 +94,7 @@ def test_kill_9_while_building_leaves_the_old_generation_serving(legacy: TinyWor
     state = main_state(root)
     ok = (up.returncode == 0 and served_version(root) == "0.32.0" and state["upgrade"]["phase"] == "interrupted"
           and Workdir(root).venv_dir == root / "venv")
-    record("kill", "upgrade: kill -9 while building the new generation", survived=ok)
+    record("kill -9", "upgrade: while building the new generation", survived=ok)
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
     assert ok, state.get("upgrade")
     assert servers(root) == [before]  # the server was never stopped
@@ -107,7 +107,7 @@ def test_kill_9_while_switching_ends_with_the_old_generation_serving_after_up(le
     state = main_state(root)
     ok = (up.returncode == 0 and served_version(root) == "0.32.0" and state["upgrade"]["phase"] == "interrupted"
           and Workdir(root).venv_dir == root / "venv" and state["steps"]["vllm"]["outputs"]["version"] == "0.32.0")
-    record("kill", "upgrade: kill -9 while switching the server to the new generation", survived=ok)
+    record("kill -9", "upgrade: while switching the server to the new generation", survived=ok)
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
     assert ok, state.get("upgrade")
     assert servers(root) == [state["steps"]["serve"]["outputs"]["pid"]]  # one server: the new one was stopped
