@@ -162,3 +162,16 @@ def serving_steps() -> list[Step]:
     """Marker steps named as the real download, serve and smoke (the profile's expected_s apply); smoke proves serve."""
     return [MarkerStep("download", ()), MarkerStep("serve", ("download",)),
             ProvingMarkerStep("smoke", ("serve",), ("serve",))]
+
+
+def marker_env(tmp_path: Path, runbook: str, **extra: str) -> dict[str, str]:
+    """The environment of a real `dsv4setup` subprocess running this module's `runbook` (a function name here),
+    its markers under tmp_path/markers, its workdir tmp_path/wd; `extra`: more TEST_STEPS_* settings."""
+    from tests.conftest import REPO_ROOT
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TEST_STEPS_")}
+    environ.update({"DSV4SETUP_RUNBOOK": f"tests.core.steps_for_tests:{runbook}", "TEST_STEPS_DIR": str(markers),
+                    "PYTHONPATH": str(REPO_ROOT), "DSV4SETUP_WORKDIR": str(tmp_path / "wd"), "NO_COLOR": "1", **extra})
+    return environ

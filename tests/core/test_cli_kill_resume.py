@@ -18,18 +18,12 @@ from pathlib import Path
 import pytest
 
 from dsv4setup.core.jsonschemas import validate_document
-from tests.conftest import REPO_ROOT
 from tests.core import steps_for_tests as ts
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("TEST_STEPS_")}
-    environ.update({"DSV4SETUP_RUNBOOK": "tests.core.steps_for_tests:steps", "TEST_STEPS_DIR": str(markers),
-                    "PYTHONPATH": str(REPO_ROOT), "DSV4SETUP_WORKDIR": str(tmp_path / "wd"), "NO_COLOR": "1"})
-    return environ
+    return ts.marker_env(tmp_path, "steps")
 
 
 def dsv(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

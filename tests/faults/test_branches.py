@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO_ROOT
 from tests.core import steps_for_tests as ts
 from tests.faults.tally import record
 
@@ -26,13 +25,7 @@ WAIT_S = 60
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("TEST_STEPS_")}
-    environ.update({"DSV4SETUP_RUNBOOK": "tests.core.steps_for_tests:branch_steps", "TEST_STEPS_DIR": str(markers),
-                    "PYTHONPATH": str(REPO_ROOT), "DSV4SETUP_WORKDIR": str(tmp_path / "wd"), "NO_COLOR": "1",
-                    "TEST_STEPS_MEET": "build,fetch"})
-    return environ
+    return ts.marker_env(tmp_path, "branch_steps", TEST_STEPS_MEET="build,fetch")
 
 
 def dsv(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
