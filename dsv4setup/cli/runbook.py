@@ -80,7 +80,7 @@ def up(
                 *_opts("--only", only), *_opts("--redo", redo), *_opt("--toolkit", toolkit), *_opt("--host", host),
                 *_opt("--node", node), *_opt("--installer", installer), *(["--bench"] if bench else []),
                 *(["--sequential"] if sequential else []), "--yes"]
-        _detach(wd, args, json_)
+        detach_run(wd, args, json_)
         return
     options = {k: v for k, v in {"toolkit_route": toolkit, "installer": installer, "host": host,
                                  "yes": yes, "node": node}.items() if v is not None}
@@ -125,10 +125,11 @@ def _opts(flag: str, values: list[str] | None) -> list[str]:
     return [arg for value in values or [] for arg in (flag, value)]
 
 
-def _detach(wd: Workdir, args: list[str], json_: bool) -> None:
+def detach_run(wd: Workdir, args: list[str], json_: bool, command: str = "up") -> None:
+    """`dsv4setup COMMAND ARGS` started in the background (`--detach`), its detach document printed."""
     from dsv4setup.core.detach import describe, start_detached
 
-    doc = describe(start_detached(wd, args))
+    doc = describe(start_detached(wd, args, command))
     remember(wd.root)
     emit(doc, json_, _print_detached)
 

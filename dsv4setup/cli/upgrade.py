@@ -10,6 +10,7 @@ from dsv4setup.cli import app
 from dsv4setup.cli.common import JsonOpt, ProfileOpt, SetOpt, WorkdirOpt, YesOpt, err, out, workdir_from
 from dsv4setup.cli.output import Document, emit
 from dsv4setup.cli.progress import RichObserver
+from dsv4setup.cli.runbook import detach_run
 from dsv4setup.core.errors import EXIT_FAILED, UsageError
 from dsv4setup.core.workdir import Workdir, remember
 from dsv4setup.upgrade import SwitchRequest, generations_doc, switch
@@ -45,15 +46,6 @@ def _run_switch(wd: Workdir, request: SwitchRequest, json_: bool) -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _detach(wd: Workdir, command: str, args: list[str], json_: bool) -> None:
-    from dsv4setup.core.detach import describe, start_detached
-
-    doc = describe(start_detached(wd, [*args, "--yes"], command))
-    remember(wd.root)
-    emit(doc, json_, lambda d: err.print(f"started in the background: pid {d['pid']}; follow it with: "
-                                         f"{' '.join(d['follow'])}", highlight=False))
-
-
 @app.command()
 def upgrade(
     vllm: Annotated[str, typer.Option("--vllm", help="The vLLM version to move to, e.g. 0.33.0.")],
@@ -76,7 +68,7 @@ def upgrade(
         args = ["--vllm", vllm, *(["--profile", profile] if profile else []),
                 *[a for s in set_ or [] for a in ("--set", s)], *(["--bench"] if bench else []),
                 *(["--node", node] if node else [])]
-        _detach(wd, "upgrade", args, json_)
+        detach_run(wd, [*args, "--yes"], json_, "upgrade")
         return
     _run_switch(wd, SwitchRequest(wd, profile, set_ or [], vllm, bench, _options(yes, node)), json_)
 
@@ -94,8 +86,8 @@ def rollback(
     wd = workdir_from(workdir)
     err.print(wd.header, highlight=False)
     if detach:
-        _detach(wd, "rollback", [*(["--profile", profile] if profile else []), *(["--node", node] if node else [])],
-                json_)
+        detach_run(wd, [*(["--profile", profile] if profile else []), *(["--node", node] if node else []), "--yes"],
+                   json_, "rollback")
         return
     _run_switch(wd, SwitchRequest(wd, profile, [], None, False, _options(yes, node)), json_)
 
